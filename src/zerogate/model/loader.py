@@ -1,0 +1,280 @@
+"""Read a configuration document and report every problem as "object › field (line N): why".
+
+``load_text`` / ``load_file`` parse YAML (ruamel.yaml keeps line numbers), validate each object
+(pydantic) and then the references between objects. Nothing is returned unless everything is
+valid, so a caller can never apply half a file. ``load_file`` is the only function here that
+touches the file system.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from zerogate.model.objects import ConfigFile, Objects, all_field_names
+from zerogate.model.references import Issue, Loc, check_objects
+
+_KINDS = {
+    "identity_providers": "identity provider",
+    "groups": "group",
+    "applications": "application",
+    "tunnels": "tunnel",
+    "service_tokens": "service token",
+    "policies": "policy",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One formatted problem: ``where`` names the object and field, ``line`` is 1-based."""
+
+    where: str
+    message: str
+    line: int | None = None
+    source: str | None = None
+    warning: bool = False
+
+    def __str__(self) -> str:
+        prefix = ""
+        if self.source and self.line:
+            prefix = f"{self.source}:{self.line}: "
+        elif self.source:
+            prefix = f"{self.source}: "
+        elif self.line:
+            prefix = f"line {self.line}: "
+        where = f"{self.where}: " if self.where else ""
+        return f"{prefix}{where}{self.message}"
+
+
+class ConfigError(Exception):
+    """The document is invalid; ``problems`` lists every error found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class Loaded:
+    config: ConfigFile
+    warnings: list[Problem] = field(default_factory=list)
+    source: str | None = None
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's commented containers and scalars as plain Python values."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def _line_of(doc: Any, loc: Loc) -> int | None:
+    """The 1-based line of the deepest node of ``loc`` found in the ruamel document."""
+    line: int | None = None
+    node = doc
+    for part in loc:
+        if isinstance(node, CommentedMap) and isinstance(part, str) and part in node:
+            line = node.lc.key(part)[0] + 1
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
+            line = node.lc.item(part)[0] + 1
+            node = node[part]
+        elif isinstance(node, (dict, list)):
+            continue  # a tag or validator name pydantic put in the location
+        else:
+            break
+    return line
+
+
+def describe(loc: Loc, data: Any) -> str:
+    """``("applications", 0, "policies", 1, "include", 0, "ip", 2)`` →
+    ``application 'wiki' › policy 'office' › include[0].ip[2]``."""
+    names: list[str] = []
+    rest: list[str] = []
+    node = data
+    i = 0
+    parts = list(loc)
+    while i < len(parts):
+        part = parts[i]
+        if (
+            isinstance(part, str)
+            and part in _KINDS
+            and i + 1 < len(parts)
+            and isinstance(parts[i + 1], int)
+            and not rest
+        ):
+            index = int(parts[i + 1])
+            item = node.get(part, []) if isinstance(node, dict) else []
+            obj = item[index] if isinstance(item, list) and index < len(item) else None
+            name = obj.get("name") if isinstance(obj, dict) else None
+            kind = _KINDS[part]
+            names.append(f"{kind} {name!r}" if isinstance(name, str) else f"{kind} #{index + 1}")
+            node = obj
+            i += 2
+            continue
+        if isinstance(part, int):
+            if rest:
+                rest[-1] += f"[{part}]"
+            else:
+                rest.append(f"[{part}]")
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+        else:
+            rest.append(str(part))
+            node = node.get(part) if isinstance(node, dict) else None
+        i += 1
+    text = " › ".join(names)
+    if rest:
+        field_path = ".".join(rest).replace(".[", "[")
+        text = f"{text} › {field_path}" if text else field_path
+    return text
+
+
+_KNOWN = all_field_names()
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    loc = err["loc"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1]) if loc else "?"
+        close = difflib.get_close_matches(key, sorted(_KNOWN), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown key {key!r}{hint}"
+    if kind == "missing":
+        return "this key is required"
+    if kind == "union_tag_invalid":
+        ctx = err.get("ctx") or {}
+        return f"type {ctx.get('tag')!r} is not supported (expected: {ctx.get('expected_tags')})"
+    if kind == "union_tag_not_found":
+        return "missing key 'type' (onetimepin or oidc)"
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    if kind not in ("value_error", "assertion_error"):
+        value = err.get("input")
+        if isinstance(value, (str, int, float, bool)):
+            msg = f"{value!r}: {msg[0].lower()}{msg[1:]}"
+    return msg
+
+
+def _strip_loc(loc: tuple[Any, ...], data: Any) -> Loc:
+    """Drop the parts of a pydantic location that are not keys of the document."""
+    out: list[str | int] = []
+    node = data
+    for index, part in enumerate(loc):
+        if isinstance(node, dict):
+            if part in node:
+                out.append(part)
+                node = node[part]
+            elif (
+                index == len(loc) - 1
+                and isinstance(part, str)
+                and not part.startswith(("function-", "tagged-union"))
+            ):
+                out.append(part)  # an unknown or missing key: name it
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            out.append(part)
+            node = node[part]
+    return tuple(out)
+
+
+def _problems(
+    issues: list[Issue], data: Any, doc: Any, source: str | None
+) -> tuple[list[Problem], list[Problem]]:
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+    for issue in issues:
+        problem = Problem(
+            where=describe(issue.loc, data),
+            message=issue.message,
+            line=_line_of(doc, issue.loc) if doc is not None else None,
+            source=source,
+            warning=issue.warning,
+        )
+        (warnings if issue.warning else errors).append(problem)
+    return errors, warnings
+
+
+def validate_data(data: Any, *, doc: Any = None, source: str | None = None) -> Loaded:
+    """Validate a plain document (already parsed); raises ``ConfigError`` with every problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [
+                Problem(
+                    "",
+                    "the configuration must be a mapping of keys (portal, groups, ...)",
+                    1 if doc is not None else None,
+                    source,
+                )
+            ]
+        )
+    try:
+        config = ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        issues = [
+            Issue(_strip_loc(tuple(err["loc"]), data), _message(dict(err))) for err in exc.errors()
+        ]
+        errors, _ = _problems(issues, data, doc, source)
+        raise ConfigError(errors) from None
+    errors, warnings = _problems(check_objects(config), data, doc, source)
+    if errors:
+        raise ConfigError(errors)
+    return Loaded(config, warnings, source)
+
+
+def validate_objects(data: Any, *, source: str | None = None) -> Objects:
+    """Validate a document holding only objects (from the store or the API)."""
+    loaded = validate_data(data, source=source)
+    return loaded.config.objects()
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    return yaml
+
+
+def load_text(text: str, source: str | None = None) -> Loaded:
+    """Parse and validate YAML text."""
+    try:
+        doc = _yaml().load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        what = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError([Problem("", f"invalid YAML: {what}", line, source)]) from None
+    return validate_data(_plain(doc), doc=doc, source=source)
+
+
+def load_file(path: str | Path) -> Loaded:
+    """Read, parse and validate a configuration file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [Problem("", f"cannot read the file: {exc.strerror}", None, str(p))]
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem("", "the file is not UTF-8 text", None, str(p))]) from None
+    return load_text(text, source=str(p))

@@ -1,0 +1,391 @@
+"""The objects a team configures, as pydantic models (SPEC "Declarative configuration").
+
+Field names are the YAML keys. Every model forbids unknown keys. Validation here covers one
+object at a time; rules that span objects (references, cycles, duplicates) live in
+``references.py``. No I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from zerogate.model import values
+
+
+def _listify(value: Any) -> Any:
+    """Accept a single scalar where a list is expected (``email: a@b.c``)."""
+    if isinstance(value, (str, int, float)):
+        return [value]
+    return value
+
+
+Duration = Annotated[str, AfterValidator(values.check_duration)]
+IPRange = Annotated[str, AfterValidator(values.check_ip_range)]
+Email = Annotated[str, AfterValidator(values.check_email)]
+EmailDomain = Annotated[str, AfterValidator(values.check_email_domain)]
+Country = Annotated[str, AfterValidator(values.check_country)]
+Hostname = Annotated[str, AfterValidator(values.check_hostname)]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+EmailList = Annotated[list[Email], BeforeValidator(_listify), Field(min_length=1)]
+DomainList = Annotated[list[EmailDomain], BeforeValidator(_listify), Field(min_length=1)]
+NameList = Annotated[list[Name], BeforeValidator(_listify), Field(min_length=1)]
+IPList = Annotated[list[IPRange], BeforeValidator(_listify), Field(min_length=1)]
+CountryList = Annotated[list[Country], BeforeValidator(_listify), Field(min_length=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+SELECTORS: tuple[str, ...] = (
+    "everyone",
+    "email",
+    "email_domain",
+    "group",
+    "ip",
+    "country",
+    "login_method",
+    "idp_group",
+    "auth_method",
+    "service_token",
+    "any_service_token",
+)
+#: selectors that depend on who the user is; not allowed in bypass or service_auth policies
+IDENTITY_SELECTORS = frozenset(
+    {"email", "email_domain", "login_method", "idp_group", "auth_method"}
+)
+#: selectors that only a service token can satisfy
+SERVICE_SELECTORS = frozenset({"service_token", "any_service_token"})
+#: selectors about the request, not the requester
+CONTEXT_SELECTORS = frozenset({"ip", "country", "everyone"})
+
+
+class Rule(_Strict):
+    """One selector with its values, e.g. ``{email_domain: [example.com]}``."""
+
+    everyone: Literal[True] | None = None
+    email: EmailList | None = None
+    email_domain: DomainList | None = None
+    group: NameList | None = None
+    ip: IPList | None = None
+    country: CountryList | None = None
+    login_method: NameList | None = None
+    idp_group: NameList | None = None
+    auth_method: NameList | None = None
+    service_token: NameList | None = None
+    any_service_token: Literal[True] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_mapping(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError(
+                "a rule is a mapping with one selector, e.g. {email_domain: [example.com]}"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Rule:
+        present = [name for name in SELECTORS if getattr(self, name) is not None]
+        if len(present) != 1:
+            raise ValueError(
+                "a rule holds exactly one selector"
+                + (f" (found {', '.join(present)}; write one rule per selector)" if present else "")
+            )
+        return self
+
+    @property
+    def selector(self) -> str:
+        for name in SELECTORS:
+            if getattr(self, name) is not None:
+                return name
+        raise AssertionError("validated rule without selector")
+
+    @property
+    def values(self) -> list[str]:
+        """The selector's values (``[]`` for the boolean selectors)."""
+        value = getattr(self, self.selector)
+        return [] if value is True else list(value)
+
+
+class RuleSet(_Strict):
+    """Include (any of) + Require (all of) + Exclude (none of)."""
+
+    include: list[Rule] = Field(default_factory=list)
+    require: list[Rule] = Field(default_factory=list)
+    exclude: list[Rule] = Field(default_factory=list)
+
+    def rules(self) -> list[tuple[str, int, Rule]]:
+        return [
+            (section, index, rule)
+            for section in ("include", "require", "exclude")
+            for index, rule in enumerate(getattr(self, section))
+        ]
+
+
+class Group(RuleSet):
+    """An Access Group: a named, reusable rule set."""
+
+    name: Name
+
+    @model_validator(mode="after")
+    def _has_include(self) -> Group:
+        if not self.include:
+            raise ValueError("a group needs at least one include rule")
+        return self
+
+
+Decision = Literal["allow", "block", "bypass", "service_auth"]
+
+
+class Policy(RuleSet):
+    name: Name
+    decision: Decision
+    session_duration: Duration | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Policy:
+        if not self.include:
+            raise ValueError("a policy needs at least one include rule")
+        if self.decision in ("bypass", "service_auth") and self.session_duration is not None:
+            raise ValueError(f"session_duration has no meaning on a {self.decision} policy")
+        return self
+
+
+class Cors(_Strict):
+    """Per-application CORS: pass preflights to the origin, or answer them at the edge."""
+
+    mode: Literal["origin", "edge"] = "origin"
+    allowed_origins: list[str] = Field(default_factory=list)
+    allowed_methods: list[str] = Field(default_factory=list)
+    allowed_headers: list[str] = Field(default_factory=list)
+    allow_credentials: bool = False
+    max_age: int = Field(default=600, ge=0, le=86400)
+
+
+def _check_origin(url: str) -> str:
+    parts = urlsplit(url.strip())
+    if parts.scheme == "unix":
+        if not parts.path.startswith("/"):
+            raise ValueError(f"{url!r}: a unix origin is unix:/absolute/path.sock")
+        return url.strip()
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r}: an origin is an http:// or https:// URL (or unix:/path)")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise ValueError(f"{url!r}: bad port") from None
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r}: an origin URL has no query or fragment")
+    return url.strip()
+
+
+class Application(_Strict):
+    name: Name
+    domain: str
+    origin: Annotated[str, AfterValidator(_check_origin)] | None = None
+    tunnel: Name | None = None
+    identity_providers: list[Name] | None = None
+    session_duration: Duration | None = None
+    cors: Cors | None = None
+    policies: list[Policy] = Field(default_factory=list)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        host, path = split_domain(value)
+        return host + path
+
+    @model_validator(mode="after")
+    def _origin_xor_tunnel(self) -> Application:
+        if self.origin is not None and self.tunnel is not None:
+            raise ValueError("set either origin or tunnel, not both")
+        return self
+
+    @property
+    def host(self) -> str:
+        return split_domain(self.domain)[0]
+
+    @property
+    def path(self) -> str:
+        """The path prefix, normalised, '' for the whole host."""
+        return split_domain(self.domain)[1]
+
+
+def split_domain(domain: str) -> tuple[str, str]:
+    """``"Wiki.Example.com/Admin/"`` → ``("wiki.example.com", "/admin")``; validates both parts."""
+    if not isinstance(domain, str) or not domain.strip():
+        raise ValueError("a domain is required, e.g. wiki.example.com or wiki.example.com/admin")
+    text = domain.strip()
+    if "://" in text:
+        raise ValueError(f"{domain!r}: write the domain without a scheme, e.g. wiki.example.com")
+    host, slash, path = text.partition("/")
+    host = values.check_hostname(host, allow_wildcard=True)
+    if not slash:
+        return host, ""
+    from zerogate.model.paths import fold, normalise_path
+
+    if "?" in path or "#" in path:
+        raise ValueError(f"{domain!r}: an application path has no query or fragment")
+    if "*" in path:
+        raise ValueError(f"{domain!r}: wildcards are only allowed in the host's first label")
+    norm = fold(normalise_path("/" + path)).rstrip("/")
+    return host, norm
+
+
+class OneTimePinProvider(_Strict):
+    name: Name
+    type: Literal["onetimepin"]
+
+
+class OidcProvider(_Strict):
+    name: Name
+    type: Literal["oidc"]
+    issuer: Annotated[str, AfterValidator(_check_origin)]
+    client_id: Annotated[str, Field(min_length=1)]
+    client_secret_env: str | None = None
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
+    groups_claim: str | None = None
+
+    @field_validator("client_secret_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.replace("_", "a").isalnum():
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+
+IdentityProvider = Annotated[OneTimePinProvider | OidcProvider, Field(discriminator="type")]
+
+
+class Tunnel(_Strict):
+    name: Name
+    routes: list[Annotated[str, AfterValidator(values.check_hostname)]] = Field(
+        default_factory=list
+    )
+
+
+class ServiceToken(_Strict):
+    name: Name
+    duration: Duration = "8760h"
+
+
+Admin = Annotated[str, Field(min_length=1)]
+
+
+def _check_admin(value: str) -> str:
+    if value.startswith("group:"):
+        if not value[len("group:") :].strip():
+            raise ValueError(f"{value!r}: write group:NAME")
+        return "group:" + value[len("group:") :].strip()
+    return values.check_email(value)
+
+
+class Objects(_Strict):
+    """Everything ``apply`` puts into the store (and ``export`` writes back)."""
+
+    admins: list[Annotated[str, AfterValidator(_check_admin)]] = Field(default_factory=list)
+    identity_providers: list[IdentityProvider] = Field(default_factory=list)
+    groups: list[Group] = Field(default_factory=list)
+    applications: list[Application] = Field(default_factory=list)
+    tunnels: list[Tunnel] = Field(default_factory=list)
+    service_tokens: list[ServiceToken] = Field(default_factory=list)
+
+
+class Tls(_Strict):
+    cert: str
+    key: str
+
+
+class Listen(_Strict):
+    http: Annotated[str, AfterValidator(values.check_listen)] = "127.0.0.1:8080"
+    tls: Tls | None = None
+    tunnel: Annotated[str, AfterValidator(values.check_listen)] = "127.0.0.1:7844"
+
+
+class Smtp(_Strict):
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    starttls: bool = False
+    tls: bool = False
+    username: str | None = None
+    password_env: str | None = None
+    timeout: Duration = "10s"
+
+    @model_validator(mode="after")
+    def _tls_modes(self) -> Smtp:
+        if self.starttls and self.tls:
+            raise ValueError("choose starttls (upgrade on port 587) or tls (port 465), not both")
+        return self
+
+
+class EmailSettings(_Strict):
+    smtp: Smtp | None = None
+    from_: str = Field(default="zerogate <noreply@zerogate.localhost>", alias="from")
+
+
+class GeoIp(_Strict):
+    database: str
+
+
+class Settings(_Strict):
+    """Process settings read from the file on every start; never stored."""
+
+    portal: Annotated[str, AfterValidator(values.check_host_port)] = "auth.localhost:8080"
+    listen: Listen = Field(default_factory=Listen)
+    storage: str | None = None
+    email: EmailSettings = Field(default_factory=EmailSettings)
+    geoip: GeoIp | None = None
+    session_duration: Duration = "24h"
+    trusted_proxies: list[IPRange] = Field(default_factory=list)
+
+
+class ConfigFile(Settings, Objects):
+    """The whole YAML file: settings and objects side by side at the top level."""
+
+    def objects(self) -> Objects:
+        return Objects.model_validate({name: getattr(self, name) for name in Objects.model_fields})
+
+    def settings(self) -> Settings:
+        return Settings.model_validate(
+            {name: getattr(self, name) for name in Settings.model_fields}
+        )
+
+
+def all_field_names() -> frozenset[str]:
+    """Every key any model accepts: used for did-you-mean hints on unknown keys."""
+    names: set[str] = set()
+    for model in (
+        Rule,
+        Group,
+        Policy,
+        Cors,
+        Application,
+        OneTimePinProvider,
+        OidcProvider,
+        Tunnel,
+        ServiceToken,
+        Objects,
+        Tls,
+        Listen,
+        Smtp,
+        EmailSettings,
+        GeoIp,
+        Settings,
+    ):
+        for name, field in model.model_fields.items():
+            names.add(field.alias or name)
+    return frozenset(names)

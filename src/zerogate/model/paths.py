@@ -1,0 +1,98 @@
+"""Request-path normalisation used for routing (SPEC "Paths"). No I/O.
+
+The edge and ``zerogate policy test --url`` route with the same function, so an application
+scoped to ``/admin`` cannot be dodged with ``/%61dmin``, ``/x/../admin`` or ``//admin``.
+
+Steps, in order:
+
+1. drop the query and fragment;
+2. reject what different origins read differently (fail closed): an encoded ``/`` (``%2F``) or
+   ``\\`` (``%5C``), a raw backslash, NUL, a control character, a malformed ``%`` escape;
+3. percent-decode the unreserved characters (``A-Z a-z 0-9 - . _ ~``), upper-case the rest;
+4. merge repeated slashes (origins such as nginx do);
+5. remove dot segments (RFC 3986 section 5.2.4).
+
+Prefix comparison is case-insensitive (see ``fold``): an origin on a case-insensitive file system
+serves ``/ADMIN`` as ``/admin``, so the ``/admin`` application must cover both.
+"""
+
+from __future__ import annotations
+
+import re
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_ESCAPE = re.compile(r"%(.{0,2})", re.DOTALL)
+_HEX = frozenset("0123456789abcdefABCDEF")
+_REJECTED_ESCAPES = {
+    "2F": "an encoded slash (%2F)",
+    "5C": "an encoded backslash (%5C)",
+    "00": "an encoded NUL (%00)",
+}
+
+
+class PathError(ValueError):
+    """The path cannot be routed safely; the edge answers 400."""
+
+
+def _decode_unreserved(match: re.Match[str]) -> str:
+    digits = match.group(1)
+    if len(digits) != 2 or digits[0] not in _HEX or digits[1] not in _HEX:
+        raise PathError("the path holds a malformed percent escape")
+    upper = digits.upper()
+    if upper in _REJECTED_ESCAPES:
+        raise PathError(f"the path holds {_REJECTED_ESCAPES[upper]}")
+    char = chr(int(upper, 16))
+    return char if char in _UNRESERVED else "%" + upper
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4 for an absolute path."""
+    output: list[str] = []
+    segments = path.split("/")[1:]
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment == ".":
+            if last:
+                output.append("")
+        elif segment == "..":
+            if output:
+                output.pop()
+            if last:
+                output.append("")
+        else:
+            output.append(segment)
+    return "/" + "/".join(output)
+
+
+def normalise_path(raw: str) -> str:
+    """Normalise a request path (see the module docstring); raises ``PathError``."""
+    path = raw.split("#", 1)[0].split("?", 1)[0]
+    if not path.startswith("/"):
+        path = "/" + path
+    if "\\" in path:
+        raise PathError("the path holds a backslash")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise PathError("the path holds a control character")
+    if "%" in path:
+        path = _ESCAPE.sub(_decode_unreserved, path)
+    while "//" in path:
+        path = path.replace("//", "/")
+    if "." in path:
+        path = remove_dot_segments(path)
+    return path
+
+
+def fold(path: str) -> str:
+    """The form used for prefix comparison."""
+    return path.lower()
+
+
+def under(path: str, prefix: str) -> bool:
+    """``path`` lies under ``prefix`` on a segment boundary (both normalised and folded)."""
+    if not prefix:
+        return True
+    return (
+        path == prefix
+        or path.startswith(prefix + "/")
+        or (path.startswith(prefix) and prefix.endswith("/"))
+    )

@@ -1,0 +1,172 @@
+"""Value types of the configuration: durations, IP ranges, hostnames, countries, emails.
+
+Each ``check_*`` function validates and normalises one kind of value and raises ``ValueError``
+with a message a user can act on. No I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import timedelta
+from functools import lru_cache
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``"24h"``, ``"30m"``, ``"1h30m"``, ``"7d"`` (Go-style units plus ``d`` and ``w``)."""
+    value = text.strip().lower() if isinstance(text, str) else text
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{text!r} is not a duration (examples: 30m, 24h, 7d, 1h30m)")
+    pos = 0
+    seconds = 0.0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != pos:
+            break
+        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(value):
+        raise ValueError(f"{text!r} is not a duration (examples: 30m, 24h, 7d, 1h30m)")
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: a duration must be longer than zero")
+    return timedelta(seconds=seconds)
+
+
+def check_duration(text: str) -> str:
+    parse_duration(text)
+    return text.strip().lower()
+
+
+def _as_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """Parse an address or CIDR range; IPv4-mapped IPv6 ranges become IPv4 ranges."""
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        if "has host bits set" in str(exc):
+            loose = ipaddress.ip_network(text, strict=False)
+            raise ValueError(f"{text!r} has host bits set; did you mean {loose}?") from None
+        raise ValueError(f"{text!r} is not an IP address or CIDR range") from None
+    if isinstance(net, ipaddress.IPv6Network):
+        mapped = net.network_address.ipv4_mapped
+        if mapped is not None and net.prefixlen >= 96:
+            return ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}")
+    return net
+
+
+def check_ip_range(text: str) -> str:
+    """Validate an IPv4/IPv6 address or CIDR range; returns its canonical text."""
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not an IP address or CIDR range")
+    return str(_as_network(text.strip()))
+
+
+def ip_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The network object for an already validated range."""
+    return _as_network(text)
+
+
+@lru_cache(maxsize=65536)
+def normalise_ip(text: str) -> str | None:
+    """Canonical text of a client address, IPv4-mapped IPv6 unwrapped; None when invalid."""
+    try:
+        addr = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        if addr.scope_id:
+            return None
+    return str(addr)
+
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def check_hostname(text: str, *, allow_wildcard: bool = False) -> str:
+    """A DNS hostname, lower-cased; ``*.`` allowed as a whole first label when asked."""
+    host = text.strip().lower().rstrip(".") if isinstance(text, str) else ""
+    if not host:
+        raise ValueError("a hostname is required")
+    if ":" in host:
+        raise ValueError(
+            f"{text!r}: a port is not part of an application domain "
+            "(the port of the Host header is ignored when routing)"
+        )
+    labels = host.split(".")
+    if "*" in host:
+        if not allow_wildcard:
+            raise ValueError(f"{text!r}: a wildcard is not allowed here")
+        if labels[0] != "*" or "*" in ".".join(labels[1:]):
+            raise ValueError(
+                f"{text!r}: a wildcard must be the whole first label, as in *.example.com"
+            )
+        if len(labels) < 3:
+            raise ValueError(f"{text!r}: a wildcard needs at least two labels after it")
+        labels = labels[1:]
+    if len(host) > 253:
+        raise ValueError(f"{text!r}: a hostname is at most 253 characters")
+    for label in labels:
+        if not _LABEL.match(label):
+            raise ValueError(f"{text!r} is not a valid hostname (bad label {label!r})")
+    return host
+
+
+def check_host_port(text: str) -> str:
+    """``host`` or ``host:port`` (the portal may carry a port for local use)."""
+    value = text.strip().lower() if isinstance(text, str) else ""
+    host, sep, port = value.rpartition(":") if ":" in value else (value, "", "")
+    if sep:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+        check_hostname(host)
+        return f"{host}:{int(port)}"
+    return check_hostname(value)
+
+
+def check_listen(text: str) -> str:
+    """``address:port`` to listen on; IPv6 in brackets."""
+    value = text.strip() if isinstance(text, str) else ""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: expected ADDRESS:PORT, for example 127.0.0.1:8080")
+    host = host.strip("[]")
+    if host not in ("", "localhost"):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
+    return value
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def check_email(text: str) -> str:
+    value = text.strip().lower() if isinstance(text, str) else ""
+    if not _EMAIL.match(value):
+        raise ValueError(f"{text!r} is not an email address")
+    return value
+
+
+def check_email_domain(text: str) -> str:
+    value = text.strip().lower() if isinstance(text, str) else ""
+    if value.startswith("@"):
+        raise ValueError(f"{text!r}: write the domain without '@', as in example.com")
+    return check_hostname(value)
+
+
+@lru_cache(maxsize=1)
+def _countries() -> frozenset[str]:
+    import pycountry
+
+    return frozenset(c.alpha_2 for c in pycountry.countries)
+
+
+def check_country(text: str) -> str:
+    value = text.strip().upper() if isinstance(text, str) else ""
+    if value not in _countries():
+        raise ValueError(f"{text!r} is not an ISO 3166-1 alpha-2 country code (e.g. DE, US)")
+    return value

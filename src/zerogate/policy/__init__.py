@@ -1,0 +1,12 @@
+"""The policy engine: compile objects into a snapshot; route and decide requests. No I/O."""
+
+from zerogate.policy.engine import (
+    CompiledApp,
+    Context,
+    Identity,
+    Snapshot,
+    Verdict,
+    compile_snapshot,
+)
+
+__all__ = ["CompiledApp", "Context", "Identity", "Snapshot", "Verdict", "compile_snapshot"]

@@ -1,0 +1,581 @@
+"""Compile a configuration into an immutable snapshot and decide requests against it. No I/O.
+
+A decision is set membership and radix-tree lookups: its cost does not grow with the number of
+emails or ranges. ``decide`` takes the fast path; ``explain`` walks the very same compiled
+matchers and records what each one found, for ``zerogate policy test`` and the admin tester.
+
+Semantics (SPEC "Policy semantics"):
+
+* an application's ``bypass`` and ``service_auth`` policies run first, in listed order, then
+  ``allow`` and ``block`` in listed order; the first match decides; nothing matched → block;
+* a rule set matches when any include, all requires and no exclude match; inside require, a
+  selector with several values must match every value;
+* ``service_auth`` only matches a request presenting a service token, and user policies never
+  see the token; ``bypass`` only looks at the request (ip, country, everyone);
+* with no identity and no service token, a request that needs a login gets ``authenticate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import radix
+
+from zerogate.model.objects import Application, Objects, Policy, Rule, RuleSet
+from zerogate.model.paths import PathError, fold, normalise_path, under
+from zerogate.model.values import ip_network, normalise_ip
+
+Outcome = Literal["allow", "block", "bypass", "authenticate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who the user is, as a login established it."""
+
+    email: str
+    idp: str | None = None
+    idp_groups: frozenset[str] = frozenset()
+    amr: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(
+        cls,
+        email: str,
+        idp: str | None = None,
+        idp_groups: Iterable[str] = (),
+        amr: Iterable[str] = (),
+    ) -> Identity:
+        return cls(email.strip().lower(), idp, frozenset(idp_groups), frozenset(amr))
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the request itself shows: client address, its country, a verified service token."""
+
+    ip: str | None = None
+    country: str | None = None
+    service_token: str | None = None
+
+
+class _Facts:
+    """Everything a matcher may look at, precomputed once per decision."""
+
+    __slots__ = ("amr", "country", "domain", "email", "idp", "idp_groups", "ip", "memo", "token")
+
+    def __init__(self, identity: Identity | None, ctx: Context, token: str | None) -> None:
+        if identity is not None:
+            self.email: str | None = identity.email
+            self.domain: str | None = identity.email.rpartition("@")[2]
+            self.idp: str | None = identity.idp
+            self.idp_groups: frozenset[str] = identity.idp_groups
+            self.amr: frozenset[str] = identity.amr
+        else:
+            self.email = self.domain = self.idp = None
+            self.idp_groups = self.amr = frozenset()
+        self.ip: str | None = normalise_ip(ctx.ip) if ctx.ip else None
+        self.country: str | None = ctx.country.upper() if ctx.country else None
+        self.token = token
+        self.memo: dict[int, bool] = {}
+
+
+# ---------------------------------------------------------------- matchers
+
+
+class Matcher:
+    """One selector (with its values) compiled; ``match`` is the hot path."""
+
+    __slots__ = ()
+
+    def match(self, f: _Facts) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def explain(self, f: _Facts) -> tuple[bool, list[Step]]:
+        return self.match(f), []
+
+
+def _show(values: Iterable[str], limit: int = 5) -> str:
+    items = sorted(values)
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{', …' if len(items) > limit else ''}]"
+
+
+class _Everyone(Matcher):
+    __slots__ = ()
+
+    def match(self, f: _Facts) -> bool:
+        return True
+
+    def describe(self) -> str:
+        return "everyone"
+
+
+class _InSet(Matcher):
+    """A single-valued fact (email, domain, idp, country, token) in a set of values."""
+
+    __slots__ = ("attr", "label", "values")
+
+    def __init__(self, label: str, attr: str, values: Iterable[str]) -> None:
+        self.label = label
+        self.attr = attr
+        self.values = frozenset(values)
+
+    def match(self, f: _Facts) -> bool:
+        return getattr(f, self.attr) in self.values
+
+    def describe(self) -> str:
+        return f"{self.label} {_show(self.values)}"
+
+
+class _Email(_InSet):
+    __slots__ = ()
+
+    def match(self, f: _Facts) -> bool:
+        return f.email in self.values
+
+
+class _Domain(_InSet):
+    __slots__ = ()
+
+    def match(self, f: _Facts) -> bool:
+        return f.domain in self.values
+
+
+class _Overlaps(Matcher):
+    """A multi-valued fact (IdP groups, amr) sharing a value with the set."""
+
+    __slots__ = ("attr", "label", "values")
+
+    def __init__(self, label: str, attr: str, values: Iterable[str]) -> None:
+        self.label = label
+        self.attr = attr
+        self.values = frozenset(values)
+
+    def match(self, f: _Facts) -> bool:
+        facts: frozenset[str] = getattr(f, self.attr)
+        return not self.values.isdisjoint(facts)
+
+    def describe(self) -> str:
+        return f"{self.label} {_show(self.values)}"
+
+
+class _AnyToken(Matcher):
+    __slots__ = ()
+
+    def match(self, f: _Facts) -> bool:
+        return f.token is not None
+
+    def describe(self) -> str:
+        return "any_service_token"
+
+
+class _Ip(Matcher):
+    __slots__ = ("count", "ranges", "tree")
+
+    def __init__(self, ranges: Iterable[str]) -> None:
+        self.tree = radix.Radix()
+        self.ranges = sorted(set(ranges))
+        for text in self.ranges:
+            self.tree.add(str(ip_network(text)))
+        self.count = len(self.ranges)
+
+    def match(self, f: _Facts) -> bool:
+        return f.ip is not None and self.tree.search_best(f.ip) is not None
+
+    def describe(self) -> str:
+        return f"ip {_show(self.ranges)}"
+
+
+class _GroupRef(Matcher):
+    __slots__ = ("group",)
+
+    def __init__(self, group: CompiledGroup) -> None:
+        self.group = group
+
+    def match(self, f: _Facts) -> bool:
+        memo = f.memo
+        key = self.group.index
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = self.group.rules.match(f)
+        return hit
+
+    def describe(self) -> str:
+        return f"group {self.group.name!r}"
+
+    def explain(self, f: _Facts) -> tuple[bool, list[Step]]:
+        return self.group.rules.explain(f)
+
+
+class _AnyOf(Matcher):
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Matcher]) -> None:
+        self.parts = tuple(parts)
+
+    def match(self, f: _Facts) -> bool:
+        return any(p.match(f) for p in self.parts)
+
+    def describe(self) -> str:
+        return " or ".join(p.describe() for p in self.parts)
+
+    def explain(self, f: _Facts) -> tuple[bool, list[Step]]:
+        steps: list[Step] = []
+        for part in self.parts:
+            ok, inner = part.explain(f)
+            steps.append(Step("any of", part.describe(), ok, tuple(inner)))
+            if ok:
+                return True, steps
+        return False, steps
+
+
+class _AllOf(Matcher):
+    """Require with several values: every value must match."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Matcher]) -> None:
+        self.parts = tuple(parts)
+
+    def match(self, f: _Facts) -> bool:
+        return all(p.match(f) for p in self.parts)
+
+    def describe(self) -> str:
+        return " and ".join(p.describe() for p in self.parts)
+
+    def explain(self, f: _Facts) -> tuple[bool, list[Step]]:
+        steps: list[Step] = []
+        for part in self.parts:
+            ok, inner = part.explain(f)
+            steps.append(Step("all of", part.describe(), ok, tuple(inner)))
+            if not ok:
+                return False, steps
+        return True, steps
+
+
+# ---------------------------------------------------------------- rule sets
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One check made while deciding: where, what, and whether it matched."""
+
+    section: str
+    check: str
+    matched: bool
+    inner: tuple[Step, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "section": self.section,
+            "check": self.check,
+            "matched": self.matched,
+        }
+        if self.inner:
+            out["inner"] = [s.as_dict() for s in self.inner]
+        return out
+
+
+class CompiledRules:
+    __slots__ = ("exclude", "include", "require")
+
+    def __init__(
+        self, include: list[Matcher], require: list[Matcher], exclude: list[Matcher]
+    ) -> None:
+        self.include = tuple(include)
+        self.require = tuple(require)
+        self.exclude = tuple(exclude)
+
+    def match(self, f: _Facts) -> bool:
+        for m in self.include:
+            if m.match(f):
+                break
+        else:
+            return False
+        for m in self.require:
+            if not m.match(f):
+                return False
+        for m in self.exclude:  # noqa: SIM110 - the loop is the hot path, kept explicit
+            if m.match(f):
+                return False
+        return True
+
+    def explain(self, f: _Facts) -> tuple[bool, list[Step]]:
+        steps: list[Step] = []
+        matched_include = False
+        for m in self.include:
+            ok, inner = m.explain(f)
+            steps.append(Step("include", m.describe(), ok, tuple(inner)))
+            if ok:
+                matched_include = True
+                break
+        if not matched_include:
+            return False, steps
+        for m in self.require:
+            ok, inner = m.explain(f)
+            steps.append(Step("require", m.describe(), ok, tuple(inner)))
+            if not ok:
+                return False, steps
+        for m in self.exclude:
+            ok, inner = m.explain(f)
+            steps.append(Step("exclude", m.describe(), ok, tuple(inner)))
+            if ok:
+                return False, steps
+        return True, steps
+
+
+@dataclass(slots=True, eq=False)
+class CompiledGroup:
+    index: int
+    name: str
+    rules: CompiledRules = field(default_factory=lambda: CompiledRules([], [], []))
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    name: str
+    decision: str
+    rules: CompiledRules
+    model: Policy
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledApp:
+    name: str
+    host: str
+    path: str
+    pre: tuple[CompiledPolicy, ...]  # bypass + service_auth, listed order
+    main: tuple[CompiledPolicy, ...]  # allow + block, listed order
+    has_allow: bool
+    model: Application
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The decision for one request, with the deciding policy and (when asked) why."""
+
+    decision: Outcome
+    application: CompiledApp | None
+    policy: str | None
+    reason: str
+    steps: tuple[dict[str, Any], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "application": self.application.name if self.application else None,
+            "decision": self.decision,
+            "policy": self.policy,
+            "reason": self.reason,
+            "explanation": list(self.steps),
+        }
+
+
+_SIMPLE: Mapping[str, Callable[[list[str]], Matcher]] = {
+    "email": lambda v: _Email("email", "email", v),
+    "email_domain": lambda v: _Domain("email_domain", "domain", v),
+    "country": lambda v: _InSet("country", "country", v),
+    "login_method": lambda v: _InSet("login_method", "idp", v),
+    "service_token": lambda v: _InSet("service_token", "token", v),
+    "idp_group": lambda v: _Overlaps("idp_group", "idp_groups", v),
+    "auth_method": lambda v: _Overlaps("auth_method", "amr", v),
+    "ip": lambda v: _Ip(v),
+}
+
+
+class _Compiler:
+    def __init__(self, objects: Objects) -> None:
+        self.groups: dict[str, CompiledGroup] = {
+            g.name: CompiledGroup(i, g.name) for i, g in enumerate(objects.groups)
+        }
+        for g in objects.groups:
+            self.groups[g.name].rules = self.ruleset(g)
+
+    def one(self, selector: str, values: list[str]) -> Matcher:
+        if selector == "everyone":
+            return _Everyone()
+        if selector == "any_service_token":
+            return _AnyToken()
+        if selector == "group":
+            refs: list[Matcher] = [_GroupRef(self.groups[name]) for name in values]
+            return refs[0] if len(refs) == 1 else _AnyOf(refs)
+        return _SIMPLE[selector](values)
+
+    def rule(self, rule: Rule, section: str) -> Matcher:
+        selector, values = rule.selector, rule.values
+        if section == "require" and len(set(values)) > 1:
+            return _AllOf([self.one(selector, [v]) for v in dict.fromkeys(values)])
+        return self.one(selector, values)
+
+    def ruleset(self, rs: RuleSet) -> CompiledRules:
+        return CompiledRules(
+            [self.rule(r, "include") for r in rs.include],
+            [self.rule(r, "require") for r in rs.require],
+            [self.rule(r, "exclude") for r in rs.exclude],
+        )
+
+    def app(self, app: Application) -> CompiledApp:
+        policies = [CompiledPolicy(p.name, p.decision, self.ruleset(p), p) for p in app.policies]
+        return CompiledApp(
+            name=app.name,
+            host=app.host,
+            path=app.path,
+            pre=tuple(p for p in policies if p.decision in ("bypass", "service_auth")),
+            main=tuple(p for p in policies if p.decision in ("allow", "block")),
+            has_allow=any(p.decision == "allow" for p in policies),
+            model=app,
+        )
+
+
+class Snapshot:
+    """An immutable, compiled configuration: route a request, then decide it."""
+
+    def __init__(self, objects: Objects, version: int = 0) -> None:
+        compiler = _Compiler(objects)
+        self.objects = objects
+        self.version = version
+        self.apps: dict[str, CompiledApp] = {}
+        exact: dict[str, list[CompiledApp]] = {}
+        wildcard: dict[str, list[CompiledApp]] = {}
+        for model in objects.applications:
+            app = compiler.app(model)
+            self.apps[app.name] = app
+            if app.host.startswith("*."):
+                wildcard.setdefault(app.host[2:], []).append(app)
+            else:
+                exact.setdefault(app.host, []).append(app)
+        by_length: Callable[[CompiledApp], int] = lambda a: -len(a.path)  # noqa: E731
+        self._exact = {h: tuple(sorted(a, key=by_length)) for h, a in exact.items()}
+        self._wildcard = {h: tuple(sorted(a, key=by_length)) for h, a in wildcard.items()}
+        self.groups = compiler.groups
+
+    # -------------------------------------------------------------- routing
+
+    @staticmethod
+    def normalise_host(host: str) -> str:
+        """Lower-case, port and trailing dot removed (``[::1]:8080`` → ``::1``)."""
+        h = host.strip().lower()
+        if h.startswith("["):
+            return h[1:].partition("]")[0]
+        if h.count(":") == 1:
+            h = h.partition(":")[0]
+        return h.rstrip(".")
+
+    def route(self, host: str, path: str = "/") -> CompiledApp | None:
+        """The application for a Host header and raw path; raises ``PathError`` on an unsafe
+        path. Exact hosts before ``*.`` hosts; within a host the longest path prefix wins."""
+        h = self.normalise_host(host)
+        norm = fold(normalise_path(path))
+        for app in self._exact.get(h, ()):
+            if under(norm, app.path):
+                return app
+        _, dot, parent = h.partition(".")
+        if dot:
+            for app in self._wildcard.get(parent, ()):
+                if under(norm, app.path):
+                    return app
+        return None
+
+    # -------------------------------------------------------------- deciding
+
+    def decide(self, app: CompiledApp, identity: Identity | None, ctx: Context) -> Verdict:
+        """The decision for a routed request (fast path, no explanation)."""
+        token = ctx.service_token
+        if app.pre:
+            f = _Facts(None, ctx, token)
+            for p in app.pre:
+                if p.decision == "bypass":
+                    if p.rules.match(f):
+                        return Verdict("bypass", app, p.name, "bypass policy matched")
+                elif token is not None and p.rules.match(f):
+                    return Verdict("allow", app, p.name, "service token accepted")
+        if identity is None:
+            if token is not None:
+                return Verdict("block", app, None, "no service_auth policy accepts this token")
+            if app.has_allow:
+                return Verdict("authenticate", app, None, "login required")
+            return Verdict("block", app, None, "no allow policy: nobody can log in")
+        f = _Facts(identity, ctx, None)
+        for p in app.main:
+            if p.rules.match(f):
+                return Verdict(p.decision, app, p.name, f"{p.decision} policy matched")  # type: ignore[arg-type]
+        return Verdict("block", app, None, "no policy matched (deny by default)")
+
+    def explain(self, app: CompiledApp, identity: Identity | None, ctx: Context) -> Verdict:
+        """Like ``decide``, recording every check; the outcome is always the same."""
+        token = ctx.service_token
+        steps: list[dict[str, Any]] = []
+
+        def record(p: CompiledPolicy, f: _Facts, skipped: str | None = None) -> bool:
+            if skipped is not None:
+                steps.append(
+                    {
+                        "policy": p.name,
+                        "decision": p.decision,
+                        "matched": False,
+                        "skipped": skipped,
+                        "checks": [],
+                    }
+                )
+                return False
+            ok, checks = p.rules.explain(f)
+            steps.append(
+                {
+                    "policy": p.name,
+                    "decision": p.decision,
+                    "matched": ok,
+                    "checks": [c.as_dict() for c in checks],
+                }
+            )
+            return ok
+
+        def verdict(outcome: Outcome, policy: str | None, reason: str) -> Verdict:
+            return Verdict(outcome, app, policy, reason, tuple(steps))
+
+        if app.pre:
+            f = _Facts(None, ctx, token)
+            for p in app.pre:
+                if p.decision == "bypass":
+                    if record(p, f):
+                        return verdict("bypass", p.name, "bypass policy matched")
+                elif token is None:
+                    record(p, f, "no service token presented")
+                elif record(p, f):
+                    return verdict("allow", p.name, "service token accepted")
+        if identity is None:
+            if token is not None:
+                return verdict("block", None, "no service_auth policy accepts this token")
+            if app.has_allow:
+                return verdict("authenticate", None, "login required")
+            return verdict("block", None, "no allow policy: nobody can log in")
+        f = _Facts(identity, ctx, None)
+        for p in app.main:
+            if record(p, f):
+                return verdict(p.decision, p.name, f"{p.decision} policy matched")  # type: ignore[arg-type]
+        return verdict("block", None, "no policy matched (deny by default)")
+
+    def check(
+        self,
+        host: str,
+        path: str,
+        identity: Identity | None,
+        ctx: Context,
+        *,
+        explain: bool = False,
+    ) -> Verdict:
+        """Route and decide in one call, as the edge does."""
+        try:
+            app = self.route(host, path)
+        except PathError as exc:
+            return Verdict("block", None, None, f"path rejected: {exc}")
+        if app is None:
+            return Verdict("block", None, None, "no application matches this host and path")
+        return (self.explain if explain else self.decide)(app, identity, ctx)
+
+
+def compile_snapshot(objects: Objects, version: int = 0) -> Snapshot:
+    """Compile validated objects into a snapshot."""
+    return Snapshot(objects, version)
