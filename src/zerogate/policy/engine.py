@@ -145,6 +145,27 @@ class _Domain(_InSet):
         return f.domain in self.values
 
 
+class _Idp(_InSet):
+    __slots__ = ()
+
+    def match(self, f: _Facts) -> bool:
+        return f.idp in self.values
+
+
+class _Country(_InSet):
+    __slots__ = ()
+
+    def match(self, f: _Facts) -> bool:
+        return f.country in self.values
+
+
+class _Token(_InSet):
+    __slots__ = ()
+
+    def match(self, f: _Facts) -> bool:
+        return f.token in self.values
+
+
 class _Overlaps(Matcher):
     """A multi-valued fact (IdP groups, amr) sharing a value with the set."""
 
@@ -341,6 +362,8 @@ class CompiledPolicy:
     decision: str
     rules: CompiledRules
     model: Policy
+    outcome: Outcome  # what a match decides: allow (allow, service_auth), block, bypass
+    reason: str
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -354,15 +377,28 @@ class CompiledApp:
     model: Application
 
 
-@dataclass(frozen=True, slots=True)
 class Verdict:
     """The decision for one request, with the deciding policy and (when asked) why."""
 
-    decision: Outcome
-    application: CompiledApp | None
-    policy: str | None
-    reason: str
-    steps: tuple[dict[str, Any], ...] = ()
+    __slots__ = ("application", "decision", "policy", "reason", "steps")
+
+    def __init__(
+        self,
+        decision: Outcome,
+        application: CompiledApp | None,
+        policy: str | None,
+        reason: str,
+        steps: tuple[dict[str, Any], ...] = (),
+    ) -> None:
+        self.decision: Outcome = decision
+        self.application = application
+        self.policy = policy
+        self.reason = reason
+        self.steps = steps
+
+    def __repr__(self) -> str:
+        app = self.application.name if self.application else None
+        return f"Verdict({self.decision!r}, app={app!r}, policy={self.policy!r})"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -377,9 +413,9 @@ class Verdict:
 _SIMPLE: Mapping[str, Callable[[list[str]], Matcher]] = {
     "email": lambda v: _Email("email", "email", v),
     "email_domain": lambda v: _Domain("email_domain", "domain", v),
-    "country": lambda v: _InSet("country", "country", v),
-    "login_method": lambda v: _InSet("login_method", "idp", v),
-    "service_token": lambda v: _InSet("service_token", "token", v),
+    "country": lambda v: _Country("country", "country", v),
+    "login_method": lambda v: _Idp("login_method", "idp", v),
+    "service_token": lambda v: _Token("service_token", "token", v),
     "idp_group": lambda v: _Overlaps("idp_group", "idp_groups", v),
     "auth_method": lambda v: _Overlaps("auth_method", "amr", v),
     "ip": lambda v: _Ip(v),
@@ -418,7 +454,17 @@ class _Compiler:
         )
 
     def app(self, app: Application) -> CompiledApp:
-        policies = [CompiledPolicy(p.name, p.decision, self.ruleset(p), p) for p in app.policies]
+        policies = [
+            CompiledPolicy(
+                p.name,
+                p.decision,
+                self.ruleset(p),
+                p,
+                "allow" if p.decision == "service_auth" else p.decision,
+                f"{p.decision} policy matched",
+            )
+            for p in app.policies
+        ]
         return CompiledApp(
             name=app.name,
             host=app.host,
@@ -501,7 +547,7 @@ class Snapshot:
         f = _Facts(identity, ctx, None)
         for p in app.main:
             if p.rules.match(f):
-                return Verdict(p.decision, app, p.name, f"{p.decision} policy matched")  # type: ignore[arg-type]
+                return Verdict(p.outcome, app, p.name, p.reason)
         return Verdict("block", app, None, "no policy matched (deny by default)")
 
     def explain(self, app: CompiledApp, identity: Identity | None, ctx: Context) -> Verdict:
@@ -554,7 +600,7 @@ class Snapshot:
         f = _Facts(identity, ctx, None)
         for p in app.main:
             if record(p, f):
-                return verdict(p.decision, p.name, f"{p.decision} policy matched")  # type: ignore[arg-type]
+                return verdict(p.outcome, p.name, p.reason)
         return verdict("block", None, "no policy matched (deny by default)")
 
     def check(
