@@ -356,6 +356,14 @@ class Settings(_Strict):
 class ConfigFile(Settings, Objects):
     """The whole YAML file: settings and objects side by side at the top level."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        """``groups:`` with every entry commented out is an empty section, not an error."""
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
     def objects(self) -> Objects:
         return Objects.model_validate({name: getattr(self, name) for name in Objects.model_fields})
 

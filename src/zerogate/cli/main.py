@@ -1,0 +1,420 @@
+"""The ``zerogate`` command: parses arguments, wires the parts together, prints results.
+
+Data goes to stdout (tables, or one JSON document with ``--json``); messages go to stderr.
+A user error (bad file, bad argument) exits with code 2 and a one-line message per problem,
+never a traceback; an environment error (store unreachable) exits with code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from zerogate import __version__
+from zerogate.model import ConfigError, Loaded, Problem, load_file
+from zerogate.model.objects import ConfigFile, Objects
+
+app = typer.Typer(
+    name="zerogate",
+    help="zerogate: a self-hosted zero-trust access gateway.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+policy_app = typer.Typer(help="Ask the policy engine.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+T = TypeVar("T")
+
+ConfigOption = Annotated[
+    Path, typer.Option("-c", "--config", help="The configuration file (YAML).", show_default=False)
+]
+OptionalConfig = Annotated[
+    Path | None,
+    typer.Option("-c", "--config", help="The configuration file; its `storage` is used."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line per message, exit code 2."""
+
+    def __init__(self, *messages: str) -> None:
+        self.messages = list(messages)
+        super().__init__("; ".join(messages))
+
+
+def fail(*messages: str, code: int = 2) -> NoReturn:
+    for message in messages:
+        err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def _problem_text(problem: Problem) -> str:
+    return str(problem).replace("[", "\\[")
+
+
+def load_config(path: Path) -> Loaded:
+    """Load and validate a file; exits 2 with every problem on stderr when invalid."""
+    try:
+        loaded = load_file(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]error:[/red] {_problem_text(problem)}")
+        n = len(exc.problems)
+        err.print(f"[red]{path}: {n} problem{'s' if n != 1 else ''}; nothing was applied[/red]")
+        raise typer.Exit(2) from None
+    for warning in loaded.warnings:
+        err.print(f"[yellow]warning:[/yellow] {_problem_text(warning)}")
+    return loaded
+
+
+def run(coro: Callable[[], Awaitable[T]]) -> T:
+    """Run an async part, turning store failures into a clear message (exit 1)."""
+    from zerogate.store import StoreError
+
+    async def main() -> T:
+        return await coro()
+
+    try:
+        return asyncio.run(main())
+    except StoreError as exc:
+        fail(str(exc), code=1)
+    except UserError as exc:
+        fail(*exc.messages)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _store_url(config: ConfigFile | None, path: Path | None) -> str:
+    from zerogate.store import storage_url
+
+    setting = config.storage if config is not None else None
+    try:
+        return storage_url(setting, base_dir=path.parent if path is not None else None)
+    except ValueError as exc:
+        raise UserError(f"storage: {exc}") from None
+
+
+def _counts(objects: Objects) -> dict[str, int]:
+    return {
+        "applications": len(objects.applications),
+        "groups": len(objects.groups),
+        "identity_providers": len(objects.identity_providers),
+        "tunnels": len(objects.tunnels),
+        "service_tokens": len(objects.service_tokens),
+        "policies": sum(len(a.policies) for a in objects.applications),
+    }
+
+
+# ---------------------------------------------------------------- check
+
+_SINGULAR = {
+    "applications": "application",
+    "groups": "group",
+    "policies": "policy",
+    "identity_providers": "identity provider",
+    "tunnels": "tunnel",
+    "service_tokens": "service token",
+}
+
+
+def _plural(n: int, key: str) -> str:
+    return f"{n} {key.replace('_', ' ') if n != 1 else _SINGULAR[key]}"
+
+
+@app.command()
+def check(config: ConfigOption, as_json: JsonOption = False) -> None:
+    """Validate a configuration file; report every problem with object, field and line."""
+    loaded = load_config(config)
+    counts = _counts(loaded.config)
+    if as_json:
+        print_json({"valid": True, "counts": counts, "warnings": [str(w) for w in loaded.warnings]})
+        return
+    summary = ", ".join(_plural(n, k) for k, n in counts.items() if n)
+    out.print(f"[green]✓[/green] {config} is valid" + (f": {summary}" if summary else ""))
+
+
+# ---------------------------------------------------------------- apply / export
+
+_ACTION_STYLE = {"add": ("+", "green"), "change": ("~", "yellow"), "remove": ("-", "red")}
+
+
+def _plan_table(plan: Any) -> Table:
+    table = Table(title=None, show_edge=False, box=None, pad_edge=False)
+    table.add_column("")
+    table.add_column("kind")
+    table.add_column("name")
+    table.add_column("changed")
+    for change in plan.changes:
+        sign, style = _ACTION_STYLE[change.action]
+        table.add_row(
+            f"[{style}]{sign}[/{style}]",
+            change.kind.replace("_", " "),
+            change.name,
+            ", ".join(change.fields),
+        )
+    return table
+
+
+def _plan_json(plan: Any, dry_run: bool) -> dict[str, Any]:
+    return {
+        "dry_run": dry_run,
+        "changes": [
+            {"action": c.action, "kind": c.kind, "name": c.name, "fields": list(c.fields)}
+            for c in plan.changes
+        ],
+        "version_before": plan.version_before,
+        "version_after": plan.version_after,
+    }
+
+
+@app.command()
+def apply(
+    config: ConfigOption,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan, change nothing.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the plan for a configuration file and apply it to the store in one transaction."""
+    loaded = load_config(config)
+    url = _store_url(loaded.config, config)
+    objects = loaded.config.objects()
+
+    async def go() -> Any:
+        from zerogate.store import Store
+
+        store = await Store.open(url)
+        try:
+            if dry_run:
+                return await store.plan(objects)
+            return await store.apply(objects, actor=f"cli:{getpass.getuser()}", source="cli")
+        finally:
+            await store.close()
+
+    plan = run(go)
+    if as_json:
+        print_json(_plan_json(plan, dry_run))
+        return
+    if plan.empty:
+        out.print(
+            f"No changes: the store already matches {config} (version {plan.version_before})."
+        )
+        return
+    out.print(_plan_table(plan))
+    n = len(plan.changes)
+    what = f"{n} change{'s' if n != 1 else ''}"
+    if dry_run:
+        out.print(f"\nDry run: {what} would be applied; nothing was written.")
+    else:
+        out.print(
+            f"\n[green]Applied {what}[/green]: configuration version "
+            f"{plan.version_before} → {plan.version_after}."
+        )
+
+
+@app.command()
+def export(
+    config: OptionalConfig = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print the stored objects as YAML (the same shape `apply` reads). Never prints secrets."""
+    from zerogate.model.dump import dump_yaml, objects_document
+
+    settings = load_config(config).config if config is not None else None
+    url = _store_url(settings, config)
+
+    async def go() -> tuple[Objects, int]:
+        from zerogate.store import Store
+
+        store = await Store.open(url)
+        try:
+            return await store.load()
+        finally:
+            await store.close()
+
+    objects, version = run(go)
+    if as_json:
+        print_json({"version": version, **objects_document(objects)})
+    else:
+        sys.stdout.write(
+            dump_yaml(objects, header=f"zerogate export, configuration version {version}")
+        )
+
+
+# ---------------------------------------------------------------- policy test
+
+
+def _check_label(check_: dict[str, Any]) -> str:
+    from rich.markup import escape
+
+    mark = "[green]✓[/green]" if check_["matched"] else "[red]✗[/red]"
+    return f"{mark} {escape(check_['section'])}: {escape(check_['check'])}"
+
+
+def _add_checks(tree: Tree, checks: list[dict[str, Any]]) -> None:
+    for check_ in checks:
+        _add_checks(tree.add(_check_label(check_)), check_.get("inner", []))
+
+
+@policy_app.command("test")
+def policy_test(
+    config: ConfigOption,
+    app_name: Annotated[str | None, typer.Option("--app", help="Application name.")] = None,
+    path: Annotated[str, typer.Option("--path", help="Request path (with --app).")] = "/",
+    url: Annotated[
+        str | None, typer.Option("--url", help="Route by host and path as the edge does.")
+    ] = None,
+    email: Annotated[str | None, typer.Option("--email", help="The user's email.")] = None,
+    ip: Annotated[str | None, typer.Option("--ip", help="The client address.")] = None,
+    idp: Annotated[str | None, typer.Option("--idp", help="Login method (IdP name).")] = None,
+    idp_group: Annotated[
+        list[str] | None, typer.Option("--idp-group", help="A group from the IdP (repeatable).")
+    ] = None,
+    amr: Annotated[
+        list[str] | None, typer.Option("--amr", help="An auth method, e.g. mfa (repeatable).")
+    ] = None,
+    country: Annotated[
+        str | None, typer.Option("--country", help="ISO country code (default: from GeoIP).")
+    ] = None,
+    service_token: Annotated[
+        str | None, typer.Option("--service-token", help="Present this service token.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Decide one request against the file's policies and explain why."""
+    from rich.markup import escape
+
+    from zerogate.model import values
+    from zerogate.policy import Context, Identity, compile_snapshot
+    from zerogate.policy.engine import Verdict
+
+    if (app_name is None) == (url is None):
+        fail("give exactly one of --app NAME or --url URL")
+    loaded = load_config(config)
+    objects = loaded.config.objects()
+    snapshot = compile_snapshot(objects)
+
+    problems: list[str] = []
+    identity = None
+    if email is not None:
+        try:
+            email = values.check_email(email)
+        except ValueError as exc:
+            problems.append(f"--email: {exc}")
+    elif idp or idp_group or amr:
+        problems.append("--idp, --idp-group and --amr describe a login: give --email too")
+    if idp is not None and idp not in {p.name for p in objects.identity_providers}:
+        problems.append(f"--idp: unknown identity provider {idp!r}")
+    if ip is not None and values.normalise_ip(ip) is None:
+        problems.append(f"--ip: {ip!r} is not an IP address")
+    if country is not None:
+        try:
+            country = values.check_country(country)
+        except ValueError as exc:
+            problems.append(f"--country: {exc}")
+    if service_token is not None and service_token not in {t.name for t in objects.service_tokens}:
+        problems.append(f"--service-token: unknown service token {service_token!r}")
+    if app_name is not None and app_name not in snapshot.apps:
+        problems.append(f"--app: unknown application {app_name!r}")
+    host = ""
+    if url is not None:
+        parts = urlsplit(url if "://" in url else f"https://{url}")
+        if not parts.hostname:
+            problems.append(f"--url: {url!r} has no host")
+        host = parts.netloc.rpartition("@")[2]
+        path = parts.path or "/"
+    if problems:
+        fail(*problems)
+    if email is not None:
+        identity = Identity.of(email, idp, idp_group or (), amr or ())
+
+    if country is None and ip is not None and loaded.config.geoip is not None:
+        from zerogate.geoip import GeoIp, GeoIpError
+
+        db = Path(loaded.config.geoip.database)
+        if not db.is_absolute():
+            db = config.parent / db
+        try:
+            geo = GeoIp(db)
+        except GeoIpError as exc:
+            fail(str(exc))
+        country = geo.country(ip)
+        geo.close()
+    ctx = Context(ip=ip, country=country, service_token=service_token)
+
+    verdict: Verdict
+    if url is not None:
+        verdict = snapshot.check(host, path, identity, ctx, explain=True)
+    else:
+        assert app_name is not None
+        verdict = snapshot.explain(snapshot.apps[app_name], identity, ctx)
+
+    result = verdict.as_dict()
+    result["request"] = {
+        "url": url,
+        "host": host or None,
+        "path": path,
+        "email": email,
+        "idp": idp,
+        "idp_groups": idp_group or [],
+        "amr": amr or [],
+        "ip": ip,
+        "country": country,
+        "service_token": service_token,
+    }
+    if as_json:
+        print_json(result)
+        return
+    colour = {"allow": "green", "bypass": "cyan", "authenticate": "yellow"}.get(
+        verdict.decision, "red"
+    )
+    who = email or (f"service token {service_token}" if service_token else "no identity")
+    app_label = result["application"] or "(no application)"
+    out.print(
+        f"[bold {colour}]{verdict.decision.upper()}[/bold {colour}]  "
+        f"{app_label} · policy: {verdict.policy or '—'} · {who}"
+        + (f" from {ip}" if ip else "")
+        + (f" ({country})" if country else "")
+    )
+    out.print(f"  {verdict.reason}")
+    if verdict.steps:
+        tree = Tree("policies evaluated, in order", guide_style="dim")
+        for step in verdict.steps:
+            mark = "[green]✓ match[/green]" if step["matched"] else "[dim]· no match[/dim]"
+            label = f"{mark} {escape(step['policy'])} [dim]({step['decision']})[/dim]"
+            if step.get("skipped"):
+                label += f" [dim]— skipped: {escape(step['skipped'])}[/dim]"
+            _add_checks(tree.add(label), step["checks"])
+        out.print(tree)
+
+
+@app.command()
+def version() -> None:
+    """Print zerogate's version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,10 @@
+"""The store: SQLAlchemy tables, alembic migrations, loading and applying the configured
+objects, the configuration version and the admin log. SQLite by default, PostgreSQL by URL.
+Imports only ``zerogate.model`` of zerogate's own code."""
+
+from zerogate.store.diff import Change, Plan
+from zerogate.store.errors import StoreError
+from zerogate.store.store import AdminLogEntry, Store
+from zerogate.store.urls import storage_url
+
+__all__ = ["AdminLogEntry", "Change", "Plan", "Store", "StoreError", "storage_url"]

@@ -1,0 +1,364 @@
+"""The store: where the configured objects live between processes, with their version and the
+admin log of every change.
+
+``Store.open`` connects and migrates; ``load`` returns the objects; ``plan`` diffs the stored
+objects against new ones; ``apply`` writes a plan in one transaction that also bumps the
+configuration version and records one admin-log row per change. Concurrent applies serialise
+on the single ``config_state`` row (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN
+IMMEDIATE`` on SQLite).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from zerogate.model.objects import Objects
+from zerogate.store import migrate
+from zerogate.store.diff import Change, Plan, Row, canonical, diff, objects_of, rows_of
+from zerogate.store.engine import create_engine, sqlite_file, write_lock
+from zerogate.store.errors import StoreError
+from zerogate.store.tables import admin_log, config_state
+from zerogate.store.tables import objects as objects_table
+
+
+@dataclass(frozen=True)
+class AdminLogEntry:
+    """One recorded admin change; ``before``/``after`` are the object's spec (``None`` for an
+    add / a removal); ``version`` is the configuration version the change produced."""
+
+    id: int
+    at: datetime
+    actor: str
+    source: str | None
+    action: str
+    kind: str | None
+    name: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    version: int | None = None
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of the driver's message, without SQLAlchemy's decorations."""
+    original = getattr(exc, "orig", None) or exc
+    text = str(original).strip() or type(original).__name__
+    return text.splitlines()[0]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {"value": value}
+
+
+class Store:
+    """A connected, migrated store. Create with ``await Store.open(url)``; ``close()`` it."""
+
+    def __init__(self, engine: AsyncEngine, url: str) -> None:
+        self._engine = engine
+        self._url = url
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine, for parts that keep their own tables in the same database."""
+        return self._engine
+
+    @property
+    def safe_url(self) -> str:
+        """The store's URL as a user would write it, with any password hidden."""
+        url = make_url(self._url)
+        return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
+
+    # -- opening ------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        """Connect to the store at ``url`` (as returned by ``storage_url``) and migrate it to
+        the newest schema; raises ``StoreError`` when it cannot."""
+        try:
+            file = sqlite_file(url)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"storage URL {url!r} is not valid: {_reason(exc)}") from None
+        if file is not None:
+            try:
+                file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the folder {str(file.parent)!r} for the store: {exc.strerror}"
+                ) from None
+        engine = create_engine(url)
+        store = cls(engine, url)
+        try:
+            async with engine.connect() as connection:
+                await write_lock(connection)
+                async with connection.begin():
+                    await connection.run_sync(migrate.upgrade)
+        except StoreError:
+            await engine.dispose()
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            await engine.dispose()
+            raise StoreError(f"cannot open the store at {store.safe_url}: {_reason(exc)}") from None
+        except Exception as exc:  # asyncpg raises its own errors while connecting
+            await engine.dispose()
+            if type(exc).__module__.startswith("asyncpg"):
+                raise StoreError(
+                    f"cannot open the store at {store.safe_url}: {_reason(exc)}"
+                ) from None
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    # -- reading ------------------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"cannot {doing} ({self.safe_url}): {_reason(exc)}") from None
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that sees one consistent state of the store."""
+        async with self._engine.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                await connection.execution_options(isolation_level="REPEATABLE READ")
+            async with connection.begin():
+                yield connection
+
+    async def version(self) -> int:
+        """The configuration version: 0 for a new store, +1 for every non-empty apply."""
+        with self._errors("read the store's version"):
+            async with self._reading() as connection:
+                return await _version(connection)
+
+    async def load(self) -> tuple[Objects, int]:
+        """The stored objects (in the order they were applied) and the version they are at."""
+        with self._errors("load the configuration"):
+            async with self._reading() as connection:
+                version = await _version(connection)
+                rows = await _rows(connection)
+        return _objects(rows), version
+
+    async def plan(self, objects: Objects) -> Plan:
+        """What ``apply(objects)`` would do now; writes nothing."""
+        wanted = _wanted(objects)
+        with self._errors("read the store"):
+            async with self._reading() as connection:
+                version = await _version(connection)
+                stored = await _rows(connection)
+        return Plan(diff(stored, wanted), version, version)
+
+    async def admin_log(self, limit: int = 100) -> list[AdminLogEntry]:
+        """The newest ``limit`` admin-log entries, newest first."""
+        query = select(admin_log).order_by(admin_log.c.id.desc()).limit(max(0, limit))
+        with self._errors("read the admin log"):
+            async with self._reading() as connection:
+                result = await connection.execute(query)
+                records = result.mappings().all()
+        return [
+            AdminLogEntry(
+                id=record["id"],
+                at=record["at"],
+                actor=record["actor"],
+                source=record["source"],
+                action=record["action"],
+                kind=record["kind"],
+                name=record["name"],
+                before=_json(record["before_json"]),
+                after=_json(record["after_json"]),
+                version=record["config_version"],
+            )
+            for record in records
+        ]
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def apply(self, objects: Objects, *, actor: str, source: str | None = None) -> Plan:
+        """Make the stored objects equal to ``objects`` in one transaction (all or nothing):
+        write the changes, bump the version by one and log each change. An empty plan writes
+        nothing. Concurrent applies (from any process) run one after the other."""
+        wanted = _wanted(objects)
+        with self._errors("apply the configuration"):
+            async with self._engine.connect() as connection:
+                await write_lock(connection)
+                async with connection.begin() as transaction:
+                    version = await _lock_state(connection)
+                    stored = await _rows(connection)
+                    changes = diff(stored, wanted)
+                    if not changes:
+                        await transaction.rollback()
+                        return Plan((), version, version)
+                    new_version = version + 1
+                    now = _now()
+                    await _write_objects(connection, stored, wanted, changes, new_version, now)
+                    await _write_log(
+                        connection, stored, wanted, changes, new_version, now, actor, source
+                    )
+                    await _bump_version(connection, new_version, now)
+        return Plan(changes, version, new_version)
+
+
+# -- queries (module functions so tests can interfere with one step) ---------------------------
+
+
+def _wanted(objects: Objects) -> list[Row]:
+    try:
+        return rows_of(objects)
+    except ValueError as exc:
+        raise StoreError(f"cannot store the configuration: {exc}") from None
+
+
+def _objects(rows: Sequence[Row]) -> Objects:
+    try:
+        return objects_of(rows)
+    except (ValidationError, ValueError) as exc:
+        first = str(exc).splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise StoreError(
+            f"the stored configuration is not valid for this version of zerogate: {detail}"
+        ) from None
+
+
+async def _version(connection: AsyncConnection) -> int:
+    result = await connection.execute(select(config_state.c.version).where(config_state.c.id == 1))
+    version = result.scalar_one_or_none()
+    if version is None:
+        raise StoreError("the store has no config_state row; it was not created by zerogate")
+    return int(version)
+
+
+async def _lock_state(connection: AsyncConnection) -> int:
+    """The version, with the state row locked until the transaction ends (PostgreSQL; SQLite
+    is already locked by ``BEGIN IMMEDIATE``)."""
+    query = select(config_state.c.version).where(config_state.c.id == 1)
+    if connection.dialect.name != "sqlite":
+        query = query.with_for_update()
+    result = await connection.execute(query)
+    version = result.scalar_one_or_none()
+    if version is None:
+        raise StoreError("the store has no config_state row; it was not created by zerogate")
+    return int(version)
+
+
+async def _rows(connection: AsyncConnection) -> list[Row]:
+    result = await connection.execute(
+        select(
+            objects_table.c.kind,
+            objects_table.c.name,
+            objects_table.c.position,
+            objects_table.c.spec,
+        ).order_by(objects_table.c.kind, objects_table.c.position, objects_table.c.id)
+    )
+    return [
+        Row(kind, name, position, json.loads(spec)) for kind, name, position, spec in result.all()
+    ]
+
+
+async def _write_objects(
+    connection: AsyncConnection,
+    stored: Sequence[Row],
+    wanted: Sequence[Row],
+    changes: Sequence[Change],
+    version: int,
+    now: datetime,
+) -> None:
+    """Delete, insert and update the object rows as ``changes`` say; objects that only shifted
+    because others came or went get their new position without counting as changed."""
+    before = {(row.kind, row.name): row for row in stored}
+    after = {(row.kind, row.name): row for row in wanted}
+    changed = {(change.kind, change.name) for change in changes}
+    table = objects_table
+    for change in changes:
+        if change.action == "remove":
+            await connection.execute(
+                delete(table).where(table.c.kind == change.kind, table.c.name == change.name)
+            )
+    added = [
+        {
+            "kind": row.kind,
+            "name": row.name,
+            "position": row.position,
+            "spec": row.text,
+            "version": version,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for change in changes
+        if change.action == "add"
+        for row in (after[(change.kind, change.name)],)
+    ]
+    if added:
+        await connection.execute(insert(table), added)
+    for key, row in after.items():
+        old = before.get(key)
+        if old is None:
+            continue
+        where = (table.c.kind == row.kind, table.c.name == row.name)
+        if key in changed:
+            values: dict[str, Any] = {
+                "position": row.position,
+                "spec": row.text,
+                "version": version,
+                "updated_at": now,
+            }
+            await connection.execute(update(table).where(*where).values(**values))
+        elif old.position != row.position:
+            await connection.execute(update(table).where(*where).values(position=row.position))
+
+
+async def _write_log(
+    connection: AsyncConnection,
+    stored: Sequence[Row],
+    wanted: Sequence[Row],
+    changes: Sequence[Change],
+    version: int,
+    now: datetime,
+    actor: str,
+    source: str | None,
+) -> None:
+    before = {(row.kind, row.name): row for row in stored}
+    after = {(row.kind, row.name): row for row in wanted}
+    entries = []
+    for change in changes:
+        old = before.get((change.kind, change.name))
+        new = after.get((change.kind, change.name))
+        entries.append(
+            {
+                "at": now,
+                "actor": actor,
+                "source": source,
+                "action": change.action,
+                "kind": change.kind,
+                "name": change.name,
+                "before_json": canonical(old.spec) if old is not None else None,
+                "after_json": canonical(new.spec) if new is not None else None,
+                "config_version": version,
+            }
+        )
+    await connection.execute(insert(admin_log), entries)
+
+
+async def _bump_version(connection: AsyncConnection, version: int, now: datetime) -> None:
+    await connection.execute(
+        update(config_state).where(config_state.c.id == 1).values(version=version, updated_at=now)
+    )
