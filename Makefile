@@ -38,3 +38,7 @@ bench-policy: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+## the README's one command to run zerogate
+demo: $(STAMP)
+	ZEROGATE_DATA_DIR=$(CURDIR)/.zerogate-demo $(BIN)/zerogate demo
