@@ -1,0 +1,288 @@
+"""One-time PIN logic (SPEC "One-time PIN") as pure functions over a record the caller stores.
+
+This module owns: making a PIN, hashing it, checking a candidate (single use, 10 minutes,
+5 wrong tries), and the send rate limits (per address and per client IP). It stores nothing
+durable and sends no mail.
+
+How a caller uses it (the portal):
+
+1. ``limiter.hit(email, client_ip, now)``; if refused, show the same page anyway (the page never
+   says whether an address may log in) and send nothing.
+2. ``pin, record = issue_pin(email, app, secret=..., now=now)``; store ``record`` under
+   ``record.key`` — **one record per (email, app)**, so storing the new record replaces, and
+   thereby voids, any earlier PIN for that pair. Mail ``pin``; never store it.
+3. On submit: load the record by ``pin_key(email, app)``, ``outcome, new = check_pin(record,
+   candidate, secret, now)``, and store ``new`` *atomically against the record you read*
+   (compare-and-set on ``tries_left``/``used``, or a per-key lock). Otherwise parallel guesses
+   each see 5 tries left, and two parallel right answers could both succeed.
+   Log in only when ``outcome is PinOutcome.OK``.
+
+PINs are stored as HMAC-SHA256 under a server secret, bound to the email and app, so a hash
+for alice@ cannot be replayed for bob@ or another application, and a stolen store does not
+give up PINs without the secret. Candidates are compared with ``hmac.compare_digest``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import ipaddress
+import json
+import math
+import secrets
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+PIN_DIGITS = 6
+PIN_TTL_SECONDS = 10 * 60
+PIN_MAX_TRIES = 5
+#: at most this many PINs per email address per window
+PIN_SENDS_PER_ADDRESS = 5
+#: at most this many PINs per client IP (an IPv6 client counts per /64) per window
+PIN_SENDS_PER_IP = 20
+PIN_SEND_WINDOW_SECONDS = 15 * 60
+
+_HASH_DOMAIN = "zerogate-otp-v1"
+
+#: ``rng(n)`` returns a uniform integer in ``[0, n)``, like ``secrets.randbelow``
+RandBelow = Callable[[int], int]
+
+
+class PinOutcome(enum.StrEnum):
+    OK = "ok"
+    #: wrong PIN, tries remain
+    WRONG = "wrong"
+    EXPIRED = "expired"
+    #: no tries left (including the wrong try that used up the last one)
+    EXHAUSTED = "exhausted"
+    USED = "used"
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def pin_key(email: str, app: str) -> tuple[str, str]:
+    """The storage key of the (single) PIN record for this address and application."""
+    return normalise_email(email), app
+
+
+def new_pin(rng: RandBelow = secrets.randbelow) -> str:
+    """A uniformly random PIN of ``PIN_DIGITS`` digits, e.g. ``"042917"``."""
+    value = rng(10**PIN_DIGITS)
+    if not 0 <= value < 10**PIN_DIGITS:
+        raise ValueError("rng returned a value out of range")
+    return f"{value:0{PIN_DIGITS}d}"
+
+
+def hash_pin(pin: str, *, secret: bytes, email: str, app: str) -> str:
+    """HMAC-SHA256(secret, [domain, email, app, pin]) as hex; JSON keeps the fields unambiguous."""
+    if len(secret) < 16:
+        raise ValueError("the PIN secret must be at least 16 bytes")
+    message = json.dumps([_HASH_DOMAIN, normalise_email(email), app, pin]).encode("utf-8")
+    return hmac.new(secret, message, "sha256").hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PinRecord:
+    """What the caller stores for one outstanding PIN (never the PIN itself)."""
+
+    email: str
+    app: str
+    pin_hash: str
+    created_at: float
+    expires_at: float
+    tries_left: int = PIN_MAX_TRIES
+    used: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return pin_key(self.email, self.app)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "email": self.email,
+            "app": self.app,
+            "pin_hash": self.pin_hash,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "tries_left": self.tries_left,
+            "used": self.used,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PinRecord:
+        return cls(
+            email=str(data["email"]),
+            app=str(data["app"]),
+            pin_hash=str(data["pin_hash"]),
+            created_at=float(data["created_at"]),
+            expires_at=float(data["expires_at"]),
+            tries_left=int(data["tries_left"]),
+            used=bool(data["used"]),
+        )
+
+
+def issue_pin(
+    email: str,
+    app: str,
+    *,
+    secret: bytes,
+    now: float,
+    rng: RandBelow = secrets.randbelow,
+    ttl_seconds: float = PIN_TTL_SECONDS,
+) -> tuple[str, PinRecord]:
+    """A new PIN (to send) and its record (to store under ``record.key``, replacing any old one)."""
+    pin = new_pin(rng)
+    email = normalise_email(email)
+    record = PinRecord(
+        email=email,
+        app=app,
+        pin_hash=hash_pin(pin, secret=secret, email=email, app=app),
+        created_at=now,
+        expires_at=now + ttl_seconds,
+    )
+    return pin, record
+
+
+def check_pin(
+    record: PinRecord, candidate: str, secret: bytes, now: float
+) -> tuple[PinOutcome, PinRecord]:
+    """The outcome of trying ``candidate`` at ``now``, and the record to store afterwards.
+
+    Order: used, exhausted, expired, then the comparison. A wrong (or malformed) candidate
+    costs a try; the try that uses up the last one returns ``EXHAUSTED``. Spaces in the
+    candidate are ignored ("123 456").
+    """
+    if record.used:
+        return PinOutcome.USED, record
+    if record.tries_left <= 0:
+        return PinOutcome.EXHAUSTED, record
+    if now >= record.expires_at:
+        return PinOutcome.EXPIRED, record
+    cleaned = "".join(candidate.split())
+    if not (len(cleaned) == PIN_DIGITS and cleaned.isascii() and cleaned.isdigit()):
+        cleaned = ""  # still hashed and compared: same work for every candidate
+    expected = record.pin_hash
+    actual = hash_pin(cleaned, secret=secret, email=record.email, app=record.app)
+    if cleaned and hmac.compare_digest(actual.encode("ascii"), expected.encode("ascii")):
+        return PinOutcome.OK, replace(record, used=True)
+    left = record.tries_left - 1
+    updated = replace(record, tries_left=left)
+    return (PinOutcome.WRONG if left > 0 else PinOutcome.EXHAUSTED), updated
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    events: int
+    window_seconds: float
+
+
+ADDRESS_LIMIT = Limit(PIN_SENDS_PER_ADDRESS, PIN_SEND_WINDOW_SECONDS)
+IP_LIMIT = Limit(PIN_SENDS_PER_IP, PIN_SEND_WINDOW_SECONDS)
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    #: seconds until a new attempt can succeed; 0.0 when allowed
+    retry_after: float = 0.0
+
+    @property
+    def retry_after_header(self) -> str:
+        """The value for an HTTP ``Retry-After`` header (whole seconds, rounded up)."""
+        return str(max(1, math.ceil(self.retry_after)))
+
+
+class RateLimiter:
+    """Sliding-window log: at most ``limit.events`` hits per key in any ``window_seconds``.
+
+    In memory, per process; at most ``max_keys`` keys are tracked (least recently hit first out).
+    Every call takes ``now``. A cluster needs shared state (Redis) behind the same interface.
+    """
+
+    def __init__(self, limit: Limit, *, max_keys: int = 100_000) -> None:
+        if limit.events < 1 or limit.window_seconds <= 0:
+            raise ValueError("a limit needs events >= 1 and a positive window")
+        self.limit = limit
+        self.max_keys = max_keys
+        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _window(self, key: str, now: float) -> deque[float] | None:
+        hits = self._hits.get(key)
+        if hits is None:
+            return None
+        start = now - self.limit.window_seconds
+        while hits and hits[0] <= start:
+            hits.popleft()
+        if not hits:
+            del self._hits[key]
+            return None
+        return hits
+
+    def check(self, key: str, now: float) -> RateDecision:
+        """Would a hit be allowed now? Records nothing."""
+        hits = self._window(key, now)
+        if hits is None or len(hits) < self.limit.events:
+            return RateDecision(True)
+        oldest = hits[len(hits) - self.limit.events]
+        return RateDecision(False, oldest + self.limit.window_seconds - now)
+
+    def record(self, key: str, now: float) -> None:
+        hits = self._hits.get(key)
+        if hits is None:
+            hits = self._hits[key] = deque()
+        hits.append(now)
+        self._hits.move_to_end(key)
+        while len(self._hits) > self.max_keys:
+            self._hits.popitem(last=False)
+
+    def hit(self, key: str, now: float) -> RateDecision:
+        """Record a hit if allowed; a refused hit is not recorded."""
+        decision = self.check(key, now)
+        if decision.allowed:
+            self.record(key, now)
+        return decision
+
+    def __len__(self) -> int:
+        return len(self._hits)
+
+
+def ip_key(client_ip: str) -> str:
+    """IPv4 address as is; IPv6 by /64 (one host usually holds a whole /64)."""
+    try:
+        address = ipaddress.ip_address(client_ip.strip())
+    except ValueError:
+        return client_ip.strip()
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class PinSendLimiter:
+    """The PIN-sending limits: per address and per client IP, both must allow.
+
+    A send refused by one limit is recorded by neither, so a flood from one IP does not use up
+    the address's quota beyond what that IP was allowed.
+    """
+
+    def __init__(self, address_limit: Limit = ADDRESS_LIMIT, ip_limit: Limit = IP_LIMIT) -> None:
+        self.by_address = RateLimiter(address_limit)
+        self.by_ip = RateLimiter(ip_limit)
+
+    def hit(self, email: str, client_ip: str, now: float) -> RateDecision:
+        address, ip = normalise_email(email), ip_key(client_ip)
+        first = self.by_address.check(address, now)
+        second = self.by_ip.check(ip, now)
+        if first.allowed and second.allowed:
+            self.by_address.record(address, now)
+            self.by_ip.record(ip, now)
+            return RateDecision(True)
+        return RateDecision(False, max(first.retry_after, second.retry_after))
