@@ -18,7 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
-from zerogate.model.objects import ConfigFile, Objects, all_field_names
+from zerogate.model.objects import SELECTORS, ConfigFile, Objects, all_field_names
 from zerogate.model.references import Issue, Loc, check_objects
 
 _KINDS = {
@@ -119,6 +119,10 @@ def describe(loc: Loc, data: Any) -> str:
             and i + 1 < len(parts)
             and isinstance(parts[i + 1], int)
             and not rest
+            and isinstance(node, dict)
+            and isinstance(node.get(part), list)
+            and int(parts[i + 1]) < len(node[part])
+            and isinstance(node[part][int(parts[i + 1])], dict)
         ):
             index = int(parts[i + 1])
             item = node.get(part, []) if isinstance(node, dict) else []
@@ -154,7 +158,9 @@ def _message(err: dict[str, Any]) -> str:
     loc = err["loc"]
     if kind == "extra_forbidden":
         key = str(loc[-1]) if loc else "?"
-        close = difflib.get_close_matches(key, sorted(_KNOWN), n=1)
+        in_rule = any(part in ("include", "require", "exclude") for part in loc[:-1])
+        candidates = SELECTORS if in_rule else sorted(_KNOWN - {key})
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"unknown key {key!r}{hint}"
     if kind == "missing":

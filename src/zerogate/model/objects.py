@@ -36,7 +36,27 @@ Email = Annotated[str, AfterValidator(values.check_email)]
 EmailDomain = Annotated[str, AfterValidator(values.check_email_domain)]
 Country = Annotated[str, AfterValidator(values.check_country)]
 Hostname = Annotated[str, AfterValidator(values.check_hostname)]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _check_name(value: str) -> str:
+    if not value.strip():
+        raise ValueError("a name cannot be blank")
+    return value
+
+
+def _number_as_text(value: Any) -> Any:
+    """IdP group ids and the like may be numbers in YAML; they are compared as text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Name = Annotated[
+    str,
+    BeforeValidator(_number_as_text),
+    Field(min_length=1, max_length=200),
+    AfterValidator(_check_name),
+]
 
 
 EmailList = Annotated[list[Email], BeforeValidator(_listify), Field(min_length=1)]

@@ -30,6 +30,14 @@ _REJECTED_ESCAPES = {
 }
 
 
+#: characters a client must percent-encode (RFC 3986 allows only these and %XX in a path)
+_OUTSIDE_URI = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/%]")
+
+
+def _encode(match: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in match.group(0).encode("utf-8"))
+
+
 class PathError(ValueError):
     """The path cannot be routed safely; the edge answers 400."""
 
@@ -75,6 +83,8 @@ def normalise_path(raw: str) -> str:
         raise PathError("the path holds a control character")
     if "%" in path:
         path = _ESCAPE.sub(_decode_unreserved, path)
+    if not path.isascii() or " " in path or _OUTSIDE_URI.search(path):
+        path = _OUTSIDE_URI.sub(_encode, path)
     while "//" in path:
         path = path.replace("//", "/")
     if "." in path:

@@ -12,6 +12,7 @@ from datetime import timedelta
 from functools import lru_cache
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_MAX_DURATION = 100 * 365 * 86400
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -31,6 +32,8 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"{text!r} is not a duration (examples: 30m, 24h, 7d, 1h30m)")
     if seconds <= 0:
         raise ValueError(f"{text!r}: a duration must be longer than zero")
+    if seconds > _MAX_DURATION:
+        raise ValueError(f"{text!r}: a duration is at most 100 years")
     return timedelta(seconds=seconds)
 
 

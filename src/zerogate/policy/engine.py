@@ -67,7 +67,8 @@ class _Facts:
     def __init__(self, identity: Identity | None, ctx: Context, token: str | None) -> None:
         if identity is not None:
             self.email: str | None = identity.email
-            self.domain: str | None = identity.email.rpartition("@")[2]
+            user, at, domain = identity.email.rpartition("@")
+            self.domain: str | None = domain if at and user else None
             self.idp: str | None = identity.idp
             self.idp_groups: frozenset[str] = identity.idp_groups
             self.amr: frozenset[str] = identity.amr
@@ -229,7 +230,7 @@ class _GroupRef(Matcher):
         return f"group {self.group.name!r}"
 
     def explain(self, f: _Facts) -> tuple[bool, list[Step]]:
-        return self.group.rules.explain(f)
+        return self.group.explain_rules.explain(f)
 
 
 class _AnyOf(Matcher):
@@ -239,7 +240,10 @@ class _AnyOf(Matcher):
         self.parts = tuple(parts)
 
     def match(self, f: _Facts) -> bool:
-        return any(p.match(f) for p in self.parts)
+        for p in self.parts:  # noqa: SIM110 - a plain loop is faster than any() here
+            if p.match(f):
+                return True
+        return False
 
     def describe(self) -> str:
         return " or ".join(p.describe() for p in self.parts)
@@ -263,7 +267,10 @@ class _AllOf(Matcher):
         self.parts = tuple(parts)
 
     def match(self, f: _Facts) -> bool:
-        return all(p.match(f) for p in self.parts)
+        for p in self.parts:  # noqa: SIM110 - a plain loop is faster than all() here
+            if not p.match(f):
+                return False
+        return True
 
     def describe(self) -> str:
         return " and ".join(p.describe() for p in self.parts)
@@ -354,27 +361,64 @@ class CompiledGroup:
     index: int
     name: str
     rules: CompiledRules = field(default_factory=lambda: CompiledRules([], [], []))
+    explain_rules: CompiledRules = field(default_factory=lambda: CompiledRules([], [], []))
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledPolicy:
     name: str
     decision: str
-    rules: CompiledRules
+    rules: CompiledRules  # fast form: include-only groups flattened, selectors merged by kind
+    explain_rules: CompiledRules  # the rules as written, for explanations
     model: Policy
     outcome: Outcome  # what a match decides: allow (allow, service_auth), block, bypass
     reason: str
 
 
-@dataclass(frozen=True, slots=True, eq=False)
 class CompiledApp:
-    name: str
-    host: str
-    path: str
-    pre: tuple[CompiledPolicy, ...]  # bypass + service_auth, listed order
-    main: tuple[CompiledPolicy, ...]  # allow + block, listed order
-    has_allow: bool
-    model: Application
+    """An application's policies, compiled, with its fixed verdicts built once."""
+
+    __slots__ = (
+        "fast_main",
+        "fast_pre",
+        "has_allow",
+        "host",
+        "main",
+        "model",
+        "name",
+        "path",
+        "pre",
+        "v_deny",
+        "v_login",
+        "v_nobody",
+        "v_token_refused",
+    )
+
+    def __init__(self, model: Application, policies: list[CompiledPolicy]) -> None:
+        self.name = model.name
+        self.host = model.host
+        self.path = model.path
+        self.model = model
+        #: bypass + service_auth, then allow + block, each in listed order
+        self.pre = tuple(p for p in policies if p.decision in ("bypass", "service_auth"))
+        self.main = tuple(p for p in policies if p.decision in ("allow", "block"))
+        self.has_allow = any(p.decision == "allow" for p in policies)
+        self.fast_pre = tuple(
+            (p.rules, p.decision == "bypass", Verdict(p.outcome, self, p.name, p.reason))
+            for p in self.pre
+        )
+        self.fast_main = tuple(
+            (p.rules, Verdict(p.outcome, self, p.name, p.reason)) for p in self.main
+        )
+        self.v_deny = Verdict("block", self, None, "no policy matched (deny by default)")
+        self.v_login = Verdict("authenticate", self, None, "login required")
+        self.v_nobody = Verdict("block", self, None, "no allow policy: nobody can log in")
+        self.v_token_refused = Verdict(
+            "block", self, None, "no service_auth policy accepts this token"
+        )
+
+    def __repr__(self) -> str:
+        return f"CompiledApp({self.name!r}, {self.host + self.path!r})"
 
 
 class Verdict:
@@ -422,13 +466,34 @@ _SIMPLE: Mapping[str, Callable[[list[str]], Matcher]] = {
 }
 
 
+#: merged in this order (cheapest first) when include-only groups are flattened
+_MERGE_ORDER = (
+    "email",
+    "email_domain",
+    "login_method",
+    "country",
+    "service_token",
+    "idp_group",
+    "auth_method",
+    "ip",
+)
+
+
 class _Compiler:
+    """Two forms of every rule set: the *fast* one (include-only groups flattened into their
+    members, the values of each kind merged into one set or radix tree) used by ``decide``, and
+    the rules *as written* used by ``explain``. Property tests keep the two equal."""
+
     def __init__(self, objects: Objects) -> None:
+        self.models = {g.name: g for g in objects.groups}
         self.groups: dict[str, CompiledGroup] = {
             g.name: CompiledGroup(i, g.name) for i, g in enumerate(objects.groups)
         }
         for g in objects.groups:
-            self.groups[g.name].rules = self.ruleset(g)
+            self.groups[g.name].rules = self.fast(g)
+            self.groups[g.name].explain_rules = self.ruleset(g)
+
+    # ---------------------------------------------------------- as written
 
     def one(self, selector: str, values: list[str]) -> Matcher:
         if selector == "everyone":
@@ -453,11 +518,65 @@ class _Compiler:
             [self.rule(r, "exclude") for r in rs.exclude],
         )
 
+    # ---------------------------------------------------------- fast
+
+    def _terms(
+        self,
+        selector: str,
+        values: list[str],
+        merged: dict[str, set[str]],
+        others: dict[str, Matcher],
+        flags: set[str],
+    ) -> None:
+        """Add the alternatives of one any-of rule to ``merged`` / ``others`` / ``flags``."""
+        if selector == "everyone":
+            flags.add("everyone")
+        elif selector == "any_service_token":
+            flags.add("any_service_token")
+        elif selector == "group":
+            for name in values:
+                model = self.models[name]
+                if model.require or model.exclude:
+                    others.setdefault(name, _GroupRef(self.groups[name]))
+                else:  # an include-only group is exactly the union of its includes
+                    for inner in model.include:
+                        self._terms(inner.selector, inner.values, merged, others, flags)
+        else:
+            merged.setdefault(selector, set()).update(values)
+
+    def any_of(self, rules: list[tuple[str, list[str]]]) -> Matcher:
+        merged: dict[str, set[str]] = {}
+        others: dict[str, Matcher] = {}
+        flags: set[str] = set()
+        for selector, values in rules:
+            self._terms(selector, values, merged, others, flags)
+        if "everyone" in flags:
+            return _Everyone()
+        parts: list[Matcher] = [_AnyToken()] if "any_service_token" in flags else []
+        parts += [_SIMPLE[k](sorted(merged[k])) for k in _MERGE_ORDER if k in merged]
+        parts += others.values()
+        return parts[0] if len(parts) == 1 else _AnyOf(parts)
+
+    def fast(self, rs: RuleSet) -> CompiledRules:
+        require: list[Matcher] = []
+        for r in rs.require:
+            values = list(dict.fromkeys(r.values))
+            if len(values) > 1:
+                require.append(_AllOf([self.any_of([(r.selector, [v])]) for v in values]))
+            else:
+                require.append(self.any_of([(r.selector, r.values)]))
+        return CompiledRules(
+            [self.any_of([(r.selector, r.values) for r in rs.include])] if rs.include else [],
+            require,
+            [self.any_of([(r.selector, r.values) for r in rs.exclude])] if rs.exclude else [],
+        )
+
     def app(self, app: Application) -> CompiledApp:
         policies = [
             CompiledPolicy(
                 p.name,
                 p.decision,
+                self.fast(p),
                 self.ruleset(p),
                 p,
                 "allow" if p.decision == "service_auth" else p.decision,
@@ -465,15 +584,7 @@ class _Compiler:
             )
             for p in app.policies
         ]
-        return CompiledApp(
-            name=app.name,
-            host=app.host,
-            path=app.path,
-            pre=tuple(p for p in policies if p.decision in ("bypass", "service_auth")),
-            main=tuple(p for p in policies if p.decision in ("allow", "block")),
-            has_allow=any(p.decision == "allow" for p in policies),
-            model=app,
-        )
+        return CompiledApp(app, policies)
 
 
 class Snapshot:
@@ -518,8 +629,8 @@ class Snapshot:
         for app in self._exact.get(h, ()):
             if under(norm, app.path):
                 return app
-        _, dot, parent = h.partition(".")
-        if dot:
+        first, dot, parent = h.partition(".")
+        if dot and first:
             for app in self._wildcard.get(parent, ()):
                 if under(norm, app.path):
                     return app
@@ -530,25 +641,20 @@ class Snapshot:
     def decide(self, app: CompiledApp, identity: Identity | None, ctx: Context) -> Verdict:
         """The decision for a routed request (fast path, no explanation)."""
         token = ctx.service_token
-        if app.pre:
+        if app.fast_pre:
             f = _Facts(None, ctx, token)
-            for p in app.pre:
-                if p.decision == "bypass":
-                    if p.rules.match(f):
-                        return Verdict("bypass", app, p.name, "bypass policy matched")
-                elif token is not None and p.rules.match(f):
-                    return Verdict("allow", app, p.name, "service token accepted")
+            for rules, bypass, verdict in app.fast_pre:
+                if (bypass or token is not None) and rules.match(f):
+                    return verdict
         if identity is None:
             if token is not None:
-                return Verdict("block", app, None, "no service_auth policy accepts this token")
-            if app.has_allow:
-                return Verdict("authenticate", app, None, "login required")
-            return Verdict("block", app, None, "no allow policy: nobody can log in")
+                return app.v_token_refused
+            return app.v_login if app.has_allow else app.v_nobody
         f = _Facts(identity, ctx, None)
-        for p in app.main:
-            if p.rules.match(f):
-                return Verdict(p.outcome, app, p.name, p.reason)
-        return Verdict("block", app, None, "no policy matched (deny by default)")
+        for rules, verdict in app.fast_main:
+            if rules.match(f):
+                return verdict
+        return app.v_deny
 
     def explain(self, app: CompiledApp, identity: Identity | None, ctx: Context) -> Verdict:
         """Like ``decide``, recording every check; the outcome is always the same."""
@@ -567,7 +673,7 @@ class Snapshot:
                     }
                 )
                 return False
-            ok, checks = p.rules.explain(f)
+            ok, checks = p.explain_rules.explain(f)
             steps.append(
                 {
                     "policy": p.name,
