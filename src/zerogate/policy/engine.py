@@ -486,6 +486,7 @@ class _Compiler:
 
     def __init__(self, objects: Objects) -> None:
         self.models = {g.name: g for g in objects.groups}
+        self._flat: dict[str, tuple[dict[str, set[str]], dict[str, Matcher], set[str]]] = {}
         self.groups: dict[str, CompiledGroup] = {
             g.name: CompiledGroup(i, g.name) for i, g in enumerate(objects.groups)
         }
@@ -538,11 +539,28 @@ class _Compiler:
                 model = self.models[name]
                 if model.require or model.exclude:
                     others.setdefault(name, _GroupRef(self.groups[name]))
-                else:  # an include-only group is exactly the union of its includes
-                    for inner in model.include:
-                        self._terms(inner.selector, inner.values, merged, others, flags)
+                    continue
+                # an include-only group is exactly the union of its includes
+                g_merged, g_others, g_flags = self._group_terms(name)
+                for kind, items in g_merged.items():
+                    merged.setdefault(kind, set()).update(items)
+                for key, matcher in g_others.items():
+                    others.setdefault(key, matcher)
+                flags |= g_flags
         else:
             merged.setdefault(selector, set()).update(values)
+
+    def _group_terms(self, name: str) -> tuple[dict[str, set[str]], dict[str, Matcher], set[str]]:
+        """The flattened alternatives of an include-only group, computed once."""
+        hit = self._flat.get(name)
+        if hit is None:
+            merged: dict[str, set[str]] = {}
+            others: dict[str, Matcher] = {}
+            flags: set[str] = set()
+            for inner in self.models[name].include:
+                self._terms(inner.selector, inner.values, merged, others, flags)
+            hit = self._flat[name] = (merged, others, flags)
+        return hit
 
     def any_of(self, rules: list[tuple[str, list[str]]]) -> Matcher:
         merged: dict[str, set[str]] = {}
@@ -587,6 +605,30 @@ class _Compiler:
         return CompiledApp(app, policies)
 
 
+class _HostApps:
+    """The applications of one host: longest path prefix first, found by segment count."""
+
+    __slots__ = ("by_prefix", "depths", "only")
+
+    def __init__(self, apps: list[CompiledApp]) -> None:
+        self.by_prefix = {app.path: app for app in apps}
+        # depth = number of segments of the prefix ("" = 0, "/a" = 1, "/a/b" = 2), deepest first
+        self.depths = sorted({app.path.count("/") for app in apps}, reverse=True)
+        self.only = apps[0] if len(apps) == 1 else None
+
+    def find(self, path: str) -> CompiledApp | None:
+        only = self.only
+        if only is not None:
+            return only if under(path, only.path) else None
+        segments = path.split("/")  # "/a/b" -> ["", "a", "b"]
+        for depth in self.depths:
+            if depth < len(segments):
+                app = self.by_prefix.get("/".join(segments[: depth + 1]))
+                if app is not None:
+                    return app
+        return None
+
+
 class Snapshot:
     """An immutable, compiled configuration: route a request, then decide it."""
 
@@ -604,9 +646,8 @@ class Snapshot:
                 wildcard.setdefault(app.host[2:], []).append(app)
             else:
                 exact.setdefault(app.host, []).append(app)
-        by_length: Callable[[CompiledApp], int] = lambda a: -len(a.path)  # noqa: E731
-        self._exact = {h: tuple(sorted(a, key=by_length)) for h, a in exact.items()}
-        self._wildcard = {h: tuple(sorted(a, key=by_length)) for h, a in wildcard.items()}
+        self._exact = {h: _HostApps(a) for h, a in exact.items()}
+        self._wildcard = {h: _HostApps(a) for h, a in wildcard.items()}
         self.groups = compiler.groups
 
     # -------------------------------------------------------------- routing
@@ -626,14 +667,16 @@ class Snapshot:
         path. Exact hosts before ``*.`` hosts; within a host the longest path prefix wins."""
         h = self.normalise_host(host)
         norm = fold(normalise_path(path))
-        for app in self._exact.get(h, ()):
-            if under(norm, app.path):
+        apps = self._exact.get(h)
+        if apps is not None:
+            app = apps.find(norm)
+            if app is not None:
                 return app
         first, dot, parent = h.partition(".")
         if dot and first:
-            for app in self._wildcard.get(parent, ()):
-                if under(norm, app.path):
-                    return app
+            apps = self._wildcard.get(parent)
+            if apps is not None:
+                return apps.find(norm)
         return None
 
     # -------------------------------------------------------------- deciding
