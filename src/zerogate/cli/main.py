@@ -23,7 +23,7 @@ from rich.tree import Tree
 
 from zerogate import __version__
 from zerogate.model import ConfigError, Loaded, Problem, load_file
-from zerogate.model.objects import ConfigFile, Objects
+from zerogate.model.objects import ConfigFile, Objects, Settings
 
 app = typer.Typer(
     name="zerogate",
@@ -473,6 +473,43 @@ def demo(
         f"\nTry your own: zerogate policy test -c {config} --url https://wiki.localhost/ "
         "--email you@example.com --ip 203.0.113.9"
     )
+
+
+@app.command()
+def server(
+    config: OptionalConfig = None,
+    apply_first: Annotated[
+        bool, typer.Option("--apply", help="Apply the file's objects to the store first.")
+    ] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Run the edge, the portal and (later) the tunnel listener."""
+    from zerogate.server.run import serve
+
+    loaded = load_config(config) if config is not None else None
+    settings = loaded.config.settings() if loaded is not None else Settings()
+    url = _store_url(loaded.config if loaded else None, config)
+    if apply_first and loaded is not None:
+        objects = loaded.config.objects()
+
+        async def go() -> Any:
+            from zerogate.store import Store
+
+            store = await Store.open(url)
+            try:
+                return await store.apply(objects, actor=f"cli:{getpass.getuser()}", source="cli")
+            finally:
+                await store.close()
+
+        plan = run(go)
+        if not plan.empty:
+            out.print(_plan_table(plan))
+    scheme = "https" if settings.listen.tls else "http"
+    err.print(
+        f"zerogate {__version__}: edge and portal on {scheme}://{settings.listen.http} "
+        f"(portal {scheme}://{settings.portal}), {workers} worker(s), store {url}"
+    )
+    serve(config, settings, workers=workers)
 
 
 @app.command()

@@ -1,10 +1,23 @@
 """The store: SQLAlchemy tables, alembic migrations, loading and applying the configured
-objects, the configuration version and the admin log. SQLite by default, PostgreSQL by URL.
+objects, the configuration version and the admin log, and the runtime state servers share
+(polled counters, server secret, signing keys, PINs, authorization codes, revocations,
+service-token credentials, access log). SQLite by default, PostgreSQL by URL.
 Imports only ``zerogate.model`` of zerogate's own code."""
 
 from zerogate.store.diff import Change, Plan
 from zerogate.store.errors import StoreError
+from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion
 from zerogate.store.store import AdminLogEntry, Store
 from zerogate.store.urls import storage_url
 
-__all__ = ["AdminLogEntry", "Change", "Plan", "Store", "StoreError", "storage_url"]
+__all__ = [
+    "AccessEvent",
+    "AdminLogEntry",
+    "Change",
+    "Plan",
+    "ServiceCredential",
+    "StateVersion",
+    "Store",
+    "StoreError",
+    "storage_url",
+]

@@ -6,10 +6,16 @@ objects against new ones; ``apply`` writes a plan in one transaction that also b
 configuration version and records one admin-log row per change. Concurrent applies serialise
 on the single ``config_state`` row (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN
 IMMEDIATE`` on SQLite).
+
+The runtime state (``state``, the server secret, signing keys, PINs, authorization codes,
+revocations, service-token credentials, the access log; see ``runtime``) is read and written
+through the methods in the second half of ``Store``, each one transaction. None of them is
+meant for a request's hot path: servers poll ``state()`` and reload what moved.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -24,10 +30,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from zerogate.model.objects import Objects
-from zerogate.store import migrate
+from zerogate.store import migrate, runtime
 from zerogate.store.diff import Change, Plan, Row, canonical, diff, objects_of, rows_of
-from zerogate.store.engine import create_engine, sqlite_file, write_lock
+from zerogate.store.engine import create_engine, is_memory, sqlite_file, write_lock
 from zerogate.store.errors import StoreError
+from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion, key_text, utc
 from zerogate.store.tables import admin_log, config_state
 from zerogate.store.tables import objects as objects_table
 
@@ -73,6 +80,11 @@ class Store:
     def __init__(self, engine: AsyncEngine, url: str) -> None:
         self._engine = engine
         self._url = url
+        self._server_secret: bytes | None = None
+        # an in-memory SQLite database is one shared connection: take turns using it
+        parsed = make_url(url)
+        shared = parsed.get_backend_name() == "sqlite" and is_memory(parsed)
+        self._turns: asyncio.Lock | None = asyncio.Lock() if shared else None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -137,13 +149,39 @@ class Store:
             raise StoreError(f"cannot {doing} ({self.safe_url}): {_reason(exc)}") from None
 
     @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection from the pool (for an in-memory store, once no one else uses it)."""
+        if self._turns is None:
+            async with self._engine.connect() as connection:
+                yield connection
+            return
+        async with self._turns, self._engine.connect() as connection:
+            yield connection
+
+    @asynccontextmanager
     async def _reading(self) -> AsyncIterator[AsyncConnection]:
         """A transaction that sees one consistent state of the store."""
-        async with self._engine.connect() as connection:
+        async with self._connect() as connection:
             if connection.dialect.name == "postgresql":
                 await connection.execution_options(isolation_level="REPEATABLE READ")
             async with connection.begin():
                 yield connection
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: ``BEGIN IMMEDIATE`` on SQLite (writers queue instead of failing
+        to upgrade a read lock), READ COMMITTED on PostgreSQL (a conditional ``UPDATE`` that
+        waited for another writer re-checks its condition against the committed row)."""
+        async with self._connect() as connection:
+            await write_lock(connection)
+            async with connection.begin():
+                yield connection
+
+    @asynccontextmanager
+    async def _single(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one read statement (no isolation settings to pay for)."""
+        async with self._connect() as connection:
+            yield connection
 
     async def version(self) -> int:
         """The configuration version: 0 for a new store, +1 for every non-empty apply."""
@@ -199,7 +237,7 @@ class Store:
         nothing. Concurrent applies (from any process) run one after the other."""
         wanted = _wanted(objects)
         with self._errors("apply the configuration"):
-            async with self._engine.connect() as connection:
+            async with self._connect() as connection:
                 await write_lock(connection)
                 async with connection.begin() as transaction:
                     version = await _lock_state(connection)
@@ -215,7 +253,178 @@ class Store:
                         connection, stored, wanted, changes, new_version, now, actor, source
                     )
                     await _bump_version(connection, new_version, now)
+                    await _drop_removed_credentials(connection, changes)
         return Plan(changes, version, new_version)
+
+    # -- runtime state: polled counters and secrets -------------------------------------
+
+    async def state(self) -> StateVersion:
+        """The configuration version and the runtime counters, in one cheap query; servers
+        poll this (every second) and reload whatever moved."""
+        with self._errors("read the store's state"):
+            async with self._single() as connection:
+                return await runtime.state(connection)
+
+    async def server_secret(self) -> bytes:
+        """The random 32-byte secret all server processes share (HMAC for PINs, signed
+        login-flow data, CSRF); created by the first caller, the same for every later one."""
+        if self._server_secret is None:
+            with self._errors("read the server secret"):
+                async with self._writing() as connection:
+                    self._server_secret = await runtime.server_secret(connection, _now())
+        return self._server_secret
+
+    async def keyset(self) -> tuple[dict[str, Any] | None, int]:
+        """The signing key set document and its generation; ``(None, 0)`` before the first
+        ``put_keyset``. The document holds private keys."""
+        with self._errors("read the signing keys"):
+            async with self._single() as connection:
+                return await runtime.keyset(connection)
+
+    async def put_keyset(self, doc: dict[str, Any], *, expected_generation: int) -> bool:
+        """Store ``doc`` if the generation is still ``expected_generation`` (then it becomes
+        one more and this returns ``True``); ``False`` when another writer got there first:
+        read ``keyset()`` again and redo the change on what it returns."""
+        with self._errors("store the signing keys"):
+            async with self._writing() as connection:
+                done = await runtime.put_keyset(connection, doc, expected_generation, _now())
+                if not done:
+                    await connection.rollback()
+                return done
+
+    # -- runtime state: one-time PINs and authorization codes ---------------------------
+
+    async def put_pin(self, key: str, record: dict[str, Any]) -> None:
+        """Store the PIN record for ``key``, replacing (and so voiding) any earlier one; an
+        ``update_pin`` against the earlier record's revision then fails."""
+        key = key_text(key, "a PIN key")
+        with self._errors("store a PIN"):
+            async with self._writing() as connection:
+                await runtime.put_pin(connection, key, record, _now())
+
+    async def get_pin(self, key: str) -> tuple[dict[str, Any], int] | None:
+        """The PIN record for ``key`` and its revision (an opaque number for ``update_pin``),
+        or ``None``."""
+        key = key_text(key, "a PIN key")
+        with self._errors("read a PIN"):
+            async with self._single() as connection:
+                return await runtime.get_pin(connection, key)
+
+    async def update_pin(self, key: str, record: dict[str, Any], *, revision: int) -> bool:
+        """Replace the record if it is still at ``revision``; ``False`` when it changed, was
+        replaced or deleted since it was read (of two updates from one read, one wins)."""
+        key = key_text(key, "a PIN key")
+        with self._errors("update a PIN"):
+            async with self._writing() as connection:
+                return await runtime.update_pin(connection, key, record, revision, _now())
+
+    async def delete_pin(self, key: str) -> None:
+        key = key_text(key, "a PIN key")
+        with self._errors("delete a PIN"):
+            async with self._writing() as connection:
+                await runtime.delete_pin(connection, key)
+
+    async def put_code(self, code_hash: str, data: dict[str, Any], *, expires_at: datetime) -> None:
+        """Store a one-time authorization code by its hash until ``take_code`` or expiry."""
+        expires_at = utc(expires_at, "expires_at")
+        code_hash = key_text(code_hash, "a code hash")
+        with self._errors("store an authorization code"):
+            async with self._writing() as connection:
+                await runtime.put_code(connection, code_hash, data, expires_at)
+
+    async def take_code(self, code_hash: str, *, now: datetime) -> dict[str, Any] | None:
+        """Consume the code: its data the first time, ``None`` when unknown, already taken or
+        expired at ``now``. Also deletes some expired codes."""
+        now = utc(now, "now")
+        code_hash = key_text(code_hash, "a code hash")
+        with self._errors("take an authorization code"):
+            async with self._writing() as connection:
+                return await runtime.take_code(connection, code_hash, now)
+
+    # -- runtime state: revocations -----------------------------------------------------
+
+    async def revoke(self, email: str, *, not_before: datetime) -> int:
+        """Void the sessions of ``email`` (compared lower-cased) issued before ``not_before``;
+        returns the new revocation id (``state().revocation_seq`` becomes at least that).
+        Earlier revocations of the address with a ``not_before`` not after this one are
+        dropped, as this one covers them."""
+        not_before = utc(not_before, "not_before")
+        email = key_text(email, "email")
+        with self._errors("record a revocation"):
+            async with self._writing() as connection:
+                return await runtime.revoke(connection, email, not_before, _now())
+
+    async def revocations(self, *, since: int = 0) -> list[tuple[int, str, datetime]]:
+        """``(id, email, not_before)`` of the revocations with ``id > since``, ascending. Ids
+        become visible in order, so ``since`` = the last id seen misses nothing. An address
+        can appear more than once: the session bound is the latest ``not_before`` seen."""
+        with self._errors("read the revocations"):
+            async with self._single() as connection:
+                return await runtime.revocations_since(connection, since)
+
+    # -- runtime state: service-token credentials ---------------------------------------
+
+    async def put_service_credential(self, cred: ServiceCredential) -> None:
+        """Store the credential of service token ``cred.name`` (replacing its earlier one) and
+        bump ``service_tokens_generation``. A ``client_id`` another token uses: ``StoreError``."""
+        cred = ServiceCredential(
+            name=cred.name,
+            client_id=cred.client_id,
+            secret_hash=cred.secret_hash,
+            created_at=utc(cred.created_at, "created_at"),
+            expires_at=utc(cred.expires_at, "expires_at"),
+        )
+        with self._errors(f"store the credential of service token {cred.name!r}"):
+            async with self._writing() as connection:
+                await runtime.put_service_credential(connection, cred)
+
+    async def delete_service_credential(self, name: str) -> bool:
+        """Delete the credential of service token ``name``; ``True`` (and the generation
+        bumped) when there was one."""
+        with self._errors(f"delete the credential of service token {name!r}"):
+            async with self._writing() as connection:
+                return await runtime.delete_service_credentials(connection, [name]) > 0
+
+    async def service_credentials(self) -> list[ServiceCredential]:
+        """Every stored credential, by name."""
+        with self._errors("read the service-token credentials"):
+            async with self._single() as connection:
+                return await runtime.all_service_credentials(connection)
+
+    # -- runtime state: access log ------------------------------------------------------
+
+    async def write_access(self, events: Sequence[AccessEvent]) -> None:
+        """Append ``events`` in one transaction (their ``id`` is ignored). Emails are stored
+        lower-cased; overlong text is cut rather than failing the batch."""
+        if not events:
+            return
+        with self._errors("write the access log"):
+            async with self._writing() as connection:
+                await runtime.write_access(connection, events)
+
+    async def access_log(
+        self,
+        *,
+        app: str | None = None,
+        email: str | None = None,
+        since: datetime | None = None,
+        decision: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+    ) -> list[AccessEvent]:
+        """The newest ``limit`` access events matching every filter given, newest first
+        (``since`` inclusive, ``email`` compared lower-cased)."""
+        with self._errors("read the access log"):
+            async with self._single() as connection:
+                return await runtime.read_access(
+                    connection,
+                    app=app,
+                    email=email,
+                    since=since,
+                    decision=decision,
+                    kind=kind,
+                    limit=limit,
+                )
 
 
 # -- queries (module functions so tests can interfere with one step) ---------------------------
@@ -362,3 +571,9 @@ async def _bump_version(connection: AsyncConnection, version: int, now: datetime
     await connection.execute(
         update(config_state).where(config_state.c.id == 1).values(version=version, updated_at=now)
     )
+
+
+async def _drop_removed_credentials(connection: AsyncConnection, changes: Sequence[Change]) -> None:
+    """A removed service token's credential goes in the same transaction as the object."""
+    removed = [c.name for c in changes if c.kind == "service_token" and c.action == "remove"]
+    await runtime.delete_service_credentials(connection, removed)

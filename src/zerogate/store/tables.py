@@ -4,6 +4,20 @@
 - ``config_state``: exactly one row (``id = 1``) holding the configuration version.
 - ``objects``: one row per configured object; ``spec`` is the object's canonical JSON.
 - ``admin_log``: one row per admin change (who, when, from where, before and after).
+
+Runtime state (migration 0002), written at login and logout, never on a request's hot path:
+
+- ``runtime_state``: exactly one row (``id = 1``) holding the counters that running servers
+  poll next to the configuration version: the signing-keys generation, the newest revocation id
+  (revocation ids are handed out from this counter, so they become visible in id order) and the
+  service-token credentials generation.
+- ``server_secrets``: named secret values (the server secret, the signing key set as JSON).
+- ``pins``: one outstanding one-time PIN record per key, with an opaque revision for
+  compare-and-set.
+- ``auth_codes``: one-time authorization codes (portal → application), by hash, until used.
+- ``revocations``: "log out everywhere": sessions of ``email`` issued before ``not_before``.
+- ``service_credentials``: the hashed secret of each service token, by token name.
+- ``access_log``: one row per login step and per allowed or blocked request.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -101,4 +116,87 @@ admin_log = Table(
     # the configuration version this change produced (None for changes outside the objects)
     Column("config_version", BigInteger, nullable=True),
     Index(None, "at"),
+)
+
+runtime_state = Table(
+    "runtime_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("keys_generation", BigInteger, nullable=False, server_default=text("0")),
+    # the newest revocation id; the next revocation takes revocation_seq + 1
+    Column("revocation_seq", BigInteger, nullable=False, server_default=text("0")),
+    Column("service_tokens_generation", BigInteger, nullable=False, server_default=text("0")),
+    CheckConstraint("id = 1", name="single_row"),
+)
+
+server_secrets = Table(
+    "server_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+pins = Table(
+    "pins",
+    metadata,
+    Column("pin_key", Text, primary_key=True),
+    Column("record", Text, nullable=False),
+    # opaque: a fresh random number on every write, so a compare-and-set never matches a
+    # record that was replaced (or deleted and put again) in between
+    Column("revision", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+auth_codes = Table(
+    "auth_codes",
+    metadata,
+    Column("code_hash", String(128), primary_key=True),
+    Column("data", Text, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_auth_codes_expires_at", "expires_at"),
+)
+
+revocations = Table(
+    "revocations",
+    metadata,
+    # assigned from runtime_state.revocation_seq, not auto-incremented
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("email", String(320), nullable=False),
+    Column("not_before", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_revocations_email", "email"),
+)
+
+service_credentials = Table(
+    "service_credentials",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("client_id", String(200), nullable=False),
+    Column("secret_hash", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_service_credentials_client_id", "client_id", unique=True),
+)
+
+access_log = Table(
+    "access_log",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("app", Text, nullable=True),
+    Column("email", Text, nullable=True),
+    Column("idp", Text, nullable=True),
+    Column("ip", Text, nullable=True),
+    Column("country", Text, nullable=True),
+    Column("decision", String(32), nullable=False),
+    Column("policy", Text, nullable=True),
+    Column("method", Text, nullable=True),
+    Column("host", Text, nullable=True),
+    Column("path", Text, nullable=True),
+    Column("detail", Text, nullable=True),
+    Index("ix_access_log_at", "at"),
+    Index("ix_access_log_app_at", "app", "at"),
+    Index("ix_access_log_email_at", "email", "at"),
 )

@@ -1,0 +1,213 @@
+"""The access log's bounded queue and batched writer (step 6, "record", of the request path).
+
+The edge calls ``AccessLogWriter.record(event)`` for every login and every allowed or blocked
+request (SPEC "Admin": time, app, email, IdP, IP, country, decision, policy). ``record`` never
+awaits and never blocks: it appends to an in-memory queue of at most ``capacity`` events, or,
+when the queue is full, counts the event as dropped and returns ``False``. A request is never
+slowed down by the database.
+
+One background task takes events off the queue and hands them to the *sink* (an async callable
+taking a sequence of events, in practice one store transaction per call) in batches of at most
+``batch`` events: as soon as a full batch is waiting, otherwise every ``interval`` seconds.
+Events reach the sink in the order they were recorded.
+
+Guarantees, and their limits:
+
+- An *acknowledged* event (``record`` returned ``True``) is written, or counted in ``dropped``
+  and logged as an error; it is never lost silently.
+- When the sink fails, the batch stays at the head of the queue and is retried with
+  exponential backoff (``retry_delay`` doubling up to ``max_retry_delay``), indefinitely while
+  running. Meanwhile new events queue up to ``capacity``; beyond that they are dropped (and
+  counted) at ``record``, so memory stays bounded while the database is away.
+- ``stop()`` refuses new events, then flushes everything acknowledged before it returns. If the
+  sink keeps failing during ``stop``, each batch gets ``stop_retries`` more attempts; then the
+  remaining events are counted as dropped and logged, so shutdown cannot hang on a dead database.
+- Delivery is at least once: a sink that fails *after* writing part of a batch sees those events
+  again, so a sink should write a batch in one transaction (all or nothing).
+
+``record`` must be called from the event loop's thread (it touches an ``asyncio.Event``).
+Counters (``written``, ``dropped``, ``pending``) are plain attributes for ``zerogate.metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from itertools import islice
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zerogate.store import AccessEvent
+
+__all__ = ["AccessLogWriter", "Sink"]
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[Sequence["AccessEvent"]], Awaitable[None]]
+
+
+class AccessLogWriter:
+    """Bounded queue in front of a batched, retrying writer. See the module docstring."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        capacity: int = 10000,
+        batch: int = 500,
+        interval: float = 0.5,
+        retry_delay: float = 0.1,
+        max_retry_delay: float = 5.0,
+        stop_retries: int = 5,
+    ) -> None:
+        if capacity < 1 or batch < 1:
+            raise ValueError("capacity and batch must be at least 1")
+        if interval <= 0 or retry_delay <= 0 or max_retry_delay < retry_delay:
+            raise ValueError("interval and retry delays must be positive")
+        if stop_retries < 1:
+            raise ValueError("stop_retries must be at least 1")
+        self._sink = sink
+        self._capacity = capacity
+        self._batch = batch
+        self._interval = interval
+        self._retry_delay = retry_delay
+        self._max_retry_delay = max_retry_delay
+        self._stop_retries = stop_retries
+        self._queue: deque[AccessEvent] = deque()
+        self._wake = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        #: events refused by ``record`` (queue full, or stopped) or abandoned at ``stop``
+        self.dropped = 0
+        #: events the sink accepted
+        self.written = 0
+
+    @property
+    def pending(self) -> int:
+        """Events accepted and not yet written."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def record(self, event: AccessEvent) -> bool:
+        """Queue ``event``; ``False`` (and ``dropped`` + 1) if the queue is full or stopped."""
+        if self._closed or len(self._queue) >= self._capacity:
+            self.dropped += 1
+            return False
+        self._queue.append(event)
+        if len(self._queue) >= self._batch:
+            self._wake.set()
+        return True
+
+    async def start(self) -> None:
+        """Start the writer task (events recorded before ``start`` are kept)."""
+        if self._closed:
+            raise RuntimeError("a stopped AccessLogWriter cannot be restarted")
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="zerogate-access-log"
+            )
+            self._task.add_done_callback(_log_crash)
+
+    async def stop(self) -> None:
+        """Refuse new events, write every acknowledged one, and end the writer task."""
+        self._closed = True
+        self._stop_requested.set()
+        self._wake.set()
+        if self._task is None or self._task.done():
+            await self._run()  # never started (or crashed): flush what was recorded, inline
+            return
+        await asyncio.shield(self._task)
+
+    async def __aenter__(self) -> AccessLogWriter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- the writer task -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            stopping = self._stop_requested.is_set()
+            interval_passed = False
+            if not stopping and len(self._queue) < self._batch:
+                try:
+                    async with asyncio.timeout(self._interval):
+                        await self._wake.wait()
+                except TimeoutError:
+                    interval_passed = True
+            self._wake.clear()
+            stopping = self._stop_requested.is_set()
+            # Full batches at once; a partial one when the interval is up or when stopping.
+            while self._queue and (len(self._queue) >= self._batch or interval_passed or stopping):
+                count = min(self._batch, len(self._queue))
+                chunk = list(islice(self._queue, count))
+                if await self._write(chunk):
+                    for _ in range(count):
+                        self._queue.popleft()
+                    self.written += count
+                else:
+                    lost = len(self._queue)
+                    self._queue.clear()
+                    self.dropped += lost
+                    log.error(
+                        "access log: the sink still fails at shutdown; %d events not written",
+                        lost,
+                    )
+                stopping = self._stop_requested.is_set()
+            if stopping and not self._queue:
+                return
+
+    async def _write(self, chunk: Sequence[AccessEvent]) -> bool:
+        """Hand ``chunk`` to the sink, retrying; ``False`` only when giving up during stop."""
+        attempt = 0
+        attempts_while_stopping = 0
+        while True:
+            try:
+                await self._sink(chunk)
+            except Exception as exc:
+                attempt += 1
+                if self._stop_requested.is_set():
+                    attempts_while_stopping += 1
+                    if attempts_while_stopping >= self._stop_retries:
+                        log.error("access log: sink failed %d times: %r", attempt, exc)
+                        return False
+                    delay = self._backoff(attempts_while_stopping)
+                else:
+                    delay = self._backoff(attempt)
+                log.warning(
+                    "access log: sink failed (attempt %d; %d events pending); "
+                    "retrying in %.2fs: %r",
+                    attempt,
+                    len(self._queue),
+                    delay,
+                    exc,
+                )
+                if self._stop_requested.is_set():
+                    await asyncio.sleep(delay)
+                else:
+                    # a stop() during a long backoff switches to the short, bounded retries
+                    try:
+                        async with asyncio.timeout(delay):
+                            await self._stop_requested.wait()
+                    except TimeoutError:
+                        pass
+            else:
+                if attempt:
+                    log.info("access log: sink recovered after %d failed attempts", attempt)
+                return True
+
+    def _backoff(self, attempt: int) -> float:
+        return float(min(self._max_retry_delay, self._retry_delay * 2 ** (attempt - 1)))
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("access log writer stopped unexpectedly", exc_info=task.exception())

@@ -1,0 +1,78 @@
+"""Signed, short-lived login-flow blobs: what the edge hands the portal in the login URL.
+
+A flow says which application the user is logging in to, where to send them afterwards (``rd``,
+an absolute URL the edge itself built from the request), and the hash of the state cookie the
+edge set on the application's host. It is an HMAC-signed blob, not a database row, so an
+unauthenticated request never writes to the store. The portal trusts ``rd`` only because the
+signature proves the edge built it, and the edge checks again on the way back that ``rd`` routes
+to the same application on the same host (no open redirect).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+
+FLOW_SECONDS = 15 * 60
+
+
+class FlowError(Exception):
+    """The flow is forged, damaged or expired."""
+
+
+@dataclass(frozen=True)
+class Flow:
+    app: str
+    rd: str
+    state_hash: str
+    expires: int
+
+
+def new_state() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def state_hash(state: str) -> str:
+    return hashlib.sha256(state.encode()).hexdigest()[:32]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(secret: bytes, payload: str) -> str:
+    return _b64(hmac.new(secret, b"zerogate-flow\x00" + payload.encode(), hashlib.sha256).digest())
+
+
+def sign_flow(secret: bytes, flow: Flow) -> str:
+    payload = _b64(
+        json.dumps(
+            {"a": flow.app, "r": flow.rd, "s": flow.state_hash, "e": flow.expires},
+            separators=(",", ":"),
+        ).encode()
+    )
+    return f"{payload}.{_mac(secret, payload)}"
+
+
+def open_flow(secret: bytes, blob: str, now: float) -> Flow:
+    payload, dot, mac = blob.partition(".")
+    if not dot or len(blob) > 4096:
+        raise FlowError("malformed login flow")
+    if not hmac.compare_digest(_mac(secret, payload), mac):
+        raise FlowError("the login link is not valid")
+    try:
+        data = json.loads(_unb64(payload))
+        flow = Flow(str(data["a"]), str(data["r"]), str(data["s"]), int(data["e"]))
+    except (ValueError, KeyError, TypeError):
+        raise FlowError("malformed login flow") from None
+    if flow.expires < now:
+        raise FlowError("the login link has expired")
+    return flow

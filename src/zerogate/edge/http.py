@@ -1,0 +1,197 @@
+"""Small raw-ASGI helpers shared by the edge and the portal: headers, cookies, bodies, replies.
+
+Kept framework-free because the edge's hot path must stay lean (DESIGN: no framework on the
+edge path). Parsing is strict where it matters for security and lenient elsewhere: malformed
+cookies are ignored (never an error that could be turned into a bypass), bodies are bounded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs
+
+from zerogate.edge.asgi_types import Headers, Receive, Scope, Send
+
+MAX_FORM_BYTES = 64 * 1024
+
+
+class BadRequest(Exception):
+    """The request is malformed; answered with 400."""
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The value of a header that must appear at most once (a repeat is a ``BadRequest``)."""
+    found: bytes | None = None
+    for key, value in scope["headers"]:
+        if key == name:
+            if found is not None:
+                raise BadRequest(f"more than one {name.decode()} header")
+            found = value
+    return found
+
+
+def header_text(scope: Scope, name: bytes) -> str:
+    value = header(scope, name)
+    return value.decode("latin-1") if value is not None else ""
+
+
+def cookies(scope: Scope) -> dict[str, str]:
+    """Cookies the client sent; a malformed header yields what could be parsed (maybe none)."""
+    jar: dict[str, str] = {}
+    for key, value in scope["headers"]:
+        if key != b"cookie":
+            continue
+        for part in value.decode("latin-1").split(";"):
+            name, eq, val = part.strip().partition("=")
+            if eq and name and name not in jar:
+                jar[name] = val.strip().strip('"')
+    return jar
+
+
+def set_cookie(
+    name: str,
+    value: str,
+    *,
+    max_age: int | None = None,
+    path: str = "/",
+    secure: bool,
+    same_site: str = "Lax",
+) -> tuple[bytes, bytes]:
+    """A ``Set-Cookie`` header: host-only, HttpOnly, SameSite; Secure when served over TLS."""
+    jar: SimpleCookie = SimpleCookie()
+    jar[name] = value
+    morsel = jar[name]
+    morsel["path"] = path or "/"
+    morsel["httponly"] = True
+    morsel["samesite"] = same_site
+    if secure:
+        morsel["secure"] = True
+    if max_age is not None:
+        morsel["max-age"] = max_age
+    return b"set-cookie", morsel.OutputString().encode("latin-1")
+
+
+def clear_cookie(name: str, *, path: str = "/", secure: bool) -> tuple[bytes, bytes]:
+    return set_cookie(name, "", max_age=0, path=path, secure=secure)
+
+
+def wants_json(scope: Scope) -> bool:
+    """An API or XHR client (SPEC: JSON accepted or ``X-Requested-With`` present)."""
+    accept = b""
+    xrw = False
+    for key, value in scope["headers"]:
+        if key == b"accept":
+            accept += value.lower()
+        elif key == b"x-requested-with":
+            xrw = True
+    if xrw:
+        return True
+    if b"text/html" in accept:
+        return False
+    return b"application/json" in accept
+
+
+def is_navigation(scope: Scope) -> bool:
+    return scope.get("method") in ("GET", "HEAD") and not wants_json(scope)
+
+
+async def read_body(receive: Receive, limit: int = MAX_FORM_BYTES) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest("request body too large")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def read_form(scope: Scope, receive: Receive) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body; a repeated field is a ``BadRequest``."""
+    ctype = header_text(scope, b"content-type").split(";")[0].strip().lower()
+    if ctype != "application/x-www-form-urlencoded":
+        raise BadRequest("expected a form")
+    body = await read_body(receive)
+    try:
+        parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise BadRequest("the form is not UTF-8") from None
+    form: dict[str, str] = {}
+    for key, values in parsed.items():
+        if len(values) != 1:
+            raise BadRequest(f"field {key!r} given more than once")
+        form[key] = values[0]
+    return form
+
+
+def query(scope: Scope) -> dict[str, str]:
+    raw = scope.get("query_string", b"").decode("latin-1")
+    return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items() if len(v) == 1}
+
+
+async def respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    *,
+    content_type: bytes,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    all_headers: Headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_html(
+    send: Send, status: int, html: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    security = [
+        (b"x-frame-options", b"DENY"),
+        (
+            b"content-security-policy",
+            b"default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+            b"frame-ancestors 'none'; base-uri 'none'",
+        ),
+    ]
+    await respond(
+        send,
+        status,
+        html.encode("utf-8"),
+        content_type=b"text/html; charset=utf-8",
+        headers=[*security, *headers],
+    )
+
+
+async def respond_json(
+    send: Send, status: int, data: Any, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    body = json.dumps(data, separators=(",", ":")).encode()
+    await respond(send, status, body, content_type=b"application/json", headers=headers)
+
+
+async def redirect(
+    send: Send, location: str, headers: Iterable[tuple[bytes, bytes]] = (), status: int = 302
+) -> None:
+    await respond(
+        send,
+        status,
+        b"",
+        content_type=b"text/plain",
+        headers=[(b"location", location.encode("utf-8")), *headers],
+    )

@@ -1,0 +1,522 @@
+"""The request pipeline for application hosts (DESIGN "Data flow"):
+
+route → reserved ``/.zerogate/*`` → identify → decide → forward | login | block → record.
+
+Nothing here touches the database on an ordinary request: the snapshot, keys, revocations and
+service-token credentials are in memory (``zerogate.runtime``); verified session tokens are
+cached. Only the login hand-over (``/.zerogate/authorized``) and logout write to the store.
+Everything that is not clearly allowed is denied: unknown hosts get 404, unsafe paths 400,
+a session that fails any check is no session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import quote, urlencode, urlsplit
+
+from zerogate.edge import http
+from zerogate.edge.asgi_types import Headers, Receive, Scope, Send
+from zerogate.edge.flow import FLOW_SECONDS, Flow, new_state, sign_flow, state_hash
+from zerogate.edge.headers import ResolvedClient, resolve_client, upstream_request_headers
+from zerogate.identity import Claims, TokenError, issue_app_token
+from zerogate.model.paths import PathError, normalise_path
+from zerogate.policy import Context, Identity
+from zerogate.policy.engine import CompiledApp, Snapshot
+from zerogate.runtime import Runtime, audience_tag
+from zerogate.services import Services
+
+log = logging.getLogger("zerogate.edge")
+
+STATE_COOKIE = "__zg_state"
+RESERVED = "/.zerogate/"
+CODE_SECONDS = 60
+SERVICE_TOKEN_TTL = 300
+
+
+def app_cookie(app: CompiledApp) -> str:
+    """Each application has its own session cookie (host-only): app A's never opens app B."""
+    return f"__zg_{audience_tag(app.name)[:16]}"
+
+
+def code_hash(code: str) -> str:
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the pipeline learnt about a request before deciding."""
+
+    host_header: str
+    host: str
+    raw_path: str
+    query: str
+    client: ResolvedClient
+    scheme: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host_header}{self.raw_path}" + (
+            f"?{self.query}" if self.query else ""
+        )
+
+
+def raw_path_of(scope: Scope) -> str:
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes) and raw:
+        return raw.decode("latin-1").split("?", 1)[0]
+    return quote(scope.get("path", "/"), safe="/%:@!$&'()*+,;=~-._")
+
+
+async def bad_request(send: Send, svc: Services, scope: Scope, why: str) -> None:
+    if http.wants_json(scope):
+        await http.respond_json(send, 400, {"error": "bad request", "detail": why})
+    else:
+        page = svc.page("message.html", title="Bad request", message=why, error=True)
+        await http.respond_html(send, 400, page)
+
+
+async def not_found(send: Send, svc: Services, scope: Scope) -> None:
+    """Unknown host or path: a page that names nothing inside."""
+    if http.wants_json(scope):
+        await http.respond_json(send, 404, {"error": "not found"})
+    else:
+        page = svc.page(
+            "message.html", title="Not found", message="There is nothing here.", error=True
+        )
+        await http.respond_html(send, 404, page)
+
+
+def describe_request(scope: Scope, svc: Services) -> Request:
+    """Host, path and client of a request; raises ``http.BadRequest`` when they are unusable."""
+    rt = svc.runtime
+    host_value = http.header(scope, b"host")
+    if host_value is None:
+        raise http.BadRequest("the request has no Host header")
+    host_header = host_value.decode("latin-1").strip()
+    if not host_header or any(c in host_header for c in "/\\@ ,"):
+        raise http.BadRequest("the Host header is not a host name")
+    client_addr = scope.get("client") or ("", 0)
+    client = resolve_client(str(client_addr[0]), scope["headers"], rt.trusted)
+    scheme = rt.scheme
+    if client.peer_trusted and client.proto:
+        scheme = client.proto
+    return Request(
+        host_header=host_header,
+        host=Snapshot.normalise_host(host_header),
+        raw_path=raw_path_of(scope),
+        query=scope.get("query_string", b"").decode("latin-1"),
+        client=client,
+        scheme=scheme,
+    )
+
+
+async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req: Request) -> None:
+    """An HTTP or WebSocket request for an application host."""
+    rt = svc.runtime
+    snapshot = rt.snapshot
+    try:
+        app = snapshot.route(req.host, req.raw_path)
+        reserved = normalise_path(req.raw_path).startswith(RESERVED)
+    except PathError as exc:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await bad_request(send, svc, scope, str(exc))
+        return
+    if app is None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await not_found(send, svc, scope)
+        return
+    if reserved:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await reserved_path(scope, receive, send, svc, req, app)
+        return
+
+    claims = session_claims(scope, rt, app)
+    identity = (
+        Identity.of(claims.email, claims.idp, claims.groups or (), claims.amr or ())
+        if claims is not None
+        else None
+    )
+    token_name = service_token(scope, rt)
+    country = rt.country(req.client.ip)
+    ctx = Context(ip=req.client.ip, country=country, service_token=token_name)
+    verdict = snapshot.decide(app, identity, ctx)
+    decision = verdict.decision
+
+    if decision == "bypass":
+        await forward(scope, receive, send, svc, req, app, inject=[])
+        return
+    email = claims.email if claims is not None else None
+    idp = claims.idp if claims is not None else ("service_token" if token_name else None)
+    method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
+    if decision == "allow":
+        svc.log(
+            "request",
+            app=app.name,
+            email=email or token_name,
+            idp=idp,
+            ip=req.client.ip,
+            country=country,
+            decision="allow",
+            policy=verdict.policy,
+            method=method,
+            host=req.host,
+            path=req.raw_path,
+        )
+        if claims is not None:
+            assertion = http.cookies(scope)[app_cookie(app)]
+            inject: Headers = [
+                (b"zerogate-jwt-assertion", assertion.encode("latin-1")),
+                (b"zerogate-authenticated-user-email", claims.email.encode("utf-8")),
+            ]
+        else:
+            assert token_name is not None
+            inject = [(b"zerogate-jwt-assertion", service_assertion(rt, app, token_name))]
+        await forward(scope, receive, send, svc, req, app, inject=inject)
+        return
+    if decision == "authenticate":
+        await login_required(scope, send, svc, req, app)
+        return
+    svc.log(
+        "request",
+        app=app.name,
+        email=email or token_name,
+        idp=idp,
+        ip=req.client.ip,
+        country=country,
+        decision="block",
+        policy=verdict.policy,
+        method=method,
+        host=req.host,
+        path=req.raw_path,
+        detail=verdict.reason,
+    )
+    await blocked(scope, send, svc, app, email)
+
+
+def session_claims(scope: Scope, rt: Runtime, app: CompiledApp) -> Claims | None:
+    """The verified, unrevoked session of this application, or None (never an error)."""
+    token = http.cookies(scope).get(app_cookie(app))
+    if not token:
+        return None
+    try:
+        claims = rt.verifier("app").verify(token, audience_tag(app.name), now=time.time())
+    except TokenError:
+        return None
+    if rt.is_revoked(claims.email, claims.iat):
+        return None
+    return claims
+
+
+def service_token(scope: Scope, rt: Runtime) -> str | None:
+    try:
+        client_id = http.header(scope, b"zerogate-client-id")
+        secret = http.header(scope, b"zerogate-client-secret")
+    except http.BadRequest:
+        return None
+    if client_id is None or secret is None:
+        return None
+    return rt.service_token(client_id.decode("latin-1"), secret.decode("latin-1"), now=time.time())
+
+
+_service_assertions: dict[tuple[str, str, str], tuple[bytes, float]] = {}
+
+
+def service_assertion(rt: Runtime, app: CompiledApp, name: str) -> bytes:
+    """A short-lived JWT naming the service token, so the origin can verify every request."""
+    now = time.time()
+    key = (name, app.name, rt.keyset.active.kid)
+    hit = _service_assertions.get(key)
+    if hit is not None and hit[1] - now > SERVICE_TOKEN_TTL / 2:
+        return hit[0]
+    token = issue_app_token(
+        rt.keyset,
+        issuer=rt.issuer,
+        audience=audience_tag(app.name),
+        email="",
+        sub=f"service-token:{name}",
+        idp="service_token",
+        ttl_seconds=SERVICE_TOKEN_TTL,
+        now=now,
+        extra={"common_name": name},
+    ).encode()
+    if len(_service_assertions) > 10000:
+        _service_assertions.clear()
+    _service_assertions[key] = (token, now + SERVICE_TOKEN_TTL)
+    return token
+
+
+async def forward(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    svc: Services,
+    req: Request,
+    app: CompiledApp,
+    *,
+    inject: Headers,
+) -> None:
+    origin = app.model.origin
+    if origin is None:  # tunnel-backed applications arrive with the tunnel issue
+        await unavailable(scope, send, svc, app, "this application's tunnel has no connector")
+        return
+    websocket = scope["type"] == "websocket"
+    headers = upstream_request_headers(
+        scope["headers"],
+        client_ip=req.client.ip,
+        proto=req.scheme,
+        host=req.host_header,
+        inject=inject,
+        upgrade=websocket,
+        forwarded_for=req.client.forwarded_for,
+    )
+    headers = [(k, v) for k, v in headers if k != b"cookie"] + strip_zerogate_cookies(
+        scope["headers"]
+    )
+    path_qs = req.raw_path + (f"?{req.query}" if req.query else "")
+    if websocket:
+        await svc.upstream.forward_websocket(
+            scope, receive, send, origin=origin, path_qs=path_qs, headers=headers
+        )
+    else:
+        await svc.upstream.forward_http(
+            scope, receive, send, origin=origin, path_qs=path_qs, headers=headers
+        )
+
+
+def strip_zerogate_cookies(headers: Headers) -> Headers:
+    """The client's cookies minus zerogate's own (the origin gets identity as headers)."""
+    kept: list[str] = []
+    for key, value in headers:
+        if key != b"cookie":
+            continue
+        for part in value.decode("latin-1").split(";"):
+            if part.strip() and not part.strip().startswith("__zg_"):
+                kept.append(part.strip())
+    return [(b"cookie", "; ".join(kept).encode("latin-1"))] if kept else []
+
+
+async def unavailable(scope: Scope, send: Send, svc: Services, app: CompiledApp, why: str) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1011})
+        return
+    if http.wants_json(scope):
+        await http.respond_json(send, 502, {"error": "bad gateway", "detail": why})
+        return
+    page = svc.page(
+        "message.html", title="Application unavailable", app_name=app.name, message=why, error=True
+    )
+    await http.respond_html(send, 502, page)
+
+
+async def blocked(
+    scope: Scope, send: Send, svc: Services, app: CompiledApp, email: str | None
+) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    if http.wants_json(scope):
+        await http.respond_json(send, 403, {"error": "forbidden", "application": app.name})
+        return
+    who = f"You are signed in as {email}, which " if email else "Your request "
+    page = svc.page(
+        "message.html",
+        title="Access denied",
+        app_name=app.name,
+        message=f"{who}may not use this application from here.",
+        detail="If you think you should have access, contact your administrator.",
+        link="/.zerogate/logout" if email else None,
+        link_text="Sign in as someone else",
+        error=True,
+    )
+    await http.respond_html(send, 403, page)
+
+
+def login_url(svc: Services, req: Request, app: CompiledApp, state: str, rd: str) -> str:
+    rt = svc.runtime
+    flow = Flow(
+        app=app.name, rd=rd, state_hash=state_hash(state), expires=int(time.time()) + FLOW_SECONDS
+    )
+    return f"{rt.portal_origin}/.zerogate/login?" + urlencode({"flow": sign_flow(rt.secret, flow)})
+
+
+def state_cookie(svc: Services, state: str) -> tuple[bytes, bytes]:
+    return http.set_cookie(
+        STATE_COOKIE,
+        state,
+        max_age=FLOW_SECONDS,
+        path="/.zerogate/",
+        secure=svc.runtime.scheme == "https",
+    )
+
+
+async def login_required(
+    scope: Scope, send: Send, svc: Services, req: Request, app: CompiledApp
+) -> None:
+    """302 to the portal for a browser navigation; 401 JSON with a login URL otherwise."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    if http.is_navigation(scope):
+        state = new_state()
+        await http.redirect(
+            send, login_url(svc, req, app, state, req.url), [state_cookie(svc, state)]
+        )
+        return
+    start = f"{req.scheme}://{req.host_header}/.zerogate/login?" + urlencode(
+        {"rd": req.raw_path + (f"?{req.query}" if req.query else "")}
+    )
+    await http.respond_json(
+        send,
+        401,
+        {"error": "login required", "application": app.name, "login_url": start},
+        [(b"www-authenticate", b'Zerogate realm="zerogate"')],
+    )
+
+
+def safe_return(req: Request, app: CompiledApp, snapshot: Snapshot, target: str) -> str:
+    """``target`` (absolute or a path) when it lies on this host and routes to this very
+    application; otherwise the application's root. Never another host (no open redirect)."""
+    fallback = f"{req.scheme}://{req.host_header}{app.path or '/'}"
+    if not target or "\\" in target or any(ord(c) < 0x21 for c in target):
+        return fallback
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        if parts.scheme not in ("http", "https") or parts.netloc.lower() != req.host_header.lower():
+            return fallback
+    elif not target.startswith("/") or target.startswith("//"):
+        return fallback
+    try:
+        if snapshot.route(req.host, parts.path or "/") is not app:
+            return fallback
+    except PathError:
+        return fallback
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return f"{req.scheme}://{req.host_header}{path}"
+
+
+async def reserved_path(
+    scope: Scope, receive: Receive, send: Send, svc: Services, req: Request, app: CompiledApp
+) -> None:
+    """``/.zerogate/*`` on an application host: never forwarded to the origin."""
+    rt = svc.runtime
+    path = normalise_path(req.raw_path)
+    secure = rt.scheme == "https"
+    if path == "/.zerogate/certs":
+        await http.respond_json(send, 200, rt.keyset.jwks(time.time()))
+    elif path == "/.zerogate/identity":
+        claims = session_claims(scope, rt, app)
+        if claims is None:
+            await http.respond_json(send, 401, {"error": "not signed in"})
+        else:
+            await http.respond_json(send, 200, {**claims.to_dict(), "application": app.name})
+    elif path == "/.zerogate/login":
+        state = new_state()
+        rd = safe_return(req, app, rt.snapshot, http.query(scope).get("rd", ""))
+        await http.redirect(send, login_url(svc, req, app, state, rd), [state_cookie(svc, state)])
+    elif path == "/.zerogate/authorized":
+        await authorized(scope, send, svc, req, app)
+    elif path == "/.zerogate/logout":
+        claims = session_claims(scope, rt, app)
+        if claims is not None:
+            await rt.revoke(claims.email)
+            svc.log(
+                "login",
+                app=app.name,
+                email=claims.email,
+                idp=claims.idp,
+                ip=req.client.ip,
+                country=None,
+                decision="logout",
+            )
+        await http.redirect(
+            send,
+            f"{rt.portal_origin}/.zerogate/logout",
+            [http.clear_cookie(app_cookie(app), secure=secure)],
+        )
+    else:
+        await not_found(send, svc, scope)
+
+
+async def authorized(
+    scope: Scope, send: Send, svc: Services, req: Request, app: CompiledApp
+) -> None:
+    """The portal hands this application a session: a one-time code, bound to this app and
+    to the state cookie this host set before the login began (so no login CSRF)."""
+    rt = svc.runtime
+    secure = rt.scheme == "https"
+    code = http.query(scope).get("code", "")
+    data = None
+    if code and len(code) < 200:
+        data = await rt.store.take_code(code_hash(code), now=datetime.now(UTC))
+    state = http.cookies(scope).get(STATE_COOKIE, "")
+    problem = None
+    if data is None:
+        problem = "This sign-in link is not valid any more."
+    elif data.get("app") != app.name:
+        problem = "This sign-in link belongs to another application."
+    elif not state or state_hash(state) != data.get("state"):
+        problem = "This sign-in did not start in this browser."
+    if problem is not None or data is None:
+        svc.log(
+            "login",
+            app=app.name,
+            email=data.get("email") if data else None,
+            idp=None,
+            ip=req.client.ip,
+            country=None,
+            decision="block",
+            detail=f"handover: {problem}",
+        )
+        page = svc.page(
+            "message.html",
+            title="Sign-in failed",
+            app_name=app.name,
+            message=problem,
+            link=f"{app.path or '/'}",
+            link_text="Try again",
+            error=True,
+        )
+        await http.respond_html(
+            send, 400, page, [http.clear_cookie(STATE_COOKIE, path="/.zerogate/", secure=secure)]
+        )
+        return
+    email = str(data["email"])
+    idp = str(data["idp"])
+    groups = list(data.get("groups") or [])
+    amr = list(data.get("amr") or [])
+    identity = Identity.of(email, idp, groups, amr)
+    verdict = rt.snapshot.decide(
+        app, identity, Context(ip=req.client.ip, country=rt.country(req.client.ip))
+    )
+    ttl = rt.session_seconds(app, verdict.policy)
+    token = issue_app_token(
+        rt.keyset,
+        issuer=rt.issuer,
+        audience=audience_tag(app.name),
+        email=email,
+        sub=email,
+        idp=idp,
+        groups=groups or None,
+        amr=amr or None,
+        ttl_seconds=ttl,
+        now=time.time(),
+    )
+    target = safe_return(req, app, rt.snapshot, str(data.get("rd", "")))
+    await http.redirect(
+        send,
+        target,
+        [
+            http.set_cookie(app_cookie(app), token, max_age=ttl, secure=secure),
+            http.clear_cookie(STATE_COOKIE, path="/.zerogate/", secure=secure),
+        ],
+    )

@@ -1,0 +1,592 @@
+"""Forwarding an allowed request to its origin: the half of the edge after the policy decision.
+
+:class:`Upstream` owns the pooled aiohttp client sessions of one event loop (one TCP pool, plus
+one pool per Unix-socket origin) and relays an ASGI HTTP exchange or WebSocket to an origin:
+
+- bodies stream both ways with bounded memory: the request body is an async generator fed by
+  ``receive()``, the response is sent chunk by chunk as it arrives (server-sent events are
+  never held back), bytes pass untouched (no decompression, no cookie jar, no redirects, no
+  proxy environment variables);
+- the origin's status and headers are kept, minus hop-by-hop headers;
+- a client that goes away stops the exchange: the origin connection is closed, not drained;
+- an origin that cannot be reached gets the client a small 502 page, one that does not answer
+  in time a 504 (HTML, or JSON when the request asked for it) — never a traceback. When the
+  origin fails after the response has started, the response is left unfinished so the server
+  cuts the connection: the client sees a truncated transfer, never a complete-looking one.
+
+The caller (the edge pipeline) has already decided the request may pass and built the headers
+to send with :func:`zerogate.edge.headers.upstream_request_headers`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from html import escape
+from http import HTTPStatus
+from typing import Final
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from zerogate.edge.asgi_types import Headers, Receive, Scope, Send
+from zerogate.edge.headers import downstream_response_headers, wants_json
+
+__all__ = ["CLIENT_CLOSED", "WS_MAX_MESSAGE", "Upstream", "request_target"]
+
+_log = logging.getLogger(__name__)
+
+CLIENT_CLOSED: Final = 499
+"""What :meth:`Upstream.forward_http` returns when the client left before a response started."""
+
+WS_MAX_MESSAGE: Final = 16 * 1024 * 1024
+"""Largest WebSocket message accepted from an origin (aiohttp buffers whole messages)."""
+
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f#]")
+_NOT_FORWARDED_TO_WS: Final = frozenset(
+    {b"connection", b"upgrade", b"sec-websocket-key", b"sec-websocket-version"}
+)
+_WS_NEGOTIATED_PREFIX: Final = b"sec-websocket-"
+_REASONS: Final = {
+    400: ("Bad Request", "The request target cannot be forwarded."),
+    502: ("Bad Gateway", "The application's origin could not be reached. Try again shortly."),
+    504: ("Gateway Timeout", "The application's origin did not answer in time."),
+}
+_ORIGIN_REFUSED: Final = "The application's origin refused the connection."
+
+
+class _ClientGoneError(Exception):
+    """The client disconnected while its request body was being forwarded."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    socket: str | None  # Unix socket path, or None for TCP
+    http_base: str
+    ws_base: str
+
+
+def _parse_origin(origin: str) -> _Origin:
+    if origin.startswith("unix:"):
+        path = origin[len("unix:") :]
+        if not path:
+            raise ValueError(f"origin {origin!r}: a Unix socket origin needs a path")
+        return _Origin(path, "http://localhost", "ws://localhost")
+    url = URL(origin)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"origin {origin!r}: expected http://host[:port], https://… or unix:/path")
+    if url.raw_path not in ("", "/") or url.raw_query_string or url.raw_fragment:
+        raise ValueError(f"origin {origin!r}: an origin is a scheme, host and port only")
+    base = str(url.origin())
+    ws_base = ("wss" if url.scheme == "https" else "ws") + base[len(url.scheme) :]
+    return _Origin(None, base, ws_base)
+
+
+def _percent_encode_non_ascii(raw: bytes) -> str:
+    return "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in raw)
+
+
+def request_target(path_qs: str | bytes) -> str | None:
+    """The origin-form target to send, or ``None`` when it cannot be forwarded safely.
+
+    Bytes (``scope["raw_path"]`` plus ``b"?" + query_string``) are sent exactly; bytes outside
+    ASCII (which HTTP does not allow there) are percent-encoded. A ``str`` is taken as text and
+    UTF-8 percent-encoded where it is not ASCII. A target that does not start with ``/`` or
+    holds spaces, control characters or ``#`` is refused (the caller answers 400).
+    """
+    if isinstance(path_qs, bytes):
+        try:
+            text = path_qs.decode("ascii")
+        except UnicodeDecodeError:
+            text = _percent_encode_non_ascii(path_qs)
+    elif path_qs.isascii():
+        text = path_qs
+    else:
+        text = _percent_encode_non_ascii(path_qs.encode("utf-8"))
+    if not text.startswith("/") or _UNSAFE_TARGET.search(text):
+        return None
+    return text
+
+
+def _client_headers(headers: Headers, *, websocket: bool = False) -> CIMultiDict[str]:
+    """ASGI byte headers as the ``str`` multidict aiohttp takes.
+
+    aiohttp writes header text as UTF-8, so values are decoded as UTF-8 to travel byte-exact;
+    a value that is not UTF-8 cannot, and is dropped rather than silently altered.
+    """
+    if websocket:
+        headers = [
+            (name, value)
+            for name, value in headers
+            if name.lower() not in _NOT_FORWARDED_TO_WS
+            and not name.lower().startswith(_WS_NEGOTIATED_PREFIX)
+        ]
+    try:
+        return CIMultiDict([(name.decode("latin-1"), value.decode()) for name, value in headers])
+    except UnicodeDecodeError:
+        out: CIMultiDict[str] = CIMultiDict()
+        for name, value in headers:
+            try:
+                out.add(name.decode("latin-1"), value.decode())
+            except UnicodeDecodeError:
+                _log.debug("dropped request header %r: value is not UTF-8", name)
+        return out
+
+
+def _error_page(status: int, as_json: bool) -> tuple[bytes, bytes]:
+    """``(content type, body)`` of the edge's own error page for ``status``."""
+    reason, text = _REASONS.get(status, (_phrase(status), _ORIGIN_REFUSED))
+    if as_json:
+        code = reason.lower().replace(" ", "_").replace("-", "_")
+        payload = {"error": code, "status": status, "message": text}
+        return b"application/json", json.dumps(payload).encode()
+    title = escape(f"{status} {reason}")
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"</head><body><h1>{title}</h1><p>{escape(text)}</p><p><small>zerogate</small></p>"
+        "</body></html>"
+    )
+    return b"text/html; charset=utf-8", page.encode()
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _error_head(status: int, scope: Scope) -> tuple[Headers, bytes]:
+    content_type, body = _error_page(status, wants_json(scope.get("headers") or []))
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    return headers, body
+
+
+async def _send_error(scope: Scope, send: Send, status: int) -> int:
+    headers, body = _error_head(status, scope)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    if scope.get("method") == "HEAD":
+        body = b""
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    return status
+
+
+def _failure_status(exc: BaseException) -> int:
+    return 504 if isinstance(exc, TimeoutError) else 502
+
+
+def _sendable_close_code(code: object, fallback: int) -> int:
+    """A close code that may appear in a close frame (RFC 6455 §7.4), else ``fallback``."""
+    if isinstance(code, int) and (
+        1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+    ):
+        return code
+    return fallback
+
+
+class _Exchange:
+    """One forwarded HTTP exchange: request body pump and client-disconnect watch."""
+
+    __slots__ = (
+        "body_done",
+        "cancel_sent",
+        "disconnected",
+        "done",
+        "receive",
+        "status",
+        "task",
+        "watcher",
+    )
+
+    def __init__(self, receive: Receive, task: asyncio.Task[object] | None) -> None:
+        self.receive = receive
+        self.task = task  # the task running forward_http, cancelled when the client leaves
+        self.body_done = False
+        self.disconnected = False
+        self.cancel_sent = False
+        self.done = False
+        self.status = 0
+        self.watcher: asyncio.Task[None] | None = None
+
+    def client_gone(self) -> None:
+        self.disconnected = True
+        if not self.done and not self.cancel_sent and self.task is not None:
+            self.cancel_sent = True
+            self.task.cancel()
+
+    def take_back_cancel(self) -> bool:
+        """Withdraw our own cancellation; ``False`` if someone else cancelled the task too."""
+        if not self.cancel_sent or self.task is None:
+            return False
+        self.cancel_sent = False
+        return self.task.uncancel() == 0
+
+    async def body(self, first: bytes) -> AsyncIterator[bytes]:
+        """The request body, streamed from ``receive()`` as the origin takes it."""
+        if first:
+            yield first
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.client_gone()
+                raise _ClientGoneError
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                break
+        self.body_done = True
+        self.watch()
+
+    def watch(self) -> None:
+        """Once the body is read, the next ``receive()`` only ever reports a disconnect."""
+        if self.watcher is None and self.body_done and not self.done and self.task is not None:
+            self.watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.client_gone()
+                return
+
+    def finish(self) -> None:
+        self.done = True
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+
+class Upstream:
+    """Pooled connections to origins for one event loop (create one per loop, e.g. per worker).
+
+    One aiohttp ``ClientSession`` for TCP origins and one per Unix-socket origin, created on
+    first use: keep-alive connections, at most ``limit`` per origin (``0``: no limit), no
+    automatic decompression, no cookie jar, no redirects followed, no proxy taken from the
+    environment. ``connect_timeout`` bounds waiting for a pooled connection plus connecting;
+    ``read_timeout`` bounds each wait for the origin's bytes (headers, then every chunk), so a
+    long stream lives as long as the origin keeps talking. ``ssl_context`` verifies HTTPS
+    origins (default: the system's trust store).
+    """
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 10,
+        read_timeout: float | None = 300,
+        limit: int = 1000,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_read=read_timeout
+        )
+        self._limit = limit
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._sessions: dict[str | None, aiohttp.ClientSession] = {}
+        self._origins: dict[str, _Origin] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    async def close(self) -> None:
+        """Close every pooled connection; the Upstream cannot be used afterwards."""
+        self._closed = True
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
+
+    def _origin(self, origin: str) -> _Origin:
+        parsed = self._origins.get(origin)
+        if parsed is None:
+            parsed = self._origins[origin] = _parse_origin(origin)
+        return parsed
+
+    def _session(self, socket: str | None) -> aiohttp.ClientSession:
+        session = self._sessions.get(socket)
+        if session is not None:
+            return session
+        if self._closed:
+            raise RuntimeError("Upstream is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("an Upstream serves one event loop; create one per loop")
+        connector: aiohttp.BaseConnector
+        if socket is None:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._limit, ssl=self._ssl)
+        else:
+            connector = aiohttp.UnixConnector(path=socket, limit=self._limit)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            trust_env=False,
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            read_bufsize=2**18,
+            max_line_size=65536,
+            max_field_size=65536,
+        )
+        self._sessions[socket] = session
+        return session
+
+    async def forward_http(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        origin: str,
+        path_qs: str | bytes,
+        headers: Headers,
+    ) -> int:
+        """Relay one HTTP exchange to ``origin``; return the status sent to the client.
+
+        ``origin``: ``http://host:port``, ``https://…`` or ``unix:/path.sock``. ``path_qs``:
+        the target to send as is (best: ``scope["raw_path"]`` + ``b"?"`` + query, as bytes).
+        ``headers``: what the origin receives (see ``upstream_request_headers``). Returns
+        :data:`CLIENT_CLOSED` when the client left before any response was sent.
+        """
+        target = request_target(path_qs)
+        if target is None:
+            return await _send_error(scope, send, 400)
+        where = self._origin(origin)
+        session = self._session(where.socket)
+        url = URL(where.http_base + target, encoded=True)
+        exchange = _Exchange(receive, asyncio.current_task())
+        try:
+            await self._exchange(scope, send, session, url, headers, exchange)
+        except asyncio.CancelledError:
+            exchange.finish()
+            if not exchange.take_back_cancel():
+                raise  # cancelled from outside, not (only) by the client leaving
+            return exchange.status or CLIENT_CLOSED
+        exchange.finish()
+        if exchange.cancel_sent:
+            # The client left just as the exchange ended: take our cancellation here rather
+            # than let it land on the caller's next await.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+            if not exchange.take_back_cancel():
+                raise asyncio.CancelledError
+        return exchange.status or CLIENT_CLOSED
+
+    async def _exchange(
+        self,
+        scope: Scope,
+        send: Send,
+        session: aiohttp.ClientSession,
+        url: URL,
+        headers: Headers,
+        exchange: _Exchange,
+    ) -> None:
+        method: str = scope["method"]
+        message = await exchange.receive()
+        if message["type"] == "http.disconnect":
+            exchange.status = CLIENT_CLOSED
+            return
+        data: bytes | AsyncIterator[bytes] | None
+        if message.get("more_body", False):
+            data = exchange.body(message.get("body", b""))
+        else:
+            data = message.get("body", b"") or None
+            exchange.body_done = True
+        exchange.watch()
+        request_headers = _client_headers(headers)
+        try:
+            try:
+                response = await session.request(
+                    method, url, headers=request_headers, data=data, allow_redirects=False
+                )
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError):
+                # A pooled keep-alive connection the origin had just closed: once, for a
+                # request that is safe to repeat and has no body to replay.
+                if data is not None or method not in _SAFE_METHODS:
+                    raise
+                response = await session.request(
+                    method, url, headers=request_headers, data=None, allow_redirects=False
+                )
+        except _ClientGoneError:
+            exchange.status = CLIENT_CLOSED
+            return
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            if exchange.disconnected:
+                exchange.status = CLIENT_CLOSED
+                return
+            status = _failure_status(exc)
+            _log.warning(
+                "origin %s: %s (%s), answered %d", url.origin(), type(exc).__name__, exc, status
+            )
+            exchange.status = await _send_error(scope, send, status)
+            return
+        try:
+            await self._relay_response(send, response, exchange)
+        finally:
+            if response.content.at_eof():
+                response.release()  # back to the pool
+            else:
+                response.close()  # unread bytes: the connection cannot be reused
+
+    async def _relay_response(
+        self, send: Send, response: aiohttp.ClientResponse, exchange: _Exchange
+    ) -> None:
+        status = response.status
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": downstream_response_headers(response.raw_headers),
+            }
+        )
+        exchange.status = status
+        content = response.content
+        try:
+            chunk = await content.readany()
+            if not content.at_eof():
+                exchange.watch()
+                while True:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    chunk = await content.readany()
+                    if not chunk:
+                        break
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            if not exchange.disconnected:
+                _log.warning(
+                    "origin %s: response cut off: %s (%s)",
+                    response.url.origin(),
+                    type(exc).__name__,
+                    exc,
+                )
+            return  # the response stays unfinished: the server drops the connection
+        await send({"type": "http.response.body", "body": chunk, "more_body": False})
+
+    async def forward_websocket(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        origin: str,
+        path_qs: str | bytes,
+        headers: Headers,
+    ) -> None:
+        """Relay one WebSocket session to ``origin`` (``ws://`` for http, ``wss://`` for https).
+
+        The origin is dialled first with the client's subprotocols and ``headers`` (the
+        handshake headers themselves are aiohttp's); the client is then accepted with the
+        subprotocol the origin chose, and text and binary messages flow both ways until one
+        side closes, whose close code (and reason) the other side receives. An origin that
+        refuses gets the client an HTTP error (its status, 502, or 504 on a timeout) where the
+        server supports ``websocket.http.response``, else a close with 1011.
+        """
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        target = request_target(path_qs)
+        if target is None:
+            await _reject_websocket(scope, send, 400)
+            return
+        where = self._origin(origin)
+        session = self._session(where.socket)
+        url = URL(where.ws_base + target, encoded=True)
+        try:
+            ws = await session.ws_connect(
+                url,
+                protocols=tuple(scope.get("subprotocols") or ()),
+                headers=_client_headers(headers, websocket=True),
+                autoclose=True,
+                autoping=True,
+                compress=0,
+                max_msg_size=WS_MAX_MESSAGE,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            status = exc.status if 400 <= exc.status <= 599 else 502
+            _log.warning("origin %s refused a WebSocket: %d", url.origin(), exc.status)
+            await _reject_websocket(scope, send, status)
+            return
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            status = _failure_status(exc)
+            _log.warning("origin %s: WebSocket: %s (%s)", url.origin(), type(exc).__name__, exc)
+            await _reject_websocket(scope, send, status)
+            return
+        try:
+            await send({"type": "websocket.accept", "subprotocol": ws.protocol})
+            await _relay_websocket(ws, receive, send)
+        finally:
+            await ws.close()
+
+
+async def _reject_websocket(scope: Scope, send: Send, status: int) -> None:
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        headers, body = _error_head(status, scope)
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+        return
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": 1011})
+
+
+async def _relay_websocket(
+    ws: aiohttp.ClientWebSocketResponse, receive: Receive, send: Send
+) -> None:
+    async def client_to_origin() -> tuple[int, str]:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                text = message.get("text")
+                if text is not None:
+                    await ws.send_str(text)
+                else:
+                    await ws.send_bytes(message.get("bytes") or b"")
+            elif kind == "websocket.disconnect":
+                code = message.get("code", 1005)
+                # 1005: closed without a code; anything else unsendable: the client vanished.
+                return _sendable_close_code(code, 1000 if code == 1005 else 1001), str(
+                    message.get("reason") or ""
+                )
+
+    async def origin_to_client() -> tuple[int, str]:
+        while True:
+            msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await send({"type": "websocket.send", "text": msg.data})
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                await send({"type": "websocket.send", "bytes": msg.data})
+            elif msg.type is aiohttp.WSMsgType.CLOSE:
+                return _sendable_close_code(msg.data, 1000), str(msg.extra or "")
+            elif msg.type is aiohttp.WSMsgType.ERROR:
+                return 1011, ""
+            else:  # CLOSING / CLOSED: the origin went away without a close frame
+                return _sendable_close_code(ws.close_code, 1011), ""
+
+    from_client = asyncio.ensure_future(client_to_origin())
+    from_origin = asyncio.ensure_future(origin_to_client())
+    try:
+        done, _ = await asyncio.wait(
+            {from_client, from_origin}, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for task in (from_client, from_origin):
+            task.cancel()
+        await asyncio.gather(from_client, from_origin, return_exceptions=True)
+    if from_client in done and not from_client.cancelled() and from_client.exception() is None:
+        code, reason = from_client.result()
+        await ws.close(code=code, message=reason.encode()[:123])
+        return
+    if from_origin in done and not from_origin.cancelled() and from_origin.exception() is None:
+        code, reason = from_origin.result()
+    else:
+        code, reason = 1011, ""
+    await send({"type": "websocket.close", "code": code, "reason": reason})

@@ -1,0 +1,316 @@
+"""Sending the one-time PIN email (SPEC "One-time PIN") over SMTP with aiosmtplib.
+
+This module owns two things: *rendering* the PIN email (``render_pin_email``, a pure function)
+and *sending* any message (``Mailer.send``). It keeps no state between sends and decides
+nothing about who may get a PIN; the portal does that (see ``zerogate.identity.otp``).
+
+The email:
+
+- Subject ``Your sign-in code for <app>``. The PIN is never in the subject: subjects show on
+  lock screens and in notification previews.
+- ``multipart/alternative``: a plain-text part with the PIN alone on its own line, and an HTML
+  part with the PIN in large type and a button to ``confirm_url``. That URL opens a
+  confirmation page with a POST button, never a direct login, so a mail scanner that fetches
+  links does not use the PIN up. Everything user-configured (the application name) is escaped
+  in the HTML and stripped of control characters in headers.
+- ``Date``, ``Message-ID``, ``Auto-Submitted: auto-generated`` (RFC 3834, so vacation
+  responders stay quiet) and ``X-Auto-Response-Suppress: All`` (the same for Exchange).
+
+Sending (``Mailer``):
+
+- ``email.smtp`` set: host, port, ``tls`` (implicit TLS, usually port 465) or ``starttls``
+  (upgrade, usually port 587) or neither (plaintext: ``starttls: false`` means *no* upgrade,
+  not "opportunistic"), ``username`` + the password read from the environment variable named by
+  ``password_env`` at every send (so a rotated secret needs no restart), and ``timeout``, which
+  bounds the *whole* exchange (connect, greeting, EHLO, TLS, AUTH, MAIL, RCPT, DATA).
+- ``email.smtp`` unset: mail goes over SMTP to the in-process demo outbox
+  (``zerogate.outbox.Outbox``), so the demo and tests exercise the very same code path.
+- Certificates are checked against the system trust store. There is no ``ca_file`` setting yet
+  (that would be a model change); code and tests that need a private CA pass ``tls_context``.
+- ``send`` raises ``MailError`` (one line saying what went wrong: connection refused,
+  authentication failed, timed out, recipient refused, certificate not trusted, missing
+  password variable) and nothing else; cancellation still propagates.
+
+The portal should send in the background, not while the login page waits: the page must look
+the same, and take the same time, whether or not a PIN was sent (SPEC: the page says the same
+thing whether or not the address may log in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import logging
+import os
+import re
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import aiosmtplib
+import jinja2
+
+from zerogate.model.objects import Smtp
+from zerogate.model.values import parse_duration
+
+if TYPE_CHECKING:
+    from zerogate.outbox import Outbox
+
+__all__ = ["MailError", "Mailer", "PinEmail", "render_pin_email"]
+
+log = logging.getLogger(__name__)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+class MailError(Exception):
+    """Sending failed; ``str(error)`` is one line saying why (and which server)."""
+
+
+@dataclass(frozen=True)
+class PinEmail:
+    """What goes into one PIN email."""
+
+    to: str
+    pin: str
+    app_name: str
+    confirm_url: str
+    expires_minutes: int = 10
+
+
+_TEXT = """\
+Your sign-in code for {app}:
+
+    {pin}
+
+Enter it on the sign-in page. It works once and expires in {minutes} minutes.
+
+Or confirm in your browser:
+{url}
+
+If you did not try to sign in to {app}, ignore this email: nobody can sign in without
+the code.
+"""
+
+_HTML = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
+    """\
+<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Your sign-in code for {{ app }}</title></head>
+<body style="margin:0;padding:24px;background:#f4f5f7;font-family:-apple-system,\
+'Segoe UI',Roboto,Helvetica,Arial,sans-serif;color:#1f2328">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0"><tr><td align="center">
+<table role="presentation" cellpadding="0" cellspacing="0" \
+style="max-width:480px;width:100%;background:#ffffff;border-radius:8px;padding:32px">
+<tr><td>
+<p style="margin:0 0 16px;font-size:16px">Your sign-in code for <strong>{{ app }}</strong>:</p>
+<p style="margin:0 0 24px;font-size:36px;font-weight:700;letter-spacing:8px;\
+font-family:'SFMono-Regular',Consolas,'Liberation Mono',monospace">{{ pin }}</p>
+<p style="margin:0 0 24px;font-size:14px">Enter it on the sign-in page. \
+It works once and expires in {{ minutes }} minutes.</p>
+<p style="margin:0 0 24px"><a href="{{ url }}" style="display:inline-block;\
+padding:12px 20px;background:#1f6feb;color:#ffffff;text-decoration:none;border-radius:6px;\
+font-weight:600">Confirm sign-in</a></p>
+<p style="margin:0;font-size:12px;color:#57606a">If you did not try to sign in to {{ app }}, \
+ignore this email: nobody can sign in without the code.</p>
+</td></tr></table>
+</td></tr></table>
+</body>
+</html>
+"""
+)
+
+
+def _one_line(text: str) -> str:
+    """Collapse control characters and line breaks (header injection, odd rendering)."""
+    return " ".join(_CONTROL.sub(" ", text).split())
+
+
+def _domain_of(sender: str) -> str:
+    """The domain part of ``"Name <user@example.com>"`` (for the Message-ID)."""
+    _, addr = email.utils.parseaddr(sender)
+    domain = addr.rpartition("@")[2].strip()
+    return domain or "zerogate.localhost"
+
+
+def render_pin_email(msg: PinEmail, *, sender: str, now: datetime | None = None) -> EmailMessage:
+    """Build the PIN email: text + HTML alternatives, PIN in the body only.
+
+    Raises ``ValueError`` for a ``confirm_url`` that is not http(s) or for header values that
+    cannot be encoded (an address with a line break): those are caller bugs, not mail errors.
+    """
+    scheme = urlsplit(msg.confirm_url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"confirm_url must be an http(s) URL, not {msg.confirm_url!r}")
+    if not msg.pin.isascii() or not msg.pin.isdigit():
+        raise ValueError("pin must be digits")
+    app = _one_line(msg.app_name) or "zerogate"
+    when = now if now is not None else datetime.now(UTC)
+
+    message = EmailMessage()
+    message["Subject"] = f"Your sign-in code for {app}"
+    message["From"] = sender
+    message["To"] = msg.to
+    message["Date"] = email.utils.format_datetime(when)
+    message["Message-ID"] = email.utils.make_msgid(domain=_domain_of(sender))
+    message["Auto-Submitted"] = "auto-generated"
+    message["X-Auto-Response-Suppress"] = "All"
+    message.set_content(
+        _TEXT.format(app=app, pin=msg.pin, minutes=msg.expires_minutes, url=msg.confirm_url)
+    )
+    html = _HTML.render(app=app, pin=msg.pin, minutes=msg.expires_minutes, url=msg.confirm_url)
+    message.add_alternative(html, subtype="html")
+    return message
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Mailer:
+    """Sends messages to one SMTP server (or to the demo outbox when ``smtp`` is None).
+
+    ``tls_context``: the TLS settings for ``tls``/``starttls`` (for instance trusting a private
+    CA); by default the system trust store with hostname checks.
+    """
+
+    def __init__(
+        self,
+        smtp: Smtp | None,
+        sender: str,
+        *,
+        outbox: Outbox | None = None,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if smtp is None and outbox is None:
+            raise ValueError("Mailer needs an SMTP server (email.smtp) or a local outbox")
+        self._smtp = smtp
+        self._outbox = outbox
+        self._tls_context = tls_context
+        self.sender = sender
+        if (
+            smtp is not None
+            and smtp.username is not None
+            and not (smtp.tls or smtp.starttls)
+            and not _is_loopback(smtp.host)
+        ):
+            log.warning(
+                "email.smtp: the password for %s goes to %s:%d unencrypted; "
+                "set starttls: true (port 587) or tls: true (port 465)",
+                smtp.username,
+                smtp.host,
+                smtp.port,
+            )
+
+    @property
+    def server(self) -> Smtp:
+        """The SMTP server this mailer talks to (the outbox's address when none is set)."""
+        if self._smtp is not None:
+            return self._smtp
+        assert self._outbox is not None
+        return Smtp(host=self._outbox.host, port=self._outbox.port)
+
+    def check(self) -> None:
+        """Raise ``MailError`` now if a send would fail on configuration (at startup)."""
+        if self._smtp is not None:
+            self._credentials(self._smtp)
+
+    @staticmethod
+    def _credentials(smtp: Smtp) -> tuple[str | None, str | None]:
+        if smtp.username is None and smtp.password_env is None:
+            return None, None
+        if smtp.username is None:
+            raise MailError("email.smtp: password_env is set but username is not")
+        if smtp.password_env is None:
+            raise MailError("email.smtp: username is set but password_env is not")
+        password = os.environ.get(smtp.password_env)
+        if not password:
+            raise MailError(
+                f"email.smtp: the environment variable {smtp.password_env} "
+                "(password_env) is not set or empty"
+            )
+        return smtp.username, password
+
+    async def send(self, message: EmailMessage) -> None:
+        """Send ``message`` to its ``To`` recipients; raise ``MailError`` on any failure."""
+        if self._smtp is None and self._outbox is not None and not self._outbox.running:
+            raise MailError("the local outbox is not running")
+        smtp = self.server
+        where = f"{smtp.host}:{smtp.port}"
+        username, password = self._credentials(smtp)
+        timeout = parse_duration(smtp.timeout).total_seconds()
+        try:
+            async with asyncio.timeout(timeout):
+                errors, _ = await aiosmtplib.send(
+                    message,
+                    hostname=smtp.host,
+                    port=smtp.port,
+                    username=username,
+                    password=password,
+                    use_tls=smtp.tls,
+                    start_tls=smtp.starttls,
+                    timeout=timeout,
+                    tls_context=self._tls_context if (smtp.tls or smtp.starttls) else None,
+                )
+        except TimeoutError as exc:  # ours, or aiosmtplib's SMTPTimeoutError
+            raise MailError(f"SMTP {where}: timed out after {timeout:g}s") from exc
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            raise MailError(
+                f"SMTP {where}: authentication failed for {username}: "
+                f"{exc.code} {_one_line(exc.message)}"
+            ) from exc
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = "; ".join(
+                f"{r.recipient}: {r.code} {_one_line(r.message)}" for r in exc.recipients
+            )
+            raise MailError(f"SMTP {where}: recipient refused ({refused})") from exc
+        except aiosmtplib.SMTPSenderRefused as exc:
+            raise MailError(
+                f"SMTP {where}: MAIL FROM <{exc.sender}> refused: "
+                f"{exc.code} {_one_line(exc.message)}"
+            ) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            raise MailError(f"SMTP {where}: {exc.code} {_one_line(exc.message)}") from exc
+        except aiosmtplib.SMTPNotSupported as exc:
+            raise MailError(f"SMTP {where}: {_one_line(exc.message)}") from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:  # OSError: SSLError, refused, ...
+            reason = _describe(exc)
+            if smtp.tls and "WRONG_VERSION_NUMBER" in reason:
+                reason += " (tls: true is implicit TLS, usually port 465; for 587 use starttls)"
+            raise MailError(f"SMTP {where}: {reason}") from exc
+        except Exception as exc:  # the contract: MailError and nothing else
+            log.exception("unexpected error sending mail to %s", where)
+            raise MailError(f"SMTP {where}: {type(exc).__name__}: {_describe(exc)}") from exc
+        if errors:
+            refused = "; ".join(
+                f"{rcpt}: {resp.code} {_one_line(resp.message)}" for rcpt, resp in errors.items()
+            )
+            raise MailError(f"SMTP {where}: recipient refused ({refused})")
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception, preferring its cause (aiosmtplib wraps OSError and SSLError)."""
+    cause = exc.__cause__ or exc.__context__
+    for err in (exc, cause):
+        if isinstance(err, ssl.SSLCertVerificationError):
+            return f"TLS failed: certificate not trusted ({_one_line(err.verify_message or '')})"
+        if isinstance(err, ssl.SSLError):
+            reason = err.reason or _one_line(str(err))
+            return f"TLS failed: {reason}"
+        if isinstance(err, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(err, OSError) and not isinstance(err, aiosmtplib.SMTPException):
+            return f"cannot connect: {_one_line(err.strerror or str(err))}"
+    text = _one_line(str(exc))
+    if not text and cause is not None:
+        return _one_line(str(cause)) or type(cause).__name__
+    return text or type(exc).__name__

@@ -1,0 +1,1 @@
+"""The login portal: pages and flows on the portal host."""

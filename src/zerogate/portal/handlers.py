@@ -1,0 +1,490 @@
+"""The portal host: login pages, the one-time PIN flow, the global session, logout.
+
+Flow (SPEC "One-time PIN", "HTTP contract"):
+
+1. the edge sends a browser to ``/.zerogate/login?flow=…`` (a signed flow: app, return URL,
+   hash of the state cookie it set on the app's host);
+2. with a valid portal session whose login method the app accepts → single sign-on, else the
+   login page; the email form posts to ``/.zerogate/login/otp``;
+3. a PIN is sent only when that address could pass an Allow policy of the app from this
+   network; the page says the same either way;
+4. ``/.zerogate/login/otp/verify`` checks the PIN (compare-and-set on the stored record, so
+   parallel guesses cannot exceed five tries), sets the portal session and hands the app a
+   one-time code at ``https://<app>/.zerogate/authorized``.
+
+Forms carry a CSRF token equal to a cookie set when the form was shown (double submit).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode, urlsplit
+
+from zerogate.edge import http
+from zerogate.edge.asgi_types import Receive, Scope, Send
+from zerogate.edge.flow import Flow, FlowError, open_flow
+from zerogate.edge.pipeline import CODE_SECONDS, Request, code_hash
+from zerogate.identity import (
+    Claims,
+    PinOutcome,
+    PinRecord,
+    TokenError,
+    check_pin,
+    issue_pin,
+    issue_portal_token,
+)
+from zerogate.mail import MailError, PinEmail, render_pin_email
+from zerogate.model.paths import PathError, normalise_path
+from zerogate.model.values import check_email
+from zerogate.policy import Context, Identity
+from zerogate.policy.engine import CompiledApp
+from zerogate.runtime import PORTAL_AUDIENCE
+from zerogate.services import Services
+
+log = logging.getLogger("zerogate.portal")
+
+PORTAL_COOKIE = "__zg_portal"
+CSRF_COOKIE = "__zg_csrf"
+
+
+def pin_store_key(email: str, app: str) -> str:
+    return f"{email.lower()}\x1f{app}"
+
+
+class _Problem(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+
+async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req: Request) -> None:
+    if scope["type"] != "http":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    try:
+        path = normalise_path(req.raw_path)
+    except PathError as exc:
+        await _message(send, svc, 400, "Bad request", str(exc))
+        return
+    method = scope.get("method", "GET")
+    try:
+        if path == "/.zerogate/certs":
+            await http.respond_json(send, 200, svc.runtime.keyset.jwks(time.time()))
+        elif path == "/.zerogate/identity":
+            claims = portal_session(scope, svc)
+            if claims is None:
+                await http.respond_json(send, 401, {"error": "not signed in"})
+            else:
+                await http.respond_json(send, 200, claims.to_dict())
+        elif path == "/.zerogate/login" and method in ("GET", "HEAD"):
+            await login_page(scope, send, svc, req)
+        elif path == "/.zerogate/login/otp" and method == "POST":
+            await otp_start(scope, receive, send, svc, req)
+        elif path == "/.zerogate/login/otp/verify" and method == "POST":
+            await otp_verify(scope, receive, send, svc, req)
+        elif path == "/.zerogate/login/otp/confirm" and method in ("GET", "HEAD"):
+            await otp_confirm(scope, send, svc)
+        elif path == "/.zerogate/logout":
+            await logout(scope, send, svc, req)
+        elif path == "/.zerogate/outbox" and svc.show_outbox and svc.outbox is not None:
+            await http.respond_html(send, 200, svc.outbox.render_html())
+        elif path == "/":
+            claims = portal_session(scope, svc)
+            message = (
+                f"You are signed in as {claims.email}." if claims else "You are not signed in."
+            )
+            await _message(send, svc, 200, "zerogate", message, error=False)
+        else:
+            await _message(send, svc, 404, "Not found", "There is nothing here.")
+    except _Problem as problem:
+        await _message(send, svc, problem.status, "Sign-in problem", problem.message)
+    except http.BadRequest as exc:
+        await _message(send, svc, 400, "Bad request", str(exc))
+
+
+async def _message(
+    send: Send, svc: Services, status: int, title: str, message: str, *, error: bool = True
+) -> None:
+    await http.respond_html(
+        send, status, svc.page("message.html", title=title, message=message, error=error)
+    )
+
+
+def portal_session(scope: Scope, svc: Services) -> Claims | None:
+    token = http.cookies(scope).get(PORTAL_COOKIE)
+    if not token:
+        return None
+    rt = svc.runtime
+    try:
+        claims = rt.verifier("portal").verify(token, PORTAL_AUDIENCE, now=time.time())
+    except TokenError:
+        return None
+    if rt.is_revoked(claims.email, claims.iat):
+        return None
+    return claims
+
+
+def _flow(svc: Services, blob: str) -> tuple[Flow, CompiledApp]:
+    try:
+        flow = open_flow(svc.runtime.secret, blob, time.time())
+    except FlowError as exc:
+        raise _Problem(400, f"{exc}. Go back to the application and try again.") from None
+    app = svc.runtime.snapshot.apps.get(flow.app)
+    if app is None:
+        raise _Problem(400, "This application no longer exists.")
+    return flow, app
+
+
+def _csrf(scope: Scope) -> tuple[str, list[tuple[bytes, bytes]]]:
+    """The CSRF token for a form; a new cookie when the browser has none."""
+    token = http.cookies(scope).get(CSRF_COOKIE, "")
+    if len(token) >= 20:
+        return token, []
+    token = secrets.token_urlsafe(24)
+    return token, [
+        http.set_cookie(CSRF_COOKIE, token, path="/.zerogate/", secure=False, same_site="Strict")
+    ]
+
+
+def _check_csrf(scope: Scope, form: dict[str, str]) -> None:
+    cookie = http.cookies(scope).get(CSRF_COOKIE, "")
+    sent = form.get("csrf", "")
+    if not cookie or not hmac.compare_digest(cookie.encode(), sent.encode()):
+        raise _Problem(403, "This form has expired. Go back to the application and try again.")
+
+
+async def _render(
+    send: Send, svc: Services, scope: Scope, template: str, status: int = 200, **values: object
+) -> None:
+    csrf, cookie = _csrf(scope)
+    await http.respond_html(send, status, svc.page(template, csrf=csrf, **values), cookie)
+
+
+async def login_page(scope: Scope, send: Send, svc: Services, req: Request) -> None:
+    flow_blob = http.query(scope).get("flow", "")
+    flow, app = _flow(svc, flow_blob)
+    claims = portal_session(scope, svc)
+    allowed = app.model.identity_providers
+    if claims is not None and (allowed is None or claims.idp in allowed):
+        await hand_over(
+            send,
+            svc,
+            flow,
+            app,
+            claims.email,
+            claims.idp,
+            list(claims.groups or ()),
+            list(claims.amr or ()),
+        )
+        return
+    otp = svc.runtime.otp_provider(app)
+    await _render(
+        send,
+        svc,
+        scope,
+        "login.html",
+        title="Sign in",
+        app_name=app.name,
+        flow=flow_blob,
+        otp=otp is not None,
+        email=None,
+        error=None,
+    )
+
+
+async def hand_over(
+    send: Send,
+    svc: Services,
+    flow: Flow,
+    app: CompiledApp,
+    email: str,
+    idp: str,
+    groups: list[str],
+    amr: list[str],
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """A one-time code for the application, then off to its ``/.zerogate/authorized``."""
+    code = secrets.token_urlsafe(32)
+    await svc.runtime.store.put_code(
+        code_hash(code),
+        {
+            "app": app.name,
+            "email": email,
+            "idp": idp,
+            "groups": groups,
+            "amr": amr,
+            "state": flow.state_hash,
+            "rd": flow.rd,
+        },
+        expires_at=datetime.now(UTC) + timedelta(seconds=CODE_SECONDS),
+    )
+    parts = urlsplit(flow.rd)
+    target = f"{parts.scheme}://{parts.netloc}/.zerogate/authorized?" + urlencode({"code": code})
+    await http.redirect(send, target, headers or [])
+
+
+async def otp_start(
+    scope: Scope, receive: Receive, send: Send, svc: Services, req: Request
+) -> None:
+    form = await http.read_form(scope, receive)
+    _check_csrf(scope, form)
+    flow_blob = form.get("flow", "")
+    _, app = _flow(svc, flow_blob)
+    rt = svc.runtime
+    otp = rt.otp_provider(app)
+    if otp is None:
+        raise _Problem(400, "One-time PINs are not a login method of this application.")
+    try:
+        email = check_email(form.get("email", ""))
+    except ValueError:
+        await _render(
+            send,
+            svc,
+            scope,
+            "login.html",
+            400,
+            title="Sign in",
+            app_name=app.name,
+            flow=flow_blob,
+            otp=True,
+            email=form.get("email", "")[:200],
+            error="Enter a valid email address.",
+        )
+        return
+    now = time.time()
+    ip = req.client.ip
+    country = rt.country(ip)
+    limit = svc.pins.hit(email, ip, now)
+    if not limit.allowed:
+        svc.log(
+            "login",
+            app=app.name,
+            email=email,
+            idp=otp.name,
+            ip=ip,
+            country=country,
+            decision="block",
+            detail="pin rate limited",
+        )
+        minutes = max(1, int(limit.retry_after // 60) + 1)
+        csrf, cookie = _csrf(scope)
+        page = svc.page(
+            "login.html",
+            title="Sign in",
+            app_name=app.name,
+            flow=flow_blob,
+            otp=True,
+            email=email,
+            csrf=csrf,
+            error=f"Too many codes requested. Try again in {minutes} minutes.",
+        )
+        await http.respond_html(
+            send, 429, page, [*cookie, (b"retry-after", limit.retry_after_header.encode())]
+        )
+        return
+    verdict = rt.snapshot.decide(app, Identity.of(email, otp.name), Context(ip=ip, country=country))
+    if verdict.decision == "allow":
+        pin, record = issue_pin(email, app.name, secret=rt.secret, now=now)
+        await rt.store.put_pin(pin_store_key(email, app.name), record.to_dict())
+        confirm = f"{rt.portal_origin}/.zerogate/login/otp/confirm?" + urlencode(
+            {"flow": flow_blob, "email": email, "pin": pin}
+        )
+        message = render_pin_email(
+            PinEmail(to=email, pin=pin, app_name=app.name, confirm_url=confirm),
+            sender=rt.settings.email.from_,
+        )
+        try:
+            await svc.mailer.send(message)
+        except MailError as exc:
+            log.warning("could not send the PIN email to %s: %s", email, exc)
+            svc.log(
+                "login",
+                app=app.name,
+                email=email,
+                idp=otp.name,
+                ip=ip,
+                country=country,
+                decision="block",
+                detail=f"pin email failed: {exc}",
+            )
+            await _render(
+                send,
+                svc,
+                scope,
+                "login.html",
+                503,
+                title="Sign in",
+                app_name=app.name,
+                flow=flow_blob,
+                otp=True,
+                email=email,
+                error="We could not send the email just now. Please try again.",
+            )
+            return
+        svc.log(
+            "login",
+            app=app.name,
+            email=email,
+            idp=otp.name,
+            ip=ip,
+            country=country,
+            decision="pin sent",
+            policy=verdict.policy,
+        )
+    else:
+        svc.log(
+            "login",
+            app=app.name,
+            email=email,
+            idp=otp.name,
+            ip=ip,
+            country=country,
+            decision="block",
+            detail="no pin sent: no allow policy matches",
+        )
+    await _render(
+        send,
+        svc,
+        scope,
+        "pin.html",
+        title="Check your email",
+        app_name=app.name,
+        flow=flow_blob,
+        email=email,
+        error=None,
+    )
+
+
+async def otp_confirm(scope: Scope, send: Send, svc: Services) -> None:
+    """The email's link: a page with a POST button, so link scanners cannot use the PIN."""
+    q = http.query(scope)
+    _, app = _flow(svc, q.get("flow", ""))
+    pin = "".join(ch for ch in q.get("pin", "") if ch.isdigit())[:6]
+    await _render(
+        send,
+        svc,
+        scope,
+        "confirm.html",
+        title="Confirm sign-in",
+        app_name=app.name,
+        flow=q.get("flow", ""),
+        email=q.get("email", "")[:200],
+        pin=pin,
+    )
+
+
+async def otp_verify(
+    scope: Scope, receive: Receive, send: Send, svc: Services, req: Request
+) -> None:
+    form = await http.read_form(scope, receive)
+    _check_csrf(scope, form)
+    flow_blob = form.get("flow", "")
+    flow, app = _flow(svc, flow_blob)
+    rt = svc.runtime
+    otp = rt.otp_provider(app)
+    if otp is None:
+        raise _Problem(400, "One-time PINs are not a login method of this application.")
+    email = form.get("email", "").strip().lower()[:200]
+    candidate = form.get("pin", "")[:20]
+    key = pin_store_key(email, app.name)
+    now = time.time()
+    outcome = PinOutcome.WRONG
+    for _ in range(5):
+        got = await rt.store.get_pin(key)
+        if got is None:
+            break
+        record, revision = got
+        outcome, updated = check_pin(PinRecord.from_dict(record), candidate, rt.secret, now)
+        if await rt.store.update_pin(key, updated.to_dict(), revision=revision):
+            break
+        outcome = PinOutcome.WRONG  # someone else changed it meanwhile: read again
+    ip = req.client.ip
+    country = rt.country(ip)
+    if outcome != PinOutcome.OK:
+        svc.log(
+            "login",
+            app=app.name,
+            email=email,
+            idp=otp.name,
+            ip=ip,
+            country=country,
+            decision="block",
+            detail=f"pin {outcome.value}",
+        )
+        error = {
+            PinOutcome.EXPIRED: "That code has expired. Request a new one.",
+            PinOutcome.EXHAUSTED: "Too many wrong codes. Request a new one.",
+            PinOutcome.USED: "That code has already been used. Request a new one.",
+        }.get(outcome, "That code is not right. Check the email and try again.")
+        await _render(
+            send,
+            svc,
+            scope,
+            "pin.html",
+            401,
+            title="Check your email",
+            app_name=app.name,
+            flow=flow_blob,
+            email=email,
+            error=error,
+        )
+        return
+    await rt.store.delete_pin(key)
+    svc.log(
+        "login",
+        app=app.name,
+        email=email,
+        idp=otp.name,
+        ip=ip,
+        country=country,
+        decision="allow",
+        detail="pin accepted",
+    )
+    portal_token = issue_portal_token(
+        rt.keyset,
+        issuer=rt.issuer,
+        audience=PORTAL_AUDIENCE,
+        email=email,
+        sub=email,
+        idp=otp.name,
+        ttl_seconds=_global_session(svc),
+        now=now,
+    )
+    cookie = http.set_cookie(
+        PORTAL_COOKIE, portal_token, max_age=_global_session(svc), secure=rt.scheme == "https"
+    )
+    await hand_over(send, svc, flow, app, email, otp.name, [], [], [cookie])
+
+
+def _global_session(svc: Services) -> int:
+    from zerogate.model.values import parse_duration
+
+    return int(parse_duration(svc.runtime.settings.session_duration).total_seconds())
+
+
+async def logout(scope: Scope, send: Send, svc: Services, req: Request) -> None:
+    claims = portal_session(scope, svc)
+    if claims is not None:
+        await svc.runtime.revoke(claims.email)
+        svc.log(
+            "login",
+            app=None,
+            email=claims.email,
+            idp=claims.idp,
+            ip=req.client.ip,
+            country=None,
+            decision="logout",
+        )
+    page = svc.page(
+        "message.html",
+        title="Signed out",
+        message="You are signed out of every application.",
+        error=False,
+    )
+    await http.respond_html(
+        send, 200, page, [http.clear_cookie(PORTAL_COOKIE, secure=svc.runtime.scheme == "https")]
+    )

@@ -1,0 +1,237 @@
+"""The in-memory state a server process decides with, and the watcher that keeps it current.
+
+Nothing on the request path reads the database: the process holds the compiled snapshot, the
+signing keys, the revocation list and the service-token credentials in memory, and a background
+task polls the store's one-row ``state()`` (twice a second) and reloads only what changed. So a
+``zerogate apply`` or a logout elsewhere takes effect here within about a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+
+from zerogate.geoip import GeoIp
+from zerogate.identity import KeySet, TokenVerifier, VerifiedTokenCache
+from zerogate.identity.tokens import TYPE_APP, TokenType
+from zerogate.model.objects import OneTimePinProvider, Settings
+from zerogate.model.values import ip_network, parse_duration
+from zerogate.policy import Snapshot, compile_snapshot
+from zerogate.policy.engine import CompiledApp
+from zerogate.store import ServiceCredential, StateVersion, Store
+
+log = logging.getLogger("zerogate.server")
+
+POLL_SECONDS = 0.5
+KEY_OVERLAP_SECONDS = 7 * 86400
+
+
+def audience_tag(app_name: str) -> str:
+    """The application's stable audience tag (``aud`` of its tokens, part of its cookie name)."""
+    return hashlib.sha256(b"zerogate-app\x00" + app_name.encode()).hexdigest()[:32]
+
+
+PORTAL_AUDIENCE = "zerogate-portal"
+
+
+def hash_secret(secret: str) -> str:
+    """How service-token secrets are stored (SHA-256: they are long random strings)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass
+class Runtime:
+    """One process's view of the configuration and identity state."""
+
+    store: Store
+    settings: Settings
+    base_dir: Path
+    snapshot: Snapshot
+    keyset: KeySet
+    secret: bytes
+    version: StateVersion
+    revoked: dict[str, float] = field(default_factory=dict)  # email -> not_before (epoch)
+    credentials: dict[str, ServiceCredential] = field(default_factory=dict)  # by client id
+    cache: VerifiedTokenCache = field(default_factory=VerifiedTokenCache)
+    geoip: GeoIp | None = None
+    trusted: list[IPv4Network | IPv6Network] = field(default_factory=list)
+    swaps: int = 0
+    _task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def portal_host(self) -> str:
+        return (
+            self.settings.portal.rpartition(":")[0]
+            if ":" in self.settings.portal
+            else (self.settings.portal)
+        )
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.settings.listen.tls is not None else "http"
+
+    @property
+    def portal_origin(self) -> str:
+        return f"{self.scheme}://{self.settings.portal}"
+
+    @property
+    def issuer(self) -> str:
+        return f"https://{self.settings.portal}"
+
+    def verifier(self, token_type: TokenType = TYPE_APP) -> TokenVerifier:
+        return TokenVerifier(self.keyset, self.issuer, token_type=token_type, cache=self.cache)
+
+    def otp_provider(self, app: CompiledApp) -> OneTimePinProvider | None:
+        allowed = app.model.identity_providers
+        for idp in self.snapshot.objects.identity_providers:
+            if isinstance(idp, OneTimePinProvider) and (allowed is None or idp.name in allowed):
+                return idp
+        return None
+
+    def session_seconds(self, app: CompiledApp, policy_name: str | None) -> int:
+        """Policy overrides application overrides the global default (SPEC: session lengths)."""
+        for policy in app.model.policies:
+            if policy.name == policy_name and policy.session_duration:
+                return int(parse_duration(policy.session_duration).total_seconds())
+        if app.model.session_duration:
+            return int(parse_duration(app.model.session_duration).total_seconds())
+        return int(parse_duration(self.settings.session_duration).total_seconds())
+
+    def is_revoked(self, email: str, issued_at: float) -> bool:
+        not_before = self.revoked.get(email.lower())
+        return not_before is not None and issued_at < not_before
+
+    def service_token(self, client_id: str, secret: str, now: float) -> str | None:
+        """The service token's name when the pair is valid and unexpired, else None."""
+        cred = self.credentials.get(client_id)
+        candidate = hash_secret(secret)
+        if cred is None:
+            hmac.compare_digest(candidate, candidate)  # same work either way
+            return None
+        if not hmac.compare_digest(cred.secret_hash, candidate):
+            return None
+        if cred.expires_at.timestamp() <= now:
+            return None
+        return cred.name
+
+    def country(self, ip: str) -> str | None:
+        return self.geoip.country(ip) if self.geoip is not None else None
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    async def load(cls, store: Store, settings: Settings, base_dir: Path) -> Runtime:
+        objects, _ = await store.load()
+        version = await store.state()
+        keyset = await ensure_keyset(store)
+        secret = await store.server_secret()
+        geoip = None
+        if settings.geoip is not None:
+            db = Path(settings.geoip.database)
+            geoip = GeoIp(db if db.is_absolute() else base_dir / db)
+        runtime = cls(
+            store=store,
+            settings=settings,
+            base_dir=base_dir,
+            snapshot=compile_snapshot(objects, version.config_version),
+            keyset=keyset,
+            secret=secret,
+            version=version,
+            geoip=geoip,
+            trusted=[ip_network(text) for text in settings.trusted_proxies],
+        )
+        await runtime._load_revocations(0)
+        await runtime._load_credentials()
+        return runtime
+
+    async def _load_revocations(self, since: int) -> None:
+        for _, email, not_before in await self.store.revocations(since=since):
+            stamp = not_before.timestamp()
+            if stamp > self.revoked.get(email, 0.0):
+                self.revoked[email] = stamp
+
+    async def _load_credentials(self) -> None:
+        self.credentials = {c.client_id: c for c in await self.store.service_credentials()}
+
+    async def refresh(self) -> bool:
+        """Reload what changed since the last look; True when anything did."""
+        new = await self.store.state()
+        old = self.version
+        if new == old:
+            return False
+        if new.config_version != old.config_version:
+            objects, version = await self.store.load()
+            self.snapshot = compile_snapshot(objects, version)
+            self.swaps += 1
+            log.info("configuration version %d loaded", version)
+        if new.keys_generation != old.keys_generation:
+            doc, _ = await self.store.keyset()
+            if doc is not None:
+                self.keyset = KeySet.from_dict(doc)
+                self.cache.clear()
+        if new.revocation_seq != old.revocation_seq:
+            await self._load_revocations(old.revocation_seq)
+        if new.service_tokens_generation != old.service_tokens_generation:
+            await self._load_credentials()
+        self.version = new
+        return True
+
+    async def revoke(self, email: str) -> None:
+        """Log ``email`` out everywhere: every session issued before now is void."""
+        now = datetime.now(UTC)
+        await self.store.revoke(email, not_before=now)
+        self.revoked[email.lower()] = max(self.revoked.get(email.lower(), 0.0), now.timestamp())
+
+    # ------------------------------------------------------------------ watcher
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep serving the last good state; say why
+                log.exception("could not refresh the configuration from the store")
+
+
+async def ensure_keyset(store: Store) -> KeySet:
+    """The stored signing keys, created on first use (race-safe across processes)."""
+    for _ in range(5):
+        doc, generation = await store.keyset()
+        if doc is not None:
+            return KeySet.from_dict(doc)
+        fresh = KeySet.generate("ES256", now=time.time())
+        if await store.put_keyset(fresh.to_dict(), expected_generation=generation):
+            return fresh
+    raise RuntimeError("could not create the signing keys")
+
+
+async def rotate_keys(store: Store, overlap_seconds: int = KEY_OVERLAP_SECONDS) -> KeySet:
+    """A new active signing key; the previous one stays valid for the overlap window."""
+    for _ in range(5):
+        doc, generation = await store.keyset()
+        keyset = KeySet.from_dict(doc) if doc else KeySet.generate("ES256", now=time.time())
+        keyset.rotate(time.time(), overlap_seconds)
+        if await store.put_keyset(keyset.to_dict(), expected_generation=generation):
+            return keyset
+    raise RuntimeError("the signing keys changed concurrently five times; try again")

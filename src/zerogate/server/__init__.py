@@ -1,0 +1,1 @@
+"""The server process: ASGI wiring (``app``) and the granian runner (``run``)."""

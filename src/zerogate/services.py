@@ -1,0 +1,80 @@
+"""What a server process holds while it runs, passed to the edge and portal handlers.
+
+One ``Services`` per process (per granian worker): the in-memory runtime (snapshot, keys,
+revocations), the pooled upstream client, the mailer, the access-log writer, the PIN send
+limiter and the page templates. Built and torn down by ``zerogate.server`` on ASGI lifespan.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from zerogate.accesslog import AccessLogWriter
+from zerogate.edge.proxy import Upstream
+from zerogate.identity import PinSendLimiter
+from zerogate.mail import Mailer
+from zerogate.outbox import Outbox
+from zerogate.runtime import Runtime
+from zerogate.store import AccessEvent
+
+
+def templates() -> Environment:
+    return Environment(
+        loader=PackageLoader("zerogate.portal", "templates"),
+        autoescape=select_autoescape(["html"]),
+        auto_reload=False,
+    )
+
+
+@dataclass
+class Services:
+    runtime: Runtime
+    upstream: Upstream
+    mailer: Mailer
+    accesslog: AccessLogWriter
+    outbox: Outbox | None = None
+    show_outbox: bool = False
+    pins: PinSendLimiter = field(default_factory=PinSendLimiter)
+    pages: Environment = field(default_factory=templates)
+
+    def page(self, name: str, **values: object) -> str:
+        return self.pages.get_template(name).render(**values)
+
+    def log(
+        self,
+        kind: str,
+        *,
+        app: str | None,
+        email: str | None,
+        idp: str | None,
+        ip: str | None,
+        country: str | None,
+        decision: str,
+        policy: str | None = None,
+        method: str | None = None,
+        host: str | None = None,
+        path: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Queue an access-log record (never blocks; a full queue is counted)."""
+        self.accesslog.record(
+            AccessEvent(
+                at=datetime.fromtimestamp(time.time(), UTC),
+                kind=kind,
+                app=app,
+                email=email,
+                idp=idp,
+                ip=ip,
+                country=country,
+                decision=decision,
+                policy=policy,
+                method=method,
+                host=host,
+                path=path,
+                detail=detail,
+            )
+        )

@@ -1,0 +1,474 @@
+"""Runtime state the edge and the portal share through the store: the counters servers poll,
+the server secret, the signing key set, one-time PINs, authorization codes, revocations,
+service-token credentials and the access log.
+
+These are module functions over a connection that is already in a transaction; ``Store`` opens
+the transactions (``BEGIN IMMEDIATE`` for writers on SQLite, READ COMMITTED on PostgreSQL) and
+turns driver errors into ``StoreError``. Every multi-step change is made safe for several
+processes by a single conditional ``UPDATE``/``DELETE`` (compare-and-set) or by the row lock an
+``UPDATE`` of the ``runtime_state`` row takes until the transaction ends. Nothing here knows the
+identity package's types: records and documents are plain JSON-able dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from zerogate.store.errors import StoreError
+from zerogate.store.tables import (
+    access_log,
+    auth_codes,
+    config_state,
+    pins,
+    revocations,
+    runtime_state,
+    server_secrets,
+    service_credentials,
+)
+
+#: names of the rows in ``server_secrets``
+SERVER_SECRET = "server_secret"  # noqa: S105 - a row name, not a secret
+SERVER_SECRET_BYTES = 32
+KEYSET = "keyset"
+
+#: expired authorization codes removed by one ``take_code`` (the rest go on later calls)
+EXPIRED_CODES_PER_TAKE = 100
+
+#: access-log text longer than this is cut (an indexed value must stay far below PostgreSQL's
+#: index row limit, and one odd request must not make a whole batch fail)
+ACCESS_INDEXED_CHARS = 320
+ACCESS_TEXT_CHARS = 2048
+
+
+@dataclass(frozen=True)
+class StateVersion:
+    """What running servers poll every second; any change means "reload that part"."""
+
+    config_version: int
+    keys_generation: int
+    #: the newest revocation id, 0 when there is none
+    revocation_seq: int
+    service_tokens_generation: int
+
+
+@dataclass(frozen=True)
+class ServiceCredential:
+    """The secret half of a service token (the configured object holds name and duration)."""
+
+    name: str
+    client_id: str
+    secret_hash: str
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class AccessEvent:
+    """One access-log row: a login step (``kind="login"``) or an allowed or blocked request
+    (``kind="request"``). ``id`` is set on events read back from the store."""
+
+    at: datetime
+    kind: str
+    app: str | None
+    email: str | None
+    idp: str | None
+    ip: str | None
+    country: str | None
+    decision: str
+    policy: str | None
+    method: str | None = None
+    host: str | None = None
+    path: str | None = None
+    detail: str | None = None
+    id: int | None = None
+
+
+def utc(value: datetime, what: str) -> datetime:
+    """``value`` in UTC; a naive datetime is a programming error (``ValueError``)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be a timezone-aware datetime")
+    return value.astimezone(UTC)
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def key_text(value: str, what: str) -> str:
+    """``value`` as a lookup key; PostgreSQL text cannot hold NUL, so neither may a key on
+    SQLite (``ValueError``)."""
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain a NUL character")
+    return value
+
+
+def _dump(value: dict[str, Any], what: str) -> str:
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must be a dict, not {type(value).__name__}")
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _load(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise StoreError("a stored runtime record is not a JSON object; the store is damaged")
+    return value
+
+
+def _revision() -> int:
+    """A fresh opaque PIN revision (positive, fits a signed 64-bit column)."""
+    return secrets.randbits(62) + 1
+
+
+def _insert(connection: AsyncConnection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An ``INSERT`` that can take ``ON CONFLICT`` on this connection's database."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+async def _upsert(
+    connection: AsyncConnection, table: Table, key: str, values: dict[str, Any]
+) -> None:
+    """Insert ``values``, or overwrite the other columns of the row with the same ``key``."""
+    statement = _insert(connection, table).values(**values)
+    rest = {name: statement.excluded[name] for name in values if name != key}
+    await connection.execute(statement.on_conflict_do_update(index_elements=[key], set_=rest))
+
+
+async def _bump(connection: AsyncConnection, counter: str) -> None:
+    """Add one to a ``runtime_state`` counter (locks the row until the transaction ends)."""
+    column = runtime_state.c[counter]
+    await connection.execute(
+        update(runtime_state).where(runtime_state.c.id == 1).values({counter: column + 1})
+    )
+
+
+# -- the polled counters -----------------------------------------------------------------------
+
+
+async def state(connection: AsyncConnection) -> StateVersion:
+    """All counters in one statement (one row of each single-row table)."""
+    query = (
+        select(
+            config_state.c.version,
+            runtime_state.c.keys_generation,
+            runtime_state.c.revocation_seq,
+            runtime_state.c.service_tokens_generation,
+        )
+        .select_from(config_state.join(runtime_state, runtime_state.c.id == config_state.c.id))
+        .where(config_state.c.id == 1)
+    )
+    row = (await connection.execute(query)).one_or_none()
+    if row is None:
+        raise StoreError("the store has no state rows; it was not created by zerogate")
+    return StateVersion(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+
+# -- secrets -------------------------------------------------------------------------------------
+
+
+async def server_secret(connection: AsyncConnection, now: datetime) -> bytes:
+    """The shared server secret, created by whichever process asks first."""
+    candidate = secrets.token_bytes(SERVER_SECRET_BYTES).hex()
+    await connection.execute(
+        _insert(connection, server_secrets)
+        .values(name=SERVER_SECRET, value=candidate, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    result = await connection.execute(
+        select(server_secrets.c.value).where(server_secrets.c.name == SERVER_SECRET)
+    )
+    try:
+        return bytes.fromhex(result.scalar_one())
+    except ValueError:
+        raise StoreError("the stored server secret is not hex; the store is damaged") from None
+
+
+async def keyset(connection: AsyncConnection) -> tuple[dict[str, Any] | None, int]:
+    document = (
+        select(server_secrets.c.value).where(server_secrets.c.name == KEYSET).scalar_subquery()
+    )
+    query = select(runtime_state.c.keys_generation, document).where(runtime_state.c.id == 1)
+    row = (await connection.execute(query)).one()
+    generation, text = int(row[0]), row[1]
+    return (None if text is None else _load(text)), generation
+
+
+async def put_keyset(
+    connection: AsyncConnection, doc: dict[str, Any], expected_generation: int, now: datetime
+) -> bool:
+    """Compare-and-set on the generation; the winner's row lock covers the document write."""
+    text = _dump(doc, "the key set")
+    bumped = await connection.execute(
+        update(runtime_state)
+        .where(
+            runtime_state.c.id == 1,
+            runtime_state.c.keys_generation == expected_generation,
+        )
+        .values(keys_generation=runtime_state.c.keys_generation + 1)
+    )
+    if bumped.rowcount != 1:
+        return False
+    await _upsert(
+        connection, server_secrets, "name", {"name": KEYSET, "value": text, "updated_at": now}
+    )
+    return True
+
+
+# -- one-time PINs -----------------------------------------------------------------------------
+
+
+async def put_pin(
+    connection: AsyncConnection, key: str, record: dict[str, Any], now: datetime
+) -> None:
+    values = {
+        "pin_key": key,
+        "record": _dump(record, "a PIN record"),
+        "revision": _revision(),
+        "updated_at": now,
+    }
+    await _upsert(connection, pins, "pin_key", values)
+
+
+async def get_pin(connection: AsyncConnection, key: str) -> tuple[dict[str, Any], int] | None:
+    result = await connection.execute(
+        select(pins.c.record, pins.c.revision).where(pins.c.pin_key == key)
+    )
+    row = result.one_or_none()
+    return None if row is None else (_load(row[0]), int(row[1]))
+
+
+async def update_pin(
+    connection: AsyncConnection, key: str, record: dict[str, Any], revision: int, now: datetime
+) -> bool:
+    result = await connection.execute(
+        update(pins)
+        .where(pins.c.pin_key == key, pins.c.revision == revision)
+        .values(record=_dump(record, "a PIN record"), revision=_revision(), updated_at=now)
+    )
+    return result.rowcount == 1
+
+
+async def delete_pin(connection: AsyncConnection, key: str) -> None:
+    await connection.execute(delete(pins).where(pins.c.pin_key == key))
+
+
+# -- authorization codes -----------------------------------------------------------------------
+
+
+async def put_code(
+    connection: AsyncConnection, code_hash: str, data: dict[str, Any], expires_at: datetime
+) -> None:
+    await connection.execute(
+        insert(auth_codes).values(
+            code_hash=code_hash, data=_dump(data, "an authorization code"), expires_at=expires_at
+        )
+    )
+
+
+async def take_code(
+    connection: AsyncConnection, code_hash: str, now: datetime
+) -> dict[str, Any] | None:
+    """Delete the code and return its data when it had not expired; also delete up to
+    ``EXPIRED_CODES_PER_TAKE`` expired codes (on PostgreSQL skipping rows another taker holds,
+    so two takers never wait for each other)."""
+    found = await connection.execute(
+        select(auth_codes.c.data, auth_codes.c.expires_at).where(
+            auth_codes.c.code_hash == code_hash
+        )
+    )
+    row = found.one_or_none()
+    data: dict[str, Any] | None = None
+    if row is not None:
+        # the DELETE is the claim: of several takers only one deletes the row
+        taken = await connection.execute(
+            delete(auth_codes).where(auth_codes.c.code_hash == code_hash)
+        )
+        if taken.rowcount == 1 and row[1] > now:
+            data = _load(row[0])
+    expired = (
+        select(auth_codes.c.code_hash)
+        .where(auth_codes.c.expires_at <= now)
+        .order_by(auth_codes.c.expires_at)
+        .limit(EXPIRED_CODES_PER_TAKE)
+    )
+    if connection.dialect.name == "postgresql":
+        expired = expired.with_for_update(skip_locked=True)
+    await connection.execute(delete(auth_codes).where(auth_codes.c.code_hash.in_(expired)))
+    return data
+
+
+# -- revocations -------------------------------------------------------------------------------
+
+
+async def revoke(
+    connection: AsyncConnection, email: str, not_before: datetime, now: datetime
+) -> int:
+    """Take the next revocation id from the counter (its row lock makes revokers commit in id
+    order, so a watcher asking for ``id > since`` never misses one) and record the revocation,
+    dropping this address's earlier revocations that the new one covers."""
+    await _bump(connection, "revocation_seq")
+    result = await connection.execute(
+        select(runtime_state.c.revocation_seq).where(runtime_state.c.id == 1)
+    )
+    revocation_id = int(result.scalar_one())
+    address = normalise_email(email)
+    await connection.execute(
+        delete(revocations).where(
+            revocations.c.email == address, revocations.c.not_before <= not_before
+        )
+    )
+    await connection.execute(
+        insert(revocations).values(
+            id=revocation_id, email=address, not_before=not_before, created_at=now
+        )
+    )
+    return revocation_id
+
+
+async def revocations_since(
+    connection: AsyncConnection, since: int
+) -> list[tuple[int, str, datetime]]:
+    result = await connection.execute(
+        select(revocations.c.id, revocations.c.email, revocations.c.not_before)
+        .where(revocations.c.id > since)
+        .order_by(revocations.c.id)
+    )
+    return [(int(i), email, not_before) for i, email, not_before in result.all()]
+
+
+# -- service-token credentials -----------------------------------------------------------------
+
+
+async def put_service_credential(connection: AsyncConnection, cred: ServiceCredential) -> None:
+    values = {
+        "name": cred.name,
+        "client_id": cred.client_id,
+        "secret_hash": cred.secret_hash,
+        "created_at": cred.created_at,
+        "expires_at": cred.expires_at,
+    }
+    await _upsert(connection, service_credentials, "name", values)
+    await _bump(connection, "service_tokens_generation")
+
+
+async def delete_service_credentials(connection: AsyncConnection, names: Iterable[str]) -> int:
+    """Delete the credentials of these service tokens; bumps the generation when any went."""
+    wanted = sorted(set(names))
+    if not wanted:
+        return 0
+    result = await connection.execute(
+        delete(service_credentials).where(service_credentials.c.name.in_(wanted))
+    )
+    deleted = int(result.rowcount)
+    if deleted:
+        await _bump(connection, "service_tokens_generation")
+    return deleted
+
+
+async def all_service_credentials(connection: AsyncConnection) -> list[ServiceCredential]:
+    table = service_credentials
+    result = await connection.execute(
+        select(
+            table.c.name,
+            table.c.client_id,
+            table.c.secret_hash,
+            table.c.created_at,
+            table.c.expires_at,
+        ).order_by(table.c.name)
+    )
+    return [ServiceCredential(*row) for row in result.all()]
+
+
+# -- access log --------------------------------------------------------------------------------
+
+
+def _cut(value: str | None, limit: int) -> str | None:
+    """At most ``limit`` characters, NUL (which PostgreSQL text cannot hold) as U+FFFD."""
+    if value is None:
+        return None
+    return value[:limit].replace("\x00", "\ufffd")
+
+
+def _access_row(event: AccessEvent) -> dict[str, Any]:
+    email = normalise_email(event.email) if event.email is not None else None
+    text = ACCESS_TEXT_CHARS
+    return {
+        "at": utc(event.at, "an access event's time"),
+        "kind": _cut(event.kind, 16),
+        "app": _cut(event.app, ACCESS_INDEXED_CHARS),
+        "email": _cut(email, ACCESS_INDEXED_CHARS),
+        "idp": _cut(event.idp, text),
+        "ip": _cut(event.ip, text),
+        "country": _cut(event.country, text),
+        "decision": _cut(event.decision, 32),
+        "policy": _cut(event.policy, text),
+        "method": _cut(event.method, text),
+        "host": _cut(event.host, text),
+        "path": _cut(event.path, text),
+        "detail": _cut(event.detail, text),
+    }
+
+
+async def write_access(connection: AsyncConnection, events: Sequence[AccessEvent]) -> None:
+    await connection.execute(insert(access_log), [_access_row(event) for event in events])
+
+
+async def read_access(
+    connection: AsyncConnection,
+    *,
+    app: str | None,
+    email: str | None,
+    since: datetime | None,
+    decision: str | None,
+    kind: str | None,
+    limit: int,
+) -> list[AccessEvent]:
+    table = access_log
+    where: list[ColumnElement[bool]] = []
+    if app is not None:
+        where.append(table.c.app == app)
+    if email is not None:
+        where.append(table.c.email == normalise_email(email))
+    if since is not None:
+        where.append(table.c.at >= utc(since, "since"))
+    if decision is not None:
+        where.append(table.c.decision == decision)
+    if kind is not None:
+        where.append(table.c.kind == kind)
+    query = (
+        select(table)
+        .where(*where)
+        .order_by(table.c.at.desc(), table.c.id.desc())
+        .limit(max(0, limit))
+    )
+    result = await connection.execute(query)
+    return [
+        AccessEvent(
+            at=record["at"],
+            kind=record["kind"],
+            app=record["app"],
+            email=record["email"],
+            idp=record["idp"],
+            ip=record["ip"],
+            country=record["country"],
+            decision=record["decision"],
+            policy=record["policy"],
+            method=record["method"],
+            host=record["host"],
+            path=record["path"],
+            detail=record["detail"],
+            id=record["id"],
+        )
+        for record in result.mappings().all()
+    ]
