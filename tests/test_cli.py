@@ -347,22 +347,3 @@ def test_unreachable_postgres_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip()
-
-
-def test_demo_applies_the_example_and_decides(tmp_path: Path) -> None:
-    env = {"ZEROGATE_DATA_DIR": str(tmp_path / "demo"), "COLUMNS": "250"}
-    result = zerogate("demo", env=env)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "demo" / "zerogate.db").exists()
-    rows = [
-        [cell.strip() for cell in line.split("│")[1:-1]]
-        for line in result.stdout.splitlines()
-        if line.startswith("│")
-    ]
-    decided = {(row[0], row[1]): (row[4], row[5]) for row in rows}
-    assert decided["wiki.localhost/", "ann@example.com"] == ("allow", "staff and partners")
-    assert decided["wiki.localhost/", "—"] == ("authenticate", "login required")
-    assert decided["wiki.localhost/healthz", "—"] == ("bypass", "health check")
-    assert decided["wiki.localhost/admin%2fsecret", "ann@example.com"][0] == "block"
-    again = zerogate("demo", env=env)
-    assert again.returncode == 0, again.stderr

@@ -406,73 +406,20 @@ def policy_test(
         out.print(tree)
 
 
-_DEMO_CONFIG = Path(__file__).resolve().parents[3] / "examples" / "zerogate.yaml"
-_DEMO_REQUESTS: list[tuple[str, str | None, str, list[str]]] = [
-    # (url, email, client ip, idp groups)
-    ("https://wiki.localhost/", "ann@example.com", "198.51.100.7", []),
-    ("https://wiki.localhost/", "alice@partner.test", "198.51.100.7", []),
-    ("https://wiki.localhost/", "mallory@evil-example.com", "198.51.100.7", []),
-    ("https://wiki.localhost/", None, "198.51.100.7", []),
-    ("https://wiki.localhost/healthz", None, "10.1.2.3", []),
-    ("https://wiki.localhost/%61dmin/", "carol@example.com", "203.0.113.9", []),
-    ("https://wiki.localhost/admin", "carol@example.com", "198.51.100.7", []),
-    ("https://wiki.localhost/x/../ADMIN", "ann@example.com", "203.0.113.9", []),
-    ("https://wiki.localhost/admin%2fsecret", "ann@example.com", "203.0.113.9", []),
-]
-
-
 @app.command()
 def demo(
-    config: Annotated[
-        Path, typer.Option("-c", "--config", help="The demo configuration.")
-    ] = _DEMO_CONFIG,
+    port: Annotated[int, typer.Option("--port", help="Port for the edge and portal.")] = 8080,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Where the demo keeps its store.")
+    ] = None,
 ) -> None:
-    """A tour of what is built so far: apply the example to a local SQLite store and decide
-    sample requests with it. (The browser login tour arrives with the edge.)"""
-    from zerogate.policy import Context, Identity, compile_snapshot
+    """The one-command tour: a demo app behind zerogate, PIN login, a local mail outbox."""
+    import os
 
-    loaded = load_config(config)
-    url = _store_url(loaded.config, config)
+    from zerogate.demo.run import run_demo
 
-    async def go() -> tuple[Any, Objects, int]:
-        from zerogate.store import Store
-
-        store = await Store.open(url)
-        try:
-            plan = await store.apply(loaded.config.objects(), actor="demo", source="cli")
-            objects, version = await store.load()
-            return plan, objects, version
-        finally:
-            await store.close()
-
-    plan, objects, version = run(go)
-    out.print(f"[bold]zerogate demo[/bold] — configuration {config} → store {url}")
-    if not plan.empty:
-        out.print(_plan_table(plan))
-    out.print(f"configuration version {version}\n")
-    snapshot = compile_snapshot(objects, version)
-    table = Table(title="decisions, from the stored configuration", show_lines=False)
-    for column in ("request", "who", "from", "application", "decision", "policy / reason"):
-        table.add_column(column)
-    colours = {"allow": "green", "bypass": "cyan", "authenticate": "yellow", "block": "red"}
-    for req_url, email, ip, groups in _DEMO_REQUESTS:
-        parts = urlsplit(req_url)
-        identity = Identity.of(email, "otp", groups) if email else None
-        verdict = snapshot.check(parts.netloc, parts.path, identity, Context(ip=ip))
-        colour = colours[verdict.decision]
-        table.add_row(
-            req_url.removeprefix("https://"),
-            email or "—",
-            ip,
-            verdict.application.name if verdict.application else "—",
-            f"[{colour}]{verdict.decision}[/{colour}]",
-            verdict.policy or verdict.reason,
-        )
-    out.print(table)
-    out.print(
-        f"\nTry your own: zerogate policy test -c {config} --url https://wiki.localhost/ "
-        "--email you@example.com --ip 203.0.113.9"
-    )
+    folder = data_dir or Path(os.environ.get("ZEROGATE_DATA_DIR") or ".zerogate-demo")
+    run_demo(folder.resolve(), port, err)
 
 
 @app.command()
@@ -524,3 +471,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+
+
+# commands in their own modules register themselves on ``app`` (they import this module's
+# helpers, so they are imported last)

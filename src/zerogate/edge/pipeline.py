@@ -426,25 +426,34 @@ async def reserved_path(
     elif path == "/.zerogate/authorized":
         await authorized(scope, send, svc, req, app)
     elif path == "/.zerogate/logout":
-        claims = session_claims(scope, rt, app)
-        if claims is not None:
-            await rt.revoke(claims.email)
-            svc.log(
-                "login",
-                app=app.name,
-                email=claims.email,
-                idp=claims.idp,
-                ip=req.client.ip,
-                country=None,
-                decision="logout",
-            )
-        await http.redirect(
-            send,
-            f"{rt.portal_origin}/.zerogate/logout",
-            [http.clear_cookie(app_cookie(app), secure=secure)],
-        )
+        # every application of this host (path-scoped ones share it): revoke and clear all
+        clear = []
+        revoked: set[str] = set()
+        for other in host_apps(rt.snapshot, req.host):
+            claims = session_claims(scope, rt, other)
+            if claims is not None and claims.email not in revoked:
+                await rt.revoke(claims.email)
+                revoked.add(claims.email)
+                svc.log(
+                    "login",
+                    app=other.name,
+                    email=claims.email,
+                    idp=claims.idp,
+                    ip=req.client.ip,
+                    country=None,
+                    decision="logout",
+                )
+            clear.append(http.clear_cookie(app_cookie(other), secure=secure))
+        await http.redirect(send, f"{rt.portal_origin}/.zerogate/logout", clear)
     else:
         await not_found(send, svc, scope)
+
+
+def host_apps(snapshot: Snapshot, host: str) -> list[CompiledApp]:
+    """The applications served on ``host`` (exact host or the matching ``*.`` wildcard)."""
+    first, _, parent = host.partition(".")
+    wildcard = f"*.{parent}" if first and parent else None
+    return [a for a in snapshot.apps.values() if a.host in (host, wildcard)]
 
 
 async def authorized(
@@ -460,9 +469,12 @@ async def authorized(
         data = await rt.store.take_code(code_hash(code), now=datetime.now(UTC))
     state = http.cookies(scope).get(STATE_COOKIE, "")
     problem = None
+    # the code names its application: one served on this very host (a path-scoped app shares
+    # its host's /.zerogate/), and the return URL is checked to route to it below
+    target = rt.snapshot.apps.get(str(data.get("app"))) if data is not None else None
     if data is None:
         problem = "This sign-in link is not valid any more."
-    elif data.get("app") != app.name:
+    elif target is None or target not in host_apps(rt.snapshot, req.host):
         problem = "This sign-in link belongs to another application."
     elif not state or state_hash(state) != data.get("state"):
         problem = "This sign-in did not start in this browser."
@@ -490,6 +502,8 @@ async def authorized(
             send, 400, page, [http.clear_cookie(STATE_COOKIE, path="/.zerogate/", secure=secure)]
         )
         return
+    assert target is not None
+    app = target
     email = str(data["email"])
     idp = str(data["idp"])
     groups = list(data.get("groups") or [])
@@ -511,10 +525,10 @@ async def authorized(
         ttl_seconds=ttl,
         now=time.time(),
     )
-    target = safe_return(req, app, rt.snapshot, str(data.get("rd", "")))
+    back = safe_return(req, app, rt.snapshot, str(data.get("rd", "")))
     await http.redirect(
         send,
-        target,
+        back,
         [
             http.set_cookie(app_cookie(app), token, max_age=ttl, secure=secure),
             http.clear_cookie(STATE_COOKIE, path="/.zerogate/", secure=secure),

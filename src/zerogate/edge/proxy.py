@@ -454,7 +454,6 @@ class Upstream:
         try:
             chunk = await content.readany()
             if not content.at_eof():
-                exchange.watch()
                 while True:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     chunk = await content.readany()
@@ -583,7 +582,9 @@ async def _relay_websocket(
         await asyncio.gather(from_client, from_origin, return_exceptions=True)
     if from_client in done and not from_client.cancelled() and from_client.exception() is None:
         code, reason = from_client.result()
-        await ws.close(code=code, message=reason.encode()[:123])
+        # a close reason holds at most 123 bytes of UTF-8; never cut a character in half
+        reason_bytes = reason.encode()[:123].decode("utf-8", "ignore").encode()
+        await ws.close(code=code, message=reason_bytes)
         return
     if from_origin in done and not from_origin.cancelled() and from_origin.exception() is None:
         code, reason = from_origin.result()

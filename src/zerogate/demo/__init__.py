@@ -1,0 +1,1 @@
+"""``zerogate demo``: the one-command tour on an embedded SQLite store."""
