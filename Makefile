@@ -41,4 +41,4 @@ clean:
 
 ## the README's one command to run zerogate
 demo: $(STAMP)
-	ZEROGATE_DATA_DIR=$(CURDIR)/.zerogate-demo $(BIN)/zerogate demo
+	$(BIN)/zerogate demo --data-dir $(CURDIR)/.zerogate-demo
