@@ -6,21 +6,34 @@ server (the Outbox) that receives the PIN emails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import html
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
+from http.cookies import Morsel, SimpleCookie
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import jwt
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector, WSMsgType, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from zerogate.identity import KeySet
+from zerogate.model import load_file
+from zerogate.outbox import Message, Outbox
+from zerogate.runtime import audience_tag
+from zerogate.store import Store, storage_url
 
 ZEROGATE = [sys.executable, "-m", "zerogate"]
 
@@ -184,10 +197,10 @@ class Zerogate:
         result = self.cli("apply", "-c", str(self.config))
         assert result.returncode == 0, result.stderr
 
-    def start(self) -> None:
+    def start(self, workers: int = 1) -> None:
         log = open(self.workdir / "server.log", "wb")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [*ZEROGATE, "server", "-c", str(self.config)],
+            [*ZEROGATE, "server", "-c", str(self.config), "--workers", str(workers)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
@@ -217,3 +230,374 @@ def run_zerogate(workdir: Path, smtp_port: int, body: str) -> Iterator[Zerogate]
         yield zg
     finally:
         zg.stop()
+
+
+# ---------------------------------------------------------------------------- HTTP-level helpers
+# (used by test_edge_security.py and test_edge_streaming.py: no browser, raw HTTP with explicit
+# Host headers against 127.0.0.1, since Python cannot resolve *.localhost)
+
+
+class ThreadedOutbox:
+    """The real SMTP server (``zerogate.outbox.Outbox``) on its own thread and loop, so it
+    outlives any test's event loop; waits work from sync and async tests alike."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.outbox = Outbox(port=0)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> ThreadedOutbox:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.outbox.start(), self.loop).result(10)
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.outbox.port
+
+    def mark(self) -> int:
+        return self.outbox.mark()
+
+    def wait(self, to: str, after: int, timeout: float = 15) -> Message:
+        future = asyncio.run_coroutine_threadsafe(
+            self.outbox.wait_for(to, timeout, after=after), self.loop
+        )
+        return future.result(timeout + 5)
+
+    async def wait_async(self, to: str, after: int, timeout: float = 15) -> Message:  # noqa: ASYNC109
+        future = asyncio.run_coroutine_threadsafe(
+            self.outbox.wait_for(to, timeout, after=after), self.loop
+        )
+        return await asyncio.wrap_future(future)
+
+    def messages(self, after: int = 0) -> list[Message]:
+        return [m for m in self.outbox.messages() if m.seq > after]
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.outbox.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+class VerifyingWsOrigin(VerifyingOrigin):
+    """``VerifyingOrigin`` plus a WebSocket at ``/ws`` (its first message is the JSON record of
+    the upgrade request: headers, verified JWT claims; then it echoes text and binary), and
+    every record also keeps ``raw_headers``: ``[name (lower case), value]`` pairs in the order
+    received, repeats included (the ``headers`` dict keeps only the last of a repeated name)."""
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        response = await super()._handle(request)
+        # no await since the record was appended: it is the last one
+        self.seen[-1]["raw_headers"] = [
+            [k.decode("latin-1").lower(), v.decode("latin-1")] for k, v in request.raw_headers
+        ]
+        return response
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/ws", self._ws)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return await self._handle(request)
+        record = await self._handle(request)  # verifies the JWT, records the request
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        assert isinstance(record.body, bytes)
+        await ws.send_str(record.body.decode())
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                await ws.send_str("echo:" + msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await ws.send_bytes(b"echo:" + msg.data)
+        return ws
+
+
+@dataclass
+class Reply:
+    """One HTTP response as :class:`HttpBrowser` saw it (redirects are never followed)."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+    url: str
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def location(self) -> str | None:
+        return self.headers.get("Location")
+
+    def set_cookies(self) -> dict[str, Morsel[str]]:
+        found: dict[str, Morsel[str]] = {}
+        for value in self.headers.getall("Set-Cookie", []):
+            jar: SimpleCookie = SimpleCookie()
+            jar.load(value)
+            found.update(jar)
+        return found
+
+
+def hidden_inputs(page: str) -> dict[str, str]:
+    """The hidden form fields of a portal page (the first form's, when names repeat)."""
+    fields: dict[str, str] = {}
+    for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page):
+        fields.setdefault(name, html.unescape(value))
+    return fields
+
+
+class HttpBrowser:
+    """A cookie-keeping HTTP client for the virtual hosts one zerogate serves on 127.0.0.1.
+
+    Every request goes to ``127.0.0.1:<port of the URL>`` with the URL's host as the ``Host``
+    header; cookies are kept per host name (like a browser: host-only, path-scoped, Max-Age=0
+    deletes) and the target is sent exactly as written (no re-quoting, no dot-segment removal).
+    ``source`` binds the client side to another loopback address (127.0.0.N), so one test
+    machine can play many client IPs. ``headers`` go with every request.
+    """
+
+    def __init__(self, *, source: str = "127.0.0.1", headers: Mapping[str, str] | None = None):
+        self.source = source
+        self.headers = dict(headers or {})
+        self.jar: dict[str, dict[str, tuple[str, str]]] = {}  # host -> name -> (value, path)
+        self._session: ClientSession | None = None
+
+    async def __aenter__(self) -> HttpBrowser:
+        self._session = ClientSession(
+            connector=TCPConnector(local_addr=(self.source, 0), force_close=True),
+            cookie_jar=DummyCookieJar(),
+            timeout=ClientTimeout(total=60),
+            auto_decompress=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> ClientSession:
+        assert self._session is not None, "use HttpBrowser as an async context manager"
+        return self._session
+
+    def cookies(self, host: str) -> dict[str, str]:
+        return {name: value for name, (value, _) in self.jar.get(host, {}).items()}
+
+    def set_cookie(self, host: str, name: str, value: str, path: str = "/") -> None:
+        self.jar.setdefault(host, {})[name] = (value, path)
+
+    def cookie_header(self, host: str, path: str) -> str:
+        return "; ".join(
+            f"{name}={value}"
+            for name, (value, cpath) in self.jar.get(host, {}).items()
+            if path.startswith(cpath)
+        )
+
+    def target(self, url: str) -> tuple[str, str, int, str]:
+        """``(netloc, host name, port, target)`` of an absolute URL."""
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None, url
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return parts.netloc, parts.hostname, parts.port, target
+
+    def request_args(
+        self, method: str, url: str, headers: Mapping[str, str] | None = None
+    ) -> tuple[URL, dict[str, str]]:
+        netloc, host, port, target = self.target(url)
+        sent = {"Host": netloc, **self.headers, **(headers or {})}
+        cookie = self.cookie_header(host, target)
+        if cookie and "Cookie" not in sent:
+            sent["Cookie"] = cookie
+        return URL(f"http://127.0.0.1:{port}{target}", encoded=True), sent
+
+    def remember(self, url: str, reply: Reply) -> None:
+        _, host, _, _ = self.target(url)
+        for name, morsel in reply.set_cookies().items():
+            if morsel["max-age"] == "0" or morsel["expires"] == "Thu, 01 Jan 1970 00:00:00 GMT":
+                self.jar.get(host, {}).pop(name, None)
+            else:
+                self.set_cookie(host, name, morsel.value, morsel["path"] or "/")
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        data: Any = None,
+    ) -> Reply:
+        target, sent = self.request_args(method, url, headers)
+        async with self.session.request(
+            method, target, headers=sent, data=data, allow_redirects=False
+        ) as resp:
+            body = await resp.read()
+            reply = Reply(resp.status, CIMultiDict(resp.headers), body, url)
+        self.remember(url, reply)
+        return reply
+
+    async def get(self, url: str, *, headers: Mapping[str, str] | None = None) -> Reply:
+        return await self.request("GET", url, headers=headers)
+
+    async def post_form(
+        self, url: str, fields: Mapping[str, str], *, headers: Mapping[str, str] | None = None
+    ) -> Reply:
+        return await self.request(
+            "POST",
+            url,
+            headers={"Content-Type": "application/x-www-form-urlencoded", **(headers or {})},
+            data=urlencode(fields).encode(),
+        )
+
+    async def follow(
+        self, url: str, *, limit: int = 10, headers: Mapping[str, str] | None = None
+    ) -> list[Reply]:
+        """GET ``url`` and every redirect after it; all the replies, the last one not a 3xx."""
+        replies: list[Reply] = []
+        for _ in range(limit):
+            reply = await self.get(url, headers=headers)
+            replies.append(reply)
+            if reply.status not in (301, 302, 303, 307, 308) or not reply.location:
+                return replies
+            url = urljoin(url, reply.location)
+        raise AssertionError(f"more than {limit} redirects: {[r.url for r in replies]}")
+
+
+@dataclass
+class LoginPage:
+    """The portal's sign-in page a navigation to an application ended on."""
+
+    chain: list[Reply]
+    fields: dict[str, str]
+
+    @property
+    def reply(self) -> Reply:
+        return self.chain[-1]
+
+
+async def login_page(
+    browser: HttpBrowser, zg: Zerogate, app_host: str, path: str = "/"
+) -> LoginPage:
+    """Navigate to an application without a session: it must end on the portal's login page."""
+    chain = await browser.follow(zg.url(app_host, path))
+    page = chain[-1]
+    assert page.status == 200, (page.status, page.url, page.text[:500])
+    assert page.url.startswith(f"http://{zg.portal}/.zerogate/login?flow="), page.url
+    fields = hidden_inputs(page.text)
+    assert set(fields) >= {"flow", "csrf"}, fields
+    return LoginPage(chain, fields)
+
+
+async def request_pin(
+    browser: HttpBrowser, zg: Zerogate, fields: Mapping[str, str], email: str
+) -> Reply:
+    """POST the email form of a login page (``fields``: its hidden inputs)."""
+    return await browser.post_form(
+        f"http://{zg.portal}/.zerogate/login/otp",
+        {"flow": fields["flow"], "csrf": fields["csrf"], "email": email},
+    )
+
+
+async def submit_pin(
+    browser: HttpBrowser, zg: Zerogate, fields: Mapping[str, str], email: str, pin: str
+) -> Reply:
+    """POST the PIN form (``fields``: the hidden inputs of the page that asked for it)."""
+    return await browser.post_form(
+        f"http://{zg.portal}/.zerogate/login/otp/verify",
+        {"flow": fields["flow"], "csrf": fields["csrf"], "email": email, "pin": pin},
+    )
+
+
+async def login(
+    browser: HttpBrowser,
+    zg: Zerogate,
+    outbox: ThreadedOutbox,
+    app_host: str,
+    email: str,
+    *,
+    path: str = "/",
+) -> Reply:
+    """The whole one-time PIN login over HTTP: navigate to the app, land on the portal's login
+    page, post the email, read the PIN from the outbox, post it, follow the hand-over back to
+    the application. Returns the final reply (the origin's, when the address is allowed)."""
+    page = await login_page(browser, zg, app_host, path)
+    mark = outbox.mark()
+    asked = await request_pin(browser, zg, page.fields, email)
+    assert asked.status == 200, (asked.status, asked.text[:500])
+    message = await outbox.wait_async(email, after=mark)
+    assert message.pin is not None
+    verified = await submit_pin(browser, zg, hidden_inputs(asked.text), email, message.pin)
+    assert verified.status == 302, (verified.status, verified.text[:500])
+    assert verified.location is not None
+    assert verified.location.startswith(f"http://{app_host}:{zg.port}/.zerogate/authorized?code=")
+    chain = await browser.follow(verified.location)
+    return chain[-1]
+
+
+def app_cookie_name(app_name: str) -> str:
+    """The session cookie name of an application (as ``zerogate.edge.pipeline.app_cookie``)."""
+    return f"__zg_{audience_tag(app_name)[:16]}"
+
+
+@contextlib.asynccontextmanager
+async def open_store(zg: Zerogate) -> AsyncIterator[Store]:
+    """The server's own store (the SQLite file next to its config)."""
+    store = await Store.open(storage_url("sqlite:///zerogate.db", base_dir=zg.workdir))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def server_keyset(zg: Zerogate) -> KeySet:
+    async with open_store(zg) as store:
+        doc, _ = await store.keyset()
+    assert doc is not None, "the server has not created its signing keys yet"
+    return KeySet.from_dict(doc)
+
+
+def wait_ready(zg: Zerogate, timeout: float = 30) -> None:
+    """Wait until the server answers (a worker finished its startup), not just listens."""
+
+    def ready() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", zg.port), timeout=2) as sock:
+                sock.sendall(
+                    f"GET /.zerogate/certs HTTP/1.1\r\nHost: {zg.portal}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                )
+                return sock.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
+    wait_until(ready, timeout=timeout, interval=0.1)
+
+
+def worker_pids(zg: Zerogate) -> list[int]:
+    """The granian worker processes of the server (children of the ``zerogate server`` process)."""
+    assert zg.proc is not None
+    pid = zg.proc.pid
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def peak_rss_kib(pid: int) -> int:
+    """A process's peak resident set size so far (VmHWM), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise KeyError("VmHWM")
+
+
+async def apply_here(zg: Zerogate, body: str) -> None:
+    """``Zerogate.apply`` without the CLI's start-up time: write the file, apply it in-process."""
+    zg.write(body)
+    objects = load_file(zg.config).config.objects()
+    async with open_store(zg) as store:
+        await store.apply(objects, actor="test", source="test")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from zerogate.geoip import GeoIp
 from zerogate.identity import KeySet, TokenVerifier, VerifiedTokenCache
+from zerogate.identity.keys import Algorithm
 from zerogate.identity.tokens import TYPE_APP, TokenType
 from zerogate.model.objects import OneTimePinProvider, Settings
 from zerogate.model.values import ip_network, parse_duration
@@ -63,6 +64,7 @@ class Runtime:
     cache: VerifiedTokenCache = field(default_factory=VerifiedTokenCache)
     geoip: GeoIp | None = None
     trusted: list[IPv4Network | IPv6Network] = field(default_factory=list)
+    metrics_allow: list[IPv4Network | IPv6Network] = field(default_factory=list)
     swaps: int = 0
     _task: asyncio.Task[None] | None = None
 
@@ -133,7 +135,7 @@ class Runtime:
     async def load(cls, store: Store, settings: Settings, base_dir: Path) -> Runtime:
         objects, _ = await store.load()
         version = await store.state()
-        keyset = await ensure_keyset(store)
+        keyset = await ensure_keyset(store, settings.jwt_algorithm)
         secret = await store.server_secret()
         geoip = None
         if settings.geoip is not None:
@@ -149,6 +151,7 @@ class Runtime:
             version=version,
             geoip=geoip,
             trusted=[ip_network(text) for text in settings.trusted_proxies],
+            metrics_allow=[ip_network(text) for text in settings.metrics_allow],
         )
         await runtime._load_revocations(0)
         await runtime._load_credentials()
@@ -214,24 +217,28 @@ class Runtime:
                 log.exception("could not refresh the configuration from the store")
 
 
-async def ensure_keyset(store: Store) -> KeySet:
+async def ensure_keyset(store: Store, algorithm: Algorithm = "ES256") -> KeySet:
     """The stored signing keys, created on first use (race-safe across processes)."""
     for _ in range(5):
         doc, generation = await store.keyset()
         if doc is not None:
             return KeySet.from_dict(doc)
-        fresh = KeySet.generate("ES256", now=time.time())
+        fresh = KeySet.generate(algorithm, now=time.time())
         if await store.put_keyset(fresh.to_dict(), expected_generation=generation):
             return fresh
     raise RuntimeError("could not create the signing keys")
 
 
-async def rotate_keys(store: Store, overlap_seconds: int = KEY_OVERLAP_SECONDS) -> KeySet:
+async def rotate_keys(
+    store: Store, overlap_seconds: int = KEY_OVERLAP_SECONDS, algorithm: Algorithm | None = None
+) -> KeySet:
     """A new active signing key; the previous one stays valid for the overlap window."""
     for _ in range(5):
         doc, generation = await store.keyset()
-        keyset = KeySet.from_dict(doc) if doc else KeySet.generate("ES256", now=time.time())
-        keyset.rotate(time.time(), overlap_seconds)
+        keyset = (
+            KeySet.from_dict(doc) if doc else KeySet.generate(algorithm or "ES256", now=time.time())
+        )
+        keyset.rotate(time.time(), overlap_seconds, algorithm)
         if await store.put_keyset(keyset.to_dict(), expected_generation=generation):
             return keyset
     raise RuntimeError("the signing keys changed concurrently five times; try again")

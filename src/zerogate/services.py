@@ -17,6 +17,7 @@ from zerogate.accesslog import AccessLogWriter
 from zerogate.edge.proxy import Upstream
 from zerogate.identity import PinSendLimiter
 from zerogate.mail import Mailer
+from zerogate.metrics import Metrics
 from zerogate.outbox import Outbox
 from zerogate.runtime import Runtime
 from zerogate.store import AccessEvent
@@ -39,6 +40,7 @@ class Services:
     outbox: Outbox | None = None
     show_outbox: bool = False
     pins: PinSendLimiter = field(default_factory=PinSendLimiter)
+    metrics: Metrics = field(default_factory=Metrics)
     pages: Environment = field(default_factory=templates)
 
     def page(self, name: str, **values: object) -> str:

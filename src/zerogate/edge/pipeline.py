@@ -140,6 +140,11 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
         await reserved_path(scope, receive, send, svc, req, app)
         return
 
+    cors = app.model.cors
+    if cors is not None and scope["type"] == "http" and is_preflight(scope):
+        await preflight(scope, receive, send, svc, req, app)
+        return
+
     claims = session_claims(scope, rt, app)
     identity = (
         Identity.of(claims.email, claims.idp, claims.groups or (), claims.amr or ())
@@ -151,6 +156,7 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
     ctx = Context(ip=req.client.ip, country=country, service_token=token_name)
     verdict = snapshot.decide(app, identity, ctx)
     decision = verdict.decision
+    svc.metrics.requests.labels(app.name, decision).inc()
 
     if decision == "bypass":
         await forward(scope, receive, send, svc, req, app, inject=[])
@@ -201,6 +207,48 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
         detail=verdict.reason,
     )
     await blocked(scope, send, svc, app, email)
+
+
+def is_preflight(scope: Scope) -> bool:
+    """A CORS preflight: OPTIONS with Origin and Access-Control-Request-Method."""
+    if scope.get("method") != "OPTIONS":
+        return False
+    names = {key for key, _ in scope["headers"]}
+    return b"origin" in names and b"access-control-request-method" in names
+
+
+async def preflight(
+    scope: Scope, receive: Receive, send: Send, svc: Services, req: Request, app: CompiledApp
+) -> None:
+    """Preflights carry no credentials, so they cannot pass an identity policy: per the
+    application's ``cors`` setting they go to the origin as they are, or the edge answers."""
+    cors = app.model.cors
+    assert cors is not None
+    if cors.mode == "origin":
+        await forward(scope, receive, send, svc, req, app, inject=[])
+        return
+    origin = http.header_text(scope, b"origin")
+    headers: list[tuple[bytes, bytes]] = [(b"vary", b"Origin")]
+    allowed = cors.allowed_origins
+    if "*" in allowed or origin in allowed:
+        star = "*" in allowed and not cors.allow_credentials
+        headers += [
+            (b"access-control-allow-origin", b"*" if star else origin.encode("latin-1")),
+            (
+                b"access-control-allow-methods",
+                ", ".join(
+                    cors.allowed_methods or ["GET", "POST", "PUT", "PATCH", "DELETE"]
+                ).encode(),
+            ),
+            (b"access-control-max-age", str(cors.max_age).encode()),
+        ]
+        if cors.allowed_headers:
+            headers.append(
+                (b"access-control-allow-headers", ", ".join(cors.allowed_headers).encode())
+            )
+        if cors.allow_credentials:
+            headers.append((b"access-control-allow-credentials", b"true"))
+    await http.respond(send, 204, b"", content_type=b"text/plain", headers=headers)
 
 
 def session_claims(scope: Scope, rt: Runtime, app: CompiledApp) -> Claims | None:

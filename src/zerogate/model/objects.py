@@ -371,6 +371,10 @@ class Settings(_Strict):
     geoip: GeoIp | None = None
     session_duration: Duration = "24h"
     trusted_proxies: list[IPRange] = Field(default_factory=list)
+    #: who may read /.zerogate/metrics on the portal host (default: this machine only)
+    metrics_allow: list[IPRange] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    #: the algorithm of new signing keys (existing keys keep theirs until rotated out)
+    jwt_algorithm: Literal["ES256", "RS256"] = "ES256"
 
 
 class ConfigFile(Settings, Objects):

@@ -22,6 +22,7 @@ import logging
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
+from ipaddress import ip_address
 from urllib.parse import urlencode, urlsplit
 
 from zerogate.edge import http
@@ -90,6 +91,8 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
             await otp_confirm(scope, send, svc)
         elif path == "/.zerogate/logout":
             await logout(scope, send, svc, req)
+        elif path == "/.zerogate/metrics":
+            await metrics(scope, send, svc, req)
         elif path == "/.zerogate/outbox" and svc.show_outbox and svc.outbox is not None:
             await http.respond_html(send, 200, svc.outbox.render_html())
         elif path == "/":
@@ -112,6 +115,17 @@ async def _message(
     await http.respond_html(
         send, status, svc.page("message.html", title=title, message=message, error=error)
     )
+
+
+async def metrics(scope: Scope, send: Send, svc: Services, req: Request) -> None:
+    """Prometheus metrics, only for clients in ``metrics_allow`` (default: this machine)."""
+    address = ip_address(req.client.ip)
+    if not any(address in net for net in svc.runtime.metrics_allow):
+        await _message(send, svc, 404, "Not found", "There is nothing here.")
+        return
+    svc.metrics.config_version.set(svc.runtime.version.config_version)
+    body, content_type = svc.metrics.render(http.header_text(scope, b"accept") or None)
+    await http.respond(send, 200, body, content_type=content_type.encode())
 
 
 def portal_session(scope: Scope, svc: Services) -> Claims | None:
@@ -325,6 +339,7 @@ async def otp_start(
                 error="We could not send the email just now. Please try again.",
             )
             return
+        svc.metrics.pins_sent.inc()
         svc.log(
             "login",
             app=app.name,
@@ -404,6 +419,7 @@ async def otp_verify(
         outcome = PinOutcome.WRONG  # someone else changed it meanwhile: read again
     ip = req.client.ip
     country = rt.country(ip)
+    svc.metrics.logins.labels("otp", outcome.value).inc()
     if outcome != PinOutcome.OK:
         svc.log(
             "login",

@@ -73,6 +73,7 @@ class ZerogateApp:
             outbox=outbox,
             show_outbox=self.demo,
         )
+        self.svc.metrics.watch_access_log(writer)
 
     async def shutdown(self) -> None:
         svc = self.svc
