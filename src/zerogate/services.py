@@ -7,9 +7,12 @@ limiter and the page templates. Built and torn down by ``zerogate.server`` on AS
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -42,6 +45,26 @@ class Services:
     pins: PinSendLimiter = field(default_factory=PinSendLimiter)
     metrics: Metrics = field(default_factory=Metrics)
     pages: Environment = field(default_factory=templates)
+
+    mail_failed_at: float | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    #: after a failed send, PIN requests are answered "try again" for this long
+    MAIL_RETRY_SECONDS = 60.0
+
+    def mail_unhealthy(self, now: float) -> bool:
+        failed = self.mail_failed_at
+        return failed is not None and now - failed < self.MAIL_RETRY_SECONDS
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` after the response; kept referenced until done, awaited at shutdown."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, grace: float = 30.0) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
 
     def page(self, name: str, **values: object) -> str:
         return self.pages.get_template(name).render(**values)

@@ -475,3 +475,4 @@ def main() -> None:
 
 # commands in their own modules register themselves on ``app`` (they import this module's
 # helpers, so they are imported last)
+from zerogate.cli import logs, tokens  # noqa: E402, F401

@@ -201,7 +201,14 @@ def upstream_request_headers(
             if upgrade and key == b"upgrade":
                 out.append((b"upgrade", value))
             continue
-        if key.startswith(RESERVED_PREFIX) or key.startswith(_FORWARDING_PREFIX) or key in _DROPPED:
+        # CGI/WSGI/PHP read "Zerogate_Authenticated_User_Email" as the real header: compare
+        # names with "_" spelt "-"
+        folded = key.replace(b"_", b"-") if b"_" in key else key
+        if (
+            folded.startswith(RESERVED_PREFIX)
+            or folded.startswith(_FORWARDING_PREFIX)
+            or folded in _DROPPED
+        ):
             continue
         if key == b"host":
             has_host = True

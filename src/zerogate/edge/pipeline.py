@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,14 @@ from zerogate.services import Services
 log = logging.getLogger("zerogate.edge")
 
 STATE_COOKIE = "__zg_state"
+#: a Host header: a DNS name, an IPv4 address or a bracketed IPv6 address, then maybe :port
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
+    r"[A-Za-z0-9])?)*\.?|\[[0-9A-Fa-f:.]+\])(?::(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}"
+    r"|[1-5]\d{4}|[1-9]\d{0,3}))?"
+)
+#: a return URL longer than this is not carried through the login: the app's root is used
+MAX_RETURN_URL = 2000
 RESERVED = "/.zerogate/"
 CODE_SECONDS = 60
 SERVICE_TOKEN_TTL = 300
@@ -97,7 +106,7 @@ def describe_request(scope: Scope, svc: Services) -> Request:
     if host_value is None:
         raise http.BadRequest("the request has no Host header")
     host_header = host_value.decode("latin-1").strip()
-    if not host_header or any(c in host_header for c in "/\\@ ,"):
+    if not _HOST.fullmatch(host_header):
         raise http.BadRequest("the Host header is not a host name")
     client_addr = scope.get("client") or ("", 0)
     client = resolve_client(str(client_addr[0]), scope["headers"], rt.trusted)
@@ -416,9 +425,8 @@ async def login_required(
         return
     if http.is_navigation(scope):
         state = new_state()
-        await http.redirect(
-            send, login_url(svc, req, app, state, req.url), [state_cookie(svc, state)]
-        )
+        rd = req.url if len(req.url) <= MAX_RETURN_URL else root_url(req, app)
+        await http.redirect(send, login_url(svc, req, app, state, rd), [state_cookie(svc, state)])
         return
     start = f"{req.scheme}://{req.host_header}/.zerogate/login?" + urlencode(
         {"rd": req.raw_path + (f"?{req.query}" if req.query else "")}
@@ -431,11 +439,17 @@ async def login_required(
     )
 
 
+def root_url(req: Request, app: CompiledApp) -> str:
+    return f"{req.scheme}://{req.host_header}{app.path or '/'}"
+
+
 def safe_return(req: Request, app: CompiledApp, snapshot: Snapshot, target: str) -> str:
     """``target`` (absolute or a path) when it lies on this host and routes to this very
     application; otherwise the application's root. Never another host (no open redirect)."""
-    fallback = f"{req.scheme}://{req.host_header}{app.path or '/'}"
-    if not target or "\\" in target or any(ord(c) < 0x21 for c in target):
+    fallback = root_url(req, app)
+    if not target or len(target) > MAX_RETURN_URL:
+        return fallback
+    if "\\" in target or any(ord(c) < 0x21 for c in target):
         return fallback
     parts = urlsplit(target)
     if parts.scheme or parts.netloc:

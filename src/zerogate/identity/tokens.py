@@ -160,15 +160,17 @@ def issue_token(
     clash = RESERVED_CLAIMS.intersection(extra or {})
     if clash:
         raise ValueError(f"extra claims may not override {', '.join(sorted(clash))}")
-    iat = int(now)
+    # iat keeps milliseconds (RFC 7519 allows a fractional NumericDate): a logout revokes
+    # sessions issued before an exact instant, and a login a moment later must not be caught
+    iat = round(now, 3)
     claims: dict[str, Any] = {
         "iss": issuer,
         "aud": [audience],
         "sub": sub,
         "email": email,
         "iat": iat,
-        "nbf": iat,
-        "exp": iat + int(ttl_seconds),
+        "nbf": int(now),
+        "exp": int(now) + int(ttl_seconds),
         "type": token_type,
         "idp": idp,
         "jti": secrets.token_urlsafe(16),

@@ -9,7 +9,9 @@ Steps, in order:
 2. reject what different origins read differently (fail closed): an encoded ``/`` (``%2F``) or
    ``\\`` (``%5C``), a raw backslash, NUL, a control character, a malformed ``%`` escape;
 3. percent-decode the unreserved characters (``A-Z a-z 0-9 - . _ ~``), upper-case the rest;
-4. merge repeated slashes (origins such as nginx do);
+4. drop trailing dots and spaces of a segment (Windows serves ``admin.`` as ``admin``),
+   drop ``;parameters`` from each segment (servlet containers serve ``/admin;x`` and
+   ``/x/..;/admin`` as ``/admin``), and merge repeated slashes (origins such as nginx do);
 5. remove dot segments (RFC 3986 section 5.2.4).
 
 Prefix comparison is case-insensitive (see ``fold``): an origin on a case-insensitive file system
@@ -53,6 +55,16 @@ def _decode_unreserved(match: re.Match[str]) -> str:
     return char if char in _UNRESERVED else "%" + upper
 
 
+def _windows_segment(segment: str) -> str:
+    """Windows (IIS) ignores trailing dots and spaces: ``admin.`` and ``admin%20`` are ``admin``."""
+    if segment in (".", ".."):
+        return segment
+    trimmed = segment
+    while trimmed.endswith((".", "%20")):
+        trimmed = trimmed[:-1] if trimmed.endswith(".") else trimmed[:-3]
+    return trimmed or segment
+
+
 def remove_dot_segments(path: str) -> str:
     """RFC 3986 5.2.4 for an absolute path."""
     output: list[str] = []
@@ -85,6 +97,10 @@ def normalise_path(raw: str) -> str:
         path = _ESCAPE.sub(_decode_unreserved, path)
     if not path.isascii() or " " in path or _OUTSIDE_URI.search(path):
         path = _OUTSIDE_URI.sub(_encode, path)
+    if ";" in path:  # servlet containers drop ";params" per segment, "..;" included
+        path = "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
+    if "." in path or "%20" in path:
+        path = "/".join(_windows_segment(segment) for segment in path.split("/"))
     while "//" in path:
         path = path.replace("//", "/")
     if "." in path:

@@ -272,6 +272,22 @@ async def otp_start(
     now = time.time()
     ip = req.client.ip
     country = rt.country(ip)
+    if svc.mail_unhealthy(now):
+        # the last email could not be sent: say so to everyone (it reveals no address)
+        await _render(
+            send,
+            svc,
+            scope,
+            "login.html",
+            503,
+            title="Sign in",
+            app_name=app.name,
+            flow=flow_blob,
+            otp=True,
+            email=email,
+            error="We cannot send email just now. Please try again in a minute.",
+        )
+        return
     limit = svc.pins.hit(email, ip, now)
     if not limit.allowed:
         svc.log(
@@ -303,7 +319,6 @@ async def otp_start(
     verdict = rt.snapshot.decide(app, Identity.of(email, otp.name), Context(ip=ip, country=country))
     if verdict.decision == "allow":
         pin, record = issue_pin(email, app.name, secret=rt.secret, now=now)
-        await rt.store.put_pin(pin_store_key(email, app.name), record.to_dict())
         confirm = f"{rt.portal_origin}/.zerogate/login/otp/confirm?" + urlencode(
             {"flow": flow_blob, "email": email, "pin": pin}
         )
@@ -311,10 +326,29 @@ async def otp_start(
             PinEmail(to=email, pin=pin, app_name=app.name, confirm_url=confirm),
             sender=rt.settings.email.from_,
         )
-        try:
-            await svc.mailer.send(message)
-        except MailError as exc:
-            log.warning("could not send the PIN email to %s: %s", email, exc)
+
+        async def deliver() -> None:
+            """Store the PIN, then mail it: after the page was sent, so the page and its timing
+            are the same whether or not this address may log in."""
+            await rt.store.put_pin(pin_store_key(email, app.name), record.to_dict())
+            try:
+                await svc.mailer.send(message)
+            except MailError as exc:
+                svc.mail_failed_at = time.time()
+                log.warning("could not send the PIN email to %s: %s", email, exc)
+                svc.log(
+                    "login",
+                    app=app.name,
+                    email=email,
+                    idp=otp.name,
+                    ip=ip,
+                    country=country,
+                    decision="block",
+                    detail=f"pin email failed: {exc}",
+                )
+                return
+            svc.mail_failed_at = None
+            svc.metrics.pins_sent.inc()
             svc.log(
                 "login",
                 app=app.name,
@@ -322,34 +356,11 @@ async def otp_start(
                 idp=otp.name,
                 ip=ip,
                 country=country,
-                decision="block",
-                detail=f"pin email failed: {exc}",
+                decision="pin sent",
+                policy=verdict.policy,
             )
-            await _render(
-                send,
-                svc,
-                scope,
-                "login.html",
-                503,
-                title="Sign in",
-                app_name=app.name,
-                flow=flow_blob,
-                otp=True,
-                email=email,
-                error="We could not send the email just now. Please try again.",
-            )
-            return
-        svc.metrics.pins_sent.inc()
-        svc.log(
-            "login",
-            app=app.name,
-            email=email,
-            idp=otp.name,
-            ip=ip,
-            country=country,
-            decision="pin sent",
-            policy=verdict.policy,
-        )
+
+        svc.spawn(deliver())
     else:
         svc.log(
             "login",

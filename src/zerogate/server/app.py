@@ -78,6 +78,7 @@ class ZerogateApp:
     async def shutdown(self) -> None:
         svc = self.svc
         if svc is not None:
+            await svc.drain()
             await svc.runtime.stop()
             await svc.accesslog.stop()
             await svc.upstream.close()
