@@ -170,52 +170,38 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
     if decision == "bypass":
         await forward(scope, receive, send, svc, req, app, inject=[])
         return
-    email = claims.email if claims is not None else None
-    idp = claims.idp if claims is not None else ("service_token" if token_name else None)
-    method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
-    if decision == "allow":
-        svc.log(
-            "request",
-            app=app.name,
-            email=email or token_name,
-            idp=idp,
-            ip=req.client.ip,
-            country=country,
-            decision="allow",
-            policy=verdict.policy,
-            method=method,
-            host=req.host,
-            path=req.raw_path,
-        )
-        if claims is not None:
-            assertion = http.cookies(scope)[app_cookie(app)]
-            inject: Headers = [
-                (b"zerogate-jwt-assertion", assertion.encode("latin-1")),
-                (b"zerogate-authenticated-user-email", claims.email.encode("utf-8")),
-            ]
-        else:
-            assert token_name is not None
-            inject = [(b"zerogate-jwt-assertion", service_assertion(rt, app, token_name))]
-        await forward(scope, receive, send, svc, req, app, inject=inject)
-        return
     if decision == "authenticate":
         await login_required(scope, send, svc, req, app)
         return
+    # allow or block: both are recorded (bypass and authenticate are not)
+    email = claims.email if claims is not None else None
     svc.log(
         "request",
         app=app.name,
         email=email or token_name,
-        idp=idp,
+        idp=claims.idp if claims is not None else ("service_token" if token_name else None),
         ip=req.client.ip,
         country=country,
-        decision="block",
+        decision=decision,
         policy=verdict.policy,
-        method=method,
+        method=scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET",
         host=req.host,
         path=req.raw_path,
-        detail=verdict.reason,
+        detail=None if decision == "allow" else verdict.reason,
     )
-    await blocked(scope, send, svc, app, email)
+    if decision != "allow":
+        await blocked(scope, send, svc, app, email)
+        return
+    if claims is not None:
+        assertion = http.cookies(scope)[app_cookie(app)]
+        inject: Headers = [
+            (b"zerogate-jwt-assertion", assertion.encode("latin-1")),
+            (b"zerogate-authenticated-user-email", claims.email.encode("utf-8")),
+        ]
+    else:
+        assert token_name is not None
+        inject = [(b"zerogate-jwt-assertion", service_assertion(rt, app, token_name))]
+    await forward(scope, receive, send, svc, req, app, inject=inject)
 
 
 def is_preflight(scope: Scope) -> bool:
