@@ -7,6 +7,9 @@ object at a time; rules that span objects (references, cycles, duplicates) live 
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from ipaddress import ip_address
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -16,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -271,14 +275,143 @@ class OneTimePinProvider(_Strict):
     type: Literal["onetimepin"]
 
 
+OidcPreset = Literal["okta", "google", "entra", "keycloak", "gitlab", "auth0"]
+TokenEndpointAuthMethod = Literal["client_secret_basic", "client_secret_post"]
+#: an OIDC provider's name is part of its callback URL: /.zerogate/oidc/NAME/callback
+_IDP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+@dataclass(frozen=True)
+class OidcPresetDefaults:
+    """What a preset fills in when the provider's entry leaves it out (nothing else)."""
+
+    label: str
+    scopes: tuple[str, ...]
+    groups_claim: str | None
+    issuer: re.Pattern[str]
+    issuer_example: str
+
+
+_STD_SCOPES = ("openid", "email", "profile")
+OIDC_PRESETS: dict[str, OidcPresetDefaults] = {
+    # org authorization server (https://x.okta.com) or a custom one (…/oauth2/default)
+    "okta": OidcPresetDefaults(
+        "Okta",
+        (*_STD_SCOPES, "groups"),
+        "groups",
+        re.compile(r"https://[^/]+(/oauth2/[^/]+)?"),
+        "https://example.okta.com or https://example.okta.com/oauth2/default",
+    ),
+    "google": OidcPresetDefaults(
+        "Google",
+        _STD_SCOPES,
+        None,
+        re.compile(r"https://accounts\.google\.com"),
+        "https://accounts.google.com",
+    ),
+    # one tenant: "common", "organizations" and "consumers" would let any tenant's users in,
+    # and their tokens name the user's own tenant as issuer anyway
+    "entra": OidcPresetDefaults(
+        "Microsoft",
+        _STD_SCOPES,
+        "groups",
+        re.compile(
+            r"https://login\.microsoftonline\.com/(?!(?:common|organizations|consumers)/)"
+            r"[^/]+/v2\.0"
+        ),
+        "https://login.microsoftonline.com/<tenant id>/v2.0",
+    ),
+    "keycloak": OidcPresetDefaults(
+        "Keycloak",
+        _STD_SCOPES,
+        "groups",
+        re.compile(r"https://[^/]+(/[^/]+)*/realms/[^/]+"),
+        "https://sso.example.com/realms/<realm>",
+    ),
+    "gitlab": OidcPresetDefaults(
+        "GitLab",
+        _STD_SCOPES,
+        "groups",
+        re.compile(r"https://[^/]+(/[^/]+)*"),
+        "https://gitlab.com",
+    ),
+    # Auth0's issuer ends with a slash, and the id_token's iss must equal it exactly
+    "auth0": OidcPresetDefaults(
+        "Auth0",
+        _STD_SCOPES,
+        None,
+        re.compile(r"https://[^/]+/"),
+        "https://<tenant>.<region>.auth0.com/ (with the trailing slash)",
+    ),
+}
+
+
+def _is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (as authlib's discovery checks allow)."""
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_issuer(url: str) -> str:
+    text = url.strip() if isinstance(url, str) else ""
+    parts = urlsplit(text)
+    if not parts.hostname or parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url!r}: an issuer is an https:// URL, e.g. https://example.okta.com")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError(f"{url!r}: an issuer uses https (plain http only on localhost)")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r}: an issuer has no query or fragment")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise ValueError(f"{url!r}: bad port") from None
+    return text
+
+
 class OidcProvider(_Strict):
+    """An OpenID Connect provider. ``preset`` only fills defaults (scopes, groups claim, the
+    button label) and checks that the issuer has that provider's shape."""
+
     name: Name
     type: Literal["oidc"]
-    issuer: Annotated[str, AfterValidator(_check_origin)]
+    preset: OidcPreset | None = None
+    issuer: Annotated[str, AfterValidator(_check_issuer)]
     client_id: Annotated[str, Field(min_length=1)]
     client_secret_env: str | None = None
-    scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
-    groups_claim: str | None = None
+    token_endpoint_auth_method: TokenEndpointAuthMethod | None = None
+    scopes: list[Annotated[str, Field(min_length=1)]] | None = None
+    groups_claim: Annotated[str, Field(min_length=1)] | None = None
+    display_name: Annotated[str, Field(min_length=1, max_length=60)] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _url_safe(cls, value: str) -> str:
+        if not _IDP_NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r}: an OIDC provider's name is part of its callback URL "
+                "(/.zerogate/oidc/NAME/callback): use letters, digits, '.', '_' and '-'"
+            )
+        return value
+
+    @field_validator("issuer")
+    @classmethod
+    def _preset_issuer(cls, value: str, info: ValidationInfo) -> str:
+        preset = info.data.get("preset")
+        if preset is not None and not OIDC_PRESETS[preset].issuer.fullmatch(value):
+            example = OIDC_PRESETS[preset].issuer_example
+            raise ValueError(f"{value!r} is not a {preset} issuer; expected {example}")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _openid_scope(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and "openid" not in value:
+            raise ValueError("the scopes must include openid (OpenID Connect needs it)")
+        return value
 
     @field_validator("client_secret_env")
     @classmethod
@@ -286,6 +419,32 @@ class OidcProvider(_Strict):
         if value is not None and not value.replace("_", "a").isalnum():
             raise ValueError(f"{value!r} is not an environment variable name")
         return value
+
+    @property
+    def defaults(self) -> OidcPresetDefaults | None:
+        return OIDC_PRESETS[self.preset] if self.preset is not None else None
+
+    @property
+    def effective_scopes(self) -> tuple[str, ...]:
+        if self.scopes is not None:
+            return tuple(dict.fromkeys(self.scopes))
+        if self.preset == "okta" and "/oauth2/" in self.issuer:
+            # a custom authorization server has no "groups" scope unless one was added
+            return _STD_SCOPES
+        return self.defaults.scopes if self.defaults is not None else _STD_SCOPES
+
+    @property
+    def effective_groups_claim(self) -> str | None:
+        if self.groups_claim is not None:
+            return self.groups_claim
+        return self.defaults.groups_claim if self.defaults is not None else None
+
+    @property
+    def label(self) -> str:
+        """What the login page's button says: "Sign in with LABEL"."""
+        if self.display_name:
+            return self.display_name
+        return self.defaults.label if self.defaults is not None else self.name
 
 
 IdentityProvider = Annotated[OneTimePinProvider | OidcProvider, Field(discriminator="type")]

@@ -13,6 +13,8 @@ Flow (SPEC "One-time PIN", "HTTP contract"):
    one-time code at ``https://<app>/.zerogate/authorized``.
 
 Forms carry a CSRF token equal to a cookie set when the form was shown (double submit).
+OpenID Connect login (the provider buttons, ``/.zerogate/oidc/NAME/start`` and ``/callback``)
+lives in ``portal/oidc.py``; this module routes to it and offers its buttons.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import secrets
 import time
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from zerogate.edge import http
@@ -43,6 +46,7 @@ from zerogate.model.paths import PathError, normalise_path
 from zerogate.model.values import check_email
 from zerogate.policy import Context, Identity
 from zerogate.policy.engine import CompiledApp
+from zerogate.portal import oidc as oidc_login
 from zerogate.runtime import PORTAL_AUDIENCE
 from zerogate.services import Services
 
@@ -93,6 +97,8 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
             await logout(scope, send, svc, req)
         elif path == "/.zerogate/metrics":
             await metrics(scope, send, svc, req)
+        elif (route := oidc_login.route(path)) is not None and method in ("GET", "HEAD"):
+            await oidc_login.handle(scope, send, svc, req, *route)
         elif path == "/.zerogate/outbox" and svc.show_outbox and svc.outbox is not None:
             await http.respond_html(send, 200, svc.outbox.render_html())
         elif path == "/":
@@ -195,7 +201,12 @@ async def login_page(scope: Scope, send: Send, svc: Services, req: Request) -> N
             list(claims.amr or ()),
         )
         return
-    otp = svc.runtime.otp_provider(app)
+    methods = login_methods(scope, svc, app, flow_blob)
+    oidc = oidc_login.providers_for(svc, app)
+    if len(oidc) == 1 and not methods["otp"]:
+        # the application's only login method: straight to the provider (auto redirect)
+        await oidc_login.auto_redirect(scope, send, svc, req, oidc[0].name, flow_blob, flow, app)
+        return
     await _render(
         send,
         svc,
@@ -204,10 +215,32 @@ async def login_page(scope: Scope, send: Send, svc: Services, req: Request) -> N
         title="Sign in",
         app_name=app.name,
         flow=flow_blob,
-        otp=otp is not None,
         email=None,
         error=None,
+        **methods,
     )
+
+
+def login_methods(scope: Scope, svc: Services, app: CompiledApp, flow_blob: str) -> dict[str, Any]:
+    """What the login page offers: a button per OIDC provider of the application and the PIN
+    form; the method this browser used last comes first."""
+    last = oidc_login.last_method(scope)
+    otp = svc.runtime.otp_provider(app)
+    buttons = [
+        {
+            "name": idp.name,
+            "label": idp.label,
+            "url": oidc_login.start_url(idp, flow_blob),
+            "last": idp.name == last,
+        }
+        for idp in oidc_login.providers_for(svc, app)
+    ]
+    buttons.sort(key=lambda b: not b["last"])
+    return {
+        "otp": otp is not None,
+        "otp_last": otp is not None and otp.name == last,
+        "oidc": buttons,
+    }
 
 
 async def hand_over(
@@ -264,9 +297,9 @@ async def otp_start(
             title="Sign in",
             app_name=app.name,
             flow=flow_blob,
-            otp=True,
             email=form.get("email", "")[:200],
             error="Enter a valid email address.",
+            **login_methods(scope, svc, app, flow_blob),
         )
         return
     now = time.time()
@@ -283,9 +316,9 @@ async def otp_start(
             title="Sign in",
             app_name=app.name,
             flow=flow_blob,
-            otp=True,
             email=email,
             error="We cannot send email just now. Please try again in a minute.",
+            **login_methods(scope, svc, app, flow_blob),
         )
         return
     limit = svc.pins.hit(email, ip, now)
@@ -307,10 +340,10 @@ async def otp_start(
             title="Sign in",
             app_name=app.name,
             flow=flow_blob,
-            otp=True,
             email=email,
             csrf=csrf,
             error=f"Too many codes requested. Try again in {minutes} minutes.",
+            **login_methods(scope, svc, app, flow_blob),
         )
         await http.respond_html(
             send, 429, page, [*cookie, (b"retry-after", limit.retry_after_header.encode())]
@@ -484,7 +517,8 @@ async def otp_verify(
     cookie = http.set_cookie(
         PORTAL_COOKIE, portal_token, max_age=_global_session(svc), secure=rt.scheme == "https"
     )
-    await hand_over(send, svc, flow, app, email, otp.name, [], [], [cookie])
+    last = oidc_login.last_method_cookie(svc, otp.name)
+    await hand_over(send, svc, flow, app, email, otp.name, [], [], [cookie, last])
 
 
 def _global_session(svc: Services) -> int:

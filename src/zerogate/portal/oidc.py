@@ -1,0 +1,578 @@
+"""OIDC login on the portal: the provider buttons' start URL and the callback (issue 4).
+
+``GET /.zerogate/oidc/NAME/start?flow=…`` (a button on the login page, or the automatic
+redirect when the provider is the application's only login method) checks the signed flow and
+that NAME is a login method of that application, keeps ``state`` → {flow, nonce, PKCE
+verifier, hash of a browser cookie} server-side as a single-use record (the store's
+authorization-code table, 10 minutes), and redirects to the provider.
+
+``GET /.zerogate/oidc/NAME/callback?code=…&state=…`` consumes that record (so a replayed or
+forged ``state`` finds nothing), checks that the same browser started the login (cookie), then
+lets ``zerogate.identity.oidc`` exchange the code, validate the id_token and read the claims. On
+success it sets the portal session (idp = NAME, the IdP groups, ``amr``), remembers NAME as this
+browser's last login method, and hands the application a one-time code as the PIN flow does.
+
+Every failure is a page (never a traceback) and an access-log record (kind ``login``,
+decision ``block``, ``detail`` = ``oidc <reason>: …``); no session is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import quote, urlencode
+
+import aiohttp
+
+from zerogate.edge import http
+from zerogate.edge.asgi_types import Scope, Send
+from zerogate.edge.flow import Flow, FlowError, open_flow
+from zerogate.edge.pipeline import Request, code_hash
+from zerogate.identity import RateLimiter, issue_portal_token
+from zerogate.identity.oidc import (
+    ClientSettings,
+    EmailUnverified,
+    FetchError,
+    HttpRequest,
+    HttpResponse,
+    OidcClient,
+    OidcError,
+    OidcIdentity,
+)
+from zerogate.identity.otp import Limit, ip_key
+from zerogate.model.objects import OidcProvider
+from zerogate.model.values import check_email, parse_duration
+from zerogate.policy.engine import CompiledApp
+from zerogate.runtime import PORTAL_AUDIENCE
+from zerogate.services import Services
+
+log = logging.getLogger("zerogate.portal.oidc")
+
+#: a random value per browser; the stored state keeps its hash (login CSRF: the callback must
+#: come back to the browser that started the login)
+BROWSER_COOKIE = "__zg_oidc"
+#: the last login method used on this browser (an IdP name), shown first on the login page
+LAST_METHOD_COOKIE = "__zg_last_login"
+LAST_METHOD_SECONDS = 180 * 86400
+STATE_SECONDS = 600
+FETCH_TIMEOUT_SECONDS = 10.0
+MAX_RESPONSE_BYTES = 1024 * 1024
+#: logins started per client address (per process): each one writes a state record
+START_LIMIT = Limit(60, 300.0)
+
+_PATH = re.compile(r"/\.zerogate/oidc/([A-Za-z0-9][A-Za-z0-9._-]*)/(start|callback)")
+
+
+def route(path: str) -> tuple[str, str] | None:
+    """``(provider name, "start" | "callback")`` for an OIDC path, else None."""
+    found = _PATH.fullmatch(path)
+    return (found.group(1), found.group(2)) if found else None
+
+
+def start_url(idp: OidcProvider, flow_blob: str) -> str:
+    return f"/.zerogate/oidc/{quote(idp.name)}/start?" + urlencode({"flow": flow_blob})
+
+
+def callback_url(svc: Services, name: str) -> str:
+    return f"{svc.runtime.portal_origin}/.zerogate/oidc/{quote(name)}/callback"
+
+
+def providers_for(svc: Services, app: CompiledApp) -> list[OidcProvider]:
+    """The OIDC providers offered on ``app``'s login page, in configuration order."""
+    allowed = app.model.identity_providers
+    return [
+        idp
+        for idp in svc.runtime.snapshot.objects.identity_providers
+        if isinstance(idp, OidcProvider) and (allowed is None or idp.name in allowed)
+    ]
+
+
+def last_method(scope: Scope) -> str | None:
+    value = http.cookies(scope).get(LAST_METHOD_COOKIE, "")
+    return value if 0 < len(value) <= 200 else None
+
+
+def last_method_cookie(svc: Services, name: str) -> tuple[bytes, bytes]:
+    return http.set_cookie(
+        LAST_METHOD_COOKIE,
+        name,
+        max_age=LAST_METHOD_SECONDS,
+        path="/.zerogate/",
+        secure=svc.runtime.scheme == "https",
+    )
+
+
+# --------------------------------------------------------------------------- HTTP client
+
+
+async def aiohttp_fetch(request: HttpRequest) -> HttpResponse:
+    """The network for ``identity.oidc``: one short-lived aiohttp session per call (logins are
+    rare; nothing to close at shutdown), bounded time and size, no redirects for POSTs."""
+    timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_SECONDS)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()) as s,
+            s.request(
+                request.method,
+                request.url,
+                headers=dict(request.headers),
+                data=request.body or None,
+                allow_redirects=request.method == "GET",
+                max_redirects=3,
+            ) as response,
+        ):
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise FetchError(f"{request.url}: answer larger than {MAX_RESPONSE_BYTES} B")
+                chunks.append(chunk)
+            content_type = response.headers.get("Content-Type", "")
+            return HttpResponse(response.status, b"".join(chunks), content_type)
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        raise FetchError(f"{request.url}: {type(exc).__name__} {exc}".strip()) from None
+
+
+# --------------------------------------------------------------------------- clients
+
+
+@dataclass
+class _Registry:
+    """One ``OidcClient`` per provider configuration (its discovery and JWKS caches)."""
+
+    clients: dict[tuple[object, ...], OidcClient]
+    starts: RateLimiter
+
+
+_REGISTRY = _Registry({}, RateLimiter(START_LIMIT))
+
+
+def client_for(svc: Services, idp: OidcProvider) -> OidcClient:
+    secret = os.environ.get(idp.client_secret_env) if idp.client_secret_env else None
+    settings = ClientSettings(
+        name=idp.name,
+        issuer=idp.issuer,
+        client_id=idp.client_id,
+        client_secret=secret or None,
+        redirect_uri=callback_url(svc, idp.name),
+        scopes=idp.effective_scopes,
+        groups_claim=idp.effective_groups_claim,
+        auth_method=idp.token_endpoint_auth_method,
+    )
+    key = (
+        settings.name,
+        settings.issuer,
+        settings.client_id,
+        hashlib.sha256((secret or "").encode()).hexdigest(),
+        settings.redirect_uri,
+        settings.scopes,
+        settings.groups_claim,
+        settings.auth_method,
+    )
+    client = _REGISTRY.clients.get(key)
+    if client is None:
+        if len(_REGISTRY.clients) > 64:  # configurations come and go; start afresh
+            _REGISTRY.clients.clear()
+        client = _REGISTRY.clients[key] = OidcClient(settings, aiohttp_fetch)
+    return client
+
+
+# --------------------------------------------------------------------------- pages
+
+
+class _Failure(Exception):
+    """A failed OIDC login: the page to show and the log record to write."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        reason: str,
+        detail: str = "",
+        *,
+        flow: str | None = None,
+        app: str | None = None,
+        email: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason
+        self.detail = detail
+        self.flow = flow
+        self.app = app
+        self.email = email
+
+
+def _oidc_failure(exc: OidcError, label: str) -> tuple[int, str]:
+    """The page (status, message) for a protocol failure; the reason goes to the log."""
+    reason = exc.reason
+    if reason in ("provider_unreachable",):
+        return 502, f"We could not reach {label}. Try again in a minute."
+    if reason in (
+        "discovery_invalid",
+        "client_misconfigured",
+        "client_rejected",
+        "token_response_invalid",
+        "userinfo_invalid",
+    ):
+        return 502, (
+            f"Sign-in with {label} is not set up correctly on this gateway. "
+            "Tell your administrator (the access log says why)."
+        )
+    if reason == "code_rejected":
+        return 400, f"{label} did not accept this sign-in any more (it was used or has expired)."
+    if reason == "email_unverified":
+        return 403, (
+            f"{label} has not verified your email address, so it cannot be used to sign in. "
+            f"Verify it at {label}, then try again."
+        )
+    if reason == "email_missing":
+        return 403, f"{label} did not tell us your email address, so you cannot sign in with it."
+    if reason == "groups_unusable":
+        return 403, (
+            f"{label} sent a list of groups this gateway cannot use (too many, or left out). "
+            "Tell your administrator."
+        )
+    if reason == "claims_invalid":
+        return 403, f"{label} sent an answer this gateway cannot use. Tell your administrator."
+    # id_token problems: signature, key, alg, iss, aud, azp, exp, iat, nonce, at_hash
+    return 400, (
+        f"The answer from {label} could not be verified, so you are not signed in. "
+        "Go back to the application and try again."
+    )
+
+
+async def _fail(send: Send, svc: Services, req: Request, name: str, failure: _Failure) -> None:
+    svc.metrics.logins.labels("oidc", failure.reason).inc()
+    detail = f"oidc {failure.reason}" + (f": {failure.detail}" if failure.detail else "")
+    svc.log(
+        "login",
+        app=failure.app,
+        email=failure.email,
+        idp=name,
+        ip=req.client.ip,
+        country=svc.runtime.country(req.client.ip),
+        decision="block",
+        detail=detail[:500],
+    )
+    log.info("oidc login via %s failed: %s", name, detail)
+    link = f"/.zerogate/login?{urlencode({'flow': failure.flow})}" if failure.flow else None
+    page = svc.page(
+        "message.html",
+        title="Sign-in failed",
+        app_name=failure.app,
+        message=failure.message,
+        detail=f"Reason: {failure.reason}",
+        link=link,
+        link_text="Try again" if link else None,
+        error=True,
+    )
+    await http.respond_html(send, failure.status, page)
+
+
+def _provider(svc: Services, name: str) -> OidcProvider | None:
+    for idp in svc.runtime.snapshot.objects.identity_providers:
+        if isinstance(idp, OidcProvider) and idp.name == name:
+            return idp
+    return None
+
+
+def _state_key(state: str) -> str:
+    return code_hash("zerogate-oidc-state\x00" + state)
+
+
+def _browser_hash(value: str) -> str:
+    return hashlib.sha256(b"zerogate-oidc-browser\x00" + value.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+async def handle(
+    scope: Scope, send: Send, svc: Services, req: Request, name: str, step: str
+) -> None:
+    """``/.zerogate/oidc/NAME/{start,callback}`` (GET only; the caller routes here)."""
+    try:
+        if step == "start":
+            await start(scope, send, svc, req, name)
+        elif scope.get("method") == "GET":  # not HEAD: it consumes the state
+            await callback(scope, send, svc, req, name)
+        else:
+            raise _Failure(405, "Open this sign-in link in a browser.", "bad_method")
+    except _Failure as failure:
+        await _fail(send, svc, req, name, failure)
+    except http.BadRequest:
+        raise
+    except Exception as exc:  # a bug or a provider answer nobody foresaw: a page, not a trace
+        log.exception("oidc %s via %s failed unexpectedly", step, name)
+        internal = _Failure(
+            500,
+            "Sign-in failed because of an error on this gateway. Try again.",
+            "internal_error",
+            f"{type(exc).__name__}: {exc}",
+        )
+        await _fail(send, svc, req, name, internal)
+
+
+def open_flow_blob(svc: Services, blob: str) -> tuple[Flow, CompiledApp]:
+    """The signed login flow and its application, or a failure page."""
+    try:
+        flow = open_flow(svc.runtime.secret, blob, time.time())
+    except FlowError as exc:
+        raise _Failure(
+            400, f"{exc}. Go back to the application and try again.", "flow_invalid", str(exc)
+        ) from None
+    app = svc.runtime.snapshot.apps.get(flow.app)
+    if app is None:
+        raise _Failure(400, "This application no longer exists.", "flow_invalid", flow.app)
+    return flow, app
+
+
+async def start(scope: Scope, send: Send, svc: Services, req: Request, name: str) -> None:
+    flow_blob = http.query(scope).get("flow", "")
+    flow, app = open_flow_blob(svc, flow_blob)
+    await redirect_to_provider(scope, send, svc, req, name, flow_blob, flow, app)
+
+
+async def auto_redirect(
+    scope: Scope,
+    send: Send,
+    svc: Services,
+    req: Request,
+    name: str,
+    flow_blob: str,
+    flow: Flow,
+    app: CompiledApp,
+) -> None:
+    """The login page's shortcut when ``name`` is the application's only login method."""
+    try:
+        await redirect_to_provider(scope, send, svc, req, name, flow_blob, flow, app)
+    except _Failure as failure:
+        await _fail(send, svc, req, name, failure)
+
+
+async def redirect_to_provider(
+    scope: Scope,
+    send: Send,
+    svc: Services,
+    req: Request,
+    name: str,
+    flow_blob: str,
+    flow: Flow,
+    app: CompiledApp,
+) -> None:
+    """Begin the login at provider ``name`` for ``app`` (also the login page's auto-redirect)."""
+    idp = _provider(svc, name)
+    if idp is None or idp not in providers_for(svc, app):
+        raise _Failure(
+            404,
+            "This sign-in method is not offered for this application.",
+            "unknown_provider",
+            name,
+            flow=flow_blob,
+            app=app.name,
+        )
+    now = time.time()
+    if not _REGISTRY.starts.hit(ip_key(req.client.ip), now).allowed:
+        raise _Failure(
+            429,
+            "Too many sign-in attempts from your network. Try again in a few minutes.",
+            "rate_limited",
+            app=app.name,
+        )
+    client = client_for(svc, idp)
+    try:
+        auth = await client.begin()
+    except OidcError as exc:
+        status, message = _oidc_failure(exc, idp.label)
+        raise _Failure(
+            status, message, exc.reason, str(exc), flow=flow_blob, app=app.name
+        ) from None
+    browser = http.cookies(scope).get(BROWSER_COOKIE, "")
+    if not 32 <= len(browser) <= 100:
+        browser = secrets.token_urlsafe(32)
+    # (re)set with a fresh lifetime: logins in other tabs of this browser share the value
+    cookie = http.set_cookie(
+        BROWSER_COOKIE,
+        browser,
+        max_age=STATE_SECONDS,
+        path="/.zerogate/oidc/",
+        secure=svc.runtime.scheme == "https",
+    )
+    expires = min(now + STATE_SECONDS, float(flow.expires))
+    await svc.runtime.store.put_code(
+        _state_key(auth.state),
+        {
+            "kind": "oidc-state",
+            "idp": idp.name,
+            "flow": flow_blob,
+            "nonce": auth.nonce,
+            "verifier": auth.code_verifier,
+            "browser": _browser_hash(browser),
+        },
+        expires_at=datetime.fromtimestamp(expires, UTC),
+    )
+    await http.redirect(send, auth.url, [cookie])
+
+
+async def callback(scope: Scope, send: Send, svc: Services, req: Request, name: str) -> None:
+    q = http.query(scope)
+    idp = _provider(svc, name)
+    label = idp.label if idp is not None else name
+    state = q.get("state", "")
+    if not state or len(state) > 512:
+        raise _Failure(
+            400,
+            "This sign-in answer has no valid state. Go back to the application and try again.",
+            "state_missing",
+        )
+    record = await svc.runtime.store.take_code(_state_key(state), now=datetime.now(UTC))
+    if record is None or record.get("kind") != "oidc-state":
+        raise _Failure(
+            400,
+            "This sign-in answer has expired or was already used. "
+            "Go back to the application and try again.",
+            "state_unknown",
+            "unknown, replayed or expired state",
+        )
+    flow_blob = str(record.get("flow", ""))
+    browser = http.cookies(scope).get(BROWSER_COOKIE, "")
+    if record.get("idp") != name or idp is None:
+        raise _Failure(
+            400, "This sign-in answer belongs to another sign-in method.", "state_wrong_provider"
+        )
+    if not browser or not hmac.compare_digest(
+        _browser_hash(browser), str(record.get("browser", ""))
+    ):
+        raise _Failure(
+            400,
+            "This sign-in did not start in this browser. Go back to the application and try again.",
+            "state_other_browser",
+        )
+    flow, app = open_flow_blob(svc, flow_blob)
+    if idp not in providers_for(svc, app):
+        raise _Failure(
+            403,
+            "This sign-in method is not offered for this application.",
+            "unknown_provider",
+            app=app.name,
+        )
+    error = q.get("error")
+    if error is not None:
+        description = q.get("error_description", "")[:300]
+        if error == "access_denied":
+            raise _Failure(
+                401,
+                f"You cancelled the sign-in at {label}, or it refused it.",
+                "access_denied",
+                description,
+                flow=flow_blob,
+                app=app.name,
+            )
+        raise _Failure(
+            400,
+            f"{label} did not sign you in ({error[:60]}).",
+            "provider_error",
+            f"{error[:60]} {description}".strip(),
+            flow=flow_blob,
+            app=app.name,
+        )
+    code = q.get("code", "")
+    if not code or len(code) > 4096:
+        raise _Failure(
+            400,
+            f"{label} sent no sign-in code. Try again.",
+            "code_missing",
+            flow=flow_blob,
+            app=app.name,
+        )
+    client = client_for(svc, idp)
+    try:
+        identity = await client.finish(
+            code=code,
+            code_verifier=str(record["verifier"]),
+            nonce=str(record["nonce"]),
+            iss=q.get("iss"),
+        )
+    except OidcError as exc:
+        status, message = _oidc_failure(exc, label)
+        email = exc.email if isinstance(exc, EmailUnverified) else None
+        raise _Failure(
+            status, message, exc.reason, str(exc), flow=flow_blob, app=app.name, email=email
+        ) from None
+    await _signed_in(send, svc, req, idp, identity, flow, app)
+
+
+async def _signed_in(
+    send: Send,
+    svc: Services,
+    req: Request,
+    idp: OidcProvider,
+    identity: OidcIdentity,
+    flow: Flow,
+    app: CompiledApp,
+) -> None:
+    """The portal session, the access-log record, the hand-over to the application."""
+    # handlers routes to this module, so it is imported here, not at the top
+    from zerogate.portal.handlers import PORTAL_COOKIE, hand_over
+
+    rt = svc.runtime
+    try:
+        email = check_email(identity.email)
+    except ValueError as exc:
+        raise _Failure(
+            403,
+            f"{idp.label} sent an email address this gateway cannot use.",
+            "email_invalid",
+            str(exc),
+            app=app.name,
+        ) from None
+    now = time.time()
+    ttl = int(parse_duration(rt.settings.session_duration).total_seconds())
+    token = issue_portal_token(
+        rt.keyset,
+        issuer=rt.issuer,
+        audience=PORTAL_AUDIENCE,
+        email=email,
+        sub=email,
+        idp=idp.name,
+        groups=list(identity.groups),
+        amr=list(identity.amr),
+        ttl_seconds=ttl,
+        now=now,
+        extra={"idp_sub": identity.sub},
+    )
+    svc.metrics.logins.labels("oidc", "ok").inc()
+    svc.log(
+        "login",
+        app=app.name,
+        email=email,
+        idp=idp.name,
+        ip=req.client.ip,
+        country=rt.country(req.client.ip),
+        decision="allow",
+        detail=f"oidc login (groups: {len(identity.groups)}, amr: {','.join(identity.amr)})"[:500],
+    )
+    await hand_over(
+        send,
+        svc,
+        flow,
+        app,
+        email,
+        idp.name,
+        list(identity.groups),
+        list(identity.amr),
+        [
+            http.set_cookie(PORTAL_COOKIE, token, max_age=ttl, secure=rt.scheme == "https"),
+            last_method_cookie(svc, idp.name),
+        ],
+    )
