@@ -1,7 +1,10 @@
 """Forwarding an allowed request to its origin: the half of the edge after the policy decision.
 
-:class:`Upstream` owns the pooled aiohttp client sessions of one event loop (one TCP pool, plus
-one pool per Unix-socket origin) and relays an ASGI HTTP exchange or WebSocket to an origin:
+:class:`Upstream` owns the upstream connections of one event loop and relays an ASGI HTTP
+exchange or WebSocket to an origin. Plain HTTP to ``http://`` and ``unix:`` origins goes through
+zerogate's own keep-alive pool (:mod:`zerogate.edge.upstream_pool`: HTTP/1.1 written directly,
+responses parsed by httptools); HTTPS origins and WebSockets go through aiohttp client sessions
+(one for TCP, one per Unix-socket origin). Either way:
 
 - bodies stream both ways with bounded memory: the request body is an async generator fed by
   ``receive()``, the response is sent chunk by chunk as it arrives (server-sent events are
@@ -38,8 +41,14 @@ from yarl import URL
 
 from zerogate.edge.asgi_types import Headers, Receive, Scope, Send
 from zerogate.edge.headers import downstream_response_headers, wants_json
+from zerogate.edge.upstream_pool import (
+    OriginAddress,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+)
 
-__all__ = ["CLIENT_CLOSED", "WS_MAX_MESSAGE", "Upstream", "request_target"]
+__all__ = ["CLIENT_CLOSED", "WATCH_AFTER", "WS_MAX_MESSAGE", "Upstream", "request_target"]
 
 _log = logging.getLogger(__name__)
 
@@ -50,6 +59,13 @@ WS_MAX_MESSAGE: Final = 16 * 1024 * 1024
 """Largest WebSocket message accepted from an origin (aiohttp buffers whole messages)."""
 
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+WATCH_AFTER: Final = 0.1
+"""An exchange still running this many seconds later (up to twice as many) gets a task that
+watches for its client to disconnect.
+
+Most exchanges end sooner, and then no watcher (one more ``receive()`` and a cancellation per
+request) is ever created; a client that leaves a slow or streaming exchange is noticed that
+much later."""
 _UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f#]")
 _NOT_FORWARDED_TO_WS: Final = frozenset(
     {b"connection", b"upgrade", b"sec-websocket-key", b"sec-websocket-version"}
@@ -72,6 +88,7 @@ class _Origin:
     socket: str | None  # Unix socket path, or None for TCP
     http_base: str
     ws_base: str
+    address: OriginAddress | None  # plain HTTP (TCP or Unix socket): served by the pool
 
 
 def _parse_origin(origin: str) -> _Origin:
@@ -79,7 +96,7 @@ def _parse_origin(origin: str) -> _Origin:
         path = origin[len("unix:") :]
         if not path:
             raise ValueError(f"origin {origin!r}: a Unix socket origin needs a path")
-        return _Origin(path, "http://localhost", "ws://localhost")
+        return _Origin(path, "http://localhost", "ws://localhost", OriginAddress.unix(path))
     url = URL(origin)
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"origin {origin!r}: expected http://host[:port], https://… or unix:/path")
@@ -87,7 +104,10 @@ def _parse_origin(origin: str) -> _Origin:
         raise ValueError(f"origin {origin!r}: an origin is a scheme, host and port only")
     base = str(url.origin())
     ws_base = ("wss" if url.scheme == "https" else "ws") + base[len(url.scheme) :]
-    return _Origin(None, base, ws_base)
+    address = None
+    if url.scheme == "http" and url.raw_host and url.port is not None:
+        address = OriginAddress.tcp(url.raw_host, url.port)
+    return _Origin(None, base, ws_base, address)
 
 
 def _percent_encode_non_ascii(raw: bytes) -> str:
@@ -208,10 +228,14 @@ class _Exchange:
         "status",
         "task",
         "watcher",
+        "watchers",
     )
 
-    def __init__(self, receive: Receive, task: asyncio.Task[object] | None) -> None:
+    def __init__(
+        self, receive: Receive, task: asyncio.Task[object] | None, watchers: _Watchers
+    ) -> None:
         self.receive = receive
+        self.watchers = watchers
         self.task = task  # the task running forward_http, cancelled when the client leaves
         self.body_done = False
         self.disconnected = False
@@ -251,9 +275,17 @@ class _Exchange:
         self.watch()
 
     def watch(self) -> None:
-        """Once the body is read, the next ``receive()`` only ever reports a disconnect."""
+        """Once the body is read, the next ``receive()`` only ever reports a disconnect.
+
+        A watcher task calls it, started :data:`WATCH_AFTER` seconds or so from now unless the
+        exchange is over by then.
+        """
         if self.watcher is None and self.body_done and not self.done and self.task is not None:
-            self.watcher = asyncio.get_running_loop().create_task(self._watch())
+            self.watchers.add(self)
+
+    def start_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.watcher is None and not self.done:
+            self.watcher = loop.create_task(self._watch())
 
     async def _watch(self) -> None:
         while True:
@@ -264,20 +296,54 @@ class _Exchange:
 
     def finish(self) -> None:
         self.done = True
+        self.watchers.discard(self)
         if self.watcher is not None:
             self.watcher.cancel()
+
+
+class _Watchers:
+    """Starts disconnect watchers for exchanges that outlive :data:`WATCH_AFTER`.
+
+    Two generations and one timer per event loop, ticking only while exchanges wait: an
+    exchange added during one tick gets its watcher at the next one (after 0.1–0.2 s), unless
+    it finished. Cheaper than a timer per request, which cost more than the watcher it saved.
+    """
+
+    __slots__ = ("older", "recent", "ticker")
+
+    def __init__(self) -> None:
+        self.recent: set[_Exchange] = set()
+        self.older: set[_Exchange] = set()
+        self.ticker: asyncio.TimerHandle | None = None
+
+    def add(self, exchange: _Exchange) -> None:
+        self.recent.add(exchange)
+        if self.ticker is None:
+            loop = asyncio.get_running_loop()
+            self.ticker = loop.call_later(WATCH_AFTER, self._tick, loop)
+
+    def discard(self, exchange: _Exchange) -> None:
+        self.recent.discard(exchange)
+        self.older.discard(exchange)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        due, self.older, self.recent = self.older, self.recent, set()
+        for exchange in due:
+            exchange.start_watch(loop)
+        self.ticker = loop.call_later(WATCH_AFTER, self._tick, loop) if self.older else None
 
 
 class Upstream:
     """Pooled connections to origins for one event loop (create one per loop, e.g. per worker).
 
-    One aiohttp ``ClientSession`` for TCP origins and one per Unix-socket origin, created on
-    first use: keep-alive connections, at most ``limit`` per origin (``0``: no limit), no
-    automatic decompression, no cookie jar, no redirects followed, no proxy taken from the
-    environment. ``connect_timeout`` bounds waiting for a pooled connection plus connecting;
-    ``read_timeout`` bounds each wait for the origin's bytes (headers, then every chunk), so a
-    long stream lives as long as the origin keeps talking. ``ssl_context`` verifies HTTPS
-    origins (default: the system's trust store).
+    Plain HTTP (``http://``, ``unix:``) goes through an :class:`UpstreamPool`; HTTPS and every
+    WebSocket through aiohttp client sessions (one for TCP origins, one per Unix-socket
+    origin), all created on first use: keep-alive connections, at most ``limit`` exchanges at
+    once per origin (``0``: no limit), no automatic decompression, no cookie jar, no redirects
+    followed, no proxy taken from the environment. ``connect_timeout`` bounds waiting for a
+    pooled connection plus connecting; ``read_timeout`` bounds each wait for the origin's bytes
+    (headers, then every chunk), so a long stream lives as long as the origin keeps talking.
+    ``ssl_context`` verifies HTTPS origins (default: the system's trust store).
     """
 
     def __init__(
@@ -291,6 +357,9 @@ class Upstream:
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_read=read_timeout
         )
+        self._pool_settings = (connect_timeout, read_timeout)
+        self._pool: UpstreamPool | None = None
+        self._watchers = _Watchers()
         self._limit = limit
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._sessions: dict[str | None, aiohttp.ClientSession] = {}
@@ -304,6 +373,9 @@ class Upstream:
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     def _origin(self, origin: str) -> _Origin:
         parsed = self._origins.get(origin)
@@ -311,10 +383,7 @@ class Upstream:
             parsed = self._origins[origin] = _parse_origin(origin)
         return parsed
 
-    def _session(self, socket: str | None) -> aiohttp.ClientSession:
-        session = self._sessions.get(socket)
-        if session is not None:
-            return session
+    def _check_loop(self) -> None:
         if self._closed:
             raise RuntimeError("Upstream is closed")
         loop = asyncio.get_running_loop()
@@ -322,6 +391,22 @@ class Upstream:
             self._loop = loop
         elif self._loop is not loop:
             raise RuntimeError("an Upstream serves one event loop; create one per loop")
+
+    def _upstream_pool(self) -> UpstreamPool:
+        pool = self._pool
+        if pool is None:
+            self._check_loop()
+            connect_timeout, read_timeout = self._pool_settings
+            pool = self._pool = UpstreamPool(
+                connect_timeout=connect_timeout, read_timeout=read_timeout, limit=self._limit
+            )
+        return pool
+
+    def _session(self, socket: str | None) -> aiohttp.ClientSession:
+        session = self._sessions.get(socket)
+        if session is not None:
+            return session
+        self._check_loop()
         connector: aiohttp.BaseConnector
         if socket is None:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._limit, ssl=self._ssl)
@@ -362,11 +447,17 @@ class Upstream:
         if target is None:
             return await _send_error(scope, send, 400)
         where = self._origin(origin)
-        session = self._session(where.socket)
-        url = URL(where.http_base + target, encoded=True)
-        exchange = _Exchange(receive, asyncio.current_task())
+        exchange = _Exchange(receive, asyncio.current_task(), self._watchers)
         try:
-            await self._exchange(scope, send, session, url, headers, exchange)
+            if where.address is not None:
+                pool = self._upstream_pool()
+                await self._pool_exchange(
+                    scope, send, pool, where.address, target, headers, exchange
+                )
+            else:
+                session = self._session(where.socket)
+                url = URL(where.http_base + target, encoded=True)
+                await self._exchange(scope, send, session, url, headers, exchange)
         except asyncio.CancelledError:
             exchange.finish()
             if not exchange.take_back_cancel():
@@ -381,6 +472,71 @@ class Upstream:
             if not exchange.take_back_cancel():
                 raise asyncio.CancelledError
         return exchange.status or CLIENT_CLOSED
+
+    async def _pool_exchange(
+        self,
+        scope: Scope,
+        send: Send,
+        pool: UpstreamPool,
+        address: OriginAddress,
+        target: str,
+        headers: Headers,
+        exchange: _Exchange,
+    ) -> None:
+        """One exchange over the keep-alive pool (plain HTTP origins)."""
+        message = await exchange.receive()
+        if message["type"] == "http.disconnect":
+            exchange.status = CLIENT_CLOSED
+            return
+        body: bytes | AsyncIterator[bytes]
+        if message.get("more_body", False):
+            body = exchange.body(message.get("body", b""))
+        else:
+            body = message.get("body", b"")
+            exchange.body_done = True
+        exchange.watch()
+        try:
+            response = await pool.request(address, scope["method"], target, headers, body)
+        except (UpstreamError, OSError, ValueError) as exc:
+            if exchange.disconnected:
+                exchange.status = CLIENT_CLOSED
+                return
+            status = _failure_status(exc)
+            _log.warning(
+                "origin %s: %s (%s), answered %d", address, type(exc).__name__, exc, status
+            )
+            exchange.status = await _send_error(scope, send, status)
+            return
+        try:
+            await self._relay_pool_response(send, response, exchange, address)
+        finally:
+            response.close()  # unfinished: the connection is closed, never reused
+
+    async def _relay_pool_response(
+        self, send: Send, response: UpstreamResponse, exchange: _Exchange, address: OriginAddress
+    ) -> None:
+        status = response.status
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": downstream_response_headers(response.headers),
+            }
+        )
+        exchange.status = status
+        try:
+            chunk = await response.read()
+            while not response.at_eof:
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                chunk = await response.read()
+        except (UpstreamError, OSError) as exc:
+            if not exchange.disconnected:
+                _log.warning(
+                    "origin %s: response cut off: %s (%s)", address, type(exc).__name__, exc
+                )
+            return  # the response stays unfinished: the server drops the connection
+        await send({"type": "http.response.body", "body": chunk, "more_body": False})
 
     async def _exchange(
         self,
