@@ -780,7 +780,10 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (WATCHER, ("_Exchange.watch", "_Exchange._watch")),
     (AIOHTTP, ("aiohttp/",)),
     (GRANIAN, ("call_soon_threadsafe", "_write_to_self", "_read_from_self", "_cbsched")),
-    (FORWARDING, ("zerogate/edge/proxy.py", "zerogate/edge/headers.py")),
+    (
+        FORWARDING,
+        ("zerogate/edge/proxy.py", "zerogate/edge/upstream_pool.py", "zerogate/edge/headers.py"),
+    ),
     (PIPELINE, ("zerogate/",)),
     (LOOP, ("asyncio/", "selectors.py")),
 )
