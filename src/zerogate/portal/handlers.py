@@ -23,6 +23,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
 from typing import Any
@@ -54,6 +55,27 @@ log = logging.getLogger("zerogate.portal")
 
 PORTAL_COOKIE = "__zg_portal"
 CSRF_COOKIE = "__zg_csrf"
+
+
+def _login_recorder(
+    svc: Services, app: str, email: str, idp: str, ip: str, country: str | None
+) -> Callable[..., None]:
+    """An access-log writer for one login attempt: only the outcome varies between calls."""
+
+    def record(decision: str, detail: str | None = None, policy: str | None = None) -> None:
+        svc.log(
+            "login",
+            app=app,
+            email=email,
+            idp=idp,
+            ip=ip,
+            country=country,
+            decision=decision,
+            detail=detail,
+            policy=policy,
+        )
+
+    return record
 
 
 def pin_store_key(email: str, app: str) -> str:
@@ -305,6 +327,7 @@ async def otp_start(
     now = time.time()
     ip = req.client.ip
     country = rt.country(ip)
+    record_login = _login_recorder(svc, app.name, email, otp.name, ip, country)
     if svc.mail_unhealthy(now):
         # the last email could not be sent: say so to everyone (it reveals no address)
         await _render(
@@ -323,16 +346,7 @@ async def otp_start(
         return
     limit = svc.pins.hit(email, ip, now)
     if not limit.allowed:
-        svc.log(
-            "login",
-            app=app.name,
-            email=email,
-            idp=otp.name,
-            ip=ip,
-            country=country,
-            decision="block",
-            detail="pin rate limited",
-        )
+        record_login(decision="block", detail="pin rate limited")
         minutes = max(1, int(limit.retry_after // 60) + 1)
         csrf, cookie = _csrf(scope)
         page = svc.page(
@@ -369,42 +383,15 @@ async def otp_start(
             except MailError as exc:
                 svc.mail_failed_at = time.time()
                 log.warning("could not send the PIN email to %s: %s", email, exc)
-                svc.log(
-                    "login",
-                    app=app.name,
-                    email=email,
-                    idp=otp.name,
-                    ip=ip,
-                    country=country,
-                    decision="block",
-                    detail=f"pin email failed: {exc}",
-                )
+                record_login(decision="block", detail=f"pin email failed: {exc}")
                 return
             svc.mail_failed_at = None
             svc.metrics.pins_sent.inc()
-            svc.log(
-                "login",
-                app=app.name,
-                email=email,
-                idp=otp.name,
-                ip=ip,
-                country=country,
-                decision="pin sent",
-                policy=verdict.policy,
-            )
+            record_login(decision="pin sent", policy=verdict.policy)
 
         svc.spawn(deliver())
     else:
-        svc.log(
-            "login",
-            app=app.name,
-            email=email,
-            idp=otp.name,
-            ip=ip,
-            country=country,
-            decision="block",
-            detail="no pin sent: no allow policy matches",
-        )
+        record_login(decision="block", detail="no pin sent: no allow policy matches")
     await _render(
         send,
         svc,
@@ -463,18 +450,10 @@ async def otp_verify(
         outcome = PinOutcome.WRONG  # someone else changed it meanwhile: read again
     ip = req.client.ip
     country = rt.country(ip)
+    record_login = _login_recorder(svc, app.name, email, otp.name, ip, country)
     svc.metrics.logins.labels("otp", outcome.value).inc()
     if outcome != PinOutcome.OK:
-        svc.log(
-            "login",
-            app=app.name,
-            email=email,
-            idp=otp.name,
-            ip=ip,
-            country=country,
-            decision="block",
-            detail=f"pin {outcome.value}",
-        )
+        record_login(decision="block", detail=f"pin {outcome.value}")
         error = {
             PinOutcome.EXPIRED: "That code has expired. Request a new one.",
             PinOutcome.EXHAUSTED: "Too many wrong codes. Request a new one.",
@@ -494,16 +473,7 @@ async def otp_verify(
         )
         return
     await rt.store.delete_pin(key)
-    svc.log(
-        "login",
-        app=app.name,
-        email=email,
-        idp=otp.name,
-        ip=ip,
-        country=country,
-        decision="allow",
-        detail="pin accepted",
-    )
+    record_login(decision="allow", detail="pin accepted")
     portal_token = issue_portal_token(
         rt.keyset,
         issuer=rt.issuer,
