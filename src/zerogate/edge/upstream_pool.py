@@ -46,7 +46,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import AsyncIterable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
 import httptools
 
@@ -399,8 +399,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport; not always an asyncio.Transport subclass (uvloop's is its own)
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         state = self.state
