@@ -1209,12 +1209,14 @@ def to_json(machine: dict[str, Any], rounds: list[Round], args: argparse.Namespa
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM/SIGHUP behave like Ctrl-C, so the ``finally`` blocks stop every process."""
+    """SIGINT/SIGTERM/SIGHUP raise KeyboardInterrupt, so the ``finally`` blocks stop every
+    process (SIGINT too: a shell starting us in the background would have it ignored)."""
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
     finally:
