@@ -6,10 +6,8 @@ origin that verifies the JWT it receives against ``/.zerogate/certs``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +15,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from zerogate.outbox import Message, Outbox
-from zg_harness import VerifyingOrigin, Zerogate, free_port, wait_until
+from zerogate.outbox import Message
+from zg_harness import ThreadedOutbox, VerifyingOrigin, Zerogate, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -53,41 +51,6 @@ applications:
       - {{name: staff in the office, decision: allow,
           include: [{{email_domain: [example.com]}}], require: [{{group: [Office]}}]}}
 """
-
-
-class ThreadedOutbox:
-    """The real SMTP server on its own loop, with blocking waits for sync tests."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.outbox = Outbox(port=0)
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def start(self) -> ThreadedOutbox:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.outbox.start(), self.loop).result(10)
-        return self
-
-    @property
-    def port(self) -> int:
-        return self.outbox.port
-
-    def mark(self) -> int:
-        return self.outbox.mark()
-
-    def wait(self, to: str, after: int, timeout: float = 15) -> Message:
-        future = asyncio.run_coroutine_threadsafe(
-            self.outbox.wait_for(to, timeout, after=after), self.loop
-        )
-        return future.result(timeout + 5)
-
-    def messages(self) -> list[Message]:
-        return self.outbox.messages()
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.outbox.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
 
 
 @pytest.fixture(scope="module")

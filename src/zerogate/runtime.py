@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -35,6 +36,7 @@ POLL_SECONDS = 0.5
 KEY_OVERLAP_SECONDS = 7 * 86400
 
 
+@functools.lru_cache(maxsize=4096)
 def audience_tag(app_name: str) -> str:
     """The application's stable audience tag (``aud`` of its tokens, part of its cookie name)."""
     return hashlib.sha256(b"zerogate-app\x00" + app_name.encode()).hexdigest()[:32]

@@ -13,6 +13,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
+from zerogate.edge import headers as header_rules
 from zerogate.edge.asgi_types import Headers, Receive, Scope, Send
 
 MAX_FORM_BYTES = 64 * 1024
@@ -80,18 +81,7 @@ def clear_cookie(name: str, *, path: str = "/", secure: bool) -> tuple[bytes, by
 
 def wants_json(scope: Scope) -> bool:
     """An API or XHR client (SPEC: JSON accepted or ``X-Requested-With`` present)."""
-    accept = b""
-    xrw = False
-    for key, value in scope["headers"]:
-        if key == b"accept":
-            accept += value.lower()
-        elif key == b"x-requested-with":
-            xrw = True
-    if xrw:
-        return True
-    if b"text/html" in accept:
-        return False
-    return b"application/json" in accept
+    return header_rules.wants_json(scope["headers"])
 
 
 def is_navigation(scope: Scope) -> bool:
