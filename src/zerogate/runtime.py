@@ -1,8 +1,9 @@
 """The in-memory state a server process decides with, and the watcher that keeps it current.
 
 Nothing on the request path reads the database: the process holds the compiled snapshot, the
-signing keys, the revocation list and the service-token credentials in memory, and a background
-task polls the store's one-row ``state()`` (twice a second) and reloads only what changed. So a
+signing keys, the revocation list, the service-token and tunnel credentials in memory, and a
+background task polls the store's one-row ``state()`` (twice a second) and reloads only what
+changed. So a
 ``zerogate apply`` or a logout elsewhere takes effect here within about a second.
 """
 
@@ -15,6 +16,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import IPv4Network, IPv6Network
@@ -28,7 +30,8 @@ from zerogate.model.objects import OneTimePinProvider, Settings
 from zerogate.model.values import ip_network, parse_duration
 from zerogate.policy import Snapshot, compile_snapshot
 from zerogate.policy.engine import CompiledApp
-from zerogate.store import ServiceCredential, StateVersion, Store
+from zerogate.store import ServiceCredential, StateVersion, Store, TunnelCredential
+from zerogate.tunnel.token import secret_matches as tunnel_secret_matches
 
 log = logging.getLogger("zerogate.server")
 
@@ -63,6 +66,10 @@ class Runtime:
     version: StateVersion
     revoked: dict[str, float] = field(default_factory=dict)  # email -> not_before (epoch)
     credentials: dict[str, ServiceCredential] = field(default_factory=dict)  # by client id
+    tunnel_credentials: dict[str, TunnelCredential] = field(default_factory=dict)  # by tunnel id
+    #: called (no arguments) after the tunnel credentials were reloaded, so the tunnel
+    #: listener can close connections whose token was rotated or deleted
+    on_tunnel_credentials: list[Callable[[], None]] = field(default_factory=list)
     cache: VerifiedTokenCache = field(default_factory=VerifiedTokenCache)
     geoip: GeoIp | None = None
     trusted: list[IPv4Network | IPv6Network] = field(default_factory=list)
@@ -157,6 +164,7 @@ class Runtime:
         )
         await runtime._load_revocations(0)
         await runtime._load_credentials()
+        await runtime._load_tunnel_credentials()
         return runtime
 
     async def _load_revocations(self, since: int) -> None:
@@ -167,6 +175,22 @@ class Runtime:
 
     async def _load_credentials(self) -> None:
         self.credentials = {c.client_id: c for c in await self.store.service_credentials()}
+
+    async def _load_tunnel_credentials(self) -> None:
+        self.tunnel_credentials = {c.tunnel_id: c for c in await self.store.tunnel_credentials()}
+        for callback in self.on_tunnel_credentials:
+            callback()
+
+    def tunnel_for_token(self, tunnel_id: str, secret: str) -> str | None:
+        """The name of the tunnel whose id and secret these are, or None (constant time in
+        the secret; the same work whether or not the id is known)."""
+        cred = self.tunnel_credentials.get(tunnel_id)
+        if cred is None:
+            tunnel_secret_matches(secret, "0" * 64)
+            return None
+        if not tunnel_secret_matches(secret, cred.secret_hash):
+            return None
+        return cred.name
 
     async def refresh(self) -> bool:
         """Reload what changed since the last look; True when anything did."""
@@ -188,6 +212,8 @@ class Runtime:
             await self._load_revocations(old.revocation_seq)
         if new.service_tokens_generation != old.service_tokens_generation:
             await self._load_credentials()
+        if new.tunnels_generation != old.tunnels_generation:
+            await self._load_tunnel_credentials()
         self.version = new
         return True
 

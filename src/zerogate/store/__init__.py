@@ -5,19 +5,24 @@ service-token credentials, access log). SQLite by default, PostgreSQL by URL.
 Imports only ``zerogate.model`` of zerogate's own code."""
 
 from zerogate.store.diff import Change, Plan
-from zerogate.store.errors import StoreError
+from zerogate.store.errors import StaleWrite, StoreError
 from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion
 from zerogate.store.store import AdminLogEntry, Store
+from zerogate.store.tunnels import ApiToken, TunnelConnection, TunnelCredential
 from zerogate.store.urls import storage_url
 
 __all__ = [
     "AccessEvent",
     "AdminLogEntry",
+    "ApiToken",
     "Change",
     "Plan",
     "ServiceCredential",
+    "StaleWrite",
     "StateVersion",
     "Store",
     "StoreError",
+    "TunnelConnection",
+    "TunnelCredential",
     "storage_url",
 ]

@@ -6,3 +6,18 @@ from __future__ import annotations
 
 class StoreError(Exception):
     """The store cannot do what was asked; ``str(error)`` is a one-line message for the user."""
+
+
+class StaleWrite(StoreError):
+    """A write that named the version it was based on found the object at another version:
+    somebody else changed (or added, or removed) it in between. Nothing was written."""
+
+    def __init__(self, kind: str, name: str, expected: int | None, actual: int | None) -> None:
+        self.kind, self.name, self.expected, self.actual = kind, name, expected, actual
+        if actual is None:
+            now = "it no longer exists"
+        elif expected is None:
+            now = f"it was created meanwhile (version {actual})"
+        else:
+            now = f"it is now at version {actual}, not {expected}"
+        super().__init__(f"{kind} {name!r} was changed by someone else: {now}; reload and retry")

@@ -58,6 +58,7 @@ class StateVersion:
     #: the newest revocation id, 0 when there is none
     revocation_seq: int
     service_tokens_generation: int
+    tunnels_generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ async def state(connection: AsyncConnection) -> StateVersion:
             runtime_state.c.keys_generation,
             runtime_state.c.revocation_seq,
             runtime_state.c.service_tokens_generation,
+            runtime_state.c.tunnels_generation,
         )
         .select_from(config_state.join(runtime_state, runtime_state.c.id == config_state.c.id))
         .where(config_state.c.id == 1)
@@ -171,7 +173,7 @@ async def state(connection: AsyncConnection) -> StateVersion:
     row = (await connection.execute(query)).one_or_none()
     if row is None:
         raise StoreError("the store has no state rows; it was not created by zerogate")
-    return StateVersion(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+    return StateVersion(int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]))
 
 
 # -- secrets -------------------------------------------------------------------------------------
@@ -192,6 +194,21 @@ async def server_secret(connection: AsyncConnection, now: datetime) -> bytes:
         return bytes.fromhex(result.scalar_one())
     except ValueError:
         raise StoreError("the stored server secret is not hex; the store is damaged") from None
+
+
+async def named_secret(
+    connection: AsyncConnection, name: str, candidate: str, now: datetime
+) -> str:
+    """The stored value of ``name``, ``candidate`` if there was none."""
+    await connection.execute(
+        _insert(connection, server_secrets)
+        .values(name=name, value=candidate, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    result = await connection.execute(
+        select(server_secrets.c.value).where(server_secrets.c.name == name)
+    )
+    return str(result.scalar_one())
 
 
 async def keyset(connection: AsyncConnection) -> tuple[dict[str, Any] | None, int]:

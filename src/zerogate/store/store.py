@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,13 +30,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from zerogate.model.objects import Objects
-from zerogate.store import migrate, runtime
+from zerogate.store import migrate, runtime, tunnels
 from zerogate.store.diff import Change, Plan, Row, canonical, diff, objects_of, rows_of
 from zerogate.store.engine import create_engine, is_memory, sqlite_file, write_lock
-from zerogate.store.errors import StoreError
+from zerogate.store.errors import StaleWrite, StoreError
 from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion, key_text, utc
 from zerogate.store.tables import admin_log, config_state
 from zerogate.store.tables import objects as objects_table
+from zerogate.store.tunnels import ApiToken, TunnelConnection, TunnelCredential
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,16 @@ class Store:
                 rows = await _rows(connection)
         return _objects(rows), version
 
+    async def versions(self) -> tuple[int, dict[tuple[str, str], int]]:
+        """The configuration version and, per ``(kind, name)``, the version that last added
+        or changed that object (what a write names to be refused when it is stale)."""
+        t = objects_table
+        with self._errors("read the object versions"):
+            async with self._reading() as connection:
+                version = await _version(connection)
+                result = await connection.execute(select(t.c.kind, t.c.name, t.c.version))
+                return version, {(k, n): int(v) for k, n, v in result.all()}
+
     async def plan(self, objects: Objects) -> Plan:
         """What ``apply(objects)`` would do now; writes nothing."""
         wanted = _wanted(objects)
@@ -231,16 +242,33 @@ class Store:
 
     # -- writing ------------------------------------------------------------------------
 
-    async def apply(self, objects: Objects, *, actor: str, source: str | None = None) -> Plan:
+    async def apply(
+        self,
+        objects: Objects,
+        *,
+        actor: str,
+        source: str | None = None,
+        expect: Mapping[tuple[str, str], int | None] | None = None,
+        expect_version: int | None = None,
+    ) -> Plan:
         """Make the stored objects equal to ``objects`` in one transaction (all or nothing):
         write the changes, bump the version by one and log each change. An empty plan writes
-        nothing. Concurrent applies (from any process) run one after the other."""
+        nothing. Concurrent applies (from any process) run one after the other.
+
+        Compare-and-set: ``expect`` maps ``(kind, name)`` to the object version the caller
+        based its change on (``None``: the object must not exist); ``expect_version`` is the
+        whole configuration's version the caller loaded. Either one not matching raises
+        ``StaleWrite`` and writes nothing."""
         wanted = _wanted(objects)
         with self._errors("apply the configuration"):
             async with self._connect() as connection:
                 await write_lock(connection)
                 async with connection.begin() as transaction:
                     version = await _lock_state(connection)
+                    if expect_version is not None and expect_version != version:
+                        raise StaleWrite("configuration", "version", expect_version, version)
+                    if expect:
+                        await _check_expected(connection, expect)
                     stored = await _rows(connection)
                     changes = diff(stored, wanted)
                     if not changes:
@@ -255,6 +283,90 @@ class Store:
                     await _bump_version(connection, new_version, now)
                     await _drop_removed_credentials(connection, changes)
         return Plan(changes, version, new_version)
+
+    async def named_secret(self, name: str, candidate: str) -> str:
+        """The stored value of secret ``name``; the first caller's ``candidate`` becomes it
+        (so every process of a cluster ends up with the same generated value)."""
+        with self._errors(f"read the secret {name!r}"):
+            async with self._writing() as connection:
+                return await runtime.named_secret(connection, name, candidate, _now())
+
+    # -- tunnels -------------------------------------------------------------------------
+
+    async def put_tunnel_credential(self, cred: TunnelCredential) -> None:
+        """Store (or replace) the credential of tunnel ``cred.name``; bumps
+        ``tunnels_generation`` so edges drop connections of the replaced secret."""
+        cred = TunnelCredential(
+            name=cred.name,
+            tunnel_id=cred.tunnel_id,
+            secret_hash=cred.secret_hash,
+            created_at=utc(cred.created_at, "created_at"),
+            rotated_at=utc(cred.rotated_at, "rotated_at"),
+        )
+        with self._errors(f"store the credential of tunnel {cred.name!r}"):
+            async with self._writing() as connection:
+                await tunnels.put_tunnel_credential(connection, cred)
+
+    async def delete_tunnel_credential(self, name: str) -> bool:
+        with self._errors(f"delete the credential of tunnel {name!r}"):
+            async with self._writing() as connection:
+                return await tunnels.delete_tunnel_credentials(connection, [name]) > 0
+
+    async def tunnel_credentials(self) -> list[TunnelCredential]:
+        with self._errors("read the tunnel credentials"):
+            async with self._single() as connection:
+                return await tunnels.all_tunnel_credentials(connection)
+
+    async def report_tunnel_connections(
+        self, edge_id: str, rows: Sequence[TunnelConnection]
+    ) -> None:
+        """Replace what edge process ``edge_id`` reported before with ``rows``."""
+        with self._errors("record the tunnel connections"):
+            async with self._writing() as connection:
+                await tunnels.report_connections(connection, edge_id, rows)
+
+    async def tunnel_connections(
+        self, *, seen_after: datetime, tunnel: str | None = None
+    ) -> list[TunnelConnection]:
+        """The connections reported at or after ``seen_after`` (older rows are stale)."""
+        with self._errors("read the tunnel connections"):
+            async with self._single() as connection:
+                return await tunnels.read_connections(
+                    connection, seen_after=seen_after, tunnel=tunnel
+                )
+
+    async def forget_tunnel_connections(self, *, seen_before: datetime) -> int:
+        with self._errors("prune the tunnel connections"):
+            async with self._writing() as connection:
+                return await tunnels.forget_connections(connection, seen_before=seen_before)
+
+    # -- admin API tokens ----------------------------------------------------------------
+
+    async def add_api_token(self, token: ApiToken) -> bool:
+        """Store a new API token; ``False`` when one of that name exists."""
+        with self._errors(f"store the API token {token.name!r}"):
+            async with self._writing() as connection:
+                return await tunnels.insert_api_token(connection, token)
+
+    async def api_tokens(self) -> list[ApiToken]:
+        with self._errors("read the API tokens"):
+            async with self._single() as connection:
+                return await tunnels.all_api_tokens(connection)
+
+    async def api_token(self, token_id: str) -> ApiToken | None:
+        with self._errors("read an API token"):
+            async with self._single() as connection:
+                return await tunnels.api_token_by_id(connection, token_id)
+
+    async def revoke_api_token(self, name: str) -> bool:
+        with self._errors(f"revoke the API token {name!r}"):
+            async with self._writing() as connection:
+                return await tunnels.delete_api_token(connection, name)
+
+    async def touch_api_token(self, name: str) -> None:
+        with self._errors("record an API token's use"):
+            async with self._writing() as connection:
+                await tunnels.touch_api_token(connection, name, _now())
 
     # -- runtime state: polled counters and secrets -------------------------------------
 
@@ -574,6 +686,22 @@ async def _bump_version(connection: AsyncConnection, version: int, now: datetime
 
 
 async def _drop_removed_credentials(connection: AsyncConnection, changes: Sequence[Change]) -> None:
-    """A removed service token's credential goes in the same transaction as the object."""
+    """A removed service token's or tunnel's credential goes in the same transaction as the
+    object (so a deleted tunnel's connectors are disconnected, and a new tunnel of the same
+    name needs a new token)."""
     removed = [c.name for c in changes if c.kind == "service_token" and c.action == "remove"]
     await runtime.delete_service_credentials(connection, removed)
+    gone = [c.name for c in changes if c.kind == "tunnel" and c.action == "remove"]
+    await tunnels.delete_tunnel_credentials(connection, gone)
+
+
+async def _check_expected(
+    connection: AsyncConnection, expect: Mapping[tuple[str, str], int | None]
+) -> None:
+    t = objects_table
+    result = await connection.execute(select(t.c.kind, t.c.name, t.c.version))
+    current = {(k, n): int(v) for k, n, v in result.all()}
+    for (kind, name), expected in expect.items():
+        actual = current.get((kind, name))
+        if actual != expected:
+            raise StaleWrite(kind, name, expected, actual)

@@ -18,6 +18,15 @@ Runtime state (migration 0002), written at login and logout, never on a request'
 - ``revocations``: "log out everywhere": sessions of ``email`` issued before ``not_before``.
 - ``service_credentials``: the hashed secret of each service token, by token name.
 - ``access_log``: one row per login step and per allowed or blocked request.
+
+Tunnels and the admin API (migration 0003):
+
+- ``runtime_state.tunnels_generation``: bumped whenever a tunnel credential changes, so edges
+  reload the credentials and close the connections of a rotated or deleted token.
+- ``tunnel_credentials``: per tunnel (by name) its random id and the hash of its secret.
+- ``tunnel_connections``: what each edge process reports of the connector connections it
+  holds (replaced by that edge every few seconds; stale rows are ignored by readers).
+- ``api_tokens``: Bearer tokens of the admin API: hashed secret, scope, expiry, last use.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -126,6 +136,7 @@ runtime_state = Table(
     # the newest revocation id; the next revocation takes revocation_seq + 1
     Column("revocation_seq", BigInteger, nullable=False, server_default=text("0")),
     Column("service_tokens_generation", BigInteger, nullable=False, server_default=text("0")),
+    Column("tunnels_generation", BigInteger, nullable=False, server_default=text("0")),
     CheckConstraint("id = 1", name="single_row"),
 )
 
@@ -199,4 +210,44 @@ access_log = Table(
     Index("ix_access_log_at", "at"),
     Index("ix_access_log_app_at", "app", "at"),
     Index("ix_access_log_email_at", "email", "at"),
+)
+
+tunnel_credentials = Table(
+    "tunnel_credentials",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("tunnel_id", String(64), nullable=False),
+    Column("secret_hash", String(128), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("rotated_at", UTCDateTime, nullable=False),
+    Index("ix_tunnel_credentials_tunnel_id", "tunnel_id", unique=True),
+)
+
+tunnel_connections = Table(
+    "tunnel_connections",
+    metadata,
+    Column("edge_id", String(64), primary_key=True),
+    Column("connection_id", String(64), primary_key=True),
+    Column("tunnel", String(200), nullable=False),
+    Column("connector_id", String(128), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("address", String(128), nullable=False),
+    Column("connection_index", Integer, nullable=False),
+    Column("since", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+    Index("ix_tunnel_connections_tunnel", "tunnel"),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("token_id", String(64), nullable=False),
+    Column("secret_hash", String(128), nullable=False),
+    Column("read_only", Boolean, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Index("ix_api_tokens_token_id", "token_id", unique=True),
 )
