@@ -1,0 +1,35 @@
+"""Who is calling the admin API or panel, as the admin front door established it.
+
+The front door (``zerogate.admin.app``) authenticates every request (a Bearer API token, or the
+portal session of someone on the ``admins`` list) and puts a ``Principal`` into the ASGI scope
+under ``SCOPE_KEY`` before the API or the panel sees the request; they never authenticate
+themselves and refuse to run without one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+SCOPE_KEY = "zerogate.admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    #: an email for a browser session, ``api-token:NAME`` for an API token
+    who: str
+    #: the client address (after the trusted-proxy rules), as the admin log records it
+    source: str | None
+    read_only: bool
+    via: Literal["session", "token"]
+    #: stable for one login session (binds the panel's CSRF tokens to it)
+    session_id: str
+
+
+def principal_of(scope: dict[str, Any]) -> Principal:
+    """The scope's principal; ``RuntimeError`` if the front door did not set one (a wiring
+    bug: failing loudly beats serving an admin page unauthenticated)."""
+    principal = scope.get(SCOPE_KEY)
+    if not isinstance(principal, Principal):
+        raise RuntimeError("admin request without an authenticated principal")
+    return principal
