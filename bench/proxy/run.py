@@ -493,13 +493,14 @@ def run_wrk(
     duration: float,
     connections: int,
     threads: int,
+    path: str = "/",
 ) -> WrkResult:
     argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     if host:
         argv += ["-H", f"Host: {host}"]
     if cookie:
         argv += ["-H", f"Cookie: {cookie}"]
-    argv.append(f"http://127.0.0.1:{port}/")
+    argv.append(f"http://127.0.0.1:{port}{path}")
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
