@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookies import Morsel, SimpleCookie
 from pathlib import Path
@@ -601,3 +601,397 @@ async def apply_here(zg: Zerogate, body: str) -> None:
     objects = load_file(zg.config).config.objects()
     async with open_store(zg) as store:
         await store.apply(objects, actor="test", source="test")
+
+
+# ---------------------------------------------------------------------------- tunnel test connector
+# (used by test_tunnel_edge.py and test_cli_tunnels.py: ``ConnectorSide`` over asyncio TLS, so the
+# edge's tunnel side is tested with a connector whose every move the test controls)
+
+
+class TunnelRefused(Exception):
+    """The edge refused the test connector's registration."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class TunnelRequest:
+    """One stream the edge opened on a test connection; the handler answers it."""
+
+    conn: TestTunnelConnection
+    stream_id: int
+    method: str
+    authority: str
+    path: str
+    headers: list[tuple[bytes, bytes]]
+    protocol: str | None
+    queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    window: asyncio.Event = field(default_factory=asyncio.Event)
+    reset: bool = False
+
+    def header(self, name: str) -> str | None:
+        key = name.lower().encode()
+        return next((v.decode("latin-1") for k, v in self.headers if k == key), None)
+
+    async def read(self) -> bytes | None:
+        """The next body chunk (acknowledged: the edge may send more), None at the end."""
+        item = await self.queue.get()
+        if item:
+            self.conn.core.ack(self.stream_id, len(item))
+            self.conn.flush()
+        return item
+
+    async def body(self) -> bytes:
+        chunks = []
+        while (chunk := await self.read()) is not None:
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def respond(
+        self, status: int, headers: Sequence[tuple[bytes, bytes]] = (), end: bool = False
+    ) -> None:
+        self.conn.core.send_response(self.stream_id, status, list(headers), end_stream=end)
+        self.conn.flush()
+
+    async def write(self, data: bytes, end: bool = False) -> None:
+        view = memoryview(data)
+        while True:
+            if self.reset:
+                raise ConnectionResetError("stream reset")
+            self.window.clear()
+            room = self.conn.core.send_capacity(self.stream_id)
+            if room == 0 and view:
+                await self.window.wait()
+                continue
+            piece, view = view[:room], view[room:]
+            self.conn.core.send_body(self.stream_id, piece, end_stream=end and not view)
+            self.conn.flush()
+            await self.conn.writer.drain()
+            if not view:
+                return
+
+
+class TestTunnelConnection:
+    """One registered connection of :class:`TunnelTestConnector`."""
+
+    def __init__(
+        self,
+        connector: TunnelTestConnector,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        index: int,
+    ) -> None:
+        from zerogate.tunnel.protocol import ConnectorSide, Registration
+
+        self.connector = connector
+        self.reader = reader
+        self.writer = writer
+        self.index = index
+        self.core = ConnectorSide(
+            Registration(
+                token=connector.token,
+                connector_id=connector.connector_id,
+                version="test-0.1",
+                connection_index=index,
+                features=frozenset({"websocket"}),
+            )
+        )
+        self.requests: dict[int, TunnelRequest] = {}
+        self.served = 0
+        self.paused = False
+        self.closed = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.goaway_seen = False
+        self._task: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    def flush(self) -> None:
+        data = self.core.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+        if self.core.closed and not self.writer.is_closing():
+            self.writer.close()
+
+    async def register(self) -> None:
+        from zerogate.tunnel.protocol import (
+            ConnectionTerminated,
+            RegistrationAccepted,
+            RegistrationRefused,
+        )
+
+        self.flush()
+        while True:
+            data = await asyncio.wait_for(self.reader.read(65536), 10)
+            if not data:
+                raise TunnelRefused("closed", "the edge closed the connection")
+            events = self.core.receive_data(data)
+            for index, event in enumerate(events):
+                if isinstance(event, RegistrationRefused):
+                    raise TunnelRefused(event.reason.value, event.message)
+                if isinstance(event, ConnectionTerminated):
+                    raise TunnelRefused("terminated", event.reason)
+                if isinstance(event, RegistrationAccepted):
+                    self._dispatch(events[index + 1 :])
+                    self.flush()
+                    self._task = asyncio.get_running_loop().create_task(self._run())
+                    await asyncio.wait_for(self.ready.wait(), 10)
+                    return
+            self.flush()
+
+    async def _run(self) -> None:
+        try:
+            while not self.core.closed:
+                if self.paused:
+                    await asyncio.sleep(0.05)
+                    continue
+                data = await self.reader.read(262144)
+                events = self.core.receive_data(data) if data else self.core.connection_lost()
+                self._dispatch(events)
+                self.flush()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            for req in self.requests.values():
+                req.reset = True
+                req.queue.put_nowait(None)
+                req.window.set()
+            self.closed.set()
+            if not self.writer.is_closing():
+                self.writer.close()
+
+    def _dispatch(self, events: list[Any]) -> None:
+        from zerogate.tunnel import protocol as p
+
+        for event in events:
+            if isinstance(event, p.ConnectionReady):
+                self.ready.set()
+            elif isinstance(event, p.RequestReceived):
+                req = TunnelRequest(
+                    self,
+                    event.stream_id,
+                    event.method,
+                    event.authority,
+                    event.path,
+                    event.headers,
+                    event.protocol,
+                )
+                self.requests[event.stream_id] = req
+                self.served += 1
+                self.connector.seen.append(req)
+                task = asyncio.get_running_loop().create_task(self._serve(req))
+                self._handlers.add(task)
+                task.add_done_callback(self._handlers.discard)
+            elif isinstance(event, p.BodyChunk):
+                req_ = self.requests.get(event.stream_id)
+                if req_ is not None:
+                    req_.queue.put_nowait(event.data)
+            elif isinstance(event, p.StreamEnded):
+                req_ = self.requests.get(event.stream_id)
+                if req_ is not None:
+                    req_.queue.put_nowait(None)
+            elif isinstance(event, p.StreamReset):
+                req_ = self.requests.pop(event.stream_id, None)
+                if req_ is not None:
+                    req_.reset = True
+                    req_.queue.put_nowait(None)
+                    req_.window.set()
+            elif isinstance(event, p.WindowOpened):
+                req_ = self.requests.get(event.stream_id)
+                if req_ is not None:
+                    req_.window.set()
+            elif isinstance(event, p.GoAwayReceived):
+                self.goaway_seen = True
+
+    async def _serve(self, req: TunnelRequest) -> None:
+        try:
+            await self.connector.handler(req)
+        except (ConnectionResetError, OSError):
+            pass
+        finally:
+            self.requests.pop(req.stream_id, None)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self.requests)
+
+    def go_away(self) -> None:
+        self.core.go_away("test connector drains")
+        self.flush()
+
+    def abort(self) -> None:
+        """Cut the TCP connection without a word (a crash, a dead path)."""
+        transport = self.writer.transport
+        transport.abort()
+
+    async def close(self) -> None:
+        self.abort()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._handlers):
+            task.cancel()
+
+
+class TunnelTestConnector:
+    """A connector for tests: dials the edge with a token, checks the certificate against the
+    token's fingerprint, and serves every stream with ``handler`` (default: :func:`echo_app`)."""
+
+    def __init__(
+        self,
+        token: str,
+        address: tuple[str, int] | None = None,
+        *,
+        connector_id: str = "test-connector",
+        handler: Any = None,
+    ) -> None:
+        from zerogate.tunnel.token import TokenError, TunnelToken, decode
+
+        self.token = token
+        try:
+            self.decoded: TunnelToken | None = decode(token)
+        except TokenError:
+            self.decoded = None  # a test of what the edge does with garbage
+        if address is None:
+            assert self.decoded is not None
+            host, _, port = self.decoded.edges[0].rpartition(":")
+            address = (host.strip("[]"), int(port))
+        self.address = address
+        self.connector_id = connector_id
+        self.handler = handler or echo_app
+        self.connections: list[TestTunnelConnection] = []
+        self.seen: list[TunnelRequest] = []
+
+    async def dial(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        import hashlib
+        import ssl
+
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # pinned below, as the real connector does
+        reader, writer = await asyncio.open_connection(*self.address, ssl=context)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        if self.decoded is not None and self.decoded.fingerprint is not None:
+            assert hashlib.sha256(der).hexdigest() == self.decoded.fingerprint, "wrong certificate"
+        return reader, writer
+
+    async def connect(self, count: int = 1) -> list[TestTunnelConnection]:
+        made = []
+        for _ in range(count):
+            reader, writer = await self.dial()
+            conn = TestTunnelConnection(self, reader, writer, len(self.connections))
+            try:
+                await conn.register()
+            except BaseException:
+                writer.close()
+                raise
+            self.connections.append(conn)
+            made.append(conn)
+        return made
+
+    async def close(self) -> None:
+        for conn in self.connections:
+            await conn.close()
+
+
+async def echo_app(req: TunnelRequest) -> None:
+    """The test connector's default origin.
+
+    ``/upload``: reads the body, answers its size and SHA-256; ``/download?size=N``: N bytes;
+    ``/sse``: three events, each only after ``req.conn.connector.sse_go`` (a list of events)
+    allows it; ``/slow?ms=N``: answers after N ms; ``/ws``: a WebSocket echo ("echo:" + each
+    message); anything else: JSON of what arrived (method, authority, path, headers, body size).
+    """
+    import hashlib
+    from urllib.parse import parse_qs
+
+    path, _, query = req.path.partition("?")
+    args = {k: v[0] for k, v in parse_qs(query).items()}
+    if req.protocol == "websocket":
+        await ws_echo(req)
+        return
+    if path == "/upload":
+        digest = hashlib.sha256()
+        size = 0
+        while (chunk := await req.read()) is not None:
+            digest.update(chunk)
+            size += len(chunk)
+        body = json.dumps({"size": size, "sha256": digest.hexdigest()}).encode()
+        req.respond(200, [(b"content-type", b"application/json")])
+        await req.write(body, end=True)
+        return
+    if path == "/download":
+        size = int(args.get("size", "0"))
+        req.respond(200, [(b"content-type", b"application/octet-stream")])
+        block = b"z" * 65536
+        while size > 0:
+            piece = block[: min(size, len(block))]
+            size -= len(piece)
+            await req.write(piece, end=size == 0)
+        if int(args.get("size", "0")) == 0:
+            await req.write(b"", end=True)
+        return
+    if path == "/sse":
+        req.respond(200, [(b"content-type", b"text/event-stream")])
+        gates: list[asyncio.Event] = getattr(req.conn.connector, "sse_go", [])
+        for n in range(3):
+            if n < len(gates):
+                await gates[n].wait()
+            await req.write(f"data: event {n}\n\n".encode())
+        await req.write(b"", end=True)
+        return
+    body_size = len(await req.body())
+    if path == "/slow":
+        await asyncio.sleep(int(args.get("ms", "100")) / 1000)
+    record = {
+        "method": req.method,
+        "authority": req.authority,
+        "path": req.path,
+        "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in req.headers],
+        "body_size": body_size,
+        "connection": req.conn.index,
+        "connector": req.conn.connector.connector_id,
+    }
+    req.respond(200, [(b"content-type", b"application/json")])
+    await req.write(json.dumps(record).encode(), end=True)
+
+
+async def ws_echo(req: TunnelRequest) -> None:
+    """The origin end of a WebSocket through the tunnel: raw RFC 6455 frames parsed with a
+    server-role wsproto connection (as an origin behind the real connector would)."""
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+
+    if req.path.startswith("/ws-refuse"):
+        req.respond(403, [(b"content-type", b"text/plain")])
+        await req.write(b"no", end=True)
+        return
+    protocol = req.header("sec-websocket-protocol")
+    headers = (
+        [(b"sec-websocket-protocol", protocol.split(",")[0].strip().encode())] if protocol else []
+    )
+    req.respond(200, headers)
+    ws = Connection(ConnectionType.SERVER)
+    await req.write(ws.send(TextMessage(data="hello " + req.path)))
+    text, data = "", b""  # messages arrive in pieces as the frames do
+    while (chunk := await req.read()) is not None:
+        ws.receive_data(chunk)
+        for event in ws.events():
+            if isinstance(event, TextMessage):
+                text += event.data
+                if event.message_finished:
+                    await req.write(ws.send(TextMessage(data="echo:" + text)))
+                    text = ""
+            elif isinstance(event, BytesMessage):
+                data += bytes(event.data)
+                if event.message_finished:
+                    await req.write(ws.send(BytesMessage(data=b"echo:" + data)))
+                    data = b""
+            elif isinstance(event, Ping):
+                await req.write(ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                await req.write(ws.send(event.response()), end=True)
+                return

@@ -1,8 +1,9 @@
 """What a server process holds while it runs, passed to the edge and portal handlers.
 
 One ``Services`` per process (per granian worker): the in-memory runtime (snapshot, keys,
-revocations), the pooled upstream client, the mailer, the access-log writer, the PIN send
-limiter and the page templates. Built and torn down by ``zerogate.server`` on ASGI lifespan.
+revocations), the pooled upstream client, the tunnel listener (once it runs), the mailer, the
+access-log writer, the PIN send limiter and the page templates. Built and torn down by
+``zerogate.server`` on ASGI lifespan.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from zerogate.metrics import Metrics
 from zerogate.outbox import Outbox
 from zerogate.runtime import Runtime
 from zerogate.store import AccessEvent
+from zerogate.tunnel.edge import TunnelListener
 
 
 def templates() -> Environment:
@@ -45,6 +47,11 @@ class Services:
     pins: PinSendLimiter = field(default_factory=PinSendLimiter)
     metrics: Metrics = field(default_factory=Metrics)
     pages: Environment = field(default_factory=templates)
+    #: the tunnel endpoint of this process, once it listens (see ``zerogate.server.app``);
+    #: ``status()`` lists its connector connections
+    tunnels: TunnelListener | None = None
+    #: why this process serves no tunnel (shown on the 502 page), when it never will
+    tunnels_disabled: str | None = None
 
     mail_failed_at: float | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)

@@ -23,12 +23,14 @@ from zerogate.edge import http
 from zerogate.edge.asgi_types import Headers, Receive, Scope, Send
 from zerogate.edge.flow import FLOW_SECONDS, Flow, new_state, sign_flow, state_hash
 from zerogate.edge.headers import ResolvedClient, resolve_client, upstream_request_headers
+from zerogate.edge.proxy import request_target
 from zerogate.identity import Claims, TokenError, issue_app_token
 from zerogate.model.paths import PathError, normalise_path
 from zerogate.policy import Context, Identity
 from zerogate.policy.engine import CompiledApp, Snapshot
 from zerogate.runtime import Runtime, audience_tag
 from zerogate.services import Services
+from zerogate.tunnel.edge import TunnelRequestRefused, TunnelRoutes, TunnelUnavailable
 
 log = logging.getLogger("zerogate.edge")
 
@@ -309,9 +311,6 @@ async def forward(
     inject: Headers,
 ) -> None:
     origin = app.model.origin
-    if origin is None:  # tunnel-backed applications arrive with the tunnel issue
-        await unavailable(scope, send, svc, app, "this application's tunnel has no connector")
-        return
     websocket = scope["type"] == "websocket"
     headers = upstream_request_headers(
         scope["headers"],
@@ -326,6 +325,9 @@ async def forward(
         scope["headers"]
     )
     path_qs = req.raw_path + (f"?{req.query}" if req.query else "")
+    if origin is None:
+        await forward_tunnel(scope, receive, send, svc, req, app, headers, path_qs)
+        return
     if websocket:
         await svc.upstream.forward_websocket(
             scope, receive, send, origin=origin, path_qs=path_qs, headers=headers
@@ -334,6 +336,77 @@ async def forward(
         await svc.upstream.forward_http(
             scope, receive, send, origin=origin, path_qs=path_qs, headers=headers
         )
+
+
+_routes: tuple[Snapshot, TunnelRoutes] | None = None
+
+
+def tunnel_of(snapshot: Snapshot, app: CompiledApp) -> str | None:
+    """The tunnel an application's requests go through (``TunnelRoutes``), or None."""
+    global _routes
+    cached = _routes
+    if cached is None or cached[0] is not snapshot:
+        cached = _routes = (snapshot, TunnelRoutes(snapshot.objects))
+    return cached[1].tunnel_for(app.model)
+
+
+async def forward_tunnel(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    svc: Services,
+    req: Request,
+    app: CompiledApp,
+    headers: Headers,
+    path_qs: str,
+) -> None:
+    """An allowed request for a tunnel-backed application: one stream on one of the tunnel's
+    connector connections. Only a tunnel that routes this application's host is used."""
+    name = tunnel_of(svc.runtime.snapshot, app)
+    listener = svc.tunnels
+    if name is None:
+        await unavailable(scope, send, svc, app, "this application is not routed to a tunnel")
+        return
+    if listener is None:
+        why = svc.tunnels_disabled or "this application's tunnel has no connected connector"
+        await unavailable(scope, send, svc, app, why)
+        return
+    target = request_target(path_qs)
+    if target is None:
+        await bad_request(send, svc, scope, "the request target cannot be forwarded")
+        return
+    try:
+        if scope["type"] == "websocket":
+            await listener.forward_websocket(
+                name,
+                scope,
+                receive,
+                send,
+                authority=req.host_header,
+                path=target,
+                scheme=req.scheme,
+                headers=headers,
+            )
+        else:
+            await listener.forward_http(
+                name,
+                scope,
+                receive,
+                send,
+                authority=req.host_header,
+                path=target,
+                scheme=req.scheme,
+                headers=headers,
+            )
+    except TunnelUnavailable as exc:
+        await unavailable(scope, send, svc, app, str(exc))
+    except TunnelRequestRefused as exc:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+        elif exc.status == 431:
+            await http.respond_json(send, 431, {"error": "request headers too large"})
+        else:
+            await bad_request(send, svc, scope, str(exc))
 
 
 def strip_zerogate_cookies(headers: Headers) -> Headers:

@@ -450,11 +450,16 @@ class OidcProvider(_Strict):
 IdentityProvider = Annotated[OneTimePinProvider | OidcProvider, Field(discriminator="type")]
 
 
+def _check_route(host: str) -> str:
+    """A tunnel route: a hostname, or ``*.example.com`` for a wildcard application's domain."""
+    return values.check_hostname(host, allow_wildcard=True)
+
+
 class Tunnel(_Strict):
     name: Name
-    routes: list[Annotated[str, AfterValidator(values.check_hostname)]] = Field(
-        default_factory=list
-    )
+    #: the hostnames whose applications this tunnel may serve (exactly an application's host,
+    #: ``*.example.com`` included); its connectors never get a request for any other
+    routes: list[Annotated[str, AfterValidator(_check_route)]] = Field(default_factory=list)
 
 
 class ServiceToken(_Strict):

@@ -198,6 +198,13 @@ def check_objects(objects: Objects) -> list[Issue]:
                 (*aloc, "tunnel"),
                 f"{app.host!r} is routed to tunnel {route!r}, not {app.tunnel!r}",
             )
+        if route is None and app.tunnel is not None and app.tunnel in tunnels:
+            # a tunnel serves only the hostnames routed to it (its connectors never see others)
+            check.error(
+                (*aloc, "tunnel"),
+                f"{app.host!r} is not among the routes of tunnel {app.tunnel!r}: add it to the "
+                f"tunnel's routes (`zerogate tunnel route {app.tunnel} {app.host}`)",
+            )
         if route is not None and app.origin is not None:
             check.error(
                 (*aloc, "origin"),

@@ -4,16 +4,26 @@ granian imports ``create_app`` in every worker (``--workers N``); the configurat
 comes in ``ZEROGATE_CONFIG`` (set by ``zerogate server``). On startup each worker opens the
 store, loads the runtime state, starts the watcher, the upstream pool, the mailer and the
 access-log writer; on shutdown it flushes the access log and closes everything.
+
+The tunnel endpoint (:class:`TunnelEndpoint`) starts once a tunnel has a credential, and only
+in a server of one worker (``ZEROGATE_WORKERS``, set by ``zerogate server``): a connector's
+connections land on one process, and a request on another worker could not reach them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import secrets
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from zerogate.accesslog import AccessLogWriter
+from zerogate.admin.app import AdminFrontDoor
+from zerogate.admin.app import handles as admin_paths
 from zerogate.edge import http, pipeline
 from zerogate.edge.asgi_types import Receive, Scope, Send
 from zerogate.edge.proxy import Upstream
@@ -24,9 +34,26 @@ from zerogate.outbox import Outbox
 from zerogate.portal import handlers as portal
 from zerogate.runtime import Runtime
 from zerogate.services import Services
-from zerogate.store import Store, storage_url
+from zerogate.store import Store, TunnelConnection, storage_url
+from zerogate.tunnel import certs
+from zerogate.tunnel.edge import (
+    TunnelListener,
+    cert_hosts,
+    listen_address,
+    server_ssl_context,
+)
 
 log = logging.getLogger("zerogate.server")
+
+#: how often a process reports its connector connections to the store (``tunnel list`` shows
+#: rows seen within three times this)
+REPORT_SECONDS = 5.0
+#: reports older than this are deleted (by whichever process prunes first)
+FORGET_AFTER = timedelta(hours=1)
+SINGLE_WORKER = (
+    "this server runs several worker processes; tunnels are served only by "
+    "`zerogate server --workers 1`"
+)
 
 
 def load_settings(config: str | None) -> tuple[Settings, Path]:
@@ -36,6 +63,120 @@ def load_settings(config: str | None) -> tuple[Settings, Path]:
     return load_file(path).config.settings(), path.resolve().parent
 
 
+class TunnelEndpoint:
+    """The tunnel listener of one process and its chores: started once any tunnel has a
+    credential, told about credential reloads (rotated or deleted tokens lose their
+    connections), reporting its connections to the store every few seconds and at once after
+    a change (``edge_id`` is random per process), removing them at shutdown."""
+
+    def __init__(self, svc: Services, base_dir: Path) -> None:
+        self.svc = svc
+        self.base_dir = base_dir
+        self.edge_id = secrets.token_hex(8)
+        self.listener: TunnelListener | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        self._dirty = asyncio.Event()
+
+    def wanted(self) -> bool:
+        return bool(self.svc.runtime.tunnel_credentials) and self.svc.tunnels_disabled is None
+
+    def on_credentials(self) -> None:
+        """``Runtime.on_tunnel_credentials``: revalidate connections, or start listening."""
+        if self.listener is not None:
+            self.listener.revalidate()
+        elif self.wanted() and self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self.start())
+
+    async def _context(self) -> Any:
+        settings = self.svc.runtime.settings
+        tls = settings.listen.tls
+        if tls is not None:
+
+            def resolve(name: str) -> Path:
+                path = Path(name)
+                return path if path.is_absolute() else self.base_dir / path
+
+            return server_ssl_context(cert_file=resolve(tls.cert), key_file=resolve(tls.key))
+        candidate = certs.generate(cert_hosts(settings)).to_json()
+        stored = certs.GeneratedCert.from_json(
+            await self.svc.runtime.store.named_secret(certs.SECRET_NAME, candidate)
+        )
+        return server_ssl_context(cert_pem=stored.cert_pem, key_pem=stored.key_pem)
+
+    async def start(self) -> None:
+        settings = self.svc.runtime.settings
+        host, port = listen_address(settings)
+        listener = TunnelListener(self.svc.runtime, on_change=self._dirty.set)
+        try:
+            await listener.start(host, port, await self._context())
+        except (OSError, ValueError) as exc:
+            log.error("the tunnel endpoint cannot listen on %s: %s", settings.listen.tunnel, exc)
+            self._starting = None  # the next credential change tries again
+            return
+        self.listener = listener
+        self.svc.tunnels = listener
+        listener.revalidate()  # credentials may have changed while starting
+        self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
+
+    async def _report_loop(self) -> None:
+        store = self.svc.runtime.store
+        pruned = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), REPORT_SECONDS)
+            await asyncio.sleep(0.2)  # one report for a burst of changes
+            self._dirty.clear()
+            try:
+                await store.report_tunnel_connections(self.edge_id, self.rows())
+                if loop.time() - pruned > 60:
+                    pruned = loop.time()
+                    await store.forget_tunnel_connections(
+                        seen_before=datetime.now(UTC) - FORGET_AFTER
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not report the tunnel connections to the store")
+
+    def rows(self) -> list[TunnelConnection]:
+        listener = self.listener
+        if listener is None:
+            return []
+        now = datetime.now(UTC)
+        return [
+            TunnelConnection(
+                edge_id=self.edge_id,
+                connection_id=c.connection_id,
+                tunnel=c.tunnel,
+                connector_id=c.connector_id,
+                version=c.version,
+                address=c.address,
+                connection_index=c.connection_index,
+                since=c.since,
+                seen_at=now,
+            )
+            for c in listener.connections()
+        ]
+
+    async def stop(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
+        if self._reporter is not None:
+            self._reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporter
+        if self.listener is not None:
+            await self.listener.stop()
+            try:
+                await self.svc.runtime.store.report_tunnel_connections(self.edge_id, [])
+            except Exception:
+                log.exception("could not remove this process's tunnel connections from the store")
+
+
 class ZerogateApp:
     """Edge + portal for one process."""
 
@@ -43,7 +184,10 @@ class ZerogateApp:
         self.config = config
         self.demo = demo
         self.svc: Services | None = None
+        self.tunnels: TunnelEndpoint | None = None
         self._store: Store | None = None
+        #: the admin API and panel (``/api/v1``, ``/admin`` on the portal host)
+        self.admin: AdminFrontDoor | None = None
 
     async def startup(self) -> None:
         settings, base_dir = load_settings(self.config)
@@ -74,9 +218,18 @@ class ZerogateApp:
             show_outbox=self.demo,
         )
         self.svc.metrics.watch_access_log(writer)
+        self.admin = AdminFrontDoor(self.svc)
+        if int(os.environ.get("ZEROGATE_WORKERS", "1")) > 1:
+            self.svc.tunnels_disabled = SINGLE_WORKER
+        self.tunnels = TunnelEndpoint(self.svc, base_dir)
+        runtime.on_tunnel_credentials.append(self.tunnels.on_credentials)
+        if self.tunnels.wanted():
+            await self.tunnels.start()
 
     async def shutdown(self) -> None:
         svc = self.svc
+        if self.tunnels is not None:
+            await self.tunnels.stop()
         if svc is not None:
             await svc.drain()
             await svc.runtime.stop()
@@ -105,6 +258,9 @@ class ZerogateApp:
                 await pipeline.bad_request(send, svc, scope, str(exc))
             return
         if req.host == svc.runtime.portal_host:
+            if self.admin is not None and admin_paths(req.raw_path):
+                await self.admin(scope, receive, send)
+                return
             await portal.handle(scope, receive, send, svc, req)
         else:
             await pipeline.handle(scope, receive, send, svc, req)

@@ -1,0 +1,504 @@
+"""``zerogate tunnel ...``: tunnels, their routes, their connector tokens and connectors.
+
+A tunnel is two things, like a service token: the configured object (name and ``routes``, the
+hostnames it may serve; part of the objects ``apply`` manages) and its credential (a random
+tunnel id and the SHA-256 of the secret, runtime state). ``create`` adds the object and makes a
+credential, then prints the connector token once: it carries the tunnel id, the secret, the
+edge addresses (``--edge`` or ``listen.tunnel``) and the fingerprint of the listener's
+generated certificate (none when ``listen.tls`` is configured: the connector then verifies the
+chain). Only the secret's hash is stored, so ``token`` can only make a new one (``--rotate``);
+the old token's connections are closed by every server within about a second. ``delete``
+refuses while an application uses the tunnel. ``list`` shows the connectors the servers
+reported in the last :data:`SEEN_SECONDS` seconds.
+
+Object changes go through ``apply`` with ``expect=`` (compare-and-set on the tunnel's version),
+so a concurrent change is refused with a message instead of being overwritten.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from zerogate.cli.main import (
+    JsonOption,
+    OptionalConfig,
+    UserError,
+    app,
+    fail,
+    load_config,
+    out,
+    print_json,
+)
+from zerogate.cli.tokens import actor, iso, user_errors, when, with_store
+
+if TYPE_CHECKING:
+    from zerogate.model.objects import Objects, Settings
+    from zerogate.store import Store, TunnelConnection, TunnelCredential
+
+#: ``list`` shows connections some server reported within this many seconds
+SEEN_SECONDS = 15
+
+tunnel_app = typer.Typer(
+    help="Tunnels: connectors next to private origins dial out to the edge.",
+    no_args_is_help=True,
+)
+
+NameArgument = Annotated[str, typer.Argument(help="The tunnel's name.", show_default=False)]
+EdgeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--edge",
+        help="HOST:PORT the connector dials (repeatable) [default: listen.tunnel, or the "
+        "portal's host with the tunnel port when it listens on every address].",
+        show_default=False,
+    ),
+]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _settings(config: Path | None) -> Settings:
+    from zerogate.model.objects import Settings
+
+    if config is None:
+        return Settings()
+    return load_config(config).config.settings()
+
+
+def _check_name(name: str) -> str:
+    from pydantic import ValidationError
+
+    from zerogate.model.objects import Tunnel
+
+    try:
+        return Tunnel(name=name).name
+    except ValidationError as exc:
+        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise UserError(f"NAME {name!r}: {message}") from None
+
+
+def _check_host(host: str, option: str) -> str:
+    from zerogate.model.values import check_hostname
+
+    try:
+        return check_hostname(host, allow_wildcard=True)
+    except ValueError as exc:
+        raise UserError(f"{option}: {exc}") from None
+
+
+def _edges(given: list[str] | None, settings: Settings) -> list[str]:
+    from zerogate.tunnel.edge import token_edges
+    from zerogate.tunnel.token import TokenError, TunnelToken, new_secret, new_tunnel_id
+
+    edges = list(dict.fromkeys(given)) if given else token_edges(settings)
+    try:
+        TunnelToken(new_tunnel_id(), new_secret(), tuple(edges))
+    except TokenError as exc:
+        raise UserError(f"--edge: {exc}") from None
+    return edges
+
+
+def _with_tunnels(objects: Objects, tunnels: list[dict[str, Any]]) -> Objects:
+    """``objects`` with its tunnels replaced, validated like a file (references too)."""
+    from zerogate.model import ConfigError
+    from zerogate.model.dump import objects_document
+    from zerogate.model.loader import validate_objects
+
+    document = objects_document(objects)
+    document["tunnels"] = tunnels
+    try:
+        return validate_objects(document)
+    except ConfigError as exc:
+        raise UserError(*(str(problem) for problem in exc.problems)) from None
+
+
+def _tunnel_doc(objects: Objects) -> list[dict[str, Any]]:
+    return [t.model_dump(mode="json", by_alias=True) for t in objects.tunnels]
+
+
+async def _apply(store: Store, objects: Objects, name: str, version: int | None) -> None:
+    """Apply, refused if tunnel ``name`` is not at ``version`` any more (None: absent)."""
+    from zerogate.store import StaleWrite
+
+    try:
+        await store.apply(objects, actor=actor(), source="cli", expect={("tunnel", name): version})
+    except StaleWrite as exc:
+        raise UserError(str(exc)) from None
+
+
+async def _object(store: Store, name: str) -> tuple[Objects, int | None]:
+    objects, _ = await store.load()
+    _, versions = await store.versions()
+    return objects, versions.get(("tunnel", name))
+
+
+def _users(objects: Objects, name: str) -> list[str]:
+    """The applications whose requests go through tunnel ``name``."""
+    from zerogate.tunnel.edge import TunnelRoutes
+
+    routes = TunnelRoutes(objects)
+    return [
+        a.name for a in objects.applications if a.tunnel == name or routes.tunnel_for(a) == name
+    ]
+
+
+async def _fingerprint(store: Store, settings: Settings) -> str | None:
+    """The generated listener certificate's fingerprint (made now if no server made it yet);
+    None when ``listen.tls`` names a certificate (the connector verifies its chain)."""
+    from zerogate.tunnel import certs
+    from zerogate.tunnel.edge import cert_hosts
+
+    if settings.listen.tls is not None:
+        return None
+    candidate = certs.generate(cert_hosts(settings)).to_json()
+    stored = await store.named_secret(certs.SECRET_NAME, candidate)
+    return certs.GeneratedCert.from_json(stored).fingerprint
+
+
+def _new_credential(
+    name: str, tunnel_id: str | None = None, created_at: datetime | None = None
+) -> tuple[TunnelCredential, str]:
+    from zerogate.store import TunnelCredential
+    from zerogate.tunnel.token import hash_secret, new_secret, new_tunnel_id
+
+    secret = new_secret()
+    now = datetime.now(UTC).replace(microsecond=0)
+    cred = TunnelCredential(
+        name=name,
+        tunnel_id=tunnel_id or new_tunnel_id(),
+        secret_hash=hash_secret(secret),
+        created_at=created_at or now,
+        rotated_at=now,
+    )
+    return cred, secret
+
+
+def _show_token(
+    cred: TunnelCredential,
+    secret: str,
+    edges: list[str],
+    fingerprint: str | None,
+    as_json: bool,
+    **extra: Any,
+) -> None:
+    from zerogate.tunnel.token import TunnelToken
+
+    token = TunnelToken(cred.tunnel_id, secret, tuple(edges), fingerprint).encode()
+    command = f"zerogate connector run --token {token} --url http://localhost:8080"
+    if as_json:
+        print_json(
+            {
+                "name": cred.name,
+                "id": cred.tunnel_id,
+                "token": token,
+                "edges": edges,
+                "fingerprint": fingerprint,
+                "command": command,
+                **extra,
+            }
+        )
+        return
+    out.print(f"  tunnel id:    {cred.tunnel_id}")
+    out.print(f"  edges:        {', '.join(edges)}")
+    out.print(f"  certificate:  {fingerprint or 'verified by its chain (listen.tls)'}")
+    out.print("\nConnector token:\n")
+    out.print(f"  {token}")
+    out.print("\nRun the connector next to the origin (--url: where it sends the requests):\n")
+    out.print(f"  {escape(command)}")
+    out.print(
+        "\n[yellow]The token is shown only this once[/yellow]: the store keeps only a hash of "
+        f"its secret. Lost it? `zerogate tunnel token {escape(cred.name)} --rotate` makes a "
+        "new one."
+    )
+
+
+# ---------------------------------------------------------------- commands
+
+
+@tunnel_app.command("create")
+def tunnel_create(
+    name: NameArgument,
+    config: OptionalConfig = None,
+    route: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--route",
+            help="A hostname the tunnel serves (repeatable); applications on it use the tunnel.",
+            show_default=False,
+        ),
+    ] = None,
+    edge: EdgeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a tunnel and print its connector token (only this once)."""
+    with user_errors():
+        name = _check_name(name)
+        routes = [_check_host(host, "--route") for host in route or []]
+        settings = _settings(config)
+        edges = _edges(edge, settings)
+
+    async def work(store: Store) -> tuple[TunnelCredential, str, str | None, list[str], bool]:
+        if any(c.name == name for c in await store.tunnel_credentials()):
+            raise UserError(
+                f"tunnel {name!r} already exists; `zerogate tunnel token {name} --rotate` "
+                "makes a new connector token"
+            )
+        objects, version = await _object(store, name)
+        tunnels = _tunnel_doc(objects)
+        existing = next((t for t in tunnels if t["name"] == name), None)
+        if existing is None:
+            tunnels.append({"name": name, "routes": routes})
+        else:
+            existing["routes"] += [r for r in routes if r not in existing["routes"]]
+        wanted = _with_tunnels(objects, tunnels)
+        await _apply(store, wanted, name, version)
+        tunnel = next(t for t in wanted.tunnels if t.name == name)
+        cred, secret = _new_credential(name)
+        await store.put_tunnel_credential(cred)
+        return cred, secret, await _fingerprint(store, settings), tunnel.routes, existing is None
+
+    cred, secret, fingerprint, final_routes, added = with_store(config, work)
+    if not as_json:
+        what = "created" if added else "now has a connector token"
+        where = f" (routes: {', '.join(final_routes)})" if final_routes else " (no routes yet)"
+        out.print(f"[green]Tunnel {escape(name)} {what}[/green]{escape(where)}.")
+        if not final_routes:
+            out.print(
+                f"Route a hostname to it with `zerogate tunnel route {escape(name)} HOST`, and "
+                "give its application `tunnel: " + escape(name) + "`."
+            )
+    _show_token(cred, secret, edges, fingerprint, as_json, routes=final_routes)
+
+
+def _connectors(rows: list[TunnelConnection]) -> list[dict[str, Any]]:
+    """Connections grouped by connector id: one entry per connector."""
+    grouped: dict[str, list[TunnelConnection]] = {}
+    for row in rows:
+        grouped.setdefault(row.connector_id, []).append(row)
+    result = []
+    for connector_id, conns in grouped.items():
+        result.append(
+            {
+                "connector_id": connector_id,
+                "version": conns[0].version,
+                "addresses": sorted({c.address.rpartition(":")[0] or c.address for c in conns}),
+                "connections": len(conns),
+                "edges": len({c.edge_id for c in conns}),
+                "since": iso(min(c.since for c in conns)),
+            }
+        )
+    return result
+
+
+@tunnel_app.command("list")
+def tunnel_list(config: OptionalConfig = None, as_json: JsonOption = False) -> None:
+    """The tunnels with their routes, applications and connected connectors."""
+
+    async def work(
+        store: Store,
+    ) -> tuple[Objects, list[TunnelCredential], list[TunnelConnection]]:
+        objects, _ = await store.load()
+        seen_after = datetime.now(UTC) - timedelta(seconds=SEEN_SECONDS)
+        return (
+            objects,
+            await store.tunnel_credentials(),
+            await store.tunnel_connections(seen_after=seen_after),
+        )
+
+    objects, creds, conns = with_store(config, work)
+    by_name = {c.name: c for c in creds}
+    names = [t.name for t in objects.tunnels]
+    names += sorted(n for n in by_name if n not in names)
+    routes = {t.name: t.routes for t in objects.tunnels}
+    rows = []
+    for name in names:
+        cred = by_name.get(name)
+        connectors = _connectors([c for c in conns if c.tunnel == name])
+        rows.append(
+            {
+                "name": name,
+                "id": cred.tunnel_id if cred else None,
+                "routes": routes.get(name, []),
+                "applications": _users(objects, name),
+                "token_rotated_at": iso(cred.rotated_at) if cred else None,
+                "connections": sum(c["connections"] for c in connectors),
+                "connectors": connectors,
+            }
+        )
+    if as_json:
+        print_json({"tunnels": rows})
+        return
+    if not rows:
+        out.print("No tunnels. Create one with `zerogate tunnel create NAME --route HOST`.")
+        return
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    table.add_column("tunnel", overflow="fold")
+    table.add_column("routes", overflow="fold")
+    table.add_column("applications", overflow="fold")
+    table.add_column("connector", overflow="fold")
+    table.add_column("version")
+    table.add_column("address")
+    table.add_column("conns", justify="right")
+    table.add_column("since (UTC)")
+    for row in rows:
+        first = [
+            escape(row["name"]),
+            escape(", ".join(row["routes"])) or "—",
+            escape(", ".join(row["applications"])) or "—",
+        ]
+        if row["id"] is None:
+            table.add_row(*first, "[yellow]no token[/yellow]", "", "", "", "")
+            continue
+        if not row["connectors"]:
+            table.add_row(*first, "[red]no connector[/red]", "", "", "0", "")
+            continue
+        for index, connector in enumerate(row["connectors"]):
+            since = datetime.fromisoformat(connector["since"].replace("Z", "+00:00"))
+            table.add_row(
+                *(first if index == 0 else ["", "", ""]),
+                escape(connector["connector_id"]),
+                escape(connector["version"]),
+                escape(", ".join(connector["addresses"])),
+                str(connector["connections"]),
+                when(since, zone=False),
+            )
+    out.print(table)
+
+
+@tunnel_app.command("route")
+def tunnel_route(
+    name: NameArgument,
+    host: Annotated[str, typer.Argument(help="The hostname to route.", show_default=False)],
+    config: OptionalConfig = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Route a hostname to a tunnel: its application may then use the tunnel."""
+    with user_errors():
+        host = _check_host(host, "HOST")
+
+    async def work(store: Store) -> tuple[list[str], bool]:
+        objects, version = await _object(store, name)
+        tunnels = _tunnel_doc(objects)
+        tunnel = next((t for t in tunnels if t["name"] == name), None)
+        if tunnel is None:
+            raise UserError(f"unknown tunnel {name!r}")
+        if host in tunnel["routes"]:
+            return list(tunnel["routes"]), False
+        tunnel["routes"].append(host)
+        wanted = _with_tunnels(objects, tunnels)
+        await _apply(store, wanted, name, version)
+        return next(t.routes for t in wanted.tunnels if t.name == name), True
+
+    routes, changed = with_store(config, work)
+    if as_json:
+        print_json({"name": name, "routes": routes, "changed": changed})
+        return
+    if changed:
+        out.print(f"[green]{escape(host)} is routed to tunnel {escape(name)}.[/green]")
+        out.print(
+            "Its application uses the tunnel when it has `tunnel: "
+            + escape(name)
+            + "` (or neither origin nor tunnel)."
+        )
+    else:
+        out.print(f"{escape(host)} was already routed to tunnel {escape(name)}.")
+
+
+@tunnel_app.command("delete")
+def tunnel_delete(
+    name: NameArgument, config: OptionalConfig = None, as_json: JsonOption = False
+) -> None:
+    """Delete a tunnel (refused while an application uses it); its connectors are disconnected."""
+
+    async def work(store: Store) -> tuple[bool, bool]:
+        had_credential = any(c.name == name for c in await store.tunnel_credentials())
+        objects, version = await _object(store, name)
+        tunnels = _tunnel_doc(objects)
+        had_object = version is not None
+        if not had_object and not had_credential:
+            raise UserError(f"unknown tunnel {name!r}")
+        users = _users(objects, name)
+        if users:
+            names = ", ".join(repr(u) for u in users)
+            raise UserError(
+                f"tunnel {name!r} is used by application {names}: give it another origin "
+                "or delete it first"
+            )
+        if had_object:
+            wanted = _with_tunnels(objects, [t for t in tunnels if t["name"] != name])
+            # removing the object removes its credential in the same transaction
+            await _apply(store, wanted, name, version)
+        await store.delete_tunnel_credential(name)
+        return had_object, had_credential
+
+    had_object, had_credential = with_store(config, work)
+    if as_json:
+        print_json(
+            {"name": name, "deleted_object": had_object, "deleted_credential": had_credential}
+        )
+        return
+    out.print(f"[green]Tunnel {escape(name)} deleted.[/green]")
+    if had_credential:
+        out.print("Its connector token no longer works; servers disconnect its connectors.")
+    if had_object:
+        out.print(
+            "If a configuration file lists it, remove it there too, or the next "
+            "`zerogate apply` adds it back (without a token)."
+        )
+
+
+@tunnel_app.command("token")
+def tunnel_token(
+    name: NameArgument,
+    config: OptionalConfig = None,
+    rotate: Annotated[
+        bool,
+        typer.Option("--rotate", help="Make a new token; the old one stops working at once."),
+    ] = False,
+    edge: EdgeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Make a new connector token (--rotate): the old one cannot be shown again."""
+    if not rotate:
+        fail(
+            f"the connector token of tunnel {escape(name)!r} cannot be shown again: the store "
+            "keeps only a hash of its secret; `zerogate tunnel token "
+            f"{escape(name)} --rotate` makes a new one (the old one stops working and its "
+            "connectors are disconnected)"
+        )
+    with user_errors():
+        settings = _settings(config)
+        edges = _edges(edge, settings)
+
+    async def work(store: Store) -> tuple[TunnelCredential, str, str | None, bool]:
+        old = next((c for c in await store.tunnel_credentials() if c.name == name), None)
+        _, version = await _object(store, name)
+        if version is None:
+            raise UserError(f"unknown tunnel {name!r}")
+        if old is None:
+            cred, secret = _new_credential(name)
+        else:
+            cred, secret = _new_credential(name, old.tunnel_id, old.created_at)
+        await store.put_tunnel_credential(cred)
+        return cred, secret, await _fingerprint(store, settings), old is not None
+
+    cred, secret, fingerprint, rotated = with_store(config, work)
+    if not as_json:
+        if rotated:
+            out.print(
+                f"[green]Tunnel {escape(name)} has a new connector token.[/green] The old one no "
+                "longer works; running servers disconnect its connectors within about a second."
+            )
+        else:
+            out.print(f"[green]Tunnel {escape(name)} now has a connector token.[/green]")
+    _show_token(cred, secret, edges, fingerprint, as_json, rotated=rotated)
+
+
+app.add_typer(tunnel_app, name="tunnel")

@@ -1,0 +1,1183 @@
+"""The edge's side of the tunnel: the TLS listener connectors dial, and forwarding through it.
+
+:class:`TunnelListener` is the asyncio shell around :class:`~zerogate.tunnel.protocol.EdgeSide`
+(one per connector connection). It
+
+- accepts TLS connections on ``listen.tunnel`` and gives each one :data:`REGISTRATION_SECONDS`
+  to present its registration (the core bounds its size); the token is decoded and checked
+  against the credentials an :class:`Authority` holds (the server's ``Runtime``), and the
+  connection is accepted for *that token's tunnel only* or refused with the reason the
+  protocol defines (``bad_token``: no tunnel has this id or the text is not a token;
+  ``revoked``: the tunnel exists but its token was rotated; ``malformed`` /
+  ``version_unsupported`` come from the core);
+- closes every connection whose tunnel id or secret hash stopped matching the stored
+  credential (:meth:`TunnelListener.revalidate`, called after each credential reload): a rotated
+  or deleted token loses its connections within a second;
+- pings every connection every :data:`PING_SECONDS` and drops one that leaves a PING
+  unanswered for :data:`PING_TIMEOUT`;
+- forwards an ASGI HTTP exchange (:meth:`TunnelListener.forward_http`) or WebSocket
+  (:meth:`TunnelListener.forward_websocket`) as one stream on the healthy connection of the
+  tunnel with the fewest open streams (ties: round robin). Request and response bodies stream
+  with end-to-end flow control: a received chunk is acknowledged to the core only after it was
+  handed to the client, and request bytes go out only as the windows allow, so a 1 GB body in
+  either direction holds at most a window's worth of memory. A request the connector never
+  processed (a refused stream, one that crossed a GOAWAY) is sent again on another connection
+  when its body is still replayable (at most :data:`REPLAY_LIMIT` bytes were read from the
+  client); nothing else is retried.
+
+WebSockets ride RFC 8441 extended CONNECT streams carrying raw RFC 6455 frames, so the connector
+pipes bytes to the origin unchanged: the edge plays the WebSocket *client* towards the origin
+with a :class:`wsproto.connection.Connection` in client role (frames it sends are masked; no
+handshake: the connector made it with the origin). No extension is negotiated through the
+tunnel (``Sec-WebSocket-Extensions`` is not forwarded), so frames are plain.
+
+What the edge pipeline passes in is already decided and filtered: the tunnel's name (after the
+policy check), the original Host as ``authority``, the request target and the headers built by
+``zerogate.edge.headers.upstream_request_headers``. Errors before anything was sent to the client
+are raised (:class:`TunnelUnavailable` → the pipeline's 502 page, :class:`TunnelRequestRefused`
+→ 400/431); a failure after the response started leaves it unfinished so the server cuts the
+connection, as the origin proxy does.
+
+Only ``model`` and the tunnel core are imported (the architecture rule): credentials come
+through the :class:`Authority` protocol, statuses leave as plain dataclasses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import secrets
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Protocol, TypeAlias
+
+from wsproto.connection import Connection as WsConnection
+from wsproto.connection import ConnectionState as WsState
+from wsproto.connection import ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+
+from zerogate.model.objects import Application, Objects, Settings
+from zerogate.tunnel import certs
+from zerogate.tunnel.protocol import (
+    MAX_CONTROL_FRAME,
+    BodyChunk,
+    ConnectionReady,
+    EdgeSide,
+    ErrorCodes,
+    Event,
+    GoAwayReceived,
+    Header,
+    InvalidHeaders,
+    PingAcked,
+    RefusalReason,
+    Registration,
+    RegistrationReceived,
+    ResponseStarted,
+    State,
+    StreamEnded,
+    StreamReset,
+    TunnelSettings,
+    UsageError,
+    WindowOpened,
+)
+from zerogate.tunnel.token import TokenError, decode, hash_secret
+
+__all__ = [
+    "PING_SECONDS",
+    "PING_TIMEOUT",
+    "REGISTRATION_SECONDS",
+    "REPLAY_LIMIT",
+    "Authority",
+    "ConnectionStatus",
+    "TunnelListener",
+    "TunnelRequestRefused",
+    "TunnelRoutes",
+    "TunnelStatus",
+    "TunnelUnavailable",
+    "cert_hosts",
+    "listen_address",
+    "server_ssl_context",
+    "token_edges",
+]
+
+log = logging.getLogger("zerogate.tunnel")
+
+Scope: TypeAlias = MutableMapping[str, Any]
+AsgiMessage: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[AsgiMessage]]
+Send: TypeAlias = Callable[[AsgiMessage], Awaitable[None]]
+
+REGISTRATION_SECONDS: Final = 10.0
+"""How long a new connection has for the TLS handshake, then again for its registration."""
+PING_SECONDS: Final = 5.0
+"""How often the edge pings each connection."""
+PING_TIMEOUT: Final = 10.0
+"""A connection whose oldest unanswered PING is older than this is dropped."""
+REPLAY_LIMIT: Final = 256 * 1024
+"""Request-body bytes kept so a refused stream can be sent again on another connection."""
+READY_WAIT: Final = 2.0
+"""How long a request waits for a connection that is connecting or reconnecting."""
+WS_MAX_MESSAGE: Final = 16 * 1024 * 1024
+"""Largest WebSocket message accepted from an origin (as the origin proxy's limit)."""
+CLIENT_CLOSED: Final = 499
+_READ_SIZE = 256 * 1024
+_FEATURES = frozenset({"websocket"})
+_RESPONSE_DROPPED = frozenset({b"te", b"trailer", b"proxy-authenticate", b"proxy-authorization"})
+_WS_NOT_FORWARDED = frozenset({b"sec-websocket-key", b"sec-websocket-extensions"})
+
+
+# --------------------------------------------------------------------------------------------
+# What the listener needs and reports
+# --------------------------------------------------------------------------------------------
+
+
+class Credential(Protocol):
+    """A stored tunnel credential (``zerogate.store.TunnelCredential`` fits)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def secret_hash(self) -> str: ...
+
+
+class Authority(Protocol):
+    """Who may connect (``zerogate.runtime.Runtime`` fits): credentials by tunnel id."""
+
+    @property
+    def tunnel_credentials(self) -> Mapping[str, Credential]: ...
+
+    def tunnel_for_token(self, tunnel_id: str, secret: str) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatus:
+    """One connector connection held by this process."""
+
+    tunnel: str
+    tunnel_id: str
+    connection_id: str
+    connector_id: str
+    version: str
+    address: str
+    connection_index: int
+    since: datetime
+    state: str  # "starting" (accepted, HTTP/2 settings pending), "ready" or "draining"
+    open_streams: int
+    rtt_ms: float | None
+    features: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelStatus:
+    """The connections this process holds for one tunnel."""
+
+    name: str
+    tunnel_id: str
+    connections: tuple[ConnectionStatus, ...]
+
+    @property
+    def ready(self) -> int:
+        return sum(1 for c in self.connections if c.state == "ready")
+
+
+class TunnelUnavailable(Exception):
+    """Nothing was sent to the client: no connector, or the request could not be delivered."""
+
+
+class TunnelRequestRefused(Exception):
+    """The request cannot be carried (bad header, header block too large); nothing was sent."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _StreamGone(Exception):
+    """The stream was reset or its connection ended."""
+
+
+class _ClientGone(Exception):
+    """The client disconnected."""
+
+
+# --------------------------------------------------------------------------------------------
+# Routing and addresses (pure)
+# --------------------------------------------------------------------------------------------
+
+
+class TunnelRoutes:
+    """Which tunnel an application's requests go to: built once per configuration version.
+
+    An application reaches a tunnel only when its host is among the tunnel's ``routes``: with
+    ``tunnel: NAME`` (the model refuses a host that NAME does not route), or with neither
+    ``origin`` nor ``tunnel`` when a tunnel routes its host. Anything else has no tunnel, so a
+    connector never gets a request for a hostname not routed to it.
+    """
+
+    __slots__ = ("_by_host",)
+
+    def __init__(self, objects: Objects) -> None:
+        by_host: dict[str, str] = {}
+        for tunnel in objects.tunnels:
+            for host in tunnel.routes:
+                by_host.setdefault(host.lower(), tunnel.name)
+        self._by_host = by_host
+
+    def tunnel_for(self, app: Application) -> str | None:
+        if app.origin is not None:
+            return None
+        routed = self._by_host.get(app.host.lower())
+        if routed is None:
+            return None
+        if app.tunnel is not None and app.tunnel != routed:
+            return None
+        return routed
+
+
+def _split_host_port(address: str) -> tuple[str, int | None]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or (host.count(":") and not host.startswith("[")):
+        return address.strip("[]"), None
+    return host.strip("[]"), int(port)
+
+
+def listen_address(settings: Settings) -> tuple[str, int]:
+    """``listen.tunnel`` as (host, port) for ``asyncio.start_server``."""
+    host, port = _split_host_port(settings.listen.tunnel)
+    return host or "0.0.0.0", port or 7844  # noqa: S104 - the operator chose where to listen
+
+
+def _portal_host(settings: Settings) -> str:
+    return _split_host_port(settings.portal)[0]
+
+
+def cert_hosts(settings: Settings) -> list[str]:
+    """The names the generated listener certificate is made for."""
+    host, _ = listen_address(settings)
+    hosts = [_portal_host(settings)]
+    if host not in ("0.0.0.0", "::", ""):  # noqa: S104 - compared, not bound
+        hosts.append(host)
+    hosts += ["localhost", "127.0.0.1"]
+    return list(dict.fromkeys(hosts))
+
+
+def token_edges(settings: Settings) -> list[str]:
+    """The edge address a new connector token names: ``listen.tunnel``, or the portal's host
+    with the tunnel port when the listener binds every address."""
+    host, port = listen_address(settings)
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - compared, not bound
+        host = _portal_host(settings)
+    shown = f"[{host}]" if ":" in host else host
+    return [f"{shown}:{port}"]
+
+
+def server_ssl_context(
+    *,
+    cert_pem: str | None = None,
+    key_pem: str | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+) -> ssl.SSLContext:
+    """A TLS server context from PEM text (the generated certificate) or files (``listen.tls``)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file is not None and key_file is not None:
+        context.load_cert_chain(cert_file, key_file)
+        return context
+    if cert_pem is None or key_pem is None:
+        raise ValueError("give cert_pem and key_pem, or cert_file and key_file")
+    with tempfile.TemporaryDirectory(prefix="zerogate-tls-") as folder:
+        cert_path, key_path = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+        cert_path.write_text(cert_pem)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key_pem)
+        context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+def generated_certificate(pem_json: str) -> certs.GeneratedCert:
+    """The generated certificate as the store keeps it (``certs.SECRET_NAME``)."""
+    return certs.GeneratedCert.from_json(pem_json)
+
+
+# --------------------------------------------------------------------------------------------
+# One stream, one connection
+# --------------------------------------------------------------------------------------------
+
+
+class _Stream:
+    __slots__ = ("conn", "head", "local_ended", "queue", "remote_ended", "reset", "sid", "window")
+
+    def __init__(self, conn: _Connection, sid: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.head: asyncio.Future[ResponseStarted] = asyncio.get_running_loop().create_future()
+        # bytes: a body chunk (acknowledged once consumed); None: the end; StreamReset: gone.
+        # Unbounded, but only ever holds what the flow-control windows let in.
+        self.queue: asyncio.Queue[bytes | StreamReset | None] = asyncio.Queue()
+        self.window = asyncio.Event()
+        self.reset: StreamReset | None = None
+        self.local_ended = False
+        self.remote_ended = False
+
+    def fail(self, reset: StreamReset) -> None:
+        if self.reset is not None:
+            return
+        self.reset = reset
+        if not self.head.done():
+            self.head.set_exception(_StreamGone())
+            self.head.exception()  # retrieved: nobody may be waiting any more
+        self.queue.put_nowait(reset)
+        self.window.set()
+
+
+class _Connection:
+    """One connector connection: the core, the socket, its streams."""
+
+    def __init__(
+        self,
+        listener: TunnelListener,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.listener = listener
+        self.reader = reader
+        self.writer = writer
+        self.core = EdgeSide(listener.tunnel_settings)
+        peer = writer.get_extra_info("peername")
+        self.address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        self.connection_id = secrets.token_hex(8)
+        self.since = datetime.now(UTC)
+        self.tunnel = ""
+        self.tunnel_id = ""
+        self.secret_hash = ""
+        self.registration: Registration | None = None
+        self.streams: dict[int, _Stream] = {}
+        self.ready = False
+        self.finished = False
+        self.rtt: float | None = None
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self.ready and not self.finished and self.core.can_open_stream
+
+    @property
+    def state(self) -> str:
+        if not self.ready:
+            return "starting"
+        return "ready" if self.core.state is State.OPEN else "draining"
+
+    def status(self) -> ConnectionStatus:
+        reg = self.registration
+        assert reg is not None
+        return ConnectionStatus(
+            tunnel=self.tunnel,
+            tunnel_id=self.tunnel_id,
+            connection_id=self.connection_id,
+            connector_id=reg.connector_id,
+            version=reg.version,
+            address=self.address,
+            connection_index=reg.connection_index,
+            since=self.since,
+            state=self.state,
+            open_streams=self.core.open_streams,
+            rtt_ms=None if self.rtt is None else round(self.rtt * 1000, 2),
+            features=tuple(sorted(reg.features)),
+        )
+
+    # -- output -----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write what the core produced; close the socket once the core is closed."""
+        data = self.core.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+        if self.core.closed:
+            self._finish()
+
+    async def drain(self) -> None:
+        if self.finished:
+            raise _StreamGone
+        try:
+            await self.writer.drain()
+        except (ConnectionError, OSError, RuntimeError) as exc:
+            raise _StreamGone from exc
+
+    def abort(self, reason: str, code: int = ErrorCodes.CANCEL) -> None:
+        """End the connection now (every open stream fails)."""
+        if self.finished:
+            return
+        log.info("tunnel %s: closing connection %s: %s", self.tunnel, self.connection_id, reason)
+        self.core.close(code, reason)
+        self.flush()
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        for st in list(self.streams.values()):
+            st.fail(StreamReset(st.sid, int(ErrorCodes.CANCEL), remote=False))
+        if not self.writer.is_closing():
+            self.writer.close()
+        self.listener._unregister(self)
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def open(
+        self,
+        method: str,
+        authority: str,
+        path: str,
+        headers: Iterable[Header],
+        *,
+        scheme: str,
+        protocol: str | None = None,
+        end_stream: bool = False,
+    ) -> _Stream:
+        sid = self.core.send_request(
+            method,
+            authority,
+            path,
+            headers,
+            scheme=scheme,
+            protocol=protocol,
+            end_stream=end_stream,
+        )
+        st = _Stream(self, sid)
+        st.local_ended = end_stream
+        self.streams[sid] = st
+        self.flush()
+        return st
+
+    def ack(self, st: _Stream, size: int) -> None:
+        if size and not self.finished:
+            self.core.ack(st.sid, size)
+            self.flush()
+
+    def release(self, st: _Stream) -> None:
+        """The exchange is over: hand back unconsumed bytes, reset the stream if it lives."""
+        self.streams.pop(st.sid, None)
+        leftover = 0
+        while not st.queue.empty():
+            item = st.queue.get_nowait()
+            if isinstance(item, bytes):
+                leftover += len(item)
+        if self.finished:
+            return
+        if leftover and st.reset is None:
+            self.core.ack(st.sid, leftover)
+        if st.reset is None and not (st.local_ended and st.remote_ended):
+            self.core.reset(st.sid, ErrorCodes.CANCEL)
+        self.flush()
+
+    async def write(self, st: _Stream, data: bytes, *, end: bool = False) -> None:
+        """Send body bytes as the windows allow (waits for room; raises ``_StreamGone``)."""
+        view = memoryview(data)
+        while True:
+            if st.reset is not None or self.finished:
+                raise _StreamGone
+            st.window.clear()
+            room = self.core.send_capacity(st.sid)
+            if room == 0 and view:
+                await st.window.wait()
+                continue
+            piece, view = view[:room], view[room:]
+            last = end and not view
+            self.core.send_body(st.sid, piece, end_stream=last)
+            if last:
+                st.local_ended = True
+            self.flush()
+            await self.drain()
+            if not view:
+                return
+
+    # -- input ------------------------------------------------------------------------------
+
+    def handle(self, events: Iterable[Event]) -> None:
+        for ev in events:
+            if isinstance(ev, BodyChunk):
+                st = self.streams.get(ev.stream_id)
+                if st is None or st.reset is not None:
+                    self.core.ack(ev.stream_id, len(ev.data))
+                else:
+                    st.queue.put_nowait(ev.data)
+            elif isinstance(ev, ResponseStarted):
+                st = self.streams.get(ev.stream_id)
+                if st is not None and not st.head.done():
+                    st.head.set_result(ev)
+            elif isinstance(ev, StreamEnded):
+                st = self.streams.get(ev.stream_id)
+                if st is not None:
+                    st.remote_ended = True
+                    if not st.head.done():  # ended without a response head
+                        st.fail(StreamReset(ev.stream_id, int(ErrorCodes.PROTOCOL_ERROR), True))
+                    else:
+                        st.queue.put_nowait(None)
+            elif isinstance(ev, StreamReset):
+                st = self.streams.get(ev.stream_id)
+                if st is not None:
+                    st.fail(ev)
+            elif isinstance(ev, WindowOpened):
+                st = self.streams.get(ev.stream_id)
+                if st is not None:
+                    st.window.set()
+            elif isinstance(ev, PingAcked):
+                self.rtt = asyncio.get_running_loop().time() - ev.sent_at
+            elif isinstance(ev, ConnectionReady):
+                self.ready = True
+                self.listener._changed()
+            elif isinstance(ev, GoAwayReceived):
+                log.info(
+                    "tunnel %s: connector %s drains connection %s",
+                    self.tunnel,
+                    self.registration.connector_id if self.registration else "?",
+                    self.connection_id,
+                )
+                self.listener._changed()
+
+    # -- the connection's life ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            if await self._register():
+                while not self.core.closed and not self.finished:
+                    data = await self.reader.read(_READ_SIZE)
+                    if data:
+                        events = self.core.receive_data(data)
+                    else:
+                        events = self.core.connection_lost("the connector closed the connection")
+                    self.handle(events)
+                    self.flush()
+        except (ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+            self.handle(self.core.connection_lost(f"connection lost: {exc}"))
+        finally:
+            self._finish()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.writer.wait_closed(), 2)
+
+    async def _register(self) -> bool:
+        """Read the registration (bounded in time and size) and answer it."""
+        try:
+            async with asyncio.timeout(self.listener.registration_timeout):
+                while True:
+                    data = await self.reader.read(MAX_CONTROL_FRAME + 64)
+                    if not data:
+                        return False
+                    for ev in self.core.receive_data(data):
+                        if isinstance(ev, RegistrationReceived):
+                            self._answer(ev.registration)
+                            self.flush()
+                            return not self.core.closed
+                    if self.core.closed:  # malformed: the core queued its refusal
+                        log.info("tunnel: refused a connection from %s: malformed", self.address)
+                        self.flush()
+                        return False
+        except TimeoutError:
+            if not self.core.closed:
+                self.core.refuse(RefusalReason.UNAVAILABLE, "registration timed out")
+            self.flush()
+            log.info("tunnel: %s sent no registration in time", self.address)
+            return False
+
+    def _answer(self, reg: Registration) -> None:
+        authority = self.listener.authority
+        try:
+            token = decode(reg.token)
+        except TokenError as exc:
+            self._refuse(reg, RefusalReason.BAD_TOKEN, f"this is not a connector token: {exc}")
+            return
+        name = authority.tunnel_for_token(token.tunnel_id, token.secret)
+        if name is None:
+            if token.tunnel_id in authority.tunnel_credentials:
+                self._refuse(
+                    reg,
+                    RefusalReason.REVOKED,
+                    "this tunnel's token was rotated: run the connector with the new token",
+                )
+            else:
+                self._refuse(
+                    reg,
+                    RefusalReason.BAD_TOKEN,
+                    "no tunnel has this token (was the tunnel deleted?)",
+                )
+            return
+        cred = authority.tunnel_credentials.get(token.tunnel_id)
+        self.tunnel = name
+        self.tunnel_id = token.tunnel_id
+        self.secret_hash = cred.secret_hash if cred is not None else hash_secret(token.secret)
+        self.registration = reg
+        self.core.accept(token.tunnel_id, self.connection_id, _FEATURES)
+        self.listener._register(self)
+        log.info(
+            "tunnel %s: connector %s (%s, connection %d) connected from %s",
+            name,
+            reg.connector_id,
+            reg.version,
+            reg.connection_index,
+            self.address,
+        )
+
+    def _refuse(self, reg: Registration, reason: RefusalReason, message: str) -> None:
+        log.warning(
+            "tunnel: refused connector %s from %s: %s", reg.connector_id, self.address, reason.value
+        )
+        self.core.refuse(reason, message)
+
+
+# --------------------------------------------------------------------------------------------
+# Request bodies
+# --------------------------------------------------------------------------------------------
+
+
+class _BodySource:
+    """The client's request body, read once, remembered (up to a limit) for a retry."""
+
+    __slots__ = (
+        "client_gone",
+        "consumed",
+        "done",
+        "first",
+        "receive",
+        "recorded",
+        "watching",
+    )
+
+    def __init__(self, receive: Receive, first: AsgiMessage) -> None:
+        self.receive = receive
+        self.first: AsgiMessage | None = first
+        self.done = False
+        self.consumed = 0
+        self.recorded: list[bytes] | None = []
+        self.client_gone = False
+        self.watching = False
+
+    @property
+    def empty(self) -> bool:
+        """No body at all (known from the first message)."""
+        first = self.first
+        return (
+            first is not None and not first.get("body", b"") and not first.get("more_body", False)
+        )
+
+    @property
+    def replayable(self) -> bool:
+        return self.recorded is not None and not self.client_gone
+
+    async def next(self) -> tuple[bytes, bool]:
+        message = self.first
+        self.first = None
+        if message is None:
+            message = await self.receive()
+        if message["type"] == "http.disconnect":
+            self.client_gone = True
+            raise _ClientGone
+        chunk: bytes = message.get("body", b"")
+        more = bool(message.get("more_body", False))
+        self.consumed += len(chunk)
+        if self.recorded is not None:
+            if self.consumed > REPLAY_LIMIT:
+                self.recorded = None
+            elif chunk:
+                self.recorded.append(chunk)
+        if not more:
+            self.done = True
+        return chunk, more
+
+
+# --------------------------------------------------------------------------------------------
+# The listener
+# --------------------------------------------------------------------------------------------
+
+
+class TunnelListener:
+    """The tunnel endpoint of one server process; see the module docstring."""
+
+    def __init__(
+        self,
+        authority: Authority,
+        *,
+        tunnel_settings: TunnelSettings | None = None,
+        registration_timeout: float = REGISTRATION_SECONDS,
+        ping_interval: float = PING_SECONDS,
+        ping_timeout: float = PING_TIMEOUT,
+        ready_wait: float = READY_WAIT,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.authority = authority
+        self.tunnel_settings = tunnel_settings or TunnelSettings()
+        self.registration_timeout = registration_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.ready_wait = ready_wait
+        self.on_change = on_change
+        self.address: tuple[str, int] | None = None
+        self._server: asyncio.Server | None = None
+        self._tunnels: dict[str, dict[str, _Connection]] = {}
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._turn: dict[str, int] = {}
+        self._change = asyncio.Event()
+        self._ticker: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- life -------------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int, context: ssl.SSLContext) -> None:
+        """Listen on ``host:port`` (TLS); raises ``OSError`` when the address is taken."""
+        self._server = await asyncio.start_server(
+            self._on_connect,
+            host,
+            port,
+            ssl=context,
+            ssl_handshake_timeout=self.registration_timeout,
+            limit=_READ_SIZE,
+            reuse_address=True,
+        )
+        sock = self._server.sockets[0].getsockname()
+        self.address = (str(sock[0]), int(sock[1]))
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        log.info("tunnel endpoint listening on %s:%d (TLS)", *self.address)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop accepting; GOAWAY every connection, give streams ``grace`` seconds, close."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        conns = self._all()
+        for conn in conns:
+            if conn.ready and not conn.finished:
+                conn.core.go_away("the edge is shutting down")
+                conn.flush()
+        deadline = asyncio.get_running_loop().time() + grace
+        while any(not c.finished and c.streams for c in conns):
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        for conn in conns:
+            conn.abort("the edge is shutting down", ErrorCodes.NO_ERROR)
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        if handlers:
+            await asyncio.wait(handlers, timeout=2)
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            if self._stopping:
+                writer.close()
+                return
+            await _Connection(self, reader, writer).run()
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("tunnel connection failed")
+        finally:
+            if task is not None:
+                self._handlers.discard(task)
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            now = loop.time()
+            for conn in self._all():
+                if not conn.ready or conn.finished:
+                    continue
+                since = conn.core.ping_outstanding_since
+                if since is not None and now - since > self.ping_timeout:
+                    conn.abort(f"no PING answer for {self.ping_timeout:g} s")
+                    continue
+                conn.core.ping(now)
+                conn.flush()
+
+    # -- registry ---------------------------------------------------------------------------
+
+    def _all(self) -> list[_Connection]:
+        return [c for conns in self._tunnels.values() for c in conns.values()]
+
+    def _register(self, conn: _Connection) -> None:
+        self._tunnels.setdefault(conn.tunnel, {})[conn.connection_id] = conn
+        self._changed()
+
+    def _unregister(self, conn: _Connection) -> None:
+        conns = self._tunnels.get(conn.tunnel)
+        if conns is not None and conns.pop(conn.connection_id, None) is not None:
+            if not conns:
+                del self._tunnels[conn.tunnel]
+            log.info("tunnel %s: connection %s closed", conn.tunnel, conn.connection_id)
+            self._changed()
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = asyncio.Event()
+        if self.on_change is not None:
+            self.on_change()
+
+    def revalidate(self) -> int:
+        """Close every connection whose token no longer matches its tunnel's stored credential
+        (rotated or deleted); returns how many were closed. Call after credentials reload."""
+        closed = 0
+        credentials = self.authority.tunnel_credentials
+        for conn in self._all():
+            cred = credentials.get(conn.tunnel_id)
+            if (
+                cred is None
+                or cred.name != conn.tunnel
+                or not hmac.compare_digest(cred.secret_hash, conn.secret_hash)
+            ):
+                conn.abort("the tunnel's token was rotated or revoked")
+                closed += 1
+        return closed
+
+    def status(self) -> list[TunnelStatus]:
+        """Every tunnel this process holds connections for, with each connection."""
+        result = []
+        for name in sorted(self._tunnels):
+            conns = sorted(
+                (c.status() for c in self._tunnels[name].values() if c.registration is not None),
+                key=lambda s: (s.connector_id, s.connection_index, s.connection_id),
+            )
+            if conns:
+                result.append(TunnelStatus(name, conns[0].tunnel_id, tuple(conns)))
+        return result
+
+    def connections(self) -> list[ConnectionStatus]:
+        return [c for tunnel in self.status() for c in tunnel.connections]
+
+    def connected(self, tunnel: str) -> bool:
+        return any(c.healthy for c in self._tunnels.get(tunnel, {}).values())
+
+    # -- choosing a connection --------------------------------------------------------------
+
+    def _pick(self, tunnel: str, exclude: set[_Connection]) -> _Connection | None:
+        conns = [c for c in self._tunnels.get(tunnel, {}).values() if c.healthy]
+        candidates = [c for c in conns if c not in exclude]
+        if not candidates:
+            return None
+        turn = self._turn[tunnel] = (self._turn.get(tunnel, -1) + 1) % len(candidates)
+        ordered = candidates[turn:] + candidates[:turn]
+        return min(ordered, key=lambda c: c.core.open_streams)
+
+    async def _connection(self, tunnel: str, exclude: set[_Connection]) -> _Connection | None:
+        """The healthy connection with the fewest open streams; waits up to ``ready_wait``
+        while this tunnel has connections that may become ready (starting, or replacing one
+        that drains), never when it has none at all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ready_wait
+        while True:
+            conn = self._pick(tunnel, exclude)
+            if conn is not None:
+                return conn
+            waiting = not exclude and not self._tunnels.get(tunnel)
+            left = deadline - loop.time()
+            if waiting or left <= 0 or self._stopping:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._change.wait(), left)
+
+    # -- forwarding -------------------------------------------------------------------------
+
+    async def forward_http(
+        self,
+        tunnel: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        authority: str,
+        path: str,
+        scheme: str,
+        headers: Iterable[Header],
+    ) -> int:
+        """Relay one HTTP exchange through ``tunnel``; the status sent (499: client left).
+
+        Raises :class:`TunnelUnavailable` or :class:`TunnelRequestRefused` when nothing was
+        sent to the client.
+        """
+        first = await receive()
+        if first["type"] == "http.disconnect":
+            return CLIENT_CLOSED
+        method: str = scope.get("method", "GET")
+        headers = list(headers)
+        source = _BodySource(receive, first)
+        tried: set[_Connection] = set()
+        while True:
+            conn = await self._connection(tunnel, tried)
+            if conn is None:
+                if tried:
+                    raise TunnelUnavailable(
+                        "this application's tunnel could not take the request; try again"
+                    )
+                raise TunnelUnavailable("this application's tunnel has no connected connector")
+            try:
+                st = conn.open(
+                    method, authority, path, headers, scheme=scheme, end_stream=source.empty
+                )
+            except InvalidHeaders as exc:
+                status = 431 if "exceeds" in str(exc) else 400
+                raise TunnelRequestRefused(status, str(exc)) from None
+            except UsageError:  # it stopped taking streams since we looked
+                tried.add(conn)
+                continue
+            pump = asyncio.get_running_loop().create_task(self._pump(conn, st, source))
+            try:
+                head = await st.head
+            except _StreamGone:
+                await self._end_pump(pump, source)
+                conn.release(st)
+                if source.client_gone:
+                    return CLIENT_CLOSED
+                reset = st.reset
+                if reset is not None and reset.retryable and source.replayable:
+                    tried.add(conn)
+                    continue
+                raise TunnelUnavailable(
+                    "the connector dropped the request before answering"
+                ) from None
+            except BaseException:
+                pump.cancel()
+                conn.release(st)
+                raise
+            break
+        try:
+            return await self._relay(conn, st, head, scope, send)
+        finally:
+            pump.cancel()
+            conn.release(st)
+
+    async def _relay(
+        self, conn: _Connection, st: _Stream, head: ResponseStarted, scope: Scope, send: Send
+    ) -> int:
+        response_headers = [(k, v) for k, v in head.headers if k not in _RESPONSE_DROPPED]
+        await send(
+            {"type": "http.response.start", "status": head.status, "headers": response_headers}
+        )
+        while True:
+            item = await st.queue.get()
+            if item is None:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return head.status
+            if isinstance(item, StreamReset):
+                if not item.remote and item.error_code == ErrorCodes.CANCEL:
+                    return head.status  # client left or connection lost: leave it unfinished
+                log.warning(
+                    "tunnel %s: response cut off (stream reset, %s)", conn.tunnel, item.error_code
+                )
+                return head.status
+            await send({"type": "http.response.body", "body": item, "more_body": True})
+            conn.ack(st, len(item))
+
+    async def _pump(self, conn: _Connection, st: _Stream, source: _BodySource) -> None:
+        """Send the request body (replaying what a refused attempt already read), then watch
+        for the client leaving."""
+        try:
+            if st.local_ended:
+                pass
+            else:
+                for chunk in list(source.recorded or []):
+                    await conn.write(st, chunk)
+                while not source.done:
+                    chunk, more = await source.next()
+                    await conn.write(st, chunk, end=not more)
+                if not st.local_ended:
+                    await conn.write(st, b"", end=True)
+            source.watching = True
+            while True:
+                message = await source.receive()
+                if message["type"] == "http.disconnect":
+                    source.client_gone = True
+                    raise _ClientGone
+        except _ClientGone:
+            st.fail(StreamReset(st.sid, int(ErrorCodes.CANCEL), remote=False))
+            conn.release(st)
+        except _StreamGone:
+            pass
+
+    async def _end_pump(self, pump: asyncio.Task[None], source: _BodySource) -> None:
+        """Stop the body pump of a failed attempt without losing a body chunk: one waiting
+        in ``receive()`` for the body ends by itself once the chunk arrives (and is kept)."""
+        if source.watching or source.done or pump.done():
+            pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pump
+
+    async def forward_websocket(
+        self,
+        tunnel: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        authority: str,
+        path: str,
+        scheme: str,
+        headers: Iterable[Header],
+    ) -> None:
+        """Relay one WebSocket session through ``tunnel`` as an extended CONNECT stream.
+
+        Raises :class:`TunnelUnavailable` / :class:`TunnelRequestRefused` before the client was
+        accepted (the caller closes it); the connector's refusal (its status) is passed on.
+        """
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        forwarded = [(k, v) for k, v in headers if k.lower() not in _WS_NOT_FORWARDED]
+        tried: set[_Connection] = set()
+        while True:
+            conn = await self._connection(tunnel, tried)
+            if conn is None:
+                raise TunnelUnavailable("this application's tunnel has no connected connector")
+            if not conn.core.extended_connect:
+                tried.add(conn)
+                continue
+            try:
+                st = conn.open(
+                    "CONNECT", authority, path, forwarded, scheme=scheme, protocol="websocket"
+                )
+            except InvalidHeaders as exc:
+                raise TunnelRequestRefused(400, str(exc)) from None
+            except UsageError:
+                tried.add(conn)
+                continue
+            try:
+                head = await st.head
+            except _StreamGone:
+                conn.release(st)
+                if st.reset is not None and st.reset.retryable:
+                    tried.add(conn)
+                    continue
+                raise TunnelUnavailable(
+                    "the connector dropped the WebSocket before answering"
+                ) from None
+            except BaseException:
+                conn.release(st)
+                raise
+            break
+        try:
+            if not 200 <= head.status <= 299:
+                await _reject_websocket(scope, send, head.status)
+                return
+            protocol = next(
+                (v.decode("latin-1") for k, v in head.headers if k == b"sec-websocket-protocol"),
+                None,
+            )
+            await send({"type": "websocket.accept", "subprotocol": protocol})
+            await _relay_websocket(conn, st, receive, send)
+        finally:
+            conn.release(st)
+
+
+async def _reject_websocket(scope: Scope, send: Send, status: int) -> None:
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        body = f"{status}: the application refused the WebSocket\n".encode()
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+        return
+    await send({"type": "websocket.close", "code": 1011})
+
+
+def _close_code(code: object, fallback: int) -> int:
+    """A close code that may appear in a close frame (RFC 6455 §7.4), else ``fallback``."""
+    if isinstance(code, int) and (
+        1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+    ):
+        return code
+    return fallback
+
+
+async def _relay_websocket(conn: _Connection, st: _Stream, receive: Receive, send: Send) -> None:
+    ws = WsConnection(ConnectionType.CLIENT)
+
+    async def client_to_origin() -> None:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                text = message.get("text")
+                frame = (
+                    ws.send(TextMessage(data=text))
+                    if text is not None
+                    else ws.send(BytesMessage(data=message.get("bytes") or b""))
+                )
+                await conn.write(st, frame)
+            elif kind == "websocket.disconnect":
+                code = message.get("code", 1005)
+                code = _close_code(code, 1000 if code == 1005 else 1001)
+                reason = str(message.get("reason") or "")
+                reason = reason.encode()[:123].decode("utf-8", "ignore")
+                if ws.state is WsState.OPEN:
+                    await conn.write(st, ws.send(CloseConnection(code, reason)), end=True)
+                return
+
+    async def origin_to_client() -> tuple[int, str]:
+        parts: list[str | bytes | bytearray] = []
+        size = 0
+        while True:
+            item = await st.queue.get()
+            if item is None or isinstance(item, StreamReset):
+                return 1011, ""
+            ws.receive_data(item)
+            for event in ws.events():
+                if isinstance(event, TextMessage | BytesMessage):
+                    parts.append(event.data)
+                    size += len(event.data)
+                    if size > WS_MAX_MESSAGE:
+                        if ws.state is WsState.OPEN:
+                            await conn.write(st, ws.send(CloseConnection(1009, "too big")))
+                        return 1009, "message too big"
+                    if event.message_finished:
+                        if isinstance(event, TextMessage):
+                            text = "".join(p for p in parts if isinstance(p, str))
+                            await send({"type": "websocket.send", "text": text})
+                        else:
+                            data = b"".join(p for p in parts if not isinstance(p, str))
+                            await send({"type": "websocket.send", "bytes": data})
+                        parts, size = [], 0
+                elif isinstance(event, Ping):
+                    await conn.write(st, ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    if ws.state is WsState.REMOTE_CLOSING:
+                        await conn.write(st, ws.send(event.response()), end=True)
+                    return _close_code(event.code, 1000), event.reason or ""
+            conn.ack(st, len(item))
+
+    from_client = asyncio.ensure_future(client_to_origin())
+    from_origin = asyncio.ensure_future(origin_to_client())
+    try:
+        done, _ = await asyncio.wait(
+            {from_client, from_origin}, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for task in (from_client, from_origin):
+            task.cancel()
+        await asyncio.gather(from_client, from_origin, return_exceptions=True)
+    if from_origin in done and not from_origin.cancelled() and from_origin.exception() is None:
+        code, reason = from_origin.result()
+        await send({"type": "websocket.close", "code": code, "reason": reason})
+    elif from_client not in done or from_client.cancelled() or from_client.exception() is not None:
+        await send({"type": "websocket.close", "code": 1011, "reason": ""})
