@@ -8,19 +8,41 @@ other. The store records every change (who, from where, before → after) in the
 
 Policies live inside their application (as in YAML); changing one is a versioned write of the
 application. The ``admins`` list is one object of kind ``admins``.
+
+Credentials are runtime state, not configuration: a service token's client id and secret
+(``create_service_token`` / ``rotate_service_token``, the same code as ``zerogate
+service-token``) and the admin API's Bearer tokens (``create_api_token``, ``verify_api_token``,
+the same code as ``zerogate api-token``). Secrets are returned once and stored as SHA-256
+hashes; creating, rotating and revoking them is recorded in the admin log too.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import insert
+
 from zerogate.model.loader import ConfigError, Problem, validate_objects
-from zerogate.model.objects import Objects
+from zerogate.model.objects import Name, Objects
+from zerogate.model.values import parse_duration
 from zerogate.policy import Context, Identity, Verdict, compile_snapshot
-from zerogate.store import AdminLogEntry, StaleWrite, Store, TunnelConnection
+from zerogate.store import (
+    AdminLogEntry,
+    ApiToken,
+    ServiceCredential,
+    StaleWrite,
+    Store,
+    TunnelConnection,
+)
 from zerogate.store.diff import ADMINS, Plan
+from zerogate.store.tables import admin_log as admin_log_table
 
 #: API collection name -> (store kind, ``Objects`` field); the collection names are the YAML keys
 COLLECTIONS: dict[str, str] = {
@@ -34,6 +56,13 @@ COLLECTIONS: dict[str, str] = {
 
 #: a reported connection older than this is stale (its edge reports every few seconds)
 FRESH_SECONDS = 15
+
+#: an API token is ``zga_<token id: 16 hex digits>_<secret>``
+API_TOKEN_PREFIX = "zga_"  # noqa: S105 - a prefix, not a secret
+#: ``last_used_at`` of an API token is written at most this often
+TOUCH_SECONDS = 60.0
+
+_NAME: TypeAdapter[str] = TypeAdapter(Name)
 
 
 class AdminError(Exception):
@@ -82,6 +111,68 @@ class Actor:
     source: str | None = None
 
 
+def check_name(name: str, what: str) -> str:
+    """``name`` when it is a valid object name, else ``Invalid`` saying why."""
+    try:
+        return _NAME.validate_python(name)
+    except ValidationError as exc:
+        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise Invalid(f"{what} {name!r}: {message}", [Problem(what, message)]) from None
+
+
+def hash_api_secret(secret: str) -> str:
+    """How an API token's secret is stored (SHA-256: it is a long random string)."""
+    return hashlib.sha256(b"zerogate-api-token\x00" + secret.encode()).hexdigest()
+
+
+def new_api_token(
+    name: str, *, read_only: bool, expires: timedelta | None, created_by: str
+) -> tuple[ApiToken, str]:
+    """A new API token (to store) and its text (``zga_<id>_<secret>``, shown once)."""
+    token_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    now = datetime.now(UTC).replace(microsecond=0)
+    token = ApiToken(
+        name=name,
+        token_id=token_id,
+        secret_hash=hash_api_secret(secret),
+        read_only=read_only,
+        created_by=created_by,
+        created_at=now,
+        expires_at=now + expires if expires is not None else None,
+    )
+    return token, f"{API_TOKEN_PREFIX}{token_id}_{secret}"
+
+
+def split_api_token(text: str) -> tuple[str, str] | None:
+    """``(token id, secret)`` of a presented token, or ``None`` when it is not one."""
+    if not text.startswith(API_TOKEN_PREFIX) or len(text) > 200:
+        return None
+    token_id, sep, secret = text[len(API_TOKEN_PREFIX) :].partition("_")
+    if not sep or len(token_id) != 16 or not secret:
+        return None
+    if any(c not in "0123456789abcdef" for c in token_id):
+        return None
+    return token_id, secret
+
+
+def new_service_credential(name: str, lifetime: timedelta) -> tuple[ServiceCredential, str]:
+    """A new client id and secret for service token ``name``: the credential to store (the
+    secret hashed) and the secret, to show once. Used by the CLI and the admin API."""
+    from zerogate.runtime import hash_secret
+
+    secret = secrets.token_urlsafe(32)
+    now = datetime.now(UTC).replace(microsecond=0)
+    cred = ServiceCredential(
+        name=name,
+        client_id=f"{secrets.token_hex(8)}.access",
+        secret_hash=hash_secret(secret),
+        created_at=now,
+        expires_at=now + lifetime,
+    )
+    return cred, secret
+
+
 def _document(objects: Objects) -> dict[str, Any]:
     return objects.model_dump(mode="json", by_alias=True, exclude_none=True)
 
@@ -97,6 +188,8 @@ class AdminService:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        #: token id -> when this process last wrote its ``last_used_at`` (monotonic-ish epoch)
+        self._touched: dict[str, float] = {}
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -240,6 +333,131 @@ class AdminService:
         spec = {**item.spec, "policies": policies}
         return await self.update("applications", app, spec, version=app_version, actor=actor)
 
+    # -- credentials: service tokens and API tokens --------------------------------------------
+
+    async def _record(
+        self,
+        actor: Actor,
+        action: str,
+        kind: str,
+        name: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+    ) -> None:
+        """An admin-log row for a change outside the configured objects (a credential)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from zerogate.store import StoreError
+        from zerogate.store.engine import write_lock
+
+        row = {
+            "at": datetime.now(UTC),
+            "actor": actor.who,
+            "source": actor.source,
+            "action": action,
+            "kind": kind,
+            "name": name,
+            "before_json": json.dumps(before, sort_keys=True) if before is not None else None,
+            "after_json": json.dumps(after, sort_keys=True) if after is not None else None,
+            "config_version": None,
+        }
+        try:
+            async with self.store.engine.connect() as connection:
+                await write_lock(connection)
+                async with connection.begin():
+                    await connection.execute(insert(admin_log_table).values(**row))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot write the admin log: {exc}") from None
+
+    async def service_credentials(self) -> dict[str, ServiceCredential]:
+        """The stored service-token credentials by name (hashes only)."""
+        return {c.name: c for c in await self.store.service_credentials()}
+
+    async def create_service_token(
+        self, spec: dict[str, Any], actor: Actor
+    ) -> tuple[Item, ServiceCredential, str]:
+        """Add a service token and make its credential: the item, the credential and the
+        secret (shown once)."""
+        item = await self.create("service_tokens", spec, actor)
+        cred, secret = await self.rotate_service_token(item.name, actor)
+        return item, cred, secret
+
+    async def rotate_service_token(self, name: str, actor: Actor) -> tuple[ServiceCredential, str]:
+        """A new client id and secret for service token ``name`` (its first, or replacing the
+        old pair, which stops working at once); valid for the token's ``duration``."""
+        item = await self.get("service_tokens", name)
+        lifetime = parse_duration(str(item.spec.get("duration", "8760h")))
+        old = (await self.service_credentials()).get(name)
+        cred, secret = new_service_credential(name, lifetime)
+        await self.store.put_service_credential(cred)
+        await self._record(
+            actor,
+            "credential",
+            "service_token",
+            name,
+            {"client_id": old.client_id} if old is not None else None,
+            {"client_id": cred.client_id, "expires_at": cred.expires_at.isoformat()},
+        )
+        return cred, secret
+
+    async def api_tokens(self) -> list[ApiToken]:
+        return await self.store.api_tokens()
+
+    async def create_api_token(
+        self, name: str, *, read_only: bool, expires: str | None, actor: Actor
+    ) -> tuple[ApiToken, str]:
+        """A new Bearer token for the admin API: the stored record and the token text (shown
+        once). ``expires`` is a duration such as ``30d`` (``None``: never)."""
+        name = check_name(name, "name")
+        lifetime = None
+        if expires is not None:
+            try:
+                lifetime = parse_duration(expires)
+            except ValueError as exc:
+                raise Invalid(f"expires: {exc}", [Problem("expires", str(exc))]) from None
+        token, text = new_api_token(
+            name, read_only=read_only, expires=lifetime, created_by=actor.who
+        )
+        if not await self.store.add_api_token(token):
+            raise Conflict(f"an API token named {name!r} already exists; revoke it first")
+        await self._record(
+            actor, "add", "api_token", name, None, {"read_only": read_only, "expires": expires}
+        )
+        return token, text
+
+    async def revoke_api_token(self, name: str, actor: Actor) -> None:
+        """Delete API token ``name``: it stops working on the next request."""
+        if not await self.store.revoke_api_token(name):
+            raise NotFound(f"no API token named {name!r}")
+        self._touched.clear()
+        await self._record(actor, "remove", "api_token", name, {"name": name}, None)
+
+    async def verify_api_token(self, text: str, *, now: datetime | None = None) -> ApiToken | None:
+        """The valid, unexpired token ``text`` names, or ``None`` (unknown, wrong secret,
+        expired or revoked). Records its use at most once a minute."""
+        parts = split_api_token(text)
+        if parts is None:
+            return None
+        token_id, secret = parts
+        token = await self.store.api_token(token_id)
+        candidate = hash_api_secret(secret)
+        if token is None:
+            hmac.compare_digest(candidate, candidate)  # the same work either way
+            return None
+        if not hmac.compare_digest(token.secret_hash, candidate):
+            return None
+        now = now or datetime.now(UTC)
+        if token.expires_at is not None and token.expires_at <= now:
+            return None
+        stamp = now.timestamp()
+        last = self._touched.get(token_id)
+        if last is None and token.last_used_at is not None:
+            last = token.last_used_at.timestamp()
+        if last is None or stamp - last >= TOUCH_SECONDS:
+            self._touched[token_id] = stamp
+            await self.store.touch_api_token(token.name)
+        return token
+
     async def connections(self, *, tunnel: str | None = None) -> list[TunnelConnection]:
         """The connector connections the edges reported in the last ``FRESH_SECONDS``."""
         since = datetime.now(UTC) - timedelta(seconds=FRESH_SECONDS)
@@ -247,8 +465,14 @@ class AdminService:
 
     # -- logs and the policy tester ----------------------------------------------------------
 
-    async def admin_log(self, limit: int = 100) -> list[AdminLogEntry]:
-        return await self.store.admin_log(limit)
+    async def admin_log(
+        self, limit: int = 100, *, since: datetime | None = None
+    ) -> list[AdminLogEntry]:
+        """The newest ``limit`` admin-log entries (at or after ``since``), newest first."""
+        entries = await self.store.admin_log(limit)
+        if since is not None:
+            entries = [e for e in entries if e.at >= since]
+        return entries
 
     async def access_log(
         self,
@@ -271,27 +495,62 @@ class AdminService:
         email: str | None = None,
         idp: str | None = None,
         idp_groups: tuple[str, ...] = (),
+        amr: tuple[str, ...] = (),
         ip: str | None = None,
         country: str | None = None,
         service_token: str | None = None,
     ) -> Verdict:
         """The decision for one imagined request, with every check explained (the same
-        engine and routing as the edge). Exactly one of ``app`` and ``url``."""
+        engine and routing as the edge, the same input checks as ``zerogate policy test``).
+        Exactly one of ``app`` and ``url``; ``Invalid`` names every unusable input."""
         from urllib.parse import urlsplit
+
+        from zerogate.model import values
 
         objects, version = await self.store.load()
         snapshot = compile_snapshot(objects, version)
-        identity = Identity.of(email, idp, idp_groups, ()) if email else None
-        ctx = Context(ip=ip, country=country, service_token=service_token)
+        problems: list[Problem] = []
         if (app is None) == (url is None):
-            raise Invalid("give either an application or a URL")
-        if url is not None:
-            parts = urlsplit(url if "://" in url else f"https://{url}")
-            if not parts.hostname:
-                raise Invalid(f"{url!r} has no host")
-            host = parts.netloc.rpartition("@")[2]
-            return snapshot.check(host, parts.path or "/", identity, ctx, explain=True)
-        assert app is not None
-        if app not in snapshot.apps:
+            problems.append(Problem("app", "give exactly one of app (a name) or url"))
+        if email is not None:
+            try:
+                email = values.check_email(email)
+            except ValueError as exc:
+                problems.append(Problem("email", str(exc)))
+        elif idp or idp_groups or amr:
+            problems.append(Problem("email", "idp, idp_groups and amr describe a login: give it"))
+        if idp is not None and idp not in {p.name for p in objects.identity_providers}:
+            problems.append(Problem("idp", f"unknown identity provider {idp!r}"))
+        if ip is not None and values.normalise_ip(ip) is None:
+            problems.append(Problem("ip", f"{ip!r} is not an IP address"))
+        if country is not None:
+            try:
+                country = values.check_country(country)
+            except ValueError as exc:
+                problems.append(Problem("country", str(exc)))
+        known_tokens = {t.name for t in objects.service_tokens}
+        if service_token is not None and service_token not in known_tokens:
+            problems.append(Problem("service_token", f"unknown service token {service_token!r}"))
+        if app is not None and url is None and app not in snapshot.apps:
             raise NotFound(f"no application named {app!r}")
+        host, path = "", "/"
+        if url is not None:
+            try:
+                parts = urlsplit(url if "://" in url else f"https://{url}")
+                hostname = parts.hostname
+            except ValueError as exc:
+                hostname, parts = None, None
+                problems.append(Problem("url", f"{url!r}: {exc}"))
+            if parts is not None and not hostname:
+                problems.append(Problem("url", f"{url!r} has no host"))
+            elif parts is not None:
+                host = parts.netloc.rpartition("@")[2]
+                path = parts.path or "/"
+        if problems:
+            raise Invalid("the test request is not valid", problems)
+        identity = Identity.of(email, idp, idp_groups, amr) if email else None
+        ctx = Context(ip=ip, country=country, service_token=service_token)
+        if url is not None:
+            return snapshot.check(host, path, identity, ctx, explain=True)
+        assert app is not None
         return snapshot.explain(snapshot.apps[app], identity, ctx)

@@ -12,7 +12,6 @@ Registered on the main app by importing this module (see the bottom of ``main``)
 from __future__ import annotations
 
 import getpass
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -163,19 +162,10 @@ def _token_doc(objects: Objects) -> list[dict[str, Any]]:
 
 
 def _new_credential(name: str, lifetime: timedelta) -> tuple[ServiceCredential, str]:
-    from zerogate.runtime import hash_secret
-    from zerogate.store import ServiceCredential
+    """The same credential the admin API makes (``admin.service.new_service_credential``)."""
+    from zerogate.admin.service import new_service_credential
 
-    secret = secrets.token_urlsafe(32)
-    now = datetime.now(UTC).replace(microsecond=0)
-    cred = ServiceCredential(
-        name=name,
-        client_id=f"{secrets.token_hex(8)}.access",
-        secret_hash=hash_secret(secret),
-        created_at=now,
-        expires_at=now + lifetime,
-    )
-    return cred, secret
+    return new_service_credential(name, lifetime)
 
 
 def _show_secret(cred: ServiceCredential, secret: str, as_json: bool, **extra: Any) -> None:

@@ -1,0 +1,248 @@
+"""The admin front door: every request for ``/api/v1`` and ``/admin`` on the portal host
+passes here first (raw ASGI, a few dictionary lookups before the frameworks behind it).
+
+1. ``/admin/login…`` — the admin sign-in (``auth.AdminLogin``), open to everyone;
+2. authenticate: ``Authorization: Bearer zga_…`` → an API token (wrong, expired or revoked →
+   401 JSON); else the portal session cookie → its email must pass the ``admins`` list
+   (not signed in → 302 to the sign-in page for a browser, 401 JSON with ``login_url`` for an
+   API client; signed in but not an admin → 403, HTML or JSON);
+3. authorise: a read-only token gets 403 on every write method; an API write made with the
+   session cookie needs the ``X-Zerogate-CSRF`` header (403 without it);
+4. put the ``Principal`` (who, client address from ``resolve_client``, scope) into
+   ``scope[SCOPE_KEY]`` and hand the request to the REST API (``/api/v1``, FastAPI) or the web
+   panel (``/admin``, ``zerogate.admin.panel.create_panel``; 503 while it is not installed).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+from zerogate.admin.auth import (
+    LOGIN_PATH,
+    AdminCheck,
+    AdminLogin,
+    _Client,
+    bearer,
+    csrf_ok,
+    identity_of,
+    login_url,
+    session_claims,
+)
+from zerogate.admin.principal import SCOPE_KEY, Principal
+from zerogate.admin.service import AdminService
+from zerogate.edge import http
+from zerogate.edge.asgi_types import Receive, Scope, Send
+from zerogate.edge.headers import resolve_client
+from zerogate.edge.pipeline import raw_path_of
+from zerogate.model.paths import PathError, normalise_path
+from zerogate.policy import Context
+from zerogate.services import Services
+from zerogate.store import StoreError
+
+log = logging.getLogger("zerogate.admin")
+
+API_PREFIX = "/api/v1"
+PANEL_PREFIX = "/admin"
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+ASGIApp = Any
+
+
+def _under(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in (API_PREFIX, PANEL_PREFIX))
+
+
+def handles(raw_path: str) -> bool:
+    """Whether a portal-host request (its raw path) belongs to the admin front door."""
+    try:
+        return _under(normalise_path(raw_path))
+    except PathError:  # unsafe (%2F, %5C, NUL…): the front door answers 400 in its own format
+        return raw_path.startswith((API_PREFIX + "/", PANEL_PREFIX + "/"))
+
+
+class AdminFrontDoor:
+    """Authenticates, authorises and dispatches admin requests (see the module docstring)."""
+
+    def __init__(self, svc: Services, service: AdminService | None = None) -> None:
+        self.svc = svc
+        self.service = service or AdminService(svc.runtime.store)
+        self.check = AdminCheck()
+        self.login = AdminLogin(svc, self.check)
+        from zerogate.admin.api import create_api
+
+        self.api: ASGIApp = create_api(self.service, secret=svc.runtime.secret)
+        self._panel: ASGIApp | None = None
+        self._panel_missing = False
+
+    def panel(self) -> ASGIApp | None:
+        """The panel's ASGI app, created on first use; ``None`` while it does not exist."""
+        if self._panel is None and not self._panel_missing:
+            try:
+                from zerogate.admin import panel
+            except ImportError:
+                log.warning("the admin panel (zerogate.admin.panel) is not installed")
+                self._panel_missing = True
+                return None
+            extra: dict[str, Any] = {}
+            if "settings" in inspect.signature(panel.create_panel).parameters:
+                # the server's settings: the edge addresses of the connector tokens it shows
+                extra["settings"] = self.svc.runtime.settings
+            self._panel = panel.create_panel(self.service, secret=self.svc.runtime.secret, **extra)
+        return self._panel
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        try:
+            await self._handle(scope, receive, send)
+        except (http.BadRequest, PathError) as exc:
+            await _error(scope, send, 400, "bad request", str(exc))
+        except StoreError as exc:
+            log.warning("admin request failed: %s", exc)
+            await _error(scope, send, 503, "store unavailable", str(exc))
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        svc = self.svc
+        rt = svc.runtime
+        path = normalise_path(raw_path_of(scope))
+        if path != scope.get("path"):
+            scope = {**scope, "path": path}
+        method: str = scope.get("method", "GET")
+        peer = scope.get("client") or ("", 0)
+        resolved = resolve_client(str(peer[0]), scope["headers"], rt.trusted)
+        client = _Client(resolved.ip, rt.country(resolved.ip))
+        api = path == API_PREFIX or path.startswith(API_PREFIX + "/")
+
+        if path == LOGIN_PATH or path.startswith(LOGIN_PATH + "/"):
+            await self.login.handle(scope, receive, send, client)
+            return
+
+        token_text = bearer(scope)
+        principal: Principal
+        if token_text is not None:
+            token = await self.service.verify_api_token(token_text) if token_text else None
+            if token is None:
+                await http.respond_json(
+                    send,
+                    401,
+                    {
+                        "error": "invalid token",
+                        "detail": "the API token is wrong, expired or revoked; create one with "
+                        "`zerogate api-token create NAME`",
+                    },
+                    [(b"www-authenticate", b'Bearer realm="zerogate", error="invalid_token"')],
+                )
+                return
+            if token.read_only and method in WRITE_METHODS:
+                await http.respond_json(
+                    send,
+                    403,
+                    {"error": "forbidden", "detail": f"API token {token.name!r} is read-only"},
+                )
+                return
+            principal = Principal(
+                who=f"api-token:{token.name}",
+                source=client.ip,
+                read_only=token.read_only,
+                via="token",
+                session_id=f"token:{token.token_id}",
+            )
+        else:
+            claims = session_claims(scope, svc)
+            if claims is None:
+                target = path + (
+                    "?" + scope["query_string"].decode("latin-1")
+                    if scope.get("query_string")
+                    else ""
+                )
+                if not api and http.is_navigation(scope):
+                    await http.redirect(send, login_url(svc, target))
+                else:
+                    await http.respond_json(
+                        send,
+                        401,
+                        {
+                            "error": "login required",
+                            "detail": "sign in as an administrator, or send "
+                            "Authorization: Bearer <API token>",
+                            "login_url": login_url(svc, target),
+                        },
+                        [(b"www-authenticate", b'Bearer realm="zerogate"')],
+                    )
+                return
+            ctx = Context(ip=client.ip, country=client.country)
+            if not self.check.allows(rt.snapshot, identity_of(claims), ctx):
+                await _forbidden(
+                    scope,
+                    send,
+                    svc,
+                    api,
+                    f"{claims.email} is not an administrator of this gateway (from here)",
+                )
+                return
+            if api and method in WRITE_METHODS and not csrf_ok(scope, rt.secret, claims.jti):
+                await http.respond_json(
+                    send,
+                    403,
+                    {
+                        "error": "csrf",
+                        "detail": "a write with the session cookie needs the X-Zerogate-CSRF "
+                        "header; its value is csrf_token of GET /api/v1/session",
+                    },
+                )
+                return
+            principal = Principal(
+                who=claims.email,
+                source=client.ip,
+                read_only=False,
+                via="session",
+                session_id=claims.jti,
+            )
+
+        scope[SCOPE_KEY] = principal
+        if api:
+            await self.api(scope, receive, send)
+            return
+        panel = self.panel()
+        if panel is None:
+            await http.respond_html(
+                send,
+                503,
+                svc.page(
+                    "message.html",
+                    title="Admin panel unavailable",
+                    message="The web panel is not part of this installation; the REST API "
+                    "under /api/v1 works.",
+                    error=True,
+                ),
+            )
+            return
+        await panel(scope, receive, send)
+
+
+async def _error(scope: Scope, send: Send, status: int, error: str, detail: str) -> None:
+    await http.respond_json(send, status, {"error": error, "detail": detail})
+
+
+async def _forbidden(scope: Scope, send: Send, svc: Services, api: bool, why: str) -> None:
+    if api or http.wants_json(scope):
+        await http.respond_json(send, 403, {"error": "forbidden", "detail": why})
+        return
+    page = svc.page(
+        "message.html",
+        title="Access denied",
+        message=f"{why}.",
+        detail="Ask an administrator to add you to the admins list.",
+        link="/.zerogate/logout",
+        link_text="Sign in as someone else",
+        error=True,
+    )
+    await http.respond_html(send, 403, page)
+
+
+def create_front_door(svc: Services) -> AdminFrontDoor:
+    """The front door for one server process (called at startup)."""
+    return AdminFrontDoor(svc)

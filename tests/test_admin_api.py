@@ -1,0 +1,628 @@
+"""The admin front door and REST API against a real ``zerogate server`` (subprocess, SQLite
+store, real SMTP outbox, an origin that verifies the JWT): the seed workflow through the API
+enforced by the edge, tokens and their scopes, admin sessions, CSRF, versions and 409s, 422s
+naming the field, the admin log, and the sign-in's return URL (no open redirect).
+
+Clients play different addresses by binding to 127.0.0.N (``HttpBrowser(source=...)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from zerogate.admin.service import Actor, AdminService, new_api_token
+from zg_harness import (
+    HttpBrowser,
+    ThreadedOutbox,
+    VerifyingOrigin,
+    Zerogate,
+    free_port,
+    hidden_inputs,
+    login,
+    open_store,
+)
+
+ADMIN = "ops@example.test"
+NET_ADMIN = "net@example.test"  # an admin through a group that requires 127.0.0.2
+
+
+def config(origin_port: int) -> str:
+    return f"""
+admins: [{ADMIN}, "group:Net Admins"]
+identity_providers: [{{name: otp, type: onetimepin}}]
+groups:
+  - name: Net Admins
+    include: [{{email: [{NET_ADMIN}]}}]
+    require: [{{ip: [127.0.0.2/32]}}]
+applications:
+  - name: wiki
+    domain: wiki.localhost
+    origin: http://127.0.0.1:{origin_port}
+    policies:
+      - {{name: staff, decision: allow, include: [{{email_domain: [example.test]}}]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def outbox() -> Iterator[ThreadedOutbox]:
+    box = ThreadedOutbox().start()
+    yield box
+    box.stop()
+
+
+async def _token(zg: Zerogate, name: str, *, read_only: bool = False) -> str:
+    async with open_store(zg) as store:
+        _, text = await AdminService(store).create_api_token(
+            name, read_only=read_only, expires="1d", actor=Actor("test")
+        )
+    return text
+
+
+@pytest.fixture(scope="module")
+def zg(tmp_path_factory: pytest.TempPathFactory, outbox: ThreadedOutbox) -> Iterator[Zerogate]:
+    workdir = tmp_path_factory.mktemp("zg")
+    port = free_port()
+    origin = VerifyingOrigin(
+        f"http://auth.localhost:{port}/.zerogate/certs", f"https://auth.localhost:{port}"
+    ).start()
+    zerogate = Zerogate(workdir, port, outbox.port)
+    zerogate.apply(config(origin.port))
+    zerogate.start()
+    zerogate.extra["rw"] = asyncio.run(_token(zerogate, "rw"))
+    zerogate.extra["ro"] = asyncio.run(_token(zerogate, "ro", read_only=True))
+    yield zerogate
+    zerogate.stop()
+    origin.stop()
+
+
+def api(zg: Zerogate, path: str) -> str:
+    return f"http://{zg.portal}/api/v1{path}"
+
+
+def bearer(token: str, **extra: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Accept": "application/json", **extra}
+
+
+async def send_json(
+    browser: HttpBrowser,
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    data = json.dumps(body).encode() if body is not None else None
+    return await browser.request(method, url, headers=sent, data=data)
+
+
+async def wait_for(check: Any, timeout: float = 10.0) -> Any:  # noqa: ASYNC109
+    """Poll an async ``check()`` until it returns something truthy (the servers poll the
+    store twice a second, so a change shows within about that)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.05)
+
+
+async def live(zg: Zerogate, version: int) -> None:
+    """Wait until the server decides with configuration ``version`` (its metric says so)."""
+
+    async def reached() -> bool:
+        async with HttpBrowser() as client:
+            metrics = await client.get(f"http://{zg.portal}/.zerogate/metrics")
+        found = re.search(r"^zerogate_config_version (\S+)$", metrics.text, re.M)
+        return found is not None and float(found.group(1)) >= version
+
+    await wait_for(reached)
+
+
+# ---------------------------------------------------------------- the seed workflow
+
+
+async def test_seed_workflow_through_the_api(zg: Zerogate, outbox: ThreadedOutbox) -> None:
+    """Create a group, add a policy with include + require to an application: the edge lets
+    the partner in from the required network only, and the access log shows it."""
+    rw = bearer(zg.extra["rw"])
+    async with HttpBrowser(source="127.0.0.3") as client:
+        made = await send_json(
+            client,
+            "POST",
+            api(zg, "/groups"),
+            {"name": "Partners", "include": [{"email": ["alice@partner.test"]}]},
+            rw,
+        )
+        assert made.status == 201, made.text
+        assert made.json() == {
+            "name": "Partners",
+            "include": [{"email": ["alice@partner.test"]}],
+            "require": [],
+            "exclude": [],
+            "version": made.json()["version"],
+        }
+        assert made.headers["ETag"] == f'"{made.json()["version"]}"'
+        policy = {
+            "name": "partners from the lab",
+            "decision": "allow",
+            "include": [{"group": ["Partners"]}],
+            "require": [{"ip": ["127.0.0.3/32"]}],
+        }
+        added = await send_json(client, "POST", api(zg, "/applications/wiki/policies"), policy, rw)
+        assert added.status == 201, added.text
+        assert added.json()["require"] == [{"ip": ["127.0.0.3/32"]}]
+        listed = await client.get(api(zg, "/applications/wiki/policies"), headers=rw)
+        assert [p["name"] for p in listed.json()] == ["staff", "partners from the lab"]
+
+    await live(zg, added.json()["version"])
+    async with HttpBrowser(source="127.0.0.3") as browser:
+        reply = await login(browser, zg, outbox, "wiki.localhost", "alice@partner.test")
+        assert reply.status == 200 and reply.json()["email"] == "alice@partner.test"
+
+    # from another address the same partner gets no PIN and no access
+    async with HttpBrowser(source="127.0.0.4") as browser:
+        chain = await browser.follow(zg.url("wiki.localhost", "/"))
+        fields = hidden_inputs(chain[-1].text)
+        mark = outbox.mark()
+        await browser.post_form(
+            f"http://{zg.portal}/.zerogate/login/otp",
+            {"flow": fields["flow"], "csrf": fields["csrf"], "email": "alice@partner.test"},
+        )
+
+    async def logged() -> bool:  # the access log is written in batches
+        async with HttpBrowser() as client:
+            log = await client.get(
+                api(zg, "/access-log?email=alice@partner.test&decision=allow"), headers=rw
+            )
+            assert log.status == 200
+            events = log.json()["events"]
+            return any(e["app"] == "wiki" and e["ip"] == "127.0.0.3" for e in events)
+
+    assert await wait_for(logged)
+    assert not [m for m in outbox.messages(mark) if "alice@partner.test" in m.to]
+
+
+# ---------------------------------------------------------------- tokens
+
+
+async def test_read_only_token_reads_but_cannot_write(zg: Zerogate) -> None:
+    ro = bearer(zg.extra["ro"])
+    async with HttpBrowser() as client:
+        assert (await client.get(api(zg, "/groups"), headers=ro)).status == 200
+        session = (await client.get(api(zg, "/session"), headers=ro)).json()
+        assert session["who"] == "api-token:ro" and session["read_only"] is True
+        for method, path, body in (
+            ("POST", "/groups", {"name": "X", "include": [{"everyone": True}]}),
+            ("PUT", "/applications/wiki", {"name": "wiki", "domain": "wiki.localhost"}),
+            ("DELETE", "/applications/wiki", None),
+            ("POST", "/api-tokens", {"name": "escalate"}),
+            ("PUT", "/admins", {"admins": ["evil@example.test"], "version": 1}),
+        ):
+            reply = await send_json(client, method, api(zg, path), body, ro)
+            assert reply.status == 403, (method, path, reply.text)
+            assert "read-only" in reply.json()["detail"]
+
+
+async def test_wrong_expired_and_revoked_tokens_get_401(zg: Zerogate) -> None:
+    rw = zg.extra["rw"]
+    token_id = rw.split("_")[1]
+    async with open_store(zg) as store:
+        old, expired = new_api_token(
+            "old", read_only=False, expires=timedelta(days=1), created_by="test"
+        )
+        gone = datetime.now(UTC) - timedelta(minutes=1)
+        await store.add_api_token(
+            type(old)(**{**vars(old), "expires_at": gone, "created_at": gone - timedelta(days=1)})
+        )
+    revoked = await _token(zg, "short-lived")
+    async with HttpBrowser() as client:
+        made = await client.get(api(zg, "/groups"), headers=bearer(revoked))
+        assert made.status == 200
+        gone_reply = await send_json(
+            client, "DELETE", api(zg, "/api-tokens/short-lived"), None, bearer(rw)
+        )
+        assert gone_reply.status == 204
+        for text in (
+            revoked,
+            expired,
+            f"zga_{token_id}_wrong-secret",
+            "zga_0000000000000000_x",
+            "not-a-token",
+            rw + "x",
+        ):
+            reply = await client.get(api(zg, "/groups"), headers=bearer(text))
+            assert reply.status == 401, text
+            assert reply.json()["error"] == "invalid token"
+        odd = await client.get(api(zg, "/groups"), headers={"Authorization": "Basic eDp5"})
+        assert odd.status == 401
+        listed = await client.get(api(zg, "/api-tokens"), headers=bearer(rw))
+        rows = {t["name"]: t for t in listed.json()}
+        assert "short-lived" not in rows
+        assert rows["old"]["expired"] is True
+        assert rows["rw"]["last_used_at"] is not None
+        assert all("token" not in row and "secret_hash" not in row for row in rows.values())
+
+
+async def test_api_token_created_through_the_api_works_once_shown(zg: Zerogate) -> None:
+    async with HttpBrowser() as client:
+        made = await send_json(
+            client,
+            "POST",
+            api(zg, "/api-tokens"),
+            {"name": "script", "read_only": True, "expires": "30d"},
+            bearer(zg.extra["rw"]),
+        )
+        assert made.status == 201, made.text
+        token = made.json()["token"]
+        assert token.startswith("zga_") and made.json()["read_only"] is True
+        who = await client.get(api(zg, "/session"), headers=bearer(token))
+        assert who.json()["who"] == "api-token:script"
+        again = await send_json(
+            client, "POST", api(zg, "/api-tokens"), {"name": "script"}, bearer(zg.extra["rw"])
+        )
+        assert again.status == 409
+        bad = await send_json(
+            client,
+            "POST",
+            api(zg, "/api-tokens"),
+            {"name": "x", "expires": "soon"},
+            bearer(zg.extra["rw"]),
+        )
+        assert bad.status == 422 and bad.json()["problems"][0]["where"] == "expires"
+
+
+# ---------------------------------------------------------------- sessions
+
+
+async def test_anonymous_gets_401_json_or_a_redirect_to_sign_in(zg: Zerogate) -> None:
+    async with HttpBrowser() as client:
+        reply = await client.get(api(zg, "/groups"), headers={"Accept": "application/json"})
+        assert reply.status == 401
+        assert (
+            reply.json()["login_url"] == f"http://{zg.portal}/admin/login?rd=%2Fapi%2Fv1%2Fgroups"
+        )
+        page = await client.get(f"http://{zg.portal}/admin/groups?x=1")
+        assert page.status == 302
+        assert page.location == f"http://{zg.portal}/admin/login?rd=%2Fadmin%2Fgroups%3Fx%3D1"
+        write = await send_json(client, "POST", api(zg, "/groups"), {"name": "x"})
+        assert write.status == 401
+        spec = await client.get(api(zg, "/openapi.json"))
+        assert spec.status == 401  # the document too is for administrators
+
+
+async def test_non_admin_gets_403_on_every_path(zg: Zerogate, outbox: ThreadedOutbox) -> None:
+    async with HttpBrowser() as client:
+        spec = (await client.get(api(zg, "/openapi.json"), headers=bearer(zg.extra["ro"]))).json()
+    async with HttpBrowser(source="127.0.0.5") as browser:
+        reply = await login(browser, zg, outbox, "wiki.localhost", "bob@example.test")
+        assert reply.status == 200  # bob may use the wiki, not the admin API
+        checked = 0
+        for path, operations in spec["paths"].items():
+            url = "http://" + zg.portal + re.sub(r"\{[^}]+\}", "wiki", path)
+            for method in operations:
+                got = await send_json(browser, method.upper(), url, {}, {"Accept": "*/*"})
+                assert got.status == 403, (method, path, got.status)
+                assert "not an administrator" in got.json()["detail"]
+                checked += 1
+        assert checked >= 30
+        page = await browser.get(f"http://{zg.portal}/admin/")
+        assert page.status == 403 and "text/html" in page.headers["Content-Type"]
+        assert "bob@example.test is not an administrator" in page.text
+
+
+async def test_group_admin_only_from_the_groups_network(
+    zg: Zerogate, outbox: ThreadedOutbox
+) -> None:
+    """``group:Net Admins`` requires 127.0.0.2: the same session is admin from there only."""
+    async with HttpBrowser(source="127.0.0.2") as browser:
+        assert (await login(browser, zg, outbox, "wiki.localhost", NET_ADMIN)).status == 200
+        here = await browser.get(api(zg, "/session"), headers={"Accept": "application/json"})
+        assert here.status == 200 and here.json()["who"] == NET_ADMIN
+        cookies = browser.cookies("auth.localhost")
+    async with HttpBrowser(source="127.0.0.6") as elsewhere:
+        for name, value in cookies.items():
+            elsewhere.set_cookie("auth.localhost", name, value)
+        there = await elsewhere.get(api(zg, "/session"), headers={"Accept": "application/json"})
+        assert there.status == 403
+
+
+async def test_cookie_writes_need_the_csrf_header(zg: Zerogate, outbox: ThreadedOutbox) -> None:
+    async with HttpBrowser(source="127.0.0.7") as browser:
+        assert (await login(browser, zg, outbox, "wiki.localhost", ADMIN)).status == 200
+        session = await browser.get(api(zg, "/session"), headers={"Accept": "application/json"})
+        assert session.status == 200
+        csrf = session.json()["csrf_token"]
+        assert session.json()["via"] == "session" and csrf
+        group = {"name": "Via Cookie", "include": [{"email_domain": ["example.test"]}]}
+        for headers in ({}, {"X-Zerogate-CSRF": "0" * len(csrf)}, {"X-Zerogate-CSRF": ""}):
+            refused = await send_json(browser, "POST", api(zg, "/groups"), group, headers)
+            assert refused.status == 403, headers
+            assert refused.json()["error"] == "csrf"
+        made = await send_json(
+            browser, "POST", api(zg, "/groups"), group, {"X-Zerogate-CSRF": csrf}
+        )
+        assert made.status == 201, made.text
+        # reads need no header; the admin log names the person
+        log = await browser.get(api(zg, "/admin-log?limit=5"))
+        entry = next(e for e in log.json()["entries"] if e["name"] == "Via Cookie")
+        assert entry["actor"] == ADMIN and entry["source"] == "127.0.0.7"
+
+
+# ---------------------------------------------------------------- versions and validation
+
+
+async def test_concurrent_edits_one_wins_the_other_gets_409(zg: Zerogate) -> None:
+    rw = bearer(zg.extra["rw"])
+    async with HttpBrowser() as a, HttpBrowser() as b:
+        made = await send_json(
+            a, "POST", api(zg, "/groups"), {"name": "Race", "include": [{"everyone": True}]}, rw
+        )
+        version = made.json()["version"]
+        edits = [{"name": "Race", "include": [{"email": [f"{who}@example.test"]}]} for who in "ab"]
+        replies = await asyncio.gather(
+            send_json(
+                a, "PUT", api(zg, "/groups/Race"), edits[0], {**rw, "If-Match": f'"{version}"'}
+            ),
+            send_json(b, "PUT", api(zg, "/groups/Race"), {**edits[1], "version": version}, rw),
+        )
+        statuses = sorted(r.status for r in replies)
+        assert statuses == [200, 409], [r.text for r in replies]
+        loser = next(r for r in replies if r.status == 409)
+        assert "Race" in loser.json()["error"]
+        winner = next(r for r in replies if r.status == 200)
+        now = await a.get(api(zg, "/groups/Race"), headers=rw)
+        assert now.json()["include"] == winner.json()["include"]
+        assert now.headers["ETag"] == f'"{winner.json()["version"]}"'
+        # no version at all: 428; a stale delete: 409; the current one deletes
+        bare = await send_json(a, "PUT", api(zg, "/groups/Race"), edits[0], rw)
+        assert bare.status == 428
+        stale = await send_json(
+            a, "DELETE", api(zg, "/groups/Race"), None, {**rw, "If-Match": f'"{version}"'}
+        )
+        assert stale.status == 409
+        done = await send_json(
+            a, "DELETE", api(zg, f"/groups/Race?version={winner.json()['version']}"), None, rw
+        )
+        assert done.status == 204
+        assert (await a.get(api(zg, "/groups/Race"), headers=rw)).status == 404
+
+
+async def test_invalid_objects_get_422_naming_the_field(zg: Zerogate) -> None:
+    rw = bearer(zg.extra["rw"])
+    async with HttpBrowser() as client:
+        bad_ip = await send_json(
+            client,
+            "POST",
+            api(zg, "/groups"),
+            {"name": "Bad", "include": [{"ip": ["300.1.2.3"]}]},
+            rw,
+        )
+        assert bad_ip.status == 422
+        where = [p["where"] for p in bad_ip.json()["problems"]]
+        assert any("include" in w and "ip" in w for w in where), where
+        unknown = await send_json(
+            client,
+            "POST",
+            api(zg, "/applications/wiki/policies"),
+            {"name": "p", "decision": "allow", "include": [{"group": ["Nope"]}]},
+            rw,
+        )
+        assert unknown.status == 422
+        problem = unknown.json()["problems"][0]
+        assert "wiki" in problem["where"] and "group" in problem["where"]
+        assert "Nope" in problem["message"]
+        in_use = await send_json(
+            client,
+            "POST",
+            api(zg, "/groups"),
+            {"name": "Used", "include": [{"everyone": True}]},
+            rw,
+        )
+        await send_json(
+            client,
+            "POST",
+            api(zg, "/applications/wiki/policies"),
+            {"name": "uses it", "decision": "allow", "include": [{"group": ["Used"]}]},
+            rw,
+        )
+        refused = await send_json(
+            client,
+            "DELETE",
+            api(zg, "/groups/Used"),
+            None,
+            {**rw, "If-Match": f'"{in_use.json()["version"]}"'},
+        )
+        assert refused.status == 422
+        assert "Used" in json.dumps(refused.json()["problems"])
+        missing = await client.get(api(zg, "/groups/Nobody"), headers=rw)
+        assert missing.status == 404 and "Nobody" in missing.json()["error"]
+
+
+async def test_admin_log_records_who_from_where_and_before_after(zg: Zerogate) -> None:
+    rw = bearer(zg.extra["rw"], **{"X-Forwarded-For": "203.0.113.9"})
+    async with HttpBrowser(source="127.0.0.8") as client:
+        made = await send_json(
+            client, "POST", api(zg, "/tunnels"), {"name": "lab", "routes": []}, rw
+        )
+        assert made.status == 201, made.text
+        assert made.json()["status"] == "down" and made.json()["connections"] == []
+        changed = await send_json(
+            client,
+            "PUT",
+            api(zg, "/tunnels/lab"),
+            {"name": "lab", "routes": ["lab.localhost"]},
+            {**rw, "If-Match": made.headers["ETag"]},
+        )
+        assert changed.status == 200, changed.text
+        log = await client.get(api(zg, "/admin-log?limit=10"), headers=rw)
+        entry = next(e for e in log.json()["entries"] if e["name"] == "lab")
+        # the untrusted peer's X-Forwarded-For is not believed
+        assert entry["actor"] == "api-token:rw" and entry["source"] == "127.0.0.8"
+        assert entry["action"] == "change" and entry["kind"] == "tunnel"
+        assert entry["before"]["routes"] == [] and entry["after"]["routes"] == ["lab.localhost"]
+
+
+async def test_service_token_secret_is_shown_once_and_the_edge_accepts_it(zg: Zerogate) -> None:
+    rw = bearer(zg.extra["rw"])
+    async with HttpBrowser() as client:
+        made = await send_json(
+            client, "POST", api(zg, "/service-tokens"), {"name": "robot", "duration": "1h"}, rw
+        )
+        assert made.status == 201, made.text
+        body = made.json()
+        assert body["client_id"].endswith(".access") and body["client_secret"]
+        listed = await client.get(api(zg, "/service-tokens/robot"), headers=rw)
+        assert listed.json()["client_id"] == body["client_id"]
+        assert "client_secret" not in listed.json()
+        app = await client.get(api(zg, "/applications/wiki"), headers=rw)
+        policy = {
+            "name": "robot",
+            "decision": "service_auth",
+            "include": [{"service_token": ["robot"]}],
+        }
+        await send_json(
+            client,
+            "POST",
+            api(zg, "/applications/wiki/policies?position=0"),
+            policy,
+            {**rw, "If-Match": app.headers["ETag"]},
+        )
+
+        async def robot_gets_in() -> bool:
+            reply = await client.get(zg.url("wiki.localhost", "/ci"), headers=body["headers"])
+            return reply.status == 200
+
+        assert await wait_for(robot_gets_in)
+        rotated = await send_json(client, "POST", api(zg, "/service-tokens/robot/rotate"), None, rw)
+        assert rotated.status == 200 and rotated.json()["client_id"] != body["client_id"]
+
+        async def old_pair_refused() -> bool:
+            reply = await client.get(
+                zg.url("wiki.localhost", "/ci"),
+                headers={**body["headers"], "Accept": "application/json"},
+            )
+            return reply.status == 401  # an unknown pair is no identity: login required
+
+        assert await wait_for(old_pair_refused)
+
+
+async def test_policy_test_explains_like_the_cli(zg: Zerogate) -> None:
+    rw = bearer(zg.extra["rw"])
+    async with HttpBrowser() as client:
+        reply = await send_json(
+            client,
+            "POST",
+            api(zg, "/policy-test"),
+            {
+                "url": "https://wiki.localhost/x",
+                "email": "carol@example.test",
+                "ip": "198.51.100.7",
+            },
+            rw,
+        )
+        assert reply.status == 200, reply.text
+        result = reply.json()
+        assert result["application"] == "wiki" and result["decision"] == "allow"
+        assert result["policy"] == "staff" and result["steps"]
+        bad = await send_json(
+            client, "POST", api(zg, "/policy-test"), {"app": "wiki", "ip": "nope"}, rw
+        )
+        assert bad.status == 422 and bad.json()["problems"][0]["where"] == "ip"
+
+
+# ---------------------------------------------------------------- the admin sign-in
+
+
+EVIL_RETURNS = [
+    "https://evil.test/",
+    "//evil.test/admin",
+    "/\\evil.test",
+    "/admin/../../evil",
+    "http://auth.localhost/admin",
+    "javascript:alert(1)",
+    "/.zerogate/logout",
+    " /admin",
+    "/%2F%2Fevil.test",
+]
+
+
+@pytest.mark.parametrize("target", EVIL_RETURNS)
+async def test_sign_in_page_never_carries_a_foreign_return(zg: Zerogate, target: str) -> None:
+    async with HttpBrowser() as browser:
+        page = await browser.get(f"http://{zg.portal}/admin/login?" + f"rd={_q(target)}")
+        assert page.status == 200
+        assert hidden_inputs(page.text)["rd"] == "/admin/"
+
+
+def _q(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+async def test_admin_sign_in_returns_to_the_page_and_never_elsewhere(
+    zg: Zerogate, outbox: ThreadedOutbox
+) -> None:
+    async with HttpBrowser(source="127.0.0.9") as browser:
+        start = await browser.get(f"http://{zg.portal}/admin/groups?tab=1")
+        assert start.status == 302 and start.location is not None
+        login_page = await browser.get(start.location)
+        fields = hidden_inputs(login_page.text)
+        assert fields["rd"] == "/admin/groups?tab=1"
+        # a non-admin gets the same page and no PIN
+        mark = outbox.mark()
+        same = await browser.post_form(
+            f"http://{zg.portal}/admin/login/otp", {**fields, "email": "mallory@example.test"}
+        )
+        assert same.status == 200 and "we have sent" in same.text
+        # the admin gets a PIN; the attacker swaps the return URL in the form: refused
+        sent = await browser.post_form(
+            f"http://{zg.portal}/admin/login/otp", {**fields, "email": ADMIN}
+        )
+        message = await outbox.wait_async(ADMIN, after=mark)
+        assert message.pin is not None
+        assert not [m for m in outbox.messages(mark) if "mallory" in m.to[0]]
+        pin_fields = hidden_inputs(sent.text)
+        forged = await browser.post_form(
+            f"http://{zg.portal}/admin/login/verify",
+            {**pin_fields, "rd": "https://evil.test/steal", "pin": "000000"},
+        )
+        assert forged.status == 401  # a wrong PIN costs a try and goes nowhere
+        done = await browser.post_form(
+            f"http://{zg.portal}/admin/login/verify",
+            {**pin_fields, "rd": "//evil.test/admin", "pin": message.pin},
+        )
+        assert done.status == 302 and done.location == "/admin/"
+        assert "__zg_portal" in browser.cookies("auth.localhost")
+        who = await browser.get(api(zg, "/session"), headers={"Accept": "application/json"})
+        assert who.status == 200 and who.json()["who"] == ADMIN
+        panel = await browser.get(f"http://{zg.portal}/admin/")
+        assert panel.status == 200, panel.text[:300]  # the front door hands over to the panel
+        # signed in: the sign-in page goes straight back (to a local path only)
+        back = await browser.get(f"http://{zg.portal}/admin/login?rd=%2Fadmin%2Fgroups")
+        assert back.status == 302 and back.location == "/admin/groups"
+        away = await browser.get(f"http://{zg.portal}/admin/login?rd=https%3A%2F%2Fevil.test")
+        assert away.location == "/admin/"
+        assert urlsplit(away.location).netloc == ""
+        assert parse_qs("") == {}
+
+
+async def test_admin_sign_in_form_needs_its_csrf_cookie(zg: Zerogate) -> None:
+    async with HttpBrowser() as browser:
+        page = await browser.get(f"http://{zg.portal}/admin/login")
+        fields = hidden_inputs(page.text)
+    async with HttpBrowser() as other:  # no cookie: a cross-site form post
+        reply = await other.post_form(
+            f"http://{zg.portal}/admin/login/otp", {**fields, "email": ADMIN}
+        )
+        assert reply.status == 403

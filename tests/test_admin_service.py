@@ -1,0 +1,315 @@
+"""``AdminService`` and the front door's pure checks, in-process against a SQLite store in
+tmp_path: versioned writes (409 on stale, 422 naming the field, 404), policies inside their
+application, credentials (service tokens, API tokens: hashing, expiry, at most one
+``last_used_at`` write a minute), the admins list as a policy (groups with network
+requirements, nobody when empty), the sign-in's return-URL rule and the policy tester's input
+checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from zerogate.admin.auth import AdminCheck, build_admin_app, csrf_token, safe_return
+from zerogate.admin.service import (
+    Actor,
+    AdminService,
+    Conflict,
+    Invalid,
+    NotFound,
+    hash_api_secret,
+    split_api_token,
+)
+from zerogate.model.loader import validate_objects
+from zerogate.policy import Context, Identity, compile_snapshot
+from zerogate.store import Store, storage_url
+
+ME = Actor("ops@example.test", "192.0.2.1")
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[AdminService]:
+    store = await Store.open(storage_url(f"sqlite:///{tmp_path / 'zg.db'}"))
+    try:
+        yield AdminService(store)
+    finally:
+        await store.close()
+
+
+GROUP = {"name": "Office", "include": [{"ip": ["203.0.113.0/24"]}]}
+APP = {
+    "name": "wiki",
+    "domain": "wiki.example.test",
+    "origin": "http://10.0.0.5:8080",
+    "policies": [{"name": "staff", "decision": "allow", "include": [{"everyone": True}]}],
+}
+
+
+async def test_versioned_writes(service: AdminService) -> None:
+    made = await service.create("groups", GROUP, ME)
+    assert made.version >= 1 and made.spec["include"] == GROUP["include"]
+    with pytest.raises(Conflict, match="already exists"):
+        await service.create("groups", GROUP, ME)
+    changed = await service.update(
+        "groups",
+        "Office",
+        {**GROUP, "exclude": [{"ip": ["203.0.113.9"]}]},
+        version=made.version,
+        actor=ME,
+    )
+    assert changed.version > made.version
+    with pytest.raises(Conflict, match="reload and retry"):
+        await service.update("groups", "Office", GROUP, version=made.version, actor=ME)
+    with pytest.raises(Conflict):
+        await service.delete("groups", "Office", version=made.version, actor=ME)
+    renamed = await service.update(
+        "groups", "Office", {**GROUP, "name": "HQ"}, version=changed.version, actor=ME
+    )
+    assert renamed.name == "HQ"
+    with pytest.raises(NotFound):
+        await service.get("groups", "Office")
+    await service.delete("groups", "HQ", version=renamed.version, actor=ME)
+    assert await service.items("groups") == []
+    with pytest.raises(NotFound, match="no collection"):
+        await service.items("gadgets")
+
+
+async def test_invalid_changes_name_object_and_field(service: AdminService) -> None:
+    with pytest.raises(Invalid) as bad:
+        await service.create("groups", {"name": "Bad", "include": [{"ip": ["1.2.3.4/99"]}]}, ME)
+    assert any("Bad" in p.where and "ip" in p.where for p in bad.value.problems)
+    await service.create("groups", GROUP, ME)
+    await service.create(
+        "applications",
+        {
+            **APP,
+            "policies": [{"name": "o", "decision": "allow", "include": [{"group": ["Office"]}]}],
+        },
+        ME,
+    )
+    group = await service.get("groups", "Office")
+    with pytest.raises(Invalid) as used:
+        await service.delete("groups", "Office", version=group.version, actor=ME)
+    assert any("Office" in p.message for p in used.value.problems)
+    with pytest.raises(Invalid, match="needs a name"):
+        await service.create("groups", {"include": []}, ME)
+
+
+async def test_policies_live_in_their_application(service: AdminService) -> None:
+    app = await service.create("applications", APP, ME)
+    policy = {"name": "lab", "decision": "block", "include": [{"ip": ["10.9.0.0/16"]}]}
+    first = await service.put_policy("wiki", policy, app_version=app.version, actor=ME, position=0)
+    assert [p["name"] for p in first.spec["policies"]] == ["lab", "staff"]
+    with pytest.raises(Conflict):  # based on the application before the first change
+        other = {**policy, "name": "other"}
+        await service.put_policy("wiki", other, app_version=app.version, actor=ME)
+    with pytest.raises(Invalid):  # two policies of one name
+        await service.put_policy("wiki", policy, app_version=first.version, actor=ME)
+    with pytest.raises(NotFound, match="no policy named 'nope'"):
+        await service.put_policy(
+            "wiki", policy, app_version=first.version, actor=ME, replace="nope"
+        )
+    gone = await service.delete_policy("wiki", "lab", app_version=first.version, actor=ME)
+    assert [p["name"] for p in gone.spec["policies"]] == ["staff"]
+    entries = await service.admin_log(10)
+    assert entries[0].actor == ME.who and entries[0].source == ME.source
+    assert entries[0].before is not None and entries[0].after is not None
+
+
+async def test_admins_list_versions(service: AdminService) -> None:
+    assert await service.admins() == ([], 0)
+    version = await service.set_admins(["ops@example.test"], version=0, actor=ME)
+    assert version >= 1
+    with pytest.raises(Conflict):
+        await service.set_admins(["x@example.test"], version=0, actor=ME)
+    with pytest.raises(Invalid):
+        await service.set_admins(["group:Missing"], version=version, actor=ME)
+    assert await service.admins() == (["ops@example.test"], version)
+
+
+async def test_api_tokens(service: AdminService) -> None:
+    token, text = await service.create_api_token("deploy", read_only=True, expires="1h", actor=ME)
+    assert token.secret_hash == hash_api_secret(text.split("_", 2)[2])
+    assert text not in token.secret_hash
+    found = await service.verify_api_token(text)
+    assert found is not None and found.read_only
+    # the use is recorded once, then not again within the minute
+    first = (await service.api_tokens())[0].last_used_at
+    assert first is not None
+    await service.verify_api_token(text, now=datetime.now(UTC) + timedelta(seconds=30))
+    assert (await service.api_tokens())[0].last_used_at == first
+    later = datetime.now(UTC) + timedelta(seconds=90)
+    await service.verify_api_token(text, now=later)
+    assert (await service.api_tokens())[0].last_used_at != first
+    # expired, wrong secret, malformed
+    assert await service.verify_api_token(text, now=datetime.now(UTC) + timedelta(hours=2)) is None
+    assert await service.verify_api_token(text[:-1] + ("a" if text[-1] != "a" else "b")) is None
+    for bad in ("", "zga_", "zga_xyz_abc", "zga_0123456789abcdeg_x", "Bearer x", "zga_" + "0" * 16):
+        assert split_api_token(bad) is None, bad
+        assert await service.verify_api_token(bad) is None
+    with pytest.raises(Conflict):
+        await service.create_api_token("deploy", read_only=False, expires=None, actor=ME)
+    with pytest.raises(Invalid, match="expires"):
+        await service.create_api_token("x", read_only=False, expires="soon", actor=ME)
+    await service.revoke_api_token("deploy", ME)
+    assert await service.verify_api_token(text) is None
+    with pytest.raises(NotFound):
+        await service.revoke_api_token("deploy", ME)
+    actions = [(e.action, e.kind, e.name) for e in await service.admin_log(5)]
+    assert ("remove", "api_token", "deploy") in actions and (
+        "add",
+        "api_token",
+        "deploy",
+    ) in actions
+
+
+async def test_service_token_credentials(service: AdminService) -> None:
+    item, cred, secret = await service.create_service_token({"name": "ci", "duration": "2h"}, ME)
+    assert item.name == "ci" and secret and cred.client_id.endswith(".access")
+    assert cred.expires_at - cred.created_at == timedelta(hours=2)
+    again, secret2 = await service.rotate_service_token("ci", ME)
+    assert again.client_id != cred.client_id and secret2 != secret
+    assert (await service.service_credentials())["ci"].client_id == again.client_id
+    log = await service.admin_log(3)
+    assert log[0].action == "credential" and log[0].before == {"client_id": cred.client_id}
+    with pytest.raises(NotFound):
+        await service.rotate_service_token("nope", ME)
+
+
+async def test_policy_tester_checks_its_inputs(service: AdminService) -> None:
+    await service.create("applications", APP, ME)
+    verdict = await service.policy_test(url="https://wiki.example.test/x", email="a@b.test")
+    assert verdict.decision == "allow" and verdict.policy == "staff"
+    with pytest.raises(Invalid) as bad:
+        await service.policy_test(app="wiki", ip="nope", country="ZZZ", idp="nobody")
+    # idp without email is a problem too: it describes a login
+    assert {p.where for p in bad.value.problems} == {"ip", "country", "idp", "email"}
+    with pytest.raises(Invalid):
+        await service.policy_test()
+    with pytest.raises(Invalid):
+        await service.policy_test(url="http://[::1")
+    with pytest.raises(NotFound):
+        await service.policy_test(app="nope")
+
+
+def test_admins_list_is_a_policy_with_context() -> None:
+    objects = validate_objects(
+        {
+            "admins": ["ops@example.test", "group:Net"],
+            "groups": [
+                {
+                    "name": "Net",
+                    "include": [{"email_domain": ["net.test"]}],
+                    "require": [{"ip": ["192.0.2.0/24"]}],
+                }
+            ],
+        }
+    )
+    snapshot = compile_snapshot(objects)
+    check = AdminCheck()
+    inside, outside = Context(ip="192.0.2.7"), Context(ip="198.51.100.1")
+    assert check.allows(snapshot, Identity.of("OPS@example.test"), outside)
+    assert check.allows(snapshot, Identity.of("eve@net.test"), inside)
+    assert not check.allows(snapshot, Identity.of("eve@net.test"), outside)
+    assert not check.allows(snapshot, Identity.of("ops@example.test.evil"), inside)
+    # nobody at all without an admins list
+    empty = compile_snapshot(validate_objects({}))
+    assert build_admin_app(empty.objects) is None
+    assert not check.allows(empty, Identity.of("ops@example.test"), inside)
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/admin/groups?x=1", "/admin/groups?x=1"),
+        ("/api/v1/groups", "/api/v1/groups"),
+        ("/admin", "/admin"),
+        ("/admin/./groups", "/admin/groups"),
+        ("", "/admin/"),
+        ("https://evil.test/admin", "/admin/"),
+        ("//evil.test/admin", "/admin/"),
+        ("/\\evil.test", "/admin/"),
+        ("/admin/../evil", "/admin/"),
+        ("/administrator", "/admin/"),
+        ("/admin/login?rd=//evil.test", "/admin/"),
+        ("/admin%2F..%2F..%2Fevil", "/admin/"),
+        ("/admin/\x00", "/admin/"),
+        ("/admin/" + "a" * 3000, "/admin/"),
+        ("javascript:alert(1)", "/admin/"),
+    ],
+)
+def test_safe_return(target: str, expected: str) -> None:
+    assert safe_return(target) == expected
+
+
+def test_csrf_token_is_bound_to_session_and_secret() -> None:
+    a = csrf_token(b"s" * 32, "session-1")
+    assert a == csrf_token(b"s" * 32, "session-1")
+    assert a != csrf_token(b"s" * 32, "session-2")
+    assert a != csrf_token(b"t" * 32, "session-1")
+
+
+def test_replace_keeps_api_token_dataclass() -> None:
+    # ApiToken is a frozen dataclass: tests build expired copies with ``replace``
+    from zerogate.admin.service import new_api_token
+
+    token, _ = new_api_token("t", read_only=False, expires=None, created_by="x")
+    assert replace(token, read_only=True).read_only and token.expires_at is None
+
+
+# ---------------------------------------------------------------- concurrency, both stores
+
+PG_SERVER = os.environ.get("ZEROGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield storage_url(f"sqlite:///{tmp_path / 'race.db'}")
+        return
+    import asyncpg  # type: ignore[import-untyped]
+
+    name = f"zg_admin_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(PG_SERVER)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield storage_url(PG_SERVER.rsplit("/", 1)[0] + "/" + name)
+    finally:
+        admin = await asyncpg.connect(PG_SERVER)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def test_concurrent_edits_from_two_processes_one_wins(store_url: str) -> None:
+    """Two servers (two stores, two connection pools) change the same group from the same
+    version at once: exactly one write lands, the other is a ``Conflict``."""
+    first, second = await Store.open(store_url), await Store.open(store_url)
+    try:
+        a, b = AdminService(first), AdminService(second)
+        made = await a.create("groups", GROUP, ME)
+        edits = [{**GROUP, "include": [{"email": [f"{who}@example.test"]}]} for who in ("a", "b")]
+        results = await asyncio.gather(
+            a.update("groups", "Office", edits[0], version=made.version, actor=ME),
+            b.update("groups", "Office", edits[1], version=made.version, actor=ME),
+            return_exceptions=True,
+        )
+        conflicts = [r for r in results if isinstance(r, Conflict)]
+        winners = [r for r in results if not isinstance(r, BaseException)]
+        assert len(conflicts) == 1 and len(winners) == 1, results
+        now = await a.get("groups", "Office")
+        assert now.spec["include"] == winners[0].spec["include"]
+    finally:
+        await first.close()
+        await second.close()
