@@ -129,6 +129,8 @@ class OriginState:
     closed: dict[str, threading.Event] = field(default_factory=dict)
     ws_close_codes: dict[str, int | None] = field(default_factory=dict)
     uploads: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: requests the echo handler answered
+    echoes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def closed_event(self, key: str) -> threading.Event:
@@ -216,6 +218,8 @@ class Origin:
             digest.update(chunk)
             size += len(chunk)
         peer = request.transport.get_extra_info("peername") if request.transport else None
+        with self.state.lock:
+            self.state.echoes += 1
         return web.json_response(
             {
                 "method": request.method,

@@ -465,12 +465,8 @@ class TunnelZerogate(Zerogate):
     tunnel_port: int = 0
 
     def write(self, body: str) -> None:
+        self.tunnel_listen = f"127.0.0.1:{self.tunnel_port}"
         super().write(body)
-        text = self.config.read_text().replace(
-            f"listen: {{http: 127.0.0.1:{self.port}}}",
-            f"listen: {{http: 127.0.0.1:{self.port}, tunnel: 127.0.0.1:{self.tunnel_port}}}",
-        )
-        self.config.write_text(text)
 
     def token(self, name: str, *, rotate: bool = True) -> str:
         args = ["tunnel", "token", name, "-c", str(self.config), "--json"]

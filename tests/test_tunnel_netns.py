@@ -89,21 +89,6 @@ def netns() -> Iterator[Netns]:
         subprocess.run(["ip", "link", "del", ns.host_if], capture_output=True, check=False)
 
 
-class NetnsZerogate(Zerogate):
-    """The edge listens for browsers on all addresses (the namespace's origin fetches the
-    JWKS over the veth link) and for connectors on the host end of the veth pair."""
-
-    tunnel_listen: str = ""
-
-    def write(self, body: str) -> None:
-        super().write(body)
-        text = self.config.read_text().replace(
-            f"listen: {{http: 127.0.0.1:{self.port}}}",
-            f"listen: {{http: 0.0.0.0:{self.port}, tunnel: {self.tunnel_listen}}}",
-        )
-        self.config.write_text(text)
-
-
 CONFIG = """
 identity_providers: [{name: otp, type: onetimepin}]
 tunnels:
@@ -126,7 +111,7 @@ def outbox() -> Iterator[ThreadedOutbox]:
 
 @dataclass
 class Served:
-    zg: NetnsZerogate
+    zg: Zerogate
     origin_port: int
     connector: subprocess.Popen[bytes]
 
@@ -136,9 +121,10 @@ def served(
     tmp_path_factory: pytest.TempPathFactory, netns: Netns, outbox: ThreadedOutbox
 ) -> Iterator[Served]:
     workdir = tmp_path_factory.mktemp("netns")
-    zg = NetnsZerogate(workdir, free_port(), outbox.port)
-    tunnel_port = free_port()
-    zg.tunnel_listen = f"{netns.host_ip}:{tunnel_port}"
+    # browsers reach the edge on every address (the namespace's origin fetches the JWKS over
+    # the veth link); connectors dial the host end of the veth pair
+    zg = Zerogate(workdir, free_port(), outbox.port, http_host="0.0.0.0")
+    zg.tunnel_listen = f"{netns.host_ip}:{free_port()}"
     zg.apply(CONFIG)
     zg.start()
     procs: list[subprocess.Popen[bytes]] = []

@@ -160,6 +160,10 @@ class Zerogate:
     smtp_port: int
     proc: subprocess.Popen[bytes] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the address browsers reach the edge on (``0.0.0.0`` when another namespace must too)
+    http_host: str = "127.0.0.1"
+    #: ``listen.tunnel`` (HOST:PORT) when the test serves tunnels
+    tunnel_listen: str | None = None
 
     @property
     def config(self) -> Path:
@@ -175,11 +179,15 @@ class Zerogate:
     def write(self, body: str) -> None:
         self.config.write_text(
             f"portal: auth.localhost:{self.port}\n"
-            f"listen: {{http: 127.0.0.1:{self.port}}}\n"
+            f"listen: {{{self._listen()}}}\n"
             "storage: sqlite:///zerogate.db\n"
             f"email: {{smtp: {{host: 127.0.0.1, port: {self.smtp_port}, timeout: 5s}}, "
             'from: "Access <noreply@example.test>"}\n' + body
         )
+
+    def _listen(self) -> str:
+        tunnel = f", tunnel: {self.tunnel_listen}" if self.tunnel_listen else ""
+        return f"http: {self.http_host}:{self.port}{tunnel}"
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
