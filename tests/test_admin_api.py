@@ -9,6 +9,7 @@ Clients play different addresses by binding to 127.0.0.N (``HttpBrowser(source=.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from zerogate.admin.service import Actor, AdminService, new_api_token
+from zerogate.tunnel import token as tunnel_token
 from zg_harness import (
     HttpBrowser,
     ThreadedOutbox,
@@ -27,7 +29,10 @@ from zg_harness import (
     free_port,
     hidden_inputs,
     login,
+    login_page,
     open_store,
+    request_pin,
+    submit_pin,
 )
 
 ADMIN = "ops@example.test"
@@ -292,8 +297,10 @@ async def test_anonymous_gets_401_json_or_a_redirect_to_sign_in(zg: Zerogate) ->
             reply.json()["login_url"] == f"http://{zg.portal}/admin/login?rd=%2Fapi%2Fv1%2Fgroups"
         )
         page = await client.get(f"http://{zg.portal}/admin/groups?x=1")
-        assert page.status == 302
-        assert page.location == f"http://{zg.portal}/admin/login?rd=%2Fadmin%2Fgroups%3Fx%3D1"
+        assert page.status == 302 and page.location is not None
+        # straight to the portal's login page, for the built-in admin application
+        assert page.location.startswith(f"http://{zg.portal}/.zerogate/login?flow=")
+        assert flow_return(page.location) == "/admin/groups?x=1"
         write = await send_json(client, "POST", api(zg, "/groups"), {"name": "x"})
         assert write.status == 401
         spec = await client.get(api(zg, "/openapi.json"))
@@ -542,6 +549,28 @@ async def test_policy_test_explains_like_the_cli(zg: Zerogate) -> None:
 
 # ---------------------------------------------------------------- the admin sign-in
 
+# The admin panel and API sign in through the portal's own login page, as the built-in
+# application ``zerogate-admin`` (its policy: the admins list); the page asked for comes back
+# inside the signed flow, so these read it from there.
+
+
+def flow_return(url: str) -> str:
+    """The return path inside a login URL's flow (its payload is signed, not secret)."""
+    blob = parse_qs(urlsplit(url).query)["flow"][0]
+    payload = blob.partition(".")[0]
+    data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert data["a"] == "zerogate-admin" and data["s"] == ""
+    return str(data["r"])
+
+
+def tampered(blob: str, rd: str) -> str:
+    """The flow with another return URL and the old signature (must be refused)."""
+    payload, _, mac = blob.partition(".")
+    data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    data["r"] = rd
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode() + "." + mac
+
 
 EVIL_RETURNS = [
     "https://evil.test/",
@@ -553,15 +582,17 @@ EVIL_RETURNS = [
     "/.zerogate/logout",
     " /admin",
     "/%2F%2Fevil.test",
+    "/admin/login?rd=https://evil.test",
 ]
 
 
 @pytest.mark.parametrize("target", EVIL_RETURNS)
-async def test_sign_in_page_never_carries_a_foreign_return(zg: Zerogate, target: str) -> None:
+async def test_sign_in_never_carries_a_foreign_return(zg: Zerogate, target: str) -> None:
     async with HttpBrowser() as browser:
-        page = await browser.get(f"http://{zg.portal}/admin/login?" + f"rd={_q(target)}")
-        assert page.status == 200
-        assert hidden_inputs(page.text)["rd"] == "/admin/"
+        start = await browser.get(f"http://{zg.portal}/admin/login?" + f"rd={_q(target)}")
+        assert start.status == 302 and start.location is not None
+        assert start.location.startswith(f"http://{zg.portal}/.zerogate/login?flow=")
+        assert flow_return(start.location) == "/admin/"
 
 
 def _q(text: str) -> str:
@@ -570,59 +601,143 @@ def _q(text: str) -> str:
     return quote(text, safe="")
 
 
-async def test_admin_sign_in_returns_to_the_page_and_never_elsewhere(
+async def test_admin_sign_in_is_the_portal_login_and_returns_to_the_page(
     zg: Zerogate, outbox: ThreadedOutbox
 ) -> None:
     async with HttpBrowser(source="127.0.0.9") as browser:
         start = await browser.get(f"http://{zg.portal}/admin/groups?tab=1")
         assert start.status == 302 and start.location is not None
-        login_page = await browser.get(start.location)
-        fields = hidden_inputs(login_page.text)
-        assert fields["rd"] == "/admin/groups?tab=1"
-        # a non-admin gets the same page and no PIN
+        assert flow_return(start.location) == "/admin/groups?tab=1"
+        page = await login_page(browser, zg, zg.portal.partition(":")[0], "/admin/groups?tab=1")
+        assert "zerogate-admin" in page.reply.text  # the portal's own page, for the admin app
+        fields = page.fields
+        # a non-admin gets the same page and no PIN (the PIN rule of every application)
         mark = outbox.mark()
-        same = await browser.post_form(
-            f"http://{zg.portal}/admin/login/otp", {**fields, "email": "mallory@example.test"}
-        )
+        same = await request_pin(browser, zg, fields, "mallory@example.test")
         assert same.status == 200 and "we have sent" in same.text
-        # the admin gets a PIN; the attacker swaps the return URL in the form: refused
-        sent = await browser.post_form(
-            f"http://{zg.portal}/admin/login/otp", {**fields, "email": ADMIN}
-        )
+        sent = await request_pin(browser, zg, fields, ADMIN)
+        assert sent.status == 200
         message = await outbox.wait_async(ADMIN, after=mark)
         assert message.pin is not None
         assert not [m for m in outbox.messages(mark) if "mallory" in m.to[0]]
         pin_fields = hidden_inputs(sent.text)
-        forged = await browser.post_form(
-            f"http://{zg.portal}/admin/login/verify",
-            {**pin_fields, "rd": "https://evil.test/steal", "pin": "000000"},
-        )
-        assert forged.status == 401  # a wrong PIN costs a try and goes nowhere
-        done = await browser.post_form(
-            f"http://{zg.portal}/admin/login/verify",
-            {**pin_fields, "rd": "//evil.test/admin", "pin": message.pin},
-        )
-        assert done.status == 302 and done.location == "/admin/"
+        # the attacker swaps the return URL inside the flow: the signature no longer holds
+        forged_flow = tampered(pin_fields["flow"], "https://evil.test/steal")
+        forged = await submit_pin(browser, zg, {**pin_fields, "flow": forged_flow}, ADMIN, "1")
+        assert forged.status == 400 and forged.location is None
+        wrong = await submit_pin(browser, zg, pin_fields, ADMIN, "000000")
+        assert wrong.status == 401  # a wrong PIN costs a try and goes nowhere
+        done = await submit_pin(browser, zg, pin_fields, ADMIN, message.pin)
+        assert done.status == 302 and done.location == "/admin/groups?tab=1"
         assert "__zg_portal" in browser.cookies("auth.localhost")
         who = await browser.get(api(zg, "/session"), headers={"Accept": "application/json"})
         assert who.status == 200 and who.json()["who"] == ADMIN
         panel = await browser.get(f"http://{zg.portal}/admin/")
         assert panel.status == 200, panel.text[:300]  # the front door hands over to the panel
-        # signed in: the sign-in page goes straight back (to a local path only)
-        back = await browser.get(f"http://{zg.portal}/admin/login?rd=%2Fadmin%2Fgroups")
-        assert back.status == 302 and back.location == "/admin/groups"
-        away = await browser.get(f"http://{zg.portal}/admin/login?rd=https%3A%2F%2Fevil.test")
-        assert away.location == "/admin/"
-        assert urlsplit(away.location).netloc == ""
-        assert parse_qs("") == {}
+        # signed in: the sign-in address goes straight back (single sign-on), to a local path
+        back = await browser.follow(f"http://{zg.portal}/admin/login?rd=%2Fadmin%2Fgroups")
+        assert [r.status for r in back] == [302, 302, 200]
+        assert back[1].location == "/admin/groups"
+        away = await browser.follow(f"http://{zg.portal}/admin/login?rd=https%3A%2F%2Fevil.test")
+        assert away[1].location == "/admin/" and urlsplit(away[1].location).netloc == ""
+
+    async def recorded() -> bool:
+        async with HttpBrowser() as client:
+            log = await client.get(
+                api(zg, "/access-log?app=zerogate-admin&decision=allow"),
+                headers=bearer(zg.extra["rw"]),
+            )
+        return any(e["email"] == ADMIN for e in log.json()["events"])
+
+    assert await wait_for(recorded)  # logins to the admin app are in the access log
 
 
 async def test_admin_sign_in_form_needs_its_csrf_cookie(zg: Zerogate) -> None:
     async with HttpBrowser() as browser:
-        page = await browser.get(f"http://{zg.portal}/admin/login")
-        fields = hidden_inputs(page.text)
+        page = await login_page(browser, zg, zg.portal.partition(":")[0], "/admin/")
     async with HttpBrowser() as other:  # no cookie: a cross-site form post
-        reply = await other.post_form(
-            f"http://{zg.portal}/admin/login/otp", {**fields, "email": ADMIN}
-        )
+        reply = await request_pin(other, zg, page.fields, ADMIN)
         assert reply.status == 403
+
+
+async def test_a_session_cannot_lock_itself_out(zg: Zerogate, outbox: ThreadedOutbox) -> None:
+    """``PUT /admins`` with the session cookie refuses a list that drops the caller (422
+    naming ``admins``) unless ``?force=true``; an API token is never refused."""
+    rw = bearer(zg.extra["rw"])
+    async with HttpBrowser(source="127.0.0.10") as browser:
+        assert (await login(browser, zg, outbox, "wiki.localhost", ADMIN)).status == 200
+        session = await browser.get(api(zg, "/session"), headers={"Accept": "application/json"})
+        csrf = {"X-Zerogate-CSRF": session.json()["csrf_token"]}
+        current = await browser.get(api(zg, "/admins"), headers={"Accept": "application/json"})
+        admins, etag = current.json()["admins"], current.headers["ETag"]
+        without_me = [a for a in admins if a != ADMIN]
+        refused = await send_json(
+            browser, "PUT", api(zg, "/admins"), {"admins": without_me}, {**csrf, "If-Match": etag}
+        )
+        assert refused.status == 422, refused.text
+        (problem,) = refused.json()["problems"]
+        assert problem["where"] == "admins" and "your own admin access" in problem["message"]
+        assert "force=true" in problem["message"]
+        unchanged = await browser.get(api(zg, "/admins"), headers={"Accept": "application/json"})
+        assert unchanged.json()["admins"] == admins
+        # keeping myself (or adding someone) is fine
+        grown = await send_json(
+            browser,
+            "PUT",
+            api(zg, "/admins"),
+            {"admins": [*admins, "extra@example.test"]},
+            {**csrf, "If-Match": etag},
+        )
+        assert grown.status == 200, grown.text
+        forced = await send_json(
+            browser,
+            "PUT",
+            api(zg, "/admins?force=true"),
+            {"admins": without_me},
+            {**csrf, "If-Match": grown.headers["ETag"]},
+        )
+        assert forced.status == 200 and forced.json()["admins"] == without_me
+        await live(zg, forced.json()["version"])
+        gone = await browser.get(api(zg, "/session"), headers={"Accept": "application/json"})
+        assert gone.status == 403  # locked out, as asked
+    async with HttpBrowser() as client:  # API tokens are exempt: put the list back
+        restored = await send_json(
+            client,
+            "PUT",
+            api(zg, "/admins"),
+            {"admins": admins},
+            {**rw, "If-Match": forced.headers["ETag"]},
+        )
+        assert restored.status == 200, restored.text
+        await live(zg, restored.json()["version"])
+
+
+async def test_connector_token_through_the_api(zg: Zerogate) -> None:
+    rw = bearer(zg.extra["rw"])
+    async with HttpBrowser() as client:
+        missing = await send_json(client, "POST", api(zg, "/tunnels/nope/token"), None, rw)
+        assert missing.status == 404
+        made = await send_json(
+            client, "POST", api(zg, "/tunnels"), {"name": "branch", "routes": []}, rw
+        )
+        assert made.status == 201, made.text
+        first = await send_json(client, "POST", api(zg, "/tunnels/branch/token"), None, rw)
+        assert first.status == 201, first.text
+        body = first.json()
+        decoded = tunnel_token.decode(body["token"])
+        assert decoded.tunnel_id == body["id"] and list(decoded.edges) == body["edges"]
+        assert decoded.fingerprint == body["fingerprint"] and not body["rotated"]
+        assert body["token"] in body["command"]
+        again = await send_json(client, "POST", api(zg, "/tunnels/branch/token"), None, rw)
+        assert again.json()["rotated"] and again.json()["id"] == body["id"]
+        log = await client.get(api(zg, "/admin-log?limit=5"), headers=rw)
+        entry = log.json()["entries"][0]
+        assert (entry["action"], entry["kind"], entry["name"]) == ("credential", "tunnel", "branch")
+        assert entry["actor"] == "api-token:rw" and entry["before"] == {"tunnel_id": body["id"]}
+        assert body["token"] not in log.text and again.json()["token"] not in log.text
+        listed = await client.get(api(zg, "/tunnels/branch"), headers=rw)
+        assert "token" not in listed.json()
+        ro = await send_json(
+            client, "POST", api(zg, "/tunnels/branch/token"), None, bearer(zg.extra["ro"])
+        )
+        assert ro.status == 403

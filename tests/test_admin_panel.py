@@ -1,5 +1,6 @@
 """The web admin panel end to end in a real browser (Playwright driving Debian's chromium)
-against a real ``zerogate server``: an administrator signs in with a one-time PIN, creates an
+against a real ``zerogate server``: an administrator signs in with a one-time PIN on the
+portal's own login page (the panel is the built-in application ``zerogate-admin``), creates an
 Access Group and a policy (include the group + require an IP range) on an application through
 the panel's forms, and the edge enforces it on the next request — a partner in the group from
 the office network is let in, the same session from elsewhere is blocked, and after the admin
@@ -97,16 +98,17 @@ def origin_json(page: Page) -> dict[str, Any]:
 
 
 def admin_sign_in(page: Page, zg: Zerogate, outbox: ThreadedOutbox) -> None:
+    """The portal's own login page, for the built-in application ``zerogate-admin``."""
     page.goto(zg.url(zg.portal.partition(":")[0], "/admin"))
-    page.wait_for_url(re.compile(r"/admin/login\?"))
+    page.wait_for_url(re.compile(r"/\.zerogate/login\?flow="))
     mark = outbox.mark()
-    page.fill('form[action="/admin/login/otp"] input[name="email"]', ADMIN)
-    page.click('form[action="/admin/login/otp"] button[type=submit]')
+    page.fill('form[action="/.zerogate/login/otp"] input[name="email"]', ADMIN)
+    page.click('form[action="/.zerogate/login/otp"] button[type=submit]')
     page.wait_for_selector('input[autocomplete="one-time-code"]')
     message = outbox.wait(ADMIN, after=mark)
     assert message.pin is not None
     page.fill('input[autocomplete="one-time-code"]', message.pin)
-    page.click('form[action="/admin/login/verify"] button[type=submit]')
+    page.click('form[action="/.zerogate/login/otp/verify"] button[type=submit]')
     page.wait_for_url(re.compile(r"/admin/?$"))
     page.wait_for_selector("h1:has-text('Dashboard')")
 

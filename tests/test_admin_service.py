@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from zerogate.admin.auth import AdminCheck, build_admin_app, csrf_token, safe_return
+from zerogate.admin.auth import admin_return, csrf_token, is_admin
 from zerogate.admin.service import (
     Actor,
     AdminService,
@@ -183,6 +183,71 @@ async def test_service_token_credentials(service: AdminService) -> None:
         await service.rotate_service_token("nope", ME)
 
 
+async def test_admins_lock_out_guard(service: AdminService) -> None:
+    """``keep``: a list that would no longer admit the acting session is refused, decided
+    with its login and network (a group that requires a network counts only from there)."""
+    net = {"name": "Net", "include": [{"email": ["ops@example.test"]}]}
+    await service.create("groups", {**net, "require": [{"ip": ["192.0.2.0/24"]}]}, ME)
+    version = await service.set_admins(["ops@example.test"], version=0, actor=ME)
+    me = Identity.of("ops@example.test", "otp")
+    here, away = Context(ip="192.0.2.1"), Context(ip="198.51.100.1")
+    with pytest.raises(Invalid, match="lock you out") as refused:
+        await service.set_admins(["x@example.test"], version=version, actor=ME, keep=(me, here))
+    assert refused.value.problems[0].where == "admins"
+    assert "your own admin access" in refused.value.problems[0].message
+    assert await service.admins() == (["ops@example.test"], version)  # nothing written
+    with pytest.raises(Invalid, match="lock you out"):  # the group admits me only from 192.0.2/24
+        await service.set_admins(["group:Net"], version=version, actor=ME, keep=(me, away))
+    kept = await service.set_admins(
+        ["group:Net", "x@example.test"], version=version, actor=ME, keep=(me, here)
+    )
+    # without ``keep`` (an API token, or ?force=true) it is saved
+    forced = await service.set_admins(["x@example.test"], version=kept, actor=ME)
+    assert await service.admins() == (["x@example.test"], forced)
+
+
+async def test_tunnel_tokens_are_made_in_one_place(service: AdminService) -> None:
+    from zerogate.model.objects import Settings
+    from zerogate.tunnel import token as tunnel_token
+
+    with pytest.raises(NotFound):
+        await service.create_tunnel_token("office", actor=ME, settings=None)
+    await service.create("tunnels", {"name": "office", "routes": []}, ME)
+    settings = Settings.model_validate({"portal": "auth.example.test"})
+    first = await service.create_tunnel_token("office", actor=ME, settings=settings)
+    decoded = tunnel_token.decode(first.token)
+    (cred,) = await service.store.tunnel_credentials()
+    assert decoded.tunnel_id == cred.tunnel_id == first.tunnel_id and not first.rotated
+    assert tunnel_token.secret_matches(decoded.secret, cred.secret_hash)
+    assert decoded.edges == first.edges and first.edges  # the settings' tunnel address
+    assert decoded.fingerprint is not None and decoded.fingerprint == first.fingerprint
+    assert first.token in first.command() and "--edge" not in first.command()
+    second = await service.create_tunnel_token(
+        "office", actor=ME, settings=settings, edges=["edge.example.test:7844"]
+    )
+    assert second.rotated and second.tunnel_id == first.tunnel_id
+    assert second.edges == ("edge.example.test:7844",) and second.token != first.token
+    assert second.fingerprint == first.fingerprint  # the one stored certificate
+    with pytest.raises(Invalid, match="edges"):
+        await service.create_tunnel_token("office", actor=ME, settings=None, edges=["no port"])
+    assert (await service.store.tunnel_credentials())[0].secret_hash != cred.secret_hash
+    entries = [e for e in await service.admin_log(10) if e.kind == "tunnel"]
+    assert [e.action for e in entries[:2]] == ["credential", "credential"]
+    assert entries[0].actor == ME.who and entries[0].source == ME.source
+    assert entries[0].before == {"tunnel_id": first.tunnel_id}
+    assert entries[0].after is not None and entries[0].after["edges"] == ["edge.example.test:7844"]
+    assert entries[1].before is None and entries[0].version is None
+    assert first.token not in str([e.after for e in entries])  # never the secret
+
+
+async def test_policy_tester_knows_the_admin_application(service: AdminService) -> None:
+    await service.set_admins(["ops@example.test"], version=0, actor=ME)
+    verdict = await service.policy_test(app="zerogate-admin", email="ops@example.test")
+    assert verdict.decision == "allow" and verdict.policy == "admins"
+    other = await service.policy_test(app="zerogate-admin", email="eve@example.test")
+    assert other.decision == "block"
+
+
 async def test_policy_tester_checks_its_inputs(service: AdminService) -> None:
     await service.create("applications", APP, ME)
     verdict = await service.policy_test(url="https://wiki.example.test/x", email="a@b.test")
@@ -213,16 +278,32 @@ def test_admins_list_is_a_policy_with_context() -> None:
         }
     )
     snapshot = compile_snapshot(objects)
-    check = AdminCheck()
     inside, outside = Context(ip="192.0.2.7"), Context(ip="198.51.100.1")
-    assert check.allows(snapshot, Identity.of("OPS@example.test"), outside)
-    assert check.allows(snapshot, Identity.of("eve@net.test"), inside)
-    assert not check.allows(snapshot, Identity.of("eve@net.test"), outside)
-    assert not check.allows(snapshot, Identity.of("ops@example.test.evil"), inside)
+    assert is_admin(snapshot, Identity.of("OPS@example.test"), outside)
+    assert is_admin(snapshot, Identity.of("eve@net.test"), inside)
+    assert not is_admin(snapshot, Identity.of("eve@net.test"), outside)
+    assert not is_admin(snapshot, Identity.of("ops@example.test.evil"), inside)
+    # the built-in application: found by its reserved name, never routed
+    assert snapshot.application("zerogate-admin") is snapshot.admin
+    assert "zerogate-admin" not in snapshot.apps
+    assert snapshot.route("zerogate-admin.invalid", "/") is None
     # nobody at all without an admins list
     empty = compile_snapshot(validate_objects({}))
-    assert build_admin_app(empty.objects) is None
-    assert not check.allows(empty, Identity.of("ops@example.test"), inside)
+    assert empty.admin.model.policies == []
+    assert not is_admin(empty, Identity.of("ops@example.test"), inside)
+
+
+def test_the_admin_application_name_is_reserved() -> None:
+    from zerogate.model import ConfigError
+
+    app = {
+        "name": "Zerogate-Admin",
+        "domain": "x.example.test",
+        "origin": "http://127.0.0.1:1",
+        "policies": [{"name": "p", "decision": "allow", "include": [{"everyone": True}]}],
+    }
+    with pytest.raises(ConfigError, match="reserved"):
+        validate_objects({"applications": [app]})
 
 
 @pytest.mark.parametrize(
@@ -245,8 +326,8 @@ def test_admins_list_is_a_policy_with_context() -> None:
         ("javascript:alert(1)", "/admin/"),
     ],
 )
-def test_safe_return(target: str, expected: str) -> None:
-    assert safe_return(target) == expected
+def test_admin_return(target: str, expected: str) -> None:
+    assert admin_return(target) == expected
 
 
 def test_csrf_token_is_bound_to_session_and_secret() -> None:

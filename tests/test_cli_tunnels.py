@@ -161,6 +161,11 @@ def test_token_rotation(config: Path) -> None:
     assert decode(rotated["token"]).secret != decode(made["token"]).secret
     [cred] = store_of(config)(lambda s: s.tunnel_credentials())
     assert cred.secret_hash == hash_secret(decode(rotated["token"]).secret)
+    # each token is in the admin log (the same code as the panel and the API), never its secret
+    log = [e for e in store_of(config)(lambda s: s.admin_log(10)) if e.kind == "tunnel"]
+    assert [(e.action, e.name) for e in log[:2]] == [("credential", "office")] * 2
+    assert log[0].actor.startswith("cli:") and log[0].source == "cli"
+    assert log[0].before == {"tunnel_id": made["id"]} and rotated["token"] not in repr(log)
     assert "unknown tunnel 'nope'" in user_error("tunnel", "token", "nope", "--rotate", "-c", c)
     # listen.tls: no fingerprint to pin (the connector verifies the chain)
     config.write_text(

@@ -181,6 +181,11 @@ def start_provider(workdir: Path, zg_port: int) -> RealProvider:
 def config(origin: int, provider: RealProvider, down_port: int) -> str:
     corp, corp2 = provider.issuer("corp"), provider.issuer("corp2")
     return f"""
+admins: ["group:Corp Admins"]
+groups:
+  - name: Corp Admins
+    include: [{{idp_group: [engineering]}}]
+    require: [{{login_method: [corp]}}, {{auth_method: [mfa]}}]
 identity_providers:
   - {{name: otp, type: onetimepin}}
   - {{name: corp, type: oidc, issuer: "{corp}", client_id: zerogate-basic,
@@ -482,6 +487,54 @@ def test_login_through_the_providers_form_reaches_the_origin_with_groups_and_amr
     page.goto(zg.url("ops.localhost", "/"))
     page.wait_for_url(zg.url("ops.localhost", "/"))
     assert origin_json(page)["claims"]["amr"] == ["pwd", "mfa"]  # auth_method: mfa satisfied
+
+
+def test_an_admin_signs_in_to_the_panel_through_the_provider(
+    zg: Zerogate, browser: Browser, context: BrowserContext, outbox: ThreadedOutbox
+) -> None:
+    """The admin panel is the built-in application ``zerogate-admin``: the portal's login page
+    offers every method, and ``admins: [group:Corp Admins]`` (IdP group + login method + mfa)
+    is decided on the provider's groups and amr; back on the page asked for."""
+    page = context.new_page()
+    page.goto(zg.url("auth.localhost", "/admin/applications"))
+    page.wait_for_url(login_page_url(zg))
+    assert "zerogate-admin" in page.locator("main").inner_text()
+    for idp in ("corp", "corp2"):
+        assert page.locator(f"a[data-idp={idp}]").count() == 1
+    assert page.locator('input[type=email][name=email][autocomplete="email"]').count() == 1
+    page.click("a[data-idp=corp]")
+    provider_form(page, "ann", "ann-pw")
+    page.wait_for_url(zg.url("auth.localhost", "/admin/applications"))
+    page.wait_for_selector("h1:has-text('Applications')")
+    response = page.goto(zg.url("auth.localhost", "/api/v1/session"))
+    assert response is not None and response.status == 200
+    assert origin_json(page)["who"] == "ann@corp.test"
+    event = wait_for_event(zg, "oidc login", app="zerogate-admin", decision="allow")
+    assert event.email == "ann@corp.test" and event.idp == "corp"
+
+    # bob signs in at the same provider but is not in the IdP group: 403, no panel
+    fresh = browser.new_context()
+    fresh.set_default_timeout(15_000)
+    try:
+        bob = fresh.new_page()
+        bob.goto(zg.url("auth.localhost", "/admin/"))
+        bob.wait_for_url(login_page_url(zg))
+        bob.click("a[data-idp=corp]")
+        provider_form(bob, "bob", "bob-pw")
+        bob.wait_for_url(zg.url("auth.localhost", "/admin/"))
+        assert "bob@corp.test is not an administrator" in bob.locator("main").inner_text()
+        # and a PIN for ann is never sent: the admins list wants the corp login and mfa
+        bob.goto(zg.url("auth.localhost", "/.zerogate/logout"))
+        bob.goto(zg.url("auth.localhost", "/admin/"))
+        bob.wait_for_url(login_page_url(zg))
+        mark = outbox.mark()
+        bob.fill("input[name=email]", "ann@corp.test")
+        bob.click("form[action='/.zerogate/login/otp'] button[type=submit]")
+        bob.wait_for_selector('input[autocomplete="one-time-code"]')
+        wait_for_event(zg, "no pin sent", app="zerogate-admin", email="ann@corp.test")
+        assert outbox.messages(mark) == []
+    finally:
+        fresh.close()
 
 
 def test_client_secret_post_and_claims_inside_the_id_token(

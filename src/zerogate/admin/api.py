@@ -16,7 +16,7 @@ parameters with model classes held in variables, which FastAPI reads at definiti
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import Body, FastAPI, Header, Path, Query, Request, Response
@@ -36,8 +36,10 @@ from zerogate.model.objects import (
     OneTimePinProvider,
     Policy,
     ServiceToken,
+    Settings,
     Tunnel,
 )
+from zerogate.policy import Identity
 from zerogate.store import StoreError
 
 PREFIX = "/api/v1"
@@ -142,6 +144,19 @@ class TunnelOut(Tunnel, _Versioned):
 
 class TunnelPut(Tunnel, _PutVersion):
     pass
+
+
+class ConnectorTokenOut(BaseModel):
+    name: str
+    id: str = Field(description="the tunnel id (kept when the token is rotated)")
+    token: str = Field(description="the connector token; shown only this once")
+    edges: list[str] = Field(description="the edge addresses the token names")
+    fingerprint: str | None = Field(
+        description="SHA-256 of the edge's generated tunnel certificate, pinned by the "
+        "connector; null with listen.tls (the connector verifies the chain)"
+    )
+    rotated: bool = Field(description="true when it replaced a token (now disconnected)")
+    command: str = Field(description="how to run a connector with it")
 
 
 class ServiceTokenOut(ServiceToken, _Versioned):
@@ -320,7 +335,7 @@ def _etag(response: Response, version: int) -> None:
 
 
 def _principal(request: Request) -> Principal:
-    return principal_of(cast(dict[str, Any], request.scope))
+    return principal_of(request.scope)
 
 
 def _actor(request: Request) -> Actor:
@@ -343,8 +358,11 @@ def _utc(value: datetime | None) -> datetime | None:
 # ---------------------------------------------------------------- the app
 
 
-def create_api(service: AdminService, *, secret: bytes) -> FastAPI:
-    """The FastAPI application; it serves full paths (``/api/v1/...``)."""
+def create_api(
+    service: AdminService, *, secret: bytes, settings: Settings | None = None
+) -> FastAPI:
+    """The FastAPI application; it serves full paths (``/api/v1/...``). ``settings`` (the
+    server's) give connector tokens their edge addresses and certificate fingerprint."""
     app = FastAPI(
         title="zerogate admin API",
         version=__version__,
@@ -609,6 +627,31 @@ def create_api(service: AdminService, *, secret: bytes) -> FastAPI:
         cred, secret_text = await service.rotate_service_token(name, _actor(request))
         return secret_out(await service.get("service_tokens", name), cred, secret_text)
 
+    # -- tunnels: a connector token, once --------------------------------------------------------
+
+    @app.post(
+        f"{PREFIX}/tunnels/{{name}}/token",
+        response_model=ConnectorTokenOut,
+        status_code=201,
+        operation_id="create_tunnel_token",
+        tags=["tunnels"],
+        summary="A new connector token (returned only this once; a previous one stops working "
+        "and its connectors are disconnected)",
+    )
+    async def create_tunnel_token(
+        name: Annotated[str, Path()], request: Request
+    ) -> ConnectorTokenOut:
+        issued = await service.create_tunnel_token(name, actor=_actor(request), settings=settings)
+        return ConnectorTokenOut(
+            name=issued.name,
+            id=issued.tunnel_id,
+            token=issued.token,
+            edges=list(issued.edges),
+            fingerprint=issued.fingerprint,
+            rotated=issued.rotated,
+            command=issued.command(),
+        )
+
     # -- policies (inside their application) ----------------------------------------------------
 
     policies = f"{PREFIX}/applications/{{app_name}}/policies"
@@ -745,15 +788,22 @@ def create_api(service: AdminService, *, secret: bytes) -> FastAPI:
         operation_id="replace_admins",
         tags=["admins"],
         summary="Replace the admins list (If-Match: its version, 0 before it was ever set)",
+        description="With a session (not an API token), a list that would remove the caller's "
+        "own admin access is refused with 422 unless `?force=true`.",
     )
     async def put_admins(
         body: Annotated[AdminsIn, Body()],
         request: Request,
         response: Response,
         if_match: Annotated[str | None, Header()] = None,
+        force: Annotated[bool, Query(description="save even if it locks you out")] = False,
     ) -> AdminsOut:
         base = wanted_version(if_match, body.version)
-        await service.set_admins(body.admins, version=base, actor=_actor(request))
+        principal = _principal(request)
+        keep = None
+        if principal.via == "session" and not force:  # API tokens are not on the list
+            keep = (principal.identity or Identity.of(principal.who), principal.context())
+        await service.set_admins(body.admins, version=base, actor=_actor(request), keep=keep)
         admins, version = await service.admins()
         _etag(response, version)
         return AdminsOut(admins=admins, version=version)

@@ -1,11 +1,13 @@
 """The admin front door: every request for ``/api/v1`` and ``/admin`` on the portal host
 passes here first (raw ASGI, a few dictionary lookups before the frameworks behind it).
 
-1. ``/admin/login…`` — the admin sign-in (``auth.AdminLogin``), open to everyone;
+1. ``GET /admin/login?rd=…`` — a stable sign-in address, open to everyone: a redirect to the
+   portal's login for the built-in admin application (``portal.admin_login``);
 2. authenticate: ``Authorization: Bearer zga_…`` → an API token (wrong, expired or revoked →
-   401 JSON); else the portal session cookie → its email must pass the ``admins`` list
-   (not signed in → 302 to the sign-in page for a browser, 401 JSON with ``login_url`` for an
-   API client; signed in but not an admin → 403, HTML or JSON);
+   401 JSON); else the portal session cookie → its identity must pass the ``admins`` list, the
+   built-in application's policy (not signed in → 302 to the portal's login page for a browser,
+   401 JSON with ``login_url`` for an API client; signed in but not an admin → 403, HTML or
+   JSON);
 3. authorise: a read-only token gets 403 on every write method; an API write made with the
    session cookie needs the ``X-Zerogate-CSRF`` header (403 without it);
 4. put the ``Principal`` (who, client address from ``resolve_client``, scope) into
@@ -21,12 +23,12 @@ from typing import Any
 
 from zerogate.admin.auth import (
     LOGIN_PATH,
-    AdminCheck,
-    AdminLogin,
-    _Client,
+    admin_login_url,
+    admin_return,
     bearer,
     csrf_ok,
     identity_of,
+    is_admin,
     login_url,
     session_claims,
 )
@@ -68,11 +70,11 @@ class AdminFrontDoor:
     def __init__(self, svc: Services, service: AdminService | None = None) -> None:
         self.svc = svc
         self.service = service or AdminService(svc.runtime.store)
-        self.check = AdminCheck()
-        self.login = AdminLogin(svc, self.check)
         from zerogate.admin.api import create_api
 
-        self.api: ASGIApp = create_api(self.service, secret=svc.runtime.secret)
+        self.api: ASGIApp = create_api(
+            self.service, secret=svc.runtime.secret, settings=svc.runtime.settings
+        )
         self._panel: ASGIApp | None = None
         self._panel_missing = False
 
@@ -113,11 +115,12 @@ class AdminFrontDoor:
         method: str = scope.get("method", "GET")
         peer = scope.get("client") or ("", 0)
         resolved = resolve_client(str(peer[0]), scope["headers"], rt.trusted)
-        client = _Client(resolved.ip, rt.country(resolved.ip))
+        client_ip = resolved.ip
         api = path == API_PREFIX or path.startswith(API_PREFIX + "/")
 
-        if path == LOGIN_PATH or path.startswith(LOGIN_PATH + "/"):
-            await self.login.handle(scope, receive, send, client)
+        if path == LOGIN_PATH and method in ("GET", "HEAD"):
+            rd = admin_return(http.query(scope).get("rd", ""))
+            await http.redirect(send, admin_login_url(svc, rd))
             return
 
         token_text = bearer(scope)
@@ -145,7 +148,7 @@ class AdminFrontDoor:
                 return
             principal = Principal(
                 who=f"api-token:{token.name}",
-                source=client.ip,
+                source=client_ip,
                 read_only=token.read_only,
                 via="token",
                 session_id=f"token:{token.token_id}",
@@ -159,7 +162,7 @@ class AdminFrontDoor:
                     else ""
                 )
                 if not api and http.is_navigation(scope):
-                    await http.redirect(send, login_url(svc, target))
+                    await http.redirect(send, admin_login_url(svc, target))
                 else:
                     await http.respond_json(
                         send,
@@ -173,8 +176,9 @@ class AdminFrontDoor:
                         [(b"www-authenticate", b'Bearer realm="zerogate"')],
                     )
                 return
-            ctx = Context(ip=client.ip, country=client.country)
-            if not self.check.allows(rt.snapshot, identity_of(claims), ctx):
+            country = rt.country(client_ip)
+            identity = identity_of(claims)
+            if not is_admin(rt.snapshot, identity, Context(ip=client_ip, country=country)):
                 await _forbidden(
                     scope,
                     send,
@@ -196,10 +200,12 @@ class AdminFrontDoor:
                 return
             principal = Principal(
                 who=claims.email,
-                source=client.ip,
+                source=client_ip,
                 read_only=False,
                 via="session",
                 session_id=claims.jti,
+                identity=identity,
+                country=country,
             )
 
         scope[SCOPE_KEY] = principal

@@ -25,7 +25,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -36,11 +36,6 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from zerogate.admin import panel_forms as forms
-from zerogate.admin.panel_credentials import (
-    ConnectorTokenFactory,
-    StoreConnectorTokens,
-    token_edges,
-)
 from zerogate.admin.principal import Principal, principal_of
 from zerogate.admin.service import (
     Actor,
@@ -127,8 +122,8 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
 
 
 def _principal(request: Request) -> Principal:
-    """The front door's principal (``principal_of`` wants a dict; an ASGI scope is one)."""
-    return principal_of(cast(dict[str, Any], request.scope))
+    """The front door's principal."""
+    return principal_of(request.scope)
 
 
 def _when(value: datetime | None) -> str:
@@ -161,15 +156,13 @@ class Panel:
         service: AdminService,
         secret: bytes,
         *,
-        connector_tokens: ConnectorTokenFactory,
         fetch: Fetch,
         settings: Settings | None,
     ) -> None:
         self.service = service
         self.secret = secret
-        self.connector_tokens = connector_tokens
         self.fetch = fetch
-        self.connector_edges = token_edges(settings)
+        self.settings = settings
         self.env = Environment(
             loader=PackageLoader("zerogate.admin", "templates"),
             autoescape=select_autoescape(["html"]),
@@ -999,23 +992,24 @@ class Panel:
             return await self._tunnel_page(request, item=item, form=form, status=409, error=message)
         if item is not None:
             return self.redirect("/admin/tunnels", f"Tunnel {saved.name} saved.")
-        return await self._show_connector_token(request, saved.name, created=True)
+        return await self._show_connector_token(request, saved.name, principal, created=True)
 
     async def _show_connector_token(
-        self, request: Request, name: str, *, created: bool
+        self, request: Request, name: str, principal: Principal, *, created: bool
     ) -> Response:
-        token = await self.connector_tokens(name)
-        edge_option = "" if self.connector_edges else " --edge EDGE-HOST:7844"
-        command = f"zerogate connector run --token {token}{edge_option} --url http://localhost:8080"
+        """A new connector token (``AdminService.create_tunnel_token``), shown this once."""
+        issued = await self.service.create_tunnel_token(
+            name, actor=self.actor(principal), settings=self.settings
+        )
         return self.render(
             request,
             "tunnel_token.html",
             title=f"Tunnel {name}",
-            name=name,
+            name=issued.name,
             created=created,
-            token=token,
-            command=command,
-            edges=self.connector_edges,
+            token=issued.token,
+            command=issued.command(),
+            edges=issued.edges,
         )
 
     async def tunnel_token(
@@ -1023,7 +1017,7 @@ class Panel:
     ) -> Response:
         """A new connector token for an existing tunnel (the old one stops working)."""
         item = await self.service.get("tunnels", forms.first(fields, "name"))
-        return await self._show_connector_token(request, item.name, created=False)
+        return await self._show_connector_token(request, item.name, principal, created=False)
 
     async def tunnel_delete(
         self, request: Request, fields: dict[str, list[str]], principal: Principal
@@ -1200,7 +1194,6 @@ def create_panel(
     *,
     secret: bytes,
     settings: Settings | None = None,
-    connector_tokens: ConnectorTokenFactory | None = None,
     fetch: Fetch | None = None,
 ) -> Starlette:
     """The panel as an ASGI app for every ``/admin*`` request on the portal host.
@@ -1208,17 +1201,9 @@ def create_panel(
     ``secret`` keys the CSRF tokens and flash cookies. ``settings`` (the server's) give
     connector tokens their edge addresses (``listen.tunnel``) and say whether the listener
     uses the generated certificate, whose fingerprint they pin; without them a token names no
-    edge and the page says to add ``--edge``. ``connector_tokens`` replaces how a connector
-    token is made (default: ``StoreConnectorTokens``); ``fetch`` replaces the HTTP client of
-    "test connection" (tests)."""
-    tokens = connector_tokens or StoreConnectorTokens(service.store, settings)
-    panel = Panel(
-        service,
-        secret,
-        connector_tokens=tokens,
-        fetch=fetch or aiohttp_fetch,
-        settings=settings,
-    )
+    edge and the page says to add ``--edge``. ``fetch`` replaces the HTTP client of "test
+    connection" (tests)."""
+    panel = Panel(service, secret, fetch=fetch or aiohttp_fetch, settings=settings)
     return panel.app
 
 

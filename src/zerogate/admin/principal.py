@@ -8,8 +8,11 @@ themselves and refuse to run without one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from zerogate.policy import Context, Identity
 
 SCOPE_KEY = "zerogate.admin"
 
@@ -24,9 +27,18 @@ class Principal:
     via: Literal["session", "token"]
     #: stable for one login session (binds the panel's CSRF tokens to it)
     session_id: str
+    #: a session's login (email, IdP, IdP groups, amr) as the admins list decided it; ``None``
+    #: for an API token
+    identity: Identity | None = None
+    #: the client's country (GeoIP), for deciding the admins list again (lock-out guard)
+    country: str | None = None
+
+    def context(self) -> Context:
+        """The request context the admins list was decided with."""
+        return Context(ip=self.source, country=self.country)
 
 
-def principal_of(scope: dict[str, Any]) -> Principal:
+def principal_of(scope: Mapping[str, Any]) -> Principal:
     """The scope's principal; ``RuntimeError`` if the front door did not set one (a wiring
     bug: failing loudly beats serving an admin page unauthenticated)."""
     principal = scope.get(SCOPE_KEY)

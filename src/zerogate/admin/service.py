@@ -11,26 +11,36 @@ application. The ``admins`` list is one object of kind ``admins``.
 
 Credentials are runtime state, not configuration: a service token's client id and secret
 (``create_service_token`` / ``rotate_service_token``, the same code as ``zerogate
-service-token``) and the admin API's Bearer tokens (``create_api_token``, ``verify_api_token``,
-the same code as ``zerogate api-token``). Secrets are returned once and stored as SHA-256
-hashes; creating, rotating and revoking them is recorded in the admin log too.
+service-token``), a tunnel's connector token (``create_tunnel_token``, the same code as
+``zerogate tunnel create/token`` and the panel) and the admin API's Bearer tokens
+(``create_api_token``, ``verify_api_token``, the same code as ``zerogate api-token``). Secrets
+are returned once and stored as SHA-256 hashes; creating, rotating and revoking them is
+recorded in the admin log too (``Store.log_admin``).
+
+The ``admins`` list can guard its writer: ``set_admins(..., keep=...)`` refuses a list that
+would no longer let that session in (the API's lock-out guard).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import insert
 
+from zerogate.admin.connector_tokens import (
+    ConnectorToken,
+    listener_fingerprint,
+    new_credential,
+    token_edges,
+)
 from zerogate.model.loader import ConfigError, Problem, validate_objects
-from zerogate.model.objects import Name, Objects
+from zerogate.model.objects import Name, Objects, Settings
 from zerogate.model.values import parse_duration
 from zerogate.policy import Context, Identity, Verdict, compile_snapshot
 from zerogate.store import (
@@ -42,7 +52,7 @@ from zerogate.store import (
     TunnelConnection,
 )
 from zerogate.store.diff import ADMINS, Plan
-from zerogate.store.tables import admin_log as admin_log_table
+from zerogate.tunnel.token import TokenError, TunnelToken
 
 #: API collection name -> (store kind, ``Objects`` field); the collection names are the YAML keys
 COLLECTIONS: dict[str, str] = {
@@ -173,6 +183,24 @@ def new_service_credential(name: str, lifetime: timedelta) -> tuple[ServiceCrede
     return cred, secret
 
 
+def _keeps_admin(identity: Identity, ctx: Context) -> Callable[[Objects], None]:
+    """A check refusing objects whose admins list would not let ``identity`` in from ``ctx``
+    (decided like the front door does: the built-in admin application of the snapshot)."""
+
+    def check(objects: Objects) -> None:
+        snapshot = compile_snapshot(objects)
+        if snapshot.decide(snapshot.admin, identity, ctx).decision == "allow":
+            return
+        message = (
+            f"this admins list would remove your own admin access ({identity.email} from "
+            f"{ctx.ip or 'this address'}); add yourself back, or send ?force=true to save it "
+            "anyway"
+        )
+        raise Invalid("the change would lock you out", [Problem("admins", message)])
+
+    return check
+
+
 def _document(objects: Objects) -> dict[str, Any]:
     return objects.model_dump(mode="json", by_alias=True, exclude_none=True)
 
@@ -228,11 +256,15 @@ class AdminService:
         doc: dict[str, Any],
         expect: dict[tuple[str, str], int | None],
         actor: Actor,
+        check: Callable[[Objects], None] | None = None,
     ) -> Plan:
+        """Validate ``doc``, run ``check`` on the result (it raises to refuse), apply it."""
         try:
             objects = validate_objects(doc, source=None)
         except ConfigError as exc:
             raise Invalid("the change would make the configuration invalid", exc.problems) from None
+        if check is not None:
+            check(objects)
         try:
             return await self.store.apply(
                 objects, actor=actor.who, source=actor.source, expect=expect
@@ -285,15 +317,27 @@ class AdminService:
         doc[collection] = [item for item in doc[collection] if item["name"] != name]
         await self._write(doc, {(kind, name): version}, actor)
 
-    async def set_admins(self, admins: list[str], *, version: int, actor: Actor) -> int:
-        """Replace the admins list (based on ``version``, 0 when never set); the new version."""
+    async def set_admins(
+        self,
+        admins: list[str],
+        *,
+        version: int,
+        actor: Actor,
+        keep: tuple[Identity, Context] | None = None,
+    ) -> int:
+        """Replace the admins list (based on ``version``, 0 when never set); the new version.
+
+        ``keep``: the acting session's login and request context; a list that would no longer
+        make that session an administrator is refused (``Invalid``, nothing written), so an
+        admin cannot lock themselves out by mistake (the API passes it unless ``force``)."""
         _, doc, _, versions = await self._state()
         doc["admins"] = admins
         current = versions.get((ADMINS, ADMINS))
         expect: dict[tuple[str, str], int | None] = {(ADMINS, ADMINS): version if version else None}
         if current is None and version:
             raise Conflict("the admins list no longer exists; reload and retry")
-        plan = await self._write(doc, expect, actor)
+        check = None if keep is None else _keeps_admin(*keep)
+        plan = await self._write(doc, expect, actor, check)
         return plan.version_after if plan.changes else version
 
     # -- policies (inside their application) -------------------------------------------------
@@ -345,29 +389,15 @@ class AdminService:
         after: dict[str, Any] | None,
     ) -> None:
         """An admin-log row for a change outside the configured objects (a credential)."""
-        from sqlalchemy.exc import SQLAlchemyError
-
-        from zerogate.store import StoreError
-        from zerogate.store.engine import write_lock
-
-        row = {
-            "at": datetime.now(UTC),
-            "actor": actor.who,
-            "source": actor.source,
-            "action": action,
-            "kind": kind,
-            "name": name,
-            "before_json": json.dumps(before, sort_keys=True) if before is not None else None,
-            "after_json": json.dumps(after, sort_keys=True) if after is not None else None,
-            "config_version": None,
-        }
-        try:
-            async with self.store.engine.connect() as connection:
-                await write_lock(connection)
-                async with connection.begin():
-                    await connection.execute(insert(admin_log_table).values(**row))
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot write the admin log: {exc}") from None
+        await self.store.log_admin(
+            actor=actor.who,
+            source=actor.source,
+            action=action,
+            kind=kind,
+            name=name,
+            before=before,
+            after=after,
+        )
 
     async def service_credentials(self) -> dict[str, ServiceCredential]:
         """The stored service-token credentials by name (hashes only)."""
@@ -399,6 +429,47 @@ class AdminService:
             {"client_id": cred.client_id, "expires_at": cred.expires_at.isoformat()},
         )
         return cred, secret
+
+    async def create_tunnel_token(
+        self,
+        name: str,
+        *,
+        actor: Actor,
+        settings: Settings | None,
+        edges: Sequence[str] | None = None,
+    ) -> ConnectorToken:
+        """A new connector token for tunnel ``name`` (shown once): its first, or replacing
+        the previous one, whose connectors every server disconnects within about a second (a
+        rotation keeps the tunnel id). It names ``edges`` (default: the server's tunnel
+        address from ``settings``) and pins the generated listener certificate unless
+        ``listen.tls`` is set. ``NotFound`` without such a tunnel; recorded in the admin log."""
+        item = await self.get("tunnels", name)
+        chosen = tuple(dict.fromkeys(edges)) if edges is not None else token_edges(settings)
+        old = next((c for c in await self.store.tunnel_credentials() if c.name == item.name), None)
+        cred, secret = new_credential(item.name, old)
+        try:  # checks the edge addresses before anything is stored
+            TunnelToken(cred.tunnel_id, secret, chosen)
+        except TokenError as exc:
+            raise Invalid(f"edges: {exc}", [Problem("edges", str(exc))]) from None
+        await self.store.put_tunnel_credential(cred)
+        fingerprint = await listener_fingerprint(self.store, settings)
+        text = TunnelToken(cred.tunnel_id, secret, chosen, fingerprint).encode()
+        await self._record(
+            actor,
+            "credential",
+            "tunnel",
+            item.name,
+            {"tunnel_id": old.tunnel_id} if old is not None else None,
+            {"tunnel_id": cred.tunnel_id, "edges": list(chosen), "fingerprint": fingerprint},
+        )
+        return ConnectorToken(
+            name=item.name,
+            tunnel_id=cred.tunnel_id,
+            token=text,
+            edges=chosen,
+            fingerprint=fingerprint,
+            rotated=old is not None,
+        )
 
     async def api_tokens(self) -> list[ApiToken]:
         return await self.store.api_tokens()
@@ -531,7 +602,9 @@ class AdminService:
         known_tokens = {t.name for t in objects.service_tokens}
         if service_token is not None and service_token not in known_tokens:
             problems.append(Problem("service_token", f"unknown service token {service_token!r}"))
-        if app is not None and url is None and app not in snapshot.apps:
+        # ``zerogate-admin``, the built-in admin application, can be tested by name too
+        target = snapshot.application(app) if app is not None else None
+        if app is not None and url is None and target is None:
             raise NotFound(f"no application named {app!r}")
         host, path = "", "/"
         if url is not None:
@@ -552,5 +625,5 @@ class AdminService:
         ctx = Context(ip=ip, country=country, service_token=service_token)
         if url is not None:
             return snapshot.check(host, path, identity, ctx, explain=True)
-        assert app is not None
-        return snapshot.explain(snapshot.apps[app], identity, ctx)
+        assert target is not None
+        return snapshot.explain(target, identity, ctx)

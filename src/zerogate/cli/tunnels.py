@@ -12,7 +12,9 @@ refuses while an application uses the tunnel. ``list`` shows the connectors the 
 reported in the last :data:`SEEN_SECONDS` seconds.
 
 Object changes go through ``apply`` with ``expect=`` (compare-and-set on the tunnel's version),
-so a concurrent change is refused with a message instead of being overwritten.
+so a concurrent change is refused with a message instead of being overwritten. Connector tokens
+are made by ``AdminService.create_tunnel_token``, the same code as the web panel and the API
+(``POST /api/v1/tunnels/{name}/token``), which records each one in the admin log.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from zerogate.cli.main import (
 from zerogate.cli.tokens import actor, iso, user_errors, when, with_store
 
 if TYPE_CHECKING:
+    from zerogate.admin.connector_tokens import ConnectorToken
     from zerogate.model.objects import Objects, Settings
     from zerogate.store import Store, TunnelConnection, TunnelCredential
 
@@ -149,72 +152,46 @@ def _users(objects: Objects, name: str) -> list[str]:
     ]
 
 
-async def _fingerprint(store: Store, settings: Settings) -> str | None:
-    """The generated listener certificate's fingerprint (made now if no server made it yet);
-    None when ``listen.tls`` names a certificate (the connector verifies its chain)."""
-    from zerogate.tunnel import certs
-    from zerogate.tunnel.edge import cert_hosts
+async def _new_token(
+    store: Store, name: str, settings: Settings, edges: list[str]
+) -> ConnectorToken:
+    """A new connector token for tunnel ``name`` (``AdminService.create_tunnel_token``: the
+    credential, the certificate fingerprint, the admin-log entry)."""
+    from zerogate.admin.service import Actor, AdminError, AdminService
 
-    if settings.listen.tls is not None:
-        return None
-    candidate = certs.generate(cert_hosts(settings)).to_json()
-    stored = await store.named_secret(certs.SECRET_NAME, candidate)
-    return certs.GeneratedCert.from_json(stored).fingerprint
-
-
-def _new_credential(
-    name: str, tunnel_id: str | None = None, created_at: datetime | None = None
-) -> tuple[TunnelCredential, str]:
-    from zerogate.store import TunnelCredential
-    from zerogate.tunnel.token import hash_secret, new_secret, new_tunnel_id
-
-    secret = new_secret()
-    now = datetime.now(UTC).replace(microsecond=0)
-    cred = TunnelCredential(
-        name=name,
-        tunnel_id=tunnel_id or new_tunnel_id(),
-        secret_hash=hash_secret(secret),
-        created_at=created_at or now,
-        rotated_at=now,
-    )
-    return cred, secret
+    try:
+        return await AdminService(store).create_tunnel_token(
+            name, actor=Actor(actor(), "cli"), settings=settings, edges=edges
+        )
+    except AdminError as exc:
+        raise UserError(exc.message) from None
 
 
-def _show_token(
-    cred: TunnelCredential,
-    secret: str,
-    edges: list[str],
-    fingerprint: str | None,
-    as_json: bool,
-    **extra: Any,
-) -> None:
-    from zerogate.tunnel.token import TunnelToken
-
-    token = TunnelToken(cred.tunnel_id, secret, tuple(edges), fingerprint).encode()
-    command = f"zerogate connector run --token {token} --url http://localhost:8080"
+def _show_token(issued: ConnectorToken, as_json: bool, **extra: Any) -> None:
+    command = issued.command()
     if as_json:
         print_json(
             {
-                "name": cred.name,
-                "id": cred.tunnel_id,
-                "token": token,
-                "edges": edges,
-                "fingerprint": fingerprint,
+                "name": issued.name,
+                "id": issued.tunnel_id,
+                "token": issued.token,
+                "edges": list(issued.edges),
+                "fingerprint": issued.fingerprint,
                 "command": command,
                 **extra,
             }
         )
         return
-    out.print(f"  tunnel id:    {cred.tunnel_id}")
-    out.print(f"  edges:        {', '.join(edges)}")
-    out.print(f"  certificate:  {fingerprint or 'verified by its chain (listen.tls)'}")
+    out.print(f"  tunnel id:    {issued.tunnel_id}")
+    out.print(f"  edges:        {', '.join(issued.edges)}")
+    out.print(f"  certificate:  {issued.fingerprint or 'verified by its chain (listen.tls)'}")
     out.print("\nConnector token:\n")
-    out.print(f"  {token}")
+    out.print(f"  {issued.token}")
     out.print("\nRun the connector next to the origin (--url: where it sends the requests):\n")
     out.print(f"  {escape(command)}")
     out.print(
         "\n[yellow]The token is shown only this once[/yellow]: the store keeps only a hash of "
-        f"its secret. Lost it? `zerogate tunnel token {escape(cred.name)} --rotate` makes a "
+        f"its secret. Lost it? `zerogate tunnel token {escape(issued.name)} --rotate` makes a "
         "new one."
     )
 
@@ -244,7 +221,7 @@ def tunnel_create(
         settings = _settings(config)
         edges = _edges(edge, settings)
 
-    async def work(store: Store) -> tuple[TunnelCredential, str, str | None, list[str], bool]:
+    async def work(store: Store) -> tuple[ConnectorToken, list[str], bool]:
         if any(c.name == name for c in await store.tunnel_credentials()):
             raise UserError(
                 f"tunnel {name!r} already exists; `zerogate tunnel token {name} --rotate` "
@@ -260,11 +237,10 @@ def tunnel_create(
         wanted = _with_tunnels(objects, tunnels)
         await _apply(store, wanted, name, version)
         tunnel = next(t for t in wanted.tunnels if t.name == name)
-        cred, secret = _new_credential(name)
-        await store.put_tunnel_credential(cred)
-        return cred, secret, await _fingerprint(store, settings), tunnel.routes, existing is None
+        issued = await _new_token(store, name, settings, edges)
+        return issued, tunnel.routes, existing is None
 
-    cred, secret, fingerprint, final_routes, added = with_store(config, work)
+    issued, final_routes, added = with_store(config, work)
     if not as_json:
         what = "created" if added else "now has a connector token"
         where = f" (routes: {', '.join(final_routes)})" if final_routes else " (no routes yet)"
@@ -274,7 +250,7 @@ def tunnel_create(
                 f"Route a hostname to it with `zerogate tunnel route {escape(name)} HOST`, and "
                 "give its application `tunnel: " + escape(name) + "`."
             )
-    _show_token(cred, secret, edges, fingerprint, as_json, routes=final_routes)
+    _show_token(issued, as_json, routes=final_routes)
 
 
 def _connectors(rows: list[TunnelConnection]) -> list[dict[str, Any]]:
@@ -477,19 +453,14 @@ def tunnel_token(
         settings = _settings(config)
         edges = _edges(edge, settings)
 
-    async def work(store: Store) -> tuple[TunnelCredential, str, str | None, bool]:
-        old = next((c for c in await store.tunnel_credentials() if c.name == name), None)
+    async def work(store: Store) -> ConnectorToken:
         _, version = await _object(store, name)
         if version is None:
             raise UserError(f"unknown tunnel {name!r}")
-        if old is None:
-            cred, secret = _new_credential(name)
-        else:
-            cred, secret = _new_credential(name, old.tunnel_id, old.created_at)
-        await store.put_tunnel_credential(cred)
-        return cred, secret, await _fingerprint(store, settings), old is not None
+        return await _new_token(store, name, settings, edges)
 
-    cred, secret, fingerprint, rotated = with_store(config, work)
+    issued = with_store(config, work)
+    rotated = issued.rotated
     if not as_json:
         if rotated:
             out.print(
@@ -498,7 +469,7 @@ def tunnel_token(
             )
         else:
             out.print(f"[green]Tunnel {escape(name)} now has a connector token.[/green]")
-    _show_token(cred, secret, edges, fingerprint, as_json, rotated=rotated)
+    _show_token(issued, as_json, rotated=rotated)
 
 
 app.add_typer(tunnel_app, name="tunnel")

@@ -469,6 +469,11 @@ class ServiceToken(_Strict):
 
 Admin = Annotated[str, Field(min_length=1)]
 
+#: the name of the built-in application that protects the admin panel and API: its one allow
+#: policy is the ``admins`` list (``zerogate.policy.engine.admin_application``); reserved, so
+#: no configured application may take it
+ADMIN_APPLICATION = "zerogate-admin"
+
 
 def _check_admin(value: str) -> str:
     if value.startswith("group:"):

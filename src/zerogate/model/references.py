@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from zerogate.model.objects import (
+    ADMIN_APPLICATION,
     IDENTITY_SELECTORS,
     SERVICE_SELECTORS,
     Group,
@@ -182,6 +183,12 @@ def check_objects(objects: Objects) -> list[Issue]:
     for a_index, app in enumerate(objects.applications):
         aloc: Loc = ("applications", a_index)
         app_hosts.add(app.host)
+        if app.name.casefold() == ADMIN_APPLICATION:
+            check.error(
+                (*aloc, "name"),
+                f"{app.name!r} is reserved for the built-in application of the admin panel "
+                "and API (its policy is the admins list); choose another name",
+            )
         if app.domain in domains:
             check.error(
                 (*aloc, "domain"),

@@ -6,7 +6,16 @@ from zerogate.policy.engine import (
     Identity,
     Snapshot,
     Verdict,
+    admin_application,
     compile_snapshot,
 )
 
-__all__ = ["CompiledApp", "Context", "Identity", "Snapshot", "Verdict", "compile_snapshot"]
+__all__ = [
+    "CompiledApp",
+    "Context",
+    "Identity",
+    "Snapshot",
+    "Verdict",
+    "admin_application",
+    "compile_snapshot",
+]

@@ -13,6 +13,10 @@ Semantics (SPEC "Policy semantics"):
 * ``service_auth`` only matches a request presenting a service token, and user policies never
   see the token; ``bypass`` only looks at the request (ip, country, everyone);
 * with no identity and no service token, a request that needs a login gets ``authenticate``.
+
+The admin panel and API are a **built-in application** (``ADMIN_APPLICATION``, compiled into
+``Snapshot.admin``, never routed): its one allow policy is the ``admins`` list
+(``admin_application``), so the admins are decided by these very matchers, groups included.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any, Literal
 
 import radix
 
-from zerogate.model.objects import Application, Objects, Policy, Rule, RuleSet
+from zerogate.model.objects import ADMIN_APPLICATION, Application, Objects, Policy, Rule, RuleSet
 from zerogate.model.paths import PathError, fold, normalise_path, under
 from zerogate.model.values import ip_network, normalise_ip
 
@@ -629,6 +633,34 @@ class _HostApps:
         return None
 
 
+#: the built-in admin application is never routed: its domain is only a placeholder
+ADMIN_DOMAIN = "zerogate-admin.invalid"
+
+
+def admin_application(objects: Objects) -> Application:
+    """The built-in application of the admin panel and API: one allow policy including the
+    ``admins`` list (emails → ``email``, ``group:NAME`` → ``group``), every login method, the
+    global session length. No admins → no policy → nobody (fail closed). A ``group:`` entry
+    naming no group (only possible in unvalidated objects) matches nobody."""
+    known = {g.name for g in objects.groups}
+    emails = [a for a in objects.admins if not a.startswith("group:")]
+    groups = [a[len("group:") :] for a in objects.admins if a.startswith("group:")]
+    include: list[dict[str, Any]] = []
+    if emails:
+        include.append({"email": emails})
+    if any(g in known for g in groups):
+        include.append({"group": [g for g in groups if g in known]})
+    policies = [{"name": "admins", "decision": "allow", "include": include}] if include else []
+    return Application.model_validate(
+        {
+            "name": ADMIN_APPLICATION,
+            "domain": ADMIN_DOMAIN,
+            "origin": "http://127.0.0.1:9",
+            "policies": policies,
+        }
+    )
+
+
 class Snapshot:
     """An immutable, compiled configuration: route a request, then decide it."""
 
@@ -636,6 +668,8 @@ class Snapshot:
         compiler = _Compiler(objects)
         self.objects = objects
         self.version = version
+        #: the built-in admin application (not routed; ``application`` finds it by name)
+        self.admin: CompiledApp = compiler.app(admin_application(objects))
         self.apps: dict[str, CompiledApp] = {}
         exact: dict[str, list[CompiledApp]] = {}
         wildcard: dict[str, list[CompiledApp]] = {}
@@ -678,6 +712,13 @@ class Snapshot:
             if apps is not None:
                 return apps.find(norm)
         return None
+
+    def application(self, name: str) -> CompiledApp | None:
+        """A configured application, or the built-in admin one, by name (what a login flow
+        names; ``ADMIN_APPLICATION`` is reserved, so the two never collide)."""
+        if name == ADMIN_APPLICATION:
+            return self.admin
+        return self.apps.get(name)
 
     # -------------------------------------------------------------- deciding
 

@@ -15,6 +15,10 @@ Flow (SPEC "One-time PIN", "HTTP contract"):
 Forms carry a CSRF token equal to a cookie set when the form was shown (double submit).
 OpenID Connect login (the provider buttons, ``/.zerogate/oidc/NAME/start`` and ``/callback``)
 lives in ``portal/oidc.py``; this module routes to it and offers its buttons.
+
+The admin panel and API log in here too, as the built-in application ``zerogate-admin``
+(``Snapshot.application`` finds it by the flow's name): the same pages, methods and PIN rule;
+only the end differs (``portal/admin_login.py``: back to a local ``/admin`` path, no code).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from zerogate.model.values import check_email
 from zerogate.policy import Context, Identity
 from zerogate.policy.engine import CompiledApp
 from zerogate.portal import oidc as oidc_login
+from zerogate.portal.admin_login import admin_return, is_admin_app
 from zerogate.runtime import PORTAL_AUDIENCE
 from zerogate.services import Services
 
@@ -175,7 +180,7 @@ def _flow(svc: Services, blob: str) -> tuple[Flow, CompiledApp]:
         flow = open_flow(svc.runtime.secret, blob, time.time())
     except FlowError as exc:
         raise _Problem(400, f"{exc}. Go back to the application and try again.") from None
-    app = svc.runtime.snapshot.apps.get(flow.app)
+    app = svc.runtime.snapshot.application(flow.app)
     if app is None:
         raise _Problem(400, "This application no longer exists.")
     return flow, app
@@ -276,7 +281,12 @@ async def hand_over(
     amr: list[str],
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """A one-time code for the application, then off to its ``/.zerogate/authorized``."""
+    """A one-time code for the application, then off to its ``/.zerogate/authorized``; for
+    the built-in admin application (on this very host, whose session the portal cookie is),
+    straight back to the admin page asked for."""
+    if is_admin_app(app):
+        await http.redirect(send, admin_return(flow.rd), headers or [])
+        return
     code = secrets.token_urlsafe(32)
     await svc.runtime.store.put_code(
         code_hash(code),

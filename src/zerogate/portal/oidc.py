@@ -331,7 +331,7 @@ def open_flow_blob(svc: Services, blob: str) -> tuple[Flow, CompiledApp]:
         raise _Failure(
             400, f"{exc}. Go back to the application and try again.", "flow_invalid", str(exc)
         ) from None
-    app = svc.runtime.snapshot.apps.get(flow.app)
+    app = svc.runtime.snapshot.application(flow.app)  # the built-in admin one too
     if app is None:
         raise _Failure(400, "This application no longer exists.", "flow_invalid", flow.app)
     return flow, app

@@ -284,6 +284,35 @@ class Store:
                     await _drop_removed_credentials(connection, changes)
         return Plan(changes, version, new_version)
 
+    async def log_admin(
+        self,
+        *,
+        actor: str,
+        source: str | None,
+        action: str,
+        kind: str | None,
+        name: str | None,
+        before: Mapping[str, Any] | None = None,
+        after: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a change made outside the configured objects (a credential created, rotated
+        or revoked) in the admin log, with no configuration version; ``before`` / ``after``
+        describe it (never a secret)."""
+        row = {
+            "at": _now(),
+            "actor": actor,
+            "source": source,
+            "action": action,
+            "kind": kind,
+            "name": name,
+            "before_json": canonical(dict(before)) if before is not None else None,
+            "after_json": canonical(dict(after)) if after is not None else None,
+            "config_version": None,
+        }
+        with self._errors("write the admin log"):
+            async with self._writing() as connection:
+                await connection.execute(insert(admin_log).values(**row))
+
     async def named_secret(self, name: str, candidate: str) -> str:
         """The stored value of secret ``name``; the first caller's ``candidate`` becomes it
         (so every process of a cluster ends up with the same generated value)."""
