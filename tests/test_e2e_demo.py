@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from zg_harness import free_port, wait_for_port
+from zg_harness import free_port, wait_for_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -28,10 +29,14 @@ ARGS = [
 ]
 
 
+DATA: dict[int, Path] = {}
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port()
     data = tmp_path_factory.mktemp("demo")
+    DATA[port] = data
     log = open(data / "demo.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "zerogate", "demo", "--port", str(port), "--data-dir", str(data)],
@@ -112,3 +117,23 @@ def test_a_partner_is_refused_elsewhere_and_strangers_get_no_pin(
     page.goto(f"http://auth.localhost:{demo}/.zerogate/outbox")
     assert "stranger@nowhere.test" not in page.locator("body").inner_text()
     ctx.close()
+
+
+def test_the_demo_origin_is_served_through_a_tunnel(demo: int) -> None:
+    config = DATA[demo] / "demo.yaml"
+    assert "tunnel: demo-office" in config.read_text()
+    assert "origin:" not in config.read_text()  # no application reaches an origin directly
+
+    def connected() -> bool:
+        listed = subprocess.run(
+            [sys.executable, "-m", "zerogate", "tunnel", "list", "--json", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert listed.returncode == 0, listed.stderr
+        [tunnel] = json.loads(listed.stdout)["tunnels"]
+        return tunnel["name"] == "demo-office" and tunnel["connections"] >= 1
+
+    wait_until(connected, timeout=30, interval=0.5)

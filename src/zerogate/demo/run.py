@@ -1,9 +1,17 @@
-"""Write the demo configuration, apply it, start the demo origin, then serve."""
+"""Write the demo configuration, apply it, start the demo origin behind a tunnel, then serve.
+
+The demo shows all three jobs: the login portal (PIN, with the mail outbox page), the policies,
+and the tunnel — the demo origin is reached only through a ``zerogate connector run`` process
+that the demo starts with a fresh connector token and stops on exit.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -14,12 +22,16 @@ from zerogate.model import load_file
 DEMO_YAML = """\
 # zerogate demo: written by `zerogate demo`; edit it and run `zerogate apply -c {path}`.
 portal: auth.localhost:{port}
-listen: {{http: 127.0.0.1:{port}}}
+listen: {{http: 127.0.0.1:{port}, tunnel: 127.0.0.1:{tunnel_port}}}
 storage: sqlite:///zerogate.db
 admins: [ops@example.com]
 
 identity_providers:
   - {{name: otp, type: onetimepin}}
+
+tunnels:
+  # the demo origin is reached only through this tunnel's connector
+  - {{name: demo-office, routes: [hello.localhost]}}
 
 groups:
   - name: Third-Party Partners
@@ -30,19 +42,19 @@ groups:
 applications:
   - name: hello
     domain: hello.localhost
-    origin: http://127.0.0.1:{origin_port}
+    tunnel: demo-office
     policies:
       - name: staff and partners
         decision: allow
         include: [{{email_domain: [example.com]}}, {{group: [Third-Party Partners]}}]
   - name: public
     domain: hello.localhost/public
-    origin: http://127.0.0.1:{origin_port}
+    tunnel: demo-office
     policies:
       - {{name: anyone, decision: bypass, include: [{{everyone: true}}]}}
   - name: finance
     domain: hello.localhost/finance
-    origin: http://127.0.0.1:{origin_port}
+    tunnel: demo-office
     policies:
       - name: staff from the office
         decision: allow
@@ -66,7 +78,39 @@ def _pick_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _start_connector(token: str, origin_port: int, log: Path) -> subprocess.Popen[bytes]:
+    """``zerogate connector run`` for the demo origin (it dials until the edge is up)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [
+                sys.executable,
+                "-m",
+                "zerogate",
+                "connector",
+                "run",
+                "--url",
+                f"http://127.0.0.1:{origin_port}",
+                "--ha-connections",
+                "2",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "ZEROGATE_TUNNEL_TOKEN": token},
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def run_demo(data_dir: Path, port: int, console: Console) -> None:
+    from zerogate.admin.service import Actor, AdminService
     from zerogate.demo.origin import DemoOrigin
     from zerogate.server.run import serve
     from zerogate.store import Store, storage_url
@@ -74,20 +118,24 @@ def run_demo(data_dir: Path, port: int, console: Console) -> None:
     if not _free(port):
         raise SystemExit(f"error: port {port} is in use; run `zerogate demo --port N`")
     data_dir.mkdir(parents=True, exist_ok=True)
-    origin_port = _pick_port()
+    origin_port, tunnel_port = _pick_port(), _pick_port()
     path = data_dir / "demo.yaml"
-    text = DEMO_YAML.format(path=path, port=port, origin_port=origin_port)
+    text = DEMO_YAML.format(path=path, port=port, tunnel_port=tunnel_port)
     path.write_text(text)
     loaded = load_file(path)
 
-    async def apply() -> None:
+    async def apply() -> str:
         store = await Store.open(storage_url(loaded.config.storage, base_dir=data_dir))
         try:
             await store.apply(loaded.config.objects(), actor="demo", source="cli")
+            made = await AdminService(store).create_tunnel_token(
+                "demo-office", actor=Actor("demo", "cli"), settings=loaded.config.settings()
+            )
+            return made.token
         finally:
             await store.close()
 
-    asyncio.run(apply())
+    token = asyncio.run(apply())
     origin = DemoOrigin(
         origin_port,
         certs_url=f"http://127.0.0.1:{port}/.zerogate/certs",
@@ -96,6 +144,7 @@ def run_demo(data_dir: Path, port: int, console: Console) -> None:
         name="hello",
     )
     origin.start()
+    connector = _start_connector(token, origin_port, data_dir / "connector.log")
     console.print(
         Panel.fit(
             f"[bold]Open[/bold]      http://hello.localhost:{port}/\n"
@@ -103,9 +152,15 @@ def run_demo(data_dir: Path, port: int, console: Console) -> None:
             f"[bold]Log in as[/bold] you@example.com (staff) or alice@partner.test (partner);\n"
             f"          anyone else is refused. http://hello.localhost:{port}/finance\n"
             f"          also requires the office network (loopback counts).\n"
+            f"[bold]Admin[/bold]     http://auth.localhost:{port}/admin  (as ops@example.com)\n"
+            f"[bold]Tunnel[/bold]    the demo origin listens on 127.0.0.1:{origin_port} and is\n"
+            f"          served through a connector (log: {data_dir / 'connector.log'})\n"
             f"[bold]Config[/bold]    {path}  (edit, then: zerogate apply -c {path})\n"
             "[dim]Ctrl-C stops the demo.[/dim]",
             title="zerogate demo",
         )
     )
-    serve(path, loaded.config.settings(), workers=1, demo=True)
+    try:
+        serve(path, loaded.config.settings(), workers=1, demo=True)
+    finally:
+        _stop(connector)
