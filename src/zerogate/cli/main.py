@@ -475,4 +475,7 @@ def main() -> None:
 
 # commands in their own modules register themselves on ``app`` (they import this module's
 # helpers, so they are imported last)
-from zerogate.cli import logs, tokens  # noqa: E402, F401
+from zerogate.cli import api_tokens, logs, tokens, tunnels  # noqa: E402, F401
+from zerogate.cli.connector import connector_app  # noqa: E402
+
+app.add_typer(connector_app, name="connector")

@@ -36,6 +36,10 @@ log = structlog.get_logger("zerogate.connector")
 DEFAULT_PORTS = range(20241, 20246)
 
 
+class MetricsBindError(OSError):
+    """The ``--metrics`` address cannot be listened on (in use, not local, no permission)."""
+
+
 class ConnectorMetrics:
     """The counters and gauges above, in their own registry."""
 
@@ -139,9 +143,13 @@ class MetricsServer:
             site = web.TCPSite(runner, self.host, port_number)
             try:
                 await site.start()
-            except OSError:
+            except OSError as exc:
                 if index == len(candidates) - 1:
-                    raise
+                    await runner.cleanup()
+                    raise MetricsBindError(
+                        f"cannot listen on {self.host}:{port_number} for /metrics:"
+                        f" {exc.strerror or exc}"
+                    ) from None
                 continue
             server = site._server
             sockets = getattr(server, "sockets", None) or []

@@ -32,6 +32,7 @@ why`` (rules are numbered from 1).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,9 +296,14 @@ def _line(doc: Any, loc: Sequence[str | int]) -> int | None:
     return line
 
 
+_KEYS = sorted({"ingress", "hostname", "path", "service", "origin", *OriginOptions.model_fields})
+
+
 def _message(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
-        return f"unknown key {err['loc'][-1]!r}"
+        key = str(err["loc"][-1])
+        close = difflib.get_close_matches(key, _KEYS, n=1, cutoff=0.6)
+        return f"unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
     if err["type"] == "missing":
         return "this key is required"
     msg = str(err["msg"]).removeprefix("Value error, ")

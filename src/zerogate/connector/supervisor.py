@@ -1,0 +1,236 @@
+"""The connector process: keeps ``ha_connections`` connections to the edges up, drains on SIGTERM.
+
+:class:`Connector` runs one *slot* per HA connection. Slot ``i`` dials edge ``i mod n`` (the
+next edge after each failure, so a dead edge does not hold a slot) and, when its connection
+ends, redials after a jittered exponential backoff (:class:`~zerogate.connector.backoff.Backoff`:
+0.5 s doubling to 30 s, full jitter; back to 0.5 s once a connection had been registered for
+``healthy_after`` seconds). The other slots keep serving meanwhile. A permanent refusal by the
+edge (bad or revoked token, unsupported version) is logged as an error on every attempt and
+retried only slowly (5 s doubling to a 60 s cap), never in a hot loop. When the edge drains a
+connection (GOAWAY), the slot dials its replacement at once while the old one finishes its
+streams.
+
+Shutdown (:meth:`Connector.shutdown`, on the first SIGTERM or SIGINT): every connection sends
+GOAWAY, so the edge sends no new streams and moves new requests to other connectors; in-flight
+streams finish, for at most ``grace_period`` seconds, then whatever is left is closed. A second
+signal closes everything at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from zerogate import __version__
+from zerogate.connector.backoff import Backoff
+from zerogate.connector.connection import EdgeConnection, Liveness, Outcome
+from zerogate.connector.metrics import ConnectorMetrics, MetricsServer
+from zerogate.connector.origin import Dispatcher
+from zerogate.connector.tls import EdgeAddress, EdgeTrust
+from zerogate.tunnel.ingress import Rule
+from zerogate.tunnel.protocol import Registration, TunnelSettings
+from zerogate.tunnel.token import TunnelToken
+
+log = structlog.get_logger("zerogate.connector")
+
+FEATURES = frozenset({"websocket"})
+
+
+@dataclass(slots=True)
+class ConnectorConfig:
+    """Everything ``zerogate connector run`` decided from its options."""
+
+    token: str
+    tunnel: TunnelToken
+    edges: list[EdgeAddress]
+    rules: list[Rule]
+    trust: EdgeTrust
+    ha_connections: int = 4
+    metrics_address: str | None = None  # None: 127.0.0.1, first free of 20241-20245
+    grace_period: float = 30.0
+    liveness: Liveness = field(default_factory=Liveness)
+    settings: TunnelSettings | None = None
+    healthy_after: float = 10.0
+    backoff: Backoff = field(default_factory=Backoff)  # a template: each slot copies it
+    refused_backoff: Backoff = field(default_factory=lambda: Backoff(base=5.0, cap=60.0))
+
+
+class Connector:
+    """The running connector (see the module docstring)."""
+
+    def __init__(self, config: ConnectorConfig) -> None:
+        self.config = config
+        self.connector_id = f"zgc-{uuid.uuid4().hex[:16]}"
+        self.metrics = ConnectorMetrics()
+        self.dispatcher = Dispatcher(config.rules)
+        self.metrics_server = MetricsServer(self.metrics, config.metrics_address)
+        self.connections: set[EdgeConnection] = set()
+        self.dials = 0
+        self.stopping = False
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._conn_tasks: set[asyncio.Task[Outcome]] = set()
+
+    # -- control --------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """First call: drain gracefully; second call: close everything now."""
+        if self.stopping:
+            log.warning("second signal: closing every connection now")
+            self._force.set()
+            return
+        log.info("shutting down: draining", grace_period=self.config.grace_period)
+        self.stopping = True
+        for conn in list(self.connections):
+            conn.go_away()
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.shutdown)
+
+    # -- running --------------------------------------------------------------------------------
+
+    async def run(self, *, signals: bool = True) -> int:
+        """Serve until shut down; the exit code: 0, or 1 after a second signal."""
+        if signals:
+            self.install_signal_handlers()
+        await self.metrics_server.start()
+        log.info(
+            "connector starting",
+            connector=self.connector_id,
+            version=__version__,
+            tunnel=self.config.tunnel.tunnel_id,
+            edges=[str(e) for e in self.config.edges],
+            connections=self.config.ha_connections,
+        )
+        slots = [asyncio.create_task(self._slot(i)) for i in range(self.config.ha_connections)]
+        forced = False
+        try:
+            await self._stop.wait()
+            forced = not await self._drain()
+        finally:
+            for task in slots:
+                task.cancel()
+            await asyncio.gather(*slots, return_exceptions=True)
+            for conn in list(self.connections):
+                conn.close("connector stopped")
+            if self._conn_tasks:
+                await asyncio.gather(*self._conn_tasks, return_exceptions=True)
+            await self.dispatcher.close()
+            await self.metrics_server.stop()
+        log.info("connector stopped", drained=not forced)
+        return 1 if self._force.is_set() else 0
+
+    async def _drain(self) -> bool:
+        """Wait for the connections to finish their streams; False when cut short."""
+        waiting = asyncio.create_task(self._all_closed())
+        force = asyncio.create_task(self._force.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {waiting, force},
+                timeout=self.config.grace_period,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            waiting.cancel()
+            force.cancel()
+        if waiting in done:
+            return True
+        if force not in done:
+            left = sum(conn.open_streams for conn in self.connections)
+            log.warning("grace period over: closing", open_streams=left)
+        return False
+
+    async def _all_closed(self) -> None:
+        while self._conn_tasks:
+            await asyncio.gather(*list(self._conn_tasks), return_exceptions=True)
+
+    def _registration(self, index: int) -> Registration:
+        return Registration(
+            token=self.config.token,
+            connector_id=self.connector_id,
+            version=__version__,
+            connection_index=index,
+            features=FEATURES,
+        )
+
+    async def _slot(self, index: int) -> None:
+        cfg = self.config
+        backoff = Backoff(cfg.backoff.base, cfg.backoff.factor, cfg.backoff.cap, cfg.backoff.floor)
+        refused = Backoff(
+            cfg.refused_backoff.base, cfg.refused_backoff.factor, cfg.refused_backoff.cap
+        )
+        offset = 0
+        while not self.stopping:
+            edge = cfg.edges[(index + offset) % len(cfg.edges)]
+            conn = EdgeConnection(
+                edge,
+                self._registration(index),
+                cfg.trust,
+                self.dispatcher,
+                self.metrics,
+                settings=cfg.settings,
+                liveness=cfg.liveness,
+            )
+            self.dials += 1
+            self.connections.add(conn)
+            task = asyncio.create_task(conn.run())
+            self._conn_tasks.add(task)
+            task.add_done_callback(self._conn_tasks.discard)
+            task.add_done_callback(_forget(self.connections, conn))
+            if self.stopping:  # a signal arrived while we were dialling
+                conn.go_away()
+            replaced = asyncio.create_task(conn.edge_goaway.wait())
+            try:
+                await asyncio.wait({task, replaced}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                replaced.cancel()
+            if not task.done():
+                # The edge drains this connection: replace it now, let it finish on its own.
+                backoff.reset()
+                refused.reset()
+                self.metrics.reconnects.inc()
+                continue
+            outcome = task.result()
+            if self.stopping:
+                return
+            if outcome.refused is not None and outcome.refused.permanent:
+                delay = refused.next()
+                log.error(
+                    "the edge refuses this connector's registration; check the token",
+                    reason=outcome.refused.value,
+                    message=outcome.message,
+                    retry_in=round(delay, 1),
+                )
+            else:
+                refused.reset()
+                if outcome.registered and outcome.healthy_for >= cfg.healthy_after:
+                    backoff.reset()
+                if not outcome.registered:
+                    offset += 1  # try the next edge next time
+                delay = backoff.next()
+                log.info("redialling", conn=index, edge=str(edge), retry_in=round(delay, 2))
+            self.metrics.reconnects.inc()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    @property
+    def registered_connections(self) -> int:
+        return self.metrics.registered
+
+
+def _forget(
+    connections: set[EdgeConnection], conn: EdgeConnection
+) -> Callable[[asyncio.Task[Outcome]], None]:
+    def done(_task: asyncio.Task[Outcome]) -> None:
+        connections.discard(conn)
+
+    return done
