@@ -73,7 +73,11 @@ ORIGIN_SERVER = """\
             alias {dir}/big.bin;
         }}
         location = /upload {{
-            return 204;
+            # read the whole body before answering (request buffering), so every path carries
+            # every byte; the body goes nowhere (the answer comes from /small)
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_pass http://127.0.0.1:{port}/small;
         }}
     }}"""
 
@@ -131,6 +135,9 @@ def curl_mb_s(url: str, *, host: str | None, upload: Path | None) -> float:
         raise RuntimeError(f"curl {url} failed ({res.returncode}): {res.stderr.strip()}")
     info = json.loads(res.stdout)
     size = info["size_upload"] if upload is not None else info["size_download"]
+    expected = upload.stat().st_size if upload is not None else None
+    if expected is not None and size != expected:
+        raise RuntimeError(f"curl sent {size} of {expected} bytes to {url}")
     return float(size) / seconds / 1e6
 
 
