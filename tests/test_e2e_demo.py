@@ -134,6 +134,6 @@ def test_the_demo_origin_is_served_through_a_tunnel(demo: int) -> None:
         )
         assert listed.returncode == 0, listed.stderr
         [tunnel] = json.loads(listed.stdout)["tunnels"]
-        return tunnel["name"] == "demo-office" and tunnel["connections"] >= 1
+        return bool(tunnel["name"] == "demo-office" and tunnel["connections"] >= 1)
 
     wait_until(connected, timeout=30, interval=0.5)
