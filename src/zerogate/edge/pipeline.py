@@ -375,6 +375,9 @@ async def forward_tunnel(
     if target is None:
         await bad_request(send, svc, scope, "the request target cannot be forwarded")
         return
+    headers = tunnel_content_length(
+        headers, scope["headers"], websocket=scope["type"] == "websocket"
+    )
     try:
         if scope["type"] == "websocket":
             await listener.forward_websocket(
@@ -407,6 +410,36 @@ async def forward_tunnel(
             await http.respond_json(send, 431, {"error": "request headers too large"})
         else:
             await bad_request(send, svc, scope, str(exc))
+
+
+def tunnel_content_length(headers: Headers, client: Headers, *, websocket: bool) -> Headers:
+    """The request headers for a tunnel stream with at most one plain ``content-length``.
+
+    HTTP/2 holds a stream's DATA to its ``content-length``: a value it cannot parse (``5, 5``),
+    two different ones, or one the body does not match is a *connection* error at the
+    connector, which would end every other request on that connection. So the length goes only
+    when it is the body's framing: one decimal value (repeats of it allowed), not on a
+    WebSocket (its frames follow the upgrade) and not next to a ``Transfer-Encoding`` (the
+    server framed the body by chunks). Without it the connector streams the body chunked.
+    """
+    values = [
+        part.strip()
+        for key, value in headers
+        if key == b"content-length"
+        for part in value.split(b",")
+    ]
+    if not values:
+        return headers
+    rest = [(k, v) for k, v in headers if k != b"content-length"]
+    chunked = any(k.lower() == b"transfer-encoding" for k, _ in client)
+    if (
+        websocket
+        or chunked
+        or not all(v.isdigit() for v in values)
+        or len(set(map(int, values))) != 1
+    ):
+        return rest
+    return [*rest, (b"content-length", str(int(values[0])).encode())]
 
 
 def strip_zerogate_cookies(headers: Headers) -> Headers:

@@ -127,6 +127,10 @@ READY_WAIT: Final = 2.0
 WS_MAX_MESSAGE: Final = 16 * 1024 * 1024
 """Largest WebSocket message accepted from an origin (as the origin proxy's limit)."""
 CLIENT_CLOSED: Final = 499
+MAX_PENDING_PER_ADDRESS: Final = 16
+"""Connections one address may have waiting to register; more are refused (``unavailable``)."""
+MAX_PENDING: Final = 512
+"""Connections all addresses together may have waiting to register."""
 _READ_SIZE = 256 * 1024
 _FEATURES = frozenset({"websocket"})
 _RESPONSE_DROPPED = frozenset({b"te", b"trailer", b"proxy-authenticate", b"proxy-authorization"})
@@ -730,6 +734,8 @@ class TunnelListener:
         self._change = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
         self._stopping = False
+        #: connections waiting to register, by peer address (bounded: a stranger's sockets)
+        self._waiting: dict[str, set[_Connection]] = {}
 
     # -- life -------------------------------------------------------------------------------
 
@@ -782,7 +788,26 @@ class TunnelListener:
             if self._stopping:
                 writer.close()
                 return
-            await _Connection(self, reader, writer).run()
+            conn = _Connection(self, reader, writer)
+            peer = conn.address.rpartition(":")[0]
+            for group in self._waiting.values():  # registered or gone: no longer waiting
+                group.difference_update([c for c in group if c.registration or c.finished])
+            waiting = self._waiting.setdefault(peer, set())
+            total = sum(len(group) for group in self._waiting.values())
+            if len(waiting) >= MAX_PENDING_PER_ADDRESS or total >= MAX_PENDING:
+                log.warning("tunnel: too many connections waiting to register from %s", peer)
+                if not waiting:
+                    del self._waiting[peer]
+                conn.core.refuse(RefusalReason.UNAVAILABLE, "too many connections waiting")
+                conn.flush()
+                return
+            waiting.add(conn)
+            try:
+                await conn.run()
+            finally:
+                waiting.discard(conn)
+                if not waiting and self._waiting.get(peer) is waiting:
+                    del self._waiting[peer]
         except asyncio.CancelledError:
             pass
         except Exception:
