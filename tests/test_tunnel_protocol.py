@@ -973,3 +973,17 @@ def test_arbitrary_chunking_gives_the_same_events(sizes: list[int]) -> None:
 
 def test_single_byte_chunking_gives_the_same_events() -> None:
     assert _scenario(sized([1])) == baseline()
+
+
+def test_content_length_crosses_once_as_plain_digits() -> None:
+    assert clean_headers([(b"Content-Length", b" 007 ")], request=True) == [
+        (b"content-length", b"7")
+    ]
+    assert clean_headers(
+        [(b"content-length", b"5"), (b"content-length", b"5, 5")], request=False
+    ) == [(b"content-length", b"5")]
+    for bad in ([(b"content-length", b"5, 6")], [(b"content-length", b"-1")],
+                [(b"content-length", b"5"), (b"content-length", b"6")],
+                [(b"content-length", b"0x10")]):  # fmt: skip
+        with pytest.raises(InvalidHeaders):
+            clean_headers(bad, request=True)

@@ -438,7 +438,8 @@ def clean_headers(headers: Iterable[Header], *, request: bool) -> list[Header]:
     never cross: ``Connection`` and every name it lists, ``Keep-Alive``, ``Proxy-Connection``,
     ``Transfer-Encoding``, ``Upgrade``, and ``TE`` unless it asks for ``trailers`` (then it is
     sent as exactly ``te: trailers``). In a request ``Host`` is dropped: ``:authority`` carries
-    it.
+    it. ``Content-Length`` crosses once, as plain decimal digits; an unreadable or conflicting
+    one is :class:`InvalidHeaders` (HTTP/2 would make it a connection error at the peer).
     """
     kept: list[Header] = []
     listed: set[bytes] = set()
@@ -454,8 +455,21 @@ def clean_headers(headers: Iterable[Header], *, request: bool) -> list[Header]:
         else:
             kept.append((lname, stripped))
     result: list[Header] = []
+    length: bytes | None = None
     for lname, value in kept:
-        if lname == b"te":
+        if lname == b"content-length":
+            # HTTP/2 holds DATA to this value, and a value it cannot read or that conflicts is
+            # a connection error at the peer: only one plain decimal length ever crosses
+            parts = {part.strip() for part in value.split(b",")}
+            if len(parts) != 1 or not next(iter(parts)).isdigit():
+                raise InvalidHeaders(f"content-length {value[:64]!r} is not one decimal length")
+            digits = str(int(next(iter(parts)))).encode()
+            if length is not None and digits != length:
+                raise InvalidHeaders("two different content-length values")
+            if length is None:
+                length = digits
+                result.append((b"content-length", digits))
+        elif lname == b"te":
             tokens = (part.split(b";")[0].strip().lower() for part in value.split(b","))
             if request and b"trailers" in tokens:
                 result.append((b"te", b"trailers"))
