@@ -6,7 +6,7 @@ ends, redials after a jittered exponential backoff (:class:`~zerogate.connector.
 0.5 s doubling to 30 s, full jitter; back to 0.5 s once a connection had been registered for
 ``healthy_after`` seconds). The other slots keep serving meanwhile. A permanent refusal by the
 edge (bad or revoked token, unsupported version) is logged as an error on every attempt and
-retried only slowly (5 s doubling to a 60 s cap), never in a hot loop. When the edge drains a
+retried only slowly (2.5–5 s, doubling to a 60 s cap), never in a hot loop. When the edge drains a
 connection (GOAWAY), the slot dials its replacement at once while the old one finishes its
 streams.
 
@@ -58,7 +58,8 @@ class ConnectorConfig:
     settings: TunnelSettings | None = None
     healthy_after: float = 10.0
     backoff: Backoff = field(default_factory=Backoff)  # a template: each slot copies it
-    refused_backoff: Backoff = field(default_factory=lambda: Backoff(base=5.0, cap=60.0))
+    # a refused token waits at least half the base: "slowly" must hold for every random draw
+    refused_backoff: Backoff = field(default_factory=lambda: Backoff(base=5.0, cap=60.0, floor=2.5))
 
 
 class Connector:
@@ -166,7 +167,10 @@ class Connector:
         cfg = self.config
         backoff = Backoff(cfg.backoff.base, cfg.backoff.factor, cfg.backoff.cap, cfg.backoff.floor)
         refused = Backoff(
-            cfg.refused_backoff.base, cfg.refused_backoff.factor, cfg.refused_backoff.cap
+            cfg.refused_backoff.base,
+            cfg.refused_backoff.factor,
+            cfg.refused_backoff.cap,
+            cfg.refused_backoff.floor,
         )
         offset = 0
         while not self.stopping:
