@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,17 +14,7 @@ import pytest
 
 from zerogate.admin.service import AdminService
 from zerogate.store import Store, storage_url
-
-
-def zerogate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "zerogate", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"},
-        check=False,
-    )
+from zg_harness import run_cli as zerogate
 
 
 @pytest.fixture

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +20,7 @@ import pytest
 from zerogate.identity import KeySet
 from zerogate.runtime import hash_secret
 from zerogate.store import AccessEvent, Store, storage_url
+from zg_harness import run_cli as zerogate
 
 T = TypeVar("T")
 
@@ -36,17 +34,6 @@ applications:
 service_tokens:
   - {name: ci-bot, duration: 720h}
 """
-
-
-def zerogate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "zerogate", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"},
-        check=False,
-    )
 
 
 def ok(*args: str) -> str:

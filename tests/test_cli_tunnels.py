@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ from zerogate.cli.tunnels import _apply, _object, _tunnel_doc, _with_tunnels
 from zerogate.store import Store, TunnelConnection, storage_url
 from zerogate.tunnel import certs
 from zerogate.tunnel.token import decode, hash_secret
+from zg_harness import run_cli as zerogate
 
 APPS = """
 applications:
@@ -28,17 +26,6 @@ applications:
     policies:
       - {name: staff, decision: allow, include: [{email_domain: [example.com]}]}
 """
-
-
-def zerogate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "zerogate", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"},
-        check=False,
-    )
 
 
 def ok(*args: str) -> str:

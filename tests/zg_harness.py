@@ -38,6 +38,19 @@ from zerogate.store import Store, storage_url
 ZEROGATE = [sys.executable, "-m", "zerogate"]
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``zerogate ARGS`` in a subprocess (no colour, wide tables); the exit code is the
+    caller's to check."""
+    return subprocess.run(
+        [*ZEROGATE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"},
+        check=False,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

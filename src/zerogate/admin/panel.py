@@ -24,8 +24,9 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
@@ -84,6 +85,9 @@ STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; char
 
 Handler = Callable[[Request], Awaitable[Response]]
 FormHandler = Callable[[Request, dict[str, list[str]], Principal], Awaitable[Response]]
+#: a form's page shown again: ``again(status=..., error=..., problems=...)``
+PageAgain = Callable[..., Awaitable[Response]]
+T = TypeVar("T")
 
 
 class Refused(Exception):
@@ -322,6 +326,61 @@ class Panel:
             )
         return exc.message
 
+    async def _attempt(
+        self, write: Awaitable[T], again: PageAgain, *, what: str, update: bool
+    ) -> T | Response:
+        """Await a versioned write; when the object is invalid, ``again`` shows its form with
+        422 and the problems, when someone else changed it first with 409 (``conflict_message``).
+        """
+        try:
+            return await write
+        except Invalid as exc:
+            return await again(status=422, error=exc.message, problems=exc.problems)
+        except Conflict as exc:
+            return await again(
+                status=409, error=self.conflict_message(exc, update=update, what=what)
+            )
+
+    async def _save(
+        self,
+        collection: str,
+        what: str,
+        item: Item | None,
+        spec: dict[str, Any],
+        fields: Mapping[str, Sequence[str]],
+        principal: Principal,
+        again: PageAgain,
+    ) -> Item | Response:
+        """Create ``spec`` (``item`` is None) or update the object the form names in
+        ``original`` at the form's version: the saved item, or the form ``again`` with 422 /
+        409 (``_attempt``)."""
+
+        async def write() -> Item:
+            if item is None:
+                return await self.service.create(collection, spec, self.actor(principal))
+            return await self.service.update(
+                collection,
+                forms.first(fields, "original"),
+                spec,
+                version=self.version(fields),
+                actor=self.actor(principal),
+            )
+
+        return await self._attempt(write(), again, what=what, update=item is not None)
+
+    @staticmethod
+    def _rules_again(show: PageAgain, rules: forms.RuleForm) -> PageAgain:
+        """``show`` (a page with the rule builder, given ``rules=``) as a ``PageAgain``: each
+        problem that names a rule goes next to its row, the rest above the form."""
+
+        async def again(*, status: int, error: str, problems: Sequence[Problem] = ()) -> Response:
+            rest = forms.attach_problems(rules, problems)
+            return await show(
+                rules=rules.with_blank_rows(), status=status, error=error, problems=rest
+            )
+
+        return again
+
     async def names(self, collection: str) -> list[str]:
         return [item.name for item in await self.service.items(collection)]
 
@@ -441,31 +500,12 @@ class Panel:
         item = await self.service.get("applications", original) if original else None
         spec = forms.application_spec(fields, item.spec if item else None)
         form = self.application_form(spec)
-        try:
-            if item is None:
-                saved = await self.service.create("applications", spec, self.actor(principal))
-            else:
-                saved = await self.service.update(
-                    "applications",
-                    original,
-                    spec,
-                    version=self.version(fields),
-                    actor=self.actor(principal),
-                )
-        except Invalid as exc:
-            return await self._application_page(
-                request,
-                item=item,
-                form=form,
-                status=422,
-                error=exc.message,
-                problems=exc.problems,
-            )
-        except Conflict as exc:
-            message = self.conflict_message(exc, update=item is not None, what="application")
-            return await self._application_page(
-                request, item=item, form=form, status=409, error=message
-            )
+        again = partial(self._application_page, request, item=item, form=form)
+        saved = await self._save(
+            "applications", "application", item, spec, fields, principal, again
+        )
+        if isinstance(saved, Response):
+            return saved
         target = "/admin/applications/edit?" + urlencode({"name": saved.name})
         return self.redirect(target, f"Application {saved.name} saved.")
 
@@ -578,46 +618,30 @@ class Panel:
             "form": form,
             "app_version": app_version,
         }
+        show = partial(self._policy_page, request, **page)
+        again = self._rules_again(show, rules)
         adding = forms.first(fields, "add")
         if adding:  # "add a rule" without JavaScript: show the form again with one more row
-            return await self._policy_page(request, rules=rules.with_blank_rows(adding), **page)
+            return await show(rules=rules.with_blank_rows(adding))
         local = forms.form_rule_errors(rules)
         if local:
-            return await self._policy_page(
-                request,
-                rules=rules.with_blank_rows(),
-                status=422,
-                error="The policy is not complete.",
-                problems=[Problem("", message) for message in local],
-                **page,
-            )
-        try:
-            await self.service.put_policy(
+            problems = [Problem("", message) for message in local]
+            return await again(status=422, error="The policy is not complete.", problems=problems)
+        saved = await self._attempt(
+            self.service.put_policy(
                 app.name,
                 spec,
                 app_version=app_version,
                 actor=self.actor(principal),
                 replace=original,
                 position=position - 1 if position else None,
-            )
-        except Invalid as exc:
-            rest = forms.attach_problems(rules, exc.problems)
-            return await self._policy_page(
-                request,
-                rules=rules.with_blank_rows(),
-                status=422,
-                error=exc.message,
-                problems=rest,
-                **page,
-            )
-        except Conflict as exc:
-            return await self._policy_page(
-                request,
-                rules=rules.with_blank_rows(),
-                status=409,
-                error=self.conflict_message(exc, update=True, what="application"),
-                **page,
-            )
+            ),
+            again,
+            what="application",
+            update=True,
+        )
+        if isinstance(saved, Response):
+            return saved
         target = "/admin/applications/edit?" + urlencode({"name": app.name})
         return self.redirect(target, f"Policy {spec['name']} of {app.name} saved.")
 
@@ -726,45 +750,18 @@ class Panel:
         spec, rules = forms.group_spec(fields)
         version = self.version(fields) if item else None
         page: dict[str, Any] = {"item": item, "name": spec["name"], "version": version}
+        show = partial(self._group_page, request, **page)
+        again = self._rules_again(show, rules)
         adding = forms.first(fields, "add")
         if adding:
-            return await self._group_page(request, rules=rules.with_blank_rows(adding), **page)
+            return await show(rules=rules.with_blank_rows(adding))
         local = forms.form_rule_errors(rules)
         if local:
-            return await self._group_page(
-                request,
-                rules=rules.with_blank_rows(),
-                status=422,
-                error="The group is not complete.",
-                problems=[Problem("", message) for message in local],
-                **page,
-            )
-        try:
-            if item is None:
-                saved = await self.service.create("groups", spec, self.actor(principal))
-            else:
-                assert version is not None
-                saved = await self.service.update(
-                    "groups", original, spec, version=version, actor=self.actor(principal)
-                )
-        except Invalid as exc:
-            rest = forms.attach_problems(rules, exc.problems)
-            return await self._group_page(
-                request,
-                rules=rules.with_blank_rows(),
-                status=422,
-                error=exc.message,
-                problems=rest,
-                **page,
-            )
-        except Conflict as exc:
-            return await self._group_page(
-                request,
-                rules=rules.with_blank_rows(),
-                status=409,
-                error=self.conflict_message(exc, update=item is not None, what="group"),
-                **page,
-            )
+            problems = [Problem("", message) for message in local]
+            return await again(status=422, error="The group is not complete.", problems=problems)
+        saved = await self._save("groups", "group", item, spec, fields, principal, again)
+        if isinstance(saved, Response):
+            return saved
         return self.redirect("/admin/groups", f"Group {saved.name} saved.")
 
     async def group_delete(
@@ -823,29 +820,12 @@ class Panel:
         item = await self.service.get("identity_providers", original) if original else None
         spec = forms.idp_spec(fields)
         form = forms.idp_form(spec)
-        try:
-            if item is None:
-                saved = await self.service.create("identity_providers", spec, self.actor(principal))
-            else:
-                saved = await self.service.update(
-                    "identity_providers",
-                    original,
-                    spec,
-                    version=self.version(fields),
-                    actor=self.actor(principal),
-                )
-        except Invalid as exc:
-            return await self._idp_page(
-                request,
-                item=item,
-                form=form,
-                status=422,
-                error=exc.message,
-                problems=exc.problems,
-            )
-        except Conflict as exc:
-            message = self.conflict_message(exc, update=item is not None, what="identity provider")
-            return await self._idp_page(request, item=item, form=form, status=409, error=message)
+        again = partial(self._idp_page, request, item=item, form=form)
+        saved = await self._save(
+            "identity_providers", "identity provider", item, spec, fields, principal, again
+        )
+        if isinstance(saved, Response):
+            return saved
         target = "/admin/identity-providers/edit?" + urlencode({"name": saved.name})
         return self.redirect(target, f"Identity provider {saved.name} saved.")
 
@@ -967,29 +947,10 @@ class Panel:
         item = await self.service.get("tunnels", original) if original else None
         spec = forms.tunnel_spec(fields)
         form = {"name": spec["name"], "routes": forms.first(fields, "routes")}
-        try:
-            if item is None:
-                saved = await self.service.create("tunnels", spec, self.actor(principal))
-            else:
-                saved = await self.service.update(
-                    "tunnels",
-                    original,
-                    spec,
-                    version=self.version(fields),
-                    actor=self.actor(principal),
-                )
-        except Invalid as exc:
-            return await self._tunnel_page(
-                request,
-                item=item,
-                form=form,
-                status=422,
-                error=exc.message,
-                problems=exc.problems,
-            )
-        except Conflict as exc:
-            message = self.conflict_message(exc, update=item is not None, what="tunnel")
-            return await self._tunnel_page(request, item=item, form=form, status=409, error=message)
+        again = partial(self._tunnel_page, request, item=item, form=form)
+        saved = await self._save("tunnels", "tunnel", item, spec, fields, principal, again)
+        if isinstance(saved, Response):
+            return saved
         if item is not None:
             return self.redirect("/admin/tunnels", f"Tunnel {saved.name} saved.")
         return await self._show_connector_token(request, saved.name, principal, created=True)
@@ -1062,16 +1023,15 @@ class Panel:
     ) -> Response:
         spec = forms.service_token_spec(fields)
         form = {"name": spec["name"], "duration": forms.first(fields, "duration")}
-        try:
-            item, cred, secret = await self.service.create_service_token(
-                spec, self.actor(principal)
-            )
-        except Invalid as exc:
-            return await self.service_tokens(
-                request, form=form, status=422, error=exc.message, problems=exc.problems
-            )
-        except Conflict as exc:
-            return await self.service_tokens(request, form=form, status=409, error=exc.message)
+        created = await self._attempt(
+            self.service.create_service_token(spec, self.actor(principal)),
+            partial(self.service_tokens, request, form=form),
+            what="service token",
+            update=False,
+        )
+        if isinstance(created, Response):
+            return created
+        item, cred, secret = created
         return self._service_secret_page(request, item.name, cred, secret, created=True)
 
     def _service_secret_page(

@@ -38,7 +38,7 @@ from zerogate.cli.main import (
 )
 
 if TYPE_CHECKING:
-    from zerogate.model.objects import ConfigFile, Objects
+    from zerogate.model.objects import ConfigFile, Objects, ServiceToken, Tunnel
     from zerogate.store import ServiceCredential, Store
 
 T = TypeVar("T")
@@ -122,16 +122,64 @@ def with_store(
     return run(go)
 
 
-def _check_name(name: str) -> str:
+def check_name(kind: type[ServiceToken] | type[Tunnel], name: str) -> str:
+    """``name`` as an object of ``kind`` takes it; a ``UserError`` about NAME when it can't."""
     from pydantic import ValidationError
 
-    from zerogate.model.objects import ServiceToken
-
     try:
-        return ServiceToken(name=name).name
+        return kind(name=name).name
     except ValidationError as exc:
         message = exc.errors()[0]["msg"].removeprefix("Value error, ")
         raise UserError(f"NAME {name!r}: {message}") from None
+
+
+def with_objects(objects: Objects, key: str, items: list[dict[str, Any]]) -> Objects:
+    """``objects`` with its list ``key`` (``service_tokens``, ``tunnels``) replaced by
+    ``items``, validated like a file (references too)."""
+    from zerogate.model import ConfigError
+    from zerogate.model.dump import objects_document
+    from zerogate.model.loader import validate_objects
+
+    document = objects_document(objects)
+    document[key] = items
+    try:
+        return validate_objects(document)
+    except ConfigError as exc:
+        raise UserError(*(str(problem) for problem in exc.problems)) from None
+
+
+def show_deleted(
+    what: str,
+    name: str,
+    deleted: tuple[bool, bool],
+    as_json: bool,
+    *,
+    revoked: str,
+    missing: str,
+) -> None:
+    """What ``delete`` removed: ``deleted`` is (the object, the credential). ``revoked`` says
+    what stopped working with the credential, ``missing`` what an object added back by
+    ``apply`` lacks."""
+    had_object, had_credential = deleted
+    if as_json:
+        print_json(
+            {"name": name, "deleted_object": had_object, "deleted_credential": had_credential}
+        )
+        return
+    out.print(f"[green]{what} {escape(name)} deleted.[/green]")
+    if had_credential:
+        out.print(revoked)
+    if had_object:
+        out.print(
+            "If a configuration file lists it, remove it there too, or the next "
+            f"`zerogate apply` adds it back (without {missing})."
+        )
+
+
+def _check_name(name: str) -> str:
+    from zerogate.model.objects import ServiceToken
+
+    return check_name(ServiceToken, name)
 
 
 def _duration(text: str, option: str) -> timedelta:
@@ -141,20 +189,6 @@ def _duration(text: str, option: str) -> timedelta:
         return parse_duration(text)
     except ValueError as exc:
         raise UserError(f"{option}: {exc}") from None
-
-
-def _with_tokens(objects: Objects, tokens: list[dict[str, Any]]) -> Objects:
-    """``objects`` with its service tokens replaced, validated like a file (references too)."""
-    from zerogate.model import ConfigError
-    from zerogate.model.dump import objects_document
-    from zerogate.model.loader import validate_objects
-
-    document = objects_document(objects)
-    document["service_tokens"] = tokens
-    try:
-        return validate_objects(document)
-    except ConfigError as exc:
-        raise UserError(*(str(problem) for problem in exc.problems)) from None
 
 
 def _token_doc(objects: Objects) -> list[dict[str, Any]]:
@@ -231,7 +265,7 @@ def token_create(
             tokens.append({"name": name, "duration": duration or "8760h"})
         elif duration is not None:
             existing["duration"] = duration
-        wanted = _with_tokens(objects, tokens)
+        wanted = with_objects(objects, "service_tokens", tokens)
         plan = await store.apply(wanted, actor=actor(), source="cli")
         token = next(t for t in wanted.service_tokens if t.name == name)
         cred, secret = _new_credential(name, _duration(token.duration, "duration"))
@@ -355,7 +389,9 @@ def token_delete(
             raise UserError(f"unknown service token {name!r}")
         if had_object:
             try:
-                wanted = _with_tokens(objects, [t for t in tokens if t["name"] != name])
+                wanted = with_objects(
+                    objects, "service_tokens", [t for t in tokens if t["name"] != name]
+                )
             except UserError as exc:
                 raise UserError(
                     *(f"cannot delete service token {name!r}: {m}" for m in exc.messages)
@@ -365,20 +401,14 @@ def token_delete(
         await store.delete_service_credential(name)
         return had_object, had_credential
 
-    had_object, had_credential = with_store(config, work)
-    if as_json:
-        print_json(
-            {"name": name, "deleted_object": had_object, "deleted_credential": had_credential}
-        )
-        return
-    out.print(f"[green]Service token {escape(name)} deleted.[/green]")
-    if had_credential:
-        out.print("Its client id and secret no longer work.")
-    if had_object:
-        out.print(
-            "If a configuration file lists it, remove it there too, or the next "
-            "`zerogate apply` adds it back (without a credential)."
-        )
+    show_deleted(
+        "Service token",
+        name,
+        with_store(config, work),
+        as_json,
+        revoked="Its client id and secret no longer work.",
+        missing="a credential",
+    )
 
 
 # ---------------------------------------------------------------- keys

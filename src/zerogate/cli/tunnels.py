@@ -37,7 +37,16 @@ from zerogate.cli.main import (
     out,
     print_json,
 )
-from zerogate.cli.tokens import actor, iso, user_errors, when, with_store
+from zerogate.cli.tokens import (
+    actor,
+    check_name,
+    iso,
+    show_deleted,
+    user_errors,
+    when,
+    with_objects,
+    with_store,
+)
 
 if TYPE_CHECKING:
     from zerogate.admin.connector_tokens import ConnectorToken
@@ -76,15 +85,9 @@ def _settings(config: Path | None) -> Settings:
 
 
 def _check_name(name: str) -> str:
-    from pydantic import ValidationError
-
     from zerogate.model.objects import Tunnel
 
-    try:
-        return Tunnel(name=name).name
-    except ValidationError as exc:
-        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise UserError(f"NAME {name!r}: {message}") from None
+    return check_name(Tunnel, name)
 
 
 def _check_host(host: str, option: str) -> str:
@@ -109,17 +112,8 @@ def _edges(given: list[str] | None, settings: Settings) -> list[str]:
 
 
 def _with_tunnels(objects: Objects, tunnels: list[dict[str, Any]]) -> Objects:
-    """``objects`` with its tunnels replaced, validated like a file (references too)."""
-    from zerogate.model import ConfigError
-    from zerogate.model.dump import objects_document
-    from zerogate.model.loader import validate_objects
-
-    document = objects_document(objects)
-    document["tunnels"] = tunnels
-    try:
-        return validate_objects(document)
-    except ConfigError as exc:
-        raise UserError(*(str(problem) for problem in exc.problems)) from None
+    """``objects`` with its tunnels replaced (``with_objects``)."""
+    return with_objects(objects, "tunnels", tunnels)
 
 
 def _tunnel_doc(objects: Objects) -> list[dict[str, Any]]:
@@ -414,20 +408,14 @@ def tunnel_delete(
         await store.delete_tunnel_credential(name)
         return had_object, had_credential
 
-    had_object, had_credential = with_store(config, work)
-    if as_json:
-        print_json(
-            {"name": name, "deleted_object": had_object, "deleted_credential": had_credential}
-        )
-        return
-    out.print(f"[green]Tunnel {escape(name)} deleted.[/green]")
-    if had_credential:
-        out.print("Its connector token no longer works; servers disconnect its connectors.")
-    if had_object:
-        out.print(
-            "If a configuration file lists it, remove it there too, or the next "
-            "`zerogate apply` adds it back (without a token)."
-        )
+    show_deleted(
+        "Tunnel",
+        name,
+        with_store(config, work),
+        as_json,
+        revoked="Its connector token no longer works; servers disconnect its connectors.",
+        missing="a token",
+    )
 
 
 @tunnel_app.command("token")
