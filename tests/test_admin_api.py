@@ -712,6 +712,86 @@ async def test_a_session_cannot_lock_itself_out(zg: Zerogate, outbox: ThreadedOu
         await live(zg, restored.json()["version"])
 
 
+async def test_a_session_cannot_lock_itself_out_through_a_group(
+    zg: Zerogate, outbox: ThreadedOutbox
+) -> None:
+    """The guard covers every write, not only ``PUT /admins``: NET_ADMIN is an admin through
+    ``group:Net Admins`` (which requires 127.0.0.2); a group edit that would no longer admit
+    this session (an IP requirement elsewhere, removing the email) gets 422 naming ``admins``
+    unless ``?force=true``; deleting or renaming the group is refused by references anyway;
+    an API token is never refused."""
+    rw = bearer(zg.extra["rw"])
+    url = api(zg, "/groups/Net%20Admins")
+    async with HttpBrowser(source="127.0.0.2") as browser:
+        assert (await login(browser, zg, outbox, "wiki.localhost", NET_ADMIN)).status == 200
+        session = await browser.get(api(zg, "/session"), headers={"Accept": "application/json"})
+        csrf = {"X-Zerogate-CSRF": session.json()["csrf_token"]}
+        current = await browser.get(url, headers={"Accept": "application/json"})
+        assert current.status == 200, current.text
+        etag = current.headers["ETag"]
+        original = {k: v for k, v in current.json().items() if k != "version"}
+        elsewhere = {**original, "require": [{"ip": ["127.0.0.3/32"]}]}
+        without_me = {**original, "include": [{"email": ["peer@example.test"]}]}
+        for body in (elsewhere, without_me):
+            refused = await send_json(browser, "PUT", url, body, {**csrf, "If-Match": etag})
+            assert refused.status == 422, refused.text
+            (problem,) = refused.json()["problems"]
+            assert problem["where"] == "admins"
+            assert "your own admin access" in problem["message"]
+            assert NET_ADMIN in problem["message"] and "force=true" in problem["message"]
+        unchanged = await browser.get(url, headers={"Accept": "application/json"})
+        assert unchanged.headers["ETag"] == etag
+        # an edit that keeps me in is saved
+        grown = {**original, "include": [{"email": [NET_ADMIN, "peer@example.test"]}]}
+        kept = await send_json(browser, "PUT", url, grown, {**csrf, "If-Match": etag})
+        assert kept.status == 200, kept.text
+        etag = kept.headers["ETag"]
+        # deleting / renaming it: the admins list refers to it, forced or not
+        for query in ("", "?force=true"):
+            gone = await send_json(browser, "DELETE", url + query, None, {**csrf, "If-Match": etag})
+            assert gone.status == 422, gone.text
+            assert any(p["where"].startswith("admins") for p in gone.json()["problems"])
+        renamed = await send_json(
+            browser, "PUT", url, {**grown, "name": "Net Ops"}, {**csrf, "If-Match": etag}
+        )
+        assert renamed.status == 422
+        assert any(p["where"].startswith("admins") for p in renamed.json()["problems"])
+        # forced: saved, and this session is an admin no more
+        forced = await send_json(
+            browser, "PUT", url + "?force=true", elsewhere, {**csrf, "If-Match": etag}
+        )
+        assert forced.status == 200, forced.text
+        assert forced.json()["require"] == [{"ip": ["127.0.0.3/32"]}]
+        await live(zg, forced.json()["version"])
+        out = await browser.get(api(zg, "/session"), headers={"Accept": "application/json"})
+        assert out.status == 403
+    async with HttpBrowser() as client:  # an API token is exempt (it is not on the list)
+        dropped = await send_json(
+            client, "PUT", url, without_me, {**rw, "If-Match": forced.headers["ETag"]}
+        )
+        assert dropped.status == 200, dropped.text
+        restored = await send_json(
+            client, "PUT", url, original, {**rw, "If-Match": dropped.headers["ETag"]}
+        )
+        assert restored.status == 200, restored.text
+        await live(zg, restored.json()["version"])
+
+
+async def test_openapi_offers_force_on_configuration_writes(zg: Zerogate) -> None:
+    async with HttpBrowser() as client:
+        doc = (await client.get(api(zg, "/openapi.json"), headers=bearer(zg.extra["rw"]))).json()
+    for path, method in (
+        ("/api/v1/admins", "put"),
+        ("/api/v1/groups/{name}", "put"),
+        ("/api/v1/groups/{name}", "delete"),
+        ("/api/v1/groups", "post"),
+        ("/api/v1/applications/{app_name}/policies/{name}", "put"),
+    ):
+        params = {p["name"]: p for p in doc["paths"][path][method].get("parameters", [])}
+        assert params["force"]["in"] == "query", (path, method)
+        assert params["force"]["schema"]["type"] == "boolean"
+
+
 async def test_connector_token_through_the_api(zg: Zerogate) -> None:
     rw = bearer(zg.extra["rw"])
     async with HttpBrowser() as client:

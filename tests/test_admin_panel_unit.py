@@ -21,7 +21,7 @@ import pytest
 from zerogate.admin import panel_forms as forms
 from zerogate.admin.panel import create_panel, parse_since
 from zerogate.admin.principal import SCOPE_KEY, Principal
-from zerogate.admin.service import Actor, AdminService
+from zerogate.admin.service import Actor, AdminService, split_api_token
 from zerogate.identity.oidc import FetchError, HttpRequest, HttpResponse
 from zerogate.model.loader import Problem, validate_objects
 from zerogate.model.objects import Settings
@@ -265,6 +265,8 @@ async def test_every_page_renders_for_an_admin(admin: Client) -> None:
         ("/admin/tunnels", {}),
         ("/admin/tunnels/edit", {}),
         ("/admin/service-tokens", {}),
+        ("/admin/admins", {}),
+        ("/admin/api-tokens", {}),
         ("/admin/access-log", {}),
         ("/admin/admin-log", {}),
         ("/admin/policy-test", {}),
@@ -365,6 +367,8 @@ async def test_read_only_sees_pages_without_write_buttons_and_cannot_post(
         ("/admin/identity-providers/edit", {"name": "okta"}),
         ("/admin/service-tokens", {}),
         ("/admin/tunnels", {}),
+        ("/admin/admins", {}),
+        ("/admin/api-tokens", {}),
     ]:
         page = await reader.get(path, **query)
         assert page.status == 200, path
@@ -373,13 +377,22 @@ async def test_read_only_sees_pages_without_write_buttons_and_cannot_post(
         assert "read-only" in page.text
     # even with a valid token of its own session, every write is refused
     csrf = await reader.csrf()
-    for path in ("/admin/groups/save", "/admin/groups/delete", "/admin/service-tokens/save"):
+    for path in (
+        "/admin/groups/save",
+        "/admin/groups/delete",
+        "/admin/service-tokens/save",
+        "/admin/admins/save",
+        "/admin/api-tokens/save",
+        "/admin/api-tokens/revoke",
+    ):
         reply = await reader.post(
             path, [("csrf", csrf), ("name", "Partners"), ("version", "1"), ("type", "x")]
         )
         assert reply.status == 403, path
         assert "read-only" in reply.text
     assert await service_names(service, "groups") == ["Partners", "Office"]
+    assert (await service.admins())[0] == ["admin@example.test"]
+    assert await service.api_tokens() == []
 
 
 async def test_an_invalid_group_gets_422_with_the_problem_next_to_its_row(
@@ -845,6 +858,233 @@ async def test_tunnel_token_is_shown_once_with_the_command(
         "/admin/tunnels/delete", {"csrf": csrf, "name": "office", "version": str(item.version)}
     )
     assert await store.tunnel_credentials() == []
+
+
+# ---------------------------------------------------------------------------- admins list
+
+
+def hidden_fields(text: str) -> list[tuple[str, str]]:
+    """The hidden inputs of a page, in order (what a browser posts again)."""
+    return [
+        (html.unescape(name), html.unescape(value))
+        for name, value in re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', text)
+    ]
+
+
+async def test_admins_page_shows_the_list_and_saves_it_with_its_version(
+    admin: Client, service: AdminService, store: Store
+) -> None:
+    _, version = await service.admins()
+    page = await admin.get("/admin/admins")
+    assert page.status == 200
+    assert 'href="/admin/admins" aria-current="page"' in page.text  # linked from the menu
+    assert 'href="/admin/api-tokens"' in page.text
+    assert f"Version {version}" in page.text
+    assert f'name="version" value="{version}"' in page.text
+    assert ">admin@example.test</textarea>" in page.text
+    csrf = await admin.csrf()
+    reply = await admin.post(
+        "/admin/admins/save",
+        {
+            "csrf": csrf,
+            "version": str(version),
+            "admins": "admin@example.test\r\n\r\n  group:Partners \r\nbob@example.test",
+        },
+    )
+    assert reply.status == 303, reply.text
+    assert reply.location == "/admin/admins"
+    saved, new_version = await service.admins()
+    assert saved == ["admin@example.test", "group:Partners", "bob@example.test"]
+    assert new_version > version
+    listing = await admin.get("/admin/admins")
+    assert "The admins list is saved." in listing.text
+    assert 'href="/admin/groups/edit?name=Partners"' in listing.text
+    entry = (await store.admin_log(1))[0]
+    assert (entry.actor, entry.source, entry.kind) == (
+        "admin@example.test",
+        "192.0.2.10",
+        "admins",
+    )
+
+
+async def test_admins_page_409_422_and_csrf(admin: Client, service: AdminService) -> None:
+    _, version = await service.admins()
+    await service.set_admins(
+        ["admin@example.test", "carol@example.test"], version=version, actor=Actor("other")
+    )
+    csrf = await admin.csrf()
+    stale = await admin.post(
+        "/admin/admins/save",
+        {"csrf": csrf, "version": str(version), "admins": "admin@example.test\ndan@example.test"},
+    )
+    assert stale.status == 409
+    assert "changed by someone else" in stale.text
+    assert "dan@example.test</textarea>" in stale.text  # the input is kept
+    assert f'name="version" value="{version}"' in stale.text  # still the stale base
+    admins, current = await service.admins()
+    assert admins == ["admin@example.test", "carol@example.test"]
+    bad = await admin.post(
+        "/admin/admins/save",
+        {"csrf": csrf, "version": str(current), "admins": "admin@example.test\ngroup:Nope"},
+    )
+    assert bad.status == 422
+    text = html.unescape(bad.text)
+    assert "unknown group 'Nope'" in text and "admins" in text
+    assert "group:Nope</textarea>" in text
+    for token in (None, "garbage", forms.csrf_token(SECRET, "someone-elses-session")):
+        data = {"version": str(current), "admins": "mallory@evil.test"}
+        if token is not None:
+            data["csrf"] = token
+        refused = await admin.post("/admin/admins/save", data)
+        assert refused.status == 403 and "expired" in refused.text
+    missing = await admin.post("/admin/admins/save", {"csrf": csrf, "admins": "x@example.test"})
+    assert missing.status == 400
+    assert await service.admins() == (admins, current)
+
+
+async def test_admins_page_refuses_to_lock_me_out_unless_saved_anyway(
+    admin: Client, service: AdminService
+) -> None:
+    _, version = await service.admins()
+    csrf = await admin.csrf()
+    reply = await admin.post(
+        "/admin/admins/save",
+        {"csrf": csrf, "version": str(version), "admins": "someone@example.test"},
+    )
+    assert reply.status == 422
+    text = html.unescape(reply.text)
+    assert "would lock you out" in text and "your own admin access" in text
+    assert "admin@example.test in from 192.0.2.10" in text
+    assert 'type="checkbox" name="force" value="1" required' in reply.text
+    assert 'action="/admin/admins/save"' in reply.text
+    assert await service.admins() == (["admin@example.test"], version)  # nothing written
+    # the page posts the same fields again, with a fresh CSRF token and the box ticked
+    fields = hidden_fields(reply.text)
+    assert ("admins", "someone@example.test") in fields
+    assert ("version", str(version)) in fields
+    assert [name for name, _ in fields].count("csrf") == 1
+    again = await admin.post("/admin/admins/save", fields)  # the box left unticked
+    assert again.status == 422
+    forced = await admin.post("/admin/admins/save", [*fields, ("force", "1")])
+    assert forced.status == 303, forced.text
+    assert (await service.admins())[0] == ["someone@example.test"]
+
+
+async def test_editing_the_admins_group_cannot_lock_me_out_unless_saved_anyway(
+    admin: Client, service: AdminService
+) -> None:
+    """The guard covers every write: an IP requirement on the group that makes me an admin."""
+    await service.create(
+        "groups", {"name": "Admins", "include": [{"email": ["admin@example.test"]}]}, Actor("t")
+    )
+    _, version = await service.admins()
+    await service.set_admins(["group:Admins"], version=version, actor=Actor("t"))
+    group = await service.get("groups", "Admins")
+    csrf = await admin.csrf()
+    edit = [
+        ("csrf", csrf),
+        ("original", "Admins"),
+        ("version", str(group.version)),
+        ("name", "Admins"),
+        *rule_fields("include", ("email", "admin@example.test")),
+        *rule_fields("require", ("ip", "10.0.0.0/8")),
+    ]
+    reply = await admin.post("/admin/groups/save", edit)
+    assert reply.status == 422
+    assert "your own admin access" in html.unescape(reply.text)
+    assert 'action="/admin/groups/save"' in reply.text
+    assert 'href="/admin/groups"' in reply.text  # "go back"
+    assert await service.get("groups", "Admins") == group
+    fields = hidden_fields(reply.text)
+    assert ("require_values", "10.0.0.0/8") in fields
+    forced = await admin.post("/admin/groups/save", [*fields, ("force", "1")])
+    assert forced.status == 303, forced.text
+    saved = await service.get("groups", "Admins")
+    assert saved.spec["require"] == [{"ip": ["10.0.0.0/8"]}]
+    # a requirement I meet (ADMIN comes from 192.0.2.10) needs no confirmation
+    meets = [
+        ("csrf", csrf),
+        ("original", "Admins"),
+        ("version", str(saved.version)),
+        ("name", "Admins"),
+        *rule_fields("include", ("email", "admin@example.test")),
+        *rule_fields("require", ("ip", "192.0.2.0/24")),
+    ]
+    assert (await admin.post("/admin/groups/save", meets)).status == 303
+    # deleting it is refused anyway: the admins list names it
+    saved = await service.get("groups", "Admins")
+    gone = await admin.post(
+        "/admin/groups/delete", {"csrf": csrf, "name": "Admins", "version": str(saved.version)}
+    )
+    assert gone.status == 303
+    listing = await admin.get("/admin/groups")
+    assert "Cannot delete group Admins" in html.unescape(listing.text)
+    assert "Admins" in await service_names(service, "groups")
+
+
+# ---------------------------------------------------------------------------- API tokens
+
+
+async def test_api_token_is_shown_once_and_verifies(
+    admin: Client, service: AdminService, store: Store
+) -> None:
+    empty = await admin.get("/admin/api-tokens")
+    assert "No API tokens yet." in empty.text
+    csrf = await admin.csrf()
+    reply = await admin.post(
+        "/admin/api-tokens/save",
+        {"csrf": csrf, "name": "deploy", "expires": "30d", "read_only": "1"},
+    )
+    assert reply.status == 200, reply.text
+    assert reply.header("cache-control") == "no-store"
+    found = re.search(r'id="api-token" value="([^"]+)"', reply.text)
+    assert found is not None
+    text = html.unescape(found.group(1))
+    assert text.startswith("zga_") and split_api_token(text) is not None
+    verified = await service.verify_api_token(text)
+    assert verified is not None and verified.name == "deploy" and verified.read_only
+    assert verified.created_by == "admin@example.test"
+    assert verified.expires_at is not None
+    assert timedelta(days=29) < verified.expires_at - datetime.now(UTC) <= timedelta(days=30)
+    # the list shows who, scope, dates and last use, never the secret
+    listing = await admin.get("/admin/api-tokens")
+    assert listing.status == 200
+    for shown in ("deploy", "read-only", "admin@example.test", "Revoke"):
+        assert shown in listing.text
+    assert text not in listing.text and text.split("_", 2)[2] not in listing.text
+    # a taken name: 409, a bad expiry or name: 422, the input kept
+    taken = await admin.post("/admin/api-tokens/save", {"csrf": csrf, "name": "deploy"})
+    assert taken.status == 409 and "already exists" in taken.text
+    bad = await admin.post(
+        "/admin/api-tokens/save", {"csrf": csrf, "name": "ci", "expires": "soonish"}
+    )
+    assert bad.status == 422 and "expires" in bad.text
+    assert 'value="soonish"' in bad.text and 'value="ci"' in bad.text
+    # never expiring, read-write
+    forever = await admin.post("/admin/api-tokens/save", {"csrf": csrf, "name": "ci"})
+    assert forever.status == 200
+    assert "Read-write" in forever.text and "never expires" in forever.text
+    names = {t.name: t for t in await service.api_tokens()}
+    assert set(names) == {"deploy", "ci"}
+    assert not names["ci"].read_only and names["ci"].expires_at is None
+    entry = (await store.admin_log(1))[0]
+    assert (entry.action, entry.kind, entry.name) == ("add", "api_token", "ci")
+    assert text not in str(entry.after)
+
+
+async def test_api_token_revoke(admin: Client, service: AdminService) -> None:
+    _, text = await service.create_api_token("old", read_only=False, expires=None, actor=Actor("t"))
+    assert await service.verify_api_token(text) is not None
+    csrf = await admin.csrf()
+    reply = await admin.post("/admin/api-tokens/revoke", {"csrf": csrf, "name": "old"})
+    assert reply.status == 303 and reply.location == "/admin/api-tokens"
+    assert await service.verify_api_token(text) is None
+    listing = await admin.get("/admin/api-tokens")
+    assert "API token old is revoked." in listing.text
+    missing = await admin.post("/admin/api-tokens/revoke", {"csrf": csrf, "name": "old"})
+    assert missing.status == 404 and "old" in missing.text
+    no_csrf = await admin.post("/admin/api-tokens/revoke", {"name": "x"})
+    assert no_csrf.status == 403
 
 
 # ---------------------------------------------------------------------------- logs

@@ -18,11 +18,14 @@ from pathlib import Path
 import pytest
 
 from zerogate.admin.auth import admin_return, csrf_token, is_admin
+from zerogate.admin.principal import Principal
 from zerogate.admin.service import (
     Actor,
     AdminService,
     Conflict,
+    Guard,
     Invalid,
+    LockOut,
     NotFound,
     hash_api_secret,
     split_api_token,
@@ -203,6 +206,134 @@ async def test_admins_lock_out_guard(service: AdminService) -> None:
     )
     # without ``keep`` (an API token, or ?force=true) it is saved
     forced = await service.set_admins(["x@example.test"], version=kept, actor=ME)
+    assert await service.admins() == (["x@example.test"], forced)
+
+
+OPS_SESSION = Principal(
+    "ops@example.test",
+    "192.0.2.1",
+    False,
+    "session",
+    "jti-1",
+    identity=Identity.of("ops@example.test", "otp"),
+    country="NL",
+)
+OPS_TOKEN = Principal("api-token:deploy", "192.0.2.1", False, "token", "token:0123")
+
+
+def test_actor_of_a_principal_guards_sessions_only() -> None:
+    guarded = Actor.of(OPS_SESSION)
+    assert (guarded.who, guarded.source) == ("ops@example.test", "192.0.2.1")
+    assert guarded.guard == Guard(
+        Identity.of("ops@example.test", "otp"), Context(ip="192.0.2.1", country="NL")
+    )
+    assert Actor.of(OPS_SESSION, force=True).guard is None
+    assert Actor.of(OPS_TOKEN).guard is None  # API tokens are not on the admins list
+    # a session principal without its login (tests, old wiring): decided by its email
+    bare = Actor.of(Principal("ops@example.test", None, False, "session", "s"))
+    assert bare.guard is not None and bare.guard.identity == Identity.of("ops@example.test")
+
+
+async def _ops_group_admins(service: AdminService) -> None:
+    """Ops is the admins list's only entry: ``group:Ops`` (ops@ from anywhere)."""
+    await service.create("groups", {"name": "Ops", "include": [{"email": [OPS_SESSION.who]}]}, ME)
+    await service.set_admins(["group:Ops"], version=0, actor=ME)
+
+
+async def test_lock_out_guard_covers_a_group_the_admins_list_names(
+    service: AdminService,
+) -> None:
+    """Not only the admins list: editing a group it names so that the acting session is no
+    longer an administrator from where it is (removing yourself, adding an IP or country
+    requirement) is refused with ``LockOut`` (422, ``admins``) and nothing is written."""
+    await _ops_group_admins(service)
+    me = Actor.of(OPS_SESSION)
+    group = await service.get("groups", "Ops")
+    for changed in (
+        {"name": "Ops", "include": [{"email": ["someone@example.test"]}]},
+        {**group.spec, "require": [{"ip": ["10.0.0.0/8"]}]},
+        {**group.spec, "require": [{"country": ["DE"]}]},
+        {**group.spec, "exclude": [{"email_domain": ["example.test"]}]},
+    ):
+        with pytest.raises(LockOut, match="lock you out") as refused:
+            await service.update("groups", "Ops", changed, version=group.version, actor=me)
+        (problem,) = refused.value.problems
+        assert problem.where == "admins"
+        assert "your own admin access" in problem.message
+        assert "ops@example.test in from 192.0.2.1 (NL)" in problem.message
+        assert "force=true" in problem.message and "save anyway" in problem.message
+        assert refused.value.status == 422
+    assert await service.get("groups", "Ops") == group  # nothing written
+    # a requirement this session meets is fine: it is decided with the session's context
+    here = {**group.spec, "require": [{"ip": ["192.0.2.0/24"]}, {"country": ["NL"]}]}
+    kept = await service.update("groups", "Ops", here, version=group.version, actor=me)
+    assert kept.spec["require"] == here["require"]
+    # other writes by a guarded session are checked too, and pass
+    await service.create("applications", APP, me)
+    # the same edit from a network the group does not admit is refused
+    away = Actor.of(replace(OPS_SESSION, source="198.51.100.1"))
+    grown = {**kept.spec, "include": [{"email": [OPS_SESSION.who, "b@example.test"]}]}
+    with pytest.raises(LockOut):
+        await service.update("groups", "Ops", grown, version=kept.version, actor=away)
+
+
+async def test_lock_out_guard_can_be_forced_and_api_tokens_are_exempt(
+    service: AdminService,
+) -> None:
+    await _ops_group_admins(service)
+    group = await service.get("groups", "Ops")
+    elsewhere = {**group.spec, "require": [{"ip": ["10.0.0.0/8"]}]}
+    with pytest.raises(LockOut):
+        await service.update(
+            "groups", "Ops", elsewhere, version=group.version, actor=Actor.of(OPS_SESSION)
+        )
+    forced = await service.update(
+        "groups", "Ops", elsewhere, version=group.version, actor=Actor.of(OPS_SESSION, force=True)
+    )
+    assert forced.spec["require"] == [{"ip": ["10.0.0.0/8"]}]
+    entry = (await service.admin_log(1))[0]
+    assert (entry.actor, entry.name) == ("ops@example.test", "Ops")  # recorded as usual
+    # an API token is not on the list: its writes are never refused for it
+    token = Actor.of(OPS_TOKEN)
+    dropped = {"name": "Ops", "include": [{"email": ["someone@example.test"]}]}
+    done = await service.update("groups", "Ops", dropped, version=forced.version, actor=token)
+    await service.set_admins([], version=(await service.admins())[1], actor=token)
+    assert done.spec["include"] == dropped["include"] and (await service.admins())[0] == []
+
+
+async def test_deleting_or_renaming_a_group_the_admins_list_names_is_refused_anyway(
+    service: AdminService,
+) -> None:
+    """References already refuse these (the admins list would name a missing group), for a
+    guarded session, a forced one and an API token alike: 422 naming ``admins``."""
+    await _ops_group_admins(service)
+    group = await service.get("groups", "Ops")
+    for actor in (Actor.of(OPS_SESSION), Actor.of(OPS_SESSION, force=True), Actor.of(OPS_TOKEN)):
+        with pytest.raises(Invalid) as deleted:
+            await service.delete("groups", "Ops", version=group.version, actor=actor)
+        assert not isinstance(deleted.value, LockOut)
+        assert any(
+            p.where.startswith("admins") and "Ops" in p.message for p in deleted.value.problems
+        )
+        with pytest.raises(Invalid) as renamed:
+            await service.update(
+                "groups", "Ops", {**group.spec, "name": "Ops2"}, version=group.version, actor=actor
+            )
+        assert any(p.where.startswith("admins") for p in renamed.value.problems)
+    assert await service.get("groups", "Ops") == group
+
+
+async def test_lock_out_guard_on_the_admins_list_through_the_actor(service: AdminService) -> None:
+    """``set_admins`` is guarded by the actor like every write (``keep`` still works)."""
+    version = await service.set_admins([OPS_SESSION.who], version=0, actor=ME)
+    with pytest.raises(LockOut):
+        await service.set_admins(["x@example.test"], version=version, actor=Actor.of(OPS_SESSION))
+    grown = await service.set_admins(
+        [OPS_SESSION.who, "x@example.test"], version=version, actor=Actor.of(OPS_SESSION)
+    )
+    forced = await service.set_admins(
+        ["x@example.test"], version=grown, actor=Actor.of(OPS_SESSION, force=True)
+    )
     assert await service.admins() == (["x@example.test"], forced)
 
 

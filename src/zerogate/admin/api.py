@@ -6,7 +6,9 @@ same validation as ``zerogate apply`` (422 with ``problems: [{where, message}]``
 compare-and-set on the object's version: ``PUT`` and ``DELETE`` need it, as ``If-Match: "N"``
 (or a ``version`` field in a ``PUT`` body, or ``?version=N`` on a ``DELETE``); a stale one gets
 409 and changes nothing. Policies live in their application: their version is the
-application's. The caller (a ``Principal``) was established by the front door; the API never
+application's. With a browser session, a configuration write that would lock the caller out of
+the admin surface is refused (422, problem ``admins``; ``AdminService``'s lock-out guard) unless
+``?force=true``. The caller (a ``Principal``) was established by the front door; the API never
 authenticates by itself and refuses to run without one.
 
 Deliberately no ``from __future__ import annotations``: the route factories below annotate
@@ -39,7 +41,6 @@ from zerogate.model.objects import (
     Settings,
     Tunnel,
 )
-from zerogate.policy import Identity
 from zerogate.store import StoreError
 
 PREFIX = "/api/v1"
@@ -338,9 +339,20 @@ def _principal(request: Request) -> Principal:
     return principal_of(request.scope)
 
 
-def _actor(request: Request) -> Actor:
-    principal = _principal(request)
-    return Actor(principal.who, principal.source)
+def _actor(request: Request, force: bool = False) -> Actor:
+    """The service's actor for this request (a session is guarded against locking itself out
+    unless ``force``)."""
+    return Actor.of(_principal(request), force=force)
+
+
+#: ``?force=true`` on every configuration write: skip the lock-out guard
+Force = Annotated[
+    bool,
+    Query(
+        description="with a browser session: save even if the change removes your own admin "
+        "access (the lock-out guard answers 422 otherwise); ignored for API tokens"
+    ),
+]
 
 
 def _spec(body: Any) -> dict[str, Any]:
@@ -492,8 +504,9 @@ def create_api(
             body: Annotated[model_in, Body()],
             request: Request,
             response: Response,
+            force: Force = False,
         ) -> dict[str, Any]:
-            item = await service.create(collection, _spec(body), _actor(request))
+            item = await service.create(collection, _spec(body), _actor(request, force))
             _etag(response, item.version)
             response.headers["Location"] = f"{path}/{quote(item.name, safe='')}"
             return (await enrich([item]))[0]
@@ -504,10 +517,11 @@ def create_api(
             request: Request,
             response: Response,
             if_match: Annotated[str | None, Header()] = None,
+            force: Force = False,
         ) -> dict[str, Any]:
             version = wanted_version(if_match, body.version)
             item = await service.update(
-                collection, name, _spec(body), version=version, actor=_actor(request)
+                collection, name, _spec(body), version=version, actor=_actor(request, force)
             )
             _etag(response, item.version)
             return (await enrich([item]))[0]
@@ -517,9 +531,10 @@ def create_api(
             request: Request,
             if_match: Annotated[str | None, Header()] = None,
             version: Annotated[int | None, Query(ge=0)] = None,
+            force: Force = False,
         ) -> Response:
             base = wanted_version(if_match, version)
-            await service.delete(collection, name, version=base, actor=_actor(request))
+            await service.delete(collection, name, version=base, actor=_actor(request, force))
             return Response(status_code=204)
 
         common: dict[str, Any] = {"tags": [tag], "response_model_exclude_none": True}
@@ -608,9 +623,14 @@ def create_api(
         summary="Add a service token; its client id and secret are returned only this once",
     )
     async def create_service_token(
-        body: Annotated[ServiceToken, Body()], request: Request, response: Response
+        body: Annotated[ServiceToken, Body()],
+        request: Request,
+        response: Response,
+        force: Force = False,
     ) -> ServiceTokenSecret:
-        item, cred, secret_text = await service.create_service_token(_spec(body), _actor(request))
+        item, cred, secret_text = await service.create_service_token(
+            _spec(body), _actor(request, force)
+        )
         _etag(response, item.version)
         return secret_out(item, cred, secret_text)
 
@@ -711,6 +731,7 @@ def create_api(
         response: Response,
         if_match: Annotated[str | None, Header()] = None,
         position: Annotated[int | None, Query(ge=0, le=10000)] = None,
+        force: Force = False,
     ) -> PolicyOut:
         current = await service.get("applications", app_name)
         if any(p.get("name") == body.name for p in current.spec.get("policies", [])):
@@ -719,7 +740,11 @@ def create_api(
             raise Conflict(f"application {app_name!r} already has a policy named {body.name!r}")
         version = wanted_version(if_match, None) if if_match else current.version
         item = await service.put_policy(
-            app_name, _spec(body), app_version=version, actor=_actor(request), position=position
+            app_name,
+            _spec(body),
+            app_version=version,
+            actor=_actor(request, force),
+            position=position,
         )
         _etag(response, item.version)
         return policy_out(item, body.name)
@@ -740,13 +765,14 @@ def create_api(
         response: Response,
         if_match: Annotated[str | None, Header()] = None,
         position: Annotated[int | None, Query(ge=0, le=10000)] = None,
+        force: Force = False,
     ) -> PolicyOut:
         version = wanted_version(if_match, body.version)
         item = await service.put_policy(
             app_name,
             _spec(body),
             app_version=version,
-            actor=_actor(request),
+            actor=_actor(request, force),
             replace=name,
             position=position,
         )
@@ -767,9 +793,10 @@ def create_api(
         request: Request,
         if_match: Annotated[str | None, Header()] = None,
         version: Annotated[int | None, Query(ge=0)] = None,
+        force: Force = False,
     ) -> Response:
         base = wanted_version(if_match, version)
-        await service.delete_policy(app_name, name, app_version=base, actor=_actor(request))
+        await service.delete_policy(app_name, name, app_version=base, actor=_actor(request, force))
         return Response(status_code=204)
 
     # -- admins -------------------------------------------------------------------------
@@ -789,21 +816,18 @@ def create_api(
         tags=["admins"],
         summary="Replace the admins list (If-Match: its version, 0 before it was ever set)",
         description="With a session (not an API token), a list that would remove the caller's "
-        "own admin access is refused with 422 unless `?force=true`.",
+        "own admin access is refused with 422 unless `?force=true` (as is every configuration "
+        "write that would).",
     )
     async def put_admins(
         body: Annotated[AdminsIn, Body()],
         request: Request,
         response: Response,
         if_match: Annotated[str | None, Header()] = None,
-        force: Annotated[bool, Query(description="save even if it locks you out")] = False,
+        force: Force = False,
     ) -> AdminsOut:
         base = wanted_version(if_match, body.version)
-        principal = _principal(request)
-        keep = None
-        if principal.via == "session" and not force:  # API tokens are not on the list
-            keep = (principal.identity or Identity.of(principal.who), principal.context())
-        await service.set_admins(body.admins, version=base, actor=_actor(request), keep=keep)
+        await service.set_admins(body.admins, version=base, actor=_actor(request, force))
         admins, version = await service.admins()
         _etag(response, version)
         return AdminsOut(admins=admins, version=version)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 from typing import Any
+from urllib.parse import unquote
 
 from zerogate.admin.auth import (
     LOGIN_PATH,
@@ -110,8 +111,12 @@ class AdminFrontDoor:
         svc = self.svc
         rt = svc.runtime
         path = normalise_path(raw_path_of(scope))
-        if path != scope.get("path"):
-            scope = {**scope, "path": path}
+        # the frameworks route on the normalised path, percent-decoded as an ASGI ``path`` is
+        # (so ``/api/v1/groups/Net%20Admins`` names the group "Net Admins"); an encoded ``/``
+        # never gets here (``PathError``)
+        decoded = unquote(path)
+        if decoded != scope.get("path"):
+            scope = {**scope, "path": decoded}
         method: str = scope.get("method", "GET")
         peer = scope.get("client") or ("", 0)
         resolved = resolve_client(str(peer[0]), scope["headers"], rt.trusted)

@@ -10,11 +10,14 @@ app never authenticates anyone, and refuses to run without a principal (``princi
 - Every POST carries a CSRF token (``panel_forms.csrf_token``: an HMAC over the principal's
   session id and a time, keyed with ``secret``) and is refused with 403 without a valid one, or
   when the principal is read-only (who then sees the pages without their write buttons).
-- Writes go through ``AdminService`` as ``Actor(principal.who, principal.source)``, so the admin
-  log records them; forms carry the object's version, so a stale form gets 409 ("changed by
-  someone else — reload", the input kept) and an invalid one 422 with the problems next to the
-  fields. Success redirects (POST → redirect → GET) with a signed flash message; the pages that
-  show a secret once (service token, connector token) are the POST's own answer, never cached.
+- Writes go through ``AdminService`` as ``Actor.of(principal)``, so the admin log records them;
+  forms carry the object's version, so a stale form gets 409 ("changed by someone else —
+  reload", the input kept) and an invalid one 422 with the problems next to the fields. Success
+  redirects (POST → redirect → GET) with a signed flash message; the pages that show a secret
+  once (service token, connector token, API token) are the POST's own answer, never cached.
+- A write the service's lock-out guard refuses (it would remove the signed-in admin's own
+  access) gets, whatever the form, one 422 page (``lockout.html``) that explains why and re-posts
+  the same fields with a "save anyway" checkbox (``force``) and a fresh CSRF token.
 
 Routes take object names as query or form fields, never as path segments, so any name works.
 """
@@ -45,6 +48,7 @@ from zerogate.admin.service import (
     Conflict,
     Invalid,
     Item,
+    LockOut,
     NotFound,
 )
 from zerogate.identity.oidc import (
@@ -200,6 +204,8 @@ class Panel:
             ("/admin/tunnels", self.tunnels),
             ("/admin/tunnels/edit", self.tunnel_edit),
             ("/admin/service-tokens", self.service_tokens),
+            ("/admin/admins", self.admins),
+            ("/admin/api-tokens", self.api_tokens),
             ("/admin/access-log", self.access_log),
             ("/admin/admin-log", self.admin_log),
             ("/admin/policy-test", self.policy_test),
@@ -222,7 +228,11 @@ class Panel:
             ("/admin/service-tokens/save", self.service_token_save),
             ("/admin/service-tokens/delete", self.service_token_delete),
             ("/admin/service-tokens/rotate", self.service_token_rotate),
+            ("/admin/admins/save", self.admins_save),
+            ("/admin/api-tokens/save", self.api_token_save),
+            ("/admin/api-tokens/revoke", self.api_token_revoke),
         ]
+        self.pages = frozenset(path for path, _ in get)
         routes = [Route(path, self._reading(h), methods=["GET", "HEAD"]) for path, h in get]
         routes += [Route(path, self._writing(h), methods=["POST"]) for path, h in post]
         return routes
@@ -260,8 +270,35 @@ class Panel:
                 return self.error_page(request, exc.status, exc.message)
             except NotFound as exc:
                 return self.error_page(request, 404, exc.message)
+            except LockOut as exc:
+                return self.lockout_page(request, fields, exc)
 
         return run
+
+    def lockout_page(
+        self, request: Request, fields: Mapping[str, Sequence[str]], exc: LockOut
+    ) -> HTMLResponse:
+        """The lock-out guard refused a write (whichever form it was): say why, and offer to
+        post the same fields again with "save anyway" ticked."""
+        path = request.url.path
+        back = path.rpartition("/")[0]  # /admin/groups/save → /admin/groups
+        replay = [
+            (name, value)
+            for name, values in fields.items()
+            if name not in (forms.CSRF_FIELD, forms.FORCE_FIELD)
+            for value in values
+        ]
+        return self.render(
+            request,
+            "lockout.html",
+            422,
+            title="This change would lock you out",
+            error=exc.message,
+            problems=exc.problems,
+            action=path,
+            replay=replay,
+            back=back if back in self.pages else "/admin",
+        )
 
     def render(
         self, request: Request, template: str, status: int = 200, **values: Any
@@ -307,8 +344,11 @@ class Panel:
         return response
 
     @staticmethod
-    def actor(principal: Principal) -> Actor:
-        return Actor(principal.who, principal.source)
+    def actor(principal: Principal, fields: Mapping[str, Sequence[str]] | None = None) -> Actor:
+        """The service's actor; a session is guarded against locking itself out unless the
+        form's "save anyway" box (``force``) is ticked."""
+        force = fields is not None and forms.first(fields, forms.FORCE_FIELD) == "1"
+        return Actor.of(principal, force=force)
 
     @staticmethod
     def version(fields: Mapping[str, Sequence[str]], name: str = "version") -> int:
@@ -334,6 +374,8 @@ class Panel:
         """
         try:
             return await write
+        except LockOut:
+            raise  # one page for every form (``lockout_page``)
         except Invalid as exc:
             return await again(status=422, error=exc.message, problems=exc.problems)
         except Conflict as exc:
@@ -357,13 +399,13 @@ class Panel:
 
         async def write() -> Item:
             if item is None:
-                return await self.service.create(collection, spec, self.actor(principal))
+                return await self.service.create(collection, spec, self.actor(principal, fields))
             return await self.service.update(
                 collection,
                 forms.first(fields, "original"),
                 spec,
                 version=self.version(fields),
-                actor=self.actor(principal),
+                actor=self.actor(principal, fields),
             )
 
         return await self._attempt(write(), again, what=what, update=item is not None)
@@ -526,7 +568,7 @@ class Panel:
         back = f"/admin/{collection.replace('_', '-')}"
         try:
             await self.service.delete(
-                collection, name, version=self.version(fields), actor=self.actor(principal)
+                collection, name, version=self.version(fields), actor=self.actor(principal, fields)
             )
         except Conflict:
             return self.error_page(
@@ -535,6 +577,8 @@ class Panel:
                 f"The {what} {name!r} was changed by someone else since you opened it — "
                 "reload and check before deleting it.",
             )
+        except LockOut:
+            raise
         except Invalid as exc:
             problems = "; ".join(str(p) for p in exc.problems)
             return self.redirect(back, f"Cannot delete {what} {name}: {problems}", "error")
@@ -632,7 +676,7 @@ class Panel:
                 app.name,
                 spec,
                 app_version=app_version,
-                actor=self.actor(principal),
+                actor=self.actor(principal, fields),
                 replace=original,
                 position=position - 1 if position else None,
             ),
@@ -655,7 +699,7 @@ class Panel:
                 app,
                 name,
                 app_version=self.version(fields, "app_version"),
-                actor=self.actor(principal),
+                actor=self.actor(principal, fields),
             )
         except Conflict:
             return self.error_page(
@@ -664,6 +708,8 @@ class Panel:
                 f"The application {app!r} was changed by someone else since you opened it — "
                 "reload and check before deleting the policy.",
             )
+        except LockOut:
+            raise
         except Invalid as exc:
             problems = "; ".join(str(p) for p in exc.problems)
             return self.redirect(target, f"Cannot delete policy {name}: {problems}", "error")
@@ -686,7 +732,7 @@ class Panel:
                 app.name,
                 policies[index],
                 app_version=self.version(fields, "app_version"),
-                actor=self.actor(principal),
+                actor=self.actor(principal, fields),
                 replace=name,
                 position=position,
             )
@@ -1024,7 +1070,7 @@ class Panel:
         spec = forms.service_token_spec(fields)
         form = {"name": spec["name"], "duration": forms.first(fields, "duration")}
         created = await self._attempt(
-            self.service.create_service_token(spec, self.actor(principal)),
+            self.service.create_service_token(spec, self.actor(principal, fields)),
             partial(self.service_tokens, request, form=form),
             what="service token",
             update=False,
@@ -1051,13 +1097,120 @@ class Panel:
         self, request: Request, fields: dict[str, list[str]], principal: Principal
     ) -> Response:
         name = forms.first(fields, "name")
-        cred, secret = await self.service.rotate_service_token(name, self.actor(principal))
+        cred, secret = await self.service.rotate_service_token(name, self.actor(principal, fields))
         return self._service_secret_page(request, name, cred, secret, created=False)
 
     async def service_token_delete(
         self, request: Request, fields: dict[str, list[str]], principal: Principal
     ) -> Response:
         return await self._delete(request, fields, principal, "service_tokens", "service token")
+
+    # -- the admins list ---------------------------------------------------------------------
+
+    async def admins(
+        self,
+        request: Request,
+        *,
+        text: str | None = None,
+        version: int | None = None,
+        status: int = 200,
+        error: str | None = None,
+        problems: Sequence[Problem] = (),
+    ) -> Response:
+        """The admins list (one entry a line) and its version; the form keeps ``text`` and
+        the ``version`` it was based on when shown again (409 / 422)."""
+        admins, current = await self.service.admins()
+        return self.render(
+            request,
+            "admins.html",
+            status,
+            title="Admins",
+            admins=admins,
+            current=current,
+            text="\n".join(admins) if text is None else text,
+            version=current if version is None else version,
+            groups=await self.names("groups"),
+            error=error,
+            problems=problems,
+        )
+
+    async def admins_save(
+        self, request: Request, fields: dict[str, list[str]], principal: Principal
+    ) -> Response:
+        text = fields.get("admins", [""])[0]
+        version = self.version(fields)
+        saved = await self._attempt(
+            self.service.set_admins(
+                forms.admin_entries(text), version=version, actor=self.actor(principal, fields)
+            ),
+            partial(self.admins, request, text=text, version=version),
+            what="admins list",
+            update=True,
+        )
+        if isinstance(saved, Response):
+            return saved
+        return self.redirect("/admin/admins", "The admins list is saved.")
+
+    # -- API tokens --------------------------------------------------------------------------
+
+    async def api_tokens(
+        self,
+        request: Request,
+        *,
+        form: dict[str, Any] | None = None,
+        status: int = 200,
+        error: str | None = None,
+        problems: Sequence[Problem] = (),
+    ) -> Response:
+        """The admin API's Bearer tokens (never a secret) and the form for a new one."""
+        now = datetime.now(UTC)
+        rows = [
+            {"token": t, "expired": t.expires_at is not None and t.expires_at <= now}
+            for t in await self.service.api_tokens()
+        ]
+        return self.render(
+            request,
+            "api_tokens.html",
+            status,
+            title="API tokens",
+            rows=rows,
+            form=form or {"name": "", "read_only": False, "expires": "30d"},
+            error=error,
+            problems=problems,
+        )
+
+    async def api_token_save(
+        self, request: Request, fields: dict[str, list[str]], principal: Principal
+    ) -> Response:
+        name = forms.first(fields, "name")
+        read_only = forms.first(fields, "read_only") == "1"
+        expires = forms.first(fields, "expires") or None
+        form = {"name": name, "read_only": read_only, "expires": expires or ""}
+        created = await self._attempt(
+            self.service.create_api_token(
+                name, read_only=read_only, expires=expires, actor=self.actor(principal, fields)
+            ),
+            partial(self.api_tokens, request, form=form),
+            what="API token",
+            update=False,
+        )
+        if isinstance(created, Response):
+            return created
+        token, text = created
+        return self.render(
+            request,
+            "api_token_secret.html",
+            title=f"API token {token.name}",
+            token=token,
+            text=text,
+        )
+
+    async def api_token_revoke(
+        self, request: Request, fields: dict[str, list[str]], principal: Principal
+    ) -> Response:
+        name = forms.first(fields, "name")
+        await self.service.revoke_api_token(name, self.actor(principal, fields))
+        return self.redirect("/admin/api-tokens", f"API token {name} is revoked.")
 
     # -- logs and the tester -----------------------------------------------------------------
 

@@ -39,6 +39,8 @@ SELECTOR_LABELS: dict[str, str] = {
 assert set(SELECTOR_LABELS) == set(SELECTORS), "a selector of the model has no label"
 
 CSRF_FIELD = "csrf"
+#: the "save anyway" box a form is posted again with after the lock-out guard refused it
+FORCE_FIELD = "force"
 #: how long a rendered form may be submitted
 CSRF_MAX_AGE = 8 * 3600
 FLASH_COOKIE = "__zg_admin_flash"
@@ -274,6 +276,12 @@ def idp_form(spec: Mapping[str, Any]) -> dict[str, str]:
 
 def tunnel_spec(fields: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     return {"name": first(fields, "name"), "routes": split_values(first(fields, "routes"))}
+
+
+def admin_entries(text: str) -> list[str]:
+    """The admins list from its textarea: one email or ``group:NAME`` a line, blank lines
+    dropped (a line is kept whole: a group name may hold spaces)."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def service_token_spec(fields: Mapping[str, Sequence[str]]) -> dict[str, Any]:

@@ -17,8 +17,13 @@ service-token``), a tunnel's connector token (``create_tunnel_token``, the same 
 are returned once and stored as SHA-256 hashes; creating, rotating and revoking them is
 recorded in the admin log too (``Store.log_admin``).
 
-The ``admins`` list can guard its writer: ``set_admins(..., keep=...)`` refuses a list that
-would no longer let that session in (the API's lock-out guard).
+The lock-out guard lives here, in ``_write``, so every configuration write is checked the same
+way whichever surface asks: an ``Actor`` made for a browser session (``Actor.of(principal)``)
+carries a ``Guard`` (the session's login and request context), and a write whose result would
+make the built-in ``zerogate-admin`` application no longer allow that login from there (the
+admins list changed, a group it names edited, …) is refused with ``LockOut`` (422, problem
+``admins``), nothing written. ``force=True`` (the API's ``?force=true``, the panel's "save
+anyway") and API tokens (not on the list) skip it.
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -53,6 +58,9 @@ from zerogate.store import (
 )
 from zerogate.store.diff import ADMINS, Plan
 from zerogate.tunnel.token import TokenError, TunnelToken
+
+if TYPE_CHECKING:
+    from zerogate.admin.principal import Principal
 
 #: API collection name -> (store kind, ``Objects`` field); the collection names are the YAML keys
 COLLECTIONS: dict[str, str] = {
@@ -113,12 +121,38 @@ class Item:
     spec: dict[str, Any]
 
 
+class LockOut(Invalid):
+    """The change would make the acting session no administrator any more (the lock-out
+    guard); one problem, ``where: "admins"``. The panel offers to save it anyway."""
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The acting browser session as the admins list decides it: its login and the context of
+    its request (address, country)."""
+
+    identity: Identity
+    context: Context
+
+
 @dataclass(frozen=True)
 class Actor:
-    """Who makes a change and from where, as the admin log records it."""
+    """Who makes a change and from where, as the admin log records it; ``guard``: refuse a
+    write that would lock that session out (see ``Actor.of``)."""
 
     who: str
     source: str | None = None
+    guard: Guard | None = None
+
+    @classmethod
+    def of(cls, principal: Principal, *, force: bool = False) -> Actor:
+        """The actor of an admin request: a browser session is guarded unless ``force``; an
+        API token never (tokens are not on the admins list)."""
+        guard = None
+        if principal.via == "session" and not force:
+            identity = principal.identity or Identity.of(principal.who)
+            guard = Guard(identity, principal.context())
+        return cls(principal.who, principal.source, guard)
 
 
 def check_name(name: str, what: str) -> str:
@@ -183,22 +217,24 @@ def new_service_credential(name: str, lifetime: timedelta) -> tuple[ServiceCrede
     return cred, secret
 
 
-def _keeps_admin(identity: Identity, ctx: Context) -> Callable[[Objects], None]:
-    """A check refusing objects whose admins list would not let ``identity`` in from ``ctx``
-    (decided like the front door does: the built-in admin application of the snapshot)."""
-
-    def check(objects: Objects) -> None:
-        snapshot = compile_snapshot(objects)
-        if snapshot.decide(snapshot.admin, identity, ctx).decision == "allow":
-            return
-        message = (
-            f"this admins list would remove your own admin access ({identity.email} from "
-            f"{ctx.ip or 'this address'}); add yourself back, or send ?force=true to save it "
-            "anyway"
-        )
-        raise Invalid("the change would lock you out", [Problem("admins", message)])
-
-    return check
+def _check_guard(objects: Objects, guard: Guard) -> None:
+    """``LockOut`` when ``objects`` would not let ``guard``'s session in any more: the decision
+    of their built-in admin application, made as the front door makes it."""
+    snapshot = compile_snapshot(objects)
+    verdict = snapshot.decide(snapshot.admin, guard.identity, guard.context)
+    if verdict.decision == "allow":
+        return
+    ctx = guard.context
+    where = f"from {ctx.ip}" if ctx.ip else "from here"
+    if ctx.country:
+        where += f" ({ctx.country})"
+    message = (
+        f"this change would remove your own admin access: the admins list would no longer "
+        f"let {guard.identity.email} in {where}: {verdict.reason}. Keep yourself in (add "
+        "yourself back, or leave the group's rules admitting you), or save it anyway: "
+        '?force=true in the API, "save anyway" in the panel'
+    )
+    raise LockOut("the change would lock you out", [Problem("admins", message)])
 
 
 def _document(objects: Objects) -> dict[str, Any]:
@@ -252,19 +288,16 @@ class AdminService:
     # -- writing ---------------------------------------------------------------------------
 
     async def _write(
-        self,
-        doc: dict[str, Any],
-        expect: dict[tuple[str, str], int | None],
-        actor: Actor,
-        check: Callable[[Objects], None] | None = None,
+        self, doc: dict[str, Any], expect: dict[tuple[str, str], int | None], actor: Actor
     ) -> Plan:
-        """Validate ``doc``, run ``check`` on the result (it raises to refuse), apply it."""
+        """Validate ``doc``, refuse it when it would lock ``actor.guard`` out (``LockOut``),
+        apply it. Every configuration write goes through here."""
         try:
             objects = validate_objects(doc, source=None)
         except ConfigError as exc:
             raise Invalid("the change would make the configuration invalid", exc.problems) from None
-        if check is not None:
-            check(objects)
+        if actor.guard is not None:
+            _check_guard(objects, actor.guard)
         try:
             return await self.store.apply(
                 objects, actor=actor.who, source=actor.source, expect=expect
@@ -327,17 +360,17 @@ class AdminService:
     ) -> int:
         """Replace the admins list (based on ``version``, 0 when never set); the new version.
 
-        ``keep``: the acting session's login and request context; a list that would no longer
-        make that session an administrator is refused (``Invalid``, nothing written), so an
-        admin cannot lock themselves out by mistake (the API passes it unless ``force``)."""
+        Like every write, refused (``LockOut``) when it would lock ``actor.guard`` out;
+        ``keep`` (a login and its request context) guards that session instead."""
         _, doc, _, versions = await self._state()
         doc["admins"] = admins
         current = versions.get((ADMINS, ADMINS))
         expect: dict[tuple[str, str], int | None] = {(ADMINS, ADMINS): version if version else None}
         if current is None and version:
             raise Conflict("the admins list no longer exists; reload and retry")
-        check = None if keep is None else _keeps_admin(*keep)
-        plan = await self._write(doc, expect, actor, check)
+        if keep is not None:
+            actor = replace(actor, guard=Guard(*keep))
+        plan = await self._write(doc, expect, actor)
         return plan.version_after if plan.changes else version
 
     # -- policies (inside their application) -------------------------------------------------
