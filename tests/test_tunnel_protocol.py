@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zerogate.tunnel import (
+from zerogate.tunnel.protocol import (
     CONTROL_MAGIC,
     MAX_CONTROL_FRAME,
     Accepted,
@@ -49,12 +49,12 @@ from zerogate.tunnel import (
     TunnelSettings,
     UsageError,
     WindowOpened,
+    _encode_control,
     clean_headers,
     encode_registration,
     encode_result,
     parse_result,
 )
-from zerogate.tunnel.protocol import _encode_control
 
 REG = Registration(
     token="zgt_secret-token-value",
