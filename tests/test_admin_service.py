@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -525,3 +526,33 @@ async def test_concurrent_edits_from_two_processes_one_wins(store_url: str) -> N
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_write_never_undoes_a_concurrent_change_to_another_object(
+    service: AdminService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admin A loads the configuration, admin B changes group Two, then A saves group One: A's
+    write is refused (A's document still holds B's old group Two) instead of silently putting
+    the old group Two back."""
+    one = await service.create("groups", {"name": "One", "include": [{"email": ["a@x.test"]}]}, ME)
+    two = await service.create("groups", {"name": "Two", "include": [{"email": ["b@x.test"]}]}, ME)
+    other = AdminService(service.store)
+    real_write = service._write
+
+    async def b_writes_first(*args: Any, **kwargs: Any) -> Any:
+        changed = {"name": "Two", "include": [{"email": ["c@x.test"]}]}
+        await other.update("groups", "Two", changed, version=two.version, actor=ME)
+        return await real_write(*args, **kwargs)
+
+    monkeypatch.setattr(service, "_write", b_writes_first)
+    with pytest.raises(Conflict, match="reload"):
+        await service.update(
+            "groups",
+            "One",
+            {"name": "One", "include": [{"email": ["z@x.test"]}]},
+            version=one.version,
+            actor=ME,
+        )
+    monkeypatch.undo()
+    assert (await service.get("groups", "Two")).spec["include"] == [{"email": ["c@x.test"]}]
+    assert (await service.get("groups", "One")).spec["include"] == [{"email": ["a@x.test"]}]

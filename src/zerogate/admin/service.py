@@ -258,8 +258,9 @@ class AdminService:
     # -- reading ---------------------------------------------------------------------------
 
     async def _state(self) -> tuple[Objects, dict[str, Any], int, dict[tuple[str, str], int]]:
-        objects, _ = await self.store.load()
-        version, versions = await self.store.versions()
+        """The objects, as a document too, the configuration version and each object's
+        version, all read in one transaction."""
+        objects, version, versions = await self.store.load_versioned()
         return objects, _document(objects), version, versions
 
     async def items(self, collection: str) -> list[Item]:
@@ -288,10 +289,19 @@ class AdminService:
     # -- writing ---------------------------------------------------------------------------
 
     async def _write(
-        self, doc: dict[str, Any], expect: dict[tuple[str, str], int | None], actor: Actor
+        self,
+        doc: dict[str, Any],
+        expect: dict[tuple[str, str], int | None],
+        actor: Actor,
+        based_on: int,
     ) -> Plan:
         """Validate ``doc``, refuse it when it would lock ``actor.guard`` out (``LockOut``),
-        apply it. Every configuration write goes through here."""
+        apply it. Every configuration write goes through here.
+
+        ``doc`` is the whole configuration as loaded at version ``based_on`` with one change,
+        and ``apply`` makes the store equal to it: so the write must also be refused when any
+        other object changed since (else it would silently undo that change), not only when
+        the edited object did (``expect``, which gives the precise message)."""
         try:
             objects = validate_objects(doc, source=None)
         except ConfigError as exc:
@@ -300,7 +310,11 @@ class AdminService:
             _check_guard(objects, actor.guard)
         try:
             return await self.store.apply(
-                objects, actor=actor.who, source=actor.source, expect=expect
+                objects,
+                actor=actor.who,
+                source=actor.source,
+                expect=expect,
+                expect_version=based_on,
             )
         except StaleWrite as exc:
             raise Conflict(str(exc)) from None
@@ -313,11 +327,11 @@ class AdminService:
             raise Invalid(
                 "the object needs a name", [Problem(f"{collection}[?]", "name: field required")]
             )
-        _, doc, _, versions = await self._state()
+        _, doc, based_on, versions = await self._state()
         if (kind, name) in versions:
             raise Conflict(f"{kind.replace('_', ' ')} {name!r} already exists")
         doc[collection] = [*doc[collection], spec]
-        await self._write(doc, {(kind, name): None}, actor)
+        await self._write(doc, {(kind, name): None}, actor, based_on)
         return await self.get(collection, name)
 
     async def update(
@@ -326,7 +340,7 @@ class AdminService:
         """Replace object ``name`` (based on ``version``) with ``spec``. A different
         ``spec["name"]`` renames it (refused when that name is taken)."""
         kind = _collection(collection)
-        _, doc, _, versions = await self._state()
+        _, doc, based_on, versions = await self._state()
         if (kind, name) not in versions:
             raise NotFound(f"no {kind.replace('_', ' ')} named {name!r}")
         new_name = spec.get("name", name) if isinstance(spec, dict) else name
@@ -337,18 +351,18 @@ class AdminService:
                 raise Conflict(f"{kind.replace('_', ' ')} {new_name!r} already exists")
             expect[(kind, new_name)] = None
         doc[collection] = [spec if item["name"] == name else item for item in doc[collection]]
-        await self._write(doc, expect, actor)
+        await self._write(doc, expect, actor, based_on)
         return await self.get(collection, new_name)
 
     async def delete(self, collection: str, name: str, *, version: int, actor: Actor) -> None:
         """Remove object ``name`` (based on ``version``); refused (``Invalid``) while other
         objects refer to it, with the references named."""
         kind = _collection(collection)
-        _, doc, _, versions = await self._state()
+        _, doc, based_on, versions = await self._state()
         if (kind, name) not in versions:
             raise NotFound(f"no {kind.replace('_', ' ')} named {name!r}")
         doc[collection] = [item for item in doc[collection] if item["name"] != name]
-        await self._write(doc, {(kind, name): version}, actor)
+        await self._write(doc, {(kind, name): version}, actor, based_on)
 
     async def set_admins(
         self,
@@ -362,7 +376,7 @@ class AdminService:
 
         Like every write, refused (``LockOut``) when it would lock ``actor.guard`` out;
         ``keep`` (a login and its request context) guards that session instead."""
-        _, doc, _, versions = await self._state()
+        _, doc, based_on, versions = await self._state()
         doc["admins"] = admins
         current = versions.get((ADMINS, ADMINS))
         expect: dict[tuple[str, str], int | None] = {(ADMINS, ADMINS): version if version else None}
@@ -370,7 +384,7 @@ class AdminService:
             raise Conflict("the admins list no longer exists; reload and retry")
         if keep is not None:
             actor = replace(actor, guard=Guard(*keep))
-        plan = await self._write(doc, expect, actor)
+        plan = await self._write(doc, expect, actor, based_on)
         return plan.version_after if plan.changes else version
 
     # -- policies (inside their application) -------------------------------------------------

@@ -14,6 +14,12 @@ class StaleWrite(StoreError):
 
     def __init__(self, kind: str, name: str, expected: int | None, actual: int | None) -> None:
         self.kind, self.name, self.expected, self.actual = kind, name, expected, actual
+        if not name:  # the whole configuration's version
+            super().__init__(
+                f"the {kind} was changed by someone else (now version {actual}, not "
+                f"{expected}); reload and retry"
+            )
+            return
         if actual is None:
             now = "it no longer exists"
         elif expected is None:

@@ -208,6 +208,19 @@ class Store:
                 result = await connection.execute(select(t.c.kind, t.c.name, t.c.version))
                 return version, {(k, n): int(v) for k, n, v in result.all()}
 
+    async def load_versioned(self) -> tuple[Objects, int, dict[tuple[str, str], int]]:
+        """``load()`` and ``versions()`` in one read transaction, so the objects, the
+        configuration version and each object's version describe the same moment (what a
+        versioned write must be based on)."""
+        t = objects_table
+        with self._errors("load the configuration"):
+            async with self._reading() as connection:
+                version = await _version(connection)
+                rows = await _rows(connection)
+                result = await connection.execute(select(t.c.kind, t.c.name, t.c.version))
+                versions = {(k, n): int(v) for k, n, v in result.all()}
+        return _objects(rows), version, versions
+
     async def plan(self, objects: Objects) -> Plan:
         """What ``apply(objects)`` would do now; writes nothing."""
         wanted = _wanted(objects)
@@ -265,10 +278,10 @@ class Store:
                 await write_lock(connection)
                 async with connection.begin() as transaction:
                     version = await _lock_state(connection)
-                    if expect_version is not None and expect_version != version:
-                        raise StaleWrite("configuration", "version", expect_version, version)
-                    if expect:
+                    if expect:  # first: its message names the object
                         await _check_expected(connection, expect)
+                    if expect_version is not None and expect_version != version:
+                        raise StaleWrite("configuration", "", expect_version, version)
                     stored = await _rows(connection)
                     changes = diff(stored, wanted)
                     if not changes:
