@@ -110,11 +110,16 @@ class AdminFrontDoor:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         svc = self.svc
         rt = svc.runtime
-        path = normalise_path(raw_path_of(scope))
+        raw = raw_path_of(scope)
+        path = normalise_path(raw)
         # the frameworks route on the normalised path, percent-decoded as an ASGI ``path`` is
         # (so ``/api/v1/groups/Net%20Admins`` names the group "Net Admins"); an encoded ``/``
-        # never gets here (``PathError``)
+        # never gets here (``PathError``). Normalising is for deciding (API or panel, CSRF);
+        # a path it changed beyond decoding (``ops.`` → ``ops``, ``a;b`` → ``a``, ``..``, ``//``)
+        # would name another object than the one asked for, so it is refused below, after
+        # authentication (an anonymous caller learns nothing from the difference).
         decoded = unquote(path)
+        canonical = decoded == unquote(raw)
         if decoded != scope.get("path"):
             scope = {**scope, "path": decoded}
         method: str = scope.get("method", "GET")
@@ -213,6 +218,11 @@ class AdminFrontDoor:
                 country=country,
             )
 
+        if not canonical:
+            raise PathError(
+                "the path is not in canonical form (no '.' or ' ' at a segment's end, no ';', "
+                "'//', '.' or '..' segments); ask for the object by its exact name"
+            )
         scope[SCOPE_KEY] = principal
         if api:
             await self.api(scope, receive, send)
