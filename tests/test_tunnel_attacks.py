@@ -639,3 +639,42 @@ async def test_websocket_frames_a_malicious_origin_sends(
     assert sent[0]["type"] == "websocket.accept"
     assert not [m for m in sent if m["type"] == "websocket.send"], [m["type"] for m in sent]
     assert sent[-1]["type"] == "websocket.close" and sent[-1]["code"] in codes, sent[-1]
+
+
+async def _register_and_stall(
+    edge: Edge, token: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """Register with a good token, then never start HTTP/2 (no preface, no SETTINGS)."""
+    from zerogate.tunnel.protocol import Registration, encode_registration
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port, ssl=_tls())
+    writer.write(encode_registration(Registration(token, "stalling", "0.1.0")))
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(8 + 4096), 2)
+    return reader, writer, answer  # the caller holds the writer (dropping it closes)
+
+
+async def test_a_registered_connection_that_never_gets_ready_is_dropped(edge: Edge) -> None:
+    """A token holder who registers and then stays silent is not kept (or counted as a
+    connection requests wait for) beyond the registration timeout."""
+    reader, _writer, answer = await _register_and_stall(edge, edge.token("office"))
+    assert answer.startswith(b"ZGTN") and b"accepted" in answer
+    assert edge.listener.status()  # registered, not ready
+    rest = await asyncio.wait_for(reader.read(), edge.listener.registration_timeout + 3)
+    assert b"ZGTN" not in rest  # the connection ended (EOF), no second answer
+    assert not edge.listener.status()
+
+
+async def test_one_token_cannot_hold_more_than_the_per_tunnel_cap(edge: Edge) -> None:
+    from zerogate.tunnel import edge as tunnel_edge
+
+    token = edge.token("office")
+    held = [
+        await _register_and_stall(edge, token)
+        for _ in range(tunnel_edge.MAX_CONNECTIONS_PER_TUNNEL)
+    ]
+    assert all(b"accepted" in answer for _, _, answer in held)
+    _, extra, answer = await _register_and_stall(edge, token)
+    assert b"refused" in answer and b"unavailable" in answer, answer
+    for _, writer, _ in [*held, (None, extra, None)]:
+        writer.close()

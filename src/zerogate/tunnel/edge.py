@@ -131,6 +131,9 @@ MAX_PENDING_PER_ADDRESS: Final = 16
 """Connections one address may have waiting to register; more are refused (``unavailable``)."""
 MAX_PENDING: Final = 512
 """Connections all addresses together may have waiting to register."""
+MAX_CONNECTIONS_PER_TUNNEL: Final = 64
+"""Registered connections one tunnel may hold (16 connectors with the default 4 each); more
+are refused (``unavailable``), so one token cannot take all of the worker's sockets."""
 _READ_SIZE = 256 * 1024
 _FEATURES = frozenset({"websocket"})
 _RESPONSE_DROPPED = frozenset({b"te", b"trailer", b"proxy-authenticate", b"proxy-authorization"})
@@ -617,6 +620,13 @@ class _Connection:
                     "no tunnel has this token (was the tunnel deleted?)",
                 )
             return
+        if len(self.listener._tunnels.get(name, {})) >= MAX_CONNECTIONS_PER_TUNNEL:
+            self._refuse(
+                reg,
+                RefusalReason.UNAVAILABLE,
+                f"tunnel {name} already has {MAX_CONNECTIONS_PER_TUNNEL} connections here",
+            )
+            return
         cred = authority.tunnel_credentials.get(token.tunnel_id)
         self.tunnel = name
         self.tunnel_id = token.tunnel_id
@@ -822,7 +832,12 @@ class TunnelListener:
             await asyncio.sleep(self.ping_interval)
             now = loop.time()
             for conn in self._all():
-                if not conn.ready or conn.finished:
+                if conn.finished:
+                    continue
+                if not conn.ready:  # registered, but its HTTP/2 never became ready
+                    age = (datetime.now(UTC) - conn.since).total_seconds()
+                    if age > self.registration_timeout:
+                        conn.abort(f"not ready {self.registration_timeout:g} s after connecting")
                     continue
                 since = conn.core.ping_outstanding_since
                 if since is not None and now - since > self.ping_timeout:
@@ -960,7 +975,8 @@ class TunnelListener:
             except UsageError:  # it stopped taking streams since we looked
                 tried.add(conn)
                 continue
-            pump = asyncio.get_running_loop().create_task(self._pump(conn, st, source))
+            replay = list(source.recorded or [])  # taken now: the copy may be freed below
+            pump = asyncio.get_running_loop().create_task(self._pump(conn, st, source, replay))
             try:
                 head = await st.head
             except _StreamGone:
@@ -980,6 +996,7 @@ class TunnelListener:
                 conn.release(st)
                 raise
             break
+        source.recorded = None  # the answer has begun: no retry can follow, free the copy
         try:
             return await self._relay(conn, st, head, scope, send)
         finally:
@@ -1008,14 +1025,16 @@ class TunnelListener:
             await send({"type": "http.response.body", "body": item, "more_body": True})
             conn.ack(st, len(item))
 
-    async def _pump(self, conn: _Connection, st: _Stream, source: _BodySource) -> None:
+    async def _pump(
+        self, conn: _Connection, st: _Stream, source: _BodySource, replay: list[bytes]
+    ) -> None:
         """Send the request body (replaying what a refused attempt already read), then watch
         for the client leaving."""
         try:
             if st.local_ended:
                 pass
             else:
-                for chunk in list(source.recorded or []):
+                for chunk in replay:
                     await conn.write(st, chunk)
                 while not source.done:
                     chunk, more = await source.next()
