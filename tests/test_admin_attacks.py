@@ -791,3 +791,10 @@ async def test_a_path_normalisation_would_change_names_no_other_object(
         assert "canonical" in answer.json()["detail"]
     still = await request(zg, "GET", "/api/v1/applications/wiki", headers=bearer(zg))
     assert still.status == 200 and still.json()["name"] == "wiki"
+
+
+async def test_an_api_body_over_a_mebibyte_is_refused_unread(zg: Zerogate) -> None:
+    big = b'{"name": "x", "include": [{"email": ["' + b"a" * (2 * 1024 * 1024) + b'"]}]}'
+    headers = {**bearer(zg), "Content-Type": "application/json"}
+    answer = await request(zg, "POST", "/api/v1/groups", headers=headers, body=big)
+    assert answer.status == 413, (answer.status, answer.text[:200])

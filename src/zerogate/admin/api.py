@@ -44,6 +44,8 @@ from zerogate.model.objects import (
 from zerogate.store import StoreError
 
 PREFIX = "/api/v1"
+#: the largest request body the API reads (bigger ones get 413)
+MAX_BODY = 1024 * 1024
 
 # ---------------------------------------------------------------- shared models
 
@@ -385,6 +387,7 @@ def create_api(
             "an administrator's session cookie plus the X-Zerogate-CSRF header for writes."
         ),
         openapi_url=f"{PREFIX}/openapi.json",
+        max_body_size=MAX_BODY,  # as the panel's forms: no object needs more
         docs_url=None,
         redoc_url=None,
         responses=ERRORS,
