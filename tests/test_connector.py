@@ -283,13 +283,17 @@ def _registration(edge: TestEdge) -> Registration:
 
 
 async def _one_dial(
-    edge: TestEdge, trust: EdgeTrust, host: str = "127.0.0.1"
+    edge: TestEdge, trust: EdgeTrust, host: str = "127.0.0.1", port: int | None = None
 ) -> tuple[bool, Outcome]:
     async def never(stream: TunnelStream) -> None:  # pragma: no cover - no stream here
         raise AssertionError
 
     conn = EdgeConnection(
-        EdgeAddress(host, edge.port), _registration(edge), trust, never, ConnectorMetrics()
+        EdgeAddress(host, port or edge.port),
+        _registration(edge),
+        trust,
+        never,
+        ConnectorMetrics(),
     )
     task = asyncio.create_task(conn.run())
     await asyncio.wait(
@@ -324,6 +328,30 @@ async def test_ca_verification(edge: TestEdge, tmp_path: Path) -> None:
     assert not ok
     assert "certificate verify failed" in outcome.message
     assert len(edge.registrations) == 1
+
+
+async def test_ca_verification_checks_the_edge_name(edge: TestEdge, tmp_path: Path) -> None:
+    """--ca verifies the chain *and* the name dialled: a certificate the CA issued for another
+    host (here: the edge's, which names localhost and 127.0.0.1, served on 127.0.0.2) is refused
+    before the token is sent."""
+    good = tmp_path / "ca.pem"
+    edge.ca.cert_pem.write_to_path(str(good))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    edge.cert.configure_cert(ctx)
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    impostor = await asyncio.start_server(hang_up, "127.0.0.2", 0, ssl=ctx)
+    try:
+        port = impostor.sockets[0].getsockname()[1]
+        ok, outcome = await _one_dial(edge, EdgeTrust(ca_file=good), host="127.0.0.2", port=port)
+    finally:
+        impostor.close()
+    assert not ok
+    assert "certificate verify failed" in outcome.message, outcome.message
+    assert "127.0.0.2" in outcome.message
+    assert edge.registrations == []
 
 
 # ------------------------------------------------------------------------------- dispatch
