@@ -531,28 +531,66 @@ async def test_concurrent_edits_from_two_processes_one_wins(store_url: str) -> N
 async def test_a_write_never_undoes_a_concurrent_change_to_another_object(
     service: AdminService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Admin A loads the configuration, admin B changes group Two, then A saves group One: A's
-    write is refused (A's document still holds B's old group Two) instead of silently putting
-    the old group Two back."""
+    """Admin A loads the configuration, admin B changes group Two, then A saves group One:
+    A's first attempt is refused by the store (its document still holds B's old group Two),
+    so A's change is made again on top of B's: both changes are kept, neither is undone."""
     one = await service.create("groups", {"name": "One", "include": [{"email": ["a@x.test"]}]}, ME)
     two = await service.create("groups", {"name": "Two", "include": [{"email": ["b@x.test"]}]}, ME)
     other = AdminService(service.store)
     real_write = service._write
+    attempts: list[int] = []
 
     async def b_writes_first(*args: Any, **kwargs: Any) -> Any:
-        changed = {"name": "Two", "include": [{"email": ["c@x.test"]}]}
-        await other.update("groups", "Two", changed, version=two.version, actor=ME)
+        attempts.append(args[3])  # the configuration version the attempt is based on
+        if len(attempts) == 1:
+            changed = {"name": "Two", "include": [{"email": ["c@x.test"]}]}
+            await other.update("groups", "Two", changed, version=two.version, actor=ME)
         return await real_write(*args, **kwargs)
 
     monkeypatch.setattr(service, "_write", b_writes_first)
-    with pytest.raises(Conflict, match="reload"):
-        await service.update(
-            "groups",
-            "One",
-            {"name": "One", "include": [{"email": ["z@x.test"]}]},
-            version=one.version,
-            actor=ME,
-        )
+    await service.update(
+        "groups",
+        "One",
+        {"name": "One", "include": [{"email": ["z@x.test"]}]},
+        version=one.version,
+        actor=ME,
+    )
     monkeypatch.undo()
+    assert len(attempts) == 2 and attempts[1] == attempts[0] + 1
     assert (await service.get("groups", "Two")).spec["include"] == [{"email": ["c@x.test"]}]
-    assert (await service.get("groups", "One")).spec["include"] == [{"email": ["a@x.test"]}]
+    assert (await service.get("groups", "One")).spec["include"] == [{"email": ["z@x.test"]}]
+
+
+async def test_a_stale_version_of_the_edited_object_is_still_refused(
+    service: AdminService,
+) -> None:
+    """The retry on top of other admins' changes never overrides a change to the object
+    itself: an update based on an old version of it is a 409."""
+    made = await service.create("groups", {"name": "One", "include": [{"email": ["a@x.test"]}]}, ME)
+    changed = {"name": "One", "include": [{"email": ["b@x.test"]}]}
+    await service.update("groups", "One", changed, version=made.version, actor=ME)
+    stale = {"name": "One", "include": [{"email": ["c@x.test"]}]}
+    with pytest.raises(Conflict, match="reload"):
+        await service.update("groups", "One", stale, version=made.version, actor=ME)
+    assert (await service.get("groups", "One")).spec["include"] == [{"email": ["b@x.test"]}]
+
+
+async def test_parallel_creates_of_different_objects_all_land(store_url: str) -> None:
+    """Four writers (two processes' stores) each create objects at once: a POST needs no
+    version, so none may be refused because another object was written meanwhile."""
+    stores = [await Store.open(store_url), await Store.open(store_url)]
+    try:
+        services = [AdminService(stores[i % 2]) for i in range(4)]
+
+        async def writer(i: int) -> None:
+            for j in range(5):
+                spec = {"name": f"G{i}x{j}", "include": [{"email": [f"u{i}{j}@x.test"]}]}
+                await services[i].create("groups", spec, ME)
+
+        results = await asyncio.gather(*(writer(i) for i in range(4)), return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        names = {item.name for item in await services[0].items("groups")}
+        assert names == {f"G{i}x{j}" for i in range(4) for j in range(5)}
+    finally:
+        for store in stores:
+            await store.close()

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -81,6 +81,12 @@ API_TOKEN_PREFIX = "zga_"  # noqa: S105 - a prefix, not a secret
 TOUCH_SECONDS = 60.0
 
 _NAME: TypeAdapter[str] = TypeAdapter(Name)
+
+#: how often a one-object write is made again when other objects changed meanwhile
+_WRITE_ATTEMPTS = 8
+
+#: a one-object change: edits the configuration document, returns the expected versions
+Edit = Callable[[dict[str, Any], dict[tuple[str, str], int]], dict[tuple[str, str], int | None]]
 
 
 class AdminError(Exception):
@@ -296,28 +302,44 @@ class AdminService:
         based_on: int,
     ) -> Plan:
         """Validate ``doc``, refuse it when it would lock ``actor.guard`` out (``LockOut``),
-        apply it. Every configuration write goes through here.
+        apply it. Every configuration write goes through here (via ``_change``).
 
         ``doc`` is the whole configuration as loaded at version ``based_on`` with one change,
-        and ``apply`` makes the store equal to it: so the write must also be refused when any
-        other object changed since (else it would silently undo that change), not only when
-        the edited object did (``expect``, which gives the precise message)."""
+        and ``apply`` makes the store equal to it: so the store refuses it (``StaleWrite`` on
+        the configuration) when any other object changed since, else it would silently undo
+        that change; ``expect`` names the edited objects' versions (the precise refusal)."""
         try:
             objects = validate_objects(doc, source=None)
         except ConfigError as exc:
             raise Invalid("the change would make the configuration invalid", exc.problems) from None
         if actor.guard is not None:
             _check_guard(objects, actor.guard)
-        try:
-            return await self.store.apply(
-                objects,
-                actor=actor.who,
-                source=actor.source,
-                expect=expect,
-                expect_version=based_on,
-            )
-        except StaleWrite as exc:
-            raise Conflict(str(exc)) from None
+        return await self.store.apply(
+            objects,
+            actor=actor.who,
+            source=actor.source,
+            expect=expect,
+            expect_version=based_on,
+        )
+
+    async def _change(self, edit: Edit, actor: Actor) -> Plan:
+        """Apply one object's change on top of the newest configuration.
+
+        ``edit`` gets a fresh copy of the configuration document and each object's version,
+        changes the document in place and returns the versions it expects of the objects it
+        touched (checks that raise ``NotFound`` / ``Conflict`` belong in it too). When another
+        admin changed some *other* object in between, the change is made again on top of
+        theirs (a few times at most): only a conflict on the edited object itself refuses
+        (409). Validation and the lock-out guard run again on every attempt."""
+        for attempt in range(_WRITE_ATTEMPTS):
+            _, doc, based_on, versions = await self._state()
+            expect = edit(doc, versions)
+            try:
+                return await self._write(doc, expect, actor, based_on)
+            except StaleWrite as exc:
+                if exc.name or attempt == _WRITE_ATTEMPTS - 1:
+                    raise Conflict(str(exc)) from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def create(self, collection: str, spec: dict[str, Any], actor: Actor) -> Item:
         """Add a new object; ``Conflict`` when one of that name exists."""
@@ -327,11 +349,16 @@ class AdminService:
             raise Invalid(
                 "the object needs a name", [Problem(f"{collection}[?]", "name: field required")]
             )
-        _, doc, based_on, versions = await self._state()
-        if (kind, name) in versions:
-            raise Conflict(f"{kind.replace('_', ' ')} {name!r} already exists")
-        doc[collection] = [*doc[collection], spec]
-        await self._write(doc, {(kind, name): None}, actor, based_on)
+
+        def edit(
+            doc: dict[str, Any], versions: dict[tuple[str, str], int]
+        ) -> dict[tuple[str, str], int | None]:
+            if (kind, name) in versions:
+                raise Conflict(f"{kind.replace('_', ' ')} {name!r} already exists")
+            doc[collection] = [*doc[collection], spec]
+            return {(kind, name): None}
+
+        await self._change(edit, actor)
         return await self.get(collection, name)
 
     async def update(
@@ -340,29 +367,39 @@ class AdminService:
         """Replace object ``name`` (based on ``version``) with ``spec``. A different
         ``spec["name"]`` renames it (refused when that name is taken)."""
         kind = _collection(collection)
-        _, doc, based_on, versions = await self._state()
-        if (kind, name) not in versions:
-            raise NotFound(f"no {kind.replace('_', ' ')} named {name!r}")
         new_name = spec.get("name", name) if isinstance(spec, dict) else name
         spec = {**spec, "name": new_name}
-        expect: dict[tuple[str, str], int | None] = {(kind, name): version}
-        if new_name != name:
-            if (kind, new_name) in versions:
-                raise Conflict(f"{kind.replace('_', ' ')} {new_name!r} already exists")
-            expect[(kind, new_name)] = None
-        doc[collection] = [spec if item["name"] == name else item for item in doc[collection]]
-        await self._write(doc, expect, actor, based_on)
+
+        def edit(
+            doc: dict[str, Any], versions: dict[tuple[str, str], int]
+        ) -> dict[tuple[str, str], int | None]:
+            if (kind, name) not in versions:
+                raise NotFound(f"no {kind.replace('_', ' ')} named {name!r}")
+            expect: dict[tuple[str, str], int | None] = {(kind, name): version}
+            if new_name != name:
+                if (kind, new_name) in versions:
+                    raise Conflict(f"{kind.replace('_', ' ')} {new_name!r} already exists")
+                expect[(kind, new_name)] = None
+            doc[collection] = [spec if item["name"] == name else item for item in doc[collection]]
+            return expect
+
+        await self._change(edit, actor)
         return await self.get(collection, new_name)
 
     async def delete(self, collection: str, name: str, *, version: int, actor: Actor) -> None:
         """Remove object ``name`` (based on ``version``); refused (``Invalid``) while other
         objects refer to it, with the references named."""
         kind = _collection(collection)
-        _, doc, based_on, versions = await self._state()
-        if (kind, name) not in versions:
-            raise NotFound(f"no {kind.replace('_', ' ')} named {name!r}")
-        doc[collection] = [item for item in doc[collection] if item["name"] != name]
-        await self._write(doc, {(kind, name): version}, actor, based_on)
+
+        def edit(
+            doc: dict[str, Any], versions: dict[tuple[str, str], int]
+        ) -> dict[tuple[str, str], int | None]:
+            if (kind, name) not in versions:
+                raise NotFound(f"no {kind.replace('_', ' ')} named {name!r}")
+            doc[collection] = [item for item in doc[collection] if item["name"] != name]
+            return {(kind, name): version}
+
+        await self._change(edit, actor)
 
     async def set_admins(
         self,
@@ -376,15 +413,18 @@ class AdminService:
 
         Like every write, refused (``LockOut``) when it would lock ``actor.guard`` out;
         ``keep`` (a login and its request context) guards that session instead."""
-        _, doc, based_on, versions = await self._state()
-        doc["admins"] = admins
-        current = versions.get((ADMINS, ADMINS))
-        expect: dict[tuple[str, str], int | None] = {(ADMINS, ADMINS): version if version else None}
-        if current is None and version:
-            raise Conflict("the admins list no longer exists; reload and retry")
         if keep is not None:
             actor = replace(actor, guard=Guard(*keep))
-        plan = await self._write(doc, expect, actor, based_on)
+
+        def edit(
+            doc: dict[str, Any], versions: dict[tuple[str, str], int]
+        ) -> dict[tuple[str, str], int | None]:
+            if versions.get((ADMINS, ADMINS)) is None and version:
+                raise Conflict("the admins list no longer exists; reload and retry")
+            doc["admins"] = admins
+            return {(ADMINS, ADMINS): version if version else None}
+
+        plan = await self._change(edit, actor)
         return plan.version_after if plan.changes else version
 
     # -- policies (inside their application) -------------------------------------------------
