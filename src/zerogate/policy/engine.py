@@ -21,6 +21,7 @@ The admin panel and API are a **built-in application** (``ADMIN_APPLICATION``, c
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -383,6 +384,7 @@ class CompiledApp:
     """An application's policies, compiled, with its fixed verdicts built once."""
 
     __slots__ = (
+        "__weakref__",
         "fast_main",
         "fast_pre",
         "has_allow",
@@ -428,7 +430,7 @@ class CompiledApp:
 class Verdict:
     """The decision for one request, with the deciding policy and (when asked) why."""
 
-    __slots__ = ("application", "decision", "policy", "reason", "steps")
+    __slots__ = ("_app", "decision", "policy", "reason", "steps")
 
     def __init__(
         self,
@@ -439,10 +441,17 @@ class Verdict:
         steps: tuple[dict[str, Any], ...] = (),
     ) -> None:
         self.decision: Outcome = decision
-        self.application = application
+        # weakly: an application keeps its ready-made verdicts, and a strong reference back
+        # made every compiled snapshot a reference cycle (left to the cyclic collector, whose
+        # full passes over a large configuration stall the event loop)
+        self._app = weakref.ref(application) if application is not None else None
         self.policy = policy
         self.reason = reason
         self.steps = steps
+
+    @property
+    def application(self) -> CompiledApp | None:
+        return self._app() if self._app is not None else None
 
     def __repr__(self) -> str:
         app = self.application.name if self.application else None

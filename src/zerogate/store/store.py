@@ -196,7 +196,8 @@ class Store:
             async with self._reading() as connection:
                 version = await _version(connection)
                 rows = await _rows(connection)
-        return _objects(rows), version
+        # validating thousands of objects takes long enough to stall the event loop: a thread
+        return await asyncio.to_thread(_objects, rows), version
 
     async def versions(self) -> tuple[int, dict[tuple[str, str], int]]:
         """The configuration version and, per ``(kind, name)``, the version that last added
