@@ -544,6 +544,29 @@ async def test_redial_after_drop_with_backoff(running: Running, edge: TestEdge) 
     assert running.connector.metrics.reconnects._value.get() >= 2
 
 
+async def test_a_short_edge_outage_ends_before_the_backoff_does(
+    edge: TestEdge, origin: Origin
+) -> None:
+    """Every backoff wait here is 30 s; the edge is down for a moment and comes back on
+    the same port: the connections are back within a few seconds (the slots notice the
+    edge answering again), not after the 30 s the backoff alone would take."""
+    thirty = Backoff(base=30.0, factor=2.0, cap=30.0, floor=30.0)
+    r = Running(Connector(make_config(edge, rules_for(origin), backoff=thirty)))
+    try:
+        await edge.wait_connections(2)
+        await edge.stop_listening()
+        edge.drop_all()
+        await wait_for(lambda: r.connector.registered_connections == 0)
+        await asyncio.sleep(1.5)  # the slots are in their 30 s wait; probes were refused
+        assert r.connector.registered_connections == 0
+        await edge.listen_again()
+        await edge.wait_connections(2, limit=8)
+        status, _, _ = await edge.request("GET", "x.example.com", "/hello")
+        assert status == 200
+    finally:
+        await r.stop()
+
+
 async def test_permanent_refusal_is_not_a_hot_loop(edge: TestEdge, origin: Origin) -> None:
     edge.refuse_with = RefusalReason.BAD_TOKEN
     r = Running(Connector(make_config(edge, rules_for(origin))))

@@ -247,6 +247,20 @@ class TestEdge:
         )
         self.token = self.tunnel.encode()
 
+    async def stop_listening(self) -> None:
+        """The edge is down: nothing accepts on its port (existing connections stay)."""
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def listen_again(self) -> None:
+        """The edge is back on the same port."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.cert.configure_cert(ctx)
+        self._server = await asyncio.start_server(
+            self._accept, "127.0.0.1", self.port, ssl=ctx, reuse_address=True
+        )
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()

@@ -4,7 +4,9 @@
 next edge after each failure, so a dead edge does not hold a slot) and, when its connection
 ends, redials after a jittered exponential backoff (:class:`~zerogate.connector.backoff.Backoff`:
 0.5 s doubling to 30 s, full jitter; back to 0.5 s once a connection had been registered for
-``healthy_after`` seconds). The other slots keep serving meanwhile. A permanent refusal by the
+``healthy_after`` seconds), cut short when the edge that was unreachable answers TCP again
+(checked about once a second, so a short outage costs seconds, not the cap). The other slots
+keep serving meanwhile. A permanent refusal by the
 edge (bad or revoked token, unsupported version) is logged as an error on every attempt and
 retried only slowly (2.5–5 s, doubling to a 60 s cap), never in a hot loop. When the edge drains a
 connection (GOAWAY), the slot dials its replacement at once while the old one finishes its
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 import uuid
 from collections.abc import Callable
@@ -57,6 +60,9 @@ class ConnectorConfig:
     liveness: Liveness = field(default_factory=Liveness)
     settings: TunnelSettings | None = None
     healthy_after: float = 10.0
+    #: while a slot backs off from an unreachable edge, how often it checks (TCP) whether
+    #: the edge is back (jittered)
+    probe_interval: float = 1.0
     backoff: Backoff = field(default_factory=Backoff)  # a template: each slot copies it
     # a refused token waits at least half the base: "slowly" must hold for every random draw
     refused_backoff: Backoff = field(default_factory=lambda: Backoff(base=5.0, cap=60.0, floor=2.5))
@@ -223,12 +229,50 @@ class Connector:
                 delay = backoff.next()
                 log.info("redialling", conn=index, edge=str(edge), retry_in=round(delay, 2))
             self.metrics.reconnects.inc()
+            next_edge = cfg.edges[(index + offset) % len(cfg.edges)]
+            await self._wait_or_edge_back(next_edge, delay)
+
+    async def _wait_or_edge_back(self, edge: EdgeAddress, delay: float) -> None:
+        """Sleep ``delay`` (the backoff), but no longer than until ``edge`` comes back after
+        being unreachable: after a short edge outage the backoff would otherwise keep the
+        tunnel down for up to its cap (30 s) though the edge answers again. A cheap TCP probe
+        every ~1 s (jittered) notices; a slot then redials after a short random pause, so
+        connectors still come back spread out. The probe counts only a change from refused
+        to accepted: an edge that accepts TCP but refuses the tunnel keeps the backoff."""
+        stop = asyncio.create_task(self._stop.wait())
+        back = asyncio.create_task(_came_back(edge, self.config.probe_interval))
+        try:
+            await asyncio.wait({stop, back}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            back.cancel()
+        if back.done() and not back.cancelled() and back.exception() is None and not self.stopping:
+            pause = random.uniform(0, min(delay, self.config.probe_interval))
+            log.info("edge reachable again; redialling", edge=str(edge), in_s=round(pause, 2))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+                await asyncio.wait_for(self._stop.wait(), pause)
 
     @property
     def registered_connections(self) -> int:
         return self.metrics.registered
+
+
+async def _came_back(edge: EdgeAddress, interval: float) -> None:
+    """Returns once a TCP connection to ``edge`` succeeds after at least one that did not;
+    never when the first one succeeds (nothing was down: the backoff decides)."""
+    refused = False
+    while True:
+        try:
+            async with asyncio.timeout(interval):
+                _, writer = await asyncio.open_connection(edge.host, edge.port)
+        except (OSError, TimeoutError):
+            refused = True
+            await asyncio.sleep(random.uniform(interval / 2, interval * 1.5))
+            continue
+        writer.transport.abort()
+        if refused:
+            return
+        await asyncio.get_running_loop().create_future()  # wait to be cancelled
 
 
 def _forget(
