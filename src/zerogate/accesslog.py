@@ -35,16 +35,22 @@ Counters (``written``, ``dropped``, ``pending``) are plain attributes for ``zero
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import random
+import secrets
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from zerogate.store import AccessEvent
+    from zerogate.store import AccessEvent, Store
 
-__all__ = ["AccessLogWriter", "Sink"]
+__all__ = ["AccessLogWriter", "LogKeeper", "Sink"]
 
 log = logging.getLogger(__name__)
 
@@ -214,3 +220,93 @@ class AccessLogWriter:
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("access log writer stopped unexpectedly", exc_info=task.exception())
+
+
+class LogKeeper:
+    """One process's bookkeeping around its ``AccessLogWriter`` (see ``zerogate.store.logs``):
+    registers the writer in the store, moves its ``seen_at`` with every batch (same
+    transaction) and every ``heartbeat`` seconds when idle, marks it stopped after a clean
+    stop; every ``sweep`` seconds it records writers of other processes that vanished as gaps
+    in the access log and trims rows older than the retention settings."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        access_retention: timedelta | None,
+        admin_retention: timedelta | None,
+        heartbeat: float = 10.0,
+        sweep: float = 60.0,
+        trim_every: float = 600.0,
+    ) -> None:
+        self.store = store
+        self.access_retention = access_retention
+        self.admin_retention = admin_retention
+        self.heartbeat = heartbeat
+        self.sweep = sweep
+        self.trim_every = trim_every
+        self.id = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(6)}"
+        self.writer = AccessLogWriter(self._sink)
+        self.gaps_found = 0
+        self.trimmed = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sink(self, events: Sequence[AccessEvent]) -> None:
+        await self.store.write_access(events, writer=self.id, dropped=self.writer.dropped)
+
+    async def start(self) -> None:
+        await self.store.start_log_writer(self.id, socket.gethostname(), os.getpid())
+        await self.writer.start()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="zerogate-logs")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.writer.stop()
+        try:
+            await self.store.end_log_writer(self.id, dropped=self.writer.dropped)
+        except Exception:  # the database is away: the next sweep anywhere records a gap
+            log.exception("access log: could not record a clean stop")
+
+    async def sweep_once(self, *, trim: bool) -> None:
+        """Record vanished writers as gaps; with ``trim``, delete rows past retention."""
+        for lost in await self.store.find_lost_log_writers():
+            self.gaps_found += 1
+            log.warning(
+                "access log: the writer of process %d on %s stopped without a clean stop; "
+                "records after %s may be missing (recorded as a gap)",
+                lost.pid,
+                lost.host,
+                lost.seen_at.isoformat(),
+            )
+        if trim:
+            now = datetime.now(UTC)
+            access, admin = await self.store.trim_logs(
+                access_before=now - self.access_retention if self.access_retention else None,
+                admin_before=now - self.admin_retention if self.admin_retention else None,
+            )
+            self.trimmed += access + admin
+            if access or admin:
+                log.info("logs trimmed: %d access rows, %d admin rows", access, admin)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        # spread the processes' sweeps; the first soon after start (a crash before us)
+        next_sweep = loop.time() + random.uniform(1.0, 5.0)
+        next_trim = next_sweep
+        while True:
+            await asyncio.sleep(min(self.heartbeat, max(0.0, next_sweep - loop.time())))
+            try:
+                if loop.time() >= next_sweep:
+                    trim = loop.time() >= next_trim
+                    await self.sweep_once(trim=trim)
+                    next_sweep = loop.time() + self.sweep * random.uniform(0.8, 1.2)
+                    if trim:
+                        next_trim = loop.time() + self.trim_every * random.uniform(0.8, 1.2)
+                await self.store.write_access([], writer=self.id, dropped=self.writer.dropped)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("access log: housekeeping failed; retrying later")

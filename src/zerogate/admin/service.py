@@ -627,10 +627,7 @@ class AdminService:
         self, limit: int = 100, *, since: datetime | None = None
     ) -> list[AdminLogEntry]:
         """The newest ``limit`` admin-log entries (at or after ``since``), newest first."""
-        entries = await self.store.admin_log(limit)
-        if since is not None:
-            entries = [e for e in entries if e.at >= since]
-        return entries
+        return await self.store.admin_log(limit, since=since)
 
     async def access_log(
         self,

@@ -21,7 +21,7 @@ from zerogate.cli.tokens import iso, when, with_store
 if TYPE_CHECKING:
     from zerogate.store import AccessEvent, AdminLogEntry, Store
 
-KINDS = ("request", "login")
+KINDS = ("request", "login", "gap")
 _DECISION_STYLE = {"allow": "green", "bypass": "cyan", "block": "red"}
 _ACTION_STYLE = {"add": "green", "change": "yellow", "remove": "red"}
 SUMMARY_CHARS = 90
@@ -144,7 +144,10 @@ def logs_command(
         str | None, typer.Option("--decision", help="Only this decision (allow, block, ...).")
     ] = None,
     kind: Annotated[
-        str | None, typer.Option("--kind", help="Only logins or only requests (login|request).")
+        str | None,
+        typer.Option(
+            "--kind", help="Only logins, requests, or gaps a crash left (login|request|gap)."
+        ),
     ] = None,
     admin: Annotated[
         bool, typer.Option("--admin", help="The admin audit log instead of the access log.")

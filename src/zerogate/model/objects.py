@@ -530,6 +530,14 @@ class GeoIp(_Strict):
     database: str
 
 
+class LogSettings(_Strict):
+    """How long the logs are kept (``null``: forever); older rows are trimmed in the
+    background by every server process."""
+
+    access_retention: Duration | None = "90d"
+    admin_retention: Duration | None = "365d"
+
+
 class Settings(_Strict):
     """Process settings read from the file on every start; never stored."""
 
@@ -538,6 +546,7 @@ class Settings(_Strict):
     storage: str | None = None
     email: EmailSettings = Field(default_factory=EmailSettings)
     geoip: GeoIp | None = None
+    logs: LogSettings = Field(default_factory=LogSettings)
     session_duration: Duration = "24h"
     trusted_proxies: list[IPRange] = Field(default_factory=list)
     #: who may read /.zerogate/metrics on the portal host (default: this machine only)

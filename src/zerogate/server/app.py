@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from zerogate.accesslog import AccessLogWriter
+from zerogate.accesslog import LogKeeper
 from zerogate.admin.app import AdminFrontDoor
 from zerogate.admin.app import handles as admin_paths
 from zerogate.edge import http, pipeline
@@ -30,6 +30,7 @@ from zerogate.edge.proxy import Upstream
 from zerogate.mail import Mailer
 from zerogate.model import load_file
 from zerogate.model.objects import Settings
+from zerogate.model.values import parse_duration
 from zerogate.outbox import Outbox
 from zerogate.portal import handlers as portal
 from zerogate.runtime import Runtime
@@ -186,6 +187,7 @@ class ZerogateApp:
         self.svc: Services | None = None
         self.tunnels: TunnelEndpoint | None = None
         self._store: Store | None = None
+        self.logs: LogKeeper | None = None
         #: the admin API and panel (``/api/v1``, ``/admin`` on the portal host)
         self.admin: AdminFrontDoor | None = None
 
@@ -207,8 +209,14 @@ class ZerogateApp:
                     outbox.port,
                 )
         mailer = Mailer(settings.email.smtp, settings.email.from_, outbox=outbox)
-        writer = AccessLogWriter(store.write_access)
-        await writer.start()
+        retention = settings.logs
+        self.logs = LogKeeper(
+            store,
+            access_retention=_retention(retention.access_retention),
+            admin_retention=_retention(retention.admin_retention),
+        )
+        await self.logs.start()
+        writer = self.logs.writer
         self.svc = Services(
             runtime=runtime,
             upstream=Upstream(),
@@ -233,7 +241,8 @@ class ZerogateApp:
         if svc is not None:
             await svc.drain()
             await svc.runtime.stop()
-            await svc.accesslog.stop()
+            if self.logs is not None:
+                await self.logs.stop()
             await svc.upstream.close()
             if svc.outbox is not None:
                 await svc.outbox.stop()
@@ -280,6 +289,10 @@ class ZerogateApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _retention(text: str | None) -> timedelta | None:
+    return parse_duration(text) if text is not None else None
 
 
 def create_app() -> ZerogateApp:

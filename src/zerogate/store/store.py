@@ -30,12 +30,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from zerogate.model.objects import Objects
-from zerogate.store import migrate, runtime, tunnels
+from zerogate.store import logs, migrate, runtime, tunnels
 from zerogate.store.diff import Change, Plan, Row, canonical, diff, objects_of, rows_of
 from zerogate.store.engine import create_engine, is_memory, sqlite_file, write_lock
 from zerogate.store.errors import StaleWrite, StoreError
 from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion, key_text, utc
-from zerogate.store.tables import admin_log, config_state
+from zerogate.store.tables import access_log, admin_log, config_state
 from zerogate.store.tables import objects as objects_table
 from zerogate.store.tunnels import ApiToken, TunnelConnection, TunnelCredential
 
@@ -231,9 +231,13 @@ class Store:
                 stored = await _rows(connection)
         return Plan(diff(stored, wanted), version, version)
 
-    async def admin_log(self, limit: int = 100) -> list[AdminLogEntry]:
-        """The newest ``limit`` admin-log entries, newest first."""
+    async def admin_log(
+        self, limit: int = 100, *, since: datetime | None = None
+    ) -> list[AdminLogEntry]:
+        """The newest ``limit`` admin-log entries (at or after ``since``), newest first."""
         query = select(admin_log).order_by(admin_log.c.id.desc()).limit(max(0, limit))
+        if since is not None:
+            query = query.where(admin_log.c.at >= utc(since, "since"))
         with self._errors("read the admin log"):
             async with self._reading() as connection:
                 result = await connection.execute(query)
@@ -548,14 +552,76 @@ class Store:
 
     # -- runtime state: access log ------------------------------------------------------
 
-    async def write_access(self, events: Sequence[AccessEvent]) -> None:
+    async def write_access(
+        self, events: Sequence[AccessEvent], *, writer: str | None = None, dropped: int = 0
+    ) -> None:
         """Append ``events`` in one transaction (their ``id`` is ignored). Emails are stored
-        lower-cased; overlong text is cut rather than failing the batch."""
-        if not events:
+        lower-cased; overlong text is cut rather than failing the batch. ``writer`` (a
+        registered log writer) has its row moved in the same transaction: rows written, its
+        drop count, last seen (with no events: a heartbeat)."""
+        if not events and writer is None:
             return
         with self._errors("write the access log"):
             async with self._writing() as connection:
-                await runtime.write_access(connection, events)
+                if events:
+                    await runtime.write_access(connection, events)
+                if writer is not None:
+                    await logs.touch_writer(
+                        connection, writer, written=len(events), dropped=dropped, now=_now()
+                    )
+
+    async def start_log_writer(self, writer: str, host: str, pid: int) -> None:
+        """Register an access-log writer (``running``)."""
+        with self._errors("register the access-log writer"):
+            async with self._writing() as connection:
+                await logs.register_writer(connection, writer, host, pid, _now())
+
+    async def end_log_writer(self, writer: str, *, dropped: int) -> None:
+        """A clean stop: everything the writer acknowledged was written (or counted)."""
+        with self._errors("close the access-log writer"):
+            async with self._writing() as connection:
+                await logs.touch_writer(
+                    connection, writer, written=0, dropped=dropped, now=_now(), ended=True
+                )
+
+    async def find_lost_log_writers(self) -> list[logs.LostWriter]:
+        """Writers that went silent without a clean stop: marked lost, each recorded as a gap
+        in the access log (once, whichever process finds it)."""
+        with self._errors("check the access-log writers"):
+            async with self._writing() as connection:
+                return await logs.find_lost(connection, _now())
+
+    async def log_writer_totals(self) -> logs.WriterTotals:
+        with self._errors("read the access-log writers"):
+            async with self._single() as connection:
+                return await logs.totals(connection)
+
+    async def trim_logs(
+        self, *, access_before: datetime | None, admin_before: datetime | None
+    ) -> tuple[int, int]:
+        """Delete access-log rows older than ``access_before`` and admin-log rows older than
+        ``admin_before`` (``None``: keep all), in batches of short transactions so writers
+        and readers are never held up for long. The numbers deleted."""
+        deleted = [0, 0]
+        for i, (table, before) in enumerate(
+            ((access_log, access_before), (admin_log, admin_before))
+        ):
+            if before is None:
+                continue
+            before = utc(before, "a retention cut-off")
+            while True:
+                with self._errors("trim the logs"):
+                    async with self._writing() as connection:
+                        n = await logs.trim_batch(connection, table, before)
+                deleted[i] += n
+                if n < logs.TRIM_BATCH:
+                    break
+                await asyncio.sleep(0)  # let requests and other writers in between batches
+        if access_before is not None:
+            with self._errors("trim the logs"):
+                async with self._writing() as connection:
+                    await logs.trim_writers(connection, utc(access_before, "a retention cut-off"))
+        return deleted[0], deleted[1]
 
     async def access_log(
         self,

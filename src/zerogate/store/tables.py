@@ -27,6 +27,12 @@ Tunnels and the admin API (migration 0003):
 - ``tunnel_connections``: what each edge process reports of the connector connections it
   holds (replaced by that edge every few seconds; stale rows are ignored by readers).
 - ``api_tokens``: Bearer tokens of the admin API: hashed secret, scope, expiry, last use.
+
+Logs (migration 0004): indexes for the filters on decision and kind, and
+
+- ``log_writers``: one row per process's access-log writer: when it started, when it last
+  flushed (or said it was idle), how many rows it wrote and dropped, and whether it ended
+  cleanly (``stopped``), is ``running``, or was found gone without flushing (``lost``).
 """
 
 from __future__ import annotations
@@ -126,6 +132,7 @@ admin_log = Table(
     # the configuration version this change produced (None for changes outside the objects)
     Column("config_version", BigInteger, nullable=True),
     Index(None, "at"),
+    Index("ix_admin_log_kind_at", "kind", "at"),
 )
 
 runtime_state = Table(
@@ -210,6 +217,8 @@ access_log = Table(
     Index("ix_access_log_at", "at"),
     Index("ix_access_log_app_at", "app", "at"),
     Index("ix_access_log_email_at", "email", "at"),
+    Index("ix_access_log_decision_at", "decision", "at"),
+    Index("ix_access_log_kind_at", "kind", "at"),
 )
 
 tunnel_credentials = Table(
@@ -250,4 +259,19 @@ api_tokens = Table(
     Column("expires_at", UTCDateTime, nullable=True),
     Column("last_used_at", UTCDateTime, nullable=True),
     Index("ix_api_tokens_token_id", "token_id", unique=True),
+)
+
+log_writers = Table(
+    "log_writers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+    Column("written", BigInteger, nullable=False),
+    Column("dropped", BigInteger, nullable=False),
+    Column("ended_at", UTCDateTime, nullable=True),
+    Column("state", String(16), nullable=False),
+    Index("ix_log_writers_state", "state"),
 )
