@@ -124,9 +124,10 @@ def normalise_path(raw: str) -> str:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
         raise PathError("the path holds a control character")
     if "%" in path:
+        path = _ESCAPE.sub(_decode_unreserved, path)
+        # after decoding: "%25%61b" decodes to "%25ab", which an origin decoding twice reads
         if _DOUBLE_ENCODED.search(path):
             raise PathError("the path holds a double-encoded escape (%25 before two hex digits)")
-        path = _ESCAPE.sub(_decode_unreserved, path)
     if not path.isascii() or " " in path or _OUTSIDE_URI.search(path):
         path = _OUTSIDE_URI.sub(_encode, path)
     if "%" in path:
