@@ -275,7 +275,7 @@ async def raw_get(
         ClientSession() as session,
         session.get(
             f"http://127.0.0.1:{zg.port}{path}",
-            headers=[("Host", f"{host}:{zg.port}"), *headers],  # type: ignore[arg-type]
+            headers=[("Host", f"{host}:{zg.port}"), *headers],
             allow_redirects=False,
             skip_auto_headers=("User-Agent",),
         ) as resp,
