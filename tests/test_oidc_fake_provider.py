@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin
 
 import jwt
 import pytest
@@ -349,3 +349,33 @@ async def test_unknown_kids_refetch_the_jwks_at_a_bounded_rate(
         _, reply = await login(zg, fake, "unknown_kid")
         assert reply.status == 400
     assert fake.jwks_hits - before <= 1  # at most one refetch per minute, whatever the traffic
+
+
+async def test_a_browser_cookie_zerogate_did_not_sign_cannot_fix_the_login_state(
+    stack: tuple[Zerogate, FakeProvider],
+) -> None:
+    """OIDC state fixation (issue 17): an attacker plants a ``__zg_oidc`` value they know in
+    the victim's browser (a sibling host's ``Domain=`` cookie), starts a login with the same
+    value, and sends the victim the provider's answer. zerogate replaces a value it did not
+    sign at the start, so the answer is bound to another value and the victim gets no
+    session (before, the victim was signed in as the attacker)."""
+    zg, fake = stack
+    fake.mode = "ok"
+    fixed = "A" * 43
+    async with HttpBrowser() as attacker:
+        attacker.set_cookie("auth.localhost", "__zg_oidc", fixed, "/")
+        url = zg.url("vault.localhost", "/secret")
+        for _ in range(10):
+            reply = await attacker.get(url)
+            assert reply.location, (reply.status, reply.text[:300])
+            url = urljoin(url, reply.location)
+            if "/.zerogate/oidc/fake/callback" in url:
+                break
+        assert "/.zerogate/oidc/fake/callback" in url
+        assert attacker.cookies("auth.localhost")["__zg_oidc"] != fixed
+    async with HttpBrowser() as victim:
+        victim.set_cookie("auth.localhost", "__zg_oidc", fixed, "/")
+        chain = await victim.follow(url)
+        assert chain[0].status == 400, (chain[0].status, chain[0].text[:300])
+        assert "did not start in this browser" in chain[0].text
+        assert "__zg_portal" not in victim.cookies("auth.localhost")

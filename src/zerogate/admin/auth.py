@@ -2,10 +2,11 @@
 
 - **API tokens** (``Authorization: Bearer zga_…``): verified by ``AdminService.verify_api_token``
   (SHA-256 of the secret compared in constant time, expiry, revocation = the row is gone).
-- **Admin sessions**: the portal's global session cookie (``__zg_portal``, the one
-  ``/.zerogate/login`` sets), verified like the portal does (signature, type, expiry,
-  revocation), whose identity passes the ``admins`` list. The list is the one allow policy of
-  the built-in application ``ADMIN_APP`` that ``compile_snapshot`` adds (``Snapshot.admin``):
+- **Admin sessions**: the portal's global session cookie (``__zg_portal``, named
+  ``__Host-__zg_portal`` under TLS, and none when sent twice; the one ``/.zerogate/login``
+  sets), read and verified by ``portal_session`` (signature, type, expiry, revocation),
+  whose identity passes the ``admins`` list. The list is the one allow policy of the
+  built-in application ``ADMIN_APP`` that ``compile_snapshot`` adds (``Snapshot.admin``):
   emails, and ``group:NAME`` entries decided by the policy engine with the request's context,
   so a group's IP, country or IdP-group selectors apply to the admin as they would to any
   application. No admins → nobody.

@@ -9,14 +9,22 @@ Who the client is
 
 What the origin receives
     :func:`upstream_request_headers` never trusts a client's forwarding headers: it drops every
-    ``X-Forwarded-*``, ``Forwarded`` and ``X-Real-IP`` header and every ``Zerogate-*`` header the
-    client sent, then writes its own ``X-Forwarded-For`` / ``-Proto`` / ``-Host`` from values
+    ``X-Forwarded-*``, ``Forwarded`` and ``X-Real-IP`` header, every ``Zerogate-*`` header the
+    client sent, and the identity and rewrite headers other gateways and frameworks trust
+    (:data:`FOREIGN_IDENTITY_EXACT`, :data:`FOREIGN_IDENTITY_PREFIXES`: the one list), then
+    writes its own ``X-Forwarded-For`` / ``-Proto`` / ``-Host`` from values
     the caller resolved (with :func:`resolve_client` when proxies are trusted) and appends the
     caller's injected headers. The trust decision lives only in :func:`resolve_client`, so the
     filter itself needs no flag and cannot be misused into passing a spoofed value through.
 
+What the browser receives
+    :func:`downstream_response_headers` drops hop-by-hop headers and every ``Set-Cookie`` an
+    upstream (origin or connector) sends for one of zerogate's cookie names
+    (:func:`is_zerogate_cookie`), so an origin cannot toss a session or state cookie onto the
+    browser.
+
 Hop-by-hop headers (RFC 9110 §7.6.1) are removed in both directions, including every name the
-``Connection`` header lists.
+``Connection`` header lists. Header names are compared lower-cased and with ``_`` read as ``-``.
 """
 
 from __future__ import annotations
@@ -49,12 +57,41 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 RESERVED_PREFIX = b"zerogate-"
 """Client headers whose name starts with this (any case) never reach an origin."""
 
-_FORWARDING_PREFIX = b"x-forwarded-"
 # Forwarding headers a client could use to claim another address or scheme; the edge writes its
 # own. ``expect`` goes too: the edge has already agreed to read the body (the server answered
 # ``100 Continue``), and the origin receives it in one go.
 _DROPPED: frozenset[bytes] = frozenset({b"forwarded", b"x-real-ip", b"expect"})
 _HTTP_PROTOS: frozenset[str] = frozenset({"http", "https"})
+
+#: Identity and rewrite headers other gateways and frameworks trust, dropped from every request
+#: to every upstream (bypass applications included): proxy-auth user headers (Grafana, Gitea,
+#: Authelia, oauth2-proxy, Apache), Cloudflare's, and the URL-rewrite headers IIS and Symfony
+#: route by. Exact names here, prefixes below; lower case, ``_`` compared as ``-``.
+FOREIGN_IDENTITY_EXACT: frozenset[bytes] = frozenset(
+    {
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-original-uri",
+        b"x-original-host",
+        b"cf-connecting-ip",
+        b"cf-connecting-ipv6",
+        b"cf-ipcountry",
+        b"true-client-ip",
+        b"x-client-ip",
+    }
+)
+FOREIGN_IDENTITY_PREFIXES: tuple[bytes, ...] = (
+    b"cf-access-",  # Cf-Access-Jwt-Assertion, Cf-Access-Authenticated-User-Email, ...
+    b"remote-",  # Remote-User, Remote-Email, Remote-Groups, Remote-Name
+    b"x-remote-",  # X-Remote-User, X-Remote-Email, ...
+    b"x-webauth-",  # X-Webauth-User (Grafana), X-Webauth-Email, ...
+    b"x-auth-request-",  # oauth2-proxy: X-Auth-Request-User, -Email, -Groups, ...
+    b"x-forwarded-",  # X-Forwarded-User, -Email, -For, -Host, ... (the edge writes its own)
+)
+
+#: the names of zerogate's cookies start with this (after an optional ``__Host-`` prefix)
+ZEROGATE_COOKIE_PREFIX = "__zg_"
+_COOKIE_NAME_PREFIXES = ("__host-", "__secure-")
 
 
 class ResolvedClient(NamedTuple):
@@ -186,8 +223,9 @@ def upstream_request_headers(
 
     Removes hop-by-hop headers and the names ``Connection`` lists (with ``upgrade=True`` the
     ``Upgrade`` header is kept and ``Connection: upgrade`` written), every ``Zerogate-*``
-    header, and every forwarding header the client sent (``X-Forwarded-*``, ``Forwarded``,
-    ``X-Real-IP``) plus ``Expect``. The client's ``Host`` is kept (``host`` is added when it
+    header, every forwarding header the client sent (``X-Forwarded-*``, ``Forwarded``,
+    ``X-Real-IP``) plus ``Expect``, and the foreign identity and rewrite headers
+    (:func:`is_dropped_request_header`). The client's ``Host`` is kept (``host`` is added when it
     has none). Then writes ``X-Forwarded-For`` (``forwarded_for`` joined — pass
     :attr:`ResolvedClient.forwarded_for` — or ``client_ip`` alone when ``None``),
     ``X-Forwarded-Proto: proto``, ``X-Forwarded-Host: host``, and appends ``inject`` as given.
@@ -204,11 +242,7 @@ def upstream_request_headers(
         # CGI/WSGI/PHP read "Zerogate_Authenticated_User_Email" as the real header: compare
         # names with "_" spelt "-"
         folded = key.replace(b"_", b"-") if b"_" in key else key
-        if (
-            folded.startswith(RESERVED_PREFIX)
-            or folded.startswith(_FORWARDING_PREFIX)
-            or folded in _DROPPED
-        ):
+        if is_dropped_request_header(folded):
             continue
         if key == b"host":
             has_host = True
@@ -225,14 +259,51 @@ def upstream_request_headers(
     return out
 
 
+def is_dropped_request_header(folded: bytes) -> bool:
+    """Whether a client's header (name lower-cased, ``_`` as ``-``) never reaches an upstream:
+    ``Zerogate-*``, forwarding headers, and the foreign identity and rewrite headers."""
+    return (
+        folded.startswith(RESERVED_PREFIX)
+        or folded in _DROPPED
+        or folded in FOREIGN_IDENTITY_EXACT
+        or folded.startswith(FOREIGN_IDENTITY_PREFIXES)
+    )
+
+
+def is_zerogate_cookie_name(name: str) -> bool:
+    """Whether a cookie name is (or, to a browser, could stand for) one of zerogate's: it
+    starts with ``__zg_``, after an optional ``__Host-`` / ``__Secure-`` prefix, in any case."""
+    folded = name.strip().lower()
+    for prefix in _COOKIE_NAME_PREFIXES:
+        if folded.startswith(prefix):
+            folded = folded[len(prefix) :]
+            break
+    return folded.startswith(ZEROGATE_COOKIE_PREFIX)
+
+
+def is_zerogate_cookie(set_cookie: bytes) -> bool:
+    """Whether a ``Set-Cookie`` value sets one of zerogate's cookies. A nameless cookie
+    (``=__zg_portal=x`` or ``__zg_portal`` without ``=``) counts by its value, since browsers
+    send it as the bare value."""
+    pair = set_cookie.decode("latin-1").split(";", 1)[0]
+    name, eq, value = pair.partition("=")
+    if not eq or not name.strip():
+        # RFC 6265bis: no "=" → empty name, the whole pair is the value; "=v" → empty name
+        return is_zerogate_cookie_name((value if eq else name).strip().partition("=")[0])
+    return is_zerogate_cookie_name(name)
+
+
 def downstream_response_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """The origin's response headers minus hop-by-hop ones (and the names ``Connection`` lists)."""
+    """An upstream's response headers minus hop-by-hop ones (and the names ``Connection``
+    lists) and minus every ``Set-Cookie`` for one of zerogate's cookie names."""
     headers = list(headers)
     listed = connection_tokens(headers)
     out: Headers = []
     for name, value in headers:
         key = name.lower()
         if key in HOP_BY_HOP or key in listed:
+            continue
+        if key == b"set-cookie" and is_zerogate_cookie(value):
             continue
         out.append((name, value))
     return out

@@ -40,16 +40,44 @@ def header_text(scope: Scope, name: bytes) -> str:
 
 
 def cookies(scope: Scope) -> dict[str, str]:
-    """Cookies the client sent; a malformed header yields what could be parsed (maybe none)."""
+    """Cookies the client sent; a malformed header yields what could be parsed (maybe none).
+
+    A name sent more than once (in one ``Cookie`` header or several) is left out: a browser
+    sends two cookies of one name when a second one was tossed onto it (another path, a
+    sibling host's ``Domain=``), and neither can be told apart from the other, so for
+    zerogate's cookies two of a name are none (no session, no state)."""
     jar: dict[str, str] = {}
+    repeated: set[str] = set()
     for key, value in scope["headers"]:
         if key != b"cookie":
             continue
         for part in value.decode("latin-1").split(";"):
             name, eq, val = part.strip().partition("=")
-            if eq and name and name not in jar:
+            if not eq or not name:
+                continue
+            if name in jar:
+                repeated.add(name)
+            else:
                 jar[name] = val.strip().strip('"')
+    for name in repeated:
+        del jar[name]
     return jar
+
+
+#: the name prefix of zerogate's cookies under TLS: the browser keeps such a cookie only when
+#: it is Secure, host-only and ``Path=/``, so no sibling host and no plain-HTTP page can set one
+HOST_PREFIX = "__Host-"
+
+
+def cookie_name(name: str, *, secure: bool) -> str:
+    """The name a zerogate cookie has on the wire: ``__Host-`` + ``name`` under TLS."""
+    return HOST_PREFIX + name if secure else name
+
+
+def cookie(scope: Scope, name: str, *, secure: bool) -> str | None:
+    """One of zerogate's cookies (``name`` as :func:`set_cookie` was given it, the same
+    ``secure``): ``None`` when absent or sent more than once."""
+    return cookies(scope).get(cookie_name(name, secure=secure))
 
 
 def set_cookie(
@@ -61,8 +89,14 @@ def set_cookie(
     secure: bool,
     same_site: str = "Lax",
 ) -> tuple[bytes, bytes]:
-    """A ``Set-Cookie`` header: host-only, HttpOnly, SameSite; Secure when served over TLS."""
+    """A ``Set-Cookie`` header for one of zerogate's cookies: host-only (no ``Domain``),
+    HttpOnly, SameSite (Lax unless told); under TLS (``secure``) also ``Secure``, named
+    ``__Host-<name>`` and with ``Path=/`` (the prefix demands it; ``path`` applies otherwise).
+    Read it back with :func:`cookie` and the same ``secure``."""
     jar: SimpleCookie = SimpleCookie()
+    if secure:
+        name = cookie_name(name, secure=True)
+        path = "/"
     jar[name] = value
     morsel = jar[name]
     morsel["path"] = path or "/"
@@ -76,6 +110,7 @@ def set_cookie(
 
 
 def clear_cookie(name: str, *, path: str = "/", secure: bool) -> tuple[bytes, bytes]:
+    """Deletes a cookie :func:`set_cookie` set with the same ``path`` and ``secure``."""
     return set_cookie(name, "", max_age=0, path=path, secure=secure)
 
 

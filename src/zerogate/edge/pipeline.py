@@ -20,12 +20,18 @@ from datetime import UTC, datetime
 from urllib.parse import quote, urlencode, urlsplit
 
 from zerogate.edge import http
-from zerogate.edge.asgi_types import Headers, Receive, Scope, Send
+from zerogate.edge.asgi_types import Headers, Message, Receive, Scope, Send
 from zerogate.edge.flow import FLOW_SECONDS, Flow, new_state, sign_flow, state_hash
-from zerogate.edge.headers import ResolvedClient, resolve_client, upstream_request_headers
+from zerogate.edge.headers import (
+    ResolvedClient,
+    is_zerogate_cookie,
+    is_zerogate_cookie_name,
+    resolve_client,
+    upstream_request_headers,
+)
 from zerogate.edge.proxy import request_target
 from zerogate.identity import Claims, TokenError, issue_app_token
-from zerogate.model.paths import PathError, normalise_path
+from zerogate.model.paths import PathError, fold, normalise_path
 from zerogate.policy import Context, Identity
 from zerogate.policy.engine import CompiledApp, Snapshot
 from zerogate.runtime import Runtime, audience_tag
@@ -48,9 +54,22 @@ CODE_SECONDS = 60
 SERVICE_TOKEN_TTL = 300
 
 
+def is_reserved(path: str) -> bool:
+    """Whether a normalised path is zerogate's own (``/.zerogate`` and below, in any case:
+    a case-insensitive origin would serve ``/.ZEROGATE/…`` as ``/.zerogate/…``)."""
+    folded = fold(path)
+    return folded.startswith(RESERVED) or folded == RESERVED.rstrip("/")
+
+
 def app_cookie(app: CompiledApp) -> str:
     """Each application has its own session cookie (host-only): app A's never opens app B."""
     return f"__zg_{audience_tag(app.name)[:16]}"
+
+
+def secure_cookies(rt: Runtime) -> bool:
+    """Whether zerogate's cookies are TLS cookies (``Secure``, ``__Host-`` names): when the
+    server itself serves TLS (``listen.tls``). Every place that sets or reads one asks this."""
+    return rt.scheme == "https"
 
 
 def code_hash(code: str) -> str:
@@ -131,7 +150,7 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
     snapshot = rt.snapshot
     try:
         app = snapshot.route(req.host, req.raw_path)
-        reserved = normalise_path(req.raw_path).startswith(RESERVED)
+        reserved = is_reserved(normalise_path(req.raw_path))
     except PathError as exc:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
@@ -195,7 +214,8 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
         await blocked(scope, send, svc, app, email)
         return
     if claims is not None:
-        assertion = http.cookies(scope)[app_cookie(app)]
+        assertion = http.cookie(scope, app_cookie(app), secure=secure_cookies(rt))
+        assert assertion is not None  # session_claims verified it
         inject: Headers = [
             (b"zerogate-jwt-assertion", assertion.encode("latin-1")),
             (b"zerogate-authenticated-user-email", claims.email.encode("utf-8")),
@@ -250,7 +270,7 @@ async def preflight(
 
 def session_claims(scope: Scope, rt: Runtime, app: CompiledApp) -> Claims | None:
     """The verified, unrevoked session of this application, or None (never an error)."""
-    token = http.cookies(scope).get(app_cookie(app))
+    token = http.cookie(scope, app_cookie(app), secure=secure_cookies(rt))
     if not token:
         return None
     try:
@@ -378,6 +398,7 @@ async def forward_tunnel(
     headers = tunnel_content_length(
         headers, scope["headers"], websocket=scope["type"] == "websocket"
     )
+    send = without_zerogate_set_cookies(send)
     try:
         if scope["type"] == "websocket":
             await listener.forward_websocket(
@@ -412,6 +433,27 @@ async def forward_tunnel(
             await bad_request(send, svc, scope, str(exc))
 
 
+def without_zerogate_set_cookies(send: Send) -> Send:
+    """``send`` with every ``Set-Cookie`` for one of zerogate's cookie names taken out of the
+    response head (a connector's answer; ``proxy`` filters an origin's the same way)."""
+
+    async def filtered(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = message.get("headers") or []
+            if any(k.lower() == b"set-cookie" and is_zerogate_cookie(v) for k, v in headers):
+                message = {
+                    **message,
+                    "headers": [
+                        (k, v)
+                        for k, v in headers
+                        if not (k.lower() == b"set-cookie" and is_zerogate_cookie(v))
+                    ],
+                }
+        await send(message)
+
+    return filtered
+
+
 def tunnel_content_length(headers: Headers, client: Headers, *, websocket: bool) -> Headers:
     """The request headers for a tunnel stream with at most one plain ``content-length``.
 
@@ -443,14 +485,16 @@ def tunnel_content_length(headers: Headers, client: Headers, *, websocket: bool)
 
 
 def strip_zerogate_cookies(headers: Headers) -> Headers:
-    """The client's cookies minus zerogate's own (the origin gets identity as headers)."""
+    """The client's cookies minus zerogate's own, ``__Host-`` ones too (the origin gets
+    identity as headers)."""
     kept: list[str] = []
     for key, value in headers:
         if key != b"cookie":
             continue
         for part in value.decode("latin-1").split(";"):
-            if part.strip() and not part.strip().startswith("__zg_"):
-                kept.append(part.strip())
+            part = part.strip()
+            if part and not is_zerogate_cookie_name(part.partition("=")[0]):
+                kept.append(part)
     return [(b"cookie", "; ".join(kept).encode("latin-1"))] if kept else []
 
 
@@ -504,7 +548,7 @@ def state_cookie(svc: Services, state: str) -> tuple[bytes, bytes]:
         state,
         max_age=FLOW_SECONDS,
         path="/.zerogate/",
-        secure=svc.runtime.scheme == "https",
+        secure=secure_cookies(svc.runtime),
     )
 
 
@@ -563,8 +607,8 @@ async def reserved_path(
 ) -> None:
     """``/.zerogate/*`` on an application host: never forwarded to the origin."""
     rt = svc.runtime
-    path = normalise_path(req.raw_path)
-    secure = rt.scheme == "https"
+    path = fold(normalise_path(req.raw_path))
+    secure = secure_cookies(rt)
     if path == "/.zerogate/certs":
         await http.respond_json(send, 200, rt.keyset.jwks(time.time()))
     elif path == "/.zerogate/identity":
@@ -616,12 +660,12 @@ async def authorized(
     """The portal hands this application a session: a one-time code, bound to this app and
     to the state cookie this host set before the login began (so no login CSRF)."""
     rt = svc.runtime
-    secure = rt.scheme == "https"
+    secure = secure_cookies(rt)
     code = http.query(scope).get("code", "")
     data = None
     if code and len(code) < 200:
         data = await rt.store.take_code(code_hash(code), now=datetime.now(UTC))
-    state = http.cookies(scope).get(STATE_COOKIE, "")
+    state = http.cookie(scope, STATE_COOKIE, secure=secure) or ""
     problem = None
     # the code names its application: one served on this very host (a path-scoped app shares
     # its host's /.zerogate/), and the return URL is checked to route to it below

@@ -7,12 +7,19 @@ Steps, in order:
 
 1. drop the query and fragment;
 2. reject what different origins read differently (fail closed): an encoded ``/`` (``%2F``) or
-   ``\\`` (``%5C``), a raw backslash, NUL, a control character, a malformed ``%`` escape;
-3. percent-decode the unreserved characters (``A-Z a-z 0-9 - . _ ~``), upper-case the rest;
-4. drop trailing dots and spaces of a segment (Windows serves ``admin.`` as ``admin``),
+   ``\\`` (``%5C``), a raw backslash, NUL, a control character raw or encoded (``%09``,
+   ``%0A``, …: ``/admin%09`` is ``/admin`` to an origin that trims), a malformed ``%`` escape,
+   a double-encoded escape (``%252e``: an origin that decodes twice reads ``.``), and bytes
+   that are not UTF-8 once decoded (``%C0%AE``: a lax decoder reads ``.``);
+3. percent-decode the unreserved characters (``A-Z a-z 0-9 - . _ ~``) and ``%3B`` (``;``:
+   servlet containers decode it before dropping parameters), upper-case the rest;
+4. reject a segment that some origin reads as ``..`` while it is not literally one: dots with
+   spaces (``..%20``, ``.%20.``), more than two dots (``...``), or a dot segment carrying
+   ``;parameters`` (``..;x``, ``.;x``);
+5. drop trailing dots and spaces of a segment (Windows serves ``admin.`` as ``admin``),
    drop ``;parameters`` from each segment (servlet containers serve ``/admin;x`` and
-   ``/x/..;/admin`` as ``/admin``), and merge repeated slashes (origins such as nginx do);
-5. remove dot segments (RFC 3986 section 5.2.4).
+   ``/admin%3Bx`` as ``/admin``), and merge repeated slashes (origins such as nginx do);
+6. remove dot segments (RFC 3986 section 5.2.4).
 
 Prefix comparison is case-insensitive (see ``fold``): an origin on a case-insensitive file system
 serves ``/ADMIN`` as ``/admin``, so the ``/admin`` application must cover both.
@@ -21,6 +28,7 @@ serves ``/ADMIN`` as ``/admin``, so the ``/admin`` application must cover both.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_to_bytes
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPE = re.compile(r"%(.{0,2})", re.DOTALL)
@@ -52,7 +60,29 @@ def _decode_unreserved(match: re.Match[str]) -> str:
     if upper in _REJECTED_ESCAPES:
         raise PathError(f"the path holds {_REJECTED_ESCAPES[upper]}")
     char = chr(int(upper, 16))
+    if char < " " or char == "\x7f":
+        raise PathError(f"the path holds an encoded control character (%{upper})")
+    if char == ";":
+        return ";"
     return char if char in _UNRESERVED else "%" + upper
+
+
+_DOUBLE_ENCODED = re.compile(r"%25[0-9A-Fa-f]{2}")
+
+
+def _dot_like(segment: str) -> bool:
+    """Only dots and (encoded) spaces, at least one dot: what Windows may read as ``.``/``..``."""
+    bare = segment.replace("%20", "")
+    return bool(bare) and bare.strip(".") == ""
+
+
+def _check_segments(path: str) -> None:
+    for segment in path.split("/"):
+        base, semicolon, _ = segment.partition(";")
+        if semicolon and _dot_like(base):
+            raise PathError("the path holds a dot segment with parameters (such as ..;x)")
+        if not semicolon and _dot_like(segment) and segment not in (".", ".."):
+            raise PathError(f"the path holds a segment some origins read as '..' ({segment})")
 
 
 def _windows_segment(segment: str) -> str:
@@ -95,8 +125,18 @@ def normalise_path(raw: str) -> str:
         raise PathError("the path holds a control character")
     if "%" in path:
         path = _ESCAPE.sub(_decode_unreserved, path)
+        # after decoding: "%25%61b" decodes to "%25ab", which an origin decoding twice reads
+        if _DOUBLE_ENCODED.search(path):
+            raise PathError("the path holds a double-encoded escape (%25 before two hex digits)")
     if not path.isascii() or " " in path or _OUTSIDE_URI.search(path):
         path = _OUTSIDE_URI.sub(_encode, path)
+    if "%" in path:
+        try:
+            unquote_to_bytes(path).decode("utf-8")
+        except UnicodeDecodeError:
+            raise PathError("the path is not UTF-8 once decoded") from None
+    if "." in path:
+        _check_segments(path)
     if ";" in path:  # servlet containers drop ";params" per segment, "..;" included
         path = "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
     if "." in path or "%20" in path:

@@ -36,7 +36,7 @@ from urllib.parse import urlencode, urlsplit
 from zerogate.edge import http
 from zerogate.edge.asgi_types import Receive, Scope, Send
 from zerogate.edge.flow import Flow, FlowError, open_flow
-from zerogate.edge.pipeline import CODE_SECONDS, Request, code_hash
+from zerogate.edge.pipeline import CODE_SECONDS, Request, code_hash, secure_cookies
 from zerogate.identity import (
     Claims,
     PinOutcome,
@@ -162,10 +162,11 @@ async def metrics(scope: Scope, send: Send, svc: Services, req: Request) -> None
 
 
 def portal_session(scope: Scope, svc: Services) -> Claims | None:
-    token = http.cookies(scope).get(PORTAL_COOKIE)
+    """The verified, unrevoked portal session (``None`` when absent, repeated or invalid)."""
+    rt = svc.runtime
+    token = http.cookie(scope, PORTAL_COOKIE, secure=secure_cookies(rt))
     if not token:
         return None
-    rt = svc.runtime
     try:
         claims = rt.verifier("portal").verify(token, PORTAL_AUDIENCE, now=time.time())
     except TokenError:
@@ -186,19 +187,26 @@ def _flow(svc: Services, blob: str) -> tuple[Flow, CompiledApp]:
     return flow, app
 
 
+def _csrf_secure(scope: Scope) -> bool:
+    """The CSRF cookie is a TLS cookie when the request came over TLS: the same answer as
+    ``secure_cookies`` (the server serves TLS exactly when ``listen.tls`` is set)."""
+    return scope.get("scheme") == "https"
+
+
 def _csrf(scope: Scope) -> tuple[str, list[tuple[bytes, bytes]]]:
     """The CSRF token for a form; a new cookie when the browser has none."""
-    token = http.cookies(scope).get(CSRF_COOKIE, "")
+    secure = _csrf_secure(scope)
+    token = http.cookie(scope, CSRF_COOKIE, secure=secure) or ""
     if len(token) >= 20:
         return token, []
     token = secrets.token_urlsafe(24)
     return token, [
-        http.set_cookie(CSRF_COOKIE, token, path="/.zerogate/", secure=False, same_site="Strict")
+        http.set_cookie(CSRF_COOKIE, token, path="/.zerogate/", secure=secure, same_site="Strict")
     ]
 
 
 def _check_csrf(scope: Scope, form: dict[str, str]) -> None:
-    cookie = http.cookies(scope).get(CSRF_COOKIE, "")
+    cookie = http.cookie(scope, CSRF_COOKIE, secure=_csrf_secure(scope)) or ""
     sent = form.get("csrf", "")
     if not cookie or not hmac.compare_digest(cookie.encode(), sent.encode()):
         raise _Problem(403, "This form has expired. Go back to the application and try again.")
@@ -251,7 +259,7 @@ async def login_page(scope: Scope, send: Send, svc: Services, req: Request) -> N
 def login_methods(scope: Scope, svc: Services, app: CompiledApp, flow_blob: str) -> dict[str, Any]:
     """What the login page offers: a button per OIDC provider of the application and the PIN
     form; the method this browser used last comes first."""
-    last = oidc_login.last_method(scope)
+    last = oidc_login.last_method(scope, svc)
     otp = svc.runtime.otp_provider(app)
     buttons = [
         {

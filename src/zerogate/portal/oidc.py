@@ -34,7 +34,7 @@ import aiohttp
 from zerogate.edge import http
 from zerogate.edge.asgi_types import Scope, Send
 from zerogate.edge.flow import Flow, FlowError, open_flow
-from zerogate.edge.pipeline import Request, code_hash
+from zerogate.edge.pipeline import Request, code_hash, secure_cookies
 from zerogate.identity import RateLimiter, issue_portal_token
 from zerogate.identity.oidc import (
     ClientSettings,
@@ -55,8 +55,9 @@ from zerogate.services import Services
 
 log = logging.getLogger("zerogate.portal.oidc")
 
-#: a random value per browser; the stored state keeps its hash (login CSRF: the callback must
-#: come back to the browser that started the login)
+#: a random value per browser, signed by zerogate (``new_browser_value``); the stored state
+#: keeps its hash (login CSRF: the callback must come back to the browser that started the
+#: login); an unsigned value a client supplies is replaced at the start and refused at the end
 BROWSER_COOKIE = "__zg_oidc"
 #: the last login method used on this browser (an IdP name), shown first on the login page
 LAST_METHOD_COOKIE = "__zg_last_login"
@@ -94,8 +95,8 @@ def providers_for(svc: Services, app: CompiledApp) -> list[OidcProvider]:
     ]
 
 
-def last_method(scope: Scope) -> str | None:
-    value = http.cookies(scope).get(LAST_METHOD_COOKIE, "")
+def last_method(scope: Scope, svc: Services) -> str | None:
+    value = http.cookie(scope, LAST_METHOD_COOKIE, secure=secure_cookies(svc.runtime)) or ""
     return value if 0 < len(value) <= 200 else None
 
 
@@ -105,7 +106,7 @@ def last_method_cookie(svc: Services, name: str) -> tuple[bytes, bytes]:
         name,
         max_age=LAST_METHOD_SECONDS,
         path="/.zerogate/",
-        secure=svc.runtime.scheme == "https",
+        secure=secure_cookies(svc.runtime),
     )
 
 
@@ -294,6 +295,26 @@ def _browser_hash(value: str) -> str:
     return hashlib.sha256(b"zerogate-oidc-browser\x00" + value.encode()).hexdigest()
 
 
+def _browser_mac(secret: bytes, nonce: str) -> str:
+    mac = hmac.new(secret, b"zerogate-oidc-browser-cookie\x00" + nonce.encode(), hashlib.sha256)
+    return mac.hexdigest()[:32]
+
+
+def new_browser_value(secret: bytes) -> str:
+    """A fresh value for the browser cookie: a random nonce and zerogate's MAC of it."""
+    nonce = secrets.token_urlsafe(32)
+    return f"{nonce}.{_browser_mac(secret, nonce)}"
+
+
+def browser_value_ok(secret: bytes, value: str) -> bool:
+    """Whether ``value`` is one :func:`new_browser_value` made (with this server's secret): a
+    value a client or a sibling host made up (OIDC state fixation) is refused."""
+    nonce, dot, mac = value.rpartition(".")
+    if not dot or not 32 <= len(nonce) <= 100 or len(mac) != 32:
+        return False
+    return hmac.compare_digest(_browser_mac(secret, nonce), mac)
+
+
 # --------------------------------------------------------------------------- handlers
 
 
@@ -397,16 +418,17 @@ async def redirect_to_provider(
         raise _Failure(
             status, message, exc.reason, str(exc), flow=flow_blob, app=app.name
         ) from None
-    browser = http.cookies(scope).get(BROWSER_COOKIE, "")
-    if not 32 <= len(browser) <= 100:
-        browser = secrets.token_urlsafe(32)
+    secure = secure_cookies(svc.runtime)
+    browser = http.cookie(scope, BROWSER_COOKIE, secure=secure) or ""
+    if not browser_value_ok(svc.runtime.secret, browser):
+        browser = new_browser_value(svc.runtime.secret)
     # (re)set with a fresh lifetime: logins in other tabs of this browser share the value
     cookie = http.set_cookie(
         BROWSER_COOKIE,
         browser,
         max_age=STATE_SECONDS,
         path="/.zerogate/oidc/",
-        secure=svc.runtime.scheme == "https",
+        secure=secure,
     )
     expires = min(now + STATE_SECONDS, float(flow.expires))
     await svc.runtime.store.put_code(
@@ -445,12 +467,12 @@ async def callback(scope: Scope, send: Send, svc: Services, req: Request, name: 
             "unknown, replayed or expired state",
         )
     flow_blob = str(record.get("flow", ""))
-    browser = http.cookies(scope).get(BROWSER_COOKIE, "")
+    browser = http.cookie(scope, BROWSER_COOKIE, secure=secure_cookies(svc.runtime)) or ""
     if record.get("idp") != name or idp is None:
         raise _Failure(
             400, "This sign-in answer belongs to another sign-in method.", "state_wrong_provider"
         )
-    if not browser or not hmac.compare_digest(
+    if not browser_value_ok(svc.runtime.secret, browser) or not hmac.compare_digest(
         _browser_hash(browser), str(record.get("browser", ""))
     ):
         raise _Failure(
@@ -572,7 +594,7 @@ async def _signed_in(
         list(identity.groups),
         list(identity.amr),
         [
-            http.set_cookie(PORTAL_COOKIE, token, max_age=ttl, secure=rt.scheme == "https"),
+            http.set_cookie(PORTAL_COOKIE, token, max_age=ttl, secure=secure_cookies(rt)),
             last_method_cookie(svc, idp.name),
         ],
     )
