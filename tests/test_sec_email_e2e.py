@@ -287,3 +287,29 @@ async def test_the_emailed_link_signs_in_only_the_browser_that_asked(
             confirmed.location is not None and "/.zerogate/authorized?code=" in confirmed.location
         )
         assert "__zg_portal" in attacker.cookies("auth.localhost")
+
+
+@pytest.fixture(scope="module")
+def no_mail_zg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zerogate]:
+    """A second server whose SMTP port has nothing listening: mail is down for everybody."""
+    zerogate = Zerogate(tmp_path_factory.mktemp("zg-no-mail"), free_port(), free_port())
+    try:
+        asyncio.run(apply_here(zerogate, CONFIG.format(port=free_port())))
+        zerogate.start()
+        wait_ready(zerogate)
+        yield zerogate
+    finally:
+        zerogate.stop()
+
+
+async def test_an_unreachable_mail_server_is_told_to_whoever_asks(no_mail_zg: Zerogate) -> None:
+    zg = no_mail_zg
+    async with HttpBrowser(source=new_source()) as browser:
+        page = await login_page(browser, zg, "wiki.localhost")
+        first = await request_pin(browser, zg, page.fields, "fay@example.com")
+        assert first.status == 200  # sent in the background: the page cannot know yet
+        await pin_log(zg, "fay@example.com", "pin email failed")
+        wrong = await submit_pin(browser, zg, hidden_inputs(first.text), "fay@example.com", "1" * 6)
+        assert wrong.status == 401 and "We could not send email a moment ago" in wrong.text
+        again = await request_pin(browser, zg, page.fields, "gus@example.com")
+        assert again.status == 503 and "We cannot send email just now" in again.text
