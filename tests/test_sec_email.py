@@ -229,7 +229,8 @@ def mailer(box: Outbox) -> Mailer:
 
 
 async def test_the_server_receives_exactly_the_one_canonical_recipient() -> None:
-    async with RecordingOutbox() as box:
+    box = RecordingOutbox()
+    async with box:
         for address in (
             "ann@example.com",
             "o'neil+x%y@mail.example.org",
@@ -249,7 +250,8 @@ async def test_the_server_receives_exactly_the_one_canonical_recipient() -> None
 
 async def test_the_recipient_is_never_read_from_the_header() -> None:
     """Even a message whose To header names other mailboxes goes only to ``to``."""
-    async with RecordingOutbox() as box:
+    box = RecordingOutbox()
+    async with box:
         message = render_pin_email(
             PinEmail(to="b@example.com", pin="123456", app_name="W", confirm_url="https://a.x/"),
             sender=SENDER,
