@@ -120,7 +120,7 @@ def test_render_refuses_non_http_confirm_url(url: str) -> None:
 
 async def test_pin_email_reaches_a_real_smtp_server(outbox: Outbox) -> None:
     mailer = Mailer(Smtp(host="127.0.0.1", port=outbox.port), SENDER)
-    await mailer.send(render_pin_email(pin_email(), sender=SENDER))
+    await mailer.send(render_pin_email(pin_email(), sender=SENDER), "alice@example.com")
     got = await outbox.wait_for("Alice@Example.com", timeout=5)
     assert got.to == "alice@example.com"
     assert got.sender == "noreply@zerogate.example"
@@ -134,7 +134,9 @@ async def test_pin_email_reaches_a_real_smtp_server(outbox: Outbox) -> None:
 
 async def test_hostile_app_name_is_escaped_in_the_delivered_html(outbox: Outbox) -> None:
     mailer = Mailer(Smtp(host="127.0.0.1", port=outbox.port), SENDER)
-    await mailer.send(render_pin_email(pin_email(app="<script>x()</script>"), sender=SENDER))
+    await mailer.send(
+        render_pin_email(pin_email(app="<script>x()</script>"), sender=SENDER), "alice@example.com"
+    )
     got = await outbox.wait_for("alice@example.com", timeout=5)
     assert "<script>" not in got.html
     assert "&lt;script&gt;x()&lt;/script&gt;" in got.html
@@ -146,7 +148,7 @@ async def test_hostile_app_name_is_escaped_in_the_delivered_html(outbox: Outbox)
 async def test_mailer_without_smtp_delivers_to_the_outbox(outbox: Outbox) -> None:
     mailer = Mailer(None, SENDER, outbox=outbox)
     assert mailer.server.port == outbox.port
-    await mailer.send(render_pin_email(pin_email(pin="000042"), sender=SENDER))
+    await mailer.send(render_pin_email(pin_email(pin="000042"), sender=SENDER), "alice@example.com")
     assert (await outbox.wait_for("alice@example.com", timeout=5)).pin == "000042"
 
 
@@ -158,7 +160,9 @@ def test_mailer_needs_a_server_or_an_outbox() -> None:
 async def test_stopped_outbox_is_a_mail_error() -> None:
     box = Outbox()
     with pytest.raises(MailError, match="outbox is not running"):
-        await Mailer(None, SENDER, outbox=box).send(render_pin_email(pin_email(), sender=SENDER))
+        await Mailer(None, SENDER, outbox=box).send(
+            render_pin_email(pin_email(), sender=SENDER), "alice@example.com"
+        )
 
 
 # -- failures are MailError with a reason -------------------------------------------------
@@ -167,7 +171,7 @@ async def test_stopped_outbox_is_a_mail_error() -> None:
 async def test_connection_refused(free_port: int) -> None:
     mailer = Mailer(Smtp(host="127.0.0.1", port=free_port, timeout="2s"), SENDER)
     with pytest.raises(MailError, match="connection refused") as caught:
-        await mailer.send(render_pin_email(pin_email(), sender=SENDER))
+        await mailer.send(render_pin_email(pin_email(), sender=SENDER), "alice@example.com")
     assert not isinstance(caught.value, OSError)
     assert f"127.0.0.1:{free_port}" in str(caught.value)
     assert "\n" not in str(caught.value)
@@ -186,7 +190,7 @@ async def test_silent_server_times_out_within_the_timeout() -> None:
         mailer = Mailer(Smtp(host="127.0.0.1", port=port, timeout="0.5s"), SENDER)
         started = time.monotonic()
         with pytest.raises(MailError, match=r"timed out after 0\.5s"):
-            await mailer.send(render_pin_email(pin_email(), sender=SENDER))
+            await mailer.send(render_pin_email(pin_email(), sender=SENDER), "alice@example.com")
         assert time.monotonic() - started < 1.5
     finally:
         server.close()
@@ -213,7 +217,7 @@ async def test_recipient_refused() -> None:
     try:
         mailer = Mailer(Smtp(host="127.0.0.1", port=port), SENDER)
         with pytest.raises(MailError, match=r"recipient refused \(alice@example.com: 550"):
-            await mailer.send(render_pin_email(pin_email(), sender=SENDER))
+            await mailer.send(render_pin_email(pin_email(), sender=SENDER), "alice@example.com")
     finally:
         server.close()
         await server.wait_closed()
@@ -237,7 +241,7 @@ async def test_auth_with_the_password_from_the_environment(
 ) -> None:
     monkeypatch.setenv(PASSWORD_ENV, "s3cret pass")
     await Mailer(auth_smtp(auth_outbox.port), SENDER).send(
-        render_pin_email(pin_email(), sender=SENDER)
+        render_pin_email(pin_email(), sender=SENDER), "alice@example.com"
     )
     assert (await auth_outbox.wait_for("alice@example.com", timeout=5)).pin == "493027"
 
@@ -248,7 +252,7 @@ async def test_auth_with_a_wrong_password(
     monkeypatch.setenv(PASSWORD_ENV, "wrong")
     with pytest.raises(MailError, match="authentication failed for mailer: 535"):
         await Mailer(auth_smtp(auth_outbox.port), SENDER).send(
-            render_pin_email(pin_email(), sender=SENDER)
+            render_pin_email(pin_email(), sender=SENDER), "alice@example.com"
         )
     assert auth_outbox.messages() == []
 
@@ -256,7 +260,7 @@ async def test_auth_with_a_wrong_password(
 async def test_server_requires_auth_but_none_configured(auth_outbox: Outbox) -> None:
     with pytest.raises(MailError, match="530"):
         await Mailer(Smtp(host="127.0.0.1", port=auth_outbox.port), SENDER).send(
-            render_pin_email(pin_email(), sender=SENDER)
+            render_pin_email(pin_email(), sender=SENDER), "alice@example.com"
         )
 
 
@@ -268,7 +272,7 @@ async def test_missing_password_variable_is_named(
     with pytest.raises(MailError, match=PASSWORD_ENV):
         mailer.check()
     with pytest.raises(MailError, match=PASSWORD_ENV):
-        await mailer.send(render_pin_email(pin_email(), sender=SENDER))
+        await mailer.send(render_pin_email(pin_email(), sender=SENDER), "alice@example.com")
 
 
 def test_username_without_password_env_is_a_mail_error() -> None:
@@ -292,7 +296,7 @@ async def test_starttls_with_a_private_ca_and_auth(
             password_env=PASSWORD_ENV,
         )
         await Mailer(smtp, SENDER, tls_context=client_tls).send(
-            render_pin_email(pin_email(), sender=SENDER)
+            render_pin_email(pin_email(), sender=SENDER), "alice@example.com"
         )
         assert (await box.wait_for("alice@example.com", timeout=5)).pin == "493027"
 
@@ -301,7 +305,9 @@ async def test_starttls_rejects_an_untrusted_certificate(server_tls: ssl.SSLCont
     async with Outbox(tls_context=server_tls) as box:
         smtp = Smtp(host="127.0.0.1", port=box.port, starttls=True, timeout="5s")
         with pytest.raises(MailError, match="certificate"):
-            await Mailer(smtp, SENDER).send(render_pin_email(pin_email(), sender=SENDER))
+            await Mailer(smtp, SENDER).send(
+                render_pin_email(pin_email(), sender=SENDER), "alice@example.com"
+            )
         assert box.messages() == []
 
 
@@ -309,7 +315,7 @@ async def test_plaintext_against_a_server_requiring_starttls(server_tls: ssl.SSL
     async with Outbox(tls_context=server_tls) as box:
         with pytest.raises(MailError, match="530"):
             await Mailer(Smtp(host="127.0.0.1", port=box.port), SENDER).send(
-                render_pin_email(pin_email(), sender=SENDER)
+                render_pin_email(pin_email(), sender=SENDER), "alice@example.com"
             )
 
 
@@ -317,7 +323,7 @@ async def test_implicit_tls(server_tls: ssl.SSLContext, client_tls: ssl.SSLConte
     async with Outbox(tls_context=server_tls, implicit_tls=True) as box:
         smtp = Smtp(host="127.0.0.1", port=box.port, tls=True)
         await Mailer(smtp, SENDER, tls_context=client_tls).send(
-            render_pin_email(pin_email(), sender=SENDER)
+            render_pin_email(pin_email(), sender=SENDER), "alice@example.com"
         )
         assert (await box.wait_for("alice@example.com", timeout=5)).pin == "493027"
 
@@ -332,13 +338,15 @@ async def test_outbox_wait_for_waits_and_times_out(outbox: Outbox) -> None:
     waiter = asyncio.create_task(outbox.wait_for("alice@example.com", timeout=5))
     await asyncio.sleep(0)
     assert not waiter.done()
-    await mailer.send(render_pin_email(pin_email(pin="111111"), sender=SENDER))
+    await mailer.send(render_pin_email(pin_email(pin="111111"), sender=SENDER), "alice@example.com")
     assert (await waiter).pin == "111111"
     # a fresh PIN: ``after`` skips what was already there
     mark = outbox.mark()
     waiter = asyncio.create_task(outbox.wait_for("alice@example.com", timeout=5, after=mark))
-    await mailer.send(render_pin_email(pin_email(to="bob@example.com"), sender=SENDER))
-    await mailer.send(render_pin_email(pin_email(pin="222222"), sender=SENDER))
+    await mailer.send(
+        render_pin_email(pin_email(to="bob@example.com"), sender=SENDER), "bob@example.com"
+    )
+    await mailer.send(render_pin_email(pin_email(pin="222222"), sender=SENDER), "alice@example.com")
     assert (await waiter).pin == "222222"
 
 
@@ -346,7 +354,9 @@ async def test_outbox_keeps_the_last_n_and_lists_newest_first() -> None:
     async with Outbox(keep=2) as box:
         mailer = Mailer(None, SENDER, outbox=box)
         for pin in ("100001", "100002", "100003"):
-            await mailer.send(render_pin_email(pin_email(pin=pin), sender=SENDER))
+            await mailer.send(
+                render_pin_email(pin_email(pin=pin), sender=SENDER), "alice@example.com"
+            )
         assert [m.pin for m in box.messages()] == ["100002", "100003"]
         page = box.render_html()
         assert "100001" not in page

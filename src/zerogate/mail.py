@@ -27,9 +27,15 @@ Sending (``Mailer``):
   (``zerogate.outbox.Outbox``), so the demo and tests exercise the very same code path.
 - Certificates are checked against the system trust store. There is no ``ca_file`` setting yet
   (that would be a model change); code and tests that need a private CA pass ``tls_context``.
+- ``send(message, to)`` delivers to exactly one envelope recipient, ``to``, a canonical address
+  (``zerogate.model.values.check_email``) passed to the SMTP client explicitly: the ``To:``
+  header is built from that address's parts and never parsed back for recipients.
 - ``send`` raises ``MailError`` (one line saying what went wrong: connection refused,
   authentication failed, timed out, recipient refused, certificate not trusted, missing
-  password variable) and nothing else; cancellation still propagates.
+  password variable) and nothing else; cancellation still propagates. ``server_down`` tells
+  the two kinds apart: the server could not be used at all (connect, TLS, AUTH, sender
+  refused: mail is down for everybody) or only this message failed (recipient refused, data
+  refused, an error during this transaction: nobody else is affected).
 
 The portal should send in the background, not while the login page waits: the page must look
 the same, and take the same time, whether or not a PIN was sent (SPEC: the page says the same
@@ -39,6 +45,7 @@ thing whether or not the address may log in).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import ipaddress
 import logging
@@ -47,6 +54,7 @@ import re
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.headerregistry import Address
 from email.message import EmailMessage
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -55,7 +63,7 @@ import aiosmtplib
 import jinja2
 
 from zerogate.model.objects import Smtp
-from zerogate.model.values import parse_duration
+from zerogate.model.values import check_email, parse_duration
 
 if TYPE_CHECKING:
     from zerogate.outbox import Outbox
@@ -68,7 +76,15 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 class MailError(Exception):
-    """Sending failed; ``str(error)`` is one line saying why (and which server)."""
+    """Sending failed; ``str(error)`` is one line saying why (and which server).
+
+    ``server_down``: True when the SMTP server could not be used at all (so no address gets
+    mail: "mail is down"), False when only this message or recipient failed (which must never
+    affect anybody else)."""
+
+    def __init__(self, message: str, *, server_down: bool = True) -> None:
+        super().__init__(message)
+        self.server_down = server_down
 
 
 @dataclass(frozen=True)
@@ -154,7 +170,12 @@ def render_pin_email(msg: PinEmail, *, sender: str, now: datetime | None = None)
     message = EmailMessage()
     message["Subject"] = f"Your sign-in code for {app}"
     message["From"] = sender
-    message["To"] = msg.to
+    # built from the parts of the canonical address: the header is never re-parsed for
+    # recipients, and the grammar leaves nothing a parser could read as another mailbox
+    local, _, domain = check_email(msg.to).partition("@")
+    if f"{local}@{domain}" != msg.to:
+        raise ValueError(f"the recipient must be a canonical address, not {msg.to!r}")
+    message["To"] = Address(username=local, domain=domain)
     message["Date"] = email.utils.format_datetime(when)
     message["Message-ID"] = email.utils.make_msgid(domain=_domain_of(sender))
     message["Auto-Submitted"] = "auto-generated"
@@ -240,42 +261,66 @@ class Mailer:
             )
         return smtp.username, password
 
-    async def send(self, message: EmailMessage) -> None:
-        """Send ``message`` to its ``To`` recipients; raise ``MailError`` on any failure."""
+    @property
+    def envelope_sender(self) -> str | None:
+        """The ``MAIL FROM`` address: the address of the ``from`` setting (None: none in it)."""
+        return email.utils.parseaddr(self.sender)[1] or None
+
+    async def send(self, message: EmailMessage, to: str) -> None:
+        """Send ``message`` to the one envelope recipient ``to`` (a canonical address, see
+        ``check_email``); the headers are never read for recipients. Raise ``MailError`` on any
+        failure; its ``server_down`` says whether the SMTP server could not be used at all
+        (connection, TLS, authentication, sender refused) or only this message failed."""
+        try:
+            canonical: str | None = check_email(to)
+        except ValueError:
+            canonical = None
+        if canonical != to:
+            raise MailError(f"not a canonical email address: {to[:100]!r}", server_down=False)
         if self._smtp is None and self._outbox is not None and not self._outbox.running:
             raise MailError("the local outbox is not running")
         smtp = self.server
         where = f"{smtp.host}:{smtp.port}"
         username, password = self._credentials(smtp)
         timeout = parse_duration(smtp.timeout).total_seconds()
+        client = aiosmtplib.SMTP(
+            hostname=smtp.host,
+            port=smtp.port,
+            username=username,
+            password=password,
+            use_tls=smtp.tls,
+            start_tls=smtp.starttls,
+            timeout=timeout,
+            tls_context=self._tls_context if (smtp.tls or smtp.starttls) else None,
+        )
         try:
             async with asyncio.timeout(timeout):
-                errors, _ = await aiosmtplib.send(
-                    message,
-                    hostname=smtp.host,
-                    port=smtp.port,
-                    username=username,
-                    password=password,
-                    use_tls=smtp.tls,
-                    start_tls=smtp.starttls,
-                    timeout=timeout,
-                    tls_context=self._tls_context if (smtp.tls or smtp.starttls) else None,
-                )
-        except TimeoutError as exc:  # ours, or aiosmtplib's SMTPTimeoutError
+                await self._connect(client, smtp, where, username, timeout)
+                errors = await self._transfer(client, message, to, where, timeout)
+                with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                    await client.quit()
+        except TimeoutError as exc:  # the whole exchange took too long
             raise MailError(f"SMTP {where}: timed out after {timeout:g}s") from exc
+        finally:
+            client.close()
+        if errors:
+            refused = "; ".join(
+                f"{rcpt}: {resp.code} {_one_line(resp.message)}" for rcpt, resp in errors.items()
+            )
+            raise MailError(f"SMTP {where}: recipient refused ({refused})", server_down=False)
+
+    @staticmethod
+    async def _connect(
+        client: aiosmtplib.SMTP, smtp: Smtp, where: str, username: str | None, limit: float
+    ) -> None:
+        """Connect, greet, TLS, AUTH: a failure here means no mail goes anywhere."""
+        try:
+            await client.connect()
+        except aiosmtplib.SMTPTimeoutError as exc:
+            raise MailError(f"SMTP {where}: timed out after {limit:g}s") from exc
         except aiosmtplib.SMTPAuthenticationError as exc:
             raise MailError(
                 f"SMTP {where}: authentication failed for {username}: "
-                f"{exc.code} {_one_line(exc.message)}"
-            ) from exc
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refused = "; ".join(
-                f"{r.recipient}: {r.code} {_one_line(r.message)}" for r in exc.recipients
-            )
-            raise MailError(f"SMTP {where}: recipient refused ({refused})") from exc
-        except aiosmtplib.SMTPSenderRefused as exc:
-            raise MailError(
-                f"SMTP {where}: MAIL FROM <{exc.sender}> refused: "
                 f"{exc.code} {_one_line(exc.message)}"
             ) from exc
         except aiosmtplib.SMTPResponseException as exc:
@@ -288,13 +333,49 @@ class Mailer:
                 reason += " (tls: true is implicit TLS, usually port 465; for 587 use starttls)"
             raise MailError(f"SMTP {where}: {reason}") from exc
         except Exception as exc:  # the contract: MailError and nothing else
-            log.exception("unexpected error sending mail to %s", where)
+            log.exception("unexpected error connecting to %s", where)
             raise MailError(f"SMTP {where}: {type(exc).__name__}: {_describe(exc)}") from exc
-        if errors:
-            refused = "; ".join(
-                f"{rcpt}: {resp.code} {_one_line(resp.message)}" for rcpt, resp in errors.items()
+
+    async def _transfer(
+        self,
+        client: aiosmtplib.SMTP,
+        message: EmailMessage,
+        to: str,
+        where: str,
+        limit: float,
+    ) -> dict[str, aiosmtplib.SMTPResponse]:
+        """MAIL, RCPT, DATA for this one message: a failure here is this message's own (only a
+        refused sender is the server's, as it would refuse every message)."""
+        try:
+            errors, _ = await client.send_message(
+                message, sender=self.envelope_sender, recipients=[to]
             )
-            raise MailError(f"SMTP {where}: recipient refused ({refused})")
+        except aiosmtplib.SMTPSenderRefused as exc:
+            raise MailError(
+                f"SMTP {where}: MAIL FROM <{exc.sender}> refused: "
+                f"{exc.code} {_one_line(exc.message)}"
+            ) from exc
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = "; ".join(
+                f"{r.recipient}: {r.code} {_one_line(r.message)}" for r in exc.recipients
+            )
+            raise MailError(
+                f"SMTP {where}: recipient refused ({refused})", server_down=False
+            ) from exc
+        except aiosmtplib.SMTPTimeoutError as exc:
+            raise MailError(f"SMTP {where}: timed out after {limit:g}s", server_down=False) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            raise MailError(
+                f"SMTP {where}: {exc.code} {_one_line(exc.message)}", server_down=False
+            ) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise MailError(f"SMTP {where}: {_describe(exc)}", server_down=False) from exc
+        except Exception as exc:  # the contract: MailError and nothing else
+            log.exception("unexpected error sending mail to %s", where)
+            raise MailError(
+                f"SMTP {where}: {type(exc).__name__}: {_describe(exc)}", server_down=False
+            ) from exc
+        return dict(errors)
 
 
 def _describe(exc: BaseException) -> str:

@@ -93,6 +93,20 @@ class _Handler:
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
 
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if address.casefold() in self._outbox.refuse:
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or envelope.content
         if isinstance(raw, str):
@@ -132,6 +146,9 @@ class Outbox:
         self._tls_context = tls_context
         self._implicit_tls = implicit_tls
         self._hostname = hostname
+        #: recipients (lower-case) answered "550 mailbox unavailable" at RCPT, as a real server
+        #: does for an unknown mailbox (tests of per-recipient failures)
+        self.refuse: set[str] = set()
         self._messages: deque[Message] = deque(maxlen=keep)
         self._seq = 0
         self._changed = asyncio.Condition()

@@ -179,7 +179,8 @@ class EmailUnverified(ClaimsError):
     reason = "email_unverified"
 
     def __init__(self, email: str) -> None:
-        super().__init__(f"{email}: email_verified is false")
+        # repr: the address is as the provider sent it (it may hold control characters)
+        super().__init__(f"{email[:100]!r}: email_verified is not true")
         self.email = email
 
 
@@ -720,8 +721,11 @@ def identity_from_claims(
     if not isinstance(email, str) or "@" not in email or len(email) > 254:
         raise EmailMissing("the provider sent no email address (is 'email' among the scopes?)")
     verified = merged.get("email_verified")
-    if verified is False or (isinstance(verified, str) and verified.lower() == "false"):
-        raise EmailUnverified(email.strip().lower())
+    # only a plain yes counts: True or "true" (some providers send strings); absent means the
+    # provider does not say (Entra ID), as before; anything else (False, " false", 0, "0",
+    # "no") is not
+    if verified is not None and verified is not True and verified != "true":
+        raise EmailUnverified(email)
     groups: tuple[str, ...] = ()
     known = False
     if groups_claim is not None:
@@ -746,7 +750,9 @@ def identity_from_claims(
         except GroupsUnusable as exc:
             raise ClaimsError(str(exc)) from None
     return OidcIdentity(
-        email=email.strip().lower(),
+        # never repaired here: no strip, and only ASCII is lower-cased (the Kelvin sign must not
+        # become a k); the portal refuses what is not a canonical address (``check_email``)
+        email=email.lower() if email.isascii() else email,
         sub=str(merged["sub"]),
         groups=groups,
         amr=amr,

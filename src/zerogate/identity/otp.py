@@ -58,6 +58,8 @@ class PinOutcome(enum.StrEnum):
     #: no tries left (including the wrong try that used up the last one)
     EXHAUSTED = "exhausted"
     USED = "used"
+    #: the PIN was requested in another browser (see ``browser_binding``); nothing changes
+    ELSEWHERE = "elsewhere"
 
 
 def normalise_email(email: str) -> str:
@@ -96,6 +98,8 @@ class PinRecord:
     expires_at: float
     tries_left: int = PIN_MAX_TRIES
     used: bool = False
+    #: ``browser_binding`` of the browser that asked for the PIN ("" = none)
+    browser: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -110,6 +114,7 @@ class PinRecord:
             "expires_at": self.expires_at,
             "tries_left": self.tries_left,
             "used": self.used,
+            "browser": self.browser,
         }
 
     @classmethod
@@ -122,6 +127,7 @@ class PinRecord:
             expires_at=float(data["expires_at"]),
             tries_left=int(data["tries_left"]),
             used=bool(data["used"]),
+            browser=str(data.get("browser", "")),
         )
 
 
@@ -133,8 +139,10 @@ def issue_pin(
     now: float,
     rng: RandBelow = secrets.randbelow,
     ttl_seconds: float = PIN_TTL_SECONDS,
+    browser: str = "",
 ) -> tuple[str, PinRecord]:
-    """A new PIN (to send) and its record (to store under ``record.key``, replacing any old one)."""
+    """A new PIN (to send) and its record (to store under ``record.key``, replacing any old one).
+    ``browser``: the ``browser_binding`` of the browser asking, checked by ``check_pin``."""
     pin = new_pin(rng)
     email = normalise_email(email)
     record = PinRecord(
@@ -143,19 +151,47 @@ def issue_pin(
         pin_hash=hash_pin(pin, secret=secret, email=email, app=app),
         created_at=now,
         expires_at=now + ttl_seconds,
+        browser=browser,
     )
     return pin, record
 
 
+def decoy(record: PinRecord) -> PinRecord:
+    """The same record with a hash no PIN has: stored for an address that may not log in, so
+    that it answers every later step (wrong, too many wrong codes, expired, another browser)
+    exactly as a real one would, while no candidate can ever match."""
+    return replace(record, pin_hash=secrets.token_hex(32))
+
+
+_BROWSER_DOMAIN = b"zerogate-pin-browser-v1\x00"
+
+
+def browser_binding(secret: bytes, token: str) -> str:
+    """What a PIN record keeps of the random cookie of the browser that asked for it (an HMAC,
+    so the store never holds the cookie); "" for no or a malformed cookie."""
+    if not 20 <= len(token) <= 100 or not token.isascii():
+        return ""
+    return hmac.new(secret, _BROWSER_DOMAIN + token.encode("ascii"), "sha256").hexdigest()
+
+
 def check_pin(
-    record: PinRecord, candidate: str, secret: bytes, now: float
+    record: PinRecord, candidate: str, secret: bytes, now: float, *, browser: str | None = None
 ) -> tuple[PinOutcome, PinRecord]:
     """The outcome of trying ``candidate`` at ``now``, and the record to store afterwards.
 
-    Order: used, exhausted, expired, then the comparison. A wrong (or malformed) candidate
+    ``browser`` (the portal always passes it): the ``browser_binding`` of the browser trying;
+    unless it is the one the record was issued to, the outcome is ``ELSEWHERE`` and nothing
+    changes (no try is used, nothing about the record is told). Then: used, exhausted,
+    expired, then the comparison. A wrong (or malformed) candidate
     costs a try; the try that uses up the last one returns ``EXHAUSTED``. Spaces in the
     candidate are ignored ("123 456").
     """
+    if browser is not None and not (
+        browser
+        and record.browser
+        and hmac.compare_digest(browser.encode("ascii"), record.browser.encode("ascii"))
+    ):
+        return PinOutcome.ELSEWHERE, record
     if record.used:
         return PinOutcome.USED, record
     if record.tries_left <= 0:

@@ -144,14 +144,85 @@ def check_listen(text: str) -> str:
     return value
 
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+#: the one address grammar (SPEC "One-time PIN"): ASCII only; a dot-atom local part of letters,
+#: digits and ``. _ % + - '`` (no leading, trailing or double dot); ``@``; a domain of at least
+#: two DNS labels (letters, digits, inner hyphens; an IDN in punycode, ``xn--``). Nothing else:
+#: no quoted strings, comments, encoded words, ``, ; < > ( ) " \\``, spaces or control characters,
+#: so the text can never be read as another mailbox, or as two, by any mail parser.
+EMAIL_MAX = 254
+EMAIL_LOCAL_MAX = 64
+_EMAIL_ATOM = re.compile(r"[A-Za-z0-9_%+'-]+")
+_EMAIL_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+class EmailRefused(ValueError):
+    """An address outside the grammar; ``reason`` says why in words a user can act on (it
+    depends only on the text, never on who may log in)."""
+
+    def __init__(self, text: object, reason: str) -> None:
+        shown = text[:100] if isinstance(text, str) else text
+        super().__init__(f"{shown!r} is not an email address: {reason}")
+        self.reason = reason
+
+
+def _email_problem(value: str) -> str | None:
+    """Why ``value`` is outside the grammar, or None."""
+    if not value:
+        return "it is empty"
+    if len(value) > EMAIL_MAX:
+        return f"it is longer than {EMAIL_MAX} characters"
+    if not value.isascii():
+        return "only ASCII letters, digits and . _ % + - ' are allowed (write a domain in punycode)"
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        return "it contains a space or a control character"
+    if "=?" in value:
+        return "encoded words (=?...?=) are not allowed"
+    for ch in ',;<>()"\\[]:':
+        if ch in value:
+            return f"the character {ch!r} is not allowed"
+    if value.count("@") != 1:
+        return "it needs exactly one @"
+    local, _, domain = value.partition("@")
+    if not local:
+        return "the part before @ is empty"
+    if len(local) > EMAIL_LOCAL_MAX:
+        return f"the part before @ is longer than {EMAIL_LOCAL_MAX} characters"
+    atoms = local.split(".")
+    if any(not atom for atom in atoms):
+        return "the part before @ may not start or end with a dot or hold two dots in a row"
+    for atom in atoms:
+        if not _EMAIL_ATOM.fullmatch(atom):
+            bad = next(ch for ch in atom if not _EMAIL_ATOM.fullmatch(ch))
+            return f"the character {bad!r} is not allowed before @"
+    labels = domain.split(".")
+    if len(labels) < 2:
+        return "the domain needs at least two parts, as in example.com"
+    for label in labels:
+        if not _EMAIL_LABEL.fullmatch(label):
+            return f"{label!r} is not a valid part of a domain name"
+        if label[:4].lower() == "xn--":
+            try:
+                label[4:].lower().encode("ascii").decode("punycode")
+            except UnicodeError:
+                return f"{label!r} is not valid punycode"
+    if labels[-1].isdigit():
+        return "the domain must be a name, not an IP address"
+    return None
 
 
 def check_email(text: str) -> str:
-    value = text.strip().lower() if isinstance(text, str) else ""
-    if not _EMAIL.match(value):
-        raise ValueError(f"{text!r} is not an email address")
-    return value
+    """The canonical form of an email address: the text checked against the grammar above,
+    then lower-cased (ASCII, so nothing outside ASCII can lower-case into it). Refuses
+    (``EmailRefused``, a ``ValueError``) and never repairs: no stripping, no decoding.
+
+    This one string is what policies judge, the only SMTP envelope recipient, and the identity
+    in sessions, tokens, revocations and logs."""
+    if not isinstance(text, str):
+        raise EmailRefused(text, "it is not text")
+    problem = _email_problem(text)
+    if problem is not None:
+        raise EmailRefused(text, problem)
+    return text.lower()
 
 
 def check_email_domain(text: str) -> str:

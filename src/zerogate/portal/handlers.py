@@ -42,13 +42,15 @@ from zerogate.identity import (
     PinOutcome,
     PinRecord,
     TokenError,
+    browser_binding,
     check_pin,
+    decoy,
     issue_pin,
     issue_portal_token,
 )
 from zerogate.mail import MailError, PinEmail, render_pin_email
 from zerogate.model.paths import PathError, normalise_path
-from zerogate.model.values import check_email
+from zerogate.model.values import EmailRefused, check_email
 from zerogate.policy import Context, Identity
 from zerogate.policy.engine import CompiledApp
 from zerogate.portal import oidc as oidc_login
@@ -60,6 +62,10 @@ log = logging.getLogger("zerogate.portal")
 
 PORTAL_COOKIE = "__zg_portal"
 CSRF_COOKIE = "__zg_csrf"
+#: a random value per browser, set when it asks for a PIN; the PIN record keeps its HMAC, and
+#: only that browser can use the PIN (typed or through the emailed link)
+PIN_COOKIE = "__zg_pin"
+PIN_COOKIE_SECONDS = 24 * 3600
 
 
 def _login_recorder(
@@ -84,7 +90,8 @@ def _login_recorder(
 
 
 def pin_store_key(email: str, app: str) -> str:
-    return f"{email.lower()}\x1f{app}"
+    """The store key of the one PIN record of (canonical address, application)."""
+    return f"{email}\x1f{app}"
 
 
 class _Problem(Exception):
@@ -213,10 +220,19 @@ def _check_csrf(scope: Scope, form: dict[str, str]) -> None:
 
 
 async def _render(
-    send: Send, svc: Services, scope: Scope, template: str, status: int = 200, **values: object
+    send: Send,
+    svc: Services,
+    scope: Scope,
+    template: str,
+    status: int = 200,
+    *,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    **values: object,
 ) -> None:
     csrf, cookie = _csrf(scope)
-    await http.respond_html(send, status, svc.page(template, csrf=csrf, **values), cookie)
+    await http.respond_html(
+        send, status, svc.page(template, csrf=csrf, **values), [*cookie, *(headers or [])]
+    )
 
 
 async def login_page(scope: Scope, send: Send, svc: Services, req: Request) -> None:
@@ -242,11 +258,14 @@ async def login_page(scope: Scope, send: Send, svc: Services, req: Request) -> N
         # the application's only login method: straight to the provider (auto redirect)
         await oidc_login.auto_redirect(scope, send, svc, req, oidc[0].name, flow_blob, flow, app)
         return
+    # the PIN cookie now, so the PIN form's answer carries no cookie of its own
+    _, browser_cookie = _browser(scope, svc) if methods["otp"] else ("", [])
     await _render(
         send,
         svc,
         scope,
         "login.html",
+        headers=browser_cookie,
         title="Sign in",
         app_name=app.name,
         flow=flow_blob,
@@ -314,6 +333,33 @@ async def hand_over(
     await http.redirect(send, target, headers or [])
 
 
+def typed_email(text: str) -> str:
+    """The canonical address of what was typed into a form: surrounding ASCII spaces (which a
+    browser's email field drops too) are ignored, then ``check_email``, which refuses anything
+    outside the grammar (``EmailRefused``)."""
+    return check_email(text.strip(" \t\r\n"))
+
+
+def _browser(scope: Scope, svc: Services) -> tuple[str, list[tuple[bytes, bytes]]]:
+    """The ``browser_binding`` of this browser's PIN cookie, and the ``Set-Cookie`` that gives
+    it one when it has none (a random value; only its HMAC goes into PIN records)."""
+    token = http.cookies(scope).get(PIN_COOKIE, "")
+    binding = browser_binding(svc.runtime.secret, token)
+    if binding:
+        return binding, []
+    token = secrets.token_urlsafe(32)
+    cookie = http.set_cookie(
+        PIN_COOKIE,
+        token,
+        path="/.zerogate/login",
+        max_age=PIN_COOKIE_SECONDS,
+        secure=svc.runtime.scheme == "https",
+        # Lax: sent when the emailed link is opened in this browser (a top-level GET)
+        same_site="Lax",
+    )
+    return browser_binding(svc.runtime.secret, token), [cookie]
+
+
 async def otp_start(
     scope: Scope, receive: Receive, send: Send, svc: Services, req: Request
 ) -> None:
@@ -326,8 +372,9 @@ async def otp_start(
     if otp is None:
         raise _Problem(400, "One-time PINs are not a login method of this application.")
     try:
-        email = check_email(form.get("email", ""))
-    except ValueError:
+        email = typed_email(form.get("email", ""))
+    except EmailRefused as exc:
+        # depends only on the text typed: the same for every address, allowed or not
         await _render(
             send,
             svc,
@@ -338,7 +385,7 @@ async def otp_start(
             app_name=app.name,
             flow=flow_blob,
             email=form.get("email", "")[:200],
-            error="Enter a valid email address.",
+            error=f"Enter one email address, such as name@example.com: {exc.reason}.",
             **login_methods(scope, svc, app, flow_blob),
         )
         return
@@ -347,7 +394,8 @@ async def otp_start(
     country = rt.country(ip)
     record_login = _login_recorder(svc, app.name, email, otp.name, ip, country)
     if svc.mail_unhealthy(now):
-        # the last email could not be sent: say so to everyone (it reveals no address)
+        # the SMTP server could not be used a moment ago: say so to whoever asks now (it is
+        # the same for every address, so it reveals none)
         await _render(
             send,
             svc,
@@ -381,52 +429,99 @@ async def otp_start(
             send, 429, page, [*cookie, (b"retry-after", limit.retry_after_header.encode())]
         )
         return
+    browser, browser_cookie = _browser(scope, svc)
     verdict = rt.snapshot.decide(app, Identity.of(email, otp.name), Context(ip=ip, country=country))
-    if verdict.decision == "allow":
-        pin, record = issue_pin(email, app.name, secret=rt.secret, now=now)
-        confirm = f"{rt.portal_origin}/.zerogate/login/otp/confirm?" + urlencode(
-            {"flow": flow_blob, "email": email, "pin": pin}
-        )
-        message = render_pin_email(
-            PinEmail(to=email, pin=pin, app_name=app.name, confirm_url=confirm),
-            sender=rt.settings.email.from_,
-        )
-
-        async def deliver() -> None:
-            """Store the PIN, then mail it: after the page was sent, so the page and its timing
-            are the same whether or not this address may log in."""
-            await rt.store.put_pin(pin_store_key(email, app.name), record.to_dict())
-            try:
-                await svc.mailer.send(message)
-            except MailError as exc:
-                svc.mail_failed_at = time.time()
-                log.warning("could not send the PIN email to %s: %s", email, exc)
-                record_login(decision="block", detail=f"pin email failed: {exc}")
-                return
-            svc.mail_failed_at = None
-            svc.metrics.pins_sent.inc()
-            record_login(decision="pin sent", policy=verdict.policy)
-
-        svc.spawn(deliver())
-    else:
+    allowed = verdict.decision == "allow"
+    # The same work whether or not the address may log in: a PIN and its email are made
+    # either way; a refused address gets a decoy record (no PIN matches it, same tries) and
+    # no mail, so every later answer and its timing are the same too.
+    pin, record = issue_pin(email, app.name, secret=rt.secret, now=now, browser=browser)
+    confirm = f"{rt.portal_origin}/.zerogate/login/otp/confirm?" + urlencode(
+        {"flow": flow_blob, "email": email, "pin": pin}
+    )
+    message = render_pin_email(
+        PinEmail(to=email, pin=pin, app_name=app.name, confirm_url=confirm),
+        sender=rt.settings.email.from_,
+    )
+    if not allowed:
+        record = decoy(record)
         record_login(decision="block", detail="no pin sent: no allow policy matches")
-    await _render(
-        send,
-        svc,
-        scope,
+
+    async def deliver() -> None:
+        """Store the record, then mail the PIN: after the page was sent, so the page and its
+        timing are the same whether or not this address may log in."""
+        await rt.store.put_pin(pin_store_key(email, app.name), record.to_dict())
+        if not allowed:
+            return
+        try:
+            await svc.mailer.send(message, email)
+        except MailError as exc:
+            if exc.server_down:
+                # nobody gets mail now: PIN requests say so for a minute
+                svc.mail_failed_at = time.time()
+            else:
+                # this address's own problem (refused, bounced): nobody else is affected
+                svc.mail_failed_at = None
+            log.warning("could not send the PIN email to %s: %s", email, exc)
+            record_login(decision="block", detail=f"pin email failed: {exc}")
+            return
+        svc.mail_failed_at = None
+        svc.metrics.pins_sent.inc()
+        record_login(decision="pin sent", policy=verdict.policy)
+
+    svc.spawn(deliver())
+    csrf, csrf_cookie = _csrf(scope)
+    page = svc.page(
         "pin.html",
         title="Check your email",
         app_name=app.name,
         flow=flow_blob,
         email=email,
+        csrf=csrf,
         error=None,
     )
+    await http.respond_html(send, 200, page, [*csrf_cookie, *browser_cookie])
+
+
+_ELSEWHERE = (
+    "This code was requested in another browser. Type the code in the browser where you "
+    "asked for it, or request a new code here."
+)
+
+
+async def _pin_record(svc: Services, email: str | None, app: str) -> PinRecord | None:
+    if email is None:
+        return None
+    got = await svc.runtime.store.get_pin(pin_store_key(email, app))
+    return None if got is None else PinRecord.from_dict(got[0])
+
+
+def _maybe_email(text: str) -> str | None:
+    try:
+        return typed_email(text)
+    except EmailRefused:
+        return None
 
 
 async def otp_confirm(scope: Scope, send: Send, svc: Services) -> None:
-    """The email's link: a page with a POST button, so link scanners cannot use the PIN."""
+    """The email's link: a page with a POST button, so link scanners cannot use the PIN, shown
+    only in the browser that asked for the PIN; anywhere else it sets nothing and says to type
+    the code where it was requested (no login CSRF through a forwarded link)."""
     q = http.query(scope)
-    _, app = _flow(svc, q.get("flow", ""))
+    flow_blob = q.get("flow", "")
+    _, app = _flow(svc, flow_blob)
+    email = _maybe_email(q.get("email", ""))
+    record = await _pin_record(svc, email, app.name)
+    token = http.cookies(scope).get(PIN_COOKIE, "")
+    binding = browser_binding(svc.runtime.secret, token)
+    if (
+        email is None
+        or record is None
+        or check_pin(record, "", svc.runtime.secret, time.time(), browser=binding)[0]
+        == PinOutcome.ELSEWHERE
+    ):
+        await _message(send, svc, 403, "Open this link where you asked for the code", _ELSEWHERE)
+        return
     pin = "".join(ch for ch in q.get("pin", "") if ch.isdigit())[:6]
     await _render(
         send,
@@ -435,8 +530,8 @@ async def otp_confirm(scope: Scope, send: Send, svc: Services) -> None:
         "confirm.html",
         title="Confirm sign-in",
         app_name=app.name,
-        flow=q.get("flow", ""),
-        email=q.get("email", "")[:200],
+        flow=flow_blob,
+        email=email,
         pin=pin,
     )
 
@@ -452,31 +547,41 @@ async def otp_verify(
     otp = rt.otp_provider(app)
     if otp is None:
         raise _Problem(400, "One-time PINs are not a login method of this application.")
-    email = form.get("email", "").strip().lower()[:200]
+    email = _maybe_email(form.get("email", ""))
     candidate = form.get("pin", "")[:20]
-    key = pin_store_key(email, app.name)
+    browser = browser_binding(rt.secret, http.cookies(scope).get(PIN_COOKIE, ""))
     now = time.time()
     outcome = PinOutcome.WRONG
-    for _ in range(5):
-        got = await rt.store.get_pin(key)
-        if got is None:
-            break
-        record, revision = got
-        outcome, updated = check_pin(PinRecord.from_dict(record), candidate, rt.secret, now)
-        if await rt.store.update_pin(key, updated.to_dict(), revision=revision):
-            break
-        outcome = PinOutcome.WRONG  # someone else changed it meanwhile: read again
+    if email is not None:
+        key = pin_store_key(email, app.name)
+        for _ in range(5):
+            got = await rt.store.get_pin(key)
+            if got is None:
+                break
+            record, revision = got
+            outcome, updated = check_pin(
+                PinRecord.from_dict(record), candidate, rt.secret, now, browser=browser
+            )
+            if outcome == PinOutcome.ELSEWHERE:
+                break  # nothing changed
+            if await rt.store.update_pin(key, updated.to_dict(), revision=revision):
+                break
+            outcome = PinOutcome.WRONG  # someone else changed it meanwhile: read again
     ip = req.client.ip
     country = rt.country(ip)
-    record_login = _login_recorder(svc, app.name, email, otp.name, ip, country)
+    shown = email if email is not None else form.get("email", "")[:200]
+    record_login = _login_recorder(svc, app.name, email or "", otp.name, ip, country)
     svc.metrics.logins.labels("otp", outcome.value).inc()
-    if outcome != PinOutcome.OK:
+    if outcome != PinOutcome.OK or email is None:
         record_login(decision="block", detail=f"pin {outcome.value}")
         error = {
             PinOutcome.EXPIRED: "That code has expired. Request a new one.",
             PinOutcome.EXHAUSTED: "Too many wrong codes. Request a new one.",
             PinOutcome.USED: "That code has already been used. Request a new one.",
+            PinOutcome.ELSEWHERE: _ELSEWHERE,
         }.get(outcome, "That code is not right. Check the email and try again.")
+        if svc.mail_unhealthy(now):
+            error += " (We could not send email a moment ago, so your code may not have arrived.)"
         await _render(
             send,
             svc,
@@ -486,11 +591,11 @@ async def otp_verify(
             title="Check your email",
             app_name=app.name,
             flow=flow_blob,
-            email=email,
+            email=shown,
             error=error,
         )
         return
-    await rt.store.delete_pin(key)
+    await rt.store.delete_pin(pin_store_key(email, app.name))
     record_login(decision="allow", detail="pin accepted")
     portal_token = issue_portal_token(
         rt.keyset,

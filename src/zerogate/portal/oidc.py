@@ -18,6 +18,7 @@ decision ``block``, ``detail`` = ``oidc <reason>: …``); no session is created.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -527,7 +528,11 @@ async def callback(scope: Scope, send: Send, svc: Services, req: Request, name: 
         )
     except OidcError as exc:
         status, message = _oidc_failure(exc, label)
-        email = exc.email if isinstance(exc, EmailUnverified) else None
+        email = None
+        if isinstance(exc, EmailUnverified):
+            # logged only in canonical form: the provider's text may be anything
+            with contextlib.suppress(ValueError):
+                email = check_email(exc.email)
         raise _Failure(
             status, message, exc.reason, str(exc), flow=flow_blob, app=app.name, email=email
         ) from None
