@@ -177,6 +177,8 @@ class Zerogate:
     http_host: str = "127.0.0.1"
     #: ``listen.tunnel`` (HOST:PORT) when the test serves tunnels
     tunnel_listen: str | None = None
+    #: ``listen.tls`` ({cert: FILE, key: FILE}) when the test serves HTTPS
+    tls: str | None = None
 
     @property
     def config(self) -> Path:
@@ -187,7 +189,8 @@ class Zerogate:
         return f"auth.localhost:{self.port}"
 
     def url(self, host: str, path: str = "/") -> str:
-        return f"http://{host}:{self.port}{path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{host}:{self.port}{path}"
 
     def write(self, body: str) -> None:
         self.config.write_text(
@@ -200,7 +203,8 @@ class Zerogate:
 
     def _listen(self) -> str:
         tunnel = f", tunnel: {self.tunnel_listen}" if self.tunnel_listen else ""
-        return f"http: {self.http_host}:{self.port}{tunnel}"
+        tls = f", tls: {self.tls}" if self.tls else ""
+        return f"http: {self.http_host}:{self.port}{tunnel}{tls}"
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

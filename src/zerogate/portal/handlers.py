@@ -55,7 +55,7 @@ from zerogate.policy import Context, Identity
 from zerogate.policy.engine import CompiledApp
 from zerogate.portal import oidc as oidc_login
 from zerogate.portal.admin_login import admin_return, is_admin_app
-from zerogate.runtime import PORTAL_AUDIENCE
+from zerogate.runtime import PORTAL_AUDIENCE, Runtime
 from zerogate.services import Services
 
 log = logging.getLogger("zerogate.portal")
@@ -340,10 +340,14 @@ def typed_email(text: str) -> str:
     return check_email(text.strip(" \t\r\n"))
 
 
+def _pin_cookie(scope: Scope, rt: Runtime) -> str:
+    return http.cookie(scope, PIN_COOKIE, secure=secure_cookies(rt)) or ""
+
+
 def _browser(scope: Scope, svc: Services) -> tuple[str, list[tuple[bytes, bytes]]]:
     """The ``browser_binding`` of this browser's PIN cookie, and the ``Set-Cookie`` that gives
     it one when it has none (a random value; only its HMAC goes into PIN records)."""
-    token = http.cookies(scope).get(PIN_COOKIE, "")
+    token = _pin_cookie(scope, svc.runtime)
     binding = browser_binding(svc.runtime.secret, token)
     if binding:
         return binding, []
@@ -353,7 +357,7 @@ def _browser(scope: Scope, svc: Services) -> tuple[str, list[tuple[bytes, bytes]
         token,
         path="/.zerogate/login",
         max_age=PIN_COOKIE_SECONDS,
-        secure=svc.runtime.scheme == "https",
+        secure=secure_cookies(svc.runtime),
         # Lax: sent when the emailed link is opened in this browser (a top-level GET)
         same_site="Lax",
     )
@@ -512,7 +516,7 @@ async def otp_confirm(scope: Scope, send: Send, svc: Services) -> None:
     _, app = _flow(svc, flow_blob)
     email = _maybe_email(q.get("email", ""))
     record = await _pin_record(svc, email, app.name)
-    token = http.cookies(scope).get(PIN_COOKIE, "")
+    token = _pin_cookie(scope, svc.runtime)
     binding = browser_binding(svc.runtime.secret, token)
     if (
         email is None
@@ -549,7 +553,7 @@ async def otp_verify(
         raise _Problem(400, "One-time PINs are not a login method of this application.")
     email = _maybe_email(form.get("email", ""))
     candidate = form.get("pin", "")[:20]
-    browser = browser_binding(rt.secret, http.cookies(scope).get(PIN_COOKIE, ""))
+    browser = browser_binding(rt.secret, _pin_cookie(scope, svc.runtime))
     now = time.time()
     outcome = PinOutcome.WRONG
     if email is not None:
@@ -608,7 +612,7 @@ async def otp_verify(
         now=now,
     )
     cookie = http.set_cookie(
-        PORTAL_COOKIE, portal_token, max_age=_global_session(svc), secure=rt.scheme == "https"
+        PORTAL_COOKIE, portal_token, max_age=_global_session(svc), secure=secure_cookies(rt)
     )
     last = oidc_login.last_method_cookie(svc, otp.name)
     await hand_over(send, svc, flow, app, email, otp.name, [], [], [cookie, last])
@@ -640,5 +644,5 @@ async def logout(scope: Scope, send: Send, svc: Services, req: Request) -> None:
         error=False,
     )
     await http.respond_html(
-        send, 200, page, [http.clear_cookie(PORTAL_COOKIE, secure=svc.runtime.scheme == "https")]
+        send, 200, page, [http.clear_cookie(PORTAL_COOKIE, secure=secure_cookies(svc.runtime))]
     )
