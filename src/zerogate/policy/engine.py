@@ -410,17 +410,26 @@ class CompiledApp:
         self.main = tuple(p for p in policies if p.decision in ("allow", "block"))
         self.has_allow = any(p.decision == "allow" for p in policies)
         self.fast_pre = tuple(
-            (p.rules, p.decision == "bypass", Verdict(p.outcome, self, p.name, p.reason))
+            (
+                p.rules,
+                p.decision == "bypass",
+                Verdict(p.outcome, self, p.name, p.reason, kept_by_app=True),
+            )
             for p in self.pre
         )
         self.fast_main = tuple(
-            (p.rules, Verdict(p.outcome, self, p.name, p.reason)) for p in self.main
+            (p.rules, Verdict(p.outcome, self, p.name, p.reason, kept_by_app=True))
+            for p in self.main
         )
-        self.v_deny = Verdict("block", self, None, "no policy matched (deny by default)")
-        self.v_login = Verdict("authenticate", self, None, "login required")
-        self.v_nobody = Verdict("block", self, None, "no allow policy: nobody can log in")
+        self.v_deny = Verdict(
+            "block", self, None, "no policy matched (deny by default)", kept_by_app=True
+        )
+        self.v_login = Verdict("authenticate", self, None, "login required", kept_by_app=True)
+        self.v_nobody = Verdict(
+            "block", self, None, "no allow policy: nobody can log in", kept_by_app=True
+        )
         self.v_token_refused = Verdict(
-            "block", self, None, "no service_auth policy accepts this token"
+            "block", self, None, "no service_auth policy accepts this token", kept_by_app=True
         )
 
     def __repr__(self) -> str:
@@ -439,19 +448,25 @@ class Verdict:
         policy: str | None,
         reason: str,
         steps: tuple[dict[str, Any], ...] = (),
+        *,
+        kept_by_app: bool = False,
     ) -> None:
         self.decision: Outcome = decision
-        # weakly: an application keeps its ready-made verdicts, and a strong reference back
-        # made every compiled snapshot a reference cycle (left to the cyclic collector, whose
-        # full passes over a large configuration stall the event loop)
-        self._app = weakref.ref(application) if application is not None else None
+        # ``kept_by_app``: one of the application's ready-made verdicts refers to it weakly,
+        # as a strong reference back would make every compiled snapshot a reference cycle
+        # (left to the cyclic collector, whose full passes over a large configuration stall
+        # the event loop); a verdict made for one request holds its application
+        self._app: weakref.ref[CompiledApp] | CompiledApp | None = (
+            weakref.ref(application) if kept_by_app and application is not None else application
+        )
         self.policy = policy
         self.reason = reason
         self.steps = steps
 
     @property
     def application(self) -> CompiledApp | None:
-        return self._app() if self._app is not None else None
+        app = self._app
+        return app() if isinstance(app, weakref.ref) else app
 
     def __repr__(self) -> str:
         app = self.application.name if self.application else None
