@@ -440,10 +440,13 @@ async def test_under_tls_zerogates_cookies_are_host_prefixed_and_secure(
         path = login_url.split(f"auth.localhost:{server.port}", 1)[1]
         status, headers, body = await tls_get(server.port, context, "auth.localhost", path)
         assert status == 200, body[:300]
-        [csrf] = [v for k, v in headers if k.lower() == "set-cookie"]
-        assert csrf.startswith("__Host-__zg_csrf="), csrf
-        flags = [part.strip().lower() for part in csrf.split(";")[1:]]
-        assert "secure" in flags and "httponly" in flags and "path=/" in flags
+        set = [v for k, v in headers if k.lower() == "set-cookie"]
+        # the CSRF cookie and the PIN-binding cookie, both __Host- cookies
+        assert sorted(v.split("=", 1)[0] for v in set) == ["__Host-__zg_csrf", "__Host-__zg_pin"]
+        for value in set:
+            flags = [part.strip().lower() for part in value.split(";")[1:]]
+            assert "secure" in flags and "httponly" in flags and "path=/" in flags, value
+        [csrf] = [v for v in set if v.startswith("__Host-__zg_csrf=")]
         # the unprefixed name (what a sibling host or plain HTTP could toss) is not read
         token = csrf.split(";", 1)[0].split("=", 1)[1]
         assert f'value="{token}"' in body.decode()

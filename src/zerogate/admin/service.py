@@ -28,8 +28,10 @@ anyway") and API tokens (not on the list) skip it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import random
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -83,7 +85,7 @@ TOUCH_SECONDS = 60.0
 _NAME: TypeAdapter[str] = TypeAdapter(Name)
 
 #: how often a one-object write is made again when other objects changed meanwhile
-_WRITE_ATTEMPTS = 8
+_WRITE_ATTEMPTS = 20
 
 #: a one-object change: edits the configuration document, returns the expected versions
 Edit = Callable[[dict[str, Any], dict[tuple[str, str], int]], dict[tuple[str, str], int | None]]
@@ -339,6 +341,9 @@ class AdminService:
             except StaleWrite as exc:
                 if exc.name or attempt == _WRITE_ATTEMPTS - 1:
                     raise Conflict(str(exc)) from None
+                # many writers at once: step aside a growing random moment, so they do not
+                # keep invalidating each other's next attempt
+                await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 7)))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def create(self, collection: str, spec: dict[str, Any], actor: Actor) -> Item:

@@ -229,8 +229,12 @@ class Connector:
                 delay = backoff.next()
                 log.info("redialling", conn=index, edge=str(edge), retry_in=round(delay, 2))
             self.metrics.reconnects.inc()
-            next_edge = cfg.edges[(index + offset) % len(cfg.edges)]
-            await self._wait_or_edge_back(next_edge, delay)
+            if outcome.refused is not None:  # the edge answered: only the backoff decides
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+            else:
+                next_edge = cfg.edges[(index + offset) % len(cfg.edges)]
+                await self._wait_or_edge_back(next_edge, delay)
 
     async def _wait_or_edge_back(self, edge: EdgeAddress, delay: float) -> None:
         """Sleep ``delay`` (the backoff), but no longer than until ``edge`` comes back after
