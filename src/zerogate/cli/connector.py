@@ -153,7 +153,7 @@ def run_connector(
     try:
         rules = ingress.from_url(url) if url is not None else ingress.load_file(config or "")
     except ConfigError as exc:
-        fail(*(escape(str(problem)) for problem in exc.problems))
+        fail(*(escape(line) for line in exc.lines()))
     if ca is not None and not ca.is_file():
         fail(f"--ca: {escape(str(ca))} is not a readable file")
     if metrics is not None:
