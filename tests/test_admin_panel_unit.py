@@ -766,7 +766,7 @@ async def test_identity_provider_create_and_test_connection(
             "type": "oidc",
             "issuer": "https://down.test",
             "client_id": "zerogate",
-            "client_secret_env": "KC_SECRET_FOR_PANEL_TEST",
+            "client_secret_env": "ZEROGATE_SECRET_KC_PANEL_TEST",
             "scopes": "openid email profile groups",
         },
     )

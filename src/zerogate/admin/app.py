@@ -70,7 +70,9 @@ class AdminFrontDoor:
 
     def __init__(self, svc: Services, service: AdminService | None = None) -> None:
         self.svc = svc
-        self.service = service or AdminService(svc.runtime.store)
+        self.service = service or AdminService(
+            svc.runtime.store, secret_env_prefix=svc.runtime.settings.secret_env_prefix
+        )
         from zerogate.admin.api import create_api
 
         self.api: ASGIApp = create_api(

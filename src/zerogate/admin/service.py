@@ -45,7 +45,7 @@ from zerogate.admin.connector_tokens import (
     token_edges,
 )
 from zerogate.model.loader import ConfigError, Problem, validate_objects
-from zerogate.model.objects import Name, Objects, Settings
+from zerogate.model.objects import DEFAULT_SECRET_ENV_PREFIX, Name, Objects, OidcProvider, Settings
 from zerogate.model.values import parse_duration
 from zerogate.policy import Context, Identity, Verdict, compile_snapshot
 from zerogate.store import (
@@ -250,8 +250,10 @@ def _collection(name: str) -> str:
 class AdminService:
     """Reads and versioned writes of the configured objects, logs and the policy tester."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, secret_env_prefix: str = DEFAULT_SECRET_ENV_PREFIX) -> None:
         self.store = store
+        #: secret references written through here must start with this (``Settings``)
+        self.secret_env_prefix = secret_env_prefix
         #: token id -> when this process last wrote its ``last_used_at`` (monotonic-ish epoch)
         self._touched: dict[str, float] = {}
 
@@ -306,6 +308,7 @@ class AdminService:
             objects = validate_objects(doc, source=None)
         except ConfigError as exc:
             raise Invalid("the change would make the configuration invalid", exc.problems) from None
+        await self._check_secret_refs(objects)
         if actor.guard is not None:
             _check_guard(objects, actor.guard)
         try:
@@ -318,6 +321,45 @@ class AdminService:
             )
         except StaleWrite as exc:
             raise Conflict(str(exc)) from None
+
+    def secret_env_allowed(self, name: str) -> bool:
+        """Whether the admin API and panel may name (and test) environment variable ``name``."""
+        return name.startswith(self.secret_env_prefix) and len(name) > len(self.secret_env_prefix)
+
+    async def _check_secret_refs(self, objects: Objects) -> None:
+        """A secret reference set or changed through the admin API / panel must name a variable
+        the server's settings allow, and no other provider's: else an admin could send any of
+        the server's variables (``PATH``, another provider's secret) to an issuer they choose.
+        A reference kept unchanged from the file's configuration stays as it was."""
+        stored, _ = await self.store.load()
+        before = {
+            idp.name: idp.client_secret_env
+            for idp in stored.identity_providers
+            if isinstance(idp, OidcProvider)
+        }
+        users: dict[str, list[str]] = {}
+        for idp in objects.identity_providers:
+            if isinstance(idp, OidcProvider) and idp.client_secret_env:
+                users.setdefault(idp.client_secret_env, []).append(idp.name)
+        problems: list[Problem] = []
+        for idp in objects.identity_providers:
+            ref = idp.client_secret_env if isinstance(idp, OidcProvider) else None
+            if not ref or before.get(idp.name) == ref:
+                continue
+            where = f"identity provider {idp.name!r} › client_secret_env"
+            if not self.secret_env_allowed(ref):
+                problems.append(
+                    Problem(
+                        where,
+                        f"the admin API and panel may only name variables starting with "
+                        f"{self.secret_env_prefix} (the server's secret_env_prefix setting)",
+                    )
+                )
+            elif len(users[ref]) > 1:
+                others = ", ".join(repr(n) for n in users[ref] if n != idp.name)
+                problems.append(Problem(where, f"{ref} is the secret of {others} already"))
+        if problems:
+            raise Invalid("the change names a secret it may not", problems)
 
     async def create(self, collection: str, spec: dict[str, Any], actor: Actor) -> Item:
         """Add a new object; ``Conflict`` when one of that name exists."""
