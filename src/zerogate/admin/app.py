@@ -164,6 +164,7 @@ class AdminFrontDoor:
                 read_only=token.read_only,
                 via="token",
                 session_id=f"token:{token.token_id}",
+                expires_at=token.expires_at,
             )
         else:
             claims = session_claims(scope, svc)

@@ -143,6 +143,9 @@ class Actor:
     who: str
     source: str | None = None
     guard: Guard | None = None
+    #: an API token acting: whether it is read-only and when it ends (what it may create)
+    read_only: bool = False
+    expires_at: datetime | None = None
 
     @classmethod
     def of(cls, principal: Principal, *, force: bool = False) -> Actor:
@@ -152,7 +155,13 @@ class Actor:
         if principal.via == "session" and not force:
             identity = principal.identity or Identity.of(principal.who)
             guard = Guard(identity, principal.context())
-        return cls(principal.who, principal.source, guard)
+        return cls(
+            principal.who,
+            principal.source,
+            guard,
+            read_only=principal.read_only,
+            expires_at=principal.expires_at,
+        )
 
 
 def check_name(name: str, what: str) -> str:
@@ -575,6 +584,17 @@ class AdminService:
                 lifetime = parse_duration(expires)
             except ValueError as exc:
                 raise Invalid(f"expires: {exc}", [Problem("expires", str(exc))]) from None
+        if actor.read_only and not read_only:
+            message = "a read-only token cannot create a read-write one"
+            raise Invalid(message, [Problem("read_only", message)])
+        if actor.expires_at is not None:
+            ends = actor.expires_at
+            if lifetime is None or datetime.now(UTC) + lifetime > ends:
+                message = (
+                    f"a token may not outlive the token that creates it: give an expiry "
+                    f"that ends by {ends.strftime('%Y-%m-%d %H:%M')} UTC"
+                )
+                raise Invalid(f"expires: {message}", [Problem("expires", message)])
         token, text = new_api_token(
             name, read_only=read_only, expires=lifetime, created_by=actor.who
         )
