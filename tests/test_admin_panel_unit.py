@@ -842,7 +842,8 @@ async def test_tunnel_token_is_shown_once_with_the_command(
     (cred,) = await store.tunnel_credentials()
     assert cred.name == "office" and cred.tunnel_id == decoded.tunnel_id
     assert tunnel_token.secret_matches(decoded.secret, cred.secret_hash)
-    assert "zerogate connector run --token zgt1_" in reply.text
+    assert "zgt1_" in reply.text
+    assert "zerogate connector run --token-file /etc/zerogate/office.token" in reply.text
     assert (await service.get("tunnels", "office")).spec["routes"] == ["intranet.example.test"]
     # a new token replaces the secret, keeps the id, and pins the same certificate
     again = await admin.post("/admin/tunnels/token", {"csrf": csrf, "name": "office"})

@@ -6,6 +6,7 @@ not reveal whether a variable outside the allowed prefix exists."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,3 +132,32 @@ async def test_panel_refuses_the_reference_and_test_connection_reveals_nothing(
     assert pages[0] == pages[1]
     assert "is set" not in pages[0] and "NOT set" not in pages[0]
     assert "not checked" in pages[0]
+
+
+def test_connector_reads_its_token_from_a_file(tmp_path: Path) -> None:
+    """Issue 17 item 6: the token can stay off the command line (``ps``, shell history)."""
+    from typer.testing import CliRunner
+
+    from zerogate.cli.main import app
+    from zerogate.tunnel.token import TunnelToken, new_secret, new_tunnel_id
+
+    token = TunnelToken(new_tunnel_id(), new_secret(), ("127.0.0.1:1",)).encode()
+    token_file = tmp_path / "office.token"
+    token_file.write_text(token + "\n")
+    env = {"ZEROGATE_TUNNEL_TOKEN": ""}
+    runner = CliRunner()
+    # the token is read and decoded: the run gets as far as the ingress choice
+    read = runner.invoke(app, ["connector", "run", "--token-file", str(token_file)], env=env)
+    assert read.exit_code == 2 and "exactly one of --url" in read.output
+    broken = tmp_path / "broken.token"
+    broken.write_text("zgt1_not-a-token")
+    bad = runner.invoke(app, ["connector", "run", "--token-file", str(broken)], env=env)
+    assert bad.exit_code == 2 and "--token" in bad.output
+    missing = runner.invoke(
+        app, ["connector", "run", "--token-file", str(tmp_path / "nope")], env=env
+    )
+    assert missing.exit_code == 2 and "cannot read" in missing.output
+    both = runner.invoke(
+        app, ["connector", "run", "--token-file", str(token_file), "--token", token], env=env
+    )
+    assert both.exit_code == 2 and "once" in both.output
