@@ -161,3 +161,21 @@ def test_connector_reads_its_token_from_a_file(tmp_path: Path) -> None:
         app, ["connector", "run", "--token-file", str(token_file), "--token", token], env=env
     )
     assert both.exit_code == 2 and "once" in both.output
+
+
+@pytest.mark.parametrize(
+    "amr", [[f"m{i}" for i in range(20_000)], ["x" * 300], [f"method-{i}" for i in range(17)]]
+)
+def test_an_oversized_amr_claim_is_refused(amr: list[str]) -> None:
+    """Issue 17 item 6: 20,000 ``amr`` entries used to become a 64 KiB cookie and flow into
+    every application's JWT; like ``groups``, the list claims have a cap."""
+    from test_oidc import claims
+    from zerogate.identity import oidc
+
+    with pytest.raises(oidc.ClaimsError, match="more than zerogate carries"):
+        oidc.identity_from_claims(claims(amr=amr), "groups")
+    assert oidc.identity_from_claims(claims(amr=["pwd", "mfa", "otp"]), None).amr == (
+        "pwd",
+        "mfa",
+        "otp",
+    )
