@@ -14,12 +14,14 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from zerogate.admin.service import Actor, AdminService, new_api_token
+from zerogate.admin.service import Actor, AdminService, Invalid, new_api_token
+from zerogate.store import Store, storage_url
 from zerogate.tunnel import token as tunnel_token
 from zg_harness import (
     HttpBrowser,
@@ -264,7 +266,7 @@ async def test_api_token_created_through_the_api_works_once_shown(zg: Zerogate) 
             client,
             "POST",
             api(zg, "/api-tokens"),
-            {"name": "script", "read_only": True, "expires": "30d"},
+            {"name": "script", "read_only": True, "expires": "12h"},
             bearer(zg.extra["rw"]),
         )
         assert made.status == 201, made.text
@@ -273,7 +275,11 @@ async def test_api_token_created_through_the_api_works_once_shown(zg: Zerogate) 
         who = await client.get(api(zg, "/session"), headers=bearer(token))
         assert who.json()["who"] == "api-token:script"
         again = await send_json(
-            client, "POST", api(zg, "/api-tokens"), {"name": "script"}, bearer(zg.extra["rw"])
+            client,
+            "POST",
+            api(zg, "/api-tokens"),
+            {"name": "script", "expires": "1h"},
+            bearer(zg.extra["rw"]),
         )
         assert again.status == 409
         bad = await send_json(
@@ -284,6 +290,42 @@ async def test_api_token_created_through_the_api_works_once_shown(zg: Zerogate) 
             bearer(zg.extra["rw"]),
         )
         assert bad.status == 422 and bad.json()["problems"][0]["where"] == "expires"
+
+
+async def test_a_token_cannot_create_one_that_outlives_it(zg: Zerogate) -> None:
+    """Issue 17 item 6: the read-write token (expires in 1 day) asks for a token that never
+    expires, or one that lasts a year: both refused; one within its own lifetime works."""
+    async with HttpBrowser() as client:
+        for body in ({"name": "forever"}, {"name": "year", "expires": "365d"}):
+            made = await send_json(
+                client, "POST", api(zg, "/api-tokens"), body, bearer(zg.extra["rw"])
+            )
+            assert made.status == 422, made.text
+            assert made.json()["problems"][0]["where"] == "expires"
+            assert "outlive" in made.json()["problems"][0]["message"]
+        listed = await client.get(api(zg, "/api-tokens"), headers=bearer(zg.extra["rw"]))
+        names = {t["name"] for t in listed.json()}
+        assert not names & {"forever", "year"}
+        ok = await send_json(
+            client,
+            "POST",
+            api(zg, "/api-tokens"),
+            {"name": "shorter", "expires": "2h"},
+            bearer(zg.extra["rw"]),
+        )
+        assert ok.status == 201, ok.text
+
+
+async def test_a_read_only_actor_cannot_create_a_read_write_token(tmp_path: Path) -> None:
+    store = await Store.open(storage_url(f"sqlite:///{tmp_path / 'z.db'}"))
+    try:
+        service = AdminService(store)
+        with pytest.raises(Invalid, match="read-only token cannot create a read-write"):
+            await service.create_api_token(
+                "up", read_only=False, expires=None, actor=Actor("api-token:ro", read_only=True)
+            )
+    finally:
+        await store.close()
 
 
 # ---------------------------------------------------------------- sessions
@@ -807,7 +849,7 @@ async def test_connector_token_through_the_api(zg: Zerogate) -> None:
         decoded = tunnel_token.decode(body["token"])
         assert decoded.tunnel_id == body["id"] and list(decoded.edges) == body["edges"]
         assert decoded.fingerprint == body["fingerprint"] and not body["rotated"]
-        assert body["token"] in body["command"]
+        assert body["token"] not in body["command"] and "--token-file" in body["command"]
         again = await send_json(client, "POST", api(zg, "/tunnels/branch/token"), None, rw)
         assert again.json()["rotated"] and again.json()["id"] == body["id"]
         log = await client.get(api(zg, "/admin-log?limit=5"), headers=rw)

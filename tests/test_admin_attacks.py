@@ -598,7 +598,7 @@ async def test_secrets_never_come_back_after_they_were_shown_once(zg: Zerogate) 
         "POST",
         "/api/v1/api-tokens",
         headers=json_headers,
-        body=json.dumps({"name": "leaky", "read_only": True}).encode(),
+        body=json.dumps({"name": "leaky", "read_only": True, "expires": "1h"}).encode(),
     )
     assert api.status == 201, api.text
     api_token = api.json()["token"]

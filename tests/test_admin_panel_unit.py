@@ -766,7 +766,7 @@ async def test_identity_provider_create_and_test_connection(
             "type": "oidc",
             "issuer": "https://down.test",
             "client_id": "zerogate",
-            "client_secret_env": "KC_SECRET_FOR_PANEL_TEST",
+            "client_secret_env": "ZEROGATE_SECRET_KC_PANEL_TEST",
             "scopes": "openid email profile groups",
         },
     )
@@ -842,7 +842,8 @@ async def test_tunnel_token_is_shown_once_with_the_command(
     (cred,) = await store.tunnel_credentials()
     assert cred.name == "office" and cred.tunnel_id == decoded.tunnel_id
     assert tunnel_token.secret_matches(decoded.secret, cred.secret_hash)
-    assert "zerogate connector run --token zgt1_" in reply.text
+    assert "zgt1_" in reply.text
+    assert "zerogate connector run --token-file /etc/zerogate/office.token" in reply.text
     assert (await service.get("tunnels", "office")).spec["routes"] == ["intranet.example.test"]
     # a new token replaces the secret, keeps the id, and pins the same certificate
     again = await admin.post("/admin/tunnels/token", {"csrf": csrf, "name": "office"})

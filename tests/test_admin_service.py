@@ -353,7 +353,11 @@ async def test_tunnel_tokens_are_made_in_one_place(service: AdminService) -> Non
     assert tunnel_token.secret_matches(decoded.secret, cred.secret_hash)
     assert decoded.edges == first.edges and first.edges  # the settings' tunnel address
     assert decoded.fingerprint is not None and decoded.fingerprint == first.fingerprint
-    assert first.token in first.command() and "--edge" not in first.command()
+    assert (
+        first.token not in first.command()
+        and "--token-file" in first.command()
+        and "--edge" not in first.command()
+    )
     second = await service.create_tunnel_token(
         "office", actor=ME, settings=settings, edges=["edge.example.test:7844"]
     )

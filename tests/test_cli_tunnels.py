@@ -74,7 +74,9 @@ def test_create_prints_a_token_once_and_stores_only_its_hash(config: Path) -> No
     assert token.tunnel_id == made["id"]
     # listen.tunnel binds every address: the token names the portal's host, tunnel port
     assert list(token.edges) == made["edges"] == ["auth.example.com:7999"]
-    assert made["command"].startswith(f"zerogate connector run --token {made['token']} ")
+    # the token stays off the command line (ps, shell history): the command reads a file
+    assert made["command"].startswith("zerogate connector run --token-file ")
+    assert made["token"] not in made["command"]
     with_store = store_of(config)
     creds = with_store(lambda s: s.tunnel_credentials())
     assert [(c.name, c.tunnel_id, c.secret_hash) for c in creds] == [
@@ -89,7 +91,7 @@ def test_create_prints_a_token_once_and_stores_only_its_hash(config: Path) -> No
     # text mode: the token, the connector command, the warning; --edge overrides the address
     text = ok("tunnel", "create", "lab", "--edge", "edge1.example.com:443", "-c", c)
     assert "Tunnel lab created (no routes yet)" in text
-    assert "zgt1_" in text and "zerogate connector run --token zgt1_" in text
+    assert "zgt1_" in text and "zerogate connector run --token-file " in text
     assert "shown only this once" in text
     lab_token = next(line.strip() for line in text.splitlines() if line.strip().startswith("zgt1_"))
     assert decode(lab_token).edges == ("edge1.example.com:443",)

@@ -539,6 +539,7 @@ async def test_open_errors_are_store_errors(tmp_path: pathlib.Path) -> None:
     with pytest.raises(StoreError, match=r"cannot open the store at postgresql://zg:\*\*\*@"):
         await Store.open(storage_url("postgresql://zg:secret@127.0.0.1:1/zg"))
     (tmp_path / "junk.db").write_bytes(b"this is not a database" * 100)
+    (tmp_path / "junk.db").chmod(0o600)  # a store others can read is refused first
     with pytest.raises(StoreError, match="cannot open the store"):
         await Store.open(storage_url("sqlite:///junk.db", base_dir=tmp_path))
 

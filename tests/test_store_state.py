@@ -31,6 +31,7 @@ from zerogate.store import (
 from zerogate.store import store as store_module
 from zerogate.store.diff import rows_of
 from zerogate.store.engine import create_engine, sqlite_file, write_lock
+from zerogate.store.secretbox import prepare_sqlite_file
 from zerogate.store.tables import auth_codes, config_state
 from zerogate.store.tables import objects as objects_table
 
@@ -504,7 +505,7 @@ RUNTIME_TABLES = {
 async def test_upgrade_from_0001_with_data_and_downgrade(url: str) -> None:
     file = sqlite_file(url)
     if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
+        prepare_sqlite_file(file)  # the 0600 files the previous zerogate was told to make
     tables = await _run(url, "upgrade", "0001")
     assert not tables & RUNTIME_TABLES
     # configuration stored by the previous zerogate

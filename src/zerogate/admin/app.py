@@ -70,7 +70,9 @@ class AdminFrontDoor:
 
     def __init__(self, svc: Services, service: AdminService | None = None) -> None:
         self.svc = svc
-        self.service = service or AdminService(svc.runtime.store)
+        self.service = service or AdminService(
+            svc.runtime.store, secret_env_prefix=svc.runtime.settings.secret_env_prefix
+        )
         from zerogate.admin.api import create_api
 
         self.api: ASGIApp = create_api(
@@ -162,6 +164,7 @@ class AdminFrontDoor:
                 read_only=token.read_only,
                 via="token",
                 session_id=f"token:{token.token_id}",
+                expires_at=token.expires_at,
             )
         else:
             claims = session_claims(scope, svc)

@@ -40,9 +40,16 @@ class ConnectorToken:
     rotated: bool
 
     def command(self, url: str = "http://localhost:8080") -> str:
-        """The command that runs a connector with it (``--edge`` when it names none)."""
+        """The command that runs a connector with it (``--edge`` when it names none). The token
+        goes into a file (mode 0600) or ``$ZEROGATE_TUNNEL_TOKEN``, never onto the command
+        line, where ``ps`` and the shell history would show it."""
         edge = "" if self.edges else " --edge EDGE-HOST:7844"
-        return f"zerogate connector run --token {self.token}{edge} --url {url}"
+        return f"zerogate connector run --token-file {self.token_file}{edge} --url {url}"
+
+    @property
+    def token_file(self) -> str:
+        """Where the suggested command expects the token (a suggestion, nothing is written)."""
+        return f"/etc/zerogate/{self.name}.token"
 
 
 def token_edges(settings: Settings | None) -> tuple[str, ...]:

@@ -936,7 +936,15 @@ class Panel:
         else:
             checks.append((False, f"could not read the signing keys at {meta.jwks_uri}"))
         env = spec.get("client_secret_env")
-        if env:
+        if env and not self.service.secret_env_allowed(str(env)):
+            checks.append(
+                (
+                    False,
+                    f"client secret variable not checked: the panel looks only at variables "
+                    f"starting with {self.service.secret_env_prefix}",
+                )
+            )
+        elif env:
             present = bool(os.environ.get(str(env)))
             checks.append(
                 (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from zerogate.policy import Context, Identity
@@ -32,6 +33,9 @@ class Principal:
     identity: Identity | None = None
     #: the client's country (GeoIP), for deciding the admins list again (lock-out guard)
     country: str | None = None
+    #: when the API token ends (``None``: a session, or a token that never expires); a token
+    #: it creates may not outlive it
+    expires_at: datetime | None = None
 
     def context(self) -> Context:
         """The request context the admins list was decided with."""

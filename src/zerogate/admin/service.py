@@ -47,7 +47,7 @@ from zerogate.admin.connector_tokens import (
     token_edges,
 )
 from zerogate.model.loader import ConfigError, Problem, validate_objects
-from zerogate.model.objects import Name, Objects, Settings
+from zerogate.model.objects import DEFAULT_SECRET_ENV_PREFIX, Name, Objects, OidcProvider, Settings
 from zerogate.model.values import parse_duration
 from zerogate.policy import Context, Identity, Verdict, compile_snapshot
 from zerogate.store import (
@@ -151,6 +151,9 @@ class Actor:
     who: str
     source: str | None = None
     guard: Guard | None = None
+    #: an API token acting: whether it is read-only and when it ends (what it may create)
+    read_only: bool = False
+    expires_at: datetime | None = None
 
     @classmethod
     def of(cls, principal: Principal, *, force: bool = False) -> Actor:
@@ -160,7 +163,13 @@ class Actor:
         if principal.via == "session" and not force:
             identity = principal.identity or Identity.of(principal.who)
             guard = Guard(identity, principal.context())
-        return cls(principal.who, principal.source, guard)
+        return cls(
+            principal.who,
+            principal.source,
+            guard,
+            read_only=principal.read_only,
+            expires_at=principal.expires_at,
+        )
 
 
 def check_name(name: str, what: str) -> str:
@@ -258,8 +267,10 @@ def _collection(name: str) -> str:
 class AdminService:
     """Reads and versioned writes of the configured objects, logs and the policy tester."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, secret_env_prefix: str = DEFAULT_SECRET_ENV_PREFIX) -> None:
         self.store = store
+        #: secret references written through here must start with this (``Settings``)
+        self.secret_env_prefix = secret_env_prefix
         #: token id -> when this process last wrote its ``last_used_at`` (monotonic-ish epoch)
         self._touched: dict[str, float] = {}
 
@@ -314,6 +325,7 @@ class AdminService:
             objects = validate_objects(doc, source=None)
         except ConfigError as exc:
             raise Invalid("the change would make the configuration invalid", exc.problems) from None
+        await self._check_secret_refs(objects)
         if actor.guard is not None:
             _check_guard(objects, actor.guard)
         return await self.store.apply(
@@ -345,6 +357,45 @@ class AdminService:
                 # keep invalidating each other's next attempt
                 await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 7)))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def secret_env_allowed(self, name: str) -> bool:
+        """Whether the admin API and panel may name (and test) environment variable ``name``."""
+        return name.startswith(self.secret_env_prefix) and len(name) > len(self.secret_env_prefix)
+
+    async def _check_secret_refs(self, objects: Objects) -> None:
+        """A secret reference set or changed through the admin API / panel must name a variable
+        the server's settings allow, and no other provider's: else an admin could send any of
+        the server's variables (``PATH``, another provider's secret) to an issuer they choose.
+        A reference kept unchanged from the file's configuration stays as it was."""
+        stored, _ = await self.store.load()
+        before = {
+            idp.name: idp.client_secret_env
+            for idp in stored.identity_providers
+            if isinstance(idp, OidcProvider)
+        }
+        users: dict[str, list[str]] = {}
+        for idp in objects.identity_providers:
+            if isinstance(idp, OidcProvider) and idp.client_secret_env:
+                users.setdefault(idp.client_secret_env, []).append(idp.name)
+        problems: list[Problem] = []
+        for idp in objects.identity_providers:
+            ref = idp.client_secret_env if isinstance(idp, OidcProvider) else None
+            if not ref or before.get(idp.name) == ref:
+                continue
+            where = f"identity provider {idp.name!r} › client_secret_env"
+            if not self.secret_env_allowed(ref):
+                problems.append(
+                    Problem(
+                        where,
+                        f"the admin API and panel may only name variables starting with "
+                        f"{self.secret_env_prefix} (the server's secret_env_prefix setting)",
+                    )
+                )
+            elif len(users[ref]) > 1:
+                others = ", ".join(repr(n) for n in users[ref] if n != idp.name)
+                problems.append(Problem(where, f"{ref} is the secret of {others} already"))
+        if problems:
+            raise Invalid("the change names a secret it may not", problems)
 
     async def create(self, collection: str, spec: dict[str, Any], actor: Actor) -> Item:
         """Add a new object; ``Conflict`` when one of that name exists."""
@@ -578,6 +629,17 @@ class AdminService:
                 lifetime = parse_duration(expires)
             except ValueError as exc:
                 raise Invalid(f"expires: {exc}", [Problem("expires", str(exc))]) from None
+        if actor.read_only and not read_only:
+            message = "a read-only token cannot create a read-write one"
+            raise Invalid(message, [Problem("read_only", message)])
+        if actor.expires_at is not None:
+            ends = actor.expires_at
+            if lifetime is None or datetime.now(UTC) + lifetime > ends:
+                message = (
+                    f"a token may not outlive the token that creates it: give an expiry "
+                    f"that ends by {ends.strftime('%Y-%m-%d %H:%M')} UTC"
+                )
+                raise Invalid(f"expires: {message}", [Problem("expires", message)])
         token, text = new_api_token(
             name, read_only=read_only, expires=lifetime, created_by=actor.who
         )

@@ -68,7 +68,16 @@ def run_connector(
         typer.Option(
             "--token",
             envvar="ZEROGATE_TUNNEL_TOKEN",
-            help="The tunnel's connector token (or set ZEROGATE_TUNNEL_TOKEN).",
+            help="The tunnel's connector token. Prefer ZEROGATE_TUNNEL_TOKEN or --token-file:"
+            " a token on the command line shows in `ps` and the shell history.",
+            show_default=False,
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="A file (mode 0600) holding the tunnel's connector token.",
             show_default=False,
         ),
     ] = None,
@@ -131,8 +140,15 @@ def run_connector(
 
     if log_level not in _LEVELS:
         fail("--log-level: expected debug, info or warning")
+    if token_file is not None:
+        if token:
+            fail("give the token once: --token-file, or --token / ZEROGATE_TUNNEL_TOKEN")
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"--token-file: cannot read {escape(str(token_file))}: {escape(str(exc))}")
     if not token:
-        fail("a connector token is required: --token T or ZEROGATE_TUNNEL_TOKEN")
+        fail("a connector token is required: --token-file FILE or ZEROGATE_TUNNEL_TOKEN")
     try:
         tunnel = decode(token)
     except TokenError as exc:
@@ -153,7 +169,7 @@ def run_connector(
     try:
         rules = ingress.from_url(url) if url is not None else ingress.load_file(config or "")
     except ConfigError as exc:
-        fail(*(escape(str(problem)) for problem in exc.problems))
+        fail(*(escape(line) for line in exc.lines()))
     if ca is not None and not ca.is_file():
         fail(f"--ca: {escape(str(ca))} is not a readable file")
     if metrics is not None:

@@ -64,7 +64,7 @@ def fail(*messages: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _problem_text(problem: Problem) -> str:
+def _problem_text(problem: Problem | str) -> str:
     return str(problem).replace("[", "\\[")
 
 
@@ -73,8 +73,8 @@ def load_config(path: Path) -> Loaded:
     try:
         loaded = load_file(path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            err.print(f"[red]error:[/red] {_problem_text(problem)}")
+        for line in exc.lines():
+            err.print(f"[red]error:[/red] {_problem_text(line)}")
         n = len(exc.problems)
         err.print(f"[red]{path}: {n} problem{'s' if n != 1 else ''}; nothing was applied[/red]")
         raise typer.Exit(2) from None

@@ -486,7 +486,18 @@ def keys_rotate(
     settings = load_config(config).config if config is not None else None
 
     async def work(store: Store) -> tuple[dict[str, Any], Objects]:
+        before, _ = await store.keyset()
         keyset = await rotate_keys(store, seconds)
+        previous = [row["kid"] for row in _key_rows(before, time.time()) if row["active"]]
+        await store.log_admin(
+            actor=actor(),
+            source="cli",
+            action="rotate",
+            kind="signing_key",
+            name=keyset.active.kid,
+            before={"active": previous[0]} if previous else None,
+            after={"active": keyset.active.kid, "overlap_seconds": seconds},
+        )
         objects, _ = await store.load()
         return keyset.to_dict(), objects
 
@@ -547,6 +558,38 @@ def keys_list(config: OptionalConfig = None, as_json: JsonOption = False) -> Non
             when(row["not_after"], seconds=False, zone=False),
         )
     out.print(table)
+
+
+@keys_app.command("secrets-key")
+def keys_secrets_key(
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write the key to this new file (mode 0600) instead of printing it.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Make a key that encrypts the store's secrets at rest: give it to every server process
+    as $ZEROGATE_SECRETS_KEY, or name the file in $ZEROGATE_SECRETS_KEY_FILE."""
+    from zerogate.store.secretbox import KEY_FILE_ENV, generate_key, write_private_file
+
+    key = generate_key()
+    if out_file is None:
+        out.print(key)
+        return
+    try:
+        write_private_file(out_file, key + "\n")
+    except FileExistsError:
+        fail(f"{out_file} exists; the key in it may be the one your store needs. Choose a new name")
+    except OSError as exc:
+        fail(f"cannot write {out_file}: {exc.strerror}")
+    err.print(
+        f"Wrote a new secrets key to {escape(str(out_file))} (mode 0600). Set "
+        f"{KEY_FILE_ENV}={escape(str(out_file))} for every zerogate process; keep a copy "
+        "apart from the database backups: without it the stored secrets cannot be read."
+    )
 
 
 app.add_typer(service_token_app, name="service-token")

@@ -77,6 +77,10 @@ JWKS_MIN_REFETCH_SECONDS = 60.0
 #: very group an exclude rule looks for
 MAX_GROUPS = 100
 MAX_GROUPS_CHARS = 2000
+#: authentication methods (``amr``) a login may carry, and characters in all of them (the
+#: list goes into the session cookie and every application's JWT)
+MAX_AMR = 16
+MAX_AMR_CHARS = 256
 MAX_TOKEN_LENGTH = 16_384
 
 
@@ -749,6 +753,11 @@ def identity_from_claims(
             amr = _strings(amr_value, "amr")
         except GroupsUnusable as exc:
             raise ClaimsError(str(exc)) from None
+        if len(amr) > MAX_AMR or sum(len(a) for a in amr) > MAX_AMR_CHARS:
+            raise ClaimsError(
+                f"claim 'amr' lists {len(amr)} methods: more than zerogate carries in a session "
+                f"({MAX_AMR} methods, {MAX_AMR_CHARS} characters)"
+            )
     return OidcIdentity(
         # never repaired here: no strip, and only ASCII is lower-cased (the Kelvin sign must not
         # become a k); the portal refuses what is not a canonical address (``check_email``)

@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
 
 from zerogate.model.objects import SELECTORS, ConfigFile, Objects, all_field_names
 from zerogate.model.references import Issue, Loc, check_objects
+from zerogate.model.safe_yaml import QUOTE_CHARS, YamlProblem, parse, plain, read_text, shorten
+
+#: longest object path and message of one problem (a quoted value is cut much shorter)
+PROBLEM_CHARS = 500
+#: problems listed in an error message (a hostile file can make thousands)
+MAX_PROBLEMS_SHOWN = 50
 
 _KINDS = {
     "identity_providers": "identity provider",
@@ -49,8 +53,8 @@ class Problem:
             prefix = f"{self.source}: "
         elif self.line:
             prefix = f"line {self.line}: "
-        where = f"{self.where}: " if self.where else ""
-        return f"{prefix}{where}{self.message}"
+        where = f"{shorten(self.where, PROBLEM_CHARS)}: " if self.where else ""
+        return f"{prefix}{where}{shorten(self.message, PROBLEM_CHARS)}"
 
 
 class ConfigError(Exception):
@@ -58,7 +62,14 @@ class ConfigError(Exception):
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self, limit: int = MAX_PROBLEMS_SHOWN) -> list[str]:
+        """One line per problem, at most ``limit`` of them and then how many more there are."""
+        lines = [str(p) for p in self.problems[:limit]]
+        if len(self.problems) > limit:
+            lines.append(f"... and {len(self.problems) - limit} more problems")
+        return lines
 
 
 @dataclass(frozen=True)
@@ -66,23 +77,6 @@ class Loaded:
     config: ConfigFile
     warnings: list[Problem] = field(default_factory=list)
     source: str | None = None
-
-
-def _plain(node: Any) -> Any:
-    """ruamel's commented containers and scalars as plain Python values."""
-    if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        return str(node)
-    return node
 
 
 def _line_of(doc: Any, loc: Loc) -> int | None:
@@ -174,10 +168,15 @@ def _message(err: dict[str, Any]) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix) :]
+    value = err.get("input")
+    if isinstance(value, str) and len(value) > QUOTE_CHARS:  # a checker quoted it whole
+        msg = msg.replace(repr(value), repr(shorten(value)))
     if kind not in ("value_error", "assertion_error"):
         value = err.get("input")
-        if isinstance(value, (str, int, float, bool)):
-            msg = f"{value!r}: {msg[0].lower()}{msg[1:]}"
+        if isinstance(value, str):
+            msg = f"{shorten(value)!r}: {msg[0].lower()}{msg[1:]}"
+        elif isinstance(value, (int, float, bool)):
+            msg = f"{shorten(repr(value))}: {msg[0].lower()}{msg[1:]}"
     return msg
 
 
@@ -254,33 +253,20 @@ def validate_objects(data: Any, *, source: str | None = None) -> Objects:
     return loaded.config.objects()
 
 
-def _yaml() -> YAML:
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
-    return yaml
-
-
 def load_text(text: str, source: str | None = None) -> Loaded:
-    """Parse and validate YAML text."""
+    """Parse and validate YAML text (bounded: see ``safe_yaml``)."""
     try:
-        doc = _yaml().load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        what = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError([Problem("", f"invalid YAML: {what}", line, source)]) from None
-    return validate_data(_plain(doc), doc=doc, source=source)
+        doc = parse(text)
+    except YamlProblem as exc:
+        raise ConfigError([Problem("", exc.message, exc.line, source)]) from None
+    return validate_data(plain(doc), doc=doc, source=source)
 
 
 def load_file(path: str | Path) -> Loaded:
-    """Read, parse and validate a configuration file."""
+    """Read, parse and validate a configuration file (at most ``safe_yaml.MAX_FILE_BYTES``)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            [Problem("", f"cannot read the file: {exc.strerror}", None, str(p))]
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError([Problem("", "the file is not UTF-8 text", None, str(p))]) from None
+        text = read_text(p)
+    except YamlProblem as exc:
+        raise ConfigError([Problem("", exc.message, None, str(p))]) from None
     return load_text(text, source=str(p))

@@ -538,6 +538,10 @@ class LogSettings(_Strict):
     admin_retention: Duration | None = "365d"
 
 
+#: the default of ``Settings.secret_env_prefix``
+DEFAULT_SECRET_ENV_PREFIX = "ZEROGATE_SECRET_"  # noqa: S105 - a prefix, not a secret
+
+
 class Settings(_Strict):
     """Process settings read from the file on every start; never stored."""
 
@@ -553,6 +557,11 @@ class Settings(_Strict):
     metrics_allow: list[IPRange] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     #: the algorithm of new signing keys (existing keys keep theirs until rotated out)
     jwt_algorithm: Literal["ES256", "RS256"] = "ES256"
+    #: the environment variables the admin API and panel may name as a secret reference
+    #: (``client_secret_env``): only those starting with this prefix
+    secret_env_prefix: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{2,63}$")] = (
+        DEFAULT_SECRET_ENV_PREFIX
+    )
 
 
 class ConfigFile(Settings, Objects):

@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from zerogate.store.errors import StoreError
+from zerogate.store.secretbox import SecretBox
 from zerogate.store.tables import (
     access_log,
     auth_codes,
@@ -179,53 +180,64 @@ async def state(connection: AsyncConnection) -> StateVersion:
 # -- secrets -------------------------------------------------------------------------------------
 
 
-async def server_secret(connection: AsyncConnection, now: datetime) -> bytes:
+async def seal_secrets(connection: AsyncConnection, box: SecretBox, now: datetime) -> None:
+    """Check that ``box`` opens every sealed secret row (``StoreError`` for a missing or wrong
+    key) and, when it has a key, seal the rows still stored in plain text."""
+    rows = (await connection.execute(select(server_secrets.c.name, server_secrets.c.value))).all()
+    for name, stored in rows:
+        plain = box.open(str(name), str(stored))
+        if box.encrypting and not box.is_sealed(str(stored)):
+            await connection.execute(
+                update(server_secrets)
+                .where(server_secrets.c.name == name)
+                .values(value=box.seal(str(name), plain), updated_at=now)
+            )
+
+
+async def server_secret(connection: AsyncConnection, now: datetime, box: SecretBox) -> bytes:
     """The shared server secret, created by whichever process asks first."""
     candidate = secrets.token_bytes(SERVER_SECRET_BYTES).hex()
-    await connection.execute(
-        _insert(connection, server_secrets)
-        .values(name=SERVER_SECRET, value=candidate, updated_at=now)
-        .on_conflict_do_nothing(index_elements=["name"])
-    )
-    result = await connection.execute(
-        select(server_secrets.c.value).where(server_secrets.c.name == SERVER_SECRET)
-    )
+    text = await named_secret(connection, SERVER_SECRET, candidate, now, box)
     try:
-        return bytes.fromhex(result.scalar_one())
+        return bytes.fromhex(text)
     except ValueError:
         raise StoreError("the stored server secret is not hex; the store is damaged") from None
 
 
 async def named_secret(
-    connection: AsyncConnection, name: str, candidate: str, now: datetime
+    connection: AsyncConnection, name: str, candidate: str, now: datetime, box: SecretBox
 ) -> str:
     """The stored value of ``name``, ``candidate`` if there was none."""
     await connection.execute(
         _insert(connection, server_secrets)
-        .values(name=name, value=candidate, updated_at=now)
+        .values(name=name, value=box.seal(name, candidate), updated_at=now)
         .on_conflict_do_nothing(index_elements=["name"])
     )
     result = await connection.execute(
         select(server_secrets.c.value).where(server_secrets.c.name == name)
     )
-    return str(result.scalar_one())
+    return box.open(name, str(result.scalar_one()))
 
 
-async def keyset(connection: AsyncConnection) -> tuple[dict[str, Any] | None, int]:
+async def keyset(connection: AsyncConnection, box: SecretBox) -> tuple[dict[str, Any] | None, int]:
     document = (
         select(server_secrets.c.value).where(server_secrets.c.name == KEYSET).scalar_subquery()
     )
     query = select(runtime_state.c.keys_generation, document).where(runtime_state.c.id == 1)
     row = (await connection.execute(query)).one()
     generation, text = int(row[0]), row[1]
-    return (None if text is None else _load(text)), generation
+    return (None if text is None else _load(box.open(KEYSET, str(text)))), generation
 
 
 async def put_keyset(
-    connection: AsyncConnection, doc: dict[str, Any], expected_generation: int, now: datetime
+    connection: AsyncConnection,
+    doc: dict[str, Any],
+    expected_generation: int,
+    now: datetime,
+    box: SecretBox,
 ) -> bool:
     """Compare-and-set on the generation; the winner's row lock covers the document write."""
-    text = _dump(doc, "the key set")
+    text = box.seal(KEYSET, _dump(doc, "the key set"))
     bumped = await connection.execute(
         update(runtime_state)
         .where(

@@ -35,6 +35,7 @@ from zerogate.store.diff import Change, Plan, Row, canonical, diff, objects_of, 
 from zerogate.store.engine import create_engine, is_memory, sqlite_file, write_lock
 from zerogate.store.errors import StaleWrite, StoreError
 from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion, key_text, utc
+from zerogate.store.secretbox import SecretBox, prepare_sqlite_file
 from zerogate.store.tables import access_log, admin_log, config_state
 from zerogate.store.tables import objects as objects_table
 from zerogate.store.tunnels import ApiToken, TunnelConnection, TunnelCredential
@@ -78,9 +79,10 @@ def _json(text: str | None) -> dict[str, Any] | None:
 class Store:
     """A connected, migrated store. Create with ``await Store.open(url)``; ``close()`` it."""
 
-    def __init__(self, engine: AsyncEngine, url: str) -> None:
+    def __init__(self, engine: AsyncEngine, url: str, box: SecretBox | None = None) -> None:
         self._engine = engine
         self._url = url
+        self._box = box if box is not None else SecretBox(None)
         self._server_secret: bytes | None = None
         # an in-memory SQLite database is one shared connection: take turns using it
         parsed = make_url(url)
@@ -101,27 +103,30 @@ class Store:
     # -- opening ------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, url: str) -> Store:
+    async def open(cls, url: str, *, box: SecretBox | None = None) -> Store:
         """Connect to the store at ``url`` (as returned by ``storage_url``) and migrate it to
-        the newest schema; raises ``StoreError`` when it cannot."""
+        the newest schema; raises ``StoreError`` when it cannot.
+
+        ``box`` seals the secret rows (default: the key ``$ZEROGATE_SECRETS_KEY`` or
+        ``$ZEROGATE_SECRETS_KEY_FILE`` names, if any); opening checks it opens every sealed row
+        and seals the plain ones. A SQLite store's folder is created 0700 and its files 0600;
+        an existing store file that others may read is refused."""
+        if box is None:
+            box = SecretBox.from_environment()
         try:
             file = sqlite_file(url)
         except SQLAlchemyError as exc:
             raise StoreError(f"storage URL {url!r} is not valid: {_reason(exc)}") from None
         if file is not None:
-            try:
-                file.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(
-                    f"cannot create the folder {str(file.parent)!r} for the store: {exc.strerror}"
-                ) from None
+            prepare_sqlite_file(file)
         engine = create_engine(url)
-        store = cls(engine, url)
+        store = cls(engine, url, box)
         try:
             async with engine.connect() as connection:
                 await write_lock(connection)
                 async with connection.begin():
                     await connection.run_sync(migrate.upgrade)
+                    await runtime.seal_secrets(connection, box, _now())
         except StoreError:
             await engine.dispose()
             raise
@@ -336,7 +341,7 @@ class Store:
         (so every process of a cluster ends up with the same generated value)."""
         with self._errors(f"read the secret {name!r}"):
             async with self._writing() as connection:
-                return await runtime.named_secret(connection, name, candidate, _now())
+                return await runtime.named_secret(connection, name, candidate, _now(), self._box)
 
     # -- tunnels -------------------------------------------------------------------------
 
@@ -430,7 +435,7 @@ class Store:
         if self._server_secret is None:
             with self._errors("read the server secret"):
                 async with self._writing() as connection:
-                    self._server_secret = await runtime.server_secret(connection, _now())
+                    self._server_secret = await runtime.server_secret(connection, _now(), self._box)
         return self._server_secret
 
     async def keyset(self) -> tuple[dict[str, Any] | None, int]:
@@ -438,7 +443,7 @@ class Store:
         ``put_keyset``. The document holds private keys."""
         with self._errors("read the signing keys"):
             async with self._single() as connection:
-                return await runtime.keyset(connection)
+                return await runtime.keyset(connection, self._box)
 
     async def put_keyset(self, doc: dict[str, Any], *, expected_generation: int) -> bool:
         """Store ``doc`` if the generation is still ``expected_generation`` (then it becomes
@@ -446,7 +451,9 @@ class Store:
         read ``keyset()`` again and redo the change on what it returns."""
         with self._errors("store the signing keys"):
             async with self._writing() as connection:
-                done = await runtime.put_keyset(connection, doc, expected_generation, _now())
+                done = await runtime.put_keyset(
+                    connection, doc, expected_generation, _now(), self._box
+                )
                 if not done:
                     await connection.rollback()
                 return done

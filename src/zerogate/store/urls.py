@@ -12,6 +12,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import platformdirs
 
+from zerogate.store.secretbox import make_private_dir
+
 DATA_DIR_ENV = "ZEROGATE_DATA_DIR"
 DB_FILE = "zerogate.db"
 
@@ -83,14 +85,15 @@ def _postgres_url(setting: str, rest: str) -> str:
 def storage_url(setting: str | None, *, base_dir: pathlib.Path | None = None) -> str:
     """The SQLAlchemy async URL for a ``storage`` setting.
 
-    ``None`` means ``zerogate.db`` in the data directory (created here). ``sqlite:///rel.db`` is
-    relative to ``base_dir`` (the configuration file's folder) when given, else to the current
-    directory; ``sqlite:////abs.db`` is absolute; ``sqlite:///:memory:`` is a private in-memory
-    store. ``postgresql://`` and ``postgres://`` URLs use asyncpg. Anything else: ``ValueError``.
+    ``None`` means ``zerogate.db`` in the data directory (created here, mode 0700).
+    ``sqlite:///rel.db`` is relative to ``base_dir`` (the configuration file's folder) when
+    given, else to the current directory; ``sqlite:////abs.db`` is absolute;
+    ``sqlite:///:memory:`` is a private in-memory store. ``postgresql://`` and ``postgres://``
+    URLs use asyncpg. Anything else: ``ValueError``.
     """
     if setting is None:
         folder = data_dir()
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_dir(folder)
         return f"{_SQLITE}:///{(folder / DB_FILE).absolute()}"
     text = setting.strip()
     if not text:

@@ -48,12 +48,11 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
 )
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
 
 from zerogate.model.loader import ConfigError, Problem
 from zerogate.model.paths import fold, normalise_path, under
+from zerogate.model.safe_yaml import YamlProblem, parse, read_text, shorten
 from zerogate.model.values import check_hostname, parse_duration
 
 __all__ = [
@@ -308,7 +307,9 @@ def _message(err: dict[str, Any]) -> str:
         return "this key is required"
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] != "value_error" and isinstance(err.get("input"), (str, int, float)):
-        msg = f"{err['input']!r}: {msg[0].lower()}{msg[1:]}"
+        value = err["input"]
+        shown = repr(shorten(value)) if isinstance(value, str) else repr(value)
+        msg = f"{shown}: {msg[0].lower()}{msg[1:]}"
     return msg
 
 
@@ -392,33 +393,20 @@ def validate(data: Any, *, doc: Any = None, source: str | None = None) -> list[R
 
 
 def load_text(text: str, source: str | None = None) -> list[Rule]:
-    """Parse and validate ingress YAML; ``ConfigError`` lists every problem with its line."""
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
+    """Parse and validate ingress YAML; ``ConfigError`` lists every problem with its line.
+    Parsing is bounded in depth and alias expansion (``model.safe_yaml``)."""
     try:
-        doc = yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError(
-            [
-                Problem(
-                    "", f"invalid YAML: {exc.problem or exc.context or 'unreadable'}", line, source
-                )
-            ]
-        ) from None
+        doc = parse(text)
+    except YamlProblem as exc:
+        raise ConfigError([Problem("", exc.message, exc.line, source)]) from None
     return validate(_plain(doc), doc=doc, source=source)
 
 
 def load_file(path: str | Path) -> list[Rule]:
-    """Read, parse and validate an ingress file."""
+    """Read, parse and validate an ingress file (at most ``safe_yaml.MAX_FILE_BYTES``)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            [Problem("", f"cannot read the file: {exc.strerror}", None, str(p))]
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError([Problem("", "the file is not UTF-8 text", None, str(p))]) from None
+        text = read_text(p)
+    except YamlProblem as exc:
+        raise ConfigError([Problem("", exc.message, None, str(p))]) from None
     return load_text(text, source=str(p))

@@ -19,7 +19,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from zerogate.store.engine import create_engine
+from zerogate.store.engine import create_engine, sqlite_file
+from zerogate.store.secretbox import prepare_sqlite_file
 from zerogate.store.tables import metadata
 from zerogate.store.urls import storage_url
 
@@ -62,7 +63,11 @@ def _run_sync(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_engine(_url())
+    url = _url()
+    file = sqlite_file(url)
+    if file is not None:
+        prepare_sqlite_file(file)  # private folder and files, as ``Store.open`` makes them
+    engine = create_engine(url)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync)
