@@ -491,6 +491,21 @@ class HttpBrowser:
         raise AssertionError(f"more than {limit} redirects: {[r.url for r in replies]}")
 
 
+async def log_out(browser: HttpBrowser, url: str) -> list[Reply]:
+    """Press the sign-out button at ``url`` (a ``/.zerogate/logout`` page): GET the page, POST
+    its form with the token it carries, then follow the redirects; all the replies."""
+    page = await browser.get(url)
+    assert page.status == 200, (page.status, page.text[:300])
+    fields = hidden_inputs(page.text)
+    if "csrf" not in fields:  # no session there: the page already says so
+        return [page]
+    replies = [page, await browser.post_form(url, fields)]
+    location = replies[-1].location
+    if replies[-1].status in (302, 303) and location:
+        replies += await browser.follow(urljoin(url, location))
+    return replies
+
+
 @dataclass
 class LoginPage:
     """The portal's sign-in page a navigation to an application ended on."""
