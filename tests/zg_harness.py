@@ -177,6 +177,8 @@ class Zerogate:
     http_host: str = "127.0.0.1"
     #: ``listen.tunnel`` (HOST:PORT) when the test serves tunnels
     tunnel_listen: str | None = None
+    #: more ``listen`` keys, as YAML flow-mapping entries (``header_timeout: 1s``)
+    listen_extra: str = ""
 
     @property
     def config(self) -> Path:
@@ -200,7 +202,8 @@ class Zerogate:
 
     def _listen(self) -> str:
         tunnel = f", tunnel: {self.tunnel_listen}" if self.tunnel_listen else ""
-        return f"http: {self.http_host}:{self.port}{tunnel}"
+        extra = f", {self.listen_extra}" if self.listen_extra else ""
+        return f"http: {self.http_host}:{self.port}{tunnel}{extra}"
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
