@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import trustme
@@ -18,7 +19,7 @@ from aiohttp import ClientSession, TCPConnector
 from zerogate.identity import issue_app_token
 from zerogate.runtime import audience_tag, ensure_keyset
 from zerogate.store import Store, storage_url
-from zg_harness import VerifyingOrigin, Zerogate, free_port, wait_until
+from zg_harness import VerifyingOrigin, Zerogate, free_port, hidden_inputs, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -82,6 +83,7 @@ async def get(
     headers: dict[str, str] | None = None,
     scheme: str = "http",
     ssl_context: ssl.SSLContext | None = None,
+    data: bytes | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     connector = TCPConnector(ssl=ssl_context) if ssl_context else None
     async with (
@@ -91,6 +93,7 @@ async def get(
             f"{scheme}://127.0.0.1:{port}{path}",
             headers={"Host": host, **(headers or {})},
             allow_redirects=False,
+            data=data,
             server_hostname=host.split(":")[0] if ssl_context else None,
         ) as resp,
     ):
@@ -132,10 +135,16 @@ def test_logout_on_one_worker_ends_the_session_on_every_worker(two_workers: Zero
         return [(await get(zg.port, "wiki.localhost", "/", headers=cookie))[0] for _ in range(n)]
 
     assert set(asyncio.run(statuses(10))) == {200}
-    status, headers, _ = asyncio.run(
+    status, _, page = asyncio.run(
         get(zg.port, "wiki.localhost", "/.zerogate/logout", headers=cookie)
     )
-    assert status == 302 and headers["Location"].endswith("/.zerogate/logout")
+    assert status == 200  # the page with the button; the POST logs out
+    form = {**cookie, "Content-Type": "application/x-www-form-urlencoded"}
+    data = urlencode(hidden_inputs(page.decode())).encode()
+    status, headers, _ = asyncio.run(
+        get(zg.port, "wiki.localhost", "/.zerogate/logout", method="POST", headers=form, data=data)
+    )
+    assert status == 303 and headers["Location"].endswith("/.zerogate/logout")
     # both workers learn the revocation from the store within a second or so
     wait_until(lambda: set(asyncio.run(statuses(10))) == {302}, timeout=5)
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import jwt
 import pytest
@@ -44,6 +44,7 @@ from zg_harness import (
     apply_here,
     free_port,
     hidden_inputs,
+    log_out,
     login,
     login_page,
     open_store,
@@ -1088,7 +1089,7 @@ async def test_logout_on_one_app_revokes_the_sessions_of_every_app(
         docs = await browser.follow(zg.url("docs.localhost", "/sso"))
         assert docs[-1].status == 200 and docs[-1].json()["email"] == email
         before = copy.deepcopy(browser.jar)
-        out = await browser.follow(zg.url("wiki.localhost", "/.zerogate/logout"))
+        out = await log_out(browser, zg.url("wiki.localhost", "/.zerogate/logout"))
         assert out[-1].status == 200 and "signed out" in out[-1].text
     mark = len(origin.seen)
     async with HttpBrowser(source=new_source()) as stale:
@@ -1104,6 +1105,99 @@ async def test_logout_on_one_app_revokes_the_sessions_of_every_app(
     assert seen_since(origin, mark) == []
 
 
+async def still_signed_in(zg: Zerogate, browser: HttpBrowser) -> bool:
+    reply = await browser.get(zg.url("wiki.localhost", "/still-here"))
+    return reply.status == 200 and reply.json()["email"] == "ann@example.com"
+
+
+async def test_a_cross_site_get_or_a_forged_post_does_not_log_out(
+    zg: Zerogate, staff: Session
+) -> None:
+    """Attack (#10.9): an ``<img src=…/.zerogate/logout>`` on any site used to end every
+    session of the address; now a GET only shows the button, and a POST needs the token of
+    that page, which another site can neither read nor compute."""
+    async with staff.browser() as browser:
+        for url in (
+            zg.url("wiki.localhost", "/.zerogate/logout"),
+            f"http://{zg.portal}/.zerogate/logout",
+        ):
+            page = await browser.get(url)
+            assert page.status == 200 and "Sign out of every application" in page.text
+            assert "set-cookie" not in page.headers  # nothing cleared by a GET
+        stranger = HttpBrowser(source=staff.source)
+        async with stranger:
+            other_token = hidden_inputs(
+                (await stranger.get(zg.url("wiki.localhost", "/.zerogate/logout"))).text
+            )["csrf"]
+        for url in (
+            zg.url("wiki.localhost", "/.zerogate/logout"),
+            f"http://{zg.portal}/.zerogate/logout",
+        ):
+            for fields in ({}, {"csrf": ""}, {"csrf": "x" * 43}, {"csrf": other_token}):
+                forged = await browser.post_form(
+                    url, fields, headers={"Origin": "https://evil.test"}
+                )
+                assert forged.status == 403, (url, fields, forged.status)
+        assert await still_signed_in(zg, browser)
+        identity = await browser.get(f"http://{zg.portal}/.zerogate/identity")
+        assert identity.status == 200
+
+
+RESERVED_RETURNS = [
+    "/.zerogate/logout",
+    "/.ZEROGATE/logout",
+    "/.zerogate/login?rd=/.zerogate/logout",
+    "/x/../.zerogate/logout",
+    "/%2Ezerogate/logout",
+    "http://wiki.localhost:PORT/.zerogate/logout",
+]
+
+
+@pytest.mark.parametrize("rd", RESERVED_RETURNS)
+async def test_a_return_url_is_never_a_reserved_path(zg: Zerogate, staff: Session, rd: str) -> None:
+    """Attack (#10.9): ``rd=/.zerogate/logout`` sent the browser to the logout after login."""
+    rd = rd.replace("PORT", str(zg.port))
+    async with staff.browser() as browser:
+        chain = await browser.follow(
+            zg.url("wiki.localhost", "/.zerogate/login?rd=" + quote(rd, safe=""))
+        )
+        assert_lands_on_wiki(zg, chain)
+        assert chain[-1].url == zg.url("wiki.localhost", "/"), chain[-1].url
+        assert await still_signed_in(zg, browser)
+
+
+async def test_return_urls_keep_the_public_port_not_the_host_headers(
+    zg: Zerogate, staff: Session
+) -> None:
+    """Attack (#10.9): ``Host: wiki.localhost:1234`` made every URL the edge built point at
+    port 1234 (another service on the same name) after the login."""
+    nav = await raw(
+        zg, http_request("GET", "/page?q=1", "wiki.localhost:1234", [("Accept", "text/html")])
+    )
+    assert nav.status == 302
+    flow = parse_qs(urlsplit(nav.header("location") or "").query)["flow"][0]
+    payload = flow.partition(".")[0]
+    rd = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["r"]
+    assert rd == zg.url("wiki.localhost", "/page?q=1"), rd
+    api = await raw(
+        zg, http_request("GET", "/api", "wiki.localhost:1234", [("Accept", "application/json")])
+    )
+    assert api.status == 401
+    assert json.loads(api.body)["login_url"].startswith(
+        zg.url("wiki.localhost", "/.zerogate/login")
+    )
+    async with staff.browser() as browser:
+        start = await browser.get(
+            f"http://wiki.localhost:{zg.port}/.zerogate/login?rd=/there",
+            headers={"Host": "wiki.localhost:1234"},
+        )
+        assert start.status == 302 and start.location
+        chain = [start, *await browser.follow(start.location)]
+    for reply in chain:
+        assert ":1234" not in (reply.location or ""), reply.location
+    assert chain[-1].url == zg.url("wiki.localhost", "/there")
+
+
 async def test_logging_in_again_right_after_logout_works(
     zg: Zerogate, outbox: ThreadedOutbox
 ) -> None:
@@ -1114,7 +1208,7 @@ async def test_logging_in_again_right_after_logout_works(
             # log out early in a second, so that the next login can fall within that second
             wait_until(lambda: time.time() % 1 < 0.1, timeout=2, interval=0.005)
             logged_out_at = time.time()
-            await browser.follow(zg.url("wiki.localhost", "/.zerogate/logout"))
+            await log_out(browser, zg.url("wiki.localhost", "/.zerogate/logout"))
             reply = await login(browser, zg, outbox, "wiki.localhost", email, path="/back")
             assert reply.url == zg.url("wiki.localhost", "/back"), reply.url  # not the login page
             assert reply.status == 200 and reply.json()["email"] == email

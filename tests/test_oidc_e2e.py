@@ -525,6 +525,8 @@ def test_an_admin_signs_in_to_the_panel_through_the_provider(
         assert "bob@corp.test is not an administrator" in bob.locator("main").inner_text()
         # and a PIN for ann is never sent: the admins list wants the corp login and mfa
         bob.goto(zg.url("auth.localhost", "/.zerogate/logout"))
+        bob.click("form[action='/.zerogate/logout'] button[type=submit]")
+        bob.wait_for_selector("text=You are signed out of every application.")
         bob.goto(zg.url("auth.localhost", "/admin/"))
         bob.wait_for_url(login_page_url(zg))
         mark = outbox.mark()
@@ -607,6 +609,7 @@ def test_the_last_method_is_remembered_on_this_browser(
     provider_form(page, "ann", "ann-pw")
     page.wait_for_url(zg.url("wiki.localhost", "/"))
     page.goto(zg.url("wiki.localhost", "/.zerogate/logout"))
+    page.click("form[action='/.zerogate/logout'] button[type=submit]")
     page.wait_for_selector("text=You are signed out of every application.")
 
     page.goto(zg.url("wiki.localhost", "/"))

@@ -33,8 +33,9 @@ from test_tunnel_edge import (
 from zerogate.tunnel import certs
 from zerogate.tunnel import protocol as tunnel_protocol
 from zerogate.tunnel.edge import TunnelListener, server_ssl_context
-from zerogate.tunnel.token import TunnelToken
+from zerogate.tunnel.token import TunnelToken, new_tunnel_id
 from zg_harness import (
+    TunnelRefused,
     TunnelRequest,
     TunnelTestConnector,
     free_port,
@@ -457,8 +458,28 @@ async def test_a_token_serves_its_own_tunnel_only_even_with_another_tunnels_id(
     o, lab_decoded = decode(office), decode(lab)
     for tunnel_id, secret in ((o.tunnel_id, lab_decoded.secret), (lab_decoded.tunnel_id, o.secret)):
         forged = TunnelToken(tunnel_id, secret, (f"127.0.0.1:{edge.port}",), edge.fingerprint)
-        with pytest.raises(Exception, match="revoked"):
+        with pytest.raises(Exception, match="bad_token"):
             await TunnelTestConnector(forged.encode()).connect()
+    assert not edge.listener.status()
+
+
+async def test_a_wrong_secret_answers_as_an_unknown_tunnel_id(edge: Edge) -> None:
+    """Attack (#10.10): a known tunnel id with a wrong secret used to be refused as "revoked"
+    and an unknown id as "bad_token", so a stranger could tell which tunnel ids exist. Both
+    now get the same refusal, byte for byte."""
+    from zerogate.tunnel.token import decode, new_secret
+
+    known = decode(edge.token("office"))
+    address = (f"127.0.0.1:{edge.port}",)
+    answers = []
+    for tunnel_id in (known.tunnel_id, new_tunnel_id()):
+        forged = TunnelToken(tunnel_id, new_secret(), address, edge.fingerprint)
+        with pytest.raises(TunnelRefused) as refused:
+            await TunnelTestConnector(forged.encode()).connect()
+        answers.append((refused.value.reason, refused.value.message))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == "bad_token"
+    assert known.tunnel_id not in answers[0][1]
     assert not edge.listener.status()
 
 

@@ -396,7 +396,7 @@ async def test_a_wrong_token_is_refused_without_a_hot_loop(setup: Setup) -> None
     try:
         wait_until(lambda: counting.accepted >= 1, timeout=10)
         dialled_at = time.monotonic()
-        wait_until(lambda: "revoked" in bad.log.read_text(errors="replace"), timeout=10)
+        wait_until(lambda: "bad_token" in bad.log.read_text(errors="replace"), timeout=10)
         ready = bad.ready()
         assert ready is not None and ready.get("connections") == 0
         # a refused token is not redialled in a hot loop: a few dials over several seconds

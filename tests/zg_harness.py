@@ -179,6 +179,8 @@ class Zerogate:
     tunnel_listen: str | None = None
     #: ``listen.tls`` ({cert: FILE, key: FILE}) when the test serves HTTPS
     tls: str | None = None
+    #: more ``listen`` keys, as YAML flow-mapping entries (``header_timeout: 1s``)
+    listen_extra: str = ""
 
     @property
     def config(self) -> Path:
@@ -204,7 +206,8 @@ class Zerogate:
     def _listen(self) -> str:
         tunnel = f", tunnel: {self.tunnel_listen}" if self.tunnel_listen else ""
         tls = f", tls: {self.tls}" if self.tls else ""
-        return f"http: {self.http_host}:{self.port}{tunnel}{tls}"
+        extra = f", {self.listen_extra}" if self.listen_extra else ""
+        return f"http: {self.http_host}:{self.port}{tunnel}{tls}{extra}"
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -493,6 +496,21 @@ class HttpBrowser:
                 return replies
             url = urljoin(url, reply.location)
         raise AssertionError(f"more than {limit} redirects: {[r.url for r in replies]}")
+
+
+async def log_out(browser: HttpBrowser, url: str) -> list[Reply]:
+    """Press the sign-out button at ``url`` (a ``/.zerogate/logout`` page): GET the page, POST
+    its form with the token it carries, then follow the redirects; all the replies."""
+    page = await browser.get(url)
+    assert page.status == 200, (page.status, page.text[:300])
+    fields = hidden_inputs(page.text)
+    if "csrf" not in fields:  # no session there: the page already says so
+        return [page]
+    replies = [page, await browser.post_form(url, fields)]
+    location = replies[-1].location
+    if replies[-1].status in (302, 303) and location:
+        replies += await browser.follow(urljoin(url, location))
+    return replies
 
 
 @dataclass

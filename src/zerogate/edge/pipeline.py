@@ -11,7 +11,9 @@ a session that fails any check is no session.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import logging
 import re
 import time
@@ -561,10 +563,10 @@ async def login_required(
         return
     if http.is_navigation(scope):
         state = new_state()
-        rd = req.url if len(req.url) <= MAX_RETURN_URL else root_url(req, app)
+        rd = safe_return(req, app, svc.runtime.snapshot, request_path(req), svc.runtime)
         await http.redirect(send, login_url(svc, req, app, state, rd), [state_cookie(svc, state)])
         return
-    start = f"{req.scheme}://{req.host_header}/.zerogate/login?" + urlencode(
+    start = f"{public_origin(svc.runtime, req)}/.zerogate/login?" + urlencode(
         {"rd": req.raw_path + (f"?{req.query}" if req.query else "")}
     )
     await http.respond_json(
@@ -575,31 +577,64 @@ async def login_required(
     )
 
 
-def root_url(req: Request, app: CompiledApp) -> str:
-    return f"{req.scheme}://{req.host_header}{app.path or '/'}"
+def request_path(req: Request) -> str:
+    """The path and query the client asked for (what a login returns to)."""
+    return req.raw_path + (f"?{req.query}" if req.query else "")
 
 
-def safe_return(req: Request, app: CompiledApp, snapshot: Snapshot, target: str) -> str:
-    """``target`` (absolute or a path) when it lies on this host and routes to this very
-    application; otherwise the application's root. Never another host (no open redirect)."""
-    fallback = root_url(req, app)
+def public_origin(rt: Runtime, req: Request) -> str:
+    """``scheme://host[:port]`` of the host this request named, as the public sees it.
+
+    The port is the configured public one (the port of ``portal``, which every application
+    host shares), never the one the Host header carries: a Host header is the client's to
+    choose, and a URL the edge builds from it must not send a browser to another port (another
+    service on the same name) after a login or logout."""
+    host = f"[{req.host}]" if ":" in req.host else req.host
+    _, colon, port = rt.settings.portal.rpartition(":")
+    return f"{req.scheme}://{host}{':' + port if colon and port.isdigit() else ''}"
+
+
+def root_url(req: Request, app: CompiledApp, rt: Runtime) -> str:
+    return f"{public_origin(rt, req)}{app.path or '/'}"
+
+
+def reserved_target(path: str) -> bool:
+    """``path`` (raw) normalises into zerogate's own ``/.zerogate/`` (any letter case), or
+    cannot be normalised at all: never a place to return a browser to."""
+    try:
+        return is_reserved(normalise_path(path))
+    except PathError:
+        return True
+
+
+def safe_return(
+    req: Request, app: CompiledApp, snapshot: Snapshot, target: str, rt: Runtime
+) -> str:
+    """``target`` (absolute or a path) when it lies on this application's own public origin
+    (scheme, host and the configured port), is not one of zerogate's ``/.zerogate/`` paths and
+    routes to this very application; otherwise the application's root. Never another host or
+    port (no open redirect), never a logout or login page (no loop, no forced logout)."""
+    fallback = root_url(req, app, rt)
     if not target or len(target) > MAX_RETURN_URL:
         return fallback
-    if "\\" in target or any(ord(c) < 0x21 for c in target):
+    if "\\" in target or any(ord(c) < 0x21 or ord(c) == 0x7F for c in target):
         return fallback
+    origin = public_origin(rt, req)
     parts = urlsplit(target)
     if parts.scheme or parts.netloc:
-        if parts.scheme not in ("http", "https") or parts.netloc.lower() != req.host_header.lower():
+        if f"{parts.scheme.lower()}://{parts.netloc.lower()}" != origin.lower():
             return fallback
     elif not target.startswith("/") or target.startswith("//"):
         return fallback
+    path = parts.path or "/"
+    if reserved_target(path):
+        return fallback
     try:
-        if snapshot.route(req.host, parts.path or "/") is not app:
+        if snapshot.route(req.host, path) is not app:
             return fallback
     except PathError:
         return fallback
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return f"{req.scheme}://{req.host_header}{path}"
+    return f"{origin}{path}" + (f"?{parts.query}" if parts.query else "")
 
 
 async def reserved_path(
@@ -608,7 +643,6 @@ async def reserved_path(
     """``/.zerogate/*`` on an application host: never forwarded to the origin."""
     rt = svc.runtime
     path = fold(normalise_path(req.raw_path))
-    secure = secure_cookies(rt)
     if path == "/.zerogate/certs":
         await http.respond_json(send, 200, rt.keyset.jwks(time.time()))
     elif path == "/.zerogate/identity":
@@ -619,32 +653,107 @@ async def reserved_path(
             await http.respond_json(send, 200, {**claims.to_dict(), "application": app.name})
     elif path == "/.zerogate/login":
         state = new_state()
-        rd = safe_return(req, app, rt.snapshot, http.query(scope).get("rd", ""))
+        rd = safe_return(req, app, rt.snapshot, http.query(scope).get("rd", ""), rt)
         await http.redirect(send, login_url(svc, req, app, state, rd), [state_cookie(svc, state)])
     elif path == "/.zerogate/authorized":
         await authorized(scope, send, svc, req, app)
     elif path == "/.zerogate/logout":
-        # every application of this host (path-scoped ones share it): revoke and clear all
-        clear = []
-        revoked: set[str] = set()
-        for other in host_apps(rt.snapshot, req.host):
-            claims = session_claims(scope, rt, other)
-            if claims is not None and claims.email not in revoked:
-                await rt.revoke(claims.email)
-                revoked.add(claims.email)
-                svc.log(
-                    "login",
-                    app=other.name,
-                    email=claims.email,
-                    idp=claims.idp,
-                    ip=req.client.ip,
-                    country=None,
-                    decision="logout",
-                )
-            clear.append(http.clear_cookie(app_cookie(other), secure=secure))
-        await http.redirect(send, f"{rt.portal_origin}/.zerogate/logout", clear)
+        await app_logout(scope, receive, send, svc, req)
     else:
         await not_found(send, svc, scope)
+
+
+LOGOUT_FIELD = "csrf"
+
+
+def logout_token(secret: bytes, host: str, sessions: list[str]) -> str:
+    """The CSRF token of a logout form: a MAC over this host and the session cookies the
+    browser holds there. A page on another site can neither read it (same-origin policy) nor
+    compute it (it has neither the server secret nor the cookies), and no extra cookie is
+    needed, so a cookie tossed from a sibling host cannot supply one either."""
+    mac = hmac.new(secret, b"zerogate logout\x00" + host.encode("utf-8", "replace"), "sha256")
+    for value in sessions:
+        mac.update(b"\x00" + value.encode("latin-1", "replace"))
+    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
+
+
+def logout_token_ok(secret: bytes, host: str, sessions: list[str], sent: str) -> bool:
+    expected = logout_token(secret, host, sessions)
+    return hmac.compare_digest(expected.encode(), sent.encode("utf-8", "replace"))
+
+
+async def logout_page(
+    send: Send, svc: Services, token: str, *, who: str | None, app_name: str | None = None
+) -> None:
+    """GET of ``/.zerogate/logout``: a page with the button (the POST does the work)."""
+    page = svc.page("logout.html", title="Sign out", app_name=app_name, csrf=token, email=who)
+    await http.respond_html(send, 200, page)
+
+
+async def app_logout(
+    scope: Scope, receive: Receive, send: Send, svc: Services, req: Request
+) -> None:
+    """``/.zerogate/logout`` on an application host. GET shows a button; the POST (with the
+    token of that page) revokes the identity of every session of this host's applications
+    (path-scoped ones share the host), clears their cookies and goes on to the portal's
+    logout, which ends the portal session the same way."""
+    rt = svc.runtime
+    secure = secure_cookies(rt)
+    apps = host_apps(rt.snapshot, req.host)
+    jar = http.cookies(scope)
+    names = [http.cookie_name(app_cookie(a), secure=secure) for a in apps]
+    sessions = [jar[name] for name in names if name in jar]
+    token = logout_token(rt.secret, req.host, sessions)
+    method = scope.get("method", "GET")
+    if method in ("GET", "HEAD"):
+        who = {c.email for a in apps if (c := session_claims(scope, rt, a)) is not None}
+        await logout_page(send, svc, token, who=", ".join(sorted(who)) or None)
+        return
+    if method != "POST":
+        await http.respond(
+            send,
+            405,
+            b"method not allowed\n",
+            content_type=b"text/plain",
+            headers=[(b"allow", b"GET, HEAD, POST")],
+        )
+        return
+    try:
+        form = await http.read_form(scope, receive)
+    except http.BadRequest as exc:
+        await bad_request(send, svc, scope, str(exc))
+        return
+    if not logout_token_ok(rt.secret, req.host, sessions, form.get(LOGOUT_FIELD, "")):
+        page = svc.page(
+            "message.html",
+            title="Sign out",
+            message="This sign-out form has expired or came from another site.",
+            link="/.zerogate/logout",
+            link_text="Sign out",
+            error=True,
+        )
+        await http.respond_html(send, 403, page)
+        return
+    clear = []
+    revoked: set[str] = set()
+    for other in apps:
+        claims = session_claims(scope, rt, other)
+        if claims is not None and claims.email not in revoked:
+            await rt.revoke(claims.email)
+            revoked.add(claims.email)
+            svc.log(
+                "login",
+                app=other.name,
+                email=claims.email,
+                idp=claims.idp,
+                ip=req.client.ip,
+                country=None,
+                decision="logout",
+            )
+        clear.append(http.clear_cookie(app_cookie(other), secure=secure))
+    # 303: the browser follows with a GET; the portal's logout page ends (or shows the
+    # button for) the portal session
+    await http.redirect(send, f"{rt.portal_origin}/.zerogate/logout", clear, status=303)
 
 
 def host_apps(snapshot: Snapshot, host: str) -> list[CompiledApp]:
@@ -723,7 +832,7 @@ async def authorized(
         ttl_seconds=ttl,
         now=time.time(),
     )
-    back = safe_return(req, app, rt.snapshot, str(data.get("rd", "")))
+    back = safe_return(req, app, rt.snapshot, str(data.get("rd", "")), rt)
     await http.redirect(
         send,
         back,

@@ -503,6 +503,14 @@ class Listen(_Strict):
     http: Annotated[str, AfterValidator(values.check_listen)] = "127.0.0.1:8080"
     tls: Tls | None = None
     tunnel: Annotated[str, AfterValidator(values.check_listen)] = "127.0.0.1:7844"
+    #: a request head not complete within this is refused and the connection closed (also a
+    #: keep-alive connection that starts no next request within it: see docs/security)
+    header_timeout: Duration = "10s"
+    #: a connection with no request running that receives nothing for this long is closed
+    idle_timeout: Duration = "60s"
+    #: open connections per server process; more wait in the kernel's queue, and near the cap
+    #: idle ones are closed first so that the edge keeps answering
+    max_connections: int = Field(default=1024, ge=2, le=1_000_000)
 
 
 class Smtp(_Strict):

@@ -36,7 +36,15 @@ from urllib.parse import urlencode, urlsplit
 from zerogate.edge import http
 from zerogate.edge.asgi_types import Receive, Scope, Send
 from zerogate.edge.flow import Flow, FlowError, open_flow
-from zerogate.edge.pipeline import CODE_SECONDS, Request, code_hash, secure_cookies
+from zerogate.edge.pipeline import (
+    CODE_SECONDS,
+    Request,
+    code_hash,
+    logout_page,
+    logout_token,
+    logout_token_ok,
+    secure_cookies,
+)
 from zerogate.identity import (
     Claims,
     PinOutcome,
@@ -128,7 +136,7 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
         elif path == "/.zerogate/login/otp/confirm" and method in ("GET", "HEAD"):
             await otp_confirm(scope, send, svc)
         elif path == "/.zerogate/logout":
-            await logout(scope, send, svc, req)
+            await logout(scope, receive, send, svc, req)
         elif path == "/.zerogate/metrics":
             await metrics(scope, send, svc, req)
         elif (route := oidc_login.route(path)) is not None and method in ("GET", "HEAD"):
@@ -624,10 +632,29 @@ def _global_session(svc: Services) -> int:
     return int(parse_duration(svc.runtime.settings.session_duration).total_seconds())
 
 
-async def logout(scope: Scope, send: Send, svc: Services, req: Request) -> None:
+async def logout(scope: Scope, receive: Receive, send: Send, svc: Services, req: Request) -> None:
+    """``/.zerogate/logout`` on the portal: GET shows the button (or says you are signed out
+    when there is no session), the POST with that page's token revokes the identity
+    everywhere (SPEC "HTTP contract": logout is a POST with a CSRF token)."""
+    rt = svc.runtime
+    secure = secure_cookies(rt)
+    token_cookie = http.cookie(scope, PORTAL_COOKIE, secure=secure)
+    sessions = [token_cookie] if token_cookie else []
+    token = logout_token(rt.secret, rt.portal_host, sessions)
     claims = portal_session(scope, svc)
+    method = scope.get("method", "GET")
+    if method not in ("GET", "HEAD", "POST"):
+        await _message(send, svc, 405, "Sign out", "Use the sign-out button.")
+        return
+    if method == "POST":
+        form = await http.read_form(scope, receive)
+        if not logout_token_ok(rt.secret, rt.portal_host, sessions, form.get("csrf", "")):
+            raise _Problem(403, "This sign-out form has expired or came from another site.")
+    elif claims is not None:
+        await logout_page(send, svc, token, who=claims.email)
+        return
     if claims is not None:
-        await svc.runtime.revoke(claims.email)
+        await rt.revoke(claims.email)
         svc.log(
             "login",
             app=None,

@@ -17,6 +17,8 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from zerogate.model.values import parse_duration
 from zerogate.outbox import Outbox
 from zerogate.portal import handlers as portal
 from zerogate.runtime import Runtime
+from zerogate.server.connections import ConnectionGuard
 from zerogate.services import Services
 from zerogate.store import Store, TunnelConnection, storage_url
 from zerogate.tunnel import certs
@@ -105,13 +108,19 @@ class TunnelEndpoint:
         )
         return server_ssl_context(cert_pem=stored.cert_pem, key_pem=stored.key_pem)
 
-    async def start(self) -> None:
+    async def start(self, *, at_startup: bool = False) -> None:
+        """Listen; at startup a failure is raised (the server does not start without the
+        listener its tunnels need), later it is logged and retried at the next change."""
         settings = self.svc.runtime.settings
         host, port = listen_address(settings)
         listener = TunnelListener(self.svc.runtime, on_change=self._dirty.set)
         try:
             await listener.start(host, port, await self._context())
         except (OSError, ValueError) as exc:
+            if at_startup:
+                raise RuntimeError(
+                    f"the tunnel endpoint cannot listen on {settings.listen.tunnel}: {exc}"
+                ) from exc
             log.error("the tunnel endpoint cannot listen on %s: %s", settings.listen.tunnel, exc)
             self._starting = None  # the next credential change tries again
             return
@@ -190,6 +199,8 @@ class ZerogateApp:
         self.logs: LogKeeper | None = None
         #: the admin API and panel (``/api/v1``, ``/admin`` on the portal host)
         self.admin: AdminFrontDoor | None = None
+        #: closes silent and idle connections granian keeps (``server/connections.py``)
+        self.guard: ConnectionGuard | None = None
 
     async def startup(self) -> None:
         settings, base_dir = load_settings(self.config)
@@ -232,10 +243,21 @@ class ZerogateApp:
         self.tunnels = TunnelEndpoint(self.svc, base_dir)
         runtime.on_tunnel_credentials.append(self.tunnels.on_credentials)
         if self.tunnels.wanted():
-            await self.tunnels.start()
+            # fail closed: a server that cannot open its tunnel listener does not start
+            await self.tunnels.start(at_startup=True)
+        listen = settings.listen
+        self.guard = ConnectionGuard(
+            port=int(listen.http.rpartition(":")[2]),
+            header_timeout=parse_duration(listen.header_timeout).total_seconds(),
+            idle_timeout=parse_duration(listen.idle_timeout).total_seconds(),
+            max_connections=listen.max_connections,
+        )
+        self.guard.start()
 
     async def shutdown(self) -> None:
         svc = self.svc
+        if self.guard is not None:
+            await self.guard.stop()
         if self.tunnels is not None:
             await self.tunnels.stop()
         if svc is not None:
@@ -254,6 +276,26 @@ class ZerogateApp:
         if kind == "lifespan":
             await self._lifespan(receive, send)
             return
+        guard = self.guard
+        key = guard.enter(scope.get("client")) if guard is not None else None
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self._dispatch(scope, receive, tracked if kind == "http" else send)
+            if kind == "http" and not started:
+                await malformed_body(send)
+        finally:
+            if guard is not None:
+                guard.leave(key)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
         svc = self.svc
         if svc is None:
             await http.respond(send, 503, b"starting", content_type=b"text/plain")
@@ -295,8 +337,46 @@ def _retention(text: str | None) -> timedelta | None:
     return parse_duration(text) if text is not None else None
 
 
+async def malformed_body(send: Send) -> None:
+    """A request the edge ended without an answer: its body stopped before its framing said
+    it would end. granian reports a malformed chunked body (a size that is not hex, more data
+    than the size) exactly as a client that went away, as ``http.disconnect``; the edge then
+    stops forwarding and answers nothing, which granian used to turn into a 500. It is the
+    client's error: 400 (a client that really went away never reads it)."""
+    with contextlib.suppress(Exception):
+        await http.respond(
+            send,
+            400,
+            b"bad request: the request body is malformed or incomplete\n",
+            content_type=b"text/plain",
+            headers=[(b"connection", b"close")],
+        )
+
+
+def die_with_parent() -> None:
+    """Make this worker die when the process that started it dies (``kill -9`` of the main
+    process included), so that no orphan keeps serving the ports a restarted server needs.
+
+    Linux: ``PR_SET_PDEATHSIG`` (SIGKILL when the parent goes); ``ZEROGATE_MAIN_PID`` (set by
+    ``zerogate server``) catches a parent that died before the call. Elsewhere: nothing."""
+    expected = os.environ.get("ZEROGATE_MAIN_PID")
+    if sys.platform != "linux" or not expected or str(os.getpid()) == expected:
+        return
+    import ctypes
+    import ctypes.util
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("cannot tie this worker to its main process (prctl failed)")
+        return
+    if str(os.getppid()) != expected:  # the main process is already gone
+        os._exit(1)
+
+
 def create_app() -> ZerogateApp:
     """granian's factory: one app per worker, configured from the environment."""
+    die_with_parent()
     logging.basicConfig(
         level=os.environ.get("ZEROGATE_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -13,10 +13,39 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from pathlib import Path
 
 from zerogate.model.objects import Settings
+from zerogate.model.values import parse_duration
+
+#: a worker that dies (the OOM killer, a crash) is started again; granian gives up (and the
+#: server exits with an error) when the new one dies again within 5.5 s: a crash loop
+RESPAWN_FAILED_WORKERS = True
+
+
+def can_bind(address: str) -> str | None:
+    """None when ``HOST:PORT`` can be listened on now, else why not. ``SO_REUSEADDR`` only
+    (never ``SO_REUSEPORT``): a port another process listens on is refused, also when that
+    process shares its port (as granian does), so a second server never quietly splits the
+    traffic with an older one."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the operator's listen address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, int(port)))
+            probe.listen(1)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def fail_closed(what: str, address: str, why: str) -> None:
+    sys.stderr.write(f"error: cannot listen on {address} ({what}): {why}\n")
+    raise SystemExit(2)
 
 
 def _tunnels_in_store(settings: Settings, base: Path) -> list[str]:
@@ -37,19 +66,29 @@ def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bo
     """Block serving ``listen.http`` (and ``listen.tunnel`` once a tunnel exists) until
     interrupted. Exits with code 2 when ``workers`` > 1 and the store holds tunnels."""
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
     from granian.server import Server
 
     base = config.resolve().parent if config is not None else Path.cwd()
-    if workers > 1:
-        tunnels = _tunnels_in_store(settings, base)
-        if tunnels:
-            sys.stderr.write(
-                f"error: the store holds tunnels ({', '.join(tunnels)}), which are served only "
-                "by a server of one worker: run `zerogate server --workers 1` (start more "
-                "servers, each with its own listen.tunnel, to spread the load)\n"
-            )
-            raise SystemExit(2)
+    # fail closed at start: every listener this server needs must be free now (an old
+    # server, or its orphaned worker, still holding a port would share or steal its traffic)
+    problem = can_bind(settings.listen.http)
+    if problem is not None:
+        fail_closed("listen.http", settings.listen.http, problem)
+    tunnels = _tunnels_in_store(settings, base)
+    if workers == 1 and tunnels:
+        problem = can_bind(settings.listen.tunnel)
+        if problem is not None:
+            fail_closed("listen.tunnel", settings.listen.tunnel, problem)
+    if workers > 1 and tunnels:
+        sys.stderr.write(
+            f"error: the store holds tunnels ({', '.join(tunnels)}), which are served only "
+            "by a server of one worker: run `zerogate server --workers 1` (start more "
+            "servers, each with its own listen.tunnel, to spread the load)\n"
+        )
+        raise SystemExit(2)
     os.environ["ZEROGATE_WORKERS"] = str(workers)
+    os.environ["ZEROGATE_MAIN_PID"] = str(os.getpid())  # workers die with this process
     if config is not None:
         os.environ["ZEROGATE_CONFIG"] = str(config.resolve())
     if demo:
@@ -72,5 +111,15 @@ def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bo
         ssl_cert=resolve(tls.cert) if tls else None,
         ssl_key=resolve(tls.key) if tls else None,
         websockets=True,
+        # connection limits (SPEC "HTTP contract"); what granian cannot do, the workers'
+        # ConnectionGuard does (server/connections.py)
+        http1_settings=HTTP1Settings(
+            header_read_timeout=int(
+                parse_duration(settings.listen.header_timeout).total_seconds() * 1000
+            )
+        ),
+        backpressure=settings.listen.max_connections,
+        backlog=max(1024, settings.listen.max_connections),
+        respawn_failed_workers=RESPAWN_FAILED_WORKERS,
     )
     server.serve()

@@ -347,6 +347,13 @@ class _Stream:
         self.window.set()
 
 
+#: the refusal of a well-formed token that no tunnel here accepts, whatever the reason
+REFUSAL_NOT_ACCEPTED = (
+    "no tunnel here accepts this token (rotated, or the tunnel deleted?): "
+    "run the connector with the tunnel's current token"
+)
+
+
 class _Connection:
     """One connector connection: the core, the socket, its streams."""
 
@@ -607,18 +614,10 @@ class _Connection:
             return
         name = authority.tunnel_for_token(token.tunnel_id, token.secret)
         if name is None:
-            if token.tunnel_id in authority.tunnel_credentials:
-                self._refuse(
-                    reg,
-                    RefusalReason.REVOKED,
-                    "this tunnel's token was rotated: run the connector with the new token",
-                )
-            else:
-                self._refuse(
-                    reg,
-                    RefusalReason.BAD_TOKEN,
-                    "no tunnel has this token (was the tunnel deleted?)",
-                )
+            # one answer for an unknown id and for a known id with the wrong secret (a rotated
+            # token, or a guess): otherwise a stranger learns which tunnel ids exist. The work
+            # is the same too (``tunnel_for_token`` hashes either way).
+            self._refuse(reg, RefusalReason.BAD_TOKEN, REFUSAL_NOT_ACCEPTED)
             return
         if len(self.listener._tunnels.get(name, {})) >= MAX_CONNECTIONS_PER_TUNNEL:
             self._refuse(
