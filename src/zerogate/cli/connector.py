@@ -20,6 +20,7 @@ import structlog
 import typer
 from rich.markup import escape
 
+from zerogate import logsetup
 from zerogate.cli.main import fail
 
 connector_app: typer.Typer = typer.Typer(
@@ -32,11 +33,10 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def _configure_logging(level: str) -> None:
     number = _LEVELS[level]
-    logging.basicConfig(
-        level=number, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logsetup.configure(number)
     structlog.configure(
         processors=[
+            logsetup.escape_event,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

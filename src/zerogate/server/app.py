@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from zerogate import logsetup
 from zerogate.accesslog import LogKeeper
 from zerogate.admin.app import AdminFrontDoor
 from zerogate.admin.app import handles as admin_paths
@@ -377,10 +378,7 @@ def die_with_parent() -> None:
 def create_app() -> ZerogateApp:
     """granian's factory: one app per worker, configured from the environment."""
     die_with_parent()
-    logging.basicConfig(
-        level=os.environ.get("ZEROGATE_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logsetup.configure(os.environ.get("ZEROGATE_LOG_LEVEL", "INFO"))
     return ZerogateApp(
         os.environ.get("ZEROGATE_CONFIG") or None, demo=os.environ.get("ZEROGATE_DEMO") == "1"
     )
