@@ -136,7 +136,10 @@ def test_nesting_up_to_the_limit_and_aliases_still_load() -> None:
         "  - name: a\n    include: &rules [{email: [a@example.com]}]\n"
         "  - name: b\n    include: *rules\n"
         "  - name: c  # '[[[' in a comment and ']]]' in '[[quotes]]'\n"
-        "    include: [{email: ['x[[[@example.com']}]\n"
+        "    include: [{email: [c@example.com]}]  # [[[ not nesting\n"
+        "applications:\n"
+        "  - {name: v6, domain: v6.example.com, origin: 'http://[::1]:8080',\n"
+        "     policies: [{name: p, decision: allow, include: [{group: [c]}]}]}\n"
     )
     groups = loaded.config.objects().groups
     assert [g.name for g in groups] == ["a", "b", "c"]
