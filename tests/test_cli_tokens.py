@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import pytest
 
 from zerogate.identity import KeySet
-from zerogate.runtime import hash_secret
+from zerogate.identity.secret_hash import SecretKind, hash_secret
 from zerogate.store import AccessEvent, Store, storage_url
 from zg_harness import run_cli as zerogate
 
@@ -110,7 +110,7 @@ def test_create_shows_secret_once_and_stores_only_its_hash(config: Path) -> None
     objects, creds, admin = in_store(config, read)
     assert [(t.name, t.duration) for t in objects.service_tokens] == [("ci-bot", "8760h")]
     assert [c.client_id for c in creds] == [client_id]
-    assert creds[0].secret_hash == hash_secret(secret)
+    assert creds[0].secret_hash == hash_secret(SecretKind.SERVICE_TOKEN, secret)
     assert creds[0].secret_hash != secret
     lifetime = creds[0].expires_at - creds[0].created_at
     assert lifetime == timedelta(hours=8760)
@@ -157,7 +157,7 @@ def test_json_create_twice_rotate_delete(config: Path) -> None:
 
     objects, creds = in_store(config, read)
     assert [c.client_id for c in creds] == [data["client_id"]], "the first pair still stands"
-    assert creds[0].secret_hash == hash_secret(data["client_secret"])
+    assert creds[0].secret_hash == hash_secret(SecretKind.SERVICE_TOKEN, data["client_secret"])
     assert [(t.name, t.duration) for t in objects.service_tokens] == [("bot", "48h")]
 
     rotated = ok_json("service-token", "rotate", "bot", "-c", str(config))
@@ -191,7 +191,7 @@ def test_configured_token_gets_its_duration_and_cannot_be_deleted_while_named(
 
     creds, admin, version = in_store(config, read)
     assert creds[0].expires_at - creds[0].created_at == timedelta(hours=720)
-    assert creds[0].secret_hash == hash_secret(data["client_secret"])
+    assert creds[0].secret_hash == hash_secret(SecretKind.SERVICE_TOKEN, data["client_secret"])
     assert version == 1, "the object was there: the configuration did not change"
     assert {e.name for e in admin} == {"ci", "ci-bot"}
 
@@ -213,8 +213,8 @@ def test_rotate_replaces_client_id_and_secret(config: Path) -> None:
     assert first["client_id"] not in by_id, "the old client id no longer exists"
     (cred,) = creds
     assert cred.client_id == client_id
-    assert cred.secret_hash == hash_secret(secret)
-    assert cred.secret_hash != hash_secret(first["client_secret"])
+    assert cred.secret_hash == hash_secret(SecretKind.SERVICE_TOKEN, secret)
+    assert cred.secret_hash != hash_secret(SecretKind.SERVICE_TOKEN, first["client_secret"])
     assert (cred.expires_at - cred.created_at) == timedelta(hours=8760)
 
 

@@ -27,6 +27,7 @@ import pytest
 from aiohttp import ClientSession, WSMsgType
 
 from zerogate.identity import issue_app_token
+from zerogate.identity.secret_hash import SecretKind, hash_secret
 from zerogate.runtime import audience_tag, ensure_keyset
 from zerogate.store import Store, storage_url
 from zerogate.tunnel import certs
@@ -36,7 +37,7 @@ from zerogate.tunnel.edge import (
     server_ssl_context,
 )
 from zerogate.tunnel.protocol import ErrorCodes
-from zerogate.tunnel.token import TunnelToken, hash_secret, new_secret, new_tunnel_id
+from zerogate.tunnel.token import TunnelToken, new_secret, new_tunnel_id
 from zg_harness import (
     ZEROGATE,
     TunnelRefused,
@@ -69,12 +70,12 @@ class Table:
     def add(self, name: str, tunnel_id: str | None = None) -> tuple[str, str]:
         tunnel_id = tunnel_id or new_tunnel_id()
         secret = new_secret()
-        self.tunnel_credentials[tunnel_id] = Cred(name, hash_secret(secret))
+        self.tunnel_credentials[tunnel_id] = Cred(name, hash_secret(SecretKind.TUNNEL, secret))
         return tunnel_id, secret
 
     def tunnel_for_token(self, tunnel_id: str, secret: str) -> str | None:
         cred = self.tunnel_credentials.get(tunnel_id)
-        if cred is None or cred.secret_hash != hash_secret(secret):
+        if cred is None or cred.secret_hash != hash_secret(SecretKind.TUNNEL, secret):
             return None
         return cred.name
 

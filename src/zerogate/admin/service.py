@@ -28,8 +28,6 @@ anyway") and API tokens (not on the list) skip it.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -44,6 +42,7 @@ from zerogate.admin.connector_tokens import (
     new_credential,
     token_edges,
 )
+from zerogate.identity.secret_hash import SecretKind, hash_secret, secret_matches
 from zerogate.model.loader import ConfigError, Problem, validate_objects
 from zerogate.model.objects import Name, Objects, Settings
 from zerogate.model.values import parse_duration
@@ -170,11 +169,6 @@ def check_name(name: str, what: str) -> str:
         raise Invalid(f"{what} {name!r}: {message}", [Problem(what, message)]) from None
 
 
-def hash_api_secret(secret: str) -> str:
-    """How an API token's secret is stored (SHA-256: it is a long random string)."""
-    return hashlib.sha256(b"zerogate-api-token\x00" + secret.encode()).hexdigest()
-
-
 def new_api_token(
     name: str, *, read_only: bool, expires: timedelta | None, created_by: str
 ) -> tuple[ApiToken, str]:
@@ -185,7 +179,7 @@ def new_api_token(
     token = ApiToken(
         name=name,
         token_id=token_id,
-        secret_hash=hash_api_secret(secret),
+        secret_hash=hash_secret(SecretKind.API_TOKEN, secret),
         read_only=read_only,
         created_by=created_by,
         created_at=now,
@@ -209,14 +203,12 @@ def split_api_token(text: str) -> tuple[str, str] | None:
 def new_service_credential(name: str, lifetime: timedelta) -> tuple[ServiceCredential, str]:
     """A new client id and secret for service token ``name``: the credential to store (the
     secret hashed) and the secret, to show once. Used by the CLI and the admin API."""
-    from zerogate.runtime import hash_secret
-
     secret = secrets.token_urlsafe(32)
     now = datetime.now(UTC).replace(microsecond=0)
     cred = ServiceCredential(
         name=name,
         client_id=f"{secrets.token_hex(8)}.access",
-        secret_hash=hash_secret(secret),
+        secret_hash=hash_secret(SecretKind.SERVICE_TOKEN, secret),
         created_at=now,
         expires_at=now + lifetime,
     )
@@ -598,11 +590,8 @@ class AdminService:
             return None
         token_id, secret = parts
         token = await self.store.api_token(token_id)
-        candidate = hash_api_secret(secret)
-        if token is None:
-            hmac.compare_digest(candidate, candidate)  # the same work either way
-            return None
-        if not hmac.compare_digest(token.secret_hash, candidate):
+        stored = token.secret_hash if token is not None else None
+        if not secret_matches(SecretKind.API_TOKEN, secret, stored) or token is None:
             return None
         now = now or datetime.now(UTC)
         if token.expires_at is not None and token.expires_at <= now:
