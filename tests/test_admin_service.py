@@ -384,6 +384,8 @@ async def test_policy_tester_checks_its_inputs(service: AdminService) -> None:
     await service.create("applications", APP, ME)
     verdict = await service.policy_test(url="https://wiki.example.test/x", email="a@b.test")
     assert verdict.decision == "allow" and verdict.policy == "staff"
+    # the verdict refers to its application weakly: it must still name it after the call
+    assert verdict.as_dict()["application"] == "wiki"
     with pytest.raises(Invalid) as bad:
         await service.policy_test(app="wiki", ip="nope", country="ZZZ", idp="nobody")
     # idp without email is a problem too: it describes a login

@@ -46,7 +46,8 @@ from zerogate.identity.secret_hash import SecretKind, hash_secret, secret_matche
 from zerogate.model.loader import ConfigError, Problem, validate_objects
 from zerogate.model.objects import Name, Objects, Settings
 from zerogate.model.values import parse_duration
-from zerogate.policy import Context, Identity, Verdict, compile_snapshot
+from zerogate.policy import Context, Identity, Snapshot, Verdict, compile_snapshot
+from zerogate.policy.tester import PolicyQuery, QueryError, check_query, run_query
 from zerogate.store import (
     AdminLogEntry,
     ApiToken,
@@ -252,6 +253,9 @@ class AdminService:
         self.store = store
         #: token id -> when this process last wrote its ``last_used_at`` (monotonic-ish epoch)
         self._touched: dict[str, float] = {}
+        #: the policy tester's compiled snapshot: a verdict refers to its application weakly,
+        #: so the snapshot must outlive ``policy_test`` for the caller to read the verdict
+        self._tester_snapshot: Snapshot | None = None
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -647,59 +651,27 @@ class AdminService:
         country: str | None = None,
         service_token: str | None = None,
     ) -> Verdict:
-        """The decision for one imagined request, with every check explained (the same
-        engine and routing as the edge, the same input checks as ``zerogate policy test``).
-        Exactly one of ``app`` and ``url``; ``Invalid`` names every unusable input."""
-        from urllib.parse import urlsplit
-
-        from zerogate.model import values
-
+        """The decision for one imagined request, with every check explained
+        (``policy.tester``, which ``zerogate policy test`` calls too). Exactly one of ``app``
+        and ``url``; ``NotFound`` for an unknown ``app``, ``Invalid`` names every unusable
+        input."""
         objects, version = await self.store.load()
-        snapshot = compile_snapshot(objects, version)
-        problems: list[Problem] = []
-        if (app is None) == (url is None):
-            problems.append(Problem("app", "give exactly one of app (a name) or url"))
-        if email is not None:
-            try:
-                email = values.check_email(email)
-            except ValueError as exc:
-                problems.append(Problem("email", str(exc)))
-        elif idp or idp_groups or amr:
-            problems.append(Problem("email", "idp, idp_groups and amr describe a login: give it"))
-        if idp is not None and idp not in {p.name for p in objects.identity_providers}:
-            problems.append(Problem("idp", f"unknown identity provider {idp!r}"))
-        if ip is not None and values.normalise_ip(ip) is None:
-            problems.append(Problem("ip", f"{ip!r} is not an IP address"))
-        if country is not None:
-            try:
-                country = values.check_country(country)
-            except ValueError as exc:
-                problems.append(Problem("country", str(exc)))
-        known_tokens = {t.name for t in objects.service_tokens}
-        if service_token is not None and service_token not in known_tokens:
-            problems.append(Problem("service_token", f"unknown service token {service_token!r}"))
+        snapshot = self._tester_snapshot = compile_snapshot(objects, version)
         # ``zerogate-admin``, the built-in admin application, can be tested by name too
-        target = snapshot.application(app) if app is not None else None
-        if app is not None and url is None and target is None:
+        if app is not None and url is None and snapshot.application(app) is None:
             raise NotFound(f"no application named {app!r}")
-        host, path = "", "/"
-        if url is not None:
-            try:
-                parts = urlsplit(url if "://" in url else f"https://{url}")
-                hostname = parts.hostname
-            except ValueError as exc:
-                hostname, parts = None, None
-                problems.append(Problem("url", f"{url!r}: {exc}"))
-            if parts is not None and not hostname:
-                problems.append(Problem("url", f"{url!r} has no host"))
-            elif parts is not None:
-                host = parts.netloc.rpartition("@")[2]
-                path = parts.path or "/"
-        if problems:
-            raise Invalid("the test request is not valid", problems)
-        identity = Identity.of(email, idp, idp_groups, amr) if email else None
-        ctx = Context(ip=ip, country=country, service_token=service_token)
-        if url is not None:
-            return snapshot.check(host, path, identity, ctx, explain=True)
-        assert target is not None
-        return snapshot.explain(target, identity, ctx)
+        query = PolicyQuery(
+            app=app,
+            url=url,
+            email=email,
+            idp=idp,
+            idp_groups=idp_groups,
+            amr=amr,
+            ip=ip,
+            country=country,
+            service_token=service_token,
+        )
+        try:
+            return run_query(snapshot, check_query(snapshot, query))
+        except QueryError as exc:
+            raise Invalid("the test request is not valid", exc.problems) from None
