@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from edge_harness import PATTERN, Origin, crc_of_pattern, http_request, raw_request
+from harness import free_port, peak_rss_kib, wait_until
 from zg_harness import (
     HttpBrowser,
     ThreadedOutbox,
@@ -27,11 +28,8 @@ from zg_harness import (
     Zerogate,
     app_cookie_name,
     apply_here,
-    free_port,
     login,
-    peak_rss_kib,
     wait_ready,
-    wait_until,
     worker_pids,
 )
 

@@ -45,8 +45,9 @@ from urllib.request import urlopen
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
+from harness import free_port, wait_until
 from zerogate.store import AccessEvent
-from zg_harness import ThreadedOutbox, VerifyingOrigin, Zerogate, free_port, open_store, wait_until
+from zg_harness import ThreadedOutbox, VerifyingOrigin, Zerogate, open_store
 
 pytestmark = pytest.mark.e2e
 

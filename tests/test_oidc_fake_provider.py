@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from harness import free_port
 from zerogate.store import AccessEvent
 from zg_harness import (
     HttpBrowser,
@@ -40,7 +41,6 @@ from zg_harness import (
     VerifyingOrigin,
     Zerogate,
     app_cookie_name,
-    free_port,
     open_store,
 )
 

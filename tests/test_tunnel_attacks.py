@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from harness import free_port
 from test_tunnel_edge import (
     Edge,
     Table,
@@ -34,11 +35,7 @@ from zerogate.tunnel import certs
 from zerogate.tunnel import protocol as tunnel_protocol
 from zerogate.tunnel.edge import TunnelListener, server_ssl_context
 from zerogate.tunnel.token import TunnelToken
-from zg_harness import (
-    TunnelRequest,
-    TunnelTestConnector,
-    free_port,
-)
+from zg_harness import TunnelRequest, TunnelTestConnector
 
 BODY = """
 identity_providers: [{name: otp, type: onetimepin}]

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, WSMsgType
 
+from harness import free_port, wait_for_port, wait_until
 from zerogate.identity import issue_app_token
 from zerogate.identity.secret_hash import SecretKind, hash_secret
 from zerogate.runtime import audience_tag, ensure_keyset
@@ -38,16 +39,7 @@ from zerogate.tunnel.edge import (
 )
 from zerogate.tunnel.protocol import ErrorCodes
 from zerogate.tunnel.token import TunnelToken, new_secret, new_tunnel_id
-from zg_harness import (
-    ZEROGATE,
-    TunnelRefused,
-    TunnelRequest,
-    TunnelTestConnector,
-    Zerogate,
-    free_port,
-    wait_for_port,
-    wait_until,
-)
+from zg_harness import ZEROGATE, TunnelRefused, TunnelRequest, TunnelTestConnector, Zerogate
 
 MIB = 1024 * 1024
 
