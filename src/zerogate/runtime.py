@@ -121,7 +121,8 @@ class Runtime:
         return None
 
     def session_seconds(self, app: CompiledApp, policy_name: str | None) -> int:
-        """Policy overrides application overrides the global default (SPEC: session lengths)."""
+        """The session length: the policy's overrides the application's, which overrides the
+        global default."""
         for policy in app.model.policies:
             if policy.name == policy_name and policy.session_duration:
                 return int(parse_duration(policy.session_duration).total_seconds())

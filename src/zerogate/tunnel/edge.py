@@ -65,7 +65,6 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from zerogate.identity.secret_hash import SecretKind, hash_secret
 from zerogate.model.objects import Application, Objects, Settings
-from zerogate.tunnel import certs
 from zerogate.tunnel.protocol import (
     MAX_CONTROL_FRAME,
     BodyChunk,
@@ -310,11 +309,6 @@ def server_ssl_context(
             handle.write(key_pem)
         context.load_cert_chain(cert_path, key_path)
     return context
-
-
-def generated_certificate(pem_json: str) -> certs.GeneratedCert:
-    """The generated certificate as the store keeps it (``certs.SECRET_NAME``)."""
-    return certs.GeneratedCert.from_json(pem_json)
 
 
 # --------------------------------------------------------------------------------------------
