@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientSession, WSMsgType
+from aiohttp import ClientSession, WSMsgType, WSServerHandshakeError
 
 from harness import free_port, wait_for_port, wait_until
 from zerogate.identity import issue_app_token
@@ -33,6 +33,7 @@ from zerogate.runtime import audience_tag, ensure_keyset
 from zerogate.store import Store, storage_url
 from zerogate.tunnel import certs
 from zerogate.tunnel.edge import (
+    REPLAY_LIMIT,
     TunnelListener,
     TunnelUnavailable,
     server_ssl_context,
@@ -325,18 +326,42 @@ async def test_only_requests_never_processed_are_retried(edge: Edge) -> None:
         assert reply.status == 200
         assert json.loads(reply.body)["sha256"] == hashlib.sha256(b"".join(body)).hexdigest()
     assert refused, "the refusing connection never got a request"
-    # a body too large to replay is not retried: 502 before anything was sent to the client
-    big = [b"x" * 65536] * 8
+    await bad.close()
+
+    # a connector that reads the whole body before refusing: the edge consumed all of it
+    async def refusing_late(req: TunnelRequest) -> None:
+        await req.body()
+        refused.append(req.stream_id)
+        req.conn.core.reset(req.stream_id, ErrorCodes.REFUSED_STREAM)
+        req.conn.flush()
+
+    late = TunnelTestConnector(token, connector_id="refuses-late", handler=refusing_late)
+    await late.connect(1)
+    # within REPLAY_LIMIT the edge kept a copy: the refused request is sent again, intact
+    small = [b"s" * 1000] * 4
     refused.clear()
     while not refused:
+        reply = await call(edge.listener, "office", "/upload", method="POST", body=small)
+        assert reply.status == 200
+        assert json.loads(reply.body)["size"] == 4000
+    # a body over REPLAY_LIMIT is not: 502 before anything was sent to the client (a limit
+    # that let it through would have the good connection answer 200 after a refusal)
+    big = [b"x" * 65536] * 8
+    assert sum(map(len, big)) > REPLAY_LIMIT
+    refused.clear()
+    for _ in range(20):
         try:
             reply = await call(edge.listener, "office", "/upload", method="POST", body=big)
-            assert reply.status == 200
         except TunnelUnavailable as exc:
             assert "dropped the request" in str(exc)
-            assert refused
+            assert len(refused) == 1
+            break
+        assert reply.status == 200
+        assert not refused, "a body over the replay limit was sent again after a refusal"
+    else:
+        pytest.fail("no request over the replay limit reached the refusing connection")
     # a stream reset after it may have been processed (CANCEL) is never retried
-    await bad.close()
+    await late.close()
     cancel = TunnelTestConnector(token, connector_id="cancels", handler=cancelling)
     await cancel.connect(1)
     served = len(good.seen)
@@ -593,10 +618,12 @@ async def test_e2e_requests_stream_through_the_tunnel(
                 await ws.close()
             ws_request = next(req for req in connector.seen if req.protocol == "websocket")
             assert ws_request.method == "CONNECT" and ws_request.header("sec-websocket-key") is None
-            # the connector refuses a WebSocket: the client does not get one
-            with pytest.raises(Exception, match=r"403|Invalid response status"):
+            # the connector refuses a WebSocket (its origin answered 403): the client does not
+            # get one, and the handshake fails with 403 (not a 101 then a close, not a 5xx)
+            with pytest.raises(WSServerHandshakeError) as refused:
                 async with http.ws_connect(f"{base}/ws-refuse", headers=headers):
                     pass
+            assert refused.value.status == 403, refused.value.status
     finally:
         await connector.close()
 
