@@ -11,11 +11,15 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 T = TypeVar("T")
 
 __all__ = [
+    "assert_screenshot_shows",
     "free_port",
     "peak_rss_kib",
     "wait_for",
@@ -118,3 +122,23 @@ def peak_rss_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise KeyError("VmHWM")
+
+
+def assert_screenshot_shows(page: Page, shot: bytes, selector: str) -> None:
+    """``shot``, a screenshot of ``page``, holds a rendered page: a PNG of the viewport's
+    size, well over twice the size of an empty page's (so not blank), with ``selector``
+    visible inside it."""
+    assert shot[:8] == b"\x89PNG\r\n\x1a\n"
+    viewport = page.viewport_size
+    assert viewport is not None
+    width, height = int.from_bytes(shot[16:20], "big"), int.from_bytes(shot[20:24], "big")
+    assert (width, height) == (viewport["width"], viewport["height"])
+    empty = page.context.new_page()
+    try:
+        empty.set_content("<!doctype html><title>empty</title>")
+        assert len(shot) > 2 * len(empty.screenshot()), "the screenshot is (nearly) blank"
+    finally:
+        empty.close()
+    box = page.locator(selector).bounding_box()
+    assert box is not None, f"{selector} is not rendered"
+    assert box["y"] >= 0 and box["y"] + box["height"] <= height, f"{selector} is off screen"
