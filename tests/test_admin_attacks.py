@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from aiohttp import ClientSession
 
-from harness import free_port
+from harness import free_port, wait_for
 from zerogate.admin.auth import csrf_token
 from zerogate.admin.panel_forms import csrf_token as panel_csrf
 from zerogate.admin.service import Actor, AdminService
@@ -349,15 +349,14 @@ async def test_tokens_that_are_not_quite_right_get_401(zg: Zerogate) -> None:
         _, text = await service.create_api_token(
             "short", read_only=False, expires="1s", actor=Actor("t")
         )
-    deadline = time.monotonic() + 5
-    while True:
+
+    async def refused() -> bool:
         answer = await request(
             zg, "GET", "/api/v1/groups", headers={"Authorization": f"Bearer {text}"}
         )
-        if answer.status == 401 or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
-    assert answer.status == 401
+        return answer.status == 401
+
+    await wait_for(refused, timeout=5, what="the expired API token refused", interval=0.2)
 
 
 # ---------------------------------------------------------------- cross-site requests
@@ -535,15 +534,14 @@ async def test_what_attackers_write_into_logs_is_escaped_in_the_panel(zg: Zeroga
             host=f"wiki.localhost:{zg.port}",
             headers={"Cookie": await app_cookie(zg, "wiki", email)},
         )
-    deadline = time.monotonic() + 10
-    while True:  # the access log is written in batches
-        logged = await request(
+
+    async def logged() -> bool:  # the access log is written in batches
+        answer = await request(
             zg, "GET", "/api/v1/access-log?app=wiki&limit=50", headers=bearer(zg)
         )
-        if "<script>" in logged.text or "%3Cscript%3E" in logged.text:
-            break
-        assert time.monotonic() < deadline, logged.text[:500]
-        await asyncio.sleep(0.1)
+        return "<script>" in answer.text or "%3Cscript%3E" in answer.text
+
+    await wait_for(logged, timeout=10, what="the evil request in the access log", interval=0.1)
     group: dict[str, Any] = {
         "name": "XSS \"' <b>",
         "include": [

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, WSMsgType, WSServerHandshakeError
 
-from harness import free_port, wait_for_port, wait_until
+from harness import free_port, wait_for, wait_for_port, wait_until
 from zerogate.identity import issue_app_token
 from zerogate.identity.secret_hash import SecretKind, hash_secret
 from zerogate.runtime import audience_tag, ensure_keyset
@@ -101,17 +101,6 @@ async def edge() -> AsyncIterator[Edge]:
         yield Edge(listener, table, port, generated.fingerprint)
     finally:
         await listener.stop(grace=0.2)
-
-
-async def until(check: Any, timeout: float = 5.0) -> Any:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 @dataclass
@@ -275,7 +264,7 @@ async def test_a_connection_that_stops_answering_pings_is_dropped(edge: Edge) ->
     connector = TunnelTestConnector(edge.token("office"))
     first, _ = await connector.connect(2)
     first.paused = True  # reads nothing more: PINGs go unanswered
-    await until(lambda: len(edge.listener.status()[0].connections) == 1, timeout=5)
+    await wait_for(lambda: len(edge.listener.status()[0].connections) == 1, timeout=5)
     assert edge.listener.status()[0].connections[0].connection_index == 1
     assert (await call(edge.listener, "office")).status == 200
     await connector.close()
@@ -292,7 +281,7 @@ async def test_requests_spread_over_the_connections_with_fewest_streams(edge: Ed
     # three long requests take three different connections; the next one takes the fourth
     before = [c.served for c in conns]
     busy = asyncio.gather(*(call(edge.listener, "office", "/slow?ms=800") for _ in range(3)))
-    await until(lambda: sum(c.open_streams for c in conns) == 3)
+    await wait_for(lambda: sum(c.open_streams for c in conns) == 3)
     assert sorted(c.open_streams for c in conns) == [0, 1, 1, 1]
     idle = next(c for c in conns if c.open_streams == 0)
     assert (await call(edge.listener, "office", "/x")).status == 200
@@ -393,13 +382,13 @@ async def test_losing_a_connection_under_load_fails_no_new_request(edge: Edge) -
                 results.append((started, str(exc)))
 
     clients = [asyncio.ensure_future(client()) for _ in range(12)]
-    await until(lambda: len(results) > 50)
+    await wait_for(lambda: len(results) > 50)
     conns[0].abort()
-    await until(lambda: len(edge.listener.status()[0].connections) == 3)
+    await wait_for(lambda: len(edge.listener.status()[0].connections) == 3)
     noticed = time.monotonic()
     # and a graceful drain (GOAWAY) of another: nothing fails at all, even in flight
     conns[1].go_away()
-    await until(lambda: len(results) > 300, timeout=20)
+    await wait_for(lambda: len(results) > 300, timeout=20)
     stop.set()
     await asyncio.gather(*clients)
     after = [status for started, status in results if started > noticed]
