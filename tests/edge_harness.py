@@ -26,21 +26,20 @@ import ipaddress
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import zlib
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import WSMsgType, web
 
+from harness import free_port, wait_for_port
 from zerogate.edge.asgi_types import Receive, Scope, Send
 from zerogate.edge.headers import resolve_client, upstream_request_headers
 from zerogate.edge.proxy import Upstream
@@ -57,57 +56,6 @@ INJECTED = [
 
 
 # ---------------------------------------------------------------------------- small helpers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(
-    port: int,
-    *,
-    host: str = "127.0.0.1",
-    timeout: float = 15.0,
-    alive: Callable[[], bool] | None = None,
-) -> None:
-    """Poll until ``host:port`` accepts a connection; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            if alive is not None and not alive():
-                raise RuntimeError(f"server for port {port} exited before listening") from None
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s") from None
-            time.sleep(0.02)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout}s")
-        time.sleep(0.01)
-
-
-def _proc_status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-def peak_rss_kib(pid: int) -> int:
-    """The process's peak resident set size so far (VmHWM), in KiB."""
-    return _proc_status(pid, "VmHWM")
-
-
-def rss_kib(pid: int) -> int:
-    return _proc_status(pid, "VmRSS")
 
 
 def crc_of_pattern(size: int) -> int:

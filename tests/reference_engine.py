@@ -1,10 +1,10 @@
-"""A deliberately naive reference evaluator of SPEC "Policy semantics", for the property tests.
+"""A deliberately naive reference evaluator of the policy semantics, for the property tests.
 
 It works directly on the validated pydantic objects with plain loops and the ``ipaddress``
 module: no radix tree, no precompilation, no memoisation, nothing shared with
 ``zerogate.policy``. It is slow and obviously right; the compiled engine must agree with it.
 
-The rules, as SPEC states them:
+The rules (as ``zerogate.policy.engine`` and docs/configuration.md state them):
 
 * a rule set matches when any include matches, all requires match and no exclude matches;
 * a rule with several values matches if any value does (include, exclude), or only if every
@@ -193,8 +193,8 @@ def _on_boundary(path: str, prefix: str) -> bool:
 
 
 def reference_route(objects: Objects, host: str, normalised_path: str) -> str | None:
-    """The application for a Host header and an already normalised request path (SPEC
-    "Paths"): exact host names first, then ``*.`` names covering exactly one more label; within
+    """The application for a Host header and an already normalised request path:
+    exact host names first, then ``*.`` names covering exactly one more label; within
     a host name the longest path prefix on a segment boundary wins; case-insensitive."""
     name = host.strip().lower()
     if name.startswith("["):

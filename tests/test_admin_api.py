@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from harness import free_port, wait_for
 from zerogate.admin.service import Actor, AdminService, Invalid, new_api_token
 from zerogate.store import Store, storage_url
 from zerogate.tunnel import token as tunnel_token
@@ -28,7 +29,6 @@ from zg_harness import (
     ThreadedOutbox,
     VerifyingOrigin,
     Zerogate,
-    free_port,
     hidden_inputs,
     login,
     login_page,
@@ -108,19 +108,6 @@ async def send_json(
     sent = {"Content-Type": "application/json", **(headers or {})}
     data = json.dumps(body).encode() if body is not None else None
     return await browser.request(method, url, headers=sent, data=data)
-
-
-async def wait_for(check: Any, timeout: float = 10.0) -> Any:  # noqa: ASYNC109
-    """Poll an async ``check()`` until it returns something truthy (the servers poll the
-    store twice a second, so a change shows within about that)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.05)
 
 
 async def live(zg: Zerogate, version: int) -> None:

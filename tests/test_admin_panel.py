@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from zg_harness import ThreadedOutbox, VerifyingOrigin, Zerogate, free_port, wait_until
+from harness import free_port, wait_until
+from zg_harness import ThreadedOutbox, VerifyingOrigin, Zerogate
 
 pytestmark = pytest.mark.e2e
 

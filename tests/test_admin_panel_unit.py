@@ -23,9 +23,9 @@ from zerogate.admin.panel import create_panel, parse_since
 from zerogate.admin.principal import SCOPE_KEY, Principal
 from zerogate.admin.service import Actor, AdminService, split_api_token
 from zerogate.identity.oidc import FetchError, HttpRequest, HttpResponse
+from zerogate.identity.secret_hash import SecretKind, hash_secret, secret_matches
 from zerogate.model.loader import Problem, validate_objects
 from zerogate.model.objects import Settings
-from zerogate.runtime import hash_secret
 from zerogate.store import AccessEvent, Store, storage_url
 from zerogate.tunnel import token as tunnel_token
 
@@ -811,7 +811,7 @@ async def test_service_token_secret_is_shown_once_and_matches_the_stored_hash(
     assert secret and client_id
     (cred,) = await store.service_credentials()
     assert cred.client_id == client_id.group(1)
-    assert cred.secret_hash == hash_secret(secret.group(1))
+    assert cred.secret_hash == hash_secret(SecretKind.SERVICE_TOKEN, secret.group(1))
     assert timedelta(days=29) < cred.expires_at - datetime.now(UTC) <= timedelta(days=30)
     listing = await admin.get("/admin/service-tokens")
     assert client_id.group(1) in listing.text and secret.group(1) not in listing.text
@@ -841,7 +841,7 @@ async def test_tunnel_token_is_shown_once_with_the_command(
     assert decoded.fingerprint is not None and len(decoded.fingerprint) == 64
     (cred,) = await store.tunnel_credentials()
     assert cred.name == "office" and cred.tunnel_id == decoded.tunnel_id
-    assert tunnel_token.secret_matches(decoded.secret, cred.secret_hash)
+    assert secret_matches(SecretKind.TUNNEL, decoded.secret, cred.secret_hash)
     assert "zgt1_" in reply.text
     assert "zerogate connector run --token-file /etc/zerogate/office.token" in reply.text
     assert (await service.get("tunnels", "office")).spec["routes"] == ["intranet.example.test"]

@@ -23,8 +23,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from harness import free_port
 from zerogate.admin.service import Actor, AdminService
-from zg_harness import ThreadedOutbox, Zerogate, free_port, open_store
+from zg_harness import ThreadedOutbox, Zerogate, open_store
 
 CONFIG = """
 admins: [ops@example.test]

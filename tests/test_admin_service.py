@@ -28,9 +28,9 @@ from zerogate.admin.service import (
     Invalid,
     LockOut,
     NotFound,
-    hash_api_secret,
     split_api_token,
 )
+from zerogate.identity.secret_hash import SecretKind, hash_secret, secret_matches
 from zerogate.model.loader import validate_objects
 from zerogate.policy import Context, Identity, compile_snapshot
 from zerogate.store import Store, storage_url
@@ -140,7 +140,7 @@ async def test_admins_list_versions(service: AdminService) -> None:
 
 async def test_api_tokens(service: AdminService) -> None:
     token, text = await service.create_api_token("deploy", read_only=True, expires="1h", actor=ME)
-    assert token.secret_hash == hash_api_secret(text.split("_", 2)[2])
+    assert token.secret_hash == hash_secret(SecretKind.API_TOKEN, text.split("_", 2)[2])
     assert text not in token.secret_hash
     found = await service.verify_api_token(text)
     assert found is not None and found.read_only
@@ -350,7 +350,7 @@ async def test_tunnel_tokens_are_made_in_one_place(service: AdminService) -> Non
     decoded = tunnel_token.decode(first.token)
     (cred,) = await service.store.tunnel_credentials()
     assert decoded.tunnel_id == cred.tunnel_id == first.tunnel_id and not first.rotated
-    assert tunnel_token.secret_matches(decoded.secret, cred.secret_hash)
+    assert secret_matches(SecretKind.TUNNEL, decoded.secret, cred.secret_hash)
     assert decoded.edges == first.edges and first.edges  # the settings' tunnel address
     assert decoded.fingerprint is not None and decoded.fingerprint == first.fingerprint
     assert (
@@ -388,6 +388,8 @@ async def test_policy_tester_checks_its_inputs(service: AdminService) -> None:
     await service.create("applications", APP, ME)
     verdict = await service.policy_test(url="https://wiki.example.test/x", email="a@b.test")
     assert verdict.decision == "allow" and verdict.policy == "staff"
+    # the verdict refers to its application weakly: it must still name it after the call
+    assert verdict.as_dict()["application"] == "wiki"
     with pytest.raises(Invalid) as bad:
         await service.policy_test(app="wiki", ip="nope", country="ZZZ", idp="nobody")
     # idp without email is a problem too: it describes a login

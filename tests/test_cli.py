@@ -235,6 +235,9 @@ def test_policy_test_human_output_explains(config: Path) -> None:
         (["--app", "wiki", "--email", "a@b.cd", "--idp", "nope"], "unknown identity provider"),
         (["--app", "wiki", "--country", "XX"], "--country"),
         (["--app", "wiki", "--service-token", "nope"], "unknown service token"),
+        # urlsplit refuses this one: a usage error, not a traceback
+        (["--url", "http://[::1", "--email", "a@b.cd"], "--url: 'http://[::1'"),
+        (["--url", "https:///nohost"], "has no host"),
     ],
 )
 def test_policy_test_bad_arguments(config: Path, args: list[str], message: str) -> None:
@@ -242,6 +245,21 @@ def test_policy_test_bad_arguments(config: Path, args: list[str], message: str) 
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_policy_test_knows_the_admin_application(tmp_path: Path) -> None:
+    """``--app zerogate-admin`` tests the built-in admin application (the ``admins`` list),
+    as the admin panel's tester does."""
+    path = tmp_path / "admins.yaml"
+    path.write_text(f"admins: [ops@example.com]\n{BASE}")
+    ops = policy_json(path, "--app", "zerogate-admin", "--email", "ops@example.com")
+    assert (ops["application"], ops["decision"], ops["policy"]) == (
+        "zerogate-admin",
+        "allow",
+        "admins",
+    )
+    eve = policy_json(path, "--app", "zerogate-admin", "--email", "eve@example.com")
+    assert (eve["decision"], eve["policy"]) == ("block", None)
 
 
 def test_policy_test_country_from_geoip(tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from harness import wait_until
 from zerogate.identity import KeySet
-from zerogate.runtime import hash_secret
+from zerogate.identity.secret_hash import SecretKind, hash_secret
 from zerogate.store import AccessEvent, Store, storage_url
 from zg_harness import run_cli as zerogate
 
@@ -110,7 +111,7 @@ def test_create_shows_secret_once_and_stores_only_its_hash(config: Path) -> None
     objects, creds, admin = in_store(config, read)
     assert [(t.name, t.duration) for t in objects.service_tokens] == [("ci-bot", "8760h")]
     assert [c.client_id for c in creds] == [client_id]
-    assert creds[0].secret_hash == hash_secret(secret)
+    assert creds[0].secret_hash == hash_secret(SecretKind.SERVICE_TOKEN, secret)
     assert creds[0].secret_hash != secret
     lifetime = creds[0].expires_at - creds[0].created_at
     assert lifetime == timedelta(hours=8760)
@@ -157,7 +158,7 @@ def test_json_create_twice_rotate_delete(config: Path) -> None:
 
     objects, creds = in_store(config, read)
     assert [c.client_id for c in creds] == [data["client_id"]], "the first pair still stands"
-    assert creds[0].secret_hash == hash_secret(data["client_secret"])
+    assert creds[0].secret_hash == hash_secret(SecretKind.SERVICE_TOKEN, data["client_secret"])
     assert [(t.name, t.duration) for t in objects.service_tokens] == [("bot", "48h")]
 
     rotated = ok_json("service-token", "rotate", "bot", "-c", str(config))
@@ -191,7 +192,7 @@ def test_configured_token_gets_its_duration_and_cannot_be_deleted_while_named(
 
     creds, admin, version = in_store(config, read)
     assert creds[0].expires_at - creds[0].created_at == timedelta(hours=720)
-    assert creds[0].secret_hash == hash_secret(data["client_secret"])
+    assert creds[0].secret_hash == hash_secret(SecretKind.SERVICE_TOKEN, data["client_secret"])
     assert version == 1, "the object was there: the configuration did not change"
     assert {e.name for e in admin} == {"ci", "ci-bot"}
 
@@ -213,8 +214,8 @@ def test_rotate_replaces_client_id_and_secret(config: Path) -> None:
     assert first["client_id"] not in by_id, "the old client id no longer exists"
     (cred,) = creds
     assert cred.client_id == client_id
-    assert cred.secret_hash == hash_secret(secret)
-    assert cred.secret_hash != hash_secret(first["client_secret"])
+    assert cred.secret_hash == hash_secret(SecretKind.SERVICE_TOKEN, secret)
+    assert cred.secret_hash != hash_secret(SecretKind.SERVICE_TOKEN, first["client_secret"])
     assert (cred.expires_at - cred.created_at) == timedelta(hours=8760)
 
 
@@ -257,10 +258,12 @@ def test_keys_rotate_tiny_overlap_leaves_one_key(config: Path) -> None:
     assert len(keyset.jwks(previous.not_after - 0.5)["keys"]) == 2
     assert keyset.jwks(previous.not_after)["keys"] == [keyset.active.to_jwk()]
 
-    deadline = time.monotonic() + 10
-    while len(read_keyset(config).jwks(time.time())["keys"]) > 1:
-        assert time.monotonic() < deadline, "the previous key never stopped verifying"
-        time.sleep(0.1)
+    wait_until(
+        lambda: len(read_keyset(config).jwks(time.time())["keys"]) == 1,
+        timeout=10,
+        what="the previous key no longer verifying",
+        interval=0.1,
+    )
     listed = ok_json("keys", "list", "-c", str(config))["keys"]
     assert [(k["kid"], k["active"], k["valid"]) for k in listed] == [
         (keyset.active.kid, True, True),

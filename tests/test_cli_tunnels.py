@@ -13,9 +13,10 @@ import pytest
 
 from zerogate.cli.main import UserError
 from zerogate.cli.tunnels import _apply, _object, _tunnel_doc, _with_tunnels
+from zerogate.identity.secret_hash import SecretKind, hash_secret
 from zerogate.store import Store, TunnelConnection, storage_url
 from zerogate.tunnel import certs
-from zerogate.tunnel.token import decode, hash_secret
+from zerogate.tunnel.token import decode
 from zg_harness import run_cli as zerogate
 
 APPS = """
@@ -80,7 +81,7 @@ def test_create_prints_a_token_once_and_stores_only_its_hash(config: Path) -> No
     with_store = store_of(config)
     creds = with_store(lambda s: s.tunnel_credentials())
     assert [(c.name, c.tunnel_id, c.secret_hash) for c in creds] == [
-        ("office", token.tunnel_id, hash_secret(token.secret))
+        ("office", token.tunnel_id, hash_secret(SecretKind.TUNNEL, token.secret))
     ]
     stored_cert = with_store(lambda s: s.named_secret(certs.SECRET_NAME, "unused"))
     assert token.fingerprint == certs.GeneratedCert.from_json(stored_cert).fingerprint
@@ -149,7 +150,7 @@ def test_token_rotation(config: Path) -> None:
     assert rotated["id"] == made["id"] and rotated["rotated"] is True
     assert decode(rotated["token"]).secret != decode(made["token"]).secret
     [cred] = store_of(config)(lambda s: s.tunnel_credentials())
-    assert cred.secret_hash == hash_secret(decode(rotated["token"]).secret)
+    assert cred.secret_hash == hash_secret(SecretKind.TUNNEL, decode(rotated["token"]).secret)
     # each token is in the admin log (the same code as the panel and the API), never its secret
     log = [e for e in store_of(config)(lambda s: s.admin_log(10)) if e.kind == "tunnel"]
     assert [(e.action, e.name) for e in log[:2]] == [("credential", "office")] * 2

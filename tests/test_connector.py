@@ -14,7 +14,7 @@ import re
 import signal
 import ssl
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -25,6 +25,7 @@ from aiohttp import web
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import CloseConnection, TextMessage
 
+from harness import wait_for
 from tunnel_testedge import NoConnection, TestEdge, header, running_edge
 from zerogate import __version__
 from zerogate.connector import Connector, ConnectorConfig
@@ -226,13 +227,6 @@ async def running(edge: TestEdge, origin: Origin) -> AsyncIterator[Running]:
     yield r
     if not r.task.done():
         await r.stop()
-
-
-async def wait_for(predicate: Callable[[], bool], limit: float = 10.0) -> None:
-    """Poll ``predicate`` (state of other tasks, no event to wait on) until true or ``limit``."""
-    async with asyncio.timeout(limit):
-        while not predicate():  # noqa: ASYNC110 - conditions spread over several objects
-            await asyncio.sleep(0.02)
 
 
 # ------------------------------------------------------------------------------- pure parts
@@ -580,7 +574,7 @@ async def test_dead_connection_detected_by_ping(running: Running, edge: TestEdge
     loop = asyncio.get_running_loop()
     edge.pause(victim)
     start = loop.time()
-    await wait_for(lambda: running.connector.registered_connections == 1, limit=12)
+    await wait_for(lambda: running.connector.registered_connections == 1, timeout=12)
     assert loop.time() - start <= 10.5
     # the other connection kept serving meanwhile, and the dead one is redialled
     await edge.wait_connections(2, limit=10)

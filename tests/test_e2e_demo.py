@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from zg_harness import free_port, wait_for_port, wait_until
+from harness import free_port, wait_for_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -66,6 +66,31 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
+def outbox_pin(ctx: BrowserContext, port: int, email: str) -> str:
+    """The PIN mailed to ``email``, once the outbox page shows it (mail is sent in the
+    background, after the page that asked for it answered)."""
+    mailbox = ctx.new_page()
+    pattern = re.compile(re.escape(email) + r"[\s\S]*?(\d{6})")
+
+    def arrived() -> str | None:
+        mailbox.goto(f"http://auth.localhost:{port}/.zerogate/outbox")
+        match = pattern.search(mailbox.locator("body").inner_text())
+        return match.group(1) if match else None
+
+    pin = wait_until(arrived, timeout=10, what=f"a PIN for {email} in the outbox", interval=0.1)
+    mailbox.close()
+    return pin
+
+
+def log_in(ctx: BrowserContext, page: Page, port: int, email: str) -> None:
+    """From the login page ``page`` shows, log in as ``email`` with the PIN from the outbox."""
+    page.fill('input[name="email"]', email)
+    page.click("button[type=submit]")
+    page.wait_for_selector('input[autocomplete="one-time-code"]')
+    page.fill('input[autocomplete="one-time-code"]', outbox_pin(ctx, port, email))
+    page.click("form[action='/.zerogate/login/otp/verify'] button[type=submit]")
+
+
 def test_a_new_user_logs_in_with_a_pin_from_the_outbox(
     demo: int, browser: Browser, tmp_path: Path
 ) -> None:
@@ -75,23 +100,7 @@ def test_a_new_user_logs_in_with_a_pin_from_the_outbox(
     page.goto(f"http://hello.localhost:{demo}/")
     page.wait_for_url(re.compile(r"auth\.localhost.*/\.zerogate/login\?flow="))
     page.screenshot(path=str(tmp_path / "login.png"))
-    page.fill('input[name="email"]', "you@example.com")
-    page.click("button[type=submit]")
-    page.wait_for_selector('input[autocomplete="one-time-code"]')
-
-    mailbox = ctx.new_page()
-    pin = None
-    for _ in range(50):  # the outbox page shows the PIN as soon as the mail arrived
-        mailbox.goto(f"http://auth.localhost:{demo}/.zerogate/outbox")
-        match = re.search(r"you@example\.com[\s\S]*?(\d{6})", mailbox.locator("body").inner_text())
-        if match:
-            pin = match.group(1)
-            break
-        mailbox.wait_for_timeout(100)
-    assert pin is not None, "no PIN reached the outbox"
-
-    page.fill('input[autocomplete="one-time-code"]', pin)
-    page.click("form[action='/.zerogate/login/otp/verify'] button[type=submit]")
+    log_in(ctx, page, demo, "you@example.com")
     page.wait_for_url(f"http://hello.localhost:{demo}/")
     body = page.locator("body").inner_text()
     assert "hello, you@example.com" in body
@@ -107,15 +116,29 @@ def test_a_partner_is_refused_elsewhere_and_strangers_get_no_pin(
     demo: int, browser: Browser
 ) -> None:
     ctx = browser.new_context()
+    ctx.set_default_timeout(15_000)
     page = ctx.new_page()
     page.goto(f"http://hello.localhost:{demo}/public/anything")
     assert "No identity (a bypass policy let this in)." in page.locator("body").inner_text()
+    # a stranger asks for a PIN: the page looks the same, but no mail is sent
     page.goto(f"http://hello.localhost:{demo}/")
     page.fill('input[name="email"]', "stranger@nowhere.test")
     page.click("button[type=submit]")
     page.wait_for_selector('input[autocomplete="one-time-code"]')
+    # a partner (allowed on hello, not on finance) logs in after the stranger asked: once the
+    # partner's PIN arrived, the stranger's would have too
+    page.goto(f"http://hello.localhost:{demo}/")
+    log_in(ctx, page, demo, "alice@partner.test")
+    page.wait_for_url(f"http://hello.localhost:{demo}/")
+    assert "hello, alice@partner.test" in page.locator("body").inner_text()
     page.goto(f"http://auth.localhost:{demo}/.zerogate/outbox")
-    assert "stranger@nowhere.test" not in page.locator("body").inner_text()
+    outbox = page.locator("body").inner_text()
+    assert "alice@partner.test" in outbox and "stranger@nowhere.test" not in outbox
+    # the partner's session does not open finance (staff from the office only): 403, blocked
+    refused = page.goto(f"http://hello.localhost:{demo}/finance")
+    assert refused is not None and refused.status == 403
+    body = page.locator("body").inner_text()
+    assert "Access denied" in body and "hello, alice" not in body
     ctx.close()
 
 

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
+from harness import assert_screenshot_shows, free_port, wait_until
 from zerogate.outbox import Message
-from zg_harness import ThreadedOutbox, VerifyingOrigin, Zerogate, free_port, wait_until
+from zg_harness import ThreadedOutbox, VerifyingOrigin, Zerogate
 
 pytestmark = pytest.mark.e2e
 
@@ -272,5 +273,5 @@ def test_screenshot_of_the_login_page(
     page.goto(zg.url("wiki.localhost", "/"))
     page.wait_for_selector('input[type="email"]')
     shot = page.screenshot(path=str(tmp_path / "login.png"))
-    assert len(shot) > 1000
+    assert_screenshot_shows(page, shot, 'input[type="email"]')
     assert "wiki" in page.locator("main").inner_text()

@@ -16,10 +16,11 @@ import pytest
 import trustme
 from aiohttp import ClientSession, TCPConnector
 
+from harness import free_port, wait_until
 from zerogate.identity import issue_app_token
 from zerogate.runtime import audience_tag, ensure_keyset
 from zerogate.store import Store, storage_url
-from zg_harness import VerifyingOrigin, Zerogate, free_port, hidden_inputs, wait_until
+from zg_harness import VerifyingOrigin, Zerogate, hidden_inputs
 
 pytestmark = pytest.mark.e2e
 

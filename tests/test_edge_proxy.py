@@ -28,12 +28,11 @@ from edge_harness import (
     RawOrigin,
     crc_of_pattern,
     edge_env,
-    free_port,
     http_request,
-    peak_rss_kib,
     raw_request,
     running,
 )
+from harness import free_port, peak_rss_kib, wait_for
 from zerogate.edge.asgi_types import Message
 from zerogate.edge.headers import (
     HOP_BY_HOP,
@@ -517,7 +516,7 @@ async def test_websocket_relay(edge: Granian, origin: Origin) -> None:
             assert sent.count("sec-websocket-key") == 1
             assert "x-forwarded-for" in sent
             await ws.close(code=4001, message=b"bye")
-        await asyncio.to_thread(_wait_for, lambda: "ws-a" in origin.state.ws_close_codes)
+        await wait_for(lambda: "ws-a" in origin.state.ws_close_codes, timeout=5)
         assert origin.state.ws_close_codes["ws-a"] == 4001
 
         async with session.ws_connect(
@@ -732,13 +731,6 @@ async def test_in_process_outside_cancellation_propagates(origin: Origin) -> Non
             await call
     finally:
         await upstream.close()
-
-
-def _wait_for(predicate: Any, within: float = 5) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 # ---------------------------------------------------------------------------- big bodies

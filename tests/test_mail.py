@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
 import trustme
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from harness import free_port
 from zerogate.mail import Mailer, MailError, PinEmail, render_pin_email
 from zerogate.model.objects import Smtp
 from zerogate.outbox import Outbox
@@ -50,15 +50,6 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     return context
-
-
-@pytest.fixture
-def free_port() -> Iterator[int]:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    yield port
 
 
 # -- rendering ----------------------------------------------------------------------------
@@ -168,12 +159,13 @@ async def test_stopped_outbox_is_a_mail_error() -> None:
 # -- failures are MailError with a reason -------------------------------------------------
 
 
-async def test_connection_refused(free_port: int) -> None:
-    mailer = Mailer(Smtp(host="127.0.0.1", port=free_port, timeout="2s"), SENDER)
+async def test_connection_refused() -> None:
+    port = free_port()
+    mailer = Mailer(Smtp(host="127.0.0.1", port=port, timeout="2s"), SENDER)
     with pytest.raises(MailError, match="connection refused") as caught:
         await mailer.send(render_pin_email(pin_email(), sender=SENDER), "alice@example.com")
     assert not isinstance(caught.value, OSError)
-    assert f"127.0.0.1:{free_port}" in str(caught.value)
+    assert f"127.0.0.1:{port}" in str(caught.value)
     assert "\n" not in str(caught.value)
 
 

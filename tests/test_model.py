@@ -1,5 +1,5 @@
-# ruff: noqa: E501 - SPEC_EXAMPLE below is copied verbatim from SPEC.md, long lines included
-"""Validation of the declarative configuration (SPEC "Declarative configuration").
+# ruff: noqa: E501 - SPEC_EXAMPLE below is a full configuration kept as users write it, long lines included
+"""Validation of the declarative configuration (docs/configuration.md).
 
 Every invalid document must be rejected with a problem that names the object and the field
 (``where``), points at the right line, and says why (``message``).
@@ -1270,9 +1270,8 @@ def test_validate_data_reports_cross_object_problems_without_lines() -> None:
 
 # ================================================================ valid documents
 
-# The example from SPEC.md "Declarative configuration", copied verbatim except:
-# - the group "Finance" it references is defined (an unknown group is an error);
-# the comments are kept.
+# A full configuration with every kind of object, written as a user would (comments included);
+# the group "Finance" is defined because its policies reference it (an unknown group is an error).
 SPEC_EXAMPLE = """\
 portal: auth.example.com          # host of the login portal (host:port allowed for local use)
 listen:
@@ -1294,7 +1293,7 @@ groups:
     include: [{email: [alice@partner.test, bob@vendor.test]}]
   - name: Office Networks
     include: [{ip: [203.0.113.0/24, "2001:db8::/48"]}]
-  - name: Finance                     # added: the SPEC's example references it
+  - name: Finance                     # referenced by policy 'office only for finance'
     include: [{idp_group: [finance]}]
 
 applications:
@@ -1349,7 +1348,7 @@ def test_spec_example_validates() -> None:
 
 def test_spec_example_without_finance_names_the_missing_group() -> None:
     text = SPEC_EXAMPLE.replace(
-        "  - name: Finance                     # added: the SPEC's example references it\n"
+        "  - name: Finance                     # referenced by policy 'office only for finance'\n"
         "    include: [{idp_group: [finance]}]\n",
         "",
     )

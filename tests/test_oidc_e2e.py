@@ -45,8 +45,9 @@ from urllib.request import urlopen
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
+from harness import assert_screenshot_shows, free_port, wait_until
 from zerogate.store import AccessEvent
-from zg_harness import ThreadedOutbox, VerifyingOrigin, Zerogate, free_port, open_store, wait_until
+from zg_harness import ThreadedOutbox, VerifyingOrigin, Zerogate, open_store
 
 pytestmark = pytest.mark.e2e
 
@@ -739,6 +740,6 @@ def test_screenshot_of_the_login_page_with_providers(
     page.goto(zg.url("wiki.localhost", "/"))
     page.wait_for_selector("a[data-idp=corp]")
     shot = page.screenshot(path=str(tmp_path / "login-oidc.png"))
-    assert len(shot) > 1000
+    assert_screenshot_shows(page, shot, "a[data-idp=corp]")
     text = page.locator("main").inner_text()
     assert text.index("Sign in with Corp SSO") < text.index("Email address")

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from harness import free_port, wait_for
 from zerogate.store import AccessEvent
 from zg_harness import (
     HttpBrowser,
@@ -40,7 +41,6 @@ from zg_harness import (
     VerifyingOrigin,
     Zerogate,
     app_cookie_name,
-    free_port,
     open_store,
 )
 
@@ -282,14 +282,13 @@ async def login_events(zg: Zerogate) -> list[AccessEvent]:
 
 
 async def wait_for_event(zg: Zerogate, detail: str) -> AccessEvent:
-    deadline = time.monotonic() + 10
-    while True:
-        for event in await login_events(zg):
-            if event.detail and detail in event.detail:
-                return event
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no access-log record with {detail!r}")
-        await asyncio.sleep(0.2)
+    async def found() -> AccessEvent | None:
+        events = await login_events(zg)
+        return next((e for e in events if e.detail and detail in e.detail), None)
+
+    return await wait_for(
+        found, timeout=10, what=f"an access-log record with {detail!r}", interval=0.2
+    )
 
 
 async def test_control_a_well_formed_token_logs_in_with_groups_and_amr(

@@ -1,4 +1,4 @@
-"""The policy engine against SPEC "Policy semantics": routing, rule sets, policy order."""
+"""The policy engine: routing, rule sets, policy order (semantics in ``zerogate.policy.engine``)."""
 
 from __future__ import annotations
 

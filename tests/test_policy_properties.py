@@ -1,5 +1,6 @@
 """Property tests of the policy engine: it agrees with a naive reference evaluator
-(``reference_engine.py``) on random valid configurations, and obeys the algebra SPEC implies.
+(``reference_engine.py``) on random valid configurations, and obeys the algebra the policy
+semantics imply.
 
 Configurations are generated as plain documents and validated with ``validate_data``, so every
 generated configuration is one a user could write. The generator keeps the validation rules in

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from harness import free_port, wait_for
 from test_tunnel_edge import (
     Edge,
     Table,
@@ -34,12 +35,7 @@ from zerogate.tunnel import certs
 from zerogate.tunnel import protocol as tunnel_protocol
 from zerogate.tunnel.edge import TunnelListener, server_ssl_context
 from zerogate.tunnel.token import TunnelToken, new_tunnel_id
-from zg_harness import (
-    TunnelRefused,
-    TunnelRequest,
-    TunnelTestConnector,
-    free_port,
-)
+from zg_harness import TunnelRefused, TunnelRequest, TunnelTestConnector
 
 BODY = """
 identity_providers: [{name: otp, type: onetimepin}]
@@ -403,20 +399,9 @@ async def test_e2e_a_malicious_connector_cannot_inject_response_headers(
             )
             return status_of(answer) == 200 and body_of(answer) == b"fine"
 
-        assert await until_async(fine)
+        assert await wait_for(fine, timeout=5)
     finally:
         await connector.close()
-
-
-async def until_async(check: Any, timeout: float = 5.0) -> Any:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 # ============================================================================ in process

@@ -27,16 +27,9 @@ import aiohttp
 import pytest
 
 from edge_harness import PATTERN, Origin, crc_of_pattern
+from harness import free_port, peak_rss_kib, wait_for, wait_for_port, wait_until
 from zerogate.tunnel.token import TunnelToken, decode
-from zg_harness import (
-    ZEROGATE,
-    Zerogate,
-    free_port,
-    peak_rss_kib,
-    wait_for_port,
-    wait_until,
-    worker_pids,
-)
+from zg_harness import ZEROGATE, Zerogate, worker_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -363,11 +356,11 @@ async def test_one_of_four_connections_cut_under_load_fails_no_new_request(
     async with client() as session:
         workers = [asyncio.create_task(worker(session)) for _ in range(16)]
         await asyncio.sleep(0)
-        await wait_for(lambda: len(results) >= 200)
+        await wait_for(lambda: len(results) >= 200, timeout=30)
         cut_at.append(time.monotonic())
         setup.relay.cut_one()
         count = len(results)
-        await wait_for(lambda: len(results) >= count + 400)
+        await wait_for(lambda: len(results) >= count + 400, timeout=30)
         stop.set()
         await asyncio.gather(*workers)
     after = [status for started, status in results if started > cut_at[0]]
@@ -379,13 +372,6 @@ async def test_one_of_four_connections_cut_under_load_fails_no_new_request(
     assert len([s for _, s in results if s != 200]) <= 16
     # and the connector dials the lost connection again
     wait_until(lambda: (setup.connector.ready() or {}).get("connections") == 4, timeout=20)
-
-
-async def wait_for(check: Any, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_wrong_token_is_refused_without_a_hot_loop(setup: Setup) -> None:

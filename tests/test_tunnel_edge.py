@@ -24,29 +24,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientSession, WSMsgType
+from aiohttp import ClientSession, WSMsgType, WSServerHandshakeError
 
+from harness import free_port, wait_for, wait_for_port, wait_until
 from zerogate.identity import issue_app_token
+from zerogate.identity.secret_hash import SecretKind, hash_secret
 from zerogate.runtime import audience_tag, ensure_keyset
 from zerogate.store import Store, storage_url
 from zerogate.tunnel import certs
 from zerogate.tunnel.edge import (
+    REPLAY_LIMIT,
     TunnelListener,
     TunnelUnavailable,
     server_ssl_context,
 )
 from zerogate.tunnel.protocol import ErrorCodes
-from zerogate.tunnel.token import TunnelToken, hash_secret, new_secret, new_tunnel_id
-from zg_harness import (
-    ZEROGATE,
-    TunnelRefused,
-    TunnelRequest,
-    TunnelTestConnector,
-    Zerogate,
-    free_port,
-    wait_for_port,
-    wait_until,
-)
+from zerogate.tunnel.token import TunnelToken, new_secret, new_tunnel_id
+from zg_harness import ZEROGATE, TunnelRefused, TunnelRequest, TunnelTestConnector, Zerogate
 
 MIB = 1024 * 1024
 
@@ -69,12 +63,12 @@ class Table:
     def add(self, name: str, tunnel_id: str | None = None) -> tuple[str, str]:
         tunnel_id = tunnel_id or new_tunnel_id()
         secret = new_secret()
-        self.tunnel_credentials[tunnel_id] = Cred(name, hash_secret(secret))
+        self.tunnel_credentials[tunnel_id] = Cred(name, hash_secret(SecretKind.TUNNEL, secret))
         return tunnel_id, secret
 
     def tunnel_for_token(self, tunnel_id: str, secret: str) -> str | None:
         cred = self.tunnel_credentials.get(tunnel_id)
-        if cred is None or cred.secret_hash != hash_secret(secret):
+        if cred is None or cred.secret_hash != hash_secret(SecretKind.TUNNEL, secret):
             return None
         return cred.name
 
@@ -107,17 +101,6 @@ async def edge() -> AsyncIterator[Edge]:
         yield Edge(listener, table, port, generated.fingerprint)
     finally:
         await listener.stop(grace=0.2)
-
-
-async def until(check: Any, timeout: float = 5.0) -> Any:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 @dataclass
@@ -282,7 +265,7 @@ async def test_a_connection_that_stops_answering_pings_is_dropped(edge: Edge) ->
     connector = TunnelTestConnector(edge.token("office"))
     first, _ = await connector.connect(2)
     first.paused = True  # reads nothing more: PINGs go unanswered
-    await until(lambda: len(edge.listener.status()[0].connections) == 1, timeout=5)
+    await wait_for(lambda: len(edge.listener.status()[0].connections) == 1, timeout=5)
     assert edge.listener.status()[0].connections[0].connection_index == 1
     assert (await call(edge.listener, "office")).status == 200
     await connector.close()
@@ -299,7 +282,7 @@ async def test_requests_spread_over_the_connections_with_fewest_streams(edge: Ed
     # three long requests take three different connections; the next one takes the fourth
     before = [c.served for c in conns]
     busy = asyncio.gather(*(call(edge.listener, "office", "/slow?ms=800") for _ in range(3)))
-    await until(lambda: sum(c.open_streams for c in conns) == 3)
+    await wait_for(lambda: sum(c.open_streams for c in conns) == 3)
     assert sorted(c.open_streams for c in conns) == [0, 1, 1, 1]
     idle = next(c for c in conns if c.open_streams == 0)
     assert (await call(edge.listener, "office", "/x")).status == 200
@@ -333,18 +316,42 @@ async def test_only_requests_never_processed_are_retried(edge: Edge) -> None:
         assert reply.status == 200
         assert json.loads(reply.body)["sha256"] == hashlib.sha256(b"".join(body)).hexdigest()
     assert refused, "the refusing connection never got a request"
-    # a body too large to replay is not retried: 502 before anything was sent to the client
-    big = [b"x" * 65536] * 8
+    await bad.close()
+
+    # a connector that reads the whole body before refusing: the edge consumed all of it
+    async def refusing_late(req: TunnelRequest) -> None:
+        await req.body()
+        refused.append(req.stream_id)
+        req.conn.core.reset(req.stream_id, ErrorCodes.REFUSED_STREAM)
+        req.conn.flush()
+
+    late = TunnelTestConnector(token, connector_id="refuses-late", handler=refusing_late)
+    await late.connect(1)
+    # within REPLAY_LIMIT the edge kept a copy: the refused request is sent again, intact
+    small = [b"s" * 1000] * 4
     refused.clear()
     while not refused:
+        reply = await call(edge.listener, "office", "/upload", method="POST", body=small)
+        assert reply.status == 200
+        assert json.loads(reply.body)["size"] == 4000
+    # a body over REPLAY_LIMIT is not: 502 before anything was sent to the client (a limit
+    # that let it through would have the good connection answer 200 after a refusal)
+    big = [b"x" * 65536] * 8
+    assert sum(map(len, big)) > REPLAY_LIMIT
+    refused.clear()
+    for _ in range(20):
         try:
             reply = await call(edge.listener, "office", "/upload", method="POST", body=big)
-            assert reply.status == 200
         except TunnelUnavailable as exc:
             assert "dropped the request" in str(exc)
-            assert refused
+            assert len(refused) == 1
+            break
+        assert reply.status == 200
+        assert not refused, "a body over the replay limit was sent again after a refusal"
+    else:
+        pytest.fail("no request over the replay limit reached the refusing connection")
     # a stream reset after it may have been processed (CANCEL) is never retried
-    await bad.close()
+    await late.close()
     cancel = TunnelTestConnector(token, connector_id="cancels", handler=cancelling)
     await cancel.connect(1)
     served = len(good.seen)
@@ -376,13 +383,13 @@ async def test_losing_a_connection_under_load_fails_no_new_request(edge: Edge) -
                 results.append((started, str(exc)))
 
     clients = [asyncio.ensure_future(client()) for _ in range(12)]
-    await until(lambda: len(results) > 50)
+    await wait_for(lambda: len(results) > 50)
     conns[0].abort()
-    await until(lambda: len(edge.listener.status()[0].connections) == 3)
+    await wait_for(lambda: len(edge.listener.status()[0].connections) == 3)
     noticed = time.monotonic()
     # and a graceful drain (GOAWAY) of another: nothing fails at all, even in flight
     conns[1].go_away()
-    await until(lambda: len(results) > 300, timeout=20)
+    await wait_for(lambda: len(results) > 300, timeout=20)
     stop.set()
     await asyncio.gather(*clients)
     after = [status for started, status in results if started > noticed]
@@ -601,10 +608,12 @@ async def test_e2e_requests_stream_through_the_tunnel(
                 await ws.close()
             ws_request = next(req for req in connector.seen if req.protocol == "websocket")
             assert ws_request.method == "CONNECT" and ws_request.header("sec-websocket-key") is None
-            # the connector refuses a WebSocket: the client does not get one
-            with pytest.raises(Exception, match=r"403|Invalid response status"):
+            # the connector refuses a WebSocket (its origin answered 403): the client does not
+            # get one, and the handshake fails with 403 (not a 101 then a close, not a 5xx)
+            with pytest.raises(WSServerHandshakeError) as refused:
                 async with http.ws_connect(f"{base}/ws-refuse", headers=headers):
                     pass
+            assert refused.value.status == 403, refused.value.status
     finally:
         await connector.close()
 

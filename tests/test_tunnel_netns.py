@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from zg_harness import ThreadedOutbox, Zerogate, free_port, wait_for_port, wait_until
+from harness import free_port, wait_for_port, wait_until
+from zg_harness import ThreadedOutbox, Zerogate
 
 pytestmark = pytest.mark.e2e
 

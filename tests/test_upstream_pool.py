@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness import free_port
 from zerogate.edge.asgi_types import Message
 from zerogate.edge.proxy import CLIENT_CLOSED, Upstream
 from zerogate.edge.upstream_pool import (
@@ -1012,9 +1012,7 @@ async def test_connection_closed_while_idle_is_not_used() -> None:
 
 
 async def test_connect_refused() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     async with make_pool() as pool:
         with pytest.raises(UpstreamConnectError):
             await pool.request(OriginAddress.tcp("127.0.0.1", port), "GET", "/", [])

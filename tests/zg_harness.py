@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookies import Morsel, SimpleCookie
@@ -29,6 +28,9 @@ from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector, 
 from multidict import CIMultiDict
 from yarl import URL
 
+from harness import free_port as free_port  # re-exported: tests import it from here too
+from harness import wait_for_port
+from harness import wait_until as wait_until
 from zerogate.identity import KeySet
 from zerogate.model import load_file
 from zerogate.outbox import Message, Outbox
@@ -49,40 +51,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"},
         check=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(
-    port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}") from None
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on port {port} after {timeout} s") from None
-            time.sleep(0.05)
-
-
-def wait_until(check: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll ``check()`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 class VerifyingOrigin:
@@ -628,14 +596,6 @@ def worker_pids(zg: Zerogate) -> list[int]:
     assert zg.proc is not None
     pid = zg.proc.pid
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def peak_rss_kib(pid: int) -> int:
-    """A process's peak resident set size so far (VmHWM), in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise KeyError("VmHWM")
 
 
 async def apply_here(zg: Zerogate, body: str) -> None:

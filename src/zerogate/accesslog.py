@@ -1,10 +1,10 @@
 """The access log's bounded queue and batched writer (step 6, "record", of the request path).
 
 The edge calls ``AccessLogWriter.record(event)`` for every login and every allowed or blocked
-request (SPEC "Admin": time, app, email, IdP, IP, country, decision, policy). ``record`` never
-awaits and never blocks: it appends to an in-memory queue of at most ``capacity`` events, or,
-when the queue is full, counts the event as dropped and returns ``False``. A request is never
-slowed down by the database.
+request (time, app, email, IdP, IP, country, decision, policy: what the admin log view shows).
+``record`` never awaits and never blocks: it appends to an in-memory queue of at most ``capacity``
+events, or, when the queue is full, counts the event as dropped and returns ``False``. A request is
+never slowed down by the database.
 
 One background task takes events off the queue and hands them to the *sink* (an async callable
 taking a sequence of events, in practice one store transaction per call) in batches of at most

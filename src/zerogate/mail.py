@@ -1,4 +1,4 @@
-"""Sending the one-time PIN email (SPEC "One-time PIN") over SMTP with aiosmtplib.
+"""Sending the one-time PIN email over SMTP with aiosmtplib.
 
 This module owns two things: *rendering* the PIN email (``render_pin_email``, a pure function)
 and *sending* any message (``Mailer.send``). It keeps no state between sends and decides
@@ -38,8 +38,8 @@ Sending (``Mailer``):
   refused, an error during this transaction: nobody else is affected).
 
 The portal should send in the background, not while the login page waits: the page must look
-the same, and take the same time, whether or not a PIN was sent (SPEC: the page says the same
-thing whether or not the address may log in).
+the same, and take the same time, whether or not a PIN was sent (the page says the same thing
+whether or not the address may log in, so it tells no one which addresses may).
 """
 
 from __future__ import annotations

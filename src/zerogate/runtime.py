@@ -14,7 +14,6 @@ import contextlib
 import functools
 import gc
 import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -24,15 +23,15 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from zerogate.geoip import GeoIp
-from zerogate.identity import KeySet, TokenVerifier, VerifiedTokenCache
+from zerogate.identity import KeySet, TokenVerifier, VerifiedTokenCache, secret_hash
 from zerogate.identity.keys import Algorithm
+from zerogate.identity.secret_hash import SecretKind, secret_matches
 from zerogate.identity.tokens import TYPE_APP, TokenType
 from zerogate.model.objects import OneTimePinProvider, Settings
 from zerogate.model.values import ip_network, parse_duration
 from zerogate.policy import Snapshot, compile_snapshot
 from zerogate.policy.engine import CompiledApp
 from zerogate.store import ServiceCredential, StateVersion, Store, TunnelCredential
-from zerogate.tunnel.token import secret_matches as tunnel_secret_matches
 
 log = logging.getLogger("zerogate.server")
 
@@ -60,8 +59,9 @@ PORTAL_AUDIENCE = "zerogate-portal"
 
 
 def hash_secret(secret: str) -> str:
-    """How service-token secrets are stored (SHA-256: they are long random strings)."""
-    return hashlib.sha256(secret.encode()).hexdigest()
+    """How service-token secrets are stored; kept under this name for callers outside
+    ``src`` (the one implementation is ``identity.secret_hash``)."""
+    return secret_hash.hash_secret(SecretKind.SERVICE_TOKEN, secret)
 
 
 @dataclass
@@ -121,7 +121,8 @@ class Runtime:
         return None
 
     def session_seconds(self, app: CompiledApp, policy_name: str | None) -> int:
-        """Policy overrides application overrides the global default (SPEC: session lengths)."""
+        """The session length: the policy's overrides the application's, which overrides the
+        global default."""
         for policy in app.model.policies:
             if policy.name == policy_name and policy.session_duration:
                 return int(parse_duration(policy.session_duration).total_seconds())
@@ -136,11 +137,8 @@ class Runtime:
     def service_token(self, client_id: str, secret: str, now: float) -> str | None:
         """The service token's name when the pair is valid and unexpired, else None."""
         cred = self.credentials.get(client_id)
-        candidate = hash_secret(secret)
-        if cred is None:
-            hmac.compare_digest(candidate, candidate)  # same work either way
-            return None
-        if not hmac.compare_digest(cred.secret_hash, candidate):
+        stored = cred.secret_hash if cred is not None else None
+        if not secret_matches(SecretKind.SERVICE_TOKEN, secret, stored) or cred is None:
             return None
         if cred.expires_at.timestamp() <= now:
             return None
@@ -197,10 +195,8 @@ class Runtime:
         """The name of the tunnel whose id and secret these are, or None (constant time in
         the secret; the same work whether or not the id is known)."""
         cred = self.tunnel_credentials.get(tunnel_id)
-        if cred is None:
-            tunnel_secret_matches(secret, "0" * 64)
-            return None
-        if not tunnel_secret_matches(secret, cred.secret_hash):
+        stored = cred.secret_hash if cred is not None else None
+        if not secret_matches(SecretKind.TUNNEL, secret, stored) or cred is None:
             return None
         return cred.name
 

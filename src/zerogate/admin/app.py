@@ -12,12 +12,11 @@ passes here first (raw ASGI, a few dictionary lookups before the frameworks behi
    session cookie needs the ``X-Zerogate-CSRF`` header (403 without it);
 4. put the ``Principal`` (who, client address from ``resolve_client``, scope) into
    ``scope[SCOPE_KEY]`` and hand the request to the REST API (``/api/v1``, FastAPI) or the web
-   panel (``/admin``, ``zerogate.admin.panel.create_panel``; 503 while it is not installed).
+   panel (``/admin``, ``zerogate.admin.panel.create_panel``).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any
 from urllib.parse import unquote
@@ -79,22 +78,16 @@ class AdminFrontDoor:
             self.service, secret=svc.runtime.secret, settings=svc.runtime.settings
         )
         self._panel: ASGIApp | None = None
-        self._panel_missing = False
 
-    def panel(self) -> ASGIApp | None:
-        """The panel's ASGI app, created on first use; ``None`` while it does not exist."""
-        if self._panel is None and not self._panel_missing:
-            try:
-                from zerogate.admin import panel
-            except ImportError:
-                log.warning("the admin panel (zerogate.admin.panel) is not installed")
-                self._panel_missing = True
-                return None
-            extra: dict[str, Any] = {}
-            if "settings" in inspect.signature(panel.create_panel).parameters:
-                # the server's settings: the edge addresses of the connector tokens it shows
-                extra["settings"] = self.svc.runtime.settings
-            self._panel = panel.create_panel(self.service, secret=self.svc.runtime.secret, **extra)
+    def panel(self) -> ASGIApp:
+        """The panel's ASGI app, created on first use."""
+        if self._panel is None:
+            from zerogate.admin.panel import create_panel
+
+            # the server's settings: the edge addresses of the connector tokens it shows
+            self._panel = create_panel(
+                self.service, secret=self.svc.runtime.secret, settings=self.svc.runtime.settings
+            )
         return self._panel
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -230,21 +223,7 @@ class AdminFrontDoor:
         if api:
             await self.api(scope, receive, send)
             return
-        panel = self.panel()
-        if panel is None:
-            await http.respond_html(
-                send,
-                503,
-                svc.page(
-                    "message.html",
-                    title="Admin panel unavailable",
-                    message="The web panel is not part of this installation; the REST API "
-                    "under /api/v1 works.",
-                    error=True,
-                ),
-            )
-            return
-        await panel(scope, receive, send)
+        await self.panel()(scope, receive, send)
 
 
 async def _error(scope: Scope, send: Send, status: int, error: str, detail: str) -> None:
@@ -265,8 +244,3 @@ async def _forbidden(scope: Scope, send: Send, svc: Services, api: bool, why: st
         error=True,
     )
     await http.respond_html(send, 403, page)
-
-
-def create_front_door(svc: Services) -> AdminFrontDoor:
-    """The front door for one server process (called at startup)."""
-    return AdminFrontDoor(svc)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from zerogate.identity.secret_hash import SecretKind, hash_secret
 from zerogate.model.objects import Settings
 from zerogate.store import Store, TunnelCredential
 from zerogate.tunnel import certs
@@ -83,7 +84,7 @@ def new_credential(
     cred = TunnelCredential(
         name=name,
         tunnel_id=previous.tunnel_id if previous else tunnel_token.new_tunnel_id(),
-        secret_hash=tunnel_token.hash_secret(secret),
+        secret_hash=hash_secret(SecretKind.TUNNEL, secret),
         created_at=previous.created_at if previous else now,
         rotated_at=now,
     )

@@ -29,8 +29,6 @@ anyway") and API tokens (not on the list) skip it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import random
 import secrets
 from collections.abc import Callable, Sequence
@@ -46,10 +44,12 @@ from zerogate.admin.connector_tokens import (
     new_credential,
     token_edges,
 )
+from zerogate.identity.secret_hash import SecretKind, hash_secret, secret_matches
 from zerogate.model.loader import ConfigError, Problem, validate_objects
 from zerogate.model.objects import DEFAULT_SECRET_ENV_PREFIX, Name, Objects, OidcProvider, Settings
 from zerogate.model.values import parse_duration
 from zerogate.policy import Context, Identity, Verdict, compile_snapshot
+from zerogate.policy.tester import PolicyQuery, QueryError, check_query, run_query
 from zerogate.store import (
     AdminLogEntry,
     ApiToken,
@@ -181,11 +181,6 @@ def check_name(name: str, what: str) -> str:
         raise Invalid(f"{what} {name!r}: {message}", [Problem(what, message)]) from None
 
 
-def hash_api_secret(secret: str) -> str:
-    """How an API token's secret is stored (SHA-256: it is a long random string)."""
-    return hashlib.sha256(b"zerogate-api-token\x00" + secret.encode()).hexdigest()
-
-
 def new_api_token(
     name: str, *, read_only: bool, expires: timedelta | None, created_by: str
 ) -> tuple[ApiToken, str]:
@@ -196,7 +191,7 @@ def new_api_token(
     token = ApiToken(
         name=name,
         token_id=token_id,
-        secret_hash=hash_api_secret(secret),
+        secret_hash=hash_secret(SecretKind.API_TOKEN, secret),
         read_only=read_only,
         created_by=created_by,
         created_at=now,
@@ -220,14 +215,12 @@ def split_api_token(text: str) -> tuple[str, str] | None:
 def new_service_credential(name: str, lifetime: timedelta) -> tuple[ServiceCredential, str]:
     """A new client id and secret for service token ``name``: the credential to store (the
     secret hashed) and the secret, to show once. Used by the CLI and the admin API."""
-    from zerogate.runtime import hash_secret
-
     secret = secrets.token_urlsafe(32)
     now = datetime.now(UTC).replace(microsecond=0)
     cred = ServiceCredential(
         name=name,
         client_id=f"{secrets.token_hex(8)}.access",
-        secret_hash=hash_secret(secret),
+        secret_hash=hash_secret(SecretKind.SERVICE_TOKEN, secret),
         created_at=now,
         expires_at=now + lifetime,
     )
@@ -665,11 +658,8 @@ class AdminService:
             return None
         token_id, secret = parts
         token = await self.store.api_token(token_id)
-        candidate = hash_api_secret(secret)
-        if token is None:
-            hmac.compare_digest(candidate, candidate)  # the same work either way
-            return None
-        if not hmac.compare_digest(token.secret_hash, candidate):
+        stored = token.secret_hash if token is not None else None
+        if not secret_matches(SecretKind.API_TOKEN, secret, stored) or token is None:
             return None
         now = now or datetime.now(UTC)
         if token.expires_at is not None and token.expires_at <= now:
@@ -722,59 +712,27 @@ class AdminService:
         country: str | None = None,
         service_token: str | None = None,
     ) -> Verdict:
-        """The decision for one imagined request, with every check explained (the same
-        engine and routing as the edge, the same input checks as ``zerogate policy test``).
-        Exactly one of ``app`` and ``url``; ``Invalid`` names every unusable input."""
-        from urllib.parse import urlsplit
-
-        from zerogate.model import values
-
+        """The decision for one imagined request, with every check explained
+        (``policy.tester``, which ``zerogate policy test`` calls too). Exactly one of ``app``
+        and ``url``; ``NotFound`` for an unknown ``app``, ``Invalid`` names every unusable
+        input."""
         objects, version = await self.store.load()
         snapshot = compile_snapshot(objects, version)
-        problems: list[Problem] = []
-        if (app is None) == (url is None):
-            problems.append(Problem("app", "give exactly one of app (a name) or url"))
-        if email is not None:
-            try:
-                email = values.check_email(email)
-            except ValueError as exc:
-                problems.append(Problem("email", str(exc)))
-        elif idp or idp_groups or amr:
-            problems.append(Problem("email", "idp, idp_groups and amr describe a login: give it"))
-        if idp is not None and idp not in {p.name for p in objects.identity_providers}:
-            problems.append(Problem("idp", f"unknown identity provider {idp!r}"))
-        if ip is not None and values.normalise_ip(ip) is None:
-            problems.append(Problem("ip", f"{ip!r} is not an IP address"))
-        if country is not None:
-            try:
-                country = values.check_country(country)
-            except ValueError as exc:
-                problems.append(Problem("country", str(exc)))
-        known_tokens = {t.name for t in objects.service_tokens}
-        if service_token is not None and service_token not in known_tokens:
-            problems.append(Problem("service_token", f"unknown service token {service_token!r}"))
         # ``zerogate-admin``, the built-in admin application, can be tested by name too
-        target = snapshot.application(app) if app is not None else None
-        if app is not None and url is None and target is None:
+        if app is not None and url is None and snapshot.application(app) is None:
             raise NotFound(f"no application named {app!r}")
-        host, path = "", "/"
-        if url is not None:
-            try:
-                parts = urlsplit(url if "://" in url else f"https://{url}")
-                hostname = parts.hostname
-            except ValueError as exc:
-                hostname, parts = None, None
-                problems.append(Problem("url", f"{url!r}: {exc}"))
-            if parts is not None and not hostname:
-                problems.append(Problem("url", f"{url!r} has no host"))
-            elif parts is not None:
-                host = parts.netloc.rpartition("@")[2]
-                path = parts.path or "/"
-        if problems:
-            raise Invalid("the test request is not valid", problems)
-        identity = Identity.of(email, idp, idp_groups, amr) if email else None
-        ctx = Context(ip=ip, country=country, service_token=service_token)
-        if url is not None:
-            return snapshot.check(host, path, identity, ctx, explain=True)
-        assert target is not None
-        return snapshot.explain(target, identity, ctx)
+        query = PolicyQuery(
+            app=app,
+            url=url,
+            email=email,
+            idp=idp,
+            idp_groups=idp_groups,
+            amr=amr,
+            ip=ip,
+            country=country,
+            service_token=service_token,
+        )
+        try:
+            return run_query(snapshot, check_query(snapshot, query))
+        except QueryError as exc:
+            raise Invalid("the test request is not valid", exc.problems) from None

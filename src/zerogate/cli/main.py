@@ -12,9 +12,9 @@ import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
-from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -274,6 +274,20 @@ def _add_checks(tree: Tree, checks: list[dict[str, Any]]) -> None:
         _add_checks(tree.add(_check_label(check_)), check_.get("inner", []))
 
 
+#: the ``zerogate policy test`` option for each field of a ``PolicyQuery``
+_POLICY_TEST_OPTIONS = {
+    "app": "--app",
+    "url": "--url",
+    "email": "--email",
+    "idp": "--idp",
+    "idp_groups": "--idp-group",
+    "amr": "--amr",
+    "ip": "--ip",
+    "country": "--country",
+    "service_token": "--service-token",
+}
+
+
 @policy_app.command("test")
 def policy_test(
     config: ConfigOption,
@@ -302,51 +316,30 @@ def policy_test(
     """Decide one request against the file's policies and explain why."""
     from rich.markup import escape
 
-    from zerogate.model import values
-    from zerogate.policy import Context, Identity, compile_snapshot
-    from zerogate.policy.engine import Verdict
+    from zerogate.policy import compile_snapshot
+    from zerogate.policy.tester import PolicyQuery, QueryError, check_query, run_query
 
     if (app_name is None) == (url is None):
         fail("give exactly one of --app NAME or --url URL")
     loaded = load_config(config)
-    objects = loaded.config.objects()
-    snapshot = compile_snapshot(objects)
-
-    problems: list[str] = []
-    identity = None
-    if email is not None:
-        try:
-            email = values.check_email(email)
-        except ValueError as exc:
-            problems.append(f"--email: {exc}")
-    elif idp or idp_group or amr:
-        problems.append("--idp, --idp-group and --amr describe a login: give --email too")
-    if idp is not None and idp not in {p.name for p in objects.identity_providers}:
-        problems.append(f"--idp: unknown identity provider {idp!r}")
-    if ip is not None and values.normalise_ip(ip) is None:
-        problems.append(f"--ip: {ip!r} is not an IP address")
-    if country is not None:
-        try:
-            country = values.check_country(country)
-        except ValueError as exc:
-            problems.append(f"--country: {exc}")
-    if service_token is not None and service_token not in {t.name for t in objects.service_tokens}:
-        problems.append(f"--service-token: unknown service token {service_token!r}")
-    if app_name is not None and app_name not in snapshot.apps:
-        problems.append(f"--app: unknown application {app_name!r}")
-    host = ""
-    if url is not None:
-        parts = urlsplit(url if "://" in url else f"https://{url}")
-        if not parts.hostname:
-            problems.append(f"--url: {url!r} has no host")
-        host = parts.netloc.rpartition("@")[2]
-        path = parts.path or "/"
-    if problems:
-        fail(*problems)
-    if email is not None:
-        identity = Identity.of(email, idp, idp_group or (), amr or ())
-
-    if country is None and ip is not None and loaded.config.geoip is not None:
+    snapshot = compile_snapshot(loaded.config.objects())
+    query = PolicyQuery(
+        app=app_name,
+        url=url,
+        path=path,
+        email=email,
+        idp=idp,
+        idp_groups=tuple(idp_group or ()),
+        amr=tuple(amr or ()),
+        ip=ip,
+        country=country,
+        service_token=service_token,
+    )
+    try:
+        query = check_query(snapshot, query)
+    except QueryError as exc:
+        fail(*(f"{_POLICY_TEST_OPTIONS[p.where]}: {p.message}" for p in exc.problems))
+    if query.country is None and ip is not None and loaded.config.geoip is not None:
         from zerogate.geoip import GeoIp, GeoIpError
 
         db = Path(loaded.config.geoip.database)
@@ -356,16 +349,10 @@ def policy_test(
             geo = GeoIp(db)
         except GeoIpError as exc:
             fail(str(exc))
-        country = geo.country(ip)
+        query = replace(query, country=geo.country(ip))
         geo.close()
-    ctx = Context(ip=ip, country=country, service_token=service_token)
-
-    verdict: Verdict
-    if url is not None:
-        verdict = snapshot.check(host, path, identity, ctx, explain=True)
-    else:
-        assert app_name is not None
-        verdict = snapshot.explain(snapshot.apps[app_name], identity, ctx)
+    verdict = run_query(snapshot, query)
+    email, country, host, path = query.email, query.country, query.host, query.path
 
     result = verdict.as_dict()
     result["request"] = {

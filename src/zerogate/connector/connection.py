@@ -78,7 +78,6 @@ class Outcome:
     healthy_for: float = 0.0
     refused: RefusalReason | None = None
     message: str = ""
-    edge_draining: bool = False
 
 
 class EdgeConnection:
@@ -290,7 +289,6 @@ class EdgeConnection:
             else:
                 bound.warning("the edge cannot register us now", message=event.message)
         elif isinstance(event, GoAwayReceived):
-            self.outcome.edge_draining = True
             self.edge_goaway.set()
             bound.info("the edge is draining this connection", message=event.message)
         elif isinstance(event, ConnectionTerminated):

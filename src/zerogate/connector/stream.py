@@ -99,11 +99,6 @@ class TunnelStream:
         """The whole request body has arrived (``read`` will not wait any more)."""
         return self._ended
 
-    @property
-    def has_body(self) -> bool:
-        """Whether the request may carry body bytes (not already ended with none)."""
-        return not (self._ended and not self._chunks)
-
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.request.headers:
             if key == name:

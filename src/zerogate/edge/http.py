@@ -115,7 +115,8 @@ def clear_cookie(name: str, *, path: str = "/", secure: bool) -> tuple[bytes, by
 
 
 def wants_json(scope: Scope) -> bool:
-    """An API or XHR client (SPEC: JSON accepted or ``X-Requested-With`` present)."""
+    """An API or XHR client (JSON accepted or ``X-Requested-With`` present): it gets 401 JSON
+    where a browser is redirected to the login page."""
     return header_rules.wants_json(scope["headers"])
 
 

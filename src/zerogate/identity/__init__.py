@@ -1,8 +1,11 @@
-"""Identity: signing keys and the JWKS, session/app tokens, one-time PINs (pure core, no I/O).
+"""Identity: signing keys and the JWKS, session/app tokens, one-time PINs, OIDC, stored secrets
+(pure core, no I/O).
 
 ``keys`` owns key material and rotation, ``tokens`` issues and verifies zerogate's JWTs (with a
-verified-token cache), ``otp`` owns one-time PIN state and the send rate limits. Callers store
-what these return (``KeySet.to_dict()``, ``PinRecord``) and pass the current time in.
+verified-token cache), ``otp`` owns one-time PIN state and the send rate limits, ``oidc`` is the
+OpenID Connect relying party (network only through an injected fetch), ``secret_hash`` hashes
+and verifies the stored secrets of service tokens, tunnels and API tokens. Callers store what
+these return (``KeySet.to_dict()``, ``PinRecord``, a secret's hash) and pass the current time in.
 """
 
 from zerogate.identity.keys import (

@@ -1,7 +1,7 @@
 """Signing keys and the JWKS: generate, rotate with an overlap window, publish, (de)serialise.
 
 This module owns the key material that signs zerogate's JWTs (``tokens.py``) and the public key
-set served at ``/.zerogate/certs`` (SPEC "HTTP contract"). A ``KeySet`` holds one *active* key
+set served at ``/.zerogate/certs`` (where origins fetch it). A ``KeySet`` holds one *active* key
 (which signs) and the *previous* keys, each kept for verification until its ``not_after``.
 ``kid`` is the RFC 7638 JWK thumbprint of the public key, so it is stable, unique and checkable.
 

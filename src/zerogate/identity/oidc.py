@@ -1,9 +1,10 @@
 """OpenID Connect relying party: what zerogate needs to log a user in with an OIDC provider.
 
-This module owns the protocol (issue 4, SPEC job 1): discovery (the provider's metadata, whose
-``issuer`` must equal the configured one), the authorization request (code flow with PKCE S256,
-``state`` and ``nonce``), the token exchange (``client_secret_basic`` or ``client_secret_post``),
-id_token validation, userinfo, and turning the claims into an identity (email, groups, ``amr``).
+This module owns the protocol (docs/configuration.md, "OpenID Connect"): discovery (the provider's
+metadata, whose ``issuer`` must equal the configured one), the authorization request (code flow with
+PKCE S256, ``state`` and ``nonce``), the token exchange (``client_secret_basic`` or
+``client_secret_post``), id_token validation, userinfo, and turning the claims into an identity
+(email, groups, ``amr``).
 
 Everything that can be pure is: ``parse_discovery``, ``authorization_request``,
 ``token_request``, ``parse_token_response``, ``validate_id_token``, ``identity_from_claims``

@@ -1,4 +1,4 @@
-"""One-time PIN logic (SPEC "One-time PIN") as pure functions over a record the caller stores.
+"""One-time PIN logic as pure functions over a record the caller stores.
 
 This module owns: making a PIN, hashing it, checking a candidate (single use, 10 minutes,
 5 wrong tries), and the send rate limits (per address and per client IP). It stores nothing

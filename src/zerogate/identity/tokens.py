@@ -1,6 +1,7 @@
 """zerogate's JWTs: issue them, verify them, and remember the ones already verified.
 
-This module owns the token format of SPEC "HTTP contract": header ``alg`` (the signing key's,
+This module owns the token format (the app session cookie and the ``Zerogate-Jwt-Assertion``
+header an origin verifies, docs/configuration.md "Decisions"): header ``alg`` (the signing key's,
 ES256 or RS256), ``kid``, ``typ: JWT``; claims ``iss`` (``https://<portal>``), ``aud`` (a list
 holding the audience tag), ``sub``, ``email``, ``iat``, ``nbf``, ``exp``, ``type``, ``idp``,
 ``groups`` (when known), ``amr`` (when known) and ``jti``. Two token types share the code:

@@ -1,8 +1,8 @@
 """Objects back to the YAML (or JSON) document a user writes: what ``zerogate export`` prints.
 
-Defaults are left out, rules are written in flow style (``{email: [a@b.c]}``) as in SPEC's
-examples, and the result loads back into equal objects. Secrets are never part of the model
-(identity providers carry the *name* of an environment variable), so none can appear here.
+Defaults are left out, rules are written in flow style (``{email: [a@b.c]}``) as in the
+documentation's examples, and the result loads back into equal objects. Secrets are never part of
+the model (identity providers carry the *name* of an environment variable), so none can appear here.
 No I/O: the caller writes the text.
 """
 

@@ -1,4 +1,4 @@
-"""The objects a team configures, as pydantic models (SPEC "Declarative configuration").
+"""The objects a team configures, as pydantic models (docs/configuration.md).
 
 Field names are the YAML keys. Every model forbids unknown keys. Validation here covers one
 object at a time; rules that span objects (references, cycles, duplicates) live in

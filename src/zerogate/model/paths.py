@@ -1,4 +1,4 @@
-"""Request-path normalisation used for routing (SPEC "Paths"). No I/O.
+"""Request-path normalisation used for routing. No I/O.
 
 The edge and ``zerogate policy test --url`` route with the same function, so an application
 scoped to ``/admin`` cannot be dodged with ``/%61dmin``, ``/x/../admin`` or ``//admin``.

@@ -1,4 +1,6 @@
-"""The policy engine: compile objects into a snapshot; route and decide requests. No I/O."""
+"""The policy engine: compile objects into a snapshot; route and decide requests (``engine``);
+the policy tester shared by ``zerogate policy test`` and the admin service (``tester``). No I/O.
+"""
 
 from zerogate.policy.engine import (
     CompiledApp,

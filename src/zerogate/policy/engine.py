@@ -4,7 +4,7 @@ A decision is set membership and radix-tree lookups: its cost does not grow with
 emails or ranges. ``decide`` takes the fast path; ``explain`` walks the very same compiled
 matchers and records what each one found, for ``zerogate policy test`` and the admin tester.
 
-Semantics (SPEC "Policy semantics"):
+Semantics (docs/configuration.md, ARCHITECTURE.md "The policy engine"):
 
 * an application's ``bypass`` and ``service_auth`` policies run first, in listed order, then
   ``allow`` and ``block`` in listed order; the first match decides; nothing matched → block;

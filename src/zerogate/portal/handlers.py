@@ -1,6 +1,6 @@
 """The portal host: login pages, the one-time PIN flow, the global session, logout.
 
-Flow (SPEC "One-time PIN", "HTTP contract"):
+Flow (ARCHITECTURE.md, "Flow of a request"):
 
 1. the edge sends a browser to ``/.zerogate/login?flow=…`` (a signed flow: app, return URL,
    hash of the state cookie it set on the app's host);

@@ -1,4 +1,4 @@
-"""OIDC login on the portal: the provider buttons' start URL and the callback (issue 4).
+"""OIDC login on the portal: the provider buttons' start URL and the callback.
 
 ``GET /.zerogate/oidc/NAME/start?flow=…`` (a button on the login page, or the automatic
 redirect when the provider is the application's only login method) checks the signed flow and

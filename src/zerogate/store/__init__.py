@@ -1,7 +1,8 @@
 """The store: SQLAlchemy tables, alembic migrations, loading and applying the configured
 objects, the configuration version and the admin log, and the runtime state servers share
 (polled counters, server secret, signing keys, PINs, authorization codes, revocations,
-service-token credentials, access log). SQLite by default, PostgreSQL by URL.
+service-token credentials, access log: ``runtime``; tunnel credentials, connector-connection
+reports and API tokens: ``tunnels``). SQLite by default, PostgreSQL by URL.
 Imports only ``zerogate.model`` of zerogate's own code."""
 
 from zerogate.store.diff import Change, Plan

@@ -63,8 +63,8 @@ from wsproto.connection import ConnectionState as WsState
 from wsproto.connection import ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
+from zerogate.identity.secret_hash import SecretKind, hash_secret
 from zerogate.model.objects import Application, Objects, Settings
-from zerogate.tunnel import certs
 from zerogate.tunnel.protocol import (
     MAX_CONTROL_FRAME,
     BodyChunk,
@@ -87,7 +87,7 @@ from zerogate.tunnel.protocol import (
     UsageError,
     WindowOpened,
 )
-from zerogate.tunnel.token import TokenError, decode, hash_secret
+from zerogate.tunnel.token import TokenError, decode
 
 __all__ = [
     "PING_SECONDS",
@@ -309,11 +309,6 @@ def server_ssl_context(
             handle.write(key_pem)
         context.load_cert_chain(cert_path, key_path)
     return context
-
-
-def generated_certificate(pem_json: str) -> certs.GeneratedCert:
-    """The generated certificate as the store keeps it (``certs.SECRET_NAME``)."""
-    return certs.GeneratedCert.from_json(pem_json)
 
 
 # --------------------------------------------------------------------------------------------
@@ -629,7 +624,9 @@ class _Connection:
         cred = authority.tunnel_credentials.get(token.tunnel_id)
         self.tunnel = name
         self.tunnel_id = token.tunnel_id
-        self.secret_hash = cred.secret_hash if cred is not None else hash_secret(token.secret)
+        self.secret_hash = (
+            cred.secret_hash if cred is not None else hash_secret(SecretKind.TUNNEL, token.secret)
+        )
         self.registration = reg
         self.core.accept(token.tunnel_id, self.connection_id, _FEATURES)
         self.listener._register(self)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import json
 import re
 import secrets
@@ -72,16 +70,6 @@ def new_tunnel_id() -> str:
 
 def new_secret() -> str:
     return secrets.token_urlsafe(SECRET_BYTES)
-
-
-def hash_secret(secret: str) -> str:
-    """How the edge stores a tunnel secret (SHA-256: a long random string needs no KDF)."""
-    return hashlib.sha256(b"zerogate-tunnel\x00" + secret.encode()).hexdigest()
-
-
-def secret_matches(secret: str, stored_hash: str) -> bool:
-    """Whether ``secret`` hashes to ``stored_hash``, compared in constant time."""
-    return hmac.compare_digest(hash_secret(secret), stored_hash)
 
 
 def decode(text: str) -> TunnelToken:
