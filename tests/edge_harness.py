@@ -10,7 +10,7 @@
 - :class:`Granian` — ``granian --interface asgi`` in a subprocess, ready when its port accepts
   a connection; exposes the worker's pid for memory readings (:func:`peak_rss_kib`).
 - :func:`edge_app` — the ASGI app the edge tests serve: every request goes through
-  ``zerogate.edge.headers`` and ``zerogate.edge.proxy`` to the origin its Host names, as the
+  ``zerogate.net.headers`` and ``zerogate.edge.proxy`` to the origin its Host names, as the
   edge pipeline will after an allow decision. Configured by ``ZG_EDGE_*`` environment variables
   (see :func:`edge_env`).
 - :func:`raw_request` — send exact bytes, read to EOF, parse status, headers and (de-chunked)
@@ -41,9 +41,9 @@ from typing import Any, TypeVar
 
 from aiohttp import WSMsgType, web
 
-from zerogate.edge.asgi_types import Receive, Scope, Send
-from zerogate.edge.headers import resolve_client, upstream_request_headers
 from zerogate.edge.proxy import Upstream
+from zerogate.net.asgi import Receive, Scope, Send
+from zerogate.net.headers import resolve_client, upstream_request_headers
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""Tests for zerogate.edge.headers and zerogate.edge.proxy.
+"""Tests for zerogate.net.headers and zerogate.edge.proxy.
 
 The header rules are pure and tested with plain values. Forwarding is tested end to end: a
 real aiohttp origin (TCP, Unix socket, HTTPS) and a canned-bytes origin, a real edge (granian
@@ -34,8 +34,9 @@ from edge_harness import (
     raw_request,
     running,
 )
-from zerogate.edge.asgi_types import Message
-from zerogate.edge.headers import (
+from zerogate.edge.proxy import CLIENT_CLOSED, Upstream, request_target
+from zerogate.net.asgi import Message
+from zerogate.net.headers import (
     HOP_BY_HOP,
     client_ip,
     downstream_response_headers,
@@ -44,7 +45,6 @@ from zerogate.edge.headers import (
     upstream_request_headers,
     wants_json,
 )
-from zerogate.edge.proxy import CLIENT_CLOSED, Upstream, request_target
 
 # The issue asks for 1 GB bodies with bounded memory; bench/ runs that size. Here 200 MB proves
 # the same property (memory growth far below the body size) in a few seconds.

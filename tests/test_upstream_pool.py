@@ -1,4 +1,4 @@
-"""Tests for zerogate.edge.upstream_pool: the keep-alive HTTP/1.1 client of plain-HTTP origins.
+"""Tests for zerogate.net.pool: the keep-alive HTTP/1.1 client of plain-HTTP origins.
 
 Every origin here is a tiny asyncio server in the test's own event loop that reads each request
 (head, then a Content-Length or chunked body) and answers with canned bytes, so framing,
@@ -23,9 +23,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zerogate.edge.asgi_types import Message
 from zerogate.edge.proxy import CLIENT_CLOSED, Upstream
-from zerogate.edge.upstream_pool import (
+from zerogate.net.asgi import Message
+from zerogate.net.pool import (
     BUFFER_HIGH,
     OriginAddress,
     RequestBodyError,

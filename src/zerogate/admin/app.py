@@ -35,13 +35,13 @@ from zerogate.admin.auth import (
 )
 from zerogate.admin.principal import SCOPE_KEY, Principal
 from zerogate.admin.service import AdminService
-from zerogate.edge import http
-from zerogate.edge.asgi_types import Receive, Scope, Send
-from zerogate.edge.headers import resolve_client
-from zerogate.edge.pipeline import raw_path_of
 from zerogate.model.paths import PathError, normalise_path
+from zerogate.net import http
+from zerogate.net.asgi import Receive, Scope, Send
+from zerogate.net.headers import resolve_client
 from zerogate.policy import Context
-from zerogate.services import Services
+from zerogate.runtime.request import raw_path_of
+from zerogate.runtime.services import Services
 from zerogate.store import StoreError
 
 log = logging.getLogger("zerogate.admin")

@@ -24,14 +24,14 @@ import hashlib
 import hmac
 from urllib.parse import urlencode
 
-from zerogate.edge import http
-from zerogate.edge.asgi_types import Scope
 from zerogate.identity import Claims
 from zerogate.model.objects import ADMIN_APPLICATION
+from zerogate.net import http
+from zerogate.net.asgi import Scope
 from zerogate.policy import Context, Identity, Snapshot
-from zerogate.portal.admin_login import ADMIN_LOGIN_PATH, admin_login_url, admin_return
-from zerogate.portal.handlers import portal_session
-from zerogate.services import Services
+from zerogate.runtime.admin_login import ADMIN_LOGIN_PATH, admin_login_url, admin_return
+from zerogate.runtime.services import Services
+from zerogate.runtime.sessions import portal_session
 
 #: the built-in application whose one allow policy is the ``admins`` list (access-log name)
 ADMIN_APP = ADMIN_APPLICATION

@@ -11,48 +11,47 @@ a session that fails any check is no session.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
-import re
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
-from zerogate.edge import http
-from zerogate.edge.asgi_types import Headers, Message, Receive, Scope, Send
-from zerogate.edge.flow import FLOW_SECONDS, Flow, new_state, sign_flow, state_hash
-from zerogate.edge.headers import (
-    ResolvedClient,
-    is_zerogate_cookie,
-    is_zerogate_cookie_name,
-    resolve_client,
-    upstream_request_headers,
-)
 from zerogate.edge.proxy import request_target
 from zerogate.identity import Claims, TokenError, issue_app_token
+from zerogate.identity.flow import (
+    FLOW_SECONDS,
+    LOGOUT_FIELD,
+    Flow,
+    code_hash,
+    logout_token,
+    logout_token_ok,
+    new_state,
+    sign_flow,
+    state_hash,
+)
 from zerogate.model.paths import PathError, fold, normalise_path
+from zerogate.net import http
+from zerogate.net.asgi import Headers, Message, Receive, Scope, Send
+from zerogate.net.headers import (
+    is_zerogate_cookie,
+    is_zerogate_cookie_name,
+    upstream_request_headers,
+)
 from zerogate.policy import Context, Identity
 from zerogate.policy.engine import CompiledApp, Snapshot
-from zerogate.runtime import Runtime, audience_tag
-from zerogate.services import Services
+from zerogate.runtime import Runtime, audience_tag, cookies
+from zerogate.runtime.cookies import secure_cookies
+from zerogate.runtime.pages import logout_page
+from zerogate.runtime.request import Request
+from zerogate.runtime.services import Services
 from zerogate.tunnel.edge import TunnelRequestRefused, TunnelRoutes, TunnelUnavailable
 
 log = logging.getLogger("zerogate.edge")
 
 STATE_COOKIE = "__zg_state"
-#: a Host header: a DNS name, an IPv4 address or a bracketed IPv6 address, then maybe :port
-_HOST = re.compile(
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
-    r"[A-Za-z0-9])?)*\.?|\[[0-9A-Fa-f:.]+\])(?::(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}"
-    r"|[1-5]\d{4}|[1-9]\d{0,3}))?"
-)
 #: a return URL longer than this is not carried through the login: the app's root is used
 MAX_RETURN_URL = 2000
 RESERVED = "/.zerogate/"
-CODE_SECONDS = 60
 SERVICE_TOKEN_TTL = 300
 
 
@@ -66,41 +65,6 @@ def is_reserved(path: str) -> bool:
 def app_cookie(app: CompiledApp) -> str:
     """Each application has its own session cookie (host-only): app A's never opens app B."""
     return f"__zg_{audience_tag(app.name)[:16]}"
-
-
-def secure_cookies(rt: Runtime) -> bool:
-    """Whether zerogate's cookies are TLS cookies (``Secure``, ``__Host-`` names): when the
-    server itself serves TLS (``listen.tls``). Every place that sets or reads one asks this."""
-    return rt.scheme == "https"
-
-
-def code_hash(code: str) -> str:
-    return hashlib.sha256(code.encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """What the pipeline learnt about a request before deciding."""
-
-    host_header: str
-    host: str
-    raw_path: str
-    query: str
-    client: ResolvedClient
-    scheme: str
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://{self.host_header}{self.raw_path}" + (
-            f"?{self.query}" if self.query else ""
-        )
-
-
-def raw_path_of(scope: Scope) -> str:
-    raw = scope.get("raw_path")
-    if isinstance(raw, bytes) and raw:
-        return raw.decode("latin-1").split("?", 1)[0]
-    return quote(scope.get("path", "/"), safe="/%:@!$&'()*+,;=~-._")
 
 
 async def bad_request(send: Send, svc: Services, scope: Scope, why: str) -> None:
@@ -120,30 +84,6 @@ async def not_found(send: Send, svc: Services, scope: Scope) -> None:
             "message.html", title="Not found", message="There is nothing here.", error=True
         )
         await http.respond_html(send, 404, page)
-
-
-def describe_request(scope: Scope, svc: Services) -> Request:
-    """Host, path and client of a request; raises ``http.BadRequest`` when they are unusable."""
-    rt = svc.runtime
-    host_value = http.header(scope, b"host")
-    if host_value is None:
-        raise http.BadRequest("the request has no Host header")
-    host_header = host_value.decode("latin-1").strip()
-    if not _HOST.fullmatch(host_header):
-        raise http.BadRequest("the Host header is not a host name")
-    client_addr = scope.get("client") or ("", 0)
-    client = resolve_client(str(client_addr[0]), scope["headers"], rt.trusted)
-    scheme = rt.scheme
-    if client.peer_trusted and client.proto:
-        scheme = client.proto
-    return Request(
-        host_header=host_header,
-        host=Snapshot.normalise_host(host_header),
-        raw_path=raw_path_of(scope),
-        query=scope.get("query_string", b"").decode("latin-1"),
-        client=client,
-        scheme=scheme,
-    )
 
 
 async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req: Request) -> None:
@@ -216,7 +156,7 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
         await blocked(scope, send, svc, app, email)
         return
     if claims is not None:
-        assertion = http.cookie(scope, app_cookie(app), secure=secure_cookies(rt))
+        assertion = cookies.cookie(scope, app_cookie(app), secure=secure_cookies(rt))
         assert assertion is not None  # session_claims verified it
         inject: Headers = [
             (b"zerogate-jwt-assertion", assertion.encode("latin-1")),
@@ -272,7 +212,7 @@ async def preflight(
 
 def session_claims(scope: Scope, rt: Runtime, app: CompiledApp) -> Claims | None:
     """The verified, unrevoked session of this application, or None (never an error)."""
-    token = http.cookie(scope, app_cookie(app), secure=secure_cookies(rt))
+    token = cookies.cookie(scope, app_cookie(app), secure=secure_cookies(rt))
     if not token:
         return None
     try:
@@ -545,7 +485,7 @@ def login_url(svc: Services, req: Request, app: CompiledApp, state: str, rd: str
 
 
 def state_cookie(svc: Services, state: str) -> tuple[bytes, bytes]:
-    return http.set_cookie(
+    return cookies.set_cookie(
         STATE_COOKIE,
         state,
         max_age=FLOW_SECONDS,
@@ -663,33 +603,6 @@ async def reserved_path(
         await not_found(send, svc, scope)
 
 
-LOGOUT_FIELD = "csrf"
-
-
-def logout_token(secret: bytes, host: str, sessions: list[str]) -> str:
-    """The CSRF token of a logout form: a MAC over this host and the session cookies the
-    browser holds there. A page on another site can neither read it (same-origin policy) nor
-    compute it (it has neither the server secret nor the cookies), and no extra cookie is
-    needed, so a cookie tossed from a sibling host cannot supply one either."""
-    mac = hmac.new(secret, b"zerogate logout\x00" + host.encode("utf-8", "replace"), "sha256")
-    for value in sessions:
-        mac.update(b"\x00" + value.encode("latin-1", "replace"))
-    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
-
-
-def logout_token_ok(secret: bytes, host: str, sessions: list[str], sent: str) -> bool:
-    expected = logout_token(secret, host, sessions)
-    return hmac.compare_digest(expected.encode(), sent.encode("utf-8", "replace"))
-
-
-async def logout_page(
-    send: Send, svc: Services, token: str, *, who: str | None, app_name: str | None = None
-) -> None:
-    """GET of ``/.zerogate/logout``: a page with the button (the POST does the work)."""
-    page = svc.page("logout.html", title="Sign out", app_name=app_name, csrf=token, email=who)
-    await http.respond_html(send, 200, page)
-
-
 async def app_logout(
     scope: Scope, receive: Receive, send: Send, svc: Services, req: Request
 ) -> None:
@@ -701,7 +614,7 @@ async def app_logout(
     secure = secure_cookies(rt)
     apps = host_apps(rt.snapshot, req.host)
     jar = http.cookies(scope)
-    names = [http.cookie_name(app_cookie(a), secure=secure) for a in apps]
+    names = [cookies.cookie_name(app_cookie(a), secure=secure) for a in apps]
     sessions = [jar[name] for name in names if name in jar]
     token = logout_token(rt.secret, req.host, sessions)
     method = scope.get("method", "GET")
@@ -750,7 +663,7 @@ async def app_logout(
                 country=None,
                 decision="logout",
             )
-        clear.append(http.clear_cookie(app_cookie(other), secure=secure))
+        clear.append(cookies.clear_cookie(app_cookie(other), secure=secure))
     # 303: the browser follows with a GET; the portal's logout page ends (or shows the
     # button for) the portal session
     await http.redirect(send, f"{rt.portal_origin}/.zerogate/logout", clear, status=303)
@@ -774,7 +687,7 @@ async def authorized(
     data = None
     if code and len(code) < 200:
         data = await rt.store.take_code(code_hash(code), now=datetime.now(UTC))
-    state = http.cookie(scope, STATE_COOKIE, secure=secure) or ""
+    state = cookies.cookie(scope, STATE_COOKIE, secure=secure) or ""
     problem = None
     # the code names its application: one served on this very host (a path-scoped app shares
     # its host's /.zerogate/), and the return URL is checked to route to it below
@@ -806,7 +719,7 @@ async def authorized(
             error=True,
         )
         await http.respond_html(
-            send, 400, page, [http.clear_cookie(STATE_COOKIE, path="/.zerogate/", secure=secure)]
+            send, 400, page, [cookies.clear_cookie(STATE_COOKIE, path="/.zerogate/", secure=secure)]
         )
         return
     assert target is not None
@@ -837,7 +750,7 @@ async def authorized(
         send,
         back,
         [
-            http.set_cookie(app_cookie(app), token, max_age=ttl, secure=secure),
-            http.clear_cookie(STATE_COOKIE, path="/.zerogate/", secure=secure),
+            cookies.set_cookie(app_cookie(app), token, max_age=ttl, secure=secure),
+            cookies.clear_cookie(STATE_COOKIE, path="/.zerogate/", secure=secure),
         ],
     )

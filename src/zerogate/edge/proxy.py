@@ -2,7 +2,7 @@
 
 :class:`Upstream` owns the upstream connections of one event loop and relays an ASGI HTTP
 exchange or WebSocket to an origin. Plain HTTP to ``http://`` and ``unix:`` origins goes through
-zerogate's own keep-alive pool (:mod:`zerogate.edge.upstream_pool`: HTTP/1.1 written directly,
+zerogate's own keep-alive pool (:mod:`zerogate.net.pool`: HTTP/1.1 written directly,
 responses parsed by httptools); HTTPS origins and WebSockets go through aiohttp client sessions
 (one for TCP, one per Unix-socket origin). Either way:
 
@@ -18,7 +18,7 @@ responses parsed by httptools); HTTPS origins and WebSockets go through aiohttp 
   cuts the connection: the client sees a truncated transfer, never a complete-looking one.
 
 The caller (the edge pipeline) has already decided the request may pass and built the headers
-to send with :func:`zerogate.edge.headers.upstream_request_headers`.
+to send with :func:`zerogate.net.headers.upstream_request_headers`.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from zerogate.edge.asgi_types import Headers, Receive, Scope, Send
-from zerogate.edge.headers import downstream_response_headers, wants_json
-from zerogate.edge.upstream_pool import (
+from zerogate.net.asgi import Headers, Receive, Scope, Send
+from zerogate.net.headers import downstream_response_headers, wants_json
+from zerogate.net.pool import (
     OriginAddress,
     UpstreamError,
     UpstreamPool,

@@ -26,18 +26,20 @@ from typing import Any
 from zerogate.accesslog import LogKeeper
 from zerogate.admin.app import AdminFrontDoor
 from zerogate.admin.app import handles as admin_paths
-from zerogate.edge import http, pipeline
-from zerogate.edge.asgi_types import Receive, Scope, Send
+from zerogate.edge import pipeline
 from zerogate.edge.proxy import Upstream
 from zerogate.mail import Mailer
 from zerogate.model import load_file
 from zerogate.model.objects import Settings
 from zerogate.model.values import parse_duration
+from zerogate.net import http
+from zerogate.net.asgi import Receive, Scope, Send
 from zerogate.outbox import Outbox
 from zerogate.portal import handlers as portal
 from zerogate.runtime import Runtime
+from zerogate.runtime.request import describe_request
+from zerogate.runtime.services import Services
 from zerogate.server.connections import ConnectionGuard
-from zerogate.services import Services
 from zerogate.store import Store, TunnelConnection, storage_url
 from zerogate.tunnel import certs
 from zerogate.tunnel.edge import (
@@ -301,7 +303,7 @@ class ZerogateApp:
             await http.respond(send, 503, b"starting", content_type=b"text/plain")
             return
         try:
-            req = pipeline.describe_request(scope, svc)
+            req = describe_request(scope, svc)
         except http.BadRequest as exc:
             if kind == "websocket":
                 await send({"type": "websocket.close", "code": 1008})

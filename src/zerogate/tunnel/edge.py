@@ -33,7 +33,7 @@ tunnel (``Sec-WebSocket-Extensions`` is not forwarded), so frames are plain.
 
 What the edge pipeline passes in is already decided and filtered: the tunnel's name (after the
 policy check), the original Host as ``authority``, the request target and the headers built by
-``zerogate.edge.headers.upstream_request_headers``. Errors before anything was sent to the client
+``zerogate.net.headers.upstream_request_headers``. Errors before anything was sent to the client
 are raised (:class:`TunnelUnavailable` → the pipeline's 502 page, :class:`TunnelRequestRefused`
 → 400/431); a failure after the response started leaves it unfinished so the server cuts the
 connection, as the origin proxy does.

@@ -1,20 +1,23 @@
-"""Small raw-ASGI helpers shared by the edge and the portal: headers, cookies, bodies, replies.
+"""Small raw-ASGI helpers shared by every surface: headers, cookie parsing, bodies, replies.
 
 Kept framework-free because the edge's hot path must stay lean (DESIGN: no framework on the
 edge path). Parsing is strict where it matters for security and lenient elsewhere: malformed
 cookies are ignored (never an error that could be turned into a bypass), bodies are bounded.
+
+Only *reading* the ``Cookie`` header lives here; zerogate's own cookie rules (names, the
+``__Host-`` prefix under TLS, ``HttpOnly`` / ``SameSite`` / ``Secure``) are policy and live in
+:mod:`zerogate.runtime.cookies`, which every surface shares.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
-from zerogate.edge import headers as header_rules
-from zerogate.edge.asgi_types import Headers, Receive, Scope, Send
+from zerogate.net import headers as header_rules
+from zerogate.net.asgi import Headers, Receive, Scope, Send
 
 MAX_FORM_BYTES = 64 * 1024
 
@@ -62,56 +65,6 @@ def cookies(scope: Scope) -> dict[str, str]:
     for name in repeated:
         del jar[name]
     return jar
-
-
-#: the name prefix of zerogate's cookies under TLS: the browser keeps such a cookie only when
-#: it is Secure, host-only and ``Path=/``, so no sibling host and no plain-HTTP page can set one
-HOST_PREFIX = "__Host-"
-
-
-def cookie_name(name: str, *, secure: bool) -> str:
-    """The name a zerogate cookie has on the wire: ``__Host-`` + ``name`` under TLS."""
-    return HOST_PREFIX + name if secure else name
-
-
-def cookie(scope: Scope, name: str, *, secure: bool) -> str | None:
-    """One of zerogate's cookies (``name`` as :func:`set_cookie` was given it, the same
-    ``secure``): ``None`` when absent or sent more than once."""
-    return cookies(scope).get(cookie_name(name, secure=secure))
-
-
-def set_cookie(
-    name: str,
-    value: str,
-    *,
-    max_age: int | None = None,
-    path: str = "/",
-    secure: bool,
-    same_site: str = "Lax",
-) -> tuple[bytes, bytes]:
-    """A ``Set-Cookie`` header for one of zerogate's cookies: host-only (no ``Domain``),
-    HttpOnly, SameSite (Lax unless told); under TLS (``secure``) also ``Secure``, named
-    ``__Host-<name>`` and with ``Path=/`` (the prefix demands it; ``path`` applies otherwise).
-    Read it back with :func:`cookie` and the same ``secure``."""
-    jar: SimpleCookie = SimpleCookie()
-    if secure:
-        name = cookie_name(name, secure=True)
-        path = "/"
-    jar[name] = value
-    morsel = jar[name]
-    morsel["path"] = path or "/"
-    morsel["httponly"] = True
-    morsel["samesite"] = same_site
-    if secure:
-        morsel["secure"] = True
-    if max_age is not None:
-        morsel["max-age"] = max_age
-    return b"set-cookie", morsel.OutputString().encode("latin-1")
-
-
-def clear_cookie(name: str, *, path: str = "/", secure: bool) -> tuple[bytes, bytes]:
-    """Deletes a cookie :func:`set_cookie` set with the same ``path`` and ``secure``."""
-    return set_cookie(name, "", max_age=0, path=path, secure=secure)
 
 
 def wants_json(scope: Scope) -> bool:
