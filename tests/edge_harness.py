@@ -41,9 +41,10 @@ from typing import Any, TypeVar
 
 from aiohttp import WSMsgType, web
 
-from zerogate.edge.proxy import Upstream
+from zerogate.edge.proxy import OriginProxy
 from zerogate.net.asgi import Receive, Scope, Send
 from zerogate.net.headers import resolve_client, upstream_request_headers
+from zerogate.net.upstream import Outbound
 
 T = TypeVar("T")
 
@@ -414,8 +415,8 @@ class _EdgeConfig:
         self.slow_hosts = {h for h in os.environ.get("ZG_EDGE_SLOW_HOSTS", "").split(",") if h}
         ca = os.environ.get("ZG_EDGE_CA") or None
         context = ssl.create_default_context(cafile=ca) if ca else None
-        self.upstream = Upstream(ssl_context=context)
-        self.slow = Upstream(
+        self.upstream = OriginProxy(ssl_context=context)
+        self.slow = OriginProxy(
             read_timeout=float(os.environ.get("ZG_EDGE_SLOW_READ_TIMEOUT", "1")),
             ssl_context=context,
         )
@@ -466,13 +467,9 @@ async def edge_app(scope: Scope, receive: Receive, send: Send) -> None:
     path_qs = scope["raw_path"] + (b"?" + query if query else b"")
     upstream = config.slow if host in config.slow_hosts else config.upstream
     if websocket:
-        await upstream.forward_websocket(
-            scope, receive, send, origin=origin, path_qs=path_qs, headers=headers
-        )
+        await upstream.forward_websocket(scope, receive, send, Outbound(origin, path_qs, headers))
     else:
-        await upstream.forward_http(
-            scope, receive, send, origin=origin, path_qs=path_qs, headers=headers
-        )
+        await upstream.forward_http(scope, receive, send, Outbound(origin, path_qs, headers))
 
 
 class Granian:

@@ -26,15 +26,16 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, WSMsgType
 
-from zerogate.identity import issue_app_token
-from zerogate.runtime import audience_tag, ensure_keyset
-from zerogate.store import Store, storage_url
-from zerogate.tunnel import certs
-from zerogate.tunnel.edge import (
+from zerogate.edge.tunnel import (
     TunnelListener,
     TunnelUnavailable,
     server_ssl_context,
 )
+from zerogate.identity import issue_app_token
+from zerogate.net.upstream import Outbound
+from zerogate.runtime import audience_tag, ensure_keyset
+from zerogate.store import Store, storage_url
+from zerogate.tunnel import certs
 from zerogate.tunnel.protocol import ErrorCodes
 from zerogate.tunnel.token import TunnelToken, hash_secret, new_secret, new_tunnel_id
 from zg_harness import (
@@ -167,14 +168,10 @@ async def call(
     scope = {"type": "http", "method": method, "headers": headers or []}
     try:
         await listener.forward_http(
-            tunnel,
             scope,
             receive,
             send,
-            authority="app.example.test",
-            path=path,
-            scheme="https",
-            headers=headers or [],
+            Outbound(tunnel, path, headers or [], authority="app.example.test", scheme="https"),
         )
     finally:
         gone.set()

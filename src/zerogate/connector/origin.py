@@ -40,6 +40,7 @@ import structlog
 from multidict import CIMultiDict
 from yarl import URL
 
+from zerogate.connector.ingress import OriginOptions, Rule, Service, match
 from zerogate.connector.stream import StreamGone, TunnelStream
 from zerogate.model.paths import PathError
 from zerogate.net.pool import (
@@ -48,7 +49,6 @@ from zerogate.net.pool import (
     UpstreamPool,
     UpstreamTimeoutError,
 )
-from zerogate.tunnel.ingress import OriginOptions, Rule, Service, match
 from zerogate.tunnel.protocol import ErrorCodes, Header, InvalidHeaders
 
 log = structlog.get_logger("zerogate.connector")

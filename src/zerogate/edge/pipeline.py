@@ -16,7 +16,6 @@ import time
 from datetime import UTC, datetime
 from urllib.parse import urlencode, urlsplit
 
-from zerogate.edge.proxy import request_target
 from zerogate.identity import Claims, TokenError, issue_app_token
 from zerogate.identity.flow import (
     FLOW_SECONDS,
@@ -31,12 +30,12 @@ from zerogate.identity.flow import (
 )
 from zerogate.model.paths import PathError, fold, normalise_path
 from zerogate.net import http
-from zerogate.net.asgi import Headers, Message, Receive, Scope, Send
+from zerogate.net.asgi import Headers, Receive, Scope, Send
 from zerogate.net.headers import (
-    is_zerogate_cookie,
     is_zerogate_cookie_name,
     upstream_request_headers,
 )
+from zerogate.net.upstream import Outbound, Upstream, UpstreamRefused, UpstreamUnavailable
 from zerogate.policy import Context, Identity
 from zerogate.policy.engine import CompiledApp, Snapshot
 from zerogate.runtime import Runtime, audience_tag, cookies
@@ -44,7 +43,6 @@ from zerogate.runtime.cookies import secure_cookies
 from zerogate.runtime.pages import logout_page
 from zerogate.runtime.request import Request
 from zerogate.runtime.services import Services
-from zerogate.tunnel.edge import TunnelRequestRefused, TunnelRoutes, TunnelUnavailable
 
 log = logging.getLogger("zerogate.edge")
 
@@ -272,7 +270,6 @@ async def forward(
     *,
     inject: Headers,
 ) -> None:
-    origin = app.model.origin
     websocket = scope["type"] == "websocket"
     headers = upstream_request_headers(
         scope["headers"],
@@ -287,87 +284,21 @@ async def forward(
         scope["headers"]
     )
     path_qs = req.raw_path + (f"?{req.query}" if req.query else "")
-    if origin is None:
-        await forward_tunnel(scope, receive, send, svc, req, app, headers, path_qs)
+    picked = upstream_of(svc, app)
+    if isinstance(picked, str):
+        await unavailable(scope, send, svc, app, picked)
         return
-    if websocket:
-        await svc.upstream.forward_websocket(
-            scope, receive, send, origin=origin, path_qs=path_qs, headers=headers
-        )
-    else:
-        await svc.upstream.forward_http(
-            scope, receive, send, origin=origin, path_qs=path_qs, headers=headers
-        )
-
-
-_routes: tuple[Snapshot, TunnelRoutes] | None = None
-
-
-def tunnel_of(snapshot: Snapshot, app: CompiledApp) -> str | None:
-    """The tunnel an application's requests go through (``TunnelRoutes``), or None."""
-    global _routes
-    cached = _routes
-    if cached is None or cached[0] is not snapshot:
-        cached = _routes = (snapshot, TunnelRoutes(snapshot.objects))
-    return cached[1].tunnel_for(app.model)
-
-
-async def forward_tunnel(
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    svc: Services,
-    req: Request,
-    app: CompiledApp,
-    headers: Headers,
-    path_qs: str,
-) -> None:
-    """An allowed request for a tunnel-backed application: one stream on one of the tunnel's
-    connector connections. Only a tunnel that routes this application's host is used."""
-    name = tunnel_of(svc.runtime.snapshot, app)
-    listener = svc.tunnels
-    if name is None:
-        await unavailable(scope, send, svc, app, "this application is not routed to a tunnel")
-        return
-    if listener is None:
-        why = svc.tunnels_disabled or "this application's tunnel has no connected connector"
-        await unavailable(scope, send, svc, app, why)
-        return
-    target = request_target(path_qs)
-    if target is None:
-        await bad_request(send, svc, scope, "the request target cannot be forwarded")
-        return
-    headers = tunnel_content_length(
-        headers, scope["headers"], websocket=scope["type"] == "websocket"
-    )
-    send = without_zerogate_set_cookies(send)
+    upstream, to = picked
+    out = Outbound(to, path_qs, headers, authority=req.host_header, scheme=req.scheme)
     try:
-        if scope["type"] == "websocket":
-            await listener.forward_websocket(
-                name,
-                scope,
-                receive,
-                send,
-                authority=req.host_header,
-                path=target,
-                scheme=req.scheme,
-                headers=headers,
-            )
+        if websocket:
+            await upstream.forward_websocket(scope, receive, send, out)
         else:
-            await listener.forward_http(
-                name,
-                scope,
-                receive,
-                send,
-                authority=req.host_header,
-                path=target,
-                scheme=req.scheme,
-                headers=headers,
-            )
-    except TunnelUnavailable as exc:
+            await upstream.forward_http(scope, receive, send, out)
+    except UpstreamUnavailable as exc:
         await unavailable(scope, send, svc, app, str(exc))
-    except TunnelRequestRefused as exc:
-        if scope["type"] == "websocket":
+    except UpstreamRefused as exc:
+        if websocket:
             await send({"type": "websocket.close", "code": 1008})
         elif exc.status == 431:
             await http.respond_json(send, 431, {"error": "request headers too large"})
@@ -375,55 +306,19 @@ async def forward_tunnel(
             await bad_request(send, svc, scope, str(exc))
 
 
-def without_zerogate_set_cookies(send: Send) -> Send:
-    """``send`` with every ``Set-Cookie`` for one of zerogate's cookie names taken out of the
-    response head (a connector's answer; ``proxy`` filters an origin's the same way)."""
+def upstream_of(svc: Services, app: CompiledApp) -> tuple[Upstream, str] | str:
+    """The upstream that serves ``app`` and where to in it, or why there is none.
 
-    async def filtered(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = message.get("headers") or []
-            if any(k.lower() == b"set-cookie" and is_zerogate_cookie(v) for k, v in headers):
-                message = {
-                    **message,
-                    "headers": [
-                        (k, v)
-                        for k, v in headers
-                        if not (k.lower() == b"set-cookie" and is_zerogate_cookie(v))
-                    ],
-                }
-        await send(message)
-
-    return filtered
-
-
-def tunnel_content_length(headers: Headers, client: Headers, *, websocket: bool) -> Headers:
-    """The request headers for a tunnel stream with at most one plain ``content-length``.
-
-    HTTP/2 holds a stream's DATA to its ``content-length``: a value it cannot parse (``5, 5``),
-    two different ones, or one the body does not match is a *connection* error at the
-    connector, which would end every other request on that connection. So the length goes only
-    when it is the body's framing: one decimal value (repeats of it allowed), not on a
-    WebSocket (its frames follow the upgrade) and not next to a ``Transfer-Encoding`` (the
-    server framed the body by chunks). Without it the connector streams the body chunked.
-    """
-    values = [
-        part.strip()
-        for key, value in headers
-        if key == b"content-length"
-        for part in value.split(b",")
-    ]
-    if not values:
-        return headers
-    rest = [(k, v) for k, v in headers if k != b"content-length"]
-    chunked = any(k.lower() == b"transfer-encoding" for k, _ in client)
-    if (
-        websocket
-        or chunked
-        or not all(v.isdigit() for v in values)
-        or len(set(map(int, values))) != 1
-    ):
-        return rest
-    return [*rest, (b"content-length", str(int(values[0])).encode())]
+    An ``origin:`` application goes to the origin proxy; any other to the tunnel the compiled
+    snapshot routed it to (``CompiledApp.tunnel``: only a tunnel that routes its host)."""
+    origin = app.model.origin
+    if origin is not None:
+        return svc.upstream, origin
+    if app.tunnel is None:
+        return "this application is not routed to a tunnel"
+    if svc.tunnels is None:
+        return svc.tunnels_disabled or "this application's tunnel has no connected connector"
+    return svc.tunnels, app.tunnel
 
 
 def strip_zerogate_cookies(headers: Headers) -> Headers:

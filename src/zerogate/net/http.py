@@ -12,6 +12,7 @@ Only *reading* the ``Cookie`` header lives here; zerogate's own cookie rules (na
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
@@ -20,6 +21,7 @@ from zerogate.net import headers as header_rules
 from zerogate.net.asgi import Headers, Receive, Scope, Send
 
 MAX_FORM_BYTES = 64 * 1024
+_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f#]")
 
 
 class BadRequest(Exception):
@@ -173,3 +175,29 @@ async def redirect(
         content_type=b"text/plain",
         headers=[(b"location", location.encode("utf-8")), *headers],
     )
+
+
+def _percent_encode_non_ascii(raw: bytes) -> str:
+    return "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in raw)
+
+
+def request_target(path_qs: str | bytes) -> str | None:
+    """The origin-form target to send, or ``None`` when it cannot be forwarded safely.
+
+    Bytes (``scope["raw_path"]`` plus ``b"?" + query_string``) are sent exactly; bytes outside
+    ASCII (which HTTP does not allow there) are percent-encoded. A ``str`` is taken as text and
+    UTF-8 percent-encoded where it is not ASCII. A target that does not start with ``/`` or
+    holds spaces, control characters or ``#`` is refused (the caller answers 400).
+    """
+    if isinstance(path_qs, bytes):
+        try:
+            text = path_qs.decode("ascii")
+        except UnicodeDecodeError:
+            text = _percent_encode_non_ascii(path_qs)
+    elif path_qs.isascii():
+        text = path_qs
+    else:
+        text = _percent_encode_non_ascii(path_qs.encode("utf-8"))
+    if not text.startswith("/") or _UNSAFE_TARGET.search(text):
+        return None
+    return text
