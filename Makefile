@@ -18,6 +18,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
@@ -29,8 +30,10 @@ test-fast: $(STAMP)
 test-e2e: $(STAMP)
 	$(BIN)/pytest -q -m e2e
 
+## lint, the layer contracts of ARCHITECTURE.md (import-linter, pyproject), types
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 
 bench-policy: $(STAMP)

@@ -10,7 +10,7 @@
 - :class:`Granian` — ``granian --interface asgi`` in a subprocess, ready when its port accepts
   a connection; exposes the worker's pid for memory readings (:func:`peak_rss_kib`).
 - :func:`edge_app` — the ASGI app the edge tests serve: every request goes through
-  ``zerogate.edge.headers`` and ``zerogate.edge.proxy`` to the origin its Host names, as the
+  ``zerogate.net.headers`` and ``zerogate.edge.proxy`` to the origin its Host names, as the
   edge pipeline will after an allow decision. Configured by ``ZG_EDGE_*`` environment variables
   (see :func:`edge_env`).
 - :func:`raw_request` — send exact bytes, read to EOF, parse status, headers and (de-chunked)
@@ -40,9 +40,10 @@ from typing import Any, TypeVar
 from aiohttp import WSMsgType, web
 
 from harness import free_port, wait_for_port
-from zerogate.edge.asgi_types import Receive, Scope, Send
-from zerogate.edge.headers import resolve_client, upstream_request_headers
-from zerogate.edge.proxy import Upstream
+from zerogate.edge.proxy import OriginProxy
+from zerogate.net.asgi import Receive, Scope, Send
+from zerogate.net.headers import resolve_client, upstream_request_headers
+from zerogate.net.upstream import Outbound
 
 T = TypeVar("T")
 
@@ -362,8 +363,8 @@ class _EdgeConfig:
         self.slow_hosts = {h for h in os.environ.get("ZG_EDGE_SLOW_HOSTS", "").split(",") if h}
         ca = os.environ.get("ZG_EDGE_CA") or None
         context = ssl.create_default_context(cafile=ca) if ca else None
-        self.upstream = Upstream(ssl_context=context)
-        self.slow = Upstream(
+        self.upstream = OriginProxy(ssl_context=context)
+        self.slow = OriginProxy(
             read_timeout=float(os.environ.get("ZG_EDGE_SLOW_READ_TIMEOUT", "1")),
             ssl_context=context,
         )
@@ -414,13 +415,9 @@ async def edge_app(scope: Scope, receive: Receive, send: Send) -> None:
     path_qs = scope["raw_path"] + (b"?" + query if query else b"")
     upstream = config.slow if host in config.slow_hosts else config.upstream
     if websocket:
-        await upstream.forward_websocket(
-            scope, receive, send, origin=origin, path_qs=path_qs, headers=headers
-        )
+        await upstream.forward_websocket(scope, receive, send, Outbound(origin, path_qs, headers))
     else:
-        await upstream.forward_http(
-            scope, receive, send, origin=origin, path_qs=path_qs, headers=headers
-        )
+        await upstream.forward_http(scope, receive, send, Outbound(origin, path_qs, headers))
 
 
 class Granian:

@@ -26,8 +26,8 @@ from zerogate.admin.auth import csrf_token
 from zerogate.admin.panel_forms import csrf_token as panel_csrf
 from zerogate.admin.service import Actor, AdminService
 from zerogate.identity.tokens import issue_portal_token
-from zerogate.portal.admin_login import admin_return
 from zerogate.runtime import PORTAL_AUDIENCE
+from zerogate.runtime.admin_login import admin_return
 from zg_harness import VerifyingOrigin, Zerogate, open_store, server_keyset
 
 pytestmark = pytest.mark.e2e

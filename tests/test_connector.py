@@ -28,14 +28,13 @@ from wsproto.events import CloseConnection, TextMessage
 from harness import wait_for
 from tunnel_testedge import NoConnection, TestEdge, header, running_edge
 from zerogate import __version__
-from zerogate.connector import Connector, ConnectorConfig
+from zerogate.connector import Connector, ConnectorConfig, ingress
 from zerogate.connector.backoff import Backoff
 from zerogate.connector.connection import EdgeConnection, Liveness, Outcome
 from zerogate.connector.metrics import ConnectorMetrics
 from zerogate.connector.origin import Dispatcher
 from zerogate.connector.stream import TunnelStream
 from zerogate.connector.tls import EdgeAddress, EdgeTrust, parse_edge, parse_edges
-from zerogate.tunnel import ingress
 from zerogate.tunnel.protocol import RefusalReason, Registration
 
 MiB = 1024 * 1024

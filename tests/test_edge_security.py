@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edge_harness import RawResponse, http_request, raw_request
-from zerogate.edge.flow import Flow, sign_flow
 from zerogate.identity import KeySet, issue_app_token
+from zerogate.identity.flow import Flow, sign_flow
 from zerogate.runtime import audience_tag, hash_secret
 from zerogate.store import ServiceCredential
 from zg_harness import (

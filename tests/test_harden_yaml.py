@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from zerogate.connector import ingress
 from zerogate.model import ConfigError, load_text
 from zerogate.model.safe_yaml import MAX_DEPTH, MAX_FILE_BYTES
-from zerogate.tunnel import ingress
 from zerogate.tunnel.token import TunnelToken, new_secret, new_tunnel_id
 
 

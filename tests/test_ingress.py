@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from zerogate.connector import ingress
+from zerogate.connector.ingress import ConfigError, Rule, match, parse_service
 from zerogate.model.paths import PathError
-from zerogate.tunnel import ingress
-from zerogate.tunnel.ingress import ConfigError, Rule, match, parse_service
 
 GOOD = """
 origin:

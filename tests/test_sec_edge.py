@@ -25,14 +25,15 @@ from aiohttp import ClientSession, TCPConnector, web
 from test_tunnel_attacks import BODY as TUNNEL_BODY
 from test_tunnel_attacks import json_body, raw_http, status_of
 from test_tunnel_edge import TunnelZerogate, connect_fresh, session_cookie
-from zerogate.edge import http
-from zerogate.edge.headers import (
+from zerogate.model.paths import PathError, fold, normalise_path, under
+from zerogate.net import http
+from zerogate.net.headers import (
     downstream_response_headers,
     is_zerogate_cookie,
     upstream_request_headers,
 )
-from zerogate.model.paths import PathError, fold, normalise_path, under
 from zerogate.portal.oidc import browser_value_ok, new_browser_value
+from zerogate.runtime import cookies
 from zg_harness import (
     HttpBrowser,
     ThreadedOutbox,
@@ -147,22 +148,22 @@ def test_two_cookies_of_one_name_are_none() -> None:
     scope: dict[str, Any] = {
         "headers": [(b"cookie", b"__zg_portal=a; other=1"), (b"cookie", b"__zg_portal=b")]
     }
-    assert http.cookie(scope, "__zg_portal", secure=False) is None
+    assert cookies.cookie(scope, "__zg_portal", secure=False) is None
     assert http.cookies(scope) == {"other": "1"}
     scope["headers"] = [(b"cookie", b"__Host-__zg_portal=a; __zg_portal=b")]
-    assert http.cookie(scope, "__zg_portal", secure=True) == "a"
-    assert http.cookie(scope, "__zg_portal", secure=False) == "b"
+    assert cookies.cookie(scope, "__zg_portal", secure=True) == "a"
+    assert cookies.cookie(scope, "__zg_portal", secure=False) == "b"
 
 
 def test_tls_cookies_are_host_prefixed_secure_and_host_only() -> None:
-    name, value = http.set_cookie("__zg_csrf", "v", path="/.zerogate/", secure=True)
+    name, value = cookies.set_cookie("__zg_csrf", "v", path="/.zerogate/", secure=True)
     text = value.decode()
     assert name == b"set-cookie" and text.startswith("__Host-__zg_csrf=v;")
     lowered = text.lower()
     assert "; secure" in lowered and "; httponly" in lowered and "samesite=lax" in lowered
     assert "path=/;" in lowered or lowered.endswith("path=/")
     assert "domain" not in lowered
-    plain = http.set_cookie("__zg_csrf", "v", path="/.zerogate/", secure=False)[1].decode()
+    plain = cookies.set_cookie("__zg_csrf", "v", path="/.zerogate/", secure=False)[1].decode()
     assert plain.startswith("__zg_csrf=v;") and "secure" not in plain.lower()
 
 

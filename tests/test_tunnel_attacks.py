@@ -31,9 +31,10 @@ from test_tunnel_edge import (
     connect_fresh,
     session_cookie,
 )
+from zerogate.edge.tunnel import TunnelListener, server_ssl_context
+from zerogate.net.upstream import Outbound
 from zerogate.tunnel import certs
 from zerogate.tunnel import protocol as tunnel_protocol
-from zerogate.tunnel.edge import TunnelListener, server_ssl_context
 from zerogate.tunnel.token import TunnelToken, new_tunnel_id
 from zg_harness import TunnelRefused, TunnelRequest, TunnelTestConnector
 
@@ -481,7 +482,7 @@ async def test_strangers_cannot_hold_unbounded_registrations(edge: Edge) -> None
     """Connections that finish TLS and then say nothing each hold a socket for the
     registration timeout; one address may keep only a bounded number of them waiting (beyond
     that it is refused at once), so the process's file descriptors are not the attacker's."""
-    from zerogate.tunnel import edge as tunnel_edge
+    from zerogate.edge import tunnel as tunnel_edge
 
     limit = tunnel_edge.MAX_PENDING_PER_ADDRESS
     opened = []
@@ -587,14 +588,10 @@ async def ws_through(listener: TunnelListener, tunnel: str) -> list[dict[str, An
     scope = {"type": "websocket", "headers": [], "extensions": {}}
     await asyncio.wait_for(
         listener.forward_websocket(
-            tunnel,
             scope,
             receive,
             send,
-            authority="app.example.test",
-            path="/ws",
-            scheme="https",
-            headers=[],
+            Outbound(tunnel, "/ws", [], authority="app.example.test", scheme="https"),
         ),
         10,
     )
@@ -672,7 +669,7 @@ async def test_a_registered_connection_that_never_gets_ready_is_dropped(edge: Ed
 
 
 async def test_one_token_cannot_hold_more_than_the_per_tunnel_cap(edge: Edge) -> None:
-    from zerogate.tunnel import edge as tunnel_edge
+    from zerogate.edge import tunnel as tunnel_edge
 
     token = edge.token("office")
     # the held connections must outlive 65 TLS handshakes on a busy machine (CI once dropped

@@ -27,17 +27,18 @@ import pytest
 from aiohttp import ClientSession, WSMsgType, WSServerHandshakeError
 
 from harness import free_port, wait_for, wait_for_port, wait_until
-from zerogate.identity import issue_app_token
-from zerogate.identity.secret_hash import SecretKind, hash_secret
-from zerogate.runtime import audience_tag, ensure_keyset
-from zerogate.store import Store, storage_url
-from zerogate.tunnel import certs
-from zerogate.tunnel.edge import (
+from zerogate.edge.tunnel import (
     REPLAY_LIMIT,
     TunnelListener,
     TunnelUnavailable,
     server_ssl_context,
 )
+from zerogate.identity import issue_app_token
+from zerogate.identity.secret_hash import SecretKind, hash_secret
+from zerogate.net.upstream import Outbound
+from zerogate.runtime import audience_tag, ensure_keyset
+from zerogate.store import Store, storage_url
+from zerogate.tunnel import certs
 from zerogate.tunnel.protocol import ErrorCodes
 from zerogate.tunnel.token import TunnelToken, new_secret, new_tunnel_id
 from zg_harness import ZEROGATE, TunnelRefused, TunnelRequest, TunnelTestConnector, Zerogate
@@ -150,14 +151,10 @@ async def call(
     scope = {"type": "http", "method": method, "headers": headers or []}
     try:
         await listener.forward_http(
-            tunnel,
             scope,
             receive,
             send,
-            authority="app.example.test",
-            path=path,
-            scheme="https",
-            headers=headers or [],
+            Outbound(tunnel, path, headers or [], authority="app.example.test", scheme="https"),
         )
     finally:
         gone.set()

@@ -1,10 +1,10 @@
-"""Tests for zerogate.edge.upstream_pool: the keep-alive HTTP/1.1 client of plain-HTTP origins.
+"""Tests for zerogate.net.pool: the keep-alive HTTP/1.1 client of plain-HTTP origins.
 
 Every origin here is a tiny asyncio server in the test's own event loop that reads each request
 (head, then a Content-Length or chunked body) and answers with canned bytes, so framing,
 hop-by-hop headers and protocol violations are exact. It counts the TCP connections it
 accepted: keep-alive reuse is asserted on that count. A few tests go through
-``zerogate.edge.proxy.Upstream.forward_http`` in-process to check what the client would get
+``zerogate.edge.proxy.OriginProxy.forward_http`` in-process to check what the client would get
 (502, 504, a truncated response).
 """
 
@@ -23,9 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness import free_port
-from zerogate.edge.asgi_types import Message
-from zerogate.edge.proxy import CLIENT_CLOSED, Upstream
-from zerogate.edge.upstream_pool import (
+from zerogate.edge.proxy import CLIENT_CLOSED, OriginProxy
+from zerogate.net.asgi import Message
+from zerogate.net.pool import (
     BUFFER_HIGH,
     OriginAddress,
     RequestBodyError,
@@ -39,6 +39,7 @@ from zerogate.edge.upstream_pool import (
     _OriginPool,
     request_head,
 )
+from zerogate.net.upstream import Outbound
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -1078,7 +1079,7 @@ async def test_closed_pool_refuses_requests() -> None:
 
 
 class FakeClient:
-    """ASGI receive/send for calling Upstream in-process."""
+    """ASGI receive/send for calling OriginProxy in-process."""
 
     def __init__(self, *bodies: bytes) -> None:
         parts = bodies or (b"",)
@@ -1112,7 +1113,7 @@ class FakeClient:
 
 
 async def forward(
-    upstream: Upstream,
+    upstream: OriginProxy,
     origin: CannedOrigin,
     target: str = "/",
     *,
@@ -1128,19 +1129,14 @@ async def forward(
         "headers": [(b"host", b"app.test"), (b"accept", b"application/json")],
     }
     status = await upstream.forward_http(
-        scope,
-        client.receive,
-        client.send,
-        origin=origin.url,
-        path_qs=target,
-        headers=[(b"host", b"app.test")],
+        scope, client.receive, client.send, Outbound(origin.url, target, [(b"host", b"app.test")])
     )
     return status, client
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    upstream = Upstream(read_timeout=0.5)
+async def upstream() -> AsyncIterator[OriginProxy]:
+    upstream = OriginProxy(read_timeout=0.5)
     try:
         yield upstream
     finally:
@@ -1148,14 +1144,14 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 
 @pytest.mark.parametrize("name", ["cl-and-te", "bare-lf-in-header", "response-splitting", "rtsp"])
-async def test_proxy_answers_502_for_a_violation(upstream: Upstream, name: str) -> None:
+async def test_proxy_answers_502_for_a_violation(upstream: OriginProxy, name: str) -> None:
     async with CannedOrigin(always(VIOLATIONS[name])) as origin:
         status, client = await forward(upstream, origin)
         assert status == client.status == 502
         assert b"bad_gateway" in client.body
 
 
-async def test_proxy_answers_504_when_the_origin_is_silent(upstream: Upstream) -> None:
+async def test_proxy_answers_504_when_the_origin_is_silent(upstream: OriginProxy) -> None:
     async with CannedOrigin(always(hang)) as origin:
         status, client = await forward(upstream, origin)
         assert status == 504
@@ -1163,7 +1159,7 @@ async def test_proxy_answers_504_when_the_origin_is_silent(upstream: Upstream) -
 
 
 async def test_proxy_leaves_the_response_unfinished_when_the_origin_fails_mid_body(
-    upstream: Upstream,
+    upstream: OriginProxy,
 ) -> None:
     reply = in_pieces(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", b"zz\r\n"
@@ -1174,7 +1170,7 @@ async def test_proxy_leaves_the_response_unfinished_when_the_origin_fails_mid_bo
         assert not client.finished
 
 
-async def test_proxy_relays_through_the_pool(upstream: Upstream) -> None:
+async def test_proxy_relays_through_the_pool(upstream: OriginProxy) -> None:
     reply = (
         b"HTTP/1.1 100 Continue\r\n\r\n"
         b"HTTP/1.1 201 Created\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n"
@@ -1195,7 +1191,7 @@ async def test_proxy_relays_through_the_pool(upstream: Upstream) -> None:
         await upstream.close()  # before the origin stops: it holds an idle connection
 
 
-async def test_proxy_client_leaving_mid_response(upstream: Upstream) -> None:
+async def test_proxy_client_leaving_mid_response(upstream: OriginProxy) -> None:
     reply = in_pieces(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst", b"", pause=5)
     async with CannedOrigin(always(reply)) as origin:
         client = FakeClient()

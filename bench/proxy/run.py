@@ -783,7 +783,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (GRANIAN, ("call_soon_threadsafe", "_write_to_self", "_read_from_self", "_cbsched")),
     (
         FORWARDING,
-        ("zerogate/edge/proxy.py", "zerogate/edge/upstream_pool.py", "zerogate/edge/headers.py"),
+        ("zerogate/edge/proxy.py", "zerogate/net/pool.py", "zerogate/net/headers.py"),
     ),
     (PIPELINE, ("zerogate/",)),
     (LOOP, ("asyncio/", "selectors.py")),

@@ -2,7 +2,7 @@
 passes here first (raw ASGI, a few dictionary lookups before the frameworks behind it).
 
 1. ``GET /admin/login?rd=…`` — a stable sign-in address, open to everyone: a redirect to the
-   portal's login for the built-in admin application (``portal.admin_login``);
+   portal's login for the built-in admin application (``runtime.admin_login``);
 2. authenticate: ``Authorization: Bearer zga_…`` → an API token (wrong, expired or revoked →
    401 JSON); else the portal session cookie → its identity must pass the ``admins`` list, the
    built-in application's policy (not signed in → 302 to the portal's login page for a browser,
@@ -34,13 +34,13 @@ from zerogate.admin.auth import (
 )
 from zerogate.admin.principal import SCOPE_KEY, Principal
 from zerogate.admin.service import AdminService
-from zerogate.edge import http
-from zerogate.edge.asgi_types import Receive, Scope, Send
-from zerogate.edge.headers import resolve_client
-from zerogate.edge.pipeline import raw_path_of
 from zerogate.model.paths import PathError, normalise_path
+from zerogate.net import http
+from zerogate.net.asgi import Receive, Scope, Send
+from zerogate.net.headers import resolve_client
 from zerogate.policy import Context
-from zerogate.services import Services
+from zerogate.runtime.request import raw_path_of
+from zerogate.runtime.services import Services
 from zerogate.store import StoreError
 
 log = logging.getLogger("zerogate.admin")

@@ -13,7 +13,7 @@
 - **CSRF** for API writes made with the cookie: the ``X-Zerogate-CSRF`` header must hold
   ``csrf_token(secret, session)`` (given by ``GET /api/v1/session``); Bearer requests need none.
 - **Signing in** is the portal's own login for that built-in application
-  (``portal.admin_login``): every identity provider, the PIN rule of every application, and back
+  (``runtime.admin_login``): every identity provider, the PIN rule of every application, and back
   to a *local* ``/admin`` or ``/api/v1`` path (``admin_return``: never another host).
   ``/admin/login?rd=…`` is a stable address that starts it.
 """
@@ -24,14 +24,14 @@ import hashlib
 import hmac
 from urllib.parse import urlencode
 
-from zerogate.edge import http
-from zerogate.edge.asgi_types import Scope
 from zerogate.identity import Claims
 from zerogate.model.objects import ADMIN_APPLICATION
+from zerogate.net import http
+from zerogate.net.asgi import Scope
 from zerogate.policy import Context, Identity, Snapshot
-from zerogate.portal.admin_login import ADMIN_LOGIN_PATH, admin_login_url, admin_return
-from zerogate.portal.handlers import portal_session
-from zerogate.services import Services
+from zerogate.runtime.admin_login import ADMIN_LOGIN_PATH, admin_login_url, admin_return
+from zerogate.runtime.services import Services
+from zerogate.runtime.sessions import portal_session
 
 #: the built-in application whose one allow policy is the ``admins`` list (access-log name)
 ADMIN_APP = ADMIN_APPLICATION

@@ -5,7 +5,7 @@ credential (a random tunnel id + the SHA-256 of a secret, ``zerogate.tunnel.toke
 state in the store. A connector token carries the tunnel id, the secret, the edges' tunnel
 addresses and the fingerprint of the listener's generated certificate (none with
 ``listen.tls``: the connector then verifies the chain). The addresses and the certificate's
-names come from the server's settings through ``zerogate.tunnel.edge`` (``token_edges``,
+names come from the server's settings through ``zerogate.edge.tunnel`` (``token_edges``,
 ``cert_hosts``); the certificate is the one kept in the store, made here when no edge made it
 yet (the first writer wins, so every edge presents that one).
 
@@ -57,7 +57,7 @@ def token_edges(settings: Settings | None) -> tuple[str, ...]:
     """The edge addresses a new token names (none without the server's settings)."""
     if settings is None:
         return ()
-    from zerogate.tunnel.edge import token_edges as edges_of
+    from zerogate.tunnel.routes import token_edges as edges_of
 
     return tuple(edges_of(settings))
 
@@ -67,7 +67,7 @@ async def listener_fingerprint(store: Store, settings: Settings | None) -> str |
     ``listen.tls`` names a certificate."""
     if settings is not None and settings.listen.tls is not None:
         return None
-    from zerogate.tunnel.edge import cert_hosts
+    from zerogate.tunnel.routes import cert_hosts
 
     hosts = cert_hosts(settings) if settings is not None else list(DEFAULT_CERT_HOSTS)
     stored = await store.named_secret(certs.SECRET_NAME, certs.generate(hosts).to_json())

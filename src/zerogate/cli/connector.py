@@ -130,12 +130,11 @@ def run_connector(
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info or warning.")] = "info",
 ) -> None:
     """Connect to the edge and serve the tunnel's requests until SIGTERM."""
-    from zerogate.connector import Connector, ConnectorConfig
+    from zerogate.connector import Connector, ConnectorConfig, ingress
     from zerogate.connector.metrics import MetricsBindError
     from zerogate.connector.tls import EdgeTrust, parse_edges
     from zerogate.model.loader import ConfigError
     from zerogate.model.values import check_listen
-    from zerogate.tunnel import ingress
     from zerogate.tunnel.token import TokenError, decode
 
     if log_level not in _LEVELS:

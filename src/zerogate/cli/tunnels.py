@@ -100,7 +100,7 @@ def _check_host(host: str, option: str) -> str:
 
 
 def _edges(given: list[str] | None, settings: Settings) -> list[str]:
-    from zerogate.tunnel.edge import token_edges
+    from zerogate.tunnel.routes import token_edges
     from zerogate.tunnel.token import TokenError, TunnelToken, new_secret, new_tunnel_id
 
     edges = list(dict.fromkeys(given)) if given else token_edges(settings)
@@ -138,7 +138,7 @@ async def _object(store: Store, name: str) -> tuple[Objects, int | None]:
 
 def _users(objects: Objects, name: str) -> list[str]:
     """The applications whose requests go through tunnel ``name``."""
-    from zerogate.tunnel.edge import TunnelRoutes
+    from zerogate.tunnel.routes import TunnelRoutes
 
     routes = TunnelRoutes(objects)
     return [

@@ -12,7 +12,7 @@ runs a :class:`~zerogate.connector.supervisor.Connector`. The parts:
 - ``backoff``: jittered exponential redial delays;
 - ``metrics``: Prometheus metrics, ``/ready`` and ``/metrics``.
 
-The ingress rules themselves are pure and live in :mod:`zerogate.tunnel.ingress`.
+The ingress rules themselves are pure and live in :mod:`zerogate.connector.ingress`.
 """
 
 from zerogate.connector.supervisor import Connector, ConnectorConfig

@@ -4,7 +4,7 @@
 
 - ``http_status:N`` rules are answered directly (empty body);
 - ``http://`` and ``unix:`` origins go through the edge's own keep-alive pool
-  (:class:`zerogate.edge.upstream_pool.UpstreamPool`, HTTP/1.1 parsed by httptools; one pool per
+  (:class:`zerogate.net.pool.UpstreamPool`, HTTP/1.1 parsed by httptools; one pool per
   distinct set of per-rule origin options), ``https://`` origins through an aiohttp session per
   rule options (certificate checks per ``no_tls_verify`` / ``ca_file``);
 - bodies stream both ways: the request body is read from the stream as the origin takes it
@@ -40,15 +40,15 @@ import structlog
 from multidict import CIMultiDict
 from yarl import URL
 
+from zerogate.connector.ingress import OriginOptions, Rule, Service, match
 from zerogate.connector.stream import StreamGone, TunnelStream
-from zerogate.edge.upstream_pool import (
+from zerogate.model.paths import PathError
+from zerogate.net.pool import (
     OriginAddress,
     UpstreamError,
     UpstreamPool,
     UpstreamTimeoutError,
 )
-from zerogate.model.paths import PathError
-from zerogate.tunnel.ingress import OriginOptions, Rule, Service, match
 from zerogate.tunnel.protocol import ErrorCodes, Header, InvalidHeaders
 
 log = structlog.get_logger("zerogate.connector")

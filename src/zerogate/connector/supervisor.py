@@ -33,10 +33,10 @@ import structlog
 from zerogate import __version__
 from zerogate.connector.backoff import Backoff
 from zerogate.connector.connection import EdgeConnection, Liveness, Outcome
+from zerogate.connector.ingress import Rule
 from zerogate.connector.metrics import ConnectorMetrics, MetricsServer
 from zerogate.connector.origin import Dispatcher
 from zerogate.connector.tls import EdgeAddress, EdgeTrust
-from zerogate.tunnel.ingress import Rule
 from zerogate.tunnel.protocol import Registration, TunnelSettings
 from zerogate.tunnel.token import TunnelToken
 

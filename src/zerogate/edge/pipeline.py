@@ -11,48 +11,45 @@ a session that fails any check is no session.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
-import re
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
-from zerogate.edge import http
-from zerogate.edge.asgi_types import Headers, Message, Receive, Scope, Send
-from zerogate.edge.flow import FLOW_SECONDS, Flow, new_state, sign_flow, state_hash
-from zerogate.edge.headers import (
-    ResolvedClient,
-    is_zerogate_cookie,
+from zerogate.identity import Claims, TokenError, issue_app_token
+from zerogate.identity.flow import (
+    FLOW_SECONDS,
+    LOGOUT_FIELD,
+    Flow,
+    code_hash,
+    logout_token,
+    logout_token_ok,
+    new_state,
+    sign_flow,
+    state_hash,
+)
+from zerogate.model.paths import PathError, fold, normalise_path
+from zerogate.net import http
+from zerogate.net.asgi import Headers, Receive, Scope, Send
+from zerogate.net.headers import (
     is_zerogate_cookie_name,
-    resolve_client,
     upstream_request_headers,
 )
-from zerogate.edge.proxy import request_target
-from zerogate.identity import Claims, TokenError, issue_app_token
-from zerogate.model.paths import PathError, fold, normalise_path
+from zerogate.net.upstream import Outbound, Upstream, UpstreamRefused, UpstreamUnavailable
 from zerogate.policy import Context, Identity
 from zerogate.policy.engine import CompiledApp, Snapshot
-from zerogate.runtime import Runtime, audience_tag
-from zerogate.services import Services
-from zerogate.tunnel.edge import TunnelRequestRefused, TunnelRoutes, TunnelUnavailable
+from zerogate.runtime import Runtime, audience_tag, cookies
+from zerogate.runtime.cookies import secure_cookies
+from zerogate.runtime.pages import logout_page
+from zerogate.runtime.request import Request
+from zerogate.runtime.services import Services
 
 log = logging.getLogger("zerogate.edge")
 
 STATE_COOKIE = "__zg_state"
-#: a Host header: a DNS name, an IPv4 address or a bracketed IPv6 address, then maybe :port
-_HOST = re.compile(
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
-    r"[A-Za-z0-9])?)*\.?|\[[0-9A-Fa-f:.]+\])(?::(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}"
-    r"|[1-5]\d{4}|[1-9]\d{0,3}))?"
-)
 #: a return URL longer than this is not carried through the login: the app's root is used
 MAX_RETURN_URL = 2000
 RESERVED = "/.zerogate/"
-CODE_SECONDS = 60
 SERVICE_TOKEN_TTL = 300
 
 
@@ -66,41 +63,6 @@ def is_reserved(path: str) -> bool:
 def app_cookie(app: CompiledApp) -> str:
     """Each application has its own session cookie (host-only): app A's never opens app B."""
     return f"__zg_{audience_tag(app.name)[:16]}"
-
-
-def secure_cookies(rt: Runtime) -> bool:
-    """Whether zerogate's cookies are TLS cookies (``Secure``, ``__Host-`` names): when the
-    server itself serves TLS (``listen.tls``). Every place that sets or reads one asks this."""
-    return rt.scheme == "https"
-
-
-def code_hash(code: str) -> str:
-    return hashlib.sha256(code.encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """What the pipeline learnt about a request before deciding."""
-
-    host_header: str
-    host: str
-    raw_path: str
-    query: str
-    client: ResolvedClient
-    scheme: str
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://{self.host_header}{self.raw_path}" + (
-            f"?{self.query}" if self.query else ""
-        )
-
-
-def raw_path_of(scope: Scope) -> str:
-    raw = scope.get("raw_path")
-    if isinstance(raw, bytes) and raw:
-        return raw.decode("latin-1").split("?", 1)[0]
-    return quote(scope.get("path", "/"), safe="/%:@!$&'()*+,;=~-._")
 
 
 async def bad_request(send: Send, svc: Services, scope: Scope, why: str) -> None:
@@ -120,30 +82,6 @@ async def not_found(send: Send, svc: Services, scope: Scope) -> None:
             "message.html", title="Not found", message="There is nothing here.", error=True
         )
         await http.respond_html(send, 404, page)
-
-
-def describe_request(scope: Scope, svc: Services) -> Request:
-    """Host, path and client of a request; raises ``http.BadRequest`` when they are unusable."""
-    rt = svc.runtime
-    host_value = http.header(scope, b"host")
-    if host_value is None:
-        raise http.BadRequest("the request has no Host header")
-    host_header = host_value.decode("latin-1").strip()
-    if not _HOST.fullmatch(host_header):
-        raise http.BadRequest("the Host header is not a host name")
-    client_addr = scope.get("client") or ("", 0)
-    client = resolve_client(str(client_addr[0]), scope["headers"], rt.trusted)
-    scheme = rt.scheme
-    if client.peer_trusted and client.proto:
-        scheme = client.proto
-    return Request(
-        host_header=host_header,
-        host=Snapshot.normalise_host(host_header),
-        raw_path=raw_path_of(scope),
-        query=scope.get("query_string", b"").decode("latin-1"),
-        client=client,
-        scheme=scheme,
-    )
 
 
 async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req: Request) -> None:
@@ -216,7 +154,7 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
         await blocked(scope, send, svc, app, email)
         return
     if claims is not None:
-        assertion = http.cookie(scope, app_cookie(app), secure=secure_cookies(rt))
+        assertion = cookies.cookie(scope, app_cookie(app), secure=secure_cookies(rt))
         assert assertion is not None  # session_claims verified it
         inject: Headers = [
             (b"zerogate-jwt-assertion", assertion.encode("latin-1")),
@@ -272,7 +210,7 @@ async def preflight(
 
 def session_claims(scope: Scope, rt: Runtime, app: CompiledApp) -> Claims | None:
     """The verified, unrevoked session of this application, or None (never an error)."""
-    token = http.cookie(scope, app_cookie(app), secure=secure_cookies(rt))
+    token = cookies.cookie(scope, app_cookie(app), secure=secure_cookies(rt))
     if not token:
         return None
     try:
@@ -332,7 +270,6 @@ async def forward(
     *,
     inject: Headers,
 ) -> None:
-    origin = app.model.origin
     websocket = scope["type"] == "websocket"
     headers = upstream_request_headers(
         scope["headers"],
@@ -347,87 +284,21 @@ async def forward(
         scope["headers"]
     )
     path_qs = req.raw_path + (f"?{req.query}" if req.query else "")
-    if origin is None:
-        await forward_tunnel(scope, receive, send, svc, req, app, headers, path_qs)
+    picked = upstream_of(svc, app)
+    if isinstance(picked, str):
+        await unavailable(scope, send, svc, app, picked)
         return
-    if websocket:
-        await svc.upstream.forward_websocket(
-            scope, receive, send, origin=origin, path_qs=path_qs, headers=headers
-        )
-    else:
-        await svc.upstream.forward_http(
-            scope, receive, send, origin=origin, path_qs=path_qs, headers=headers
-        )
-
-
-_routes: tuple[Snapshot, TunnelRoutes] | None = None
-
-
-def tunnel_of(snapshot: Snapshot, app: CompiledApp) -> str | None:
-    """The tunnel an application's requests go through (``TunnelRoutes``), or None."""
-    global _routes
-    cached = _routes
-    if cached is None or cached[0] is not snapshot:
-        cached = _routes = (snapshot, TunnelRoutes(snapshot.objects))
-    return cached[1].tunnel_for(app.model)
-
-
-async def forward_tunnel(
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    svc: Services,
-    req: Request,
-    app: CompiledApp,
-    headers: Headers,
-    path_qs: str,
-) -> None:
-    """An allowed request for a tunnel-backed application: one stream on one of the tunnel's
-    connector connections. Only a tunnel that routes this application's host is used."""
-    name = tunnel_of(svc.runtime.snapshot, app)
-    listener = svc.tunnels
-    if name is None:
-        await unavailable(scope, send, svc, app, "this application is not routed to a tunnel")
-        return
-    if listener is None:
-        why = svc.tunnels_disabled or "this application's tunnel has no connected connector"
-        await unavailable(scope, send, svc, app, why)
-        return
-    target = request_target(path_qs)
-    if target is None:
-        await bad_request(send, svc, scope, "the request target cannot be forwarded")
-        return
-    headers = tunnel_content_length(
-        headers, scope["headers"], websocket=scope["type"] == "websocket"
-    )
-    send = without_zerogate_set_cookies(send)
+    upstream, to = picked
+    out = Outbound(to, path_qs, headers, authority=req.host_header, scheme=req.scheme)
     try:
-        if scope["type"] == "websocket":
-            await listener.forward_websocket(
-                name,
-                scope,
-                receive,
-                send,
-                authority=req.host_header,
-                path=target,
-                scheme=req.scheme,
-                headers=headers,
-            )
+        if websocket:
+            await upstream.forward_websocket(scope, receive, send, out)
         else:
-            await listener.forward_http(
-                name,
-                scope,
-                receive,
-                send,
-                authority=req.host_header,
-                path=target,
-                scheme=req.scheme,
-                headers=headers,
-            )
-    except TunnelUnavailable as exc:
+            await upstream.forward_http(scope, receive, send, out)
+    except UpstreamUnavailable as exc:
         await unavailable(scope, send, svc, app, str(exc))
-    except TunnelRequestRefused as exc:
-        if scope["type"] == "websocket":
+    except UpstreamRefused as exc:
+        if websocket:
             await send({"type": "websocket.close", "code": 1008})
         elif exc.status == 431:
             await http.respond_json(send, 431, {"error": "request headers too large"})
@@ -435,55 +306,19 @@ async def forward_tunnel(
             await bad_request(send, svc, scope, str(exc))
 
 
-def without_zerogate_set_cookies(send: Send) -> Send:
-    """``send`` with every ``Set-Cookie`` for one of zerogate's cookie names taken out of the
-    response head (a connector's answer; ``proxy`` filters an origin's the same way)."""
+def upstream_of(svc: Services, app: CompiledApp) -> tuple[Upstream, str] | str:
+    """The upstream that serves ``app`` and where to in it, or why there is none.
 
-    async def filtered(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = message.get("headers") or []
-            if any(k.lower() == b"set-cookie" and is_zerogate_cookie(v) for k, v in headers):
-                message = {
-                    **message,
-                    "headers": [
-                        (k, v)
-                        for k, v in headers
-                        if not (k.lower() == b"set-cookie" and is_zerogate_cookie(v))
-                    ],
-                }
-        await send(message)
-
-    return filtered
-
-
-def tunnel_content_length(headers: Headers, client: Headers, *, websocket: bool) -> Headers:
-    """The request headers for a tunnel stream with at most one plain ``content-length``.
-
-    HTTP/2 holds a stream's DATA to its ``content-length``: a value it cannot parse (``5, 5``),
-    two different ones, or one the body does not match is a *connection* error at the
-    connector, which would end every other request on that connection. So the length goes only
-    when it is the body's framing: one decimal value (repeats of it allowed), not on a
-    WebSocket (its frames follow the upgrade) and not next to a ``Transfer-Encoding`` (the
-    server framed the body by chunks). Without it the connector streams the body chunked.
-    """
-    values = [
-        part.strip()
-        for key, value in headers
-        if key == b"content-length"
-        for part in value.split(b",")
-    ]
-    if not values:
-        return headers
-    rest = [(k, v) for k, v in headers if k != b"content-length"]
-    chunked = any(k.lower() == b"transfer-encoding" for k, _ in client)
-    if (
-        websocket
-        or chunked
-        or not all(v.isdigit() for v in values)
-        or len(set(map(int, values))) != 1
-    ):
-        return rest
-    return [*rest, (b"content-length", str(int(values[0])).encode())]
+    An ``origin:`` application goes to the origin proxy; any other to the tunnel the compiled
+    snapshot routed it to (``CompiledApp.tunnel``: only a tunnel that routes its host)."""
+    origin = app.model.origin
+    if origin is not None:
+        return svc.upstream, origin
+    if app.tunnel is None:
+        return "this application is not routed to a tunnel"
+    if svc.tunnels is None:
+        return svc.tunnels_disabled or "this application's tunnel has no connected connector"
+    return svc.tunnels, app.tunnel
 
 
 def strip_zerogate_cookies(headers: Headers) -> Headers:
@@ -545,7 +380,7 @@ def login_url(svc: Services, req: Request, app: CompiledApp, state: str, rd: str
 
 
 def state_cookie(svc: Services, state: str) -> tuple[bytes, bytes]:
-    return http.set_cookie(
+    return cookies.set_cookie(
         STATE_COOKIE,
         state,
         max_age=FLOW_SECONDS,
@@ -663,33 +498,6 @@ async def reserved_path(
         await not_found(send, svc, scope)
 
 
-LOGOUT_FIELD = "csrf"
-
-
-def logout_token(secret: bytes, host: str, sessions: list[str]) -> str:
-    """The CSRF token of a logout form: a MAC over this host and the session cookies the
-    browser holds there. A page on another site can neither read it (same-origin policy) nor
-    compute it (it has neither the server secret nor the cookies), and no extra cookie is
-    needed, so a cookie tossed from a sibling host cannot supply one either."""
-    mac = hmac.new(secret, b"zerogate logout\x00" + host.encode("utf-8", "replace"), "sha256")
-    for value in sessions:
-        mac.update(b"\x00" + value.encode("latin-1", "replace"))
-    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
-
-
-def logout_token_ok(secret: bytes, host: str, sessions: list[str], sent: str) -> bool:
-    expected = logout_token(secret, host, sessions)
-    return hmac.compare_digest(expected.encode(), sent.encode("utf-8", "replace"))
-
-
-async def logout_page(
-    send: Send, svc: Services, token: str, *, who: str | None, app_name: str | None = None
-) -> None:
-    """GET of ``/.zerogate/logout``: a page with the button (the POST does the work)."""
-    page = svc.page("logout.html", title="Sign out", app_name=app_name, csrf=token, email=who)
-    await http.respond_html(send, 200, page)
-
-
 async def app_logout(
     scope: Scope, receive: Receive, send: Send, svc: Services, req: Request
 ) -> None:
@@ -701,7 +509,7 @@ async def app_logout(
     secure = secure_cookies(rt)
     apps = host_apps(rt.snapshot, req.host)
     jar = http.cookies(scope)
-    names = [http.cookie_name(app_cookie(a), secure=secure) for a in apps]
+    names = [cookies.cookie_name(app_cookie(a), secure=secure) for a in apps]
     sessions = [jar[name] for name in names if name in jar]
     token = logout_token(rt.secret, req.host, sessions)
     method = scope.get("method", "GET")
@@ -750,7 +558,7 @@ async def app_logout(
                 country=None,
                 decision="logout",
             )
-        clear.append(http.clear_cookie(app_cookie(other), secure=secure))
+        clear.append(cookies.clear_cookie(app_cookie(other), secure=secure))
     # 303: the browser follows with a GET; the portal's logout page ends (or shows the
     # button for) the portal session
     await http.redirect(send, f"{rt.portal_origin}/.zerogate/logout", clear, status=303)
@@ -774,7 +582,7 @@ async def authorized(
     data = None
     if code and len(code) < 200:
         data = await rt.store.take_code(code_hash(code), now=datetime.now(UTC))
-    state = http.cookie(scope, STATE_COOKIE, secure=secure) or ""
+    state = cookies.cookie(scope, STATE_COOKIE, secure=secure) or ""
     problem = None
     # the code names its application: one served on this very host (a path-scoped app shares
     # its host's /.zerogate/), and the return URL is checked to route to it below
@@ -806,7 +614,7 @@ async def authorized(
             error=True,
         )
         await http.respond_html(
-            send, 400, page, [http.clear_cookie(STATE_COOKIE, path="/.zerogate/", secure=secure)]
+            send, 400, page, [cookies.clear_cookie(STATE_COOKIE, path="/.zerogate/", secure=secure)]
         )
         return
     assert target is not None
@@ -837,7 +645,7 @@ async def authorized(
         send,
         back,
         [
-            http.set_cookie(app_cookie(app), token, max_age=ttl, secure=secure),
-            http.clear_cookie(STATE_COOKIE, path="/.zerogate/", secure=secure),
+            cookies.set_cookie(app_cookie(app), token, max_age=ttl, secure=secure),
+            cookies.clear_cookie(STATE_COOKIE, path="/.zerogate/", secure=secure),
         ],
     )

@@ -1,8 +1,9 @@
 """Forwarding an allowed request to its origin: the half of the edge after the policy decision.
 
-:class:`Upstream` owns the upstream connections of one event loop and relays an ASGI HTTP
+:class:`OriginProxy` (the :class:`~zerogate.net.upstream.Upstream` of ``origin:``
+applications) owns the upstream connections of one event loop and relays an ASGI HTTP
 exchange or WebSocket to an origin. Plain HTTP to ``http://`` and ``unix:`` origins goes through
-zerogate's own keep-alive pool (:mod:`zerogate.edge.upstream_pool`: HTTP/1.1 written directly,
+zerogate's own keep-alive pool (:mod:`zerogate.net.pool`: HTTP/1.1 written directly,
 responses parsed by httptools); HTTPS origins and WebSockets go through aiohttp client sessions
 (one for TCP, one per Unix-socket origin). Either way:
 
@@ -18,7 +19,7 @@ responses parsed by httptools); HTTPS origins and WebSockets go through aiohttp 
   cuts the connection: the client sees a truncated transfer, never a complete-looking one.
 
 The caller (the edge pipeline) has already decided the request may pass and built the headers
-to send with :func:`zerogate.edge.headers.upstream_request_headers`.
+to send with :func:`zerogate.net.headers.upstream_request_headers`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,21 +39,24 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from zerogate.edge.asgi_types import Headers, Receive, Scope, Send
-from zerogate.edge.headers import downstream_response_headers, wants_json
-from zerogate.edge.upstream_pool import (
+from zerogate.net import websocket
+from zerogate.net.asgi import Headers, Receive, Scope, Send
+from zerogate.net.headers import downstream_response_headers, wants_json
+from zerogate.net.http import request_target
+from zerogate.net.pool import (
     OriginAddress,
     UpstreamError,
     UpstreamPool,
     UpstreamResponse,
 )
+from zerogate.net.upstream import Outbound
 
-__all__ = ["CLIENT_CLOSED", "WATCH_AFTER", "WS_MAX_MESSAGE", "Upstream", "request_target"]
+__all__ = ["CLIENT_CLOSED", "WATCH_AFTER", "WS_MAX_MESSAGE", "OriginProxy", "request_target"]
 
 _log = logging.getLogger(__name__)
 
 CLIENT_CLOSED: Final = 499
-"""What :meth:`Upstream.forward_http` returns when the client left before a response started."""
+"""What :meth:`OriginProxy.forward_http` returns when the client left before a response started."""
 
 WS_MAX_MESSAGE: Final = 16 * 1024 * 1024
 """Largest WebSocket message accepted from an origin (aiohttp buffers whole messages)."""
@@ -66,7 +69,6 @@ watches for its client to disconnect.
 Most exchanges end sooner, and then no watcher (one more ``receive()`` and a cancellation per
 request) is ever created; a client that leaves a slow or streaming exchange is noticed that
 much later."""
-_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f#]")
 _NOT_FORWARDED_TO_WS: Final = frozenset(
     {b"connection", b"upgrade", b"sec-websocket-key", b"sec-websocket-version"}
 )
@@ -108,32 +110,6 @@ def _parse_origin(origin: str) -> _Origin:
     if url.scheme == "http" and url.raw_host and url.port is not None:
         address = OriginAddress.tcp(url.raw_host, url.port)
     return _Origin(None, base, ws_base, address)
-
-
-def _percent_encode_non_ascii(raw: bytes) -> str:
-    return "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in raw)
-
-
-def request_target(path_qs: str | bytes) -> str | None:
-    """The origin-form target to send, or ``None`` when it cannot be forwarded safely.
-
-    Bytes (``scope["raw_path"]`` plus ``b"?" + query_string``) are sent exactly; bytes outside
-    ASCII (which HTTP does not allow there) are percent-encoded. A ``str`` is taken as text and
-    UTF-8 percent-encoded where it is not ASCII. A target that does not start with ``/`` or
-    holds spaces, control characters or ``#`` is refused (the caller answers 400).
-    """
-    if isinstance(path_qs, bytes):
-        try:
-            text = path_qs.decode("ascii")
-        except UnicodeDecodeError:
-            text = _percent_encode_non_ascii(path_qs)
-    elif path_qs.isascii():
-        text = path_qs
-    else:
-        text = _percent_encode_non_ascii(path_qs.encode("utf-8"))
-    if not text.startswith("/") or _UNSAFE_TARGET.search(text):
-        return None
-    return text
 
 
 def _client_headers(headers: Headers, *, websocket: bool = False) -> CIMultiDict[str]:
@@ -205,15 +181,6 @@ async def _send_error(scope: Scope, send: Send, status: int) -> int:
 
 def _failure_status(exc: BaseException) -> int:
     return 504 if isinstance(exc, TimeoutError) else 502
-
-
-def _sendable_close_code(code: object, fallback: int) -> int:
-    """A close code that may appear in a close frame (RFC 6455 §7.4), else ``fallback``."""
-    if isinstance(code, int) and (
-        1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
-    ):
-        return code
-    return fallback
 
 
 class _Exchange:
@@ -333,7 +300,7 @@ class _Watchers:
         self.ticker = loop.call_later(WATCH_AFTER, self._tick, loop) if self.older else None
 
 
-class Upstream:
+class OriginProxy:
     """Pooled connections to origins for one event loop (create one per loop, e.g. per worker).
 
     Plain HTTP (``http://``, ``unix:``) goes through an :class:`UpstreamPool`; HTTPS and every
@@ -368,7 +335,7 @@ class Upstream:
         self._closed = False
 
     async def close(self) -> None:
-        """Close every pooled connection; the Upstream cannot be used afterwards."""
+        """Close every pooled connection; it cannot be used afterwards."""
         self._closed = True
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
@@ -385,12 +352,12 @@ class Upstream:
 
     def _check_loop(self) -> None:
         if self._closed:
-            raise RuntimeError("Upstream is closed")
+            raise RuntimeError("OriginProxy is closed")
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
         elif self._loop is not loop:
-            raise RuntimeError("an Upstream serves one event loop; create one per loop")
+            raise RuntimeError("an OriginProxy serves one event loop; create one per loop")
 
     def _upstream_pool(self) -> UpstreamPool:
         pool = self._pool
@@ -426,23 +393,15 @@ class Upstream:
         self._sessions[socket] = session
         return session
 
-    async def forward_http(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        *,
-        origin: str,
-        path_qs: str | bytes,
-        headers: Headers,
-    ) -> int:
-        """Relay one HTTP exchange to ``origin``; return the status sent to the client.
+    async def forward_http(self, scope: Scope, receive: Receive, send: Send, out: Outbound) -> int:
+        """Relay one HTTP exchange to the origin ``out.to``; return the status sent to the client.
 
-        ``origin``: ``http://host:port``, ``https://…`` or ``unix:/path.sock``. ``path_qs``:
+        ``out.to``: ``http://host:port``, ``https://…`` or ``unix:/path.sock``. ``out.path_qs``:
         the target to send as is (best: ``scope["raw_path"]`` + ``b"?"`` + query, as bytes).
-        ``headers``: what the origin receives (see ``upstream_request_headers``). Returns
+        ``out.headers``: what the origin receives (see ``upstream_request_headers``). Returns
         :data:`CLIENT_CLOSED` when the client left before any response was sent.
         """
+        origin, path_qs, headers = out.to, out.path_qs, out.headers
         target = request_target(path_qs)
         if target is None:
             return await _send_error(scope, send, 400)
@@ -627,14 +586,7 @@ class Upstream:
         await send({"type": "http.response.body", "body": chunk, "more_body": False})
 
     async def forward_websocket(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        *,
-        origin: str,
-        path_qs: str | bytes,
-        headers: Headers,
+        self, scope: Scope, receive: Receive, send: Send, out: Outbound
     ) -> None:
         """Relay one WebSocket session to ``origin`` (``ws://`` for http, ``wss://`` for https).
 
@@ -645,6 +597,7 @@ class Upstream:
         refuses gets the client an HTTP error (its status, 502, or 504 on a timeout) where the
         server supports ``websocket.http.response``, else a close with 1011.
         """
+        origin, path_qs, headers = out.to, out.path_qs, out.headers
         message = await receive()
         if message["type"] != "websocket.connect":
             return
@@ -683,13 +636,8 @@ class Upstream:
 
 
 async def _reject_websocket(scope: Scope, send: Send, status: int) -> None:
-    if "websocket.http.response" in (scope.get("extensions") or {}):
-        headers, body = _error_head(status, scope)
-        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
-        return
-    await send({"type": "websocket.accept"})
-    await send({"type": "websocket.close", "code": 1011})
+    headers, body = _error_head(status, scope)
+    await websocket.reject(scope, send, status, headers, body)
 
 
 async def _relay_websocket(
@@ -706,11 +654,7 @@ async def _relay_websocket(
                 else:
                     await ws.send_bytes(message.get("bytes") or b"")
             elif kind == "websocket.disconnect":
-                code = message.get("code", 1005)
-                # 1005: closed without a code; anything else unsendable: the client vanished.
-                return _sendable_close_code(code, 1000 if code == 1005 else 1001), str(
-                    message.get("reason") or ""
-                )
+                return websocket.client_close(message)
 
     async def origin_to_client() -> tuple[int, str]:
         while True:
@@ -720,11 +664,11 @@ async def _relay_websocket(
             elif msg.type is aiohttp.WSMsgType.BINARY:
                 await send({"type": "websocket.send", "bytes": msg.data})
             elif msg.type is aiohttp.WSMsgType.CLOSE:
-                return _sendable_close_code(msg.data, 1000), str(msg.extra or "")
+                return websocket.sendable_close_code(msg.data, 1000), str(msg.extra or "")
             elif msg.type is aiohttp.WSMsgType.ERROR:
                 return 1011, ""
             else:  # CLOSING / CLOSED: the origin went away without a close frame
-                return _sendable_close_code(ws.close_code, 1011), ""
+                return websocket.sendable_close_code(ws.close_code, 1011), ""
 
     from_client = asyncio.ensure_future(client_to_origin())
     from_origin = asyncio.ensure_future(origin_to_client())
@@ -738,9 +682,7 @@ async def _relay_websocket(
         await asyncio.gather(from_client, from_origin, return_exceptions=True)
     if from_client in done and not from_client.cancelled() and from_client.exception() is None:
         code, reason = from_client.result()
-        # a close reason holds at most 123 bytes of UTF-8; never cut a character in half
-        reason_bytes = reason.encode()[:123].decode("utf-8", "ignore").encode()
-        await ws.close(code=code, message=reason_bytes)
+        await ws.close(code=code, message=reason.encode())
         return
     if from_origin in done and not from_origin.cancelled() and from_origin.exception() is None:
         code, reason = from_origin.result()

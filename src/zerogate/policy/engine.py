@@ -31,6 +31,7 @@ import radix
 from zerogate.model.objects import ADMIN_APPLICATION, Application, Objects, Policy, Rule, RuleSet
 from zerogate.model.paths import PathError, fold, normalise_path, under
 from zerogate.model.values import ip_network, normalise_ip
+from zerogate.tunnel.routes import TunnelRoutes
 
 Outcome = Literal["allow", "block", "bypass", "authenticate"]
 
@@ -394,6 +395,7 @@ class CompiledApp:
         "name",
         "path",
         "pre",
+        "tunnel",
         "v_deny",
         "v_login",
         "v_nobody",
@@ -405,6 +407,9 @@ class CompiledApp:
         self.host = model.host
         self.path = model.path
         self.model = model
+        #: the tunnel this application's requests go through (``TunnelRoutes``), set by the
+        #: snapshot; ``None`` for an ``origin:`` application or one no tunnel routes
+        self.tunnel: str | None = None
         #: bypass + service_auth, then allow + block, each in listed order
         self.pre = tuple(p for p in policies if p.decision in ("bypass", "service_auth"))
         self.main = tuple(p for p in policies if p.decision in ("allow", "block"))
@@ -695,10 +700,12 @@ class Snapshot:
         #: the built-in admin application (not routed; ``application`` finds it by name)
         self.admin: CompiledApp = compiler.app(admin_application(objects))
         self.apps: dict[str, CompiledApp] = {}
+        routes = TunnelRoutes(objects)
         exact: dict[str, list[CompiledApp]] = {}
         wildcard: dict[str, list[CompiledApp]] = {}
         for model in objects.applications:
             app = compiler.app(model)
+            app.tunnel = routes.tunnel_for(model)
             self.apps[app.name] = app
             if app.host.startswith("*."):
                 wildcard.setdefault(app.host[2:], []).append(app)

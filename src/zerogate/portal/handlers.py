@@ -18,7 +18,7 @@ lives in ``portal/oidc.py``; this module routes to it and offers its buttons.
 
 The admin panel and API log in here too, as the built-in application ``zerogate-admin``
 (``Snapshot.application`` finds it by the flow's name): the same pages, methods and PIN rule;
-only the end differs (``portal/admin_login.py``: back to a local ``/admin`` path, no code).
+only the end differs (``runtime/admin_login.py``: back to a local ``/admin`` path, no code).
 """
 
 from __future__ import annotations
@@ -33,42 +33,42 @@ from ipaddress import ip_address
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from zerogate.edge import http
-from zerogate.edge.asgi_types import Receive, Scope, Send
-from zerogate.edge.flow import Flow, FlowError, open_flow
-from zerogate.edge.pipeline import (
-    CODE_SECONDS,
-    Request,
-    code_hash,
-    logout_page,
-    logout_token,
-    logout_token_ok,
-    secure_cookies,
-)
 from zerogate.identity import (
-    Claims,
     PinOutcome,
     PinRecord,
-    TokenError,
     browser_binding,
     check_pin,
     decoy,
     issue_pin,
     issue_portal_token,
 )
+from zerogate.identity.flow import (
+    CODE_SECONDS,
+    Flow,
+    FlowError,
+    code_hash,
+    logout_token,
+    logout_token_ok,
+    open_flow,
+)
 from zerogate.mail import MailError, PinEmail, render_pin_email
 from zerogate.model.paths import PathError, normalise_path
 from zerogate.model.values import EmailRefused, check_email
+from zerogate.net import http
+from zerogate.net.asgi import Receive, Scope, Send
 from zerogate.policy import Context, Identity
 from zerogate.policy.engine import CompiledApp
 from zerogate.portal import oidc as oidc_login
-from zerogate.portal.admin_login import admin_return, is_admin_app
-from zerogate.runtime import PORTAL_AUDIENCE, Runtime
-from zerogate.services import Services
+from zerogate.runtime import PORTAL_AUDIENCE, Runtime, cookies
+from zerogate.runtime.admin_login import admin_return, is_admin_app
+from zerogate.runtime.cookies import PORTAL_COOKIE, secure_cookies
+from zerogate.runtime.pages import logout_page
+from zerogate.runtime.request import Request
+from zerogate.runtime.services import Services
+from zerogate.runtime.sessions import portal_session
 
 log = logging.getLogger("zerogate.portal")
 
-PORTAL_COOKIE = "__zg_portal"
 CSRF_COOKIE = "__zg_csrf"
 #: a random value per browser, set when it asks for a PIN; the PIN record keeps its HMAC, and
 #: only that browser can use the PIN (typed or through the emailed link)
@@ -176,21 +176,6 @@ async def metrics(scope: Scope, send: Send, svc: Services, req: Request) -> None
     await http.respond(send, 200, body, content_type=content_type.encode())
 
 
-def portal_session(scope: Scope, svc: Services) -> Claims | None:
-    """The verified, unrevoked portal session (``None`` when absent, repeated or invalid)."""
-    rt = svc.runtime
-    token = http.cookie(scope, PORTAL_COOKIE, secure=secure_cookies(rt))
-    if not token:
-        return None
-    try:
-        claims = rt.verifier("portal").verify(token, PORTAL_AUDIENCE, now=time.time())
-    except TokenError:
-        return None
-    if rt.is_revoked(claims.email, claims.iat):
-        return None
-    return claims
-
-
 def _flow(svc: Services, blob: str) -> tuple[Flow, CompiledApp]:
     try:
         flow = open_flow(svc.runtime.secret, blob, time.time())
@@ -211,17 +196,19 @@ def _csrf_secure(scope: Scope) -> bool:
 def _csrf(scope: Scope) -> tuple[str, list[tuple[bytes, bytes]]]:
     """The CSRF token for a form; a new cookie when the browser has none."""
     secure = _csrf_secure(scope)
-    token = http.cookie(scope, CSRF_COOKIE, secure=secure) or ""
+    token = cookies.cookie(scope, CSRF_COOKIE, secure=secure) or ""
     if len(token) >= 20:
         return token, []
     token = secrets.token_urlsafe(24)
     return token, [
-        http.set_cookie(CSRF_COOKIE, token, path="/.zerogate/", secure=secure, same_site="Strict")
+        cookies.set_cookie(
+            CSRF_COOKIE, token, path="/.zerogate/", secure=secure, same_site="Strict"
+        )
     ]
 
 
 def _check_csrf(scope: Scope, form: dict[str, str]) -> None:
-    cookie = http.cookie(scope, CSRF_COOKIE, secure=_csrf_secure(scope)) or ""
+    cookie = cookies.cookie(scope, CSRF_COOKIE, secure=_csrf_secure(scope)) or ""
     sent = form.get("csrf", "")
     if not cookie or not hmac.compare_digest(cookie.encode(), sent.encode()):
         raise _Problem(403, "This form has expired. Go back to the application and try again.")
@@ -349,7 +336,7 @@ def typed_email(text: str) -> str:
 
 
 def _pin_cookie(scope: Scope, rt: Runtime) -> str:
-    return http.cookie(scope, PIN_COOKIE, secure=secure_cookies(rt)) or ""
+    return cookies.cookie(scope, PIN_COOKIE, secure=secure_cookies(rt)) or ""
 
 
 def _browser(scope: Scope, svc: Services) -> tuple[str, list[tuple[bytes, bytes]]]:
@@ -360,7 +347,7 @@ def _browser(scope: Scope, svc: Services) -> tuple[str, list[tuple[bytes, bytes]
     if binding:
         return binding, []
     token = secrets.token_urlsafe(32)
-    cookie = http.set_cookie(
+    cookie = cookies.set_cookie(
         PIN_COOKIE,
         token,
         path="/.zerogate/login",
@@ -619,7 +606,7 @@ async def otp_verify(
         ttl_seconds=_global_session(svc),
         now=now,
     )
-    cookie = http.set_cookie(
+    cookie = cookies.set_cookie(
         PORTAL_COOKIE, portal_token, max_age=_global_session(svc), secure=secure_cookies(rt)
     )
     last = oidc_login.last_method_cookie(svc, otp.name)
@@ -638,7 +625,7 @@ async def logout(scope: Scope, receive: Receive, send: Send, svc: Services, req:
     everywhere (SPEC "HTTP contract": logout is a POST with a CSRF token)."""
     rt = svc.runtime
     secure = secure_cookies(rt)
-    token_cookie = http.cookie(scope, PORTAL_COOKIE, secure=secure)
+    token_cookie = cookies.cookie(scope, PORTAL_COOKIE, secure=secure)
     sessions = [token_cookie] if token_cookie else []
     token = logout_token(rt.secret, rt.portal_host, sessions)
     claims = portal_session(scope, svc)
@@ -671,5 +658,5 @@ async def logout(scope: Scope, receive: Receive, send: Send, svc: Services, req:
         error=False,
     )
     await http.respond_html(
-        send, 200, page, [http.clear_cookie(PORTAL_COOKIE, secure=secure_cookies(svc.runtime))]
+        send, 200, page, [cookies.clear_cookie(PORTAL_COOKIE, secure=secure_cookies(svc.runtime))]
     )

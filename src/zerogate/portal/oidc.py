@@ -32,11 +32,8 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
-from zerogate.edge import http
-from zerogate.edge.asgi_types import Scope, Send
-from zerogate.edge.flow import Flow, FlowError, open_flow
-from zerogate.edge.pipeline import Request, code_hash, secure_cookies
 from zerogate.identity import RateLimiter, issue_portal_token
+from zerogate.identity.flow import Flow, FlowError, code_hash, open_flow
 from zerogate.identity.oidc import (
     ClientSettings,
     EmailUnverified,
@@ -50,9 +47,13 @@ from zerogate.identity.oidc import (
 from zerogate.identity.otp import Limit, ip_key
 from zerogate.model.objects import OidcProvider
 from zerogate.model.values import check_email, parse_duration
+from zerogate.net import http
+from zerogate.net.asgi import Scope, Send
 from zerogate.policy.engine import CompiledApp
-from zerogate.runtime import PORTAL_AUDIENCE
-from zerogate.services import Services
+from zerogate.runtime import PORTAL_AUDIENCE, cookies
+from zerogate.runtime.cookies import PORTAL_COOKIE, secure_cookies
+from zerogate.runtime.request import Request
+from zerogate.runtime.services import Services
 
 log = logging.getLogger("zerogate.portal.oidc")
 
@@ -97,12 +98,12 @@ def providers_for(svc: Services, app: CompiledApp) -> list[OidcProvider]:
 
 
 def last_method(scope: Scope, svc: Services) -> str | None:
-    value = http.cookie(scope, LAST_METHOD_COOKIE, secure=secure_cookies(svc.runtime)) or ""
+    value = cookies.cookie(scope, LAST_METHOD_COOKIE, secure=secure_cookies(svc.runtime)) or ""
     return value if 0 < len(value) <= 200 else None
 
 
 def last_method_cookie(svc: Services, name: str) -> tuple[bytes, bytes]:
-    return http.set_cookie(
+    return cookies.set_cookie(
         LAST_METHOD_COOKIE,
         name,
         max_age=LAST_METHOD_SECONDS,
@@ -420,11 +421,11 @@ async def redirect_to_provider(
             status, message, exc.reason, str(exc), flow=flow_blob, app=app.name
         ) from None
     secure = secure_cookies(svc.runtime)
-    browser = http.cookie(scope, BROWSER_COOKIE, secure=secure) or ""
+    browser = cookies.cookie(scope, BROWSER_COOKIE, secure=secure) or ""
     if not browser_value_ok(svc.runtime.secret, browser):
         browser = new_browser_value(svc.runtime.secret)
     # (re)set with a fresh lifetime: logins in other tabs of this browser share the value
-    cookie = http.set_cookie(
+    cookie = cookies.set_cookie(
         BROWSER_COOKIE,
         browser,
         max_age=STATE_SECONDS,
@@ -468,7 +469,7 @@ async def callback(scope: Scope, send: Send, svc: Services, req: Request, name: 
             "unknown, replayed or expired state",
         )
     flow_blob = str(record.get("flow", ""))
-    browser = http.cookie(scope, BROWSER_COOKIE, secure=secure_cookies(svc.runtime)) or ""
+    browser = cookies.cookie(scope, BROWSER_COOKIE, secure=secure_cookies(svc.runtime)) or ""
     if record.get("idp") != name or idp is None:
         raise _Failure(
             400, "This sign-in answer belongs to another sign-in method.", "state_wrong_provider"
@@ -550,7 +551,7 @@ async def _signed_in(
 ) -> None:
     """The portal session, the access-log record, the hand-over to the application."""
     # handlers routes to this module, so it is imported here, not at the top
-    from zerogate.portal.handlers import PORTAL_COOKIE, hand_over
+    from zerogate.portal.handlers import hand_over
 
     rt = svc.runtime
     try:
@@ -599,7 +600,7 @@ async def _signed_in(
         list(identity.groups),
         list(identity.amr),
         [
-            http.set_cookie(PORTAL_COOKIE, token, max_age=ttl, secure=secure_cookies(rt)),
+            cookies.set_cookie(PORTAL_COOKIE, token, max_age=ttl, secure=secure_cookies(rt)),
             last_method_cookie(svc, idp.name),
         ],
     )

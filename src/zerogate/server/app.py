@@ -27,26 +27,24 @@ from zerogate import logsetup
 from zerogate.accesslog import LogKeeper
 from zerogate.admin.app import AdminFrontDoor
 from zerogate.admin.app import handles as admin_paths
-from zerogate.edge import http, pipeline
-from zerogate.edge.asgi_types import Receive, Scope, Send
-from zerogate.edge.proxy import Upstream
+from zerogate.edge import pipeline
+from zerogate.edge.proxy import OriginProxy
+from zerogate.edge.tunnel import TunnelListener, server_ssl_context
 from zerogate.mail import Mailer
 from zerogate.model import load_file
 from zerogate.model.objects import Settings
 from zerogate.model.values import parse_duration
+from zerogate.net import http
+from zerogate.net.asgi import Receive, Scope, Send
 from zerogate.outbox import Outbox
 from zerogate.portal import handlers as portal
 from zerogate.runtime import Runtime
+from zerogate.runtime.request import describe_request
+from zerogate.runtime.services import Services
 from zerogate.server.connections import ConnectionGuard
-from zerogate.services import Services
 from zerogate.store import Store, TunnelConnection, storage_url
 from zerogate.tunnel import certs
-from zerogate.tunnel.edge import (
-    TunnelListener,
-    cert_hosts,
-    listen_address,
-    server_ssl_context,
-)
+from zerogate.tunnel.routes import cert_hosts, listen_address
 
 log = logging.getLogger("zerogate.server")
 
@@ -196,6 +194,7 @@ class ZerogateApp:
         self.demo = demo
         self.svc: Services | None = None
         self.tunnels: TunnelEndpoint | None = None
+        self.origins: OriginProxy | None = None
         self._store: Store | None = None
         self.logs: LogKeeper | None = None
         #: the admin API and panel (``/api/v1``, ``/admin`` on the portal host)
@@ -229,9 +228,10 @@ class ZerogateApp:
         )
         await self.logs.start()
         writer = self.logs.writer
+        self.origins = OriginProxy()
         self.svc = Services(
             runtime=runtime,
-            upstream=Upstream(),
+            upstream=self.origins,
             mailer=mailer,
             accesslog=writer,
             outbox=outbox,
@@ -266,7 +266,8 @@ class ZerogateApp:
             await svc.runtime.stop()
             if self.logs is not None:
                 await self.logs.stop()
-            await svc.upstream.close()
+            if self.origins is not None:
+                await self.origins.close()
             if svc.outbox is not None:
                 await svc.outbox.stop()
         if self._store is not None:
@@ -302,7 +303,7 @@ class ZerogateApp:
             await http.respond(send, 503, b"starting", content_type=b"text/plain")
             return
         try:
-            req = pipeline.describe_request(scope, svc)
+            req = describe_request(scope, svc)
         except http.BadRequest as exc:
             if kind == "websocket":
                 await send({"type": "websocket.close", "code": 1008})

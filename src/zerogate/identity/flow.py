@@ -76,3 +76,30 @@ def open_flow(secret: bytes, blob: str, now: float) -> Flow:
     if flow.expires < now:
         raise FlowError("the login link has expired")
     return flow
+
+
+#: how long the one-time code of a login hand-over may be redeemed
+CODE_SECONDS = 60
+
+
+def code_hash(code: str) -> str:
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
+LOGOUT_FIELD = "csrf"
+
+
+def logout_token(secret: bytes, host: str, sessions: list[str]) -> str:
+    """The CSRF token of a logout form: a MAC over this host and the session cookies the
+    browser holds there. A page on another site can neither read it (same-origin policy) nor
+    compute it (it has neither the server secret nor the cookies), and no extra cookie is
+    needed, so a cookie tossed from a sibling host cannot supply one either."""
+    mac = hmac.new(secret, b"zerogate logout\x00" + host.encode("utf-8", "replace"), "sha256")
+    for value in sessions:
+        mac.update(b"\x00" + value.encode("latin-1", "replace"))
+    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
+
+
+def logout_token_ok(secret: bytes, host: str, sessions: list[str], sent: str) -> bool:
+    expected = logout_token(secret, host, sessions)
+    return hmac.compare_digest(expected.encode(), sent.encode("utf-8", "replace"))

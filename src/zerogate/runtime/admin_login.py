@@ -21,11 +21,11 @@ from __future__ import annotations
 import time
 from urllib.parse import urlencode, urlsplit
 
-from zerogate.edge.flow import FLOW_SECONDS, Flow, sign_flow
+from zerogate.identity.flow import FLOW_SECONDS, Flow, sign_flow
 from zerogate.model.objects import ADMIN_APPLICATION
 from zerogate.model.paths import PathError, normalise_path, under
 from zerogate.policy.engine import CompiledApp
-from zerogate.services import Services
+from zerogate.runtime.services import Services
 
 #: the paths of the built-in admin application on the portal host
 ADMIN_PREFIXES = ("/admin", "/api/v1")

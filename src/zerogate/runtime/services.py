@@ -1,8 +1,9 @@
-"""What a server process holds while it runs, passed to the edge and portal handlers.
+"""What a server process holds while it runs, passed to the edge, portal and admin handlers.
 
 One ``Services`` per process (per granian worker): the in-memory runtime (snapshot, keys,
-revocations), the pooled upstream client, the tunnel listener (once it runs), the mailer, the
-access-log writer, the PIN send limiter and the page templates. Built and torn down by
+revocations), the upstreams (the origin proxy, the tunnel listener once it runs: both only as
+:class:`~zerogate.net.upstream.Upstream`, so this layer imports no surface), the mailer, the
+access-log writer, the PIN send limiter and the page templates. Built and torn down only by
 ``zerogate.server`` on ASGI lifespan.
 """
 
@@ -18,14 +19,13 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from zerogate.accesslog import AccessLogWriter
-from zerogate.edge.proxy import Upstream
 from zerogate.identity import PinSendLimiter
 from zerogate.mail import Mailer
 from zerogate.metrics import Metrics
+from zerogate.net.upstream import Upstream
 from zerogate.outbox import Outbox
-from zerogate.runtime import Runtime
+from zerogate.runtime.state import Runtime
 from zerogate.store import AccessEvent
-from zerogate.tunnel.edge import TunnelListener
 
 
 def templates() -> Environment:
@@ -39,6 +39,7 @@ def templates() -> Environment:
 @dataclass
 class Services:
     runtime: Runtime
+    #: the upstream of ``origin:`` applications (``zerogate.edge.proxy.OriginProxy``)
     upstream: Upstream
     mailer: Mailer
     accesslog: AccessLogWriter
@@ -47,9 +48,9 @@ class Services:
     pins: PinSendLimiter = field(default_factory=PinSendLimiter)
     metrics: Metrics = field(default_factory=Metrics)
     pages: Environment = field(default_factory=templates)
-    #: the tunnel endpoint of this process, once it listens (see ``zerogate.server.app``);
-    #: ``status()`` lists its connector connections
-    tunnels: TunnelListener | None = None
+    #: the tunnel endpoint of this process, once it listens (``zerogate.server.app`` starts
+    #: ``zerogate.edge.tunnel.TunnelListener``); the upstream of tunnelled applications
+    tunnels: Upstream | None = None
     #: why this process serves no tunnel (shown on the 502 page), when it never will
     tunnels_disabled: str | None = None
 

@@ -1,22 +1,27 @@
-"""Small raw-ASGI helpers shared by the edge and the portal: headers, cookies, bodies, replies.
+"""Small raw-ASGI helpers shared by every surface: headers, cookie parsing, bodies, replies.
 
 Kept framework-free because the edge's hot path must stay lean (DESIGN: no framework on the
 edge path). Parsing is strict where it matters for security and lenient elsewhere: malformed
 cookies are ignored (never an error that could be turned into a bypass), bodies are bounded.
+
+Only *reading* the ``Cookie`` header lives here; zerogate's own cookie rules (names, the
+``__Host-`` prefix under TLS, ``HttpOnly`` / ``SameSite`` / ``Secure``) are policy and live in
+:mod:`zerogate.runtime.cookies`, which every surface shares.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
-from zerogate.edge import headers as header_rules
-from zerogate.edge.asgi_types import Headers, Receive, Scope, Send
+from zerogate.net import headers as header_rules
+from zerogate.net.asgi import Headers, Receive, Scope, Send
 
 MAX_FORM_BYTES = 64 * 1024
+_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f#]")
 
 
 class BadRequest(Exception):
@@ -62,56 +67,6 @@ def cookies(scope: Scope) -> dict[str, str]:
     for name in repeated:
         del jar[name]
     return jar
-
-
-#: the name prefix of zerogate's cookies under TLS: the browser keeps such a cookie only when
-#: it is Secure, host-only and ``Path=/``, so no sibling host and no plain-HTTP page can set one
-HOST_PREFIX = "__Host-"
-
-
-def cookie_name(name: str, *, secure: bool) -> str:
-    """The name a zerogate cookie has on the wire: ``__Host-`` + ``name`` under TLS."""
-    return HOST_PREFIX + name if secure else name
-
-
-def cookie(scope: Scope, name: str, *, secure: bool) -> str | None:
-    """One of zerogate's cookies (``name`` as :func:`set_cookie` was given it, the same
-    ``secure``): ``None`` when absent or sent more than once."""
-    return cookies(scope).get(cookie_name(name, secure=secure))
-
-
-def set_cookie(
-    name: str,
-    value: str,
-    *,
-    max_age: int | None = None,
-    path: str = "/",
-    secure: bool,
-    same_site: str = "Lax",
-) -> tuple[bytes, bytes]:
-    """A ``Set-Cookie`` header for one of zerogate's cookies: host-only (no ``Domain``),
-    HttpOnly, SameSite (Lax unless told); under TLS (``secure``) also ``Secure``, named
-    ``__Host-<name>`` and with ``Path=/`` (the prefix demands it; ``path`` applies otherwise).
-    Read it back with :func:`cookie` and the same ``secure``."""
-    jar: SimpleCookie = SimpleCookie()
-    if secure:
-        name = cookie_name(name, secure=True)
-        path = "/"
-    jar[name] = value
-    morsel = jar[name]
-    morsel["path"] = path or "/"
-    morsel["httponly"] = True
-    morsel["samesite"] = same_site
-    if secure:
-        morsel["secure"] = True
-    if max_age is not None:
-        morsel["max-age"] = max_age
-    return b"set-cookie", morsel.OutputString().encode("latin-1")
-
-
-def clear_cookie(name: str, *, path: str = "/", secure: bool) -> tuple[bytes, bytes]:
-    """Deletes a cookie :func:`set_cookie` set with the same ``path`` and ``secure``."""
-    return set_cookie(name, "", max_age=0, path=path, secure=secure)
 
 
 def wants_json(scope: Scope) -> bool:
@@ -221,3 +176,29 @@ async def redirect(
         content_type=b"text/plain",
         headers=[(b"location", location.encode("utf-8")), *headers],
     )
+
+
+def _percent_encode_non_ascii(raw: bytes) -> str:
+    return "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in raw)
+
+
+def request_target(path_qs: str | bytes) -> str | None:
+    """The origin-form target to send, or ``None`` when it cannot be forwarded safely.
+
+    Bytes (``scope["raw_path"]`` plus ``b"?" + query_string``) are sent exactly; bytes outside
+    ASCII (which HTTP does not allow there) are percent-encoded. A ``str`` is taken as text and
+    UTF-8 percent-encoded where it is not ASCII. A target that does not start with ``/`` or
+    holds spaces, control characters or ``#`` is refused (the caller answers 400).
+    """
+    if isinstance(path_qs, bytes):
+        try:
+            text = path_qs.decode("ascii")
+        except UnicodeDecodeError:
+            text = _percent_encode_non_ascii(path_qs)
+    elif path_qs.isascii():
+        text = path_qs
+    else:
+        text = _percent_encode_non_ascii(path_qs.encode("utf-8"))
+    if not text.startswith("/") or _UNSAFE_TARGET.search(text):
+        return None
+    return text

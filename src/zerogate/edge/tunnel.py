@@ -33,12 +33,12 @@ tunnel (``Sec-WebSocket-Extensions`` is not forwarded), so frames are plain.
 
 What the edge pipeline passes in is already decided and filtered: the tunnel's name (after the
 policy check), the original Host as ``authority``, the request target and the headers built by
-``zerogate.edge.headers.upstream_request_headers``. Errors before anything was sent to the client
+``zerogate.net.headers.upstream_request_headers``. Errors before anything was sent to the client
 are raised (:class:`TunnelUnavailable` → the pipeline's 502 page, :class:`TunnelRequestRefused`
 → 400/431); a failure after the response started leaves it unfinished so the server cuts the
 connection, as the origin proxy does.
 
-Only ``model`` and the tunnel core are imported (the architecture rule): credentials come
+Only ``net`` and the tunnel core are imported (the architecture rule): credentials come
 through the :class:`Authority` protocol, statuses leave as plain dataclasses.
 """
 
@@ -52,11 +52,11 @@ import os
 import secrets
 import ssl
 import tempfile
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Protocol, TypeAlias
+from typing import Any, Final, Protocol
 
 from wsproto.connection import Connection as WsConnection
 from wsproto.connection import ConnectionState as WsState
@@ -64,7 +64,12 @@ from wsproto.connection import ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from zerogate.identity.secret_hash import SecretKind, hash_secret
-from zerogate.model.objects import Application, Objects, Settings
+from zerogate.net import websocket
+from zerogate.net.asgi import Headers, Message, Receive, Scope, Send
+from zerogate.net.asgi import Message as AsgiMessage
+from zerogate.net.headers import is_zerogate_cookie
+from zerogate.net.http import request_target
+from zerogate.net.upstream import Outbound, UpstreamRefused, UpstreamUnavailable
 from zerogate.tunnel.protocol import (
     MAX_CONTROL_FRAME,
     BodyChunk,
@@ -98,21 +103,13 @@ __all__ = [
     "ConnectionStatus",
     "TunnelListener",
     "TunnelRequestRefused",
-    "TunnelRoutes",
     "TunnelStatus",
     "TunnelUnavailable",
-    "cert_hosts",
-    "listen_address",
     "server_ssl_context",
-    "token_edges",
 ]
 
 log = logging.getLogger("zerogate.tunnel")
 
-Scope: TypeAlias = MutableMapping[str, Any]
-AsgiMessage: TypeAlias = MutableMapping[str, Any]
-Receive: TypeAlias = Callable[[], Awaitable[AsgiMessage]]
-Send: TypeAlias = Callable[[AsgiMessage], Awaitable[None]]
 
 REGISTRATION_SECONDS: Final = 10.0
 """How long a new connection has for the TLS handshake, then again for its registration."""
@@ -195,16 +192,12 @@ class TunnelStatus:
         return sum(1 for c in self.connections if c.state == "ready")
 
 
-class TunnelUnavailable(Exception):
+class TunnelUnavailable(UpstreamUnavailable):
     """Nothing was sent to the client: no connector, or the request could not be delivered."""
 
 
-class TunnelRequestRefused(Exception):
+class TunnelRequestRefused(UpstreamRefused):
     """The request cannot be carried (bad header, header block too large); nothing was sent."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _StreamGone(Exception):
@@ -216,74 +209,75 @@ class _ClientGone(Exception):
 
 
 # --------------------------------------------------------------------------------------------
-# Routing and addresses (pure)
+# What goes into a stream
 # --------------------------------------------------------------------------------------------
 
 
-class TunnelRoutes:
-    """Which tunnel an application's requests go to: built once per configuration version.
+def _outbound(out: Outbound, scope: Scope) -> tuple[str, str, str, str, Headers]:
+    """``(tunnel, authority, scheme, path, headers)`` of a request for a stream; a target that
+    cannot be forwarded is refused (400)."""
+    path = request_target(out.path_qs)
+    if path is None:
+        raise TunnelRequestRefused(400, "the request target cannot be forwarded")
+    ws = scope["type"] == "websocket"
+    headers = tunnel_content_length(out.headers, scope["headers"], websocket=ws)
+    return out.to, out.authority, out.scheme, path, headers
 
-    An application reaches a tunnel only when its host is among the tunnel's ``routes``: with
-    ``tunnel: NAME`` (the model refuses a host that NAME does not route), or with neither
-    ``origin`` nor ``tunnel`` when a tunnel routes its host. Anything else has no tunnel, so a
-    connector never gets a request for a hostname not routed to it.
+
+def without_zerogate_set_cookies(send: Send) -> Send:
+    """``send`` with every ``Set-Cookie`` for one of zerogate's cookie names taken out of the
+    response head (a connector's answer; ``proxy`` filters an origin's the same way)."""
+
+    async def filtered(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = message.get("headers") or []
+            if any(k.lower() == b"set-cookie" and is_zerogate_cookie(v) for k, v in headers):
+                message = {
+                    **message,
+                    "headers": [
+                        (k, v)
+                        for k, v in headers
+                        if not (k.lower() == b"set-cookie" and is_zerogate_cookie(v))
+                    ],
+                }
+        await send(message)
+
+    return filtered
+
+
+def tunnel_content_length(headers: Headers, client: Headers, *, websocket: bool) -> Headers:
+    """The request headers for a tunnel stream with at most one plain ``content-length``.
+
+    HTTP/2 holds a stream's DATA to its ``content-length``: a value it cannot parse (``5, 5``),
+    two different ones, or one the body does not match is a *connection* error at the
+    connector, which would end every other request on that connection. So the length goes only
+    when it is the body's framing: one decimal value (repeats of it allowed), not on a
+    WebSocket (its frames follow the upgrade) and not next to a ``Transfer-Encoding`` (the
+    server framed the body by chunks). Without it the connector streams the body chunked.
     """
-
-    __slots__ = ("_by_host",)
-
-    def __init__(self, objects: Objects) -> None:
-        by_host: dict[str, str] = {}
-        for tunnel in objects.tunnels:
-            for host in tunnel.routes:
-                by_host.setdefault(host.lower(), tunnel.name)
-        self._by_host = by_host
-
-    def tunnel_for(self, app: Application) -> str | None:
-        if app.origin is not None:
-            return None
-        routed = self._by_host.get(app.host.lower())
-        if routed is None:
-            return None
-        if app.tunnel is not None and app.tunnel != routed:
-            return None
-        return routed
-
-
-def _split_host_port(address: str) -> tuple[str, int | None]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or (host.count(":") and not host.startswith("[")):
-        return address.strip("[]"), None
-    return host.strip("[]"), int(port)
+    values = [
+        part.strip()
+        for key, value in headers
+        if key == b"content-length"
+        for part in value.split(b",")
+    ]
+    if not values:
+        return headers
+    rest = [(k, v) for k, v in headers if k != b"content-length"]
+    chunked = any(k.lower() == b"transfer-encoding" for k, _ in client)
+    if (
+        websocket
+        or chunked
+        or not all(v.isdigit() for v in values)
+        or len(set(map(int, values))) != 1
+    ):
+        return rest
+    return [*rest, (b"content-length", str(int(values[0])).encode())]
 
 
-def listen_address(settings: Settings) -> tuple[str, int]:
-    """``listen.tunnel`` as (host, port) for ``asyncio.start_server``."""
-    host, port = _split_host_port(settings.listen.tunnel)
-    return host or "0.0.0.0", port or 7844  # noqa: S104 - the operator chose where to listen
-
-
-def _portal_host(settings: Settings) -> str:
-    return _split_host_port(settings.portal)[0]
-
-
-def cert_hosts(settings: Settings) -> list[str]:
-    """The names the generated listener certificate is made for."""
-    host, _ = listen_address(settings)
-    hosts = [_portal_host(settings)]
-    if host not in ("0.0.0.0", "::", ""):  # noqa: S104 - compared, not bound
-        hosts.append(host)
-    hosts += ["localhost", "127.0.0.1"]
-    return list(dict.fromkeys(hosts))
-
-
-def token_edges(settings: Settings) -> list[str]:
-    """The edge address a new connector token names: ``listen.tunnel``, or the portal's host
-    with the tunnel port when the listener binds every address."""
-    host, port = listen_address(settings)
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - compared, not bound
-        host = _portal_host(settings)
-    shown = f"[{host}]" if ":" in host else host
-    return [f"{shown}:{port}"]
+# --------------------------------------------------------------------------------------------
+# TLS
+# --------------------------------------------------------------------------------------------
 
 
 def server_ssl_context(
@@ -929,23 +923,15 @@ class TunnelListener:
 
     # -- forwarding -------------------------------------------------------------------------
 
-    async def forward_http(
-        self,
-        tunnel: str,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        *,
-        authority: str,
-        path: str,
-        scheme: str,
-        headers: Iterable[Header],
-    ) -> int:
-        """Relay one HTTP exchange through ``tunnel``; the status sent (499: client left).
+    async def forward_http(self, scope: Scope, receive: Receive, send: Send, out: Outbound) -> int:
+        """Relay one HTTP exchange through the tunnel ``out.to``; the status sent (499: the
+        client left). The :class:`~zerogate.net.upstream.Upstream` of tunnelled applications.
 
         Raises :class:`TunnelUnavailable` or :class:`TunnelRequestRefused` when nothing was
         sent to the client.
         """
+        tunnel, authority, scheme, path, headers = _outbound(out, scope)
+        send = without_zerogate_set_cookies(send)
         first = await receive()
         if first["type"] == "http.disconnect":
             return CLIENT_CLOSED
@@ -1058,22 +1044,15 @@ class TunnelListener:
             await pump
 
     async def forward_websocket(
-        self,
-        tunnel: str,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        *,
-        authority: str,
-        path: str,
-        scheme: str,
-        headers: Iterable[Header],
+        self, scope: Scope, receive: Receive, send: Send, out: Outbound
     ) -> None:
-        """Relay one WebSocket session through ``tunnel`` as an extended CONNECT stream.
+        """Relay one WebSocket session through the tunnel ``out.to`` as an extended CONNECT
+        stream.
 
         Raises :class:`TunnelUnavailable` / :class:`TunnelRequestRefused` before the client was
         accepted (the caller closes it); the connector's refusal (its status) is passed on.
         """
+        tunnel, authority, scheme, path, headers = _outbound(out, scope)
         message = await receive()
         if message["type"] != "websocket.connect":
             return
@@ -1124,30 +1103,12 @@ class TunnelListener:
 
 
 async def _reject_websocket(scope: Scope, send: Send, status: int) -> None:
-    if "websocket.http.response" in (scope.get("extensions") or {}):
-        body = f"{status}: the application refused the WebSocket\n".encode()
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
-        return
-    await send({"type": "websocket.close", "code": 1011})
-
-
-def _close_code(code: object, fallback: int) -> int:
-    """A close code that may appear in a close frame (RFC 6455 §7.4), else ``fallback``."""
-    if isinstance(code, int) and (
-        1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
-    ):
-        return code
-    return fallback
+    body = f"{status}: the application refused the WebSocket\n".encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await websocket.reject(scope, send, status, headers, body)
 
 
 async def _relay_websocket(conn: _Connection, st: _Stream, receive: Receive, send: Send) -> None:
@@ -1166,10 +1127,7 @@ async def _relay_websocket(conn: _Connection, st: _Stream, receive: Receive, sen
                 )
                 await conn.write(st, frame)
             elif kind == "websocket.disconnect":
-                code = message.get("code", 1005)
-                code = _close_code(code, 1000 if code == 1005 else 1001)
-                reason = str(message.get("reason") or "")
-                reason = reason.encode()[:123].decode("utf-8", "ignore")
+                code, reason = websocket.client_close(message)
                 if ws.state is WsState.OPEN:
                     await conn.write(st, ws.send(CloseConnection(code, reason)), end=True)
                 return
@@ -1203,7 +1161,7 @@ async def _relay_websocket(conn: _Connection, st: _Stream, receive: Receive, sen
                 elif isinstance(event, CloseConnection):
                     if ws.state is WsState.REMOTE_CLOSING:
                         await conn.write(st, ws.send(event.response()), end=True)
-                    return _close_code(event.code, 1000), event.reason or ""
+                    return websocket.sendable_close_code(event.code, 1000), event.reason or ""
             conn.ack(st, len(item))
 
     from_client = asyncio.ensure_future(client_to_origin())

@@ -34,7 +34,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple, TypeAlias
 
-from zerogate.edge.asgi_types import Headers
+from zerogate.net.asgi import Headers
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network

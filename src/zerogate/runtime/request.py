@@ -1,0 +1,88 @@
+"""What a request says about itself before anything is decided: host, path, client, scheme.
+
+Shared by every surface on the HTTP side (edge, portal, admin front door), so none has to
+import another. The client's address is resolved by :func:`zerogate.net.headers.resolve_client`
+against the configured trusted proxies (the only place trust in client headers is decided).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import quote
+
+from zerogate.net import http
+from zerogate.net.asgi import Scope
+from zerogate.net.headers import IPNetwork, ResolvedClient, resolve_client
+from zerogate.policy.engine import Snapshot
+
+#: a Host header: a DNS name, an IPv4 address or a bracketed IPv6 address, then maybe :port
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
+    r"[A-Za-z0-9])?)*\.?|\[[0-9A-Fa-f:.]+\])(?::(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}"
+    r"|[1-5]\d{4}|[1-9]\d{0,3}))?"
+)
+
+
+class _Trust(Protocol):
+    @property
+    def trusted(self) -> Sequence[IPNetwork]: ...
+
+    @property
+    def scheme(self) -> str: ...
+
+
+class _HasRuntime(Protocol):
+    @property
+    def runtime(self) -> _Trust: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the pipeline learnt about a request before deciding."""
+
+    host_header: str
+    host: str
+    raw_path: str
+    query: str
+    client: ResolvedClient
+    scheme: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host_header}{self.raw_path}" + (
+            f"?{self.query}" if self.query else ""
+        )
+
+
+def raw_path_of(scope: Scope) -> str:
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes) and raw:
+        return raw.decode("latin-1").split("?", 1)[0]
+    return quote(scope.get("path", "/"), safe="/%:@!$&'()*+,;=~-._")
+
+
+def describe_request(scope: Scope, svc: _HasRuntime) -> Request:
+    """Host, path and client of a request; raises ``http.BadRequest`` when they are unusable."""
+    rt = svc.runtime
+    host_value = http.header(scope, b"host")
+    if host_value is None:
+        raise http.BadRequest("the request has no Host header")
+    host_header = host_value.decode("latin-1").strip()
+    if not _HOST.fullmatch(host_header):
+        raise http.BadRequest("the Host header is not a host name")
+    client_addr = scope.get("client") or ("", 0)
+    client = resolve_client(str(client_addr[0]), scope["headers"], rt.trusted)
+    scheme = rt.scheme
+    if client.peer_trusted and client.proto:
+        scheme = client.proto
+    return Request(
+        host_header=host_header,
+        host=Snapshot.normalise_host(host_header),
+        raw_path=raw_path_of(scope),
+        query=scope.get("query_string", b"").decode("latin-1"),
+        client=client,
+        scheme=scheme,
+    )
