@@ -30,7 +30,7 @@ from zerogate.identity import Claims
 from zerogate.model.objects import ADMIN_APPLICATION
 from zerogate.policy import Context, Identity, Snapshot
 from zerogate.portal.admin_login import ADMIN_LOGIN_PATH, admin_login_url, admin_return
-from zerogate.portal.handlers import portal_session
+from zerogate.portal.session import portal_session
 from zerogate.services import Services
 
 #: the built-in application whose one allow policy is the ``admins`` list (access-log name)

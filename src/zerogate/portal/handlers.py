@@ -14,7 +14,8 @@ Flow (SPEC "One-time PIN", "HTTP contract"):
 
 Forms carry a CSRF token equal to a cookie set when the form was shown (double submit).
 OpenID Connect login (the provider buttons, ``/.zerogate/oidc/NAME/start`` and ``/callback``)
-lives in ``portal/oidc.py``; this module routes to it and offers its buttons.
+lives in ``portal/oidc.py``; this module routes to it and offers its buttons. The session both
+set, and the hand-over that ends both, live in ``portal/session.py``.
 
 The admin panel and API log in here too, as the built-in application ``zerogate-admin``
 (``Snapshot.application`` finds it by the flow's name): the same pages, methods and PIN rule;
@@ -28,28 +29,23 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from zerogate.edge import http
 from zerogate.edge.asgi_types import Receive, Scope, Send
 from zerogate.edge.flow import Flow, FlowError, open_flow
 from zerogate.edge.pipeline import (
-    CODE_SECONDS,
     Request,
-    code_hash,
     logout_page,
     logout_token,
     logout_token_ok,
     secure_cookies,
 )
 from zerogate.identity import (
-    Claims,
     PinOutcome,
     PinRecord,
-    TokenError,
     browser_binding,
     check_pin,
     decoy,
@@ -62,13 +58,18 @@ from zerogate.model.values import EmailRefused, check_email
 from zerogate.policy import Context, Identity
 from zerogate.policy.engine import CompiledApp
 from zerogate.portal import oidc as oidc_login
-from zerogate.portal.admin_login import admin_return, is_admin_app
+from zerogate.portal.session import (
+    PORTAL_COOKIE,
+    hand_over,
+    portal_session,
+    session_cookie,
+    session_seconds,
+)
 from zerogate.runtime import PORTAL_AUDIENCE, Runtime
 from zerogate.services import Services
 
 log = logging.getLogger("zerogate.portal")
 
-PORTAL_COOKIE = "__zg_portal"
 CSRF_COOKIE = "__zg_csrf"
 #: a random value per browser, set when it asks for a PIN; the PIN record keeps its HMAC, and
 #: only that browser can use the PIN (typed or through the emailed link)
@@ -174,21 +175,6 @@ async def metrics(scope: Scope, send: Send, svc: Services, req: Request) -> None
     svc.metrics.config_version.set(svc.runtime.version.config_version)
     body, content_type = svc.metrics.render(http.header_text(scope, b"accept") or None)
     await http.respond(send, 200, body, content_type=content_type.encode())
-
-
-def portal_session(scope: Scope, svc: Services) -> Claims | None:
-    """The verified, unrevoked portal session (``None`` when absent, repeated or invalid)."""
-    rt = svc.runtime
-    token = http.cookie(scope, PORTAL_COOKIE, secure=secure_cookies(rt))
-    if not token:
-        return None
-    try:
-        claims = rt.verifier("portal").verify(token, PORTAL_AUDIENCE, now=time.time())
-    except TokenError:
-        return None
-    if rt.is_revoked(claims.email, claims.iat):
-        return None
-    return claims
 
 
 def _flow(svc: Services, blob: str) -> tuple[Flow, CompiledApp]:
@@ -303,42 +289,6 @@ def login_methods(scope: Scope, svc: Services, app: CompiledApp, flow_blob: str)
         "otp_last": otp is not None and otp.name == last,
         "oidc": buttons,
     }
-
-
-async def hand_over(
-    send: Send,
-    svc: Services,
-    flow: Flow,
-    app: CompiledApp,
-    email: str,
-    idp: str,
-    groups: list[str],
-    amr: list[str],
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    """A one-time code for the application, then off to its ``/.zerogate/authorized``; for
-    the built-in admin application (on this very host, whose session the portal cookie is),
-    straight back to the admin page asked for."""
-    if is_admin_app(app):
-        await http.redirect(send, admin_return(flow.rd), headers or [])
-        return
-    code = secrets.token_urlsafe(32)
-    await svc.runtime.store.put_code(
-        code_hash(code),
-        {
-            "app": app.name,
-            "email": email,
-            "idp": idp,
-            "groups": groups,
-            "amr": amr,
-            "state": flow.state_hash,
-            "rd": flow.rd,
-        },
-        expires_at=datetime.now(UTC) + timedelta(seconds=CODE_SECONDS),
-    )
-    parts = urlsplit(flow.rd)
-    target = f"{parts.scheme}://{parts.netloc}/.zerogate/authorized?" + urlencode({"code": code})
-    await http.redirect(send, target, headers or [])
 
 
 def typed_email(text: str) -> str:
@@ -616,20 +566,12 @@ async def otp_verify(
         email=email,
         sub=email,
         idp=otp.name,
-        ttl_seconds=_global_session(svc),
+        ttl_seconds=session_seconds(svc),
         now=now,
     )
-    cookie = http.set_cookie(
-        PORTAL_COOKIE, portal_token, max_age=_global_session(svc), secure=secure_cookies(rt)
-    )
+    cookie = session_cookie(svc, portal_token)
     last = oidc_login.last_method_cookie(svc, otp.name)
     await hand_over(send, svc, flow, app, email, otp.name, [], [], [cookie, last])
-
-
-def _global_session(svc: Services) -> int:
-    from zerogate.model.values import parse_duration
-
-    return int(parse_duration(svc.runtime.settings.session_duration).total_seconds())
 
 
 async def logout(scope: Scope, receive: Receive, send: Send, svc: Services, req: Request) -> None:

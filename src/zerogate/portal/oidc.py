@@ -49,8 +49,9 @@ from zerogate.identity.oidc import (
 )
 from zerogate.identity.otp import Limit, ip_key
 from zerogate.model.objects import OidcProvider
-from zerogate.model.values import check_email, parse_duration
+from zerogate.model.values import check_email
 from zerogate.policy.engine import CompiledApp
+from zerogate.portal.session import hand_over, session_cookie, session_seconds
 from zerogate.runtime import PORTAL_AUDIENCE
 from zerogate.services import Services
 
@@ -549,9 +550,6 @@ async def _signed_in(
     app: CompiledApp,
 ) -> None:
     """The portal session, the access-log record, the hand-over to the application."""
-    # handlers routes to this module, so it is imported here, not at the top
-    from zerogate.portal.handlers import PORTAL_COOKIE, hand_over
-
     rt = svc.runtime
     try:
         email = check_email(identity.email)
@@ -564,7 +562,6 @@ async def _signed_in(
             app=app.name,
         ) from None
     now = time.time()
-    ttl = int(parse_duration(rt.settings.session_duration).total_seconds())
     token = issue_portal_token(
         rt.keyset,
         issuer=rt.issuer,
@@ -574,7 +571,7 @@ async def _signed_in(
         idp=idp.name,
         groups=list(identity.groups),
         amr=list(identity.amr),
-        ttl_seconds=ttl,
+        ttl_seconds=session_seconds(svc),
         now=now,
         extra={"idp_sub": identity.sub},
     )
@@ -599,7 +596,7 @@ async def _signed_in(
         list(identity.groups),
         list(identity.amr),
         [
-            http.set_cookie(PORTAL_COOKIE, token, max_age=ttl, secure=secure_cookies(rt)),
+            session_cookie(svc, token),
             last_method_cookie(svc, idp.name),
         ],
     )
