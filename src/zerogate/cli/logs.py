@@ -1,7 +1,7 @@
 """``zerogate logs``: the access log (logins and requests) or, with ``--admin``, the admin audit
 log (every change to the configured objects), newest first.
 
-Registered on the main app by importing this module (see the bottom of ``main``).
+Registered on the main app by ``cli/main.py``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from zerogate.cli.main import JsonOption, OptionalConfig, app, fail, out, print_json
-from zerogate.cli.tokens import iso, when, with_store
+from zerogate.cli.helpers import (
+    JsonOption,
+    OptionalConfig,
+    fail,
+    iso,
+    out,
+    print_json,
+    when,
+    with_store,
+)
 
 if TYPE_CHECKING:
     from zerogate.store import AccessEvent, AdminLogEntry, Store
@@ -201,6 +209,3 @@ def logs_command(
         out.print(_access_table(events))
     else:
         out.print("No access-log entries match.")
-
-
-app.command("logs")(logs_command)
