@@ -19,7 +19,8 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 
 from zerogate.admin import panel_forms as forms
-from zerogate.admin.panel import create_panel, parse_since
+from zerogate.admin.panel import create_panel
+from zerogate.admin.panel.logs import parse_since
 from zerogate.admin.principal import SCOPE_KEY, Principal
 from zerogate.admin.service import Actor, AdminService, split_api_token
 from zerogate.identity.oidc import FetchError, HttpRequest, HttpResponse
