@@ -37,24 +37,13 @@ VALUE_CHARS = 32
 
 
 def parse_since(text: str, now: datetime) -> datetime:
-    """``1h``/``30m``/``7d`` ago, or an ISO 8601 date or time (UTC unless it says otherwise)."""
-    from zerogate.model.values import parse_duration
+    """``--since``: ``model.values.parse_since``, or the message and exit 2."""
+    from zerogate.model.values import parse_since as since
 
-    value = text.strip()
     try:
-        return now - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        fail(
-            f"--since: {escape(repr(text))} is neither a duration (30m, 1h, 7d) nor a time "
-            "(2025-01-31, 2025-01-31T12:00:00Z)"
-        )
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment
+        return since(text, now)
+    except ValueError as exc:
+        fail(f"--since: {escape(str(exc))}")
 
 
 def _short(value: Any) -> str:

@@ -9,26 +9,10 @@ from starlette.responses import Response
 
 from zerogate.admin import panel_forms as forms
 from zerogate.admin.panel.base import PanelBase
-from zerogate.model.values import parse_duration
+from zerogate.model.values import parse_since
 
 LOG_LIMIT = 200
 LOG_DECISIONS = ("allow", "block", "pin sent", "logout")
-
-
-def parse_since(text: str, now: datetime) -> datetime:
-    """``30m``/``24h``/``7d`` ago, or an ISO date or time (UTC unless it says otherwise)."""
-    value = text.strip()
-    try:
-        return now - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is neither a duration (30m, 24h, 7d) nor a time (2025-01-31T12:00)"
-        ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class LogViews(PanelBase):
