@@ -19,13 +19,14 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 
 from zerogate.admin import panel_forms as forms
-from zerogate.admin.panel import create_panel, parse_since
+from zerogate.admin.panel import create_panel
 from zerogate.admin.principal import SCOPE_KEY, Principal
 from zerogate.admin.service import Actor, AdminService, split_api_token
 from zerogate.identity.oidc import FetchError, HttpRequest, HttpResponse
 from zerogate.identity.secret_hash import SecretKind, hash_secret, secret_matches
 from zerogate.model.loader import Problem, validate_objects
 from zerogate.model.objects import Settings
+from zerogate.model.values import parse_since
 from zerogate.store import AccessEvent, Store, storage_url
 from zerogate.tunnel import token as tunnel_token
 

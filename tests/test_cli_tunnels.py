@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from zerogate.cli.main import UserError
+from zerogate.cli.helpers import UserError
 from zerogate.cli.tunnels import _apply, _object, _tunnel_doc, _with_tunnels
 from zerogate.identity.secret_hash import SecretKind, hash_secret
 from zerogate.store import Store, TunnelConnection, storage_url

@@ -6,7 +6,7 @@ The same code as the API's ``/api/v1/api-tokens`` (``AdminService``): a token is
 recorded in the admin log as ``cli:<login name>``. Running servers see a revocation on the
 token's next request (every request looks the token up).
 
-Registered on the main app by importing this module (see the bottom of ``main``).
+Registered on the main app by ``cli/main.py``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from zerogate.cli.main import JsonOption, OptionalConfig, UserError, app, out, print_json
-from zerogate.cli.tokens import actor, iso, when, with_store
+from zerogate.cli.helpers import (
+    JsonOption,
+    OptionalConfig,
+    UserError,
+    actor,
+    iso,
+    out,
+    print_json,
+    when,
+    with_store,
+)
 
 if TYPE_CHECKING:
     from zerogate.store import ApiToken, Store
@@ -151,6 +160,3 @@ def api_token_revoke(
         print_json({"name": name, "revoked": True})
         return
     out.print(f"[green]API token {escape(name)} revoked.[/green]")
-
-
-app.add_typer(api_token_app, name="api-token")

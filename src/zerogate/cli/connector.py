@@ -4,7 +4,7 @@ Everything the user can get wrong (token, edge addresses, ingress file, CA file,
 address, durations) is checked before any connection is made and reported as one line per
 problem on stderr with exit code 2. Logs are structlog lines on stderr.
 
-Registered on the main app in ``zerogate.cli.main``.
+Registered on the main app by ``cli/main.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import typer
 from rich.markup import escape
 
 from zerogate import logsetup
-from zerogate.cli.main import fail
+from zerogate.cli.helpers import fail
 
 connector_app: typer.Typer = typer.Typer(
     help="The connector: serve a tunnel's hostnames from next to the origins.",

@@ -1,7 +1,7 @@
 """``zerogate logs``: the access log (logins and requests) or, with ``--admin``, the admin audit
 log (every change to the configured objects), newest first.
 
-Registered on the main app by importing this module (see the bottom of ``main``).
+Registered on the main app by ``cli/main.py``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from zerogate.cli.main import JsonOption, OptionalConfig, app, fail, out, print_json
-from zerogate.cli.tokens import iso, when, with_store
+from zerogate.cli.helpers import (
+    JsonOption,
+    OptionalConfig,
+    fail,
+    iso,
+    out,
+    print_json,
+    when,
+    with_store,
+)
 
 if TYPE_CHECKING:
     from zerogate.store import AccessEvent, AdminLogEntry, Store
@@ -29,24 +37,13 @@ VALUE_CHARS = 32
 
 
 def parse_since(text: str, now: datetime) -> datetime:
-    """``1h``/``30m``/``7d`` ago, or an ISO 8601 date or time (UTC unless it says otherwise)."""
-    from zerogate.model.values import parse_duration
+    """``--since``: ``model.values.parse_since``, or the message and exit 2."""
+    from zerogate.model.values import parse_since as since
 
-    value = text.strip()
     try:
-        return now - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        fail(
-            f"--since: {escape(repr(text))} is neither a duration (30m, 1h, 7d) nor a time "
-            "(2025-01-31, 2025-01-31T12:00:00Z)"
-        )
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment
+        return since(text, now)
+    except ValueError as exc:
+        fail(f"--since: {escape(str(exc))}")
 
 
 def _short(value: Any) -> str:
@@ -201,6 +198,3 @@ def logs_command(
         out.print(_access_table(events))
     else:
         out.print("No access-log entries match.")
-
-
-app.command("logs")(logs_command)

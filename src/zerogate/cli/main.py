@@ -7,23 +7,31 @@ never a traceback; an environment error (store unreachable) exits with code 1.
 
 from __future__ import annotations
 
-import asyncio
-import getpass
-import json
 import sys
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
 from zerogate import __version__
-from zerogate.model import ConfigError, Loaded, Problem, load_file
-from zerogate.model.objects import ConfigFile, Objects, Settings
+from zerogate.cli import api_tokens, connector, logs, tokens, tunnels
+from zerogate.cli.helpers import (
+    ConfigOption,
+    JsonOption,
+    OptionalConfig,
+    actor,
+    err,
+    fail,
+    load_config,
+    out,
+    print_json,
+    run,
+    store_url,
+)
+from zerogate.model.objects import Objects, Settings
 
 app = typer.Typer(
     name="zerogate",
@@ -34,82 +42,6 @@ app = typer.Typer(
 )
 policy_app = typer.Typer(help="Ask the policy engine.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-T = TypeVar("T")
-
-ConfigOption = Annotated[
-    Path, typer.Option("-c", "--config", help="The configuration file (YAML).", show_default=False)
-]
-OptionalConfig = Annotated[
-    Path | None,
-    typer.Option("-c", "--config", help="The configuration file; its `storage` is used."),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line per message, exit code 2."""
-
-    def __init__(self, *messages: str) -> None:
-        self.messages = list(messages)
-        super().__init__("; ".join(messages))
-
-
-def fail(*messages: str, code: int = 2) -> NoReturn:
-    for message in messages:
-        err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-    raise typer.Exit(code)
-
-
-def _problem_text(problem: Problem | str) -> str:
-    return str(problem).replace("[", "\\[")
-
-
-def load_config(path: Path) -> Loaded:
-    """Load and validate a file; exits 2 with every problem on stderr when invalid."""
-    try:
-        loaded = load_file(path)
-    except ConfigError as exc:
-        for line in exc.lines():
-            err.print(f"[red]error:[/red] {_problem_text(line)}")
-        n = len(exc.problems)
-        err.print(f"[red]{path}: {n} problem{'s' if n != 1 else ''}; nothing was applied[/red]")
-        raise typer.Exit(2) from None
-    for warning in loaded.warnings:
-        err.print(f"[yellow]warning:[/yellow] {_problem_text(warning)}")
-    return loaded
-
-
-def run(coro: Callable[[], Awaitable[T]]) -> T:
-    """Run an async part, turning store failures into a clear message (exit 1)."""
-    from zerogate.store import StoreError
-
-    async def main() -> T:
-        return await coro()
-
-    try:
-        return asyncio.run(main())
-    except StoreError as exc:
-        fail(str(exc), code=1)
-    except UserError as exc:
-        fail(*exc.messages)
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def _store_url(config: ConfigFile | None, path: Path | None) -> str:
-    from zerogate.store import storage_url
-
-    setting = config.storage if config is not None else None
-    try:
-        return storage_url(setting, base_dir=path.parent if path is not None else None)
-    except ValueError as exc:
-        raise UserError(f"storage: {exc}") from None
 
 
 def _counts(objects: Objects) -> dict[str, int]:
@@ -195,7 +127,7 @@ def apply(
 ) -> None:
     """Show the plan for a configuration file and apply it to the store in one transaction."""
     loaded = load_config(config)
-    url = _store_url(loaded.config, config)
+    url = store_url(loaded.config, config)
     objects = loaded.config.objects()
 
     async def go() -> Any:
@@ -205,7 +137,7 @@ def apply(
         try:
             if dry_run:
                 return await store.plan(objects)
-            return await store.apply(objects, actor=f"cli:{getpass.getuser()}", source="cli")
+            return await store.apply(objects, actor=actor(), source="cli")
         finally:
             await store.close()
 
@@ -239,7 +171,7 @@ def export(
     from zerogate.model.dump import dump_yaml, objects_document
 
     settings = load_config(config).config if config is not None else None
-    url = _store_url(settings, config)
+    url = store_url(settings, config)
 
     async def go() -> tuple[Objects, int]:
         from zerogate.store import Store
@@ -422,7 +354,7 @@ def server(
 
     loaded = load_config(config) if config is not None else None
     settings = loaded.config.settings() if loaded is not None else Settings()
-    url = _store_url(loaded.config if loaded else None, config)
+    url = store_url(loaded.config if loaded else None, config)
     if apply_first and loaded is not None:
         objects = loaded.config.objects()
 
@@ -431,7 +363,7 @@ def server(
 
             store = await Store.open(url)
             try:
-                return await store.apply(objects, actor=f"cli:{getpass.getuser()}", source="cli")
+                return await store.apply(objects, actor=actor(), source="cli")
             finally:
                 await store.close()
 
@@ -452,17 +384,19 @@ def version() -> None:
     out.print(__version__)
 
 
+# ---------------------------------------------------------------- commands in their own modules
+
+app.add_typer(tokens.service_token_app, name="service-token")
+app.add_typer(tokens.keys_app, name="keys")
+app.add_typer(api_tokens.api_token_app, name="api-token")
+app.command("logs")(logs.logs_command)
+app.add_typer(tunnels.tunnel_app, name="tunnel")
+app.add_typer(connector.connector_app, name="connector")
+
+
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
-
-
-# commands in their own modules register themselves on ``app`` (they import this module's
-# helpers, so they are imported last)
-from zerogate.cli import api_tokens, logs, tokens, tunnels  # noqa: E402, F401
-from zerogate.cli.connector import connector_app  # noqa: E402
-
-app.add_typer(connector_app, name="connector")

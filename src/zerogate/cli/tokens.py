@@ -6,42 +6,43 @@ secret, runtime state). ``create`` adds the object when it is missing, then make
 and prints the secret once; ``rotate`` replaces client id and secret; ``delete`` removes both.
 Running servers notice a change within about a second (they poll the store).
 
-Registered on the main app by importing this module (see the bottom of ``main``).
+Registered on the main app by ``cli/main.py``.
 """
 
 from __future__ import annotations
 
-import getpass
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from zerogate.cli.main import (
+from zerogate.cli.helpers import (
     JsonOption,
     OptionalConfig,
     UserError,
-    _store_url,
-    app,
+    actor,
+    check_name,
     err,
     fail,
+    iso,
     load_config,
     out,
     print_json,
-    run,
+    show_deleted,
+    user_errors,
+    when,
+    with_objects,
+    with_store,
 )
 
 if TYPE_CHECKING:
-    from zerogate.model.objects import ConfigFile, Objects, ServiceToken, Tunnel
+    from zerogate.model.objects import ConfigFile, Objects
     from zerogate.store import ServiceCredential, Store
 
-T = TypeVar("T")
 
 CLIENT_ID_HEADER = "Zerogate-Client-Id"
 CLIENT_SECRET_HEADER = "Zerogate-Client-Secret"  # noqa: S105 - a header name
@@ -53,127 +54,6 @@ service_token_app = typer.Typer(
 keys_app = typer.Typer(help="The keys that sign session tokens.", no_args_is_help=True)
 
 NameArgument = Annotated[str, typer.Argument(help="The service token's name.", show_default=False)]
-
-
-# ---------------------------------------------------------------- shared helpers
-
-
-def actor() -> str:
-    """``cli:<login name>`` for the admin log."""
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
-        user = "unknown"
-    return f"cli:{user}"
-
-
-def iso(value: datetime | float | None) -> str | None:
-    """A UTC time as ISO 8601 (``2025-01-02T03:04:05Z``) for JSON."""
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        value = datetime.fromtimestamp(value, UTC)
-    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def when(value: datetime | float | None, *, seconds: bool = True, zone: bool = True) -> str:
-    """A UTC time for people: ``2025-01-02 03:04:05 UTC`` (``zone=False`` for a table whose
-    header says UTC)."""
-    if value is None:
-        return "—"
-    if not isinstance(value, datetime):
-        value = datetime.fromtimestamp(value, UTC)
-    text = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
-    return text + (" UTC" if zone else "")
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn a ``UserError`` raised outside ``run`` into the message and exit 2."""
-    try:
-        yield
-    except UserError as exc:
-        fail(*(escape(message) for message in exc.messages))
-
-
-def with_store(
-    config: Path | None,
-    work: Callable[[Store], Awaitable[T]],
-    *,
-    settings: ConfigFile | None = None,
-) -> T:
-    """Open the store named by ``config`` (or the default one), run ``work``, close it.
-    Store failures exit 1, ``UserError`` exits 2 (both via ``run``). ``settings``: the file,
-    when the caller has loaded it already."""
-    if settings is None and config is not None:
-        settings = load_config(config).config
-
-    async def go() -> T:
-        from zerogate.store import Store
-
-        store = await Store.open(_store_url(settings, config))
-        try:
-            return await work(store)
-        except UserError as exc:  # messages hold names the user typed: no rich markup
-            raise UserError(*(escape(message) for message in exc.messages)) from None
-        finally:
-            await store.close()
-
-    return run(go)
-
-
-def check_name(kind: type[ServiceToken] | type[Tunnel], name: str) -> str:
-    """``name`` as an object of ``kind`` takes it; a ``UserError`` about NAME when it can't."""
-    from pydantic import ValidationError
-
-    try:
-        return kind(name=name).name
-    except ValidationError as exc:
-        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise UserError(f"NAME {name!r}: {message}") from None
-
-
-def with_objects(objects: Objects, key: str, items: list[dict[str, Any]]) -> Objects:
-    """``objects`` with its list ``key`` (``service_tokens``, ``tunnels``) replaced by
-    ``items``, validated like a file (references too)."""
-    from zerogate.model import ConfigError
-    from zerogate.model.dump import objects_document
-    from zerogate.model.loader import validate_objects
-
-    document = objects_document(objects)
-    document[key] = items
-    try:
-        return validate_objects(document)
-    except ConfigError as exc:
-        raise UserError(*(str(problem) for problem in exc.problems)) from None
-
-
-def show_deleted(
-    what: str,
-    name: str,
-    deleted: tuple[bool, bool],
-    as_json: bool,
-    *,
-    revoked: str,
-    missing: str,
-) -> None:
-    """What ``delete`` removed: ``deleted`` is (the object, the credential). ``revoked`` says
-    what stopped working with the credential, ``missing`` what an object added back by
-    ``apply`` lacks."""
-    had_object, had_credential = deleted
-    if as_json:
-        print_json(
-            {"name": name, "deleted_object": had_object, "deleted_credential": had_credential}
-        )
-        return
-    out.print(f"[green]{what} {escape(name)} deleted.[/green]")
-    if had_credential:
-        out.print(revoked)
-    if had_object:
-        out.print(
-            "If a configuration file lists it, remove it there too, or the next "
-            f"`zerogate apply` adds it back (without {missing})."
-        )
 
 
 def _check_name(name: str) -> str:
@@ -590,7 +470,3 @@ def keys_secrets_key(
         f"{KEY_FILE_ENV}={escape(str(out_file))} for every zerogate process; keep a copy "
         "apart from the database backups: without it the stored secrets cannot be read."
     )
-
-
-app.add_typer(service_token_app, name="service-token")
-app.add_typer(keys_app, name="keys")

@@ -27,20 +27,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from zerogate.cli.main import (
+from zerogate.cli.helpers import (
     JsonOption,
     OptionalConfig,
     UserError,
-    app,
+    actor,
+    check_name,
     fail,
+    iso,
     load_config,
     out,
     print_json,
-)
-from zerogate.cli.tokens import (
-    actor,
-    check_name,
-    iso,
     show_deleted,
     user_errors,
     when,
@@ -458,6 +455,3 @@ def tunnel_token(
         else:
             out.print(f"[green]Tunnel {escape(name)} now has a connector token.[/green]")
     _show_token(issued, as_json, rotated=rotated)
-
-
-app.add_typer(tunnel_app, name="tunnel")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -244,3 +244,22 @@ def check_country(text: str) -> str:
     if value not in _countries():
         raise ValueError(f"{text!r} is not an ISO 3166-1 alpha-2 country code (e.g. DE, US)")
     return value
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """A log filter's start: a duration (``30m``, ``1h``, ``7d``) back from ``now``, or an ISO
+    8601 date or time (UTC unless it says otherwise). Used by ``zerogate logs`` and the admin
+    panel's access log."""
+    value = text.strip()
+    try:
+        return now - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a duration (30m, 1h, 7d) nor a time "
+            "(2025-01-31, 2025-01-31T12:00:00Z)"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

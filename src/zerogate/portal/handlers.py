@@ -14,7 +14,8 @@ Flow (ARCHITECTURE.md, "Flow of a request"):
 
 Forms carry a CSRF token equal to a cookie set when the form was shown (double submit).
 OpenID Connect login (the provider buttons, ``/.zerogate/oidc/NAME/start`` and ``/callback``)
-lives in ``portal/oidc.py``; this module routes to it and offers its buttons.
+lives in ``portal/oidc.py``; this module routes to it and offers its buttons. The session both
+set, and the hand-over that ends both, live in ``portal/session.py``.
 
 The admin panel and API log in here too, as the built-in application ``zerogate-admin``
 (``Snapshot.application`` finds it by the flow's name): the same pages, methods and PIN rule;
@@ -28,10 +29,11 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from functools import partial
 from ipaddress import ip_address
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from zerogate.identity import (
     PinOutcome,
@@ -43,10 +45,8 @@ from zerogate.identity import (
     issue_portal_token,
 )
 from zerogate.identity.flow import (
-    CODE_SECONDS,
     Flow,
     FlowError,
-    code_hash,
     logout_token,
     logout_token_ok,
     open_flow,
@@ -57,15 +57,20 @@ from zerogate.model.values import EmailRefused, check_email
 from zerogate.net import http
 from zerogate.net.asgi import Receive, Scope, Send
 from zerogate.policy import Context, Identity
-from zerogate.policy.engine import CompiledApp
+from zerogate.policy.engine import CompiledApp, Verdict
 from zerogate.portal import oidc as oidc_login
+from zerogate.portal.session import (
+    PORTAL_COOKIE,
+    hand_over,
+    portal_session,
+    session_cookie,
+    session_seconds,
+)
 from zerogate.runtime import PORTAL_AUDIENCE, Runtime, cookies
-from zerogate.runtime.admin_login import admin_return, is_admin_app
-from zerogate.runtime.cookies import PORTAL_COOKIE, secure_cookies
+from zerogate.runtime.cookies import secure_cookies
 from zerogate.runtime.pages import logout_page
 from zerogate.runtime.request import Request
 from zerogate.runtime.services import Services
-from zerogate.runtime.sessions import portal_session
 
 log = logging.getLogger("zerogate.portal")
 
@@ -292,42 +297,6 @@ def login_methods(scope: Scope, svc: Services, app: CompiledApp, flow_blob: str)
     }
 
 
-async def hand_over(
-    send: Send,
-    svc: Services,
-    flow: Flow,
-    app: CompiledApp,
-    email: str,
-    idp: str,
-    groups: list[str],
-    amr: list[str],
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    """A one-time code for the application, then off to its ``/.zerogate/authorized``; for
-    the built-in admin application (on this very host, whose session the portal cookie is),
-    straight back to the admin page asked for."""
-    if is_admin_app(app):
-        await http.redirect(send, admin_return(flow.rd), headers or [])
-        return
-    code = secrets.token_urlsafe(32)
-    await svc.runtime.store.put_code(
-        code_hash(code),
-        {
-            "app": app.name,
-            "email": email,
-            "idp": idp,
-            "groups": groups,
-            "amr": amr,
-            "state": flow.state_hash,
-            "rd": flow.rd,
-        },
-        expires_at=datetime.now(UTC) + timedelta(seconds=CODE_SECONDS),
-    )
-    parts = urlsplit(flow.rd)
-    target = f"{parts.scheme}://{parts.netloc}/.zerogate/authorized?" + urlencode({"code": code})
-    await http.redirect(send, target, headers or [])
-
-
 def typed_email(text: str) -> str:
     """The canonical address of what was typed into a form: surrounding ASCII spaces (which a
     browser's email field drops too) are ignored, then ``check_email``, which refuses anything
@@ -362,6 +331,8 @@ def _browser(scope: Scope, svc: Services) -> tuple[str, list[tuple[bytes, bytes]
 async def otp_start(
     scope: Scope, receive: Receive, send: Send, svc: Services, req: Request
 ) -> None:
+    """The email form's answer: a PIN for this browser, mailed after the page was sent, when
+    the address may log in; the same page and timing when it may not."""
     form = await http.read_form(scope, receive)
     _check_csrf(scope, form)
     flow_blob = form.get("flow", "")
@@ -370,23 +341,13 @@ async def otp_start(
     otp = rt.otp_provider(app)
     if otp is None:
         raise _Problem(400, "One-time PINs are not a login method of this application.")
+    again = partial(_login_again, send, svc, scope, app, flow_blob)
     try:
         email = typed_email(form.get("email", ""))
     except EmailRefused as exc:
         # depends only on the text typed: the same for every address, allowed or not
-        await _render(
-            send,
-            svc,
-            scope,
-            "login.html",
-            400,
-            title="Sign in",
-            app_name=app.name,
-            flow=flow_blob,
-            email=form.get("email", "")[:200],
-            error=f"Enter one email address, such as name@example.com: {exc.reason}.",
-            **login_methods(scope, svc, app, flow_blob),
-        )
+        error = f"Enter one email address, such as name@example.com: {exc.reason}."
+        await again(400, form.get("email", "")[:200], error)
         return
     now = time.time()
     ip = req.client.ip
@@ -395,38 +356,14 @@ async def otp_start(
     if svc.mail_unhealthy(now):
         # the SMTP server could not be used a moment ago: say so to whoever asks now (it is
         # the same for every address, so it reveals none)
-        await _render(
-            send,
-            svc,
-            scope,
-            "login.html",
-            503,
-            title="Sign in",
-            app_name=app.name,
-            flow=flow_blob,
-            email=email,
-            error="We cannot send email just now. Please try again in a minute.",
-            **login_methods(scope, svc, app, flow_blob),
-        )
+        await again(503, email, "We cannot send email just now. Please try again in a minute.")
         return
     limit = svc.pins.hit(email, ip, now)
     if not limit.allowed:
         record_login(decision="block", detail="pin rate limited")
         minutes = max(1, int(limit.retry_after // 60) + 1)
-        csrf, cookie = _csrf(scope)
-        page = svc.page(
-            "login.html",
-            title="Sign in",
-            app_name=app.name,
-            flow=flow_blob,
-            email=email,
-            csrf=csrf,
-            error=f"Too many codes requested. Try again in {minutes} minutes.",
-            **login_methods(scope, svc, app, flow_blob),
-        )
-        await http.respond_html(
-            send, 429, page, [*cookie, (b"retry-after", limit.retry_after_header.encode())]
-        )
+        error = f"Too many codes requested. Try again in {minutes} minutes."
+        await again(429, email, error, [(b"retry-after", limit.retry_after_header.encode())])
         return
     browser, browser_cookie = _browser(scope, svc)
     verdict = rt.snapshot.decide(app, Identity.of(email, otp.name), Context(ip=ip, country=country))
@@ -445,41 +382,82 @@ async def otp_start(
     if not allowed:
         record = decoy(record)
         record_login(decision="block", detail="no pin sent: no allow policy matches")
-
-    async def deliver() -> None:
-        """Store the record, then mail the PIN: after the page was sent, so the page and its
-        timing are the same whether or not this address may log in."""
-        await rt.store.put_pin(pin_store_key(email, app.name), record.to_dict())
-        if not allowed:
-            return
-        try:
-            await svc.mailer.send(message, email)
-        except MailError as exc:
-            if exc.server_down:
-                # nobody gets mail now: PIN requests say so for a minute
-                svc.mail_failed_at = time.time()
-            else:
-                # this address's own problem (refused, bounced): nobody else is affected
-                svc.mail_failed_at = None
-            log.warning("could not send the PIN email to %s: %s", email, exc)
-            record_login(decision="block", detail=f"pin email failed: {exc}")
-            return
-        svc.mail_failed_at = None
-        svc.metrics.pins_sent.inc()
-        record_login(decision="pin sent", policy=verdict.policy)
-
-    svc.spawn(deliver())
-    csrf, csrf_cookie = _csrf(scope)
-    page = svc.page(
+    svc.spawn(
+        _deliver_pin(
+            svc, pin_store_key(email, app.name), record, message, email, verdict, record_login
+        )
+    )
+    await _render(
+        send,
+        svc,
+        scope,
         "pin.html",
+        headers=browser_cookie,
         title="Check your email",
         app_name=app.name,
         flow=flow_blob,
         email=email,
-        csrf=csrf,
         error=None,
     )
-    await http.respond_html(send, 200, page, [*csrf_cookie, *browser_cookie])
+
+
+async def _login_again(
+    send: Send,
+    svc: Services,
+    scope: Scope,
+    app: CompiledApp,
+    flow_blob: str,
+    status: int,
+    email: str,
+    error: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """The login page again, with the address typed and why no PIN was sent."""
+    await _render(
+        send,
+        svc,
+        scope,
+        "login.html",
+        status,
+        headers=headers,
+        title="Sign in",
+        app_name=app.name,
+        flow=flow_blob,
+        email=email,
+        error=error,
+        **login_methods(scope, svc, app, flow_blob),
+    )
+
+
+async def _deliver_pin(
+    svc: Services,
+    key: str,
+    record: PinRecord,
+    message: EmailMessage,
+    email: str,
+    verdict: Verdict,
+    record_login: Callable[..., None],
+) -> None:
+    """Store the record, then mail the PIN: after the page was sent, so the page and its
+    timing are the same whether or not this address may log in (``verdict``)."""
+    await svc.runtime.store.put_pin(key, record.to_dict())
+    if verdict.decision != "allow":
+        return
+    try:
+        await svc.mailer.send(message, email)
+    except MailError as exc:
+        if exc.server_down:
+            # nobody gets mail now: PIN requests say so for a minute
+            svc.mail_failed_at = time.time()
+        else:
+            # this address's own problem (refused, bounced): nobody else is affected
+            svc.mail_failed_at = None
+        log.warning("could not send the PIN email to %s: %s", email, exc)
+        record_login(decision="block", detail=f"pin email failed: {exc}")
+        return
+    svc.mail_failed_at = None
+    svc.metrics.pins_sent.inc()
+    record_login(decision="pin sent", policy=verdict.policy)
 
 
 _ELSEWHERE = (
@@ -603,20 +581,12 @@ async def otp_verify(
         email=email,
         sub=email,
         idp=otp.name,
-        ttl_seconds=_global_session(svc),
+        ttl_seconds=session_seconds(svc),
         now=now,
     )
-    cookie = cookies.set_cookie(
-        PORTAL_COOKIE, portal_token, max_age=_global_session(svc), secure=secure_cookies(rt)
-    )
+    cookie = session_cookie(svc, portal_token)
     last = oidc_login.last_method_cookie(svc, otp.name)
     await hand_over(send, svc, flow, app, email, otp.name, [], [], [cookie, last])
-
-
-def _global_session(svc: Services) -> int:
-    from zerogate.model.values import parse_duration
-
-    return int(parse_duration(svc.runtime.settings.session_duration).total_seconds())
 
 
 async def logout(scope: Scope, receive: Receive, send: Send, svc: Services, req: Request) -> None:

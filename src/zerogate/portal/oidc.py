@@ -28,6 +28,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -46,12 +47,13 @@ from zerogate.identity.oidc import (
 )
 from zerogate.identity.otp import Limit, ip_key
 from zerogate.model.objects import OidcProvider
-from zerogate.model.values import check_email, parse_duration
+from zerogate.model.values import check_email
 from zerogate.net import http
 from zerogate.net.asgi import Scope, Send
 from zerogate.policy.engine import CompiledApp
+from zerogate.portal.session import hand_over, session_cookie, session_seconds
 from zerogate.runtime import PORTAL_AUDIENCE, cookies
-from zerogate.runtime.cookies import PORTAL_COOKIE, secure_cookies
+from zerogate.runtime.cookies import secure_cookies
 from zerogate.runtime.request import Request
 from zerogate.runtime.services import Services
 
@@ -449,39 +451,13 @@ async def redirect_to_provider(
 
 
 async def callback(scope: Scope, send: Send, svc: Services, req: Request, name: str) -> None:
+    """The provider's answer: the state (single use, this browser), the provider's error if
+    any, then the code exchanged for the identity that signs in."""
     q = http.query(scope)
-    idp = _provider(svc, name)
-    label = idp.label if idp is not None else name
-    state = q.get("state", "")
-    if not state or len(state) > 512:
-        raise _Failure(
-            400,
-            "This sign-in answer has no valid state. Go back to the application and try again.",
-            "state_missing",
-        )
-    record = await svc.runtime.store.take_code(_state_key(state), now=datetime.now(UTC))
-    if record is None or record.get("kind") != "oidc-state":
-        raise _Failure(
-            400,
-            "This sign-in answer has expired or was already used. "
-            "Go back to the application and try again.",
-            "state_unknown",
-            "unknown, replayed or expired state",
-        )
+    configured = _provider(svc, name)
+    label = configured.label if configured is not None else name
+    record, idp = await _take_state(scope, svc, q.get("state", ""), name, configured)
     flow_blob = str(record.get("flow", ""))
-    browser = cookies.cookie(scope, BROWSER_COOKIE, secure=secure_cookies(svc.runtime)) or ""
-    if record.get("idp") != name or idp is None:
-        raise _Failure(
-            400, "This sign-in answer belongs to another sign-in method.", "state_wrong_provider"
-        )
-    if not browser_value_ok(svc.runtime.secret, browser) or not hmac.compare_digest(
-        _browser_hash(browser), str(record.get("browser", ""))
-    ):
-        raise _Failure(
-            400,
-            "This sign-in did not start in this browser. Go back to the application and try again.",
-            "state_other_browser",
-        )
     flow, app = open_flow_blob(svc, flow_blob)
     if idp not in providers_for(svc, app):
         raise _Failure(
@@ -490,26 +466,7 @@ async def callback(scope: Scope, send: Send, svc: Services, req: Request, name: 
             "unknown_provider",
             app=app.name,
         )
-    error = q.get("error")
-    if error is not None:
-        description = q.get("error_description", "")[:300]
-        if error == "access_denied":
-            raise _Failure(
-                401,
-                f"You cancelled the sign-in at {label}, or it refused it.",
-                "access_denied",
-                description,
-                flow=flow_blob,
-                app=app.name,
-            )
-        raise _Failure(
-            400,
-            f"{label} did not sign you in ({error[:60]}).",
-            "provider_error",
-            f"{error[:60]} {description}".strip(),
-            flow=flow_blob,
-            app=app.name,
-        )
+    _provider_refused(q, label, flow_blob, app)
     code = q.get("code", "")
     if not code or len(code) > 4096:
         raise _Failure(
@@ -540,6 +497,67 @@ async def callback(scope: Scope, send: Send, svc: Services, req: Request, name: 
     await _signed_in(send, svc, req, idp, identity, flow, app)
 
 
+async def _take_state(
+    scope: Scope, svc: Services, state: str, name: str, idp: OidcProvider | None
+) -> tuple[dict[str, Any], OidcProvider]:
+    """Consume the stored state of this answer: it must exist (once), belong to provider
+    ``name`` (still configured: ``idp``) and to the browser that started the login."""
+    if not state or len(state) > 512:
+        raise _Failure(
+            400,
+            "This sign-in answer has no valid state. Go back to the application and try again.",
+            "state_missing",
+        )
+    record = await svc.runtime.store.take_code(_state_key(state), now=datetime.now(UTC))
+    if record is None or record.get("kind") != "oidc-state":
+        raise _Failure(
+            400,
+            "This sign-in answer has expired or was already used. "
+            "Go back to the application and try again.",
+            "state_unknown",
+            "unknown, replayed or expired state",
+        )
+    browser = cookies.cookie(scope, BROWSER_COOKIE, secure=secure_cookies(svc.runtime)) or ""
+    if record.get("idp") != name or idp is None:
+        raise _Failure(
+            400, "This sign-in answer belongs to another sign-in method.", "state_wrong_provider"
+        )
+    if not browser_value_ok(svc.runtime.secret, browser) or not hmac.compare_digest(
+        _browser_hash(browser), str(record.get("browser", ""))
+    ):
+        raise _Failure(
+            400,
+            "This sign-in did not start in this browser. Go back to the application and try again.",
+            "state_other_browser",
+        )
+    return record, idp
+
+
+def _provider_refused(q: dict[str, str], label: str, flow_blob: str, app: CompiledApp) -> None:
+    """An ``error`` the provider sent back instead of a code, as a failure page."""
+    error = q.get("error")
+    if error is None:
+        return
+    description = q.get("error_description", "")[:300]
+    if error == "access_denied":
+        raise _Failure(
+            401,
+            f"You cancelled the sign-in at {label}, or it refused it.",
+            "access_denied",
+            description,
+            flow=flow_blob,
+            app=app.name,
+        )
+    raise _Failure(
+        400,
+        f"{label} did not sign you in ({error[:60]}).",
+        "provider_error",
+        f"{error[:60]} {description}".strip(),
+        flow=flow_blob,
+        app=app.name,
+    )
+
+
 async def _signed_in(
     send: Send,
     svc: Services,
@@ -550,9 +568,6 @@ async def _signed_in(
     app: CompiledApp,
 ) -> None:
     """The portal session, the access-log record, the hand-over to the application."""
-    # handlers routes to this module, so it is imported here, not at the top
-    from zerogate.portal.handlers import hand_over
-
     rt = svc.runtime
     try:
         email = check_email(identity.email)
@@ -565,7 +580,6 @@ async def _signed_in(
             app=app.name,
         ) from None
     now = time.time()
-    ttl = int(parse_duration(rt.settings.session_duration).total_seconds())
     token = issue_portal_token(
         rt.keyset,
         issuer=rt.issuer,
@@ -575,7 +589,7 @@ async def _signed_in(
         idp=idp.name,
         groups=list(identity.groups),
         amr=list(identity.amr),
-        ttl_seconds=ttl,
+        ttl_seconds=session_seconds(svc),
         now=now,
         extra={"idp_sub": identity.sub},
     )
@@ -600,7 +614,7 @@ async def _signed_in(
         list(identity.groups),
         list(identity.amr),
         [
-            cookies.set_cookie(PORTAL_COOKIE, token, max_age=ttl, secure=secure_cookies(rt)),
+            session_cookie(svc, token),
             last_method_cookie(svc, idp.name),
         ],
     )
