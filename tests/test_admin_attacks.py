@@ -574,26 +574,27 @@ async def test_what_attackers_write_into_logs_is_escaped_in_the_panel(zg: Zeroga
     tester = await request(
         zg,
         "GET",
-        "/admin/policy-test?run=1&app=wiki&email="
-        + quote('"><script>alert(5)</script>@example.test')
-        + "&idp_groups="
-        + quote(evil),
+        "/admin/policy-test?run=1&app=wiki&email=ann@example.test&idp_groups=" + quote(evil),
         headers=cookie(zg),
     )
     assert tester.status == 200, tester.text[:300]
-    assert "&lt;script&gt;alert(5)&lt;/script&gt;@example.test" in tester.text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in tester.text
     assert "<script>alert" not in tester.text
-    # ...and one it refuses echoes the input in the error message
-    refused = await request(
-        zg,
-        "GET",
-        "/admin/policy-test?run=1&app=wiki&email=" + quote("<script>alert(6)</script>"),
-        headers=cookie(zg),
-    )
-    assert refused.status == 400, refused.text[:300]
-    assert "&lt;script&gt;alert(6)&lt;/script&gt;" in refused.text
-    assert "<script>alert" not in refused.text
+    # ...and one it refuses (no address of the strict grammar) echoes the input escaped in
+    # the error message
+    for evil_email, shown in (
+        ("<script>alert(6)</script>", "&lt;script&gt;alert(6)&lt;/script&gt;"),
+        ('"><script>alert(5)</script>@example.test', "&lt;script&gt;alert(5)&lt;/script&gt;"),
+    ):
+        refused = await request(
+            zg,
+            "GET",
+            "/admin/policy-test?run=1&app=wiki&email=" + quote(evil_email),
+            headers=cookie(zg),
+        )
+        assert refused.status == 400, refused.text[:300]
+        assert shown in refused.text
+        assert "<script>alert" not in refused.text
 
 
 # ---------------------------------------------------------------- secrets and fields

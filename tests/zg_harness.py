@@ -81,6 +81,10 @@ class VerifyingOrigin:
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     async def _handle(self, request: web.Request) -> web.Response:
+        if request.path.startswith("/upload"):
+            # an upload is answered only once its body is complete (an origin that answers
+            # early races the edge's own verdict on a malformed body)
+            await request.read()
         assertion = request.headers.get("Zerogate-Jwt-Assertion")
         claims: dict[str, Any] | None = None
         error = None
