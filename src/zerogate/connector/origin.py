@@ -43,6 +43,7 @@ from yarl import URL
 from zerogate.connector.ingress import OriginOptions, Rule, Service, match
 from zerogate.connector.stream import StreamGone, TunnelStream
 from zerogate.model.paths import PathError
+from zerogate.net.client import proxy_session
 from zerogate.net.pool import (
     OriginAddress,
     UpstreamError,
@@ -261,16 +262,11 @@ class Dispatcher:
                 ssl=ctx,
                 keepalive_timeout=options.keep_alive_timeout,
             )
-            session = self._sessions[options] = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(
+            session = self._sessions[options] = proxy_session(
+                connector,
+                aiohttp.ClientTimeout(
                     total=None, connect=options.connect_timeout, sock_read=READ_TIMEOUT
                 ),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=False,
-                trust_env=False,
-                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-                read_bufsize=2**18,
             )
         return session
 

@@ -41,6 +41,7 @@ from yarl import URL
 
 from zerogate.net import websocket
 from zerogate.net.asgi import Headers, Receive, Scope, Send
+from zerogate.net.client import proxy_session
 from zerogate.net.headers import downstream_response_headers, wants_json
 from zerogate.net.http import request_target
 from zerogate.net.pool import (
@@ -379,17 +380,7 @@ class OriginProxy:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._limit, ssl=self._ssl)
         else:
             connector = aiohttp.UnixConnector(path=socket, limit=self._limit)
-        session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            trust_env=False,
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            read_bufsize=2**18,
-            max_line_size=65536,
-            max_field_size=65536,
-        )
+        session = proxy_session(connector, self._timeout)
         self._sessions[socket] = session
         return session
 

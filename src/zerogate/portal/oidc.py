@@ -31,16 +31,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import aiohttp
-
 from zerogate.identity import RateLimiter, issue_portal_token
 from zerogate.identity.flow import Flow, FlowError, code_hash, open_flow
 from zerogate.identity.oidc import (
     ClientSettings,
     EmailUnverified,
-    FetchError,
-    HttpRequest,
-    HttpResponse,
     OidcClient,
     OidcError,
     OidcIdentity,
@@ -54,6 +49,7 @@ from zerogate.policy.engine import CompiledApp
 from zerogate.portal.session import hand_over, session_cookie, session_seconds
 from zerogate.runtime import PORTAL_AUDIENCE, cookies
 from zerogate.runtime.cookies import secure_cookies
+from zerogate.runtime.fetch import oidc_fetch
 from zerogate.runtime.request import Request
 from zerogate.runtime.services import Services
 
@@ -117,33 +113,8 @@ def last_method_cookie(svc: Services, name: str) -> tuple[bytes, bytes]:
 # --------------------------------------------------------------------------- HTTP client
 
 
-async def aiohttp_fetch(request: HttpRequest) -> HttpResponse:
-    """The network for ``identity.oidc``: one short-lived aiohttp session per call (logins are
-    rare; nothing to close at shutdown), bounded time and size, no redirects for POSTs."""
-    timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_SECONDS)
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()) as s,
-            s.request(
-                request.method,
-                request.url,
-                headers=dict(request.headers),
-                data=request.body or None,
-                allow_redirects=request.method == "GET",
-                max_redirects=3,
-            ) as response,
-        ):
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.content.iter_chunked(64 * 1024):
-                size += len(chunk)
-                if size > MAX_RESPONSE_BYTES:
-                    raise FetchError(f"{request.url}: answer larger than {MAX_RESPONSE_BYTES} B")
-                chunks.append(chunk)
-            content_type = response.headers.get("Content-Type", "")
-            return HttpResponse(response.status, b"".join(chunks), content_type)
-    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-        raise FetchError(f"{request.url}: {type(exc).__name__} {exc}".strip()) from None
+#: the network for ``identity.oidc``: bounded time and size, redirects on the same origin only
+aiohttp_fetch = oidc_fetch(FETCH_TIMEOUT_SECONDS, MAX_RESPONSE_BYTES)
 
 
 # --------------------------------------------------------------------------- clients

@@ -8,7 +8,6 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,32 +18,20 @@ from zerogate.admin.service import Item
 from zerogate.identity.oidc import (
     FetchError,
     HttpRequest,
-    HttpResponse,
     OidcError,
     discovery_url,
     parse_discovery,
 )
 from zerogate.model.loader import Problem
+from zerogate.runtime.fetch import oidc_fetch
 
 #: how long "test connection" waits for the provider
 TEST_TIMEOUT_SECONDS = 5.0
 TEST_MAX_BYTES = 1024 * 1024
 
 
-async def aiohttp_fetch(request: HttpRequest) -> HttpResponse:
-    """One GET for "test connection": short timeout, bounded size, no cookies."""
-    timeout = aiohttp.ClientTimeout(total=TEST_TIMEOUT_SECONDS)
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()) as s,
-            s.get(request.url, headers=dict(request.headers), max_redirects=3) as response,
-        ):
-            body = await response.content.read(TEST_MAX_BYTES + 1)
-            if len(body) > TEST_MAX_BYTES:
-                raise FetchError(f"{request.url}: answer larger than {TEST_MAX_BYTES} bytes")
-            return HttpResponse(response.status, body, response.headers.get("Content-Type", ""))
-    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-        raise FetchError(f"{request.url}: {type(exc).__name__} {exc}".strip()) from None
+#: "test connection": short timeout, bounded size, no cookies, redirects on the same origin only
+aiohttp_fetch = oidc_fetch(TEST_TIMEOUT_SECONDS, TEST_MAX_BYTES)
 
 
 class GroupViews(PanelBase):
