@@ -151,7 +151,9 @@ def test_match() -> None:
     assert match(rules, "wiki.example.com", "/api").target.kind == "http"
     assert match(rules, "WIKI.example.com:443", "/api/v1?x=1").target.kind == "http"
     assert match(rules, "wiki.example.com", "/API/").target.kind == "http"  # case-folded
-    assert match(rules, "wiki.example.com", "/x/../api/z").target.kind == "http"
+    assert match(rules, "wiki.example.com", "/api;x/z").target.kind == "http"
+    with pytest.raises(PathError, match="dot segment"):  # as the edge: refused, not resolved
+        match(rules, "wiki.example.com", "/x/../api/z")
     assert match(rules, "wiki.example.com", "/apix").target.kind == "https"
     assert match(rules, "wiki.example.com.", "/").target.kind == "https"
     assert match(rules, "a.example.com", "/").target.kind == "unix"

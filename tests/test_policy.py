@@ -717,14 +717,20 @@ def test_longest_path_prefix_wins(routing: Snapshot, path: str, expected: str) -
 
 
 @pytest.mark.parametrize(
-    "path",
-    ["/%61dmin", "/%61%64%6D%69%6E/x", "/x/../admin", "//admin", "/ADMIN", "/Admin/", "/./admin"],
+    "path", ["/%61dmin", "/%61%64%6D%69%6E/x", "/ADMIN", "/Admin/", "/admin;x", "/admin."]
 )
 def test_path_tricks_route_to_the_path_scoped_app(routing: Snapshot, path: str) -> None:
     assert routed(routing, "wiki.example.com", path) == "admin"
     verdict = routing.check("wiki.example.com", path, user("mallory@evil.test"), Context())
     assert verdict.application is not None and verdict.application.name == "admin"
     assert verdict.decision == "block"
+
+
+@pytest.mark.parametrize("path", ["/x/../admin", "//admin", "/./admin", "/admin/../x"])
+def test_paths_origins_read_differently_are_refused(routing: Snapshot, path: str) -> None:
+    verdict = routing.check("wiki.example.com", path, user("ann@example.com"), Context())
+    assert verdict.application is None and verdict.decision == "block"
+    assert "path rejected" in verdict.reason
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,20 @@ SNEAKY_PATHS = [
     "/public/%C0%AE%C0%AE/admin",
 ]
 
+#: spellings that leave /admin for the bypass app /public once dot segments are resolved, but
+#: that an origin serves from /admin (aiohttp, Flask, Starlette and prefix routers do not
+#: resolve dot segments; RFC 3986 resolvers such as Node's URL read "/admin//../x" as
+#: "/admin/x"): found by the second security review
+LEAVING_ADMIN = [
+    "/admin/../public/x",
+    "/admin/%2e%2e/public/x",
+    "/admin/.%2E/public/x",
+    "/admin//../public/payroll",
+    "/admin/.//../public/payroll",
+    "/admin/./../public",
+    "//public/x",
+]
+
 #: Set-Cookie values an origin could use to toss one of zerogate's cookies
 TOSSED = [
     "__zg_portal=tossed; Path=/",
@@ -331,6 +345,27 @@ async def test_a_sneaky_path_never_reaches_the_origin_through_the_bypass_app(
     if status == 302:
         location = dict(headers)["Location"]
         assert "/.zerogate/login?flow=" in location, location
+    assert origin.seen[mark:] == []
+
+
+@pytest.mark.parametrize("path", LEAVING_ADMIN)
+async def test_a_path_that_leaves_admin_for_the_bypass_app_is_refused(
+    zg: Zerogate, origin: CookieTossingOrigin, path: str
+) -> None:
+    """Without a session, no spelling that the policy would route to ``/public`` but an
+    origin may serve from ``/admin`` is forwarded: 400, and the origin sees nothing."""
+    mark = len(origin.seen)
+    reader, writer = await asyncio.open_connection("127.0.0.1", zg.port)
+    try:  # a socket of our own: HTTP clients resolve dot segments before sending
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: wiki.localhost:{zg.port}\r\n"
+            "Accept: text/html\r\nConnection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400"), (path, answer[:100])
     assert origin.seen[mark:] == []
 
 

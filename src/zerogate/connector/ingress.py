@@ -186,7 +186,7 @@ def _path_prefix(value: Any) -> Any:
         raise ValueError(f"{value!r}: a path prefix starts with '/', as in /api")
     if "?" in value or "#" in value:
         raise ValueError(f"{value!r}: a path prefix holds no query or fragment")
-    norm = fold(normalise_path(value))
+    norm = fold(normalise_path(value, strict=False))
     return norm.rstrip("/") or "/"
 
 

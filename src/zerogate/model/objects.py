@@ -266,7 +266,7 @@ def split_domain(domain: str) -> tuple[str, str]:
         raise ValueError(f"{domain!r}: an application path has no query or fragment")
     if "*" in path:
         raise ValueError(f"{domain!r}: wildcards are only allowed in the host's first label")
-    norm = fold(normalise_path("/" + path)).rstrip("/")
+    norm = fold(normalise_path("/" + path, strict=False)).rstrip("/")
     return host, norm
 
 

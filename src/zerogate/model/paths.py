@@ -1,7 +1,8 @@
 """Request-path normalisation used for routing. No I/O.
 
 The edge and ``zerogate policy test --url`` route with the same function, so an application
-scoped to ``/admin`` cannot be dodged with ``/%61dmin``, ``/x/../admin`` or ``//admin``.
+scoped to ``/admin`` cannot be dodged with ``/%61dmin``, ``/ADMIN`` or ``/admin;x``, and a path
+whose routing origins disagree on (``/x/../admin``, ``//admin``) is refused.
 
 Steps, in order:
 
@@ -15,7 +16,10 @@ Steps, in order:
    servlet containers decode it before dropping parameters), upper-case the rest;
 4. reject a segment that some origin reads as ``..`` while it is not literally one: dots with
    spaces (``..%20``, ``.%20.``), more than two dots (``...``), or a dot segment carrying
-   ``;parameters`` (``..;x``, ``.;x``);
+   ``;parameters`` (``..;x``, ``.;x``); and reject dot segments themselves (``.``, ``..``,
+   ``%2e%2e``) and empty segments (``//``): the edge forwards the path as the client sent
+   it, and origins resolve those differently (some not at all), so any routing of them could
+   hand an origin a path it serves from a stricter application;
 5. drop trailing dots and spaces of a segment (Windows serves ``admin.`` as ``admin``),
    drop ``;parameters`` from each segment (servlet containers serve ``/admin;x`` and
    ``/admin%3Bx`` as ``/admin``), and merge repeated slashes (origins such as nginx do);
@@ -85,6 +89,20 @@ def _check_segments(path: str) -> None:
             raise PathError(f"the path holds a segment some origins read as '..' ({segment})")
 
 
+def _refuse_dot_and_empty_segments(path: str) -> None:
+    """A ``.`` or ``..`` segment (raw or ``%2e``) or an empty one (``//``) is refused: origins
+    disagree on them (aiohttp, Flask, Starlette and prefix routers serve ``/admin/../x`` from
+    ``/admin``; RFC 3986 resolvers read ``/admin//../x`` as ``/admin/x``), so no single routing
+    of them is safe, and browsers never send them (they resolve dot segments themselves)."""
+    segments = path.split("/")[1:]
+    last = len(segments) - 1
+    for i, segment in enumerate(segments):
+        if segment.split(";", 1)[0] in (".", ".."):
+            raise PathError("the path holds a dot segment ('.' or '..')")
+        if not segment and i != last:
+            raise PathError("the path holds an empty segment ('//')")
+
+
 def _windows_segment(segment: str) -> str:
     """Windows (IIS) ignores trailing dots and spaces: ``admin.`` and ``admin%20`` are ``admin``."""
     if segment in (".", ".."):
@@ -114,8 +132,12 @@ def remove_dot_segments(path: str) -> str:
     return "/" + "/".join(output)
 
 
-def normalise_path(raw: str) -> str:
-    """Normalise a request path (see the module docstring); raises ``PathError``."""
+def normalise_path(raw: str, *, strict: bool = True) -> str:
+    """Normalise a request path (see the module docstring); raises ``PathError``.
+
+    ``strict=False`` is for paths written in the configuration (an application's domain, an
+    ingress rule): there dot segments and repeated slashes are resolved rather than refused,
+    since no origin reads those."""
     path = raw.split("#", 1)[0].split("?", 1)[0]
     if not path.startswith("/"):
         path = "/" + path
@@ -137,6 +159,8 @@ def normalise_path(raw: str) -> str:
             raise PathError("the path is not UTF-8 once decoded") from None
     if "." in path:
         _check_segments(path)
+    if strict:
+        _refuse_dot_and_empty_segments(path)
     if ";" in path:  # servlet containers drop ";params" per segment, "..;" included
         path = "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
     if "." in path or "%20" in path:
