@@ -67,6 +67,19 @@ FOREIGN = [
     ("X-Original-URI", "/admin"),
     ("x_original_url", "/admin"),
     ("Remote_User", "ceo"),
+    # found by the second security review
+    ("X-Forwarded", "for=203.0.113.9"),
+    ("Client-Ip", "203.0.113.9"),
+    ("X-Cluster-Client-Ip", "203.0.113.9"),
+    ("X-Goog-Authenticated-User-Email", "accounts.google.com:ceo@example.com"),
+    ("X-Ms-Client-Principal-Name", "ceo@example.com"),
+    ("X-Amzn-Oidc-Identity", "ceo"),
+    ("X-Pomerium-Claim-Email", "ceo@example.com"),
+    ("Tailscale-User-Login", "ceo@example.com"),
+    ("X-User", "ceo"),
+    ("X-Email", "ceo@example.com"),
+    ("X-Host", "admin.internal"),
+    ("X-Http-Method-Override", "DELETE"),
 ]
 
 #: paths some origin reads as another one; each is refused or routed to /admin

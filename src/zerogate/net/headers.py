@@ -78,6 +78,19 @@ FOREIGN_IDENTITY_EXACT: frozenset[bytes] = frozenset(
         b"cf-ipcountry",
         b"true-client-ip",
         b"x-client-ip",
+        # client addresses other proxies and load balancers write
+        b"x-forwarded",
+        b"client-ip",
+        b"x-cluster-client-ip",
+        # generic identity headers some apps take from a trusted proxy
+        b"x-user",
+        b"x-email",
+        b"x-username",
+        b"x-host",
+        # method overrides: a GET the policy judged as a read becomes a DELETE at the origin
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
     }
 )
 FOREIGN_IDENTITY_PREFIXES: tuple[bytes, ...] = (
@@ -87,6 +100,14 @@ FOREIGN_IDENTITY_PREFIXES: tuple[bytes, ...] = (
     b"x-webauth-",  # X-Webauth-User (Grafana), X-Webauth-Email, ...
     b"x-auth-request-",  # oauth2-proxy: X-Auth-Request-User, -Email, -Groups, ...
     b"x-forwarded-",  # X-Forwarded-User, -Email, -For, -Host, ... (the edge writes its own)
+    b"x-goog-authenticated-user-",  # Google IAP
+    b"x-goog-iap-",  # Google IAP's signed assertion
+    b"x-ms-client-principal",  # Azure App Service EasyAuth (-name, -id, -idp, ...)
+    b"x-ms-token-",  # EasyAuth's tokens
+    b"x-amzn-oidc-",  # AWS ALB: X-Amzn-Oidc-Identity, -Data, -Accesstoken
+    b"x-pomerium-",  # Pomerium: X-Pomerium-Jwt-Assertion, X-Pomerium-Claim-*
+    b"tailscale-user-",  # Tailscale Serve: Tailscale-User-Login, -Name, ...
+    b"x-authentik-",  # authentik's proxy outpost
 )
 
 #: the names of zerogate's cookies start with this (after an optional ``__Host-`` prefix)
