@@ -85,7 +85,12 @@ class Reference:
             return req.token is not None
         assert value is not None
         if selector == "email":
-            return req.email is not None and req.email.lower() == value.lower()
+            if req.email is None:
+                return False
+            # "ann+tag@x" is ann@x's mailbox: it matches "ann@x" too
+            local, _, domain = req.email.lower().partition("@")
+            mailbox = local.split("+")[0] + "@" + domain if local.split("+")[0] else None
+            return value.lower() in (req.email.lower(), mailbox)
         if selector == "email_domain":
             if req.email is None or "@" not in req.email:
                 return False

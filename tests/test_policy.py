@@ -965,3 +965,31 @@ def test_verdict_as_dict() -> None:
     assert data["decision"] == "allow"
     assert data["policy"] == "staff"
     assert isinstance(data["reason"], str) and data["reason"]
+
+
+# ================================================================ subaddresses
+
+
+def test_an_excluded_person_cannot_come_back_with_a_subaddress() -> None:
+    """Second security review: ``mallory+x@example.com`` is delivered to mallory's mailbox
+    (Gmail, Microsoft 365, Postfix's ``+`` delimiter), so an ``email`` exclusion, block or
+    include names the mailbox, whatever tag is added."""
+    snap, app = one_app(
+        """
+        - {name: no mallory, decision: block, include: [{email: [mallory@example.com]}]}
+        - {name: staff, decision: allow, include: [{email_domain: [example.com]}],
+           exclude: [{email: [eve@example.com]}]}
+        - {name: ann, decision: allow, include: [{email: [ann@partner.test]}]}
+        """
+    )
+    assert outcome(snap, app, user("mallory+x@example.com")) == ("block", "no mallory")
+    assert outcome(snap, app, user("mallory+a+b@example.com")) == ("block", "no mallory")
+    assert outcome(snap, app, user("eve+1@example.com"))[0] == "block"
+    assert outcome(snap, app, user("bob+x@example.com")) == ("allow", "staff")
+    assert outcome(snap, app, user("ann+news@partner.test")) == ("allow", "ann")
+    # a listed subaddress names only itself
+    snap, app = one_app(
+        "- {name: tagged, decision: allow, include: [{email: [ann+ops@partner.test]}]}"
+    )
+    assert outcome(snap, app, user("ann+ops@partner.test")) == ("allow", "tagged")
+    assert outcome(snap, app, user("ann@partner.test"))[0] == "block"

@@ -102,3 +102,20 @@ def test_a_replaced_snapshot_is_freed_without_the_cycle_collector() -> None:
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+async def test_logging_a_mailbox_out_ends_its_subaddresses_sessions(tmp_path: Path) -> None:
+    store = await Store.open(storage_url(f"sqlite:///{tmp_path / 'zg.db'}"))
+    try:
+        runtime = await Runtime.load(store, Settings(), tmp_path)
+        issued = time.time() - 10
+        await runtime.revoke("mallory@example.com")
+        assert runtime.is_revoked("mallory@example.com", issued)
+        assert runtime.is_revoked("mallory+x@example.com", issued)
+        assert runtime.is_revoked("MALLORY+y@example.com", issued)
+        assert not runtime.is_revoked("mallory2@example.com", issued)
+        await runtime.revoke("ann+x@example.com")  # a tag names only itself
+        assert runtime.is_revoked("ann+x@example.com", issued)
+        assert not runtime.is_revoked("ann@example.com", issued)
+    finally:
+        await store.close()

@@ -151,7 +151,9 @@ def check_listen(text: str) -> str:
 #: so the text can never be read as another mailbox, or as two, by any mail parser.
 EMAIL_MAX = 254
 EMAIL_LOCAL_MAX = 64
-_EMAIL_ATOM = re.compile(r"[A-Za-z0-9_%+'-]+")
+# no "%": relays that still do the "percent hack" (Postfix's allow_percent_hack, on by
+# default) deliver "attacker%evil.test@example.com" to attacker@evil.test
+_EMAIL_ATOM = re.compile(r"[A-Za-z0-9_+'-]+")
 _EMAIL_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
@@ -223,6 +225,16 @@ def check_email(text: str) -> str:
     if problem is not None:
         raise EmailRefused(text, problem)
     return text.lower()
+
+
+def mailbox_of(email: str) -> str:
+    """The mailbox a canonical address delivers to where ``+`` starts a subaddress (Gmail,
+    Microsoft 365, Fastmail, Postfix's usual ``recipient_delimiter``): ``ann+x@example.com``
+    is ``ann@example.com``. Policies' ``email`` selectors and revocations match it too, so
+    an excluded or logged-out person cannot come back as ``name+anything``."""
+    local, at, domain = email.partition("@")
+    base = local.split("+", 1)[0]
+    return f"{base}@{domain}" if at and base and base != local else email
 
 
 def check_email_domain(text: str) -> str:

@@ -30,7 +30,7 @@ import radix
 
 from zerogate.model.objects import ADMIN_APPLICATION, Application, Objects, Policy, Rule, RuleSet
 from zerogate.model.paths import PathError, fold, normalise_path, under
-from zerogate.model.values import ip_network, normalise_ip
+from zerogate.model.values import ip_network, mailbox_of, normalise_ip
 from zerogate.tunnel.routes import TunnelRoutes
 
 Outcome = Literal["allow", "block", "bypass", "authenticate"]
@@ -68,18 +68,31 @@ class Context:
 class _Facts:
     """Everything a matcher may look at, precomputed once per decision."""
 
-    __slots__ = ("amr", "country", "domain", "email", "idp", "idp_groups", "ip", "memo", "token")
+    __slots__ = (
+        "amr",
+        "country",
+        "domain",
+        "email",
+        "idp",
+        "idp_groups",
+        "ip",
+        "mailbox",
+        "memo",
+        "token",
+    )
 
     def __init__(self, identity: Identity | None, ctx: Context, token: str | None) -> None:
         if identity is not None:
             self.email: str | None = identity.email
+            # "ann+x@" is delivered to "ann@": email selectors match either (see mailbox_of)
+            self.mailbox: str | None = mailbox_of(identity.email) if "+" in identity.email else None
             user, at, domain = identity.email.rpartition("@")
             self.domain: str | None = domain if at and user else None
             self.idp: str | None = identity.idp
             self.idp_groups: frozenset[str] = identity.idp_groups
             self.amr: frozenset[str] = identity.amr
         else:
-            self.email = self.domain = self.idp = None
+            self.email = self.mailbox = self.domain = self.idp = None
             self.idp_groups = self.amr = frozenset()
         self.ip: str | None = normalise_ip(ctx.ip) if ctx.ip else None
         self.country: str | None = ctx.country.upper() if ctx.country else None
@@ -142,7 +155,7 @@ class _Email(_InSet):
     __slots__ = ()
 
     def match(self, f: _Facts) -> bool:
-        return f.email in self.values
+        return f.email in self.values or (f.mailbox is not None and f.mailbox in self.values)
 
 
 class _Domain(_InSet):

@@ -28,7 +28,7 @@ from zerogate.identity.keys import Algorithm
 from zerogate.identity.secret_hash import SecretKind, secret_matches
 from zerogate.identity.tokens import TYPE_APP, TokenType
 from zerogate.model.objects import OneTimePinProvider, Settings
-from zerogate.model.values import ip_network, parse_duration
+from zerogate.model.values import ip_network, mailbox_of, parse_duration
 from zerogate.policy import Snapshot, compile_snapshot
 from zerogate.policy.engine import CompiledApp
 from zerogate.store import ServiceCredential, StateVersion, Store, TunnelCredential
@@ -131,8 +131,16 @@ class Runtime:
         return int(parse_duration(self.settings.session_duration).total_seconds())
 
     def is_revoked(self, email: str, issued_at: float) -> bool:
-        not_before = self.revoked.get(email.lower())
-        return not_before is not None and issued_at < not_before
+        """A session of ``email`` issued before its revocation, or before its mailbox's
+        (logging ``ann@`` out everywhere ends ``ann+x@``'s sessions too: ``mailbox_of``)."""
+        email = email.lower()
+        not_before = self.revoked.get(email)
+        if not_before is not None and issued_at < not_before:
+            return True
+        if "+" in email:
+            not_before = self.revoked.get(mailbox_of(email))
+            return not_before is not None and issued_at < not_before
+        return False
 
     def service_token(self, client_id: str, secret: str, now: float) -> str | None:
         """The service token's name when the pair is valid and unexpired, else None."""
