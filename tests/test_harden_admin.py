@@ -94,6 +94,25 @@ async def test_a_reference_from_the_file_may_stay_but_not_be_changed(store: Stor
         )
 
 
+async def test_a_kept_reference_cannot_follow_the_provider_to_another_issuer(
+    store: Store,
+) -> None:
+    """Second security review: changing only the issuer of a provider whose secret comes from
+    the file (any variable) would send that secret to the new issuer's token endpoint. The
+    reference counts as new then, and has to pass the same checks."""
+    seed = copy.deepcopy(panel_unit.SEED)
+    seed["identity_providers"][1]["client_secret_env"] = "OKTA_SECRET"
+    await store.apply(validate_objects(seed), actor="file", source="cli")
+    service = AdminService(store)
+    okta = await service.get("identity_providers", "okta")
+    moved = {**okta.spec, "issuer": "https://idp.attacker.example"}
+    with pytest.raises(Invalid, match="names a secret") as caught:
+        await service.update("identity_providers", "okta", moved, version=okta.version, actor=ME)
+    assert "client_secret_env" in caught.value.problems[0].where
+    after = await service.get("identity_providers", "okta")
+    assert after.spec["issuer"] == okta.spec["issuer"]
+
+
 async def test_the_prefix_comes_from_the_settings(store: Store) -> None:
     settings = Settings.model_validate({"secret_env_prefix": "ACME_IDP_"})
     service = AdminService(store, secret_env_prefix=settings.secret_env_prefix)

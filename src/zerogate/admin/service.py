@@ -359,10 +359,12 @@ class AdminService:
         """A secret reference set or changed through the admin API / panel must name a variable
         the server's settings allow, and no other provider's: else an admin could send any of
         the server's variables (``PATH``, another provider's secret) to an issuer they choose.
-        A reference kept unchanged from the file's configuration stays as it was."""
+        A reference kept unchanged from the file's configuration stays as it was — only while
+        the secret still goes where it went: the same provider, the same issuer (pointing a
+        provider at another issuer while keeping its secret would send that secret there)."""
         stored, _ = await self.store.load()
         before = {
-            idp.name: idp.client_secret_env
+            idp.name: (idp.client_secret_env, idp.issuer)
             for idp in stored.identity_providers
             if isinstance(idp, OidcProvider)
         }
@@ -372,8 +374,10 @@ class AdminService:
                 users.setdefault(idp.client_secret_env, []).append(idp.name)
         problems: list[Problem] = []
         for idp in objects.identity_providers:
-            ref = idp.client_secret_env if isinstance(idp, OidcProvider) else None
-            if not ref or before.get(idp.name) == ref:
+            if not isinstance(idp, OidcProvider) or not idp.client_secret_env:
+                continue
+            ref = idp.client_secret_env
+            if before.get(idp.name) == (ref, idp.issuer):
                 continue
             where = f"identity provider {idp.name!r} › client_secret_env"
             if not self.secret_env_allowed(ref):
