@@ -14,9 +14,11 @@ import re
 import statistics
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from harness import wait_for
 from zg_harness import (
     HttpBrowser,
     Reply,
@@ -313,3 +315,38 @@ async def test_an_unreachable_mail_server_is_told_to_whoever_asks(no_mail_zg: Ze
         assert wrong.status == 401 and "We could not send email a moment ago" in wrong.text
         again = await request_pin(browser, zg, page.fields, "gus@example.com")
         assert again.status == 503 and "We cannot send email just now" in again.text
+
+
+@pytest.fixture
+def fresh_no_mail_zg(tmp_path: Path) -> Iterator[Zerogate]:
+    """Like ``no_mail_zg``, but new for one test: nobody has asked for a PIN yet."""
+    zerogate = Zerogate(tmp_path, free_port(), free_port())
+    try:
+        asyncio.run(apply_here(zerogate, CONFIG.format(port=free_port())))
+        zerogate.start()
+        wait_ready(zerogate)
+        yield zerogate
+    finally:
+        zerogate.stop()
+
+
+async def test_mail_down_shows_for_refused_addresses_alone(fresh_no_mail_zg: Zerogate) -> None:
+    """Second security review: "mail is down" used to appear only after an address that may
+    log in had been tried, so refused candidates could be tried for free until the 503 named
+    the first allowed one. Now a refused address looks at the mail server as well."""
+    zg = fresh_no_mail_zg
+
+    async def ask(email: str) -> int:
+        async with HttpBrowser(source=new_source()) as browser:
+            page = await login_page(browser, zg, "wiki.localhost")
+            return (await request_pin(browser, zg, page.fields, email)).status
+
+    assert await ask("nobody@other.test") == 200  # the look happens after the page
+    statuses: list[int] = []
+
+    async def mail_down_shown() -> bool:
+        statuses.append(await ask("nobody2@other.test"))
+        return statuses[-1] == 503
+
+    await wait_for(mail_down_shown, timeout=15, what="503 for a refused address")
+    assert set(statuses) <= {200, 503}

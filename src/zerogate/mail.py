@@ -281,6 +281,30 @@ class Mailer:
             raise MailError("the local outbox is not running")
         smtp = self.server
         where = f"{smtp.host}:{smtp.port}"
+        client, username, timeout = self._client(smtp)
+        connected = False
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connect(client, smtp, where, username, timeout)
+                connected = True
+                errors = await self._transfer(client, message, to, where, timeout)
+                with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                    await client.quit()
+        except TimeoutError as exc:  # the whole exchange took too long
+            # past the greeting, TLS and login, it is this message's (a slow recipient
+            # check, say), not the server's: other addresses still get mail
+            raise MailError(
+                f"SMTP {where}: timed out after {timeout:g}s", server_down=not connected
+            ) from exc
+        finally:
+            client.close()
+        if errors:
+            refused = "; ".join(
+                f"{rcpt}: {resp.code} {_one_line(resp.message)}" for rcpt, resp in errors.items()
+            )
+            raise MailError(f"SMTP {where}: recipient refused ({refused})", server_down=False)
+
+    def _client(self, smtp: Smtp) -> tuple[aiosmtplib.SMTP, str | None, float]:
         username, password = self._credentials(smtp)
         timeout = parse_duration(smtp.timeout).total_seconds()
         client = aiosmtplib.SMTP(
@@ -293,21 +317,29 @@ class Mailer:
             timeout=timeout,
             tls_context=self._tls_context if (smtp.tls or smtp.starttls) else None,
         )
+        return client, username, timeout
+
+    async def probe(self) -> None:
+        """Whether mail can be sent at all: connect, greet, TLS, log in, quit — what ``send``
+        does before a message, and nothing about any address. ``MailError`` (always
+        ``server_down``) when not. The portal runs it for addresses that get no mail, so the
+        answer "email is not working" depends on the server, never on who asked."""
+        if self._smtp is None:
+            if self._outbox is not None and not self._outbox.running:
+                raise MailError("the local outbox is not running")
+            return
+        smtp = self._smtp
+        where = f"{smtp.host}:{smtp.port}"
+        client, username, timeout = self._client(smtp)
         try:
             async with asyncio.timeout(timeout):
                 await self._connect(client, smtp, where, username, timeout)
-                errors = await self._transfer(client, message, to, where, timeout)
                 with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                     await client.quit()
-        except TimeoutError as exc:  # the whole exchange took too long
+        except TimeoutError as exc:
             raise MailError(f"SMTP {where}: timed out after {timeout:g}s") from exc
         finally:
             client.close()
-        if errors:
-            refused = "; ".join(
-                f"{rcpt}: {resp.code} {_one_line(resp.message)}" for rcpt, resp in errors.items()
-            )
-            raise MailError(f"SMTP {where}: recipient refused ({refused})", server_down=False)
 
     @staticmethod
     async def _connect(

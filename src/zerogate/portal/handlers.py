@@ -442,6 +442,15 @@ async def _deliver_pin(
     timing are the same whether or not this address may log in (``verdict``)."""
     await svc.runtime.store.put_pin(key, record.to_dict())
     if verdict.decision != "allow":
+        # no mail for this address, but the same look at the mail server: whether the next
+        # page says "email is not working" must not depend on who asked before
+        try:
+            await svc.mailer.probe()
+        except MailError as exc:
+            svc.mail_failed_at = time.time()
+            log.warning("the mail server cannot be used: %s", exc)
+        else:
+            svc.mail_failed_at = None
         return
     try:
         await svc.mailer.send(message, email)
