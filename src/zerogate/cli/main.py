@@ -23,7 +23,7 @@ from rich.tree import Tree
 
 from zerogate import __version__
 from zerogate.model import ConfigError, Loaded, Problem, load_file
-from zerogate.model.objects import ConfigFile, Objects, Settings
+from zerogate.model.objects import ConfigFile, Objects
 
 app = typer.Typer(
     name="zerogate",
@@ -420,10 +420,16 @@ def server(
     """Run the edge, the portal and (later) the tunnel listener."""
     from zerogate.server.run import serve
 
-    loaded = load_config(config) if config is not None else None
-    settings = loaded.config.settings() if loaded is not None else Settings()
-    url = _store_url(loaded.config if loaded else None, config)
-    if apply_first and loaded is not None:
+    if config is None:
+        # fail closed: never a server on defaults with a fresh store nobody configured
+        fail(
+            "zerogate server needs its configuration file: zerogate server -c FILE "
+            "(`zerogate demo` starts a local tour with its own)"
+        )
+    loaded = load_config(config)
+    settings = loaded.config.settings()
+    url = _store_url(loaded.config, config)
+    if apply_first:
         objects = loaded.config.objects()
 
         async def go() -> Any:
@@ -462,7 +468,7 @@ def main() -> None:
 
 # commands in their own modules register themselves on ``app`` (they import this module's
 # helpers, so they are imported last)
-from zerogate.cli import api_tokens, logs, tokens, tunnels  # noqa: E402, F401
+from zerogate.cli import api_tokens, logs, mail, tokens, tunnels  # noqa: E402, F401
 from zerogate.cli.connector import connector_app  # noqa: E402
 
 app.add_typer(connector_app, name="connector")
