@@ -197,19 +197,36 @@ def apply(
     loaded = load_config(config)
     url = _store_url(loaded.config, config)
     objects = loaded.config.objects()
+    from zerogate.cli.route_dns import route_dns, show_dns, sync_routes
+
+    try:
+        dns = None if dry_run else route_dns(loaded.config.settings())
+    except UserError as exc:
+        fail(*exc.messages)
+    report = None
 
     async def go() -> Any:
+        nonlocal report
         from zerogate.store import Store
 
         store = await Store.open(url)
         try:
             if dry_run:
                 return await store.plan(objects)
-            return await store.apply(objects, actor=f"cli:{getpass.getuser()}", source="cli")
+            before, _ = await store.load()
+            # tunnel routes added or removed: their DNS records first (cli/route_dns.py)
+            plan, report = await sync_routes(
+                dns,
+                before,
+                objects,
+                lambda: store.apply(objects, actor=f"cli:{getpass.getuser()}", source="cli"),
+            )
+            return plan
         finally:
             await store.close()
 
     plan = run(go)
+    show_dns(dns, report)
     if as_json:
         print_json(_plan_json(plan, dry_run))
         return

@@ -92,6 +92,13 @@ def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bo
     problem = can_bind(settings.listen.http)
     if problem is not None:
         fail_closed("listen.http", settings.listen.http, problem)
+    from zerogate.dns.routes import DnsError, RouteDns
+
+    try:
+        RouteDns.from_settings(settings)  # the admin API and panel write route records
+    except DnsError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
     objects = _stored_objects(settings, base)
     tunnels = [t.name for t in objects.tunnels]
     problem = mail_problem(settings, objects)
