@@ -194,3 +194,35 @@ def test_a_missing_secret_and_a_bad_target_name_the_setting(
     )
     code, _, err = cli("check", "-c", str(both))
     assert code == 2 and "dns: set exactly one of edge_addresses" in err
+
+
+async def test_the_admin_service_writes_route_records_and_fails_closed(
+    tmp_path: Path, bind: Bind, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The admin API and panel change routes through ``AdminService``: the same DNS rule."""
+    from zerogate.admin.service import Actor, AdminService, DnsFailed
+    from zerogate.dns.routes import RouteDns
+    from zerogate.model import load_file
+    from zerogate.store import Store, storage_url
+
+    settings = load_file(write_config(tmp_path, bind)).config.settings()
+    store = await Store.open(storage_url(f"sqlite:///{tmp_path / 'admin.db'}"))
+    try:
+        service = AdminService(store, dns=RouteDns.from_settings(settings))
+        actor = Actor("ops@example.test", "192.0.2.1")
+        await service.create("tunnels", {"name": "office", "routes": ["api.example.test"]}, actor)
+        assert lookup(bind, "api.example.test", "A") == ["192.0.2.10"]
+        item = await service.get("tunnels", "office")
+
+        monkeypatch.setenv(SECRET_ENV, "d3JvbmcgdHNpZyBzZWNyZXQgZm9yIHRoZSB0ZXN0IGtleQ==")
+        wrong = AdminService(store, dns=RouteDns.from_settings(settings))
+        with pytest.raises(DnsFailed, match="refused the TSIG key") as failed:
+            await wrong.delete("tunnels", "office", version=item.version, actor=actor)
+        assert failed.value.status == 502
+        assert (await service.get("tunnels", "office")).spec["routes"] == ["api.example.test"]
+        assert lookup(bind, "api.example.test", "A") == ["192.0.2.10"]
+
+        await service.delete("tunnels", "office", version=item.version, actor=actor)
+        assert lookup(bind, "api.example.test", "A") == []
+    finally:
+        await store.close()
