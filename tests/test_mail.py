@@ -143,9 +143,12 @@ async def test_mailer_without_smtp_delivers_to_the_outbox(outbox: Outbox) -> Non
     assert (await outbox.wait_for("alice@example.com", timeout=5)).pin == "000042"
 
 
-def test_mailer_needs_a_server_or_an_outbox() -> None:
-    with pytest.raises(ValueError, match="outbox"):
-        Mailer(None, SENDER)
+async def test_a_mailer_without_a_server_or_an_outbox_fails_every_send() -> None:
+    with pytest.raises(MailError, match=r"no way to send mail: set email\.smtp") as failed:
+        await Mailer(None, SENDER).send(
+            render_pin_email(pin_email(), sender=SENDER), "alice@example.com"
+        )
+    assert failed.value.server_down
 
 
 async def test_stopped_outbox_is_a_mail_error() -> None:
@@ -225,7 +228,13 @@ async def auth_outbox() -> AsyncIterator[Outbox]:
 
 
 def auth_smtp(port: int) -> Smtp:
-    return Smtp(host="127.0.0.1", port=port, username="mailer", password_env=PASSWORD_ENV)
+    return Smtp(
+        host="127.0.0.1",
+        port=port,
+        username="mailer",
+        password_env=PASSWORD_ENV,
+        allow_insecure_auth=True,  # a loopback test server without TLS
+    )
 
 
 async def test_auth_with_the_password_from_the_environment(
@@ -269,7 +278,7 @@ async def test_missing_password_variable_is_named(
 
 def test_username_without_password_env_is_a_mail_error() -> None:
     with pytest.raises(MailError, match="password_env is not"):
-        Mailer(Smtp(host="127.0.0.1", username="mailer"), SENDER).check()
+        Mailer(Smtp(host="127.0.0.1", username="mailer", starttls=True), SENDER).check()
 
 
 # -- TLS ----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ Sending (``Mailer``):
   not "opportunistic"), ``username`` + the password read from the environment variable named by
   ``password_env`` at every send (so a rotated secret needs no restart), and ``timeout``, which
   bounds the *whole* exchange (connect, greeting, EHLO, TLS, AUTH, MAIL, RCPT, DATA).
-- ``email.smtp`` unset: mail goes over SMTP to the in-process demo outbox
+- ``email.outbox: true`` (no ``email.smtp``): mail goes over SMTP to the in-process outbox
   (``zerogate.outbox.Outbox``), so the demo and tests exercise the very same code path.
 - Certificates are checked against the system trust store. There is no ``ca_file`` setting yet
   (that would be a model change); code and tests that need a private CA pass ``tls_context``.
@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import ipaddress
 import logging
 import os
 import re
@@ -68,7 +67,7 @@ from zerogate.model.values import check_email, parse_duration
 if TYPE_CHECKING:
     from zerogate.outbox import Outbox
 
-__all__ = ["MailError", "Mailer", "PinEmail", "render_pin_email"]
+__all__ = ["Delivery", "MailError", "Mailer", "PinEmail", "render_pin_email"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +84,19 @@ class MailError(Exception):
     def __init__(self, message: str, *, server_down: bool = True) -> None:
         super().__init__(message)
         self.server_down = server_down
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the SMTP server said while accepting one message (``Mailer.send``)."""
+
+    server: str
+    #: ``implicit TLS``, ``STARTTLS`` or ``none``
+    tls: str
+    greeting: str
+    authenticated_as: str | None
+    #: the reply to the end of DATA, e.g. ``250 2.0.0 Ok: queued as 4XyZ``
+    reply: str
 
 
 @dataclass(frozen=True)
@@ -188,17 +200,10 @@ def render_pin_email(msg: PinEmail, *, sender: str, now: datetime | None = None)
     return message
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class Mailer:
-    """Sends messages to one SMTP server (or to the demo outbox when ``smtp`` is None).
+    """Sends messages to one SMTP server (or to the local outbox when ``smtp`` is None; with
+    neither, every ``send`` fails with ``MailError``: a server refuses to start that way while a
+    PIN login is configured, see ``zerogate.server.run.mail_problem``).
 
     ``tls_context``: the TLS settings for ``tls``/``starttls`` (for instance trusting a private
     CA); by default the system trust store with hostname checks.
@@ -212,25 +217,10 @@ class Mailer:
         outbox: Outbox | None = None,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
-        if smtp is None and outbox is None:
-            raise ValueError("Mailer needs an SMTP server (email.smtp) or a local outbox")
         self._smtp = smtp
         self._outbox = outbox
         self._tls_context = tls_context
         self.sender = sender
-        if (
-            smtp is not None
-            and smtp.username is not None
-            and not (smtp.tls or smtp.starttls)
-            and not _is_loopback(smtp.host)
-        ):
-            log.warning(
-                "email.smtp: the password for %s goes to %s:%d unencrypted; "
-                "set starttls: true (port 587) or tls: true (port 465)",
-                smtp.username,
-                smtp.host,
-                smtp.port,
-            )
 
     @property
     def server(self) -> Smtp:
@@ -266,17 +256,22 @@ class Mailer:
         """The ``MAIL FROM`` address: the address of the ``from`` setting (None: none in it)."""
         return email.utils.parseaddr(self.sender)[1] or None
 
-    async def send(self, message: EmailMessage, to: str) -> None:
+    async def send(self, message: EmailMessage, to: str) -> Delivery:
         """Send ``message`` to the one envelope recipient ``to`` (a canonical address, see
         ``check_email``); the headers are never read for recipients. Raise ``MailError`` on any
         failure; its ``server_down`` says whether the SMTP server could not be used at all
-        (connection, TLS, authentication, sender refused) or only this message failed."""
+        (connection, TLS, authentication, sender refused) or only this message failed.
+        Returns what the server said (``Delivery``)."""
         try:
             canonical: str | None = check_email(to)
         except ValueError:
             canonical = None
         if canonical != to:
             raise MailError(f"not a canonical email address: {to[:100]!r}", server_down=False)
+        if self._smtp is None and self._outbox is None:
+            raise MailError(
+                "no way to send mail: set email.smtp (or email.outbox: true for a local trial)"
+            )
         if self._smtp is None and self._outbox is not None and not self._outbox.running:
             raise MailError("the local outbox is not running")
         smtp = self.server
@@ -285,9 +280,9 @@ class Mailer:
         connected = False
         try:
             async with asyncio.timeout(timeout):
-                await self._connect(client, smtp, where, username, timeout)
+                greeting = await self._connect(client, smtp, where, username, timeout)
                 connected = True
-                errors = await self._transfer(client, message, to, where, timeout)
+                errors, reply = await self._transfer(client, message, to, where, timeout)
                 with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                     await client.quit()
         except TimeoutError as exc:  # the whole exchange took too long
@@ -303,6 +298,13 @@ class Mailer:
                 f"{rcpt}: {resp.code} {_one_line(resp.message)}" for rcpt, resp in errors.items()
             )
             raise MailError(f"SMTP {where}: recipient refused ({refused})", server_down=False)
+        return Delivery(
+            server=where,
+            tls="implicit TLS" if smtp.tls else "STARTTLS" if smtp.starttls else "none",
+            greeting=greeting,
+            authenticated_as=username,
+            reply=reply,
+        )
 
     def _client(self, smtp: Smtp) -> tuple[aiosmtplib.SMTP, str | None, float]:
         username, password = self._credentials(smtp)
@@ -325,7 +327,9 @@ class Mailer:
         ``server_down``) when not. The portal runs it for addresses that get no mail, so the
         answer "email is not working" depends on the server, never on who asked."""
         if self._smtp is None:
-            if self._outbox is not None and not self._outbox.running:
+            if self._outbox is None:
+                raise MailError("no way to send mail: set email.smtp (or email.outbox: true)")
+            if not self._outbox.running:
                 raise MailError("the local outbox is not running")
             return
         smtp = self._smtp
@@ -344,10 +348,12 @@ class Mailer:
     @staticmethod
     async def _connect(
         client: aiosmtplib.SMTP, smtp: Smtp, where: str, username: str | None, limit: float
-    ) -> None:
-        """Connect, greet, TLS, AUTH: a failure here means no mail goes anywhere."""
+    ) -> str:
+        """Connect, greet, TLS, AUTH: a failure here means no mail goes anywhere. Returns the
+        server's greeting."""
         try:
-            await client.connect()
+            greeting = await client.connect()
+            return f"{greeting.code} {_one_line(greeting.message)}"
         except aiosmtplib.SMTPTimeoutError as exc:
             raise MailError(f"SMTP {where}: timed out after {limit:g}s") from exc
         except aiosmtplib.SMTPAuthenticationError as exc:
@@ -375,11 +381,12 @@ class Mailer:
         to: str,
         where: str,
         limit: float,
-    ) -> dict[str, aiosmtplib.SMTPResponse]:
+    ) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
         """MAIL, RCPT, DATA for this one message: a failure here is this message's own (only a
-        refused sender is the server's, as it would refuse every message)."""
+        refused sender is the server's, as it would refuse every message). Returns the refused
+        recipients and the server's reply to the message."""
         try:
-            errors, _ = await client.send_message(
+            errors, reply = await client.send_message(
                 message, sender=self.envelope_sender, recipients=[to]
             )
         except aiosmtplib.SMTPSenderRefused as exc:
@@ -407,7 +414,7 @@ class Mailer:
             raise MailError(
                 f"SMTP {where}: {type(exc).__name__}: {_describe(exc)}", server_down=False
             ) from exc
-        return dict(errors)
+        return dict(errors), _one_line(reply)
 
 
 def _describe(exc: BaseException) -> str:

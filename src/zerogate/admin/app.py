@@ -69,8 +69,13 @@ class AdminFrontDoor:
 
     def __init__(self, svc: Services, service: AdminService | None = None) -> None:
         self.svc = svc
+        from zerogate.dns.routes import RouteDns
+
         self.service = service or AdminService(
-            svc.runtime.store, secret_env_prefix=svc.runtime.settings.secret_env_prefix
+            svc.runtime.store,
+            secret_env_prefix=svc.runtime.settings.secret_env_prefix,
+            # checked at start by ``zerogate.server.run.serve`` (a missing secret refuses)
+            dns=RouteDns.from_settings(svc.runtime.settings),
         )
         from zerogate.admin.api import create_api
 

@@ -63,6 +63,7 @@ from zerogate.tunnel.token import TokenError, TunnelToken
 
 if TYPE_CHECKING:
     from zerogate.admin.principal import Principal
+    from zerogate.dns.routes import RouteDns
 
 #: API collection name -> (store kind, ``Objects`` field); the collection names are the YAML keys
 COLLECTIONS: dict[str, str] = {
@@ -109,6 +110,19 @@ class NotFound(AdminError):
 class Conflict(AdminError):
     """The object changed since the version the caller based its write on (or, for a create,
     one of that name exists)."""
+
+    status = 409
+
+
+class DnsFailed(AdminError):
+    """The DNS records of a tunnel route could not be written (``zerogate.dns.routes``):
+    nothing was changed."""
+
+    status = 502
+
+
+class DnsConflictError(AdminError):
+    """A routed name holds DNS records zerogate did not make: nothing was changed."""
 
     status = 409
 
@@ -260,8 +274,16 @@ def _collection(name: str) -> str:
 class AdminService:
     """Reads and versioned writes of the configured objects, logs and the policy tester."""
 
-    def __init__(self, store: Store, *, secret_env_prefix: str = DEFAULT_SECRET_ENV_PREFIX) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        secret_env_prefix: str = DEFAULT_SECRET_ENV_PREFIX,
+        dns: RouteDns | None = None,
+    ) -> None:
         self.store = store
+        #: the DNS records of tunnel routes, written before each change (``dns`` settings)
+        self.dns = dns
         #: secret references written through here must start with this (``Settings``)
         self.secret_env_prefix = secret_env_prefix
         #: token id -> when this process last wrote its ``last_used_at`` (monotonic-ish epoch)
@@ -321,13 +343,28 @@ class AdminService:
         await self._check_secret_refs(objects)
         if actor.guard is not None:
             _check_guard(objects, actor.guard)
-        return await self.store.apply(
-            objects,
-            actor=actor.who,
-            source=actor.source,
-            expect=expect,
-            expect_version=based_on,
-        )
+
+        async def write() -> Plan:
+            return await self.store.apply(
+                objects,
+                actor=actor.who,
+                source=actor.source,
+                expect=expect,
+                expect_version=based_on,
+            )
+
+        if self.dns is None:
+            return await write()
+        from zerogate.dns.routes import DnsConflict, DnsError
+
+        before, _ = await self.store.load()
+        try:
+            plan, _ = await self.dns.sync(before, objects, write)
+        except DnsConflict as exc:
+            raise DnsConflictError(str(exc)) from None
+        except DnsError as exc:
+            raise DnsFailed(f"{exc}; the configuration was not changed") from None
+        return plan
 
     async def _change(self, edit: Edit, actor: Actor) -> Plan:
         """Apply one object's change on top of the newest configuration.

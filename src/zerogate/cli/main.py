@@ -17,11 +17,12 @@ from rich.table import Table
 from rich.tree import Tree
 
 from zerogate import __version__
-from zerogate.cli import api_tokens, connector, logs, tokens, tunnels
+from zerogate.cli import api_tokens, connector, logs, mail, tokens, tunnels
 from zerogate.cli.helpers import (
     ConfigOption,
     JsonOption,
     OptionalConfig,
+    UserError,
     actor,
     err,
     fail,
@@ -31,7 +32,7 @@ from zerogate.cli.helpers import (
     run,
     store_url,
 )
-from zerogate.model.objects import Objects, Settings
+from zerogate.model.objects import Objects
 
 app = typer.Typer(
     name="zerogate",
@@ -129,19 +130,36 @@ def apply(
     loaded = load_config(config)
     url = store_url(loaded.config, config)
     objects = loaded.config.objects()
+    from zerogate.cli.route_dns import route_dns, show_dns, sync_routes
+
+    try:
+        dns = None if dry_run else route_dns(loaded.config.settings())
+    except UserError as exc:
+        fail(*exc.messages)
+    report = None
 
     async def go() -> Any:
+        nonlocal report
         from zerogate.store import Store
 
         store = await Store.open(url)
         try:
             if dry_run:
                 return await store.plan(objects)
-            return await store.apply(objects, actor=actor(), source="cli")
+            before, _ = await store.load()
+            # tunnel routes added or removed: their DNS records first (cli/route_dns.py)
+            plan, report = await sync_routes(
+                dns,
+                before,
+                objects,
+                lambda: store.apply(objects, actor=actor(), source="cli"),
+            )
+            return plan
         finally:
             await store.close()
 
     plan = run(go)
+    show_dns(dns, report)
     if as_json:
         print_json(_plan_json(plan, dry_run))
         return
@@ -352,10 +370,16 @@ def server(
     """Run the edge, the portal and (later) the tunnel listener."""
     from zerogate.server.run import serve
 
-    loaded = load_config(config) if config is not None else None
-    settings = loaded.config.settings() if loaded is not None else Settings()
-    url = store_url(loaded.config if loaded else None, config)
-    if apply_first and loaded is not None:
+    if config is None:
+        # fail closed: never a server on defaults with a fresh store nobody configured
+        fail(
+            "zerogate server needs its configuration file: zerogate server -c FILE "
+            "(`zerogate demo` starts a local tour with its own)"
+        )
+    loaded = load_config(config)
+    settings = loaded.config.settings()
+    url = store_url(loaded.config, config)
+    if apply_first:
         objects = loaded.config.objects()
 
         async def go() -> Any:
@@ -392,6 +416,7 @@ app.add_typer(api_tokens.api_token_app, name="api-token")
 app.command("logs")(logs.logs_command)
 app.add_typer(tunnels.tunnel_app, name="tunnel")
 app.add_typer(connector.connector_app, name="connector")
+app.add_typer(mail.email_app, name="email")
 
 
 def main() -> None:

@@ -44,9 +44,11 @@ from zerogate.cli.helpers import (
     with_objects,
     with_store,
 )
+from zerogate.cli.route_dns import route_dns, show_dns, sync_routes
 
 if TYPE_CHECKING:
     from zerogate.admin.connector_tokens import ConnectorToken
+    from zerogate.dns.routes import DnsReport
     from zerogate.model.objects import Objects, Settings
     from zerogate.store import Store, TunnelConnection, TunnelCredential
 
@@ -212,6 +214,8 @@ def tunnel_create(
         settings = _settings(config)
         edges = _edges(edge, settings)
 
+    dns = route_dns(settings)
+
     async def work(store: Store) -> tuple[ConnectorToken, list[str], bool]:
         if any(c.name == name for c in await store.tunnel_credentials()):
             raise UserError(
@@ -226,7 +230,10 @@ def tunnel_create(
         else:
             existing["routes"] += [r for r in routes if r not in existing["routes"]]
         wanted = _with_tunnels(objects, tunnels)
-        await _apply(store, wanted, name, version)
+        _, report = await sync_routes(
+            dns, objects, wanted, lambda: _apply(store, wanted, name, version)
+        )
+        show_dns(dns, report)
         tunnel = next(t for t in wanted.tunnels if t.name == name)
         issued = await _new_token(store, name, settings, edges)
         return issued, tunnel.routes, existing is None
@@ -349,23 +356,38 @@ def tunnel_route(
     """Route a hostname to a tunnel: its application may then use the tunnel."""
     with user_errors():
         host = _check_host(host, "HOST")
+        dns = route_dns(_settings(config))
 
-    async def work(store: Store) -> tuple[list[str], bool]:
+    async def work(store: Store) -> tuple[list[str], bool, DnsReport | None]:
         objects, version = await _object(store, name)
         tunnels = _tunnel_doc(objects)
         tunnel = next((t for t in tunnels if t["name"] == name), None)
         if tunnel is None:
             raise UserError(f"unknown tunnel {name!r}")
-        if host in tunnel["routes"]:
-            return list(tunnel["routes"]), False
-        tunnel["routes"].append(host)
+        changed = host not in tunnel["routes"]
+        if changed:
+            tunnel["routes"].append(host)
         wanted = _with_tunnels(objects, tunnels)
-        await _apply(store, wanted, name, version)
-        return next(t.routes for t in wanted.tunnels if t.name == name), True
 
-    routes, changed = with_store(config, work)
+        async def write() -> None:
+            if changed:
+                await _apply(store, wanted, name, version)
+
+        # also when already routed: a re-run makes a missing record (idempotent)
+        _, report = await sync_routes(dns, objects, wanted, write)
+        return next(t.routes for t in wanted.tunnels if t.name == name), changed, report
+
+    routes, changed, report = with_store(config, work)
+    show_dns(dns, report)
     if as_json:
-        print_json({"name": name, "routes": routes, "changed": changed})
+        print_json(
+            {
+                "name": name,
+                "routes": routes,
+                "changed": changed,
+                **({"dns": report.as_dict()} if report is not None else {}),
+            }
+        )
         return
     if changed:
         out.print(f"[green]{escape(host)} is routed to tunnel {escape(name)}.[/green]")
@@ -383,6 +405,8 @@ def tunnel_delete(
     name: NameArgument, config: OptionalConfig = None, as_json: JsonOption = False
 ) -> None:
     """Delete a tunnel (refused while an application uses it); its connectors are disconnected."""
+    with user_errors():
+        dns = route_dns(_settings(config))
 
     async def work(store: Store) -> tuple[bool, bool]:
         had_credential = any(c.name == name for c in await store.tunnel_credentials())
@@ -400,8 +424,12 @@ def tunnel_delete(
             )
         if had_object:
             wanted = _with_tunnels(objects, [t for t in tunnels if t["name"] != name])
-            # removing the object removes its credential in the same transaction
-            await _apply(store, wanted, name, version)
+            # removing the object removes its credential in the same transaction; the DNS
+            # records of its routes go first
+            _, report = await sync_routes(
+                dns, objects, wanted, lambda: _apply(store, wanted, name, version)
+            )
+            show_dns(dns, report)
         await store.delete_tunnel_credential(name)
         return had_object, had_credential
 

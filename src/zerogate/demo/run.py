@@ -24,6 +24,8 @@ DEMO_YAML = """\
 portal: auth.localhost:{port}
 listen: {{http: 127.0.0.1:{port}, tunnel: 127.0.0.1:{tunnel_port}}}
 storage: sqlite:///zerogate.db
+# no mail server: PIN codes stay in the server's outbox (the login page says so)
+email: {{outbox: true}}
 admins: [ops@example.com]
 
 identity_providers:

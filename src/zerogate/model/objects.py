@@ -521,17 +521,102 @@ class Smtp(_Strict):
     username: str | None = None
     password_env: str | None = None
     timeout: Duration = "10s"
+    #: send ``username`` and the password over a connection without TLS (a local relay only)
+    allow_insecure_auth: bool = False
 
     @model_validator(mode="after")
     def _tls_modes(self) -> Smtp:
         if self.starttls and self.tls:
             raise ValueError("choose starttls (upgrade on port 587) or tls (port 465), not both")
+        encrypted = self.tls or self.starttls
+        if self.username is not None and not encrypted and not self.allow_insecure_auth:
+            raise ValueError(
+                "username is set but the connection is not encrypted: the password would "
+                "cross the network in clear; set starttls: true (port 587) or tls: true "
+                "(port 465), or allow_insecure_auth: true for a relay you trust"
+            )
         return self
 
 
 class EmailSettings(_Strict):
     smtp: Smtp | None = None
+    #: no SMTP server: PIN emails stay in an outbox inside the server process, which the login
+    #: page announces and serves at /.zerogate/outbox (for local trials only)
+    outbox: bool = False
     from_: str = Field(default="zerogate <noreply@zerogate.localhost>", alias="from")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> EmailSettings:
+        if self.outbox and self.smtp is not None:
+            raise ValueError("outbox: true and smtp are both set: choose one way to send mail")
+        return self
+
+
+TsigAlgorithm = Literal["hmac-sha224", "hmac-sha256", "hmac-sha384", "hmac-sha512"]
+
+
+def _check_dns_server(text: str) -> str:
+    """``ADDRESS`` or ``ADDRESS:PORT`` / ``[V6]:PORT`` of the primary name server."""
+    value = text.strip() if isinstance(text, str) else ""
+    host, port = value, "53"
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":") or "53"
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+    try:
+        ip_address(host)
+    except ValueError:
+        values.check_hostname(host)
+    return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
+
+
+def _check_address(text: str) -> str:
+    """One IPv4 or IPv6 address (no range), in its compressed form."""
+    try:
+        return str(ip_address(text.strip() if isinstance(text, str) else text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+
+
+class Rfc2136(_Strict):
+    """Where and how to send RFC 2136 dynamic updates (signed with TSIG)."""
+
+    #: the primary name server: ADDRESS or HOST, optionally :PORT (default 53)
+    server: Annotated[str, AfterValidator(_check_dns_server)]
+    zone: Annotated[str, AfterValidator(values.check_hostname)]
+    key_name: Annotated[str, AfterValidator(values.check_hostname)]
+    #: the environment variable holding the TSIG secret (base64, as tsig-keygen prints it)
+    key_secret_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+    algorithm: TsigAlgorithm = "hmac-sha256"
+    timeout: Duration = "10s"
+
+
+class DnsSettings(_Strict):
+    """DNS records for tunnel routes (``zerogate tunnel route``, ``apply``, the admin API)."""
+
+    rfc2136: Rfc2136
+    #: A/AAAA records to these public addresses of the edges ...
+    edge_addresses: list[Annotated[str, AfterValidator(_check_address)]] = Field(
+        default_factory=list
+    )
+    #: ... or a CNAME to this name (one of the two)
+    edge_cname: Annotated[str, AfterValidator(values.check_hostname)] | None = None
+    ttl: int = Field(default=300, ge=30, le=86400)
+    #: written into the TXT record that marks a record as zerogate's (``_zerogate.HOST``):
+    #: two installations sharing a zone use different owners and never touch each other's
+    owner: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$")] = "zerogate"
+
+    @model_validator(mode="after")
+    def _one_target(self) -> DnsSettings:
+        if bool(self.edge_addresses) == (self.edge_cname is not None):
+            raise ValueError(
+                "set exactly one of edge_addresses (A/AAAA records to the edges' public "
+                "addresses) or edge_cname (a CNAME to a name that points at the edges)"
+            )
+        return self
 
 
 class GeoIp(_Strict):
@@ -558,6 +643,7 @@ class Settings(_Strict):
     storage: str | None = None
     email: EmailSettings = Field(default_factory=EmailSettings)
     geoip: GeoIp | None = None
+    dns: DnsSettings | None = None
     logs: LogSettings = Field(default_factory=LogSettings)
     session_duration: Duration = "24h"
     trusted_proxies: list[IPRange] = Field(default_factory=list)
@@ -610,6 +696,8 @@ def all_field_names() -> frozenset[str]:
         Listen,
         Smtp,
         EmailSettings,
+        Rfc2136,
+        DnsSettings,
         GeoIp,
         Settings,
     ):

@@ -147,7 +147,11 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
         elif (route := oidc_login.route(path)) is not None and method in ("GET", "HEAD"):
             await oidc_login.handle(scope, send, svc, req, *route)
         elif path == "/.zerogate/outbox" and svc.show_outbox and svc.outbox is not None:
-            await http.respond_html(send, 200, svc.outbox.render_html())
+            # the PINs of everybody: only for this machine (email.outbox is for local trials)
+            if ip_address(req.client.ip).is_loopback:
+                await http.respond_html(send, 200, svc.outbox.render_html())
+            else:
+                await _message(send, svc, 404, "Not found", "There is nothing here.")
         elif path == "/":
             claims = portal_session(scope, svc)
             message = (

@@ -209,15 +209,15 @@ class ZerogateApp:
         runtime = await Runtime.load(store, settings, base_dir)
         runtime.start()
         outbox: Outbox | None = None
-        if settings.email.smtp is None:
+        if settings.email.outbox:
             port = int(os.environ.get("ZEROGATE_OUTBOX_PORT", "0"))
             outbox = Outbox(port=port)
             await outbox.start()
             if not self.demo:
                 log.warning(
-                    "email.smtp is not configured: PIN emails go to a local outbox on port %d "
-                    "that only `zerogate demo` shows",
-                    outbox.port,
+                    "email.outbox: true: PIN emails are not sent; they stay in this process's "
+                    "outbox, shown at /.zerogate/outbox on the portal to this machine only "
+                    "(for local trials: set email.smtp to send mail)"
                 )
         mailer = Mailer(settings.email.smtp, settings.email.from_, outbox=outbox)
         retention = settings.logs
@@ -235,8 +235,10 @@ class ZerogateApp:
             mailer=mailer,
             accesslog=writer,
             outbox=outbox,
-            show_outbox=self.demo,
+            show_outbox=outbox is not None,
         )
+        # the login pages announce that codes are not mailed (templates read this global)
+        self.svc.pages.globals["mail_outbox"] = outbox is not None
         self.svc.metrics.watch_access_log(writer)
         self.admin = AdminFrontDoor(self.svc)
         if int(os.environ.get("ZEROGATE_WORKERS", "1")) > 1:

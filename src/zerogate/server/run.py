@@ -17,7 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
-from zerogate.model.objects import Settings
+from zerogate.model.objects import Objects, OneTimePinProvider, Settings
 from zerogate.model.values import parse_duration
 
 #: a worker that dies (the OOM killer, a crash) is started again; granian gives up (and the
@@ -48,23 +48,40 @@ def fail_closed(what: str, address: str, why: str) -> None:
     raise SystemExit(2)
 
 
-def _tunnels_in_store(settings: Settings, base: Path) -> list[str]:
+def _stored_objects(settings: Settings, base: Path) -> Objects:
     from zerogate.store import Store, storage_url
 
-    async def names() -> list[str]:
+    async def load() -> Objects:
         store = await Store.open(storage_url(settings.storage, base_dir=base))
         try:
             objects, _ = await store.load()
         finally:
             await store.close()
-        return [t.name for t in objects.tunnels]
+        return objects
 
-    return asyncio.run(names())
+    return asyncio.run(load())
+
+
+def mail_problem(settings: Settings, objects: Objects) -> str | None:
+    """Why this server could not mail the PINs of a configured PIN login (None: it can)."""
+    email = settings.email
+    if email.smtp is not None or email.outbox:
+        return None
+    pins = [p.name for p in objects.identity_providers if isinstance(p, OneTimePinProvider)]
+    if not pins:
+        return None
+    return (
+        f"login method {', '.join(repr(p) for p in pins)} (type: onetimepin) mails a PIN, but "
+        "no way to send mail is configured: set email.smtp (your mail server), or "
+        "email: {outbox: true} for a local trial (the login page then says that codes stay in "
+        "the server's outbox)"
+    )
 
 
 def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bool = False) -> None:
     """Block serving ``listen.http`` (and ``listen.tunnel`` once a tunnel exists) until
-    interrupted. Exits with code 2 when ``workers`` > 1 and the store holds tunnels."""
+    interrupted. Exits with code 2 when ``workers`` > 1 and the store holds tunnels, and when a
+    PIN login is configured without a way to send mail (``mail_problem``)."""
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
     from granian.server import Server
@@ -75,7 +92,19 @@ def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bo
     problem = can_bind(settings.listen.http)
     if problem is not None:
         fail_closed("listen.http", settings.listen.http, problem)
-    tunnels = _tunnels_in_store(settings, base)
+    from zerogate.dns.routes import DnsError, RouteDns
+
+    try:
+        RouteDns.from_settings(settings)  # the admin API and panel write route records
+    except DnsError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
+    objects = _stored_objects(settings, base)
+    tunnels = [t.name for t in objects.tunnels]
+    problem = mail_problem(settings, objects)
+    if problem is not None:
+        sys.stderr.write(f"error: {problem}\n")
+        raise SystemExit(2)
     if workers == 1 and tunnels:
         problem = can_bind(settings.listen.tunnel)
         if problem is not None:
