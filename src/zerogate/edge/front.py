@@ -71,6 +71,8 @@ MAX_QUEUED = 8
 MAX_RELAY_BUFFER = 256 * 1024
 #: no response head from the origin within this → 504 (as the upstream pool's read timeout)
 READ_TIMEOUT = 300.0
+#: how long a relay waits for the application's socket to accept (start, worker restart)
+RELAY_CONNECT_TIMEOUT = 10.0
 #: above this share of ``max_connections``, connections idle this long are closed
 PRESSURE = 0.8
 PRESSURE_QUIET = 1.0
@@ -816,8 +818,19 @@ class RelayConnection(asyncio.Protocol):
         self.transport: Any = None
 
     async def connect(self, path: str) -> None:
+        loop = self.client.loop
+        deadline = loop.time() + RELAY_CONNECT_TIMEOUT
         try:
-            await self.client.loop.create_unix_connection(lambda: self, path)
+            while True:
+                try:
+                    await loop.create_unix_connection(lambda: self, path)
+                    return
+                except (ConnectionRefusedError, FileNotFoundError):
+                    # granian serves the socket only once its worker runs (at start, and
+                    # while a worker restarts): wait a little, as a client in a queue would
+                    if loop.time() >= deadline or self.client.closed:
+                        raise
+                    await asyncio.sleep(0.05)
         except OSError as exc:
             log.error("the front cannot reach the application socket: %s", exc)
             client = self.client
