@@ -354,7 +354,7 @@ def start_nginx(
 
 ZEROGATE_CONFIG = """\
 portal: auth.localhost:{port}
-listen: {{http: "127.0.0.1:{port}"}}
+listen: {{http: "127.0.0.1:{port}"{listen_extra}}}
 storage: sqlite:///zerogate.db
 identity_providers:
   - {{name: otp, type: onetimepin}}
@@ -413,7 +413,13 @@ async def mint_session(config: Path) -> tuple[str, str]:
 
 
 def start_zerogate(
-    procs: Processes, workdir: Path, *, workers: int, origin_port: int, port: int
+    procs: Processes,
+    workdir: Path,
+    *,
+    workers: int,
+    origin_port: int,
+    port: int,
+    fast_path: bool = False,
 ) -> Zerogate:
     folder = workdir / f"zerogate-{workers}"
     folder.mkdir()
@@ -427,6 +433,7 @@ def start_zerogate(
             token=SERVICE_TOKEN,
             bypass_app=BYPASS_APP,
             bypass_host=BYPASS_HOST,
+            listen_extra=", fast_path: true" if fast_path else "",
         )
     )
     env = {**os.environ, "NO_COLOR": "1", "ZEROGATE_LOG_LEVEL": "WARNING"}
@@ -1067,7 +1074,14 @@ def measure_workers(
     probe_port = 0
     if args.probe_path is not None:
         probe, probe_port = start_probe(procs, workdir, args.probe_path, origin_port)
-    zg = start_zerogate(procs, workdir, workers=workers, origin_port=origin_port, port=zg_port)
+    zg = start_zerogate(
+        procs,
+        workdir,
+        workers=workers,
+        origin_port=origin_port,
+        port=zg_port,
+        fast_path=args.fast_path,
+    )
     try:
         verify_origin_answer(origin_port, None, None, "the origin")
         verify_origin_answer(proxy_port, APP_HOST, None, "nginx proxy_pass")
@@ -1411,6 +1425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--probe",
         default=str(PROBE),
         help="the lean reference proxy (relative paths: to the repository root); 'none' to skip",
+    )
+    parser.add_argument(
+        "--fast-path", action="store_true", help="zerogate with listen.fast_path: true"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
