@@ -38,6 +38,9 @@ from zerogate.runtime import audience_tag
 from zerogate.store import Store, storage_url
 
 ZEROGATE = [sys.executable, "-m", "zerogate"]
+#: ``ZEROGATE_TEST_FAST_PATH=1``: every server the tests start (without TLS) runs with
+#: ``listen.fast_path: true``, so the end-to-end tests run through the front
+FAST_PATH = os.environ.get("ZEROGATE_TEST_FAST_PATH") == "1"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -179,6 +182,8 @@ class Zerogate:
         tunnel = f", tunnel: {self.tunnel_listen}" if self.tunnel_listen else ""
         tls = f", tls: {self.tls}" if self.tls else ""
         extra = f", {self.listen_extra}" if self.listen_extra else ""
+        if FAST_PATH and not self.tls and "fast_path" not in extra:
+            extra += ", fast_path: true"  # the whole e2e set through edge/front.py
         return f"http: {self.http_host}:{self.port}{tunnel}{tls}{extra}"
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:

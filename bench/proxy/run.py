@@ -54,14 +54,20 @@ from zerogate.model import load_file  # noqa: E402
 from zerogate.runtime import audience_tag, ensure_keyset  # noqa: E402
 from zerogate.store import Store, storage_url  # noqa: E402
 
-TARGET_RATIO = 0.35  # zerogate req/s ÷ nginx req/s, one worker each
-TARGET_ADDED_P99_MS = 2.0  # zerogate p99 − direct-origin p99 at half zerogate's maximum rate
+TARGET_RATIO = 0.5  # zerogate req/s ÷ nginx req/s, one worker each (issue #12)
+TARGET_ADDED_P99_MS = 1.0  # zerogate p99 − direct-origin p99 at half zerogate's maximum rate
 TARGET_WORKERS = 1  # the targets apply to this worker count; others are reported only
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 APP_NAME = "bench"
 APP_HOST = "bench.localhost"
+BYPASS_APP = "bench-open"
+BYPASS_HOST = "open.localhost"
+SERVICE_TOKEN = "bench-robot"
+#: the reference probe (a minimal uvloop + httptools proxy, not product code), relative to the
+#: repository root; ``--probe`` names another path
+PROBE = Path("../shared/probes/lean_proxy.py")
 EMAIL = "bench@example.com"
 ORIGIN_BODY = b"ok"
 
@@ -221,6 +227,37 @@ class CpuWatch:
         self.other_cores = max(busy - ours, 0.0) / wall
 
 
+def process_seconds(pgid: int) -> dict[int, float]:
+    """CPU seconds so far of each process in a process group."""
+    out: dict[int, float] = {}
+    for pid in group_pids(pgid):
+        with contextlib.suppress(OSError):
+            fields = _proc_stat_fields(pid)
+            out[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+class ProcCpu:
+    """Cores each process of one process group used while the block ran (largest first)."""
+
+    def __init__(self, pgid: int | None) -> None:
+        self.pgid = pgid
+        self.cores: list[float] = []
+
+    def __enter__(self) -> ProcCpu:
+        self.t0 = time.monotonic()
+        self.before = process_seconds(self.pgid) if self.pgid else {}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.pgid:
+            return
+        wall = max(time.monotonic() - self.t0, 1e-9)
+        after = process_seconds(self.pgid)
+        used = [(sec - self.before.get(pid, 0.0)) / wall for pid, sec in after.items()]
+        self.cores = sorted((c for c in used if c >= 0.005), reverse=True)
+
+
 def wait_quiet(procs: Processes, below: float, max_wait: float) -> None:
     """Wait, at most ``max_wait`` s, for a second in which processes we did not start use
     less than ``below`` cores (a shared machine: other people's test runs come and go)."""
@@ -317,18 +354,30 @@ def start_nginx(
 
 ZEROGATE_CONFIG = """\
 portal: auth.localhost:{port}
-listen: {{http: "127.0.0.1:{port}"}}
+listen: {{http: "127.0.0.1:{port}"{listen_extra}}}
 storage: sqlite:///zerogate.db
 identity_providers:
   - {{name: otp, type: onetimepin}}
+service_tokens:
+  - {{name: {token}, duration: 8760h}}
 applications:
   - name: {app}
     domain: {host}
     origin: http://127.0.0.1:{origin}
     policies:
+      - name: robots
+        decision: service_auth
+        include: [{{service_token: [{token}]}}]
       - name: staff
         decision: allow
         include: [{{email_domain: [example.com]}}]
+  - name: {bypass_app}
+    domain: {bypass_host}
+    origin: http://127.0.0.1:{origin}
+    policies:
+      - name: open
+        decision: bypass
+        include: [{{everyone: true}}]
 """
 
 
@@ -338,6 +387,7 @@ class Zerogate:
     port: int
     cookie: str  # "name=token"
     folder: Path
+    token_headers: list[str] = field(default_factory=list)  # "Name: value" of the service token
 
 
 async def mint_session(config: Path) -> tuple[str, str]:
@@ -363,13 +413,28 @@ async def mint_session(config: Path) -> tuple[str, str]:
 
 
 def start_zerogate(
-    procs: Processes, workdir: Path, *, workers: int, origin_port: int, port: int
+    procs: Processes,
+    workdir: Path,
+    *,
+    workers: int,
+    origin_port: int,
+    port: int,
+    fast_path: bool = False,
 ) -> Zerogate:
     folder = workdir / f"zerogate-{workers}"
     folder.mkdir()
     config = folder / "zerogate.yaml"
     config.write_text(
-        ZEROGATE_CONFIG.format(port=port, origin=origin_port, app=APP_NAME, host=APP_HOST)
+        ZEROGATE_CONFIG.format(
+            port=port,
+            origin=origin_port,
+            app=APP_NAME,
+            host=APP_HOST,
+            token=SERVICE_TOKEN,
+            bypass_app=BYPASS_APP,
+            bypass_host=BYPASS_HOST,
+            listen_extra=", fast_path: true" if fast_path else "",
+        )
     )
     env = {**os.environ, "NO_COLOR": "1", "ZEROGATE_LOG_LEVEL": "WARNING"}
     zg = [sys.executable, "-m", "zerogate"]
@@ -384,6 +449,18 @@ def start_zerogate(
     )
     if applied.returncode != 0:
         raise RuntimeError(f"zerogate apply failed:\n{applied.stdout}{applied.stderr}")
+    created = subprocess.run(
+        [*zg, "service-token", "create", SERVICE_TOKEN, "-c", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    if created.returncode != 0:
+        raise RuntimeError(f"zerogate service-token create failed:\n{created.stderr}")
+    token_headers = [f"{k}: {v}" for k, v in json.loads(created.stdout)["headers"].items()]
     # the keys are created (or read) before the server starts, so every worker loads them
     name, token = asyncio.run(mint_session(config))
     proc = procs.start(
@@ -398,13 +475,15 @@ def start_zerogate(
     except (RuntimeError, TimeoutError) as exc:
         log = (folder / "server.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{exc}\n--- server.log ---\n{log}") from None
-    return Zerogate(proc, port, f"{name}={token}", folder)
+    return Zerogate(proc, port, f"{name}={token}", folder, token_headers)
 
 
-def fetch(port: int, host: str | None, cookie: str | None) -> tuple[int, bytes, dict[str, str]]:
+def fetch(
+    port: int, host: str | None, cookie: str | None, extra: Sequence[str] = ()
+) -> tuple[int, bytes, dict[str, str]]:
     """One GET / (no redirects followed): status, body, headers."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    headers = {}
+    headers = dict(line.split(": ", 1) for line in extra)
     if host:
         headers["Host"] = host
     if cookie:
@@ -417,8 +496,10 @@ def fetch(port: int, host: str | None, cookie: str | None) -> tuple[int, bytes, 
         conn.close()
 
 
-def verify_origin_answer(port: int, host: str | None, cookie: str | None, what: str) -> None:
-    status, body, headers = fetch(port, host, cookie)
+def verify_origin_answer(
+    port: int, host: str | None, cookie: str | None, what: str, extra: Sequence[str] = ()
+) -> None:
+    status, body, headers = fetch(port, host, cookie, extra)
     if status != 200 or body != ORIGIN_BODY:
         where = headers.get("location", "")
         raise RuntimeError(
@@ -444,6 +525,10 @@ class WrkResult:
     non_2xx_3xx: int
     socket_errors: int
     other_cpu_cores: float = 0.0
+    #: cores each process of the measured proxy used while measured (largest first)
+    proc_cpu: list[float] = field(default_factory=list)
+    #: cores the origin's processes used meanwhile
+    origin_cpu: float = 0.0
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
@@ -494,12 +579,15 @@ def run_wrk(
     connections: int,
     threads: int,
     path: str = "/",
+    extra: Sequence[str] = (),
 ) -> WrkResult:
     argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     if host:
         argv += ["-H", f"Host: {host}"]
     if cookie:
         argv += ["-H", f"Cookie: {cookie}"]
+    for line in extra:
+        argv += ["-H", line]
     argv.append(f"http://127.0.0.1:{port}{path}")
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
@@ -869,6 +957,9 @@ class Round:
     added_p99_ms: float = float("nan")
     nginx_added_p99_ms: float = float("nan")
     profile: dict[str, Any] | None = None
+    #: the other rows of the wrk table: "probe", "zerogate token", "zerogate bypass"
+    rows: dict[str, WrkResult] = field(default_factory=dict)
+    probe_ratio: float = float("nan")  # zerogate (session) req/s ÷ the lean probe's
     rps_runs: dict[str, list[float]] = field(default_factory=dict)  # every wrk run
     fixed_p99_runs: dict[str, list[float]] = field(default_factory=dict)  # every fixed-rate run
 
@@ -934,15 +1025,43 @@ def source_state() -> str:
     )
 
 
+def start_probe(
+    procs: Processes, workdir: Path, probe: Path, origin_port: int
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The lean reference proxy (one process: it has no worker option)."""
+    port = free_port()
+    folder = workdir / f"probe-{port}"
+    folder.mkdir()
+    proc = procs.start(
+        "probe",
+        [sys.executable, str(probe), str(port), str(origin_port)],
+        log=folder / "probe.log",
+        cwd=folder,
+        env=dict(os.environ),
+    )
+    wait_for_port(port, proc, "the lean probe", timeout=15)
+    return proc, port
+
+
+@dataclass
+class Target:
+    port: int
+    host: str | None
+    cookie: str | None
+    pgid: int | None  # the proxy's process group (None: the origin itself)
+    extra: list[str] = field(default_factory=list)
+
+
 def measure_workers(
     procs: Processes,
     workdir: Path,
     workers: int,
     origin_port: int,
     args: argparse.Namespace,
+    origin_pgid: int,
 ) -> Round:
     proxy_port, zg_port = free_port(), free_port()
-    err.print(f"[bold]workers = {workers}[/]: starting nginx proxy and zerogate")
+    err.print(f"[bold]workers = {workers}[/]: starting nginx proxy, the probe and zerogate")
     proxy = start_nginx(
         procs,
         f"proxy-{workers}",
@@ -951,37 +1070,72 @@ def measure_workers(
         body=PROXY_SERVER.format(origin=origin_port, port=proxy_port),
         port=proxy_port,
     )
-    zg = start_zerogate(procs, workdir, workers=workers, origin_port=origin_port, port=zg_port)
+    probe: subprocess.Popen[bytes] | None = None
+    probe_port = 0
+    if args.probe_path is not None:
+        probe, probe_port = start_probe(procs, workdir, args.probe_path, origin_port)
+    zg = start_zerogate(
+        procs,
+        workdir,
+        workers=workers,
+        origin_port=origin_port,
+        port=zg_port,
+        fast_path=args.fast_path,
+    )
     try:
         verify_origin_answer(origin_port, None, None, "the origin")
         verify_origin_answer(proxy_port, APP_HOST, None, "nginx proxy_pass")
+        if probe is not None:
+            verify_origin_answer(probe_port, APP_HOST, None, "the lean probe")
         verify_origin_answer(zg_port, APP_HOST, zg.cookie, "zerogate with a session")
+        verify_origin_answer(
+            zg_port, APP_HOST, None, "zerogate with a service token", zg.token_headers
+        )
+        verify_origin_answer(zg_port, BYPASS_HOST, None, "zerogate, bypass application")
         status, _, _ = fetch(zg_port, APP_HOST, None)
         if status not in (302, 401):
             raise RuntimeError(f"zerogate let a request without a session through ({status})")
 
         targets = {
-            "direct": (origin_port, None, None),
-            "nginx": (proxy_port, APP_HOST, None),
-            "zerogate": (zg_port, APP_HOST, zg.cookie),
+            "direct": Target(origin_port, None, None, None),
+            "nginx": Target(proxy_port, APP_HOST, None, proxy.pid),
         }
+        if probe is not None:
+            targets["probe"] = Target(probe_port, APP_HOST, None, probe.pid)
+        targets["zerogate"] = Target(zg_port, APP_HOST, zg.cookie, zg.proc.pid)
+        targets["zerogate token"] = Target(zg_port, APP_HOST, None, zg.proc.pid, zg.token_headers)
+        targets["zerogate bypass"] = Target(zg_port, BYPASS_HOST, None, zg.proc.pid)
         wrk_opts = {"connections": args.connections, "threads": args.threads}
         results: dict[str, list[WrkResult]] = {k: [] for k in targets}
-        for name, (port, host, cookie) in targets.items():
+        for name, t in targets.items():
             err.print(f"  warm-up {name} ({args.warmup:g} s)")
-            run_wrk(port, host=host, cookie=cookie, duration=args.warmup, **wrk_opts)
+            run_wrk(
+                t.port,
+                host=t.host,
+                cookie=t.cookie,
+                extra=t.extra,
+                duration=args.warmup,
+                **wrk_opts,
+            )
         for rnd in range(args.repeat):
-            for name, (port, host, cookie) in targets.items():
+            for name, t in targets.items():
                 err.print(
                     f"  wrk {name}: -c{args.connections} -t{args.threads} {args.duration:g} s"
                     + (f" (round {rnd + 1}/{args.repeat})" if args.repeat > 1 else "")
                 )
                 wait_quiet(procs, args.quiet_below, args.quiet_wait)
-                with CpuWatch(procs) as cpu:
+                with CpuWatch(procs) as cpu, ProcCpu(t.pgid) as mine, ProcCpu(origin_pgid) as o:
                     res = run_wrk(
-                        port, host=host, cookie=cookie, duration=args.duration, **wrk_opts
+                        t.port,
+                        host=t.host,
+                        cookie=t.cookie,
+                        extra=t.extra,
+                        duration=args.duration,
+                        **wrk_opts,
                     )
                 res.other_cpu_cores = cpu.other_cores
+                res.proc_cpu = mine.cores if t.pgid else o.cores
+                res.origin_cpu = sum(o.cores)
                 if res.non_2xx_3xx or res.socket_errors:
                     err.print(
                         f"  [yellow]{name}: {res.non_2xx_3xx} non-2xx/3xx responses, "
@@ -998,14 +1152,22 @@ def measure_workers(
             nginx=best["nginx"],
             zerogate=best["zerogate"],
             ratio=best["zerogate"].rps / best["nginx"].rps,
+            rows={k: v for k, v in best.items() if k not in ("direct", "nginx", "zerogate")},
         )
+        if "probe" in best:
+            rnd_result.probe_ratio = best["zerogate"].rps / best["probe"].rps
+        fixed_targets = {
+            k: (t.port, t.host, t.cookie)
+            for k, t in targets.items()
+            if k in ("direct", "nginx", "zerogate")
+        }
 
         if not args.no_fixed_rate:
             rate = round(best["zerogate"].rps * 0.5)
             rnd_result.half_rate = rate
-            runs: dict[str, list[RateResult]] = {k: [] for k in targets}
+            runs: dict[str, list[RateResult]] = {k: [] for k in fixed_targets}
             for rnd in range(args.repeat):
-                for name, (port, host, cookie) in targets.items():
+                for name, (port, host, cookie) in fixed_targets.items():
                     err.print(
                         f"  fixed rate {name}: {rate} req/s, {args.duration:g} s (open loop)"
                         + (f" (round {rnd + 1}/{args.repeat})" if args.repeat > 1 else "")
@@ -1043,6 +1205,8 @@ def measure_workers(
     finally:
         procs.stop(zg.proc, signal.SIGINT)
         procs.stop(proxy, signal.SIGTERM)
+        if probe is not None:
+            procs.stop(probe, signal.SIGTERM)
 
 
 # ---------------------------------------------------------------- output
@@ -1066,30 +1230,41 @@ def print_tables(console: Console, machine: dict[str, Any], rounds: list[Round],
     console.print(info)
 
     table = Table(title="maximum rate (wrk, closed loop)")
-    for col in ("target", "workers", "req/s", "p50 ms", "p99 ms", "÷ nginx", "other CPU"):
+    for col in ("target", "workers", "req/s", "p50 ms", "p99 ms", "÷ nginx", "÷ probe"):
         table.add_column(col, justify="right" if col != "target" else "left")
+    table.add_column("CPU per process (cores)", justify="right")
+    table.add_column("origin CPU", justify="right")
+    table.add_column("other CPU", justify="right")
     table.add_column("target check")
     table.add_column("req/s of every run")
+    labels = {"direct": "origin direct", "nginx": "nginx proxy_pass", "probe": "lean probe"}
     for r in rounds:
-        for key, name, res in (
-            ("direct", "origin direct", r.direct),
-            ("nginx", "nginx", r.nginx),
-            ("zerogate", "zerogate", r.zerogate),
-        ):
+        rows: list[tuple[str, WrkResult]] = [
+            ("direct", r.direct),
+            ("nginx", r.nginx),
+            *(("probe", v) for k, v in r.rows.items() if k == "probe"),
+            ("zerogate", r.zerogate),
+            *((k, v) for k, v in r.rows.items() if k != "probe"),
+        ]
+        probe = r.rows.get("probe")
+        for key, res in rows:
             check = ""
-            if name == "zerogate":
+            if key == "zerogate":
                 if r.workers == TARGET_WORKERS:
                     check = f"{_verdict(r.ratio >= TARGET_RATIO)} (≥ {TARGET_RATIO})"
                 else:
                     check = "reported, not targeted"
             flags = " !" if res.non_2xx_3xx or res.socket_errors else ""
             table.add_row(
-                name,
+                labels.get(key, key + (" session" if key == "zerogate" else "")),
                 str(r.workers),
                 f"{res.rps:,.0f}{flags}",
                 f"{res.p50_ms:.2f}",
                 f"{res.p99_ms:.2f}",
                 f"{res.rps / r.nginx.rps:.2f}",
+                f"{res.rps / probe.rps:.2f}" if probe is not None else "-",
+                " + ".join(f"{c:.2f}" for c in res.proc_cpu) or "-",
+                f"{res.origin_cpu:.2f}",
                 f"{res.other_cpu_cores:.2f}",
                 check,
                 " ".join(f"{v:,.0f}" for v in r.rps_runs.get(key, [])),
@@ -1246,6 +1421,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quiet-wait", type=float, default=60, help="…but at most this many seconds (0: never)"
     )
+    parser.add_argument(
+        "--probe",
+        default=str(PROBE),
+        help="the lean reference proxy (relative paths: to the repository root); 'none' to skip",
+    )
+    parser.add_argument(
+        "--fast-path", action="store_true", help="zerogate with listen.fast_path: true"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -1257,6 +1440,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.py_spy and not Path(args.py_spy).exists():
         parser.error(f"--py-spy: {args.py_spy} does not exist")
     workers = [int(w) for w in str(args.workers).split(",") if w.strip()]
+    args.probe_path = None
+    if args.probe != "none":
+        probe = Path(args.probe)
+        probe = probe if probe.is_absolute() else _ROOT / probe
+        if probe.exists():
+            args.probe_path = probe.resolve()
+        else:
+            err.print(f"[yellow]no lean probe at {probe}: its row is left out (--probe PATH)[/]")
     for tool in (NGINX, WRK):
         if not Path(tool).exists():
             parser.error(f"{tool} is not installed")
@@ -1269,7 +1460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with terminate_as_interrupt():
             origin_port = free_port()
             err.print(f"origin: nginx, 1 worker, 127.0.0.1:{origin_port}; work folder {workdir}")
-            start_nginx(
+            origin = start_nginx(
                 procs,
                 "origin",
                 workdir,
@@ -1278,7 +1469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 port=origin_port,
             )
             for n in workers:
-                rounds.append(measure_workers(procs, workdir, n, origin_port, args))
+                rounds.append(measure_workers(procs, workdir, n, origin_port, args, origin.pid))
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]: stopping everything")
         return 130

@@ -511,6 +511,9 @@ class Listen(_Strict):
     #: open connections per server process; more wait in the kernel's queue, and near the cap
     #: idle ones are closed first so that the edge keeps answering
     max_connections: int = Field(default=1024, ge=2, le=1_000_000)
+    #: each worker answers application requests it is sure of on its own HTTP/1.1 front
+    #: (edge/front.py) and relays everything else to the ASGI application (issue #12)
+    fast_path: bool = False
 
 
 class Smtp(_Strict):

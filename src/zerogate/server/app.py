@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +30,7 @@ from zerogate.accesslog import LogKeeper
 from zerogate.admin.app import AdminFrontDoor
 from zerogate.admin.app import handles as admin_paths
 from zerogate.edge import pipeline
+from zerogate.edge.front import CLIENT_HEADER, Front, FrontSettings
 from zerogate.edge.proxy import OriginProxy
 from zerogate.edge.tunnel import TunnelListener, server_ssl_context
 from zerogate.mail import Mailer
@@ -201,6 +204,11 @@ class ZerogateApp:
         self.admin: AdminFrontDoor | None = None
         #: closes silent and idle connections granian keeps (``server/connections.py``)
         self.guard: ConnectionGuard | None = None
+        #: ``listen.fast_path``: the worker's HTTP/1.1 front (``edge/front.py``), and the
+        #: secret its relayed requests carry
+        self.front: Front | None = None
+        secret = os.environ.get("ZEROGATE_FRONT_SECRET")
+        self.front_secret: bytes | None = secret.encode() if secret else None
 
     async def startup(self) -> None:
         settings, base_dir = load_settings(self.config)
@@ -249,6 +257,22 @@ class ZerogateApp:
             # fail closed: a server that cannot open its tunnel listener does not start
             await self.tunnels.start(at_startup=True)
         listen = settings.listen
+        if self.front_secret is not None:
+            # listen.fast_path: this worker's front serves the public port and enforces the
+            # limits there; granian listens only on the fronts' private Unix socket
+            self.front = Front(
+                self.svc,
+                FrontSettings(
+                    uds=os.environ["ZEROGATE_FRONT_UDS"],
+                    secret=self.front_secret,
+                    header_timeout=parse_duration(listen.header_timeout).total_seconds(),
+                    idle_timeout=parse_duration(listen.idle_timeout).total_seconds(),
+                    max_connections=listen.max_connections,
+                ),
+            )
+            fd = os.dup(int(os.environ["ZEROGATE_FRONT_FD"]))
+            await self.front.start(socket.socket(fileno=fd))
+            return
         self.guard = ConnectionGuard(
             port=int(listen.http.rpartition(":")[2]),
             header_timeout=parse_duration(listen.header_timeout).total_seconds(),
@@ -259,6 +283,8 @@ class ZerogateApp:
 
     async def shutdown(self) -> None:
         svc = self.svc
+        if self.front is not None:
+            await self.front.stop()
         if self.guard is not None:
             await self.guard.stop()
         if self.tunnels is not None:
@@ -280,6 +306,16 @@ class ZerogateApp:
         if kind == "lifespan":
             await self._lifespan(receive, send)
             return
+        if self.front_secret is not None:
+            relayed = from_front(scope, self.front_secret)
+            if relayed is None:
+                # only a front can reach this socket; a request without its secret is refused
+                if kind == "http":
+                    await http.respond(send, 400, b"bad request\n", content_type=b"text/plain")
+                else:
+                    await send({"type": "websocket.close", "code": 1008})
+                return
+            scope = relayed
         guard = self.guard
         key = guard.enter(scope.get("client")) if guard is not None else None
         started = False
@@ -335,6 +371,26 @@ class ZerogateApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def from_front(scope: Scope, secret: bytes) -> Scope | None:
+    """A request the front relayed, with the client's address it carries (``edge.front``
+    ``CLIENT_HEADER``: ``<secret> <ip> <port>``) as ``client`` and that header removed; None
+    without exactly one such header bearing this server's secret."""
+    found: list[bytes] = []
+    kept = []
+    for key, value in scope["headers"]:
+        if key == CLIENT_HEADER:
+            found.append(value)
+        else:
+            kept.append((key, value))
+    if len(found) != 1:
+        return None
+    sent, _, rest = found[0].partition(b" ")
+    ip, _, port = rest.partition(b" ")
+    if not hmac.compare_digest(sent, secret) or not port.isdigit():
+        return None
+    return {**scope, "headers": kept, "client": (ip.decode("latin-1"), int(port))}
 
 
 def _retention(text: str | None) -> timedelta | None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from zerogate.model.objects import Objects, OneTimePinProvider, Settings
@@ -78,6 +80,35 @@ def mail_problem(settings: Settings, objects: Objects) -> str | None:
     )
 
 
+def front_listener(address: str, backlog: int) -> dict[str, object]:
+    """``listen.fast_path``: this process binds the public port (the workers it forks inherit
+    the socket and serve it with ``edge.front``) and granian listens on a Unix socket in a
+    private folder, reached only by the fronts; a random secret proves a relayed request came
+    from one (``ZEROGATE_FRONT_*``)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the operator's listen address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        fail_closed("listen.http", address, exc.strerror or str(exc))
+    sock.listen(max(1024, backlog))
+    sock.set_inheritable(True)
+    folder = tempfile.mkdtemp(prefix="zerogate-front-")  # 0700: only this user
+    uds = Path(folder) / "app.sock"
+    os.environ["ZEROGATE_FRONT_FD"] = str(sock.fileno())
+    os.environ["ZEROGATE_FRONT_UDS"] = str(uds)
+    os.environ["ZEROGATE_FRONT_SECRET"] = secrets.token_hex(16)
+    _keep.append(sock)
+    return {"uds": uds, "uds_permissions": 0o600}
+
+
+_keep: list[socket.socket] = []
+
+
 def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bool = False) -> None:
     """Block serving ``listen.http`` (and ``listen.tunnel`` once a tunnel exists) until
     interrupted. Exits with code 2 when ``workers`` > 1 and the store holds tunnels, and when a
@@ -124,6 +155,18 @@ def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bo
         os.environ["ZEROGATE_DEMO"] = "1"
     host, _, port = settings.listen.http.rpartition(":")
     tls = settings.listen.tls
+    bind: dict[str, object] = {
+        "address": host.strip("[]") or "0.0.0.0",  # noqa: S104 - the operator chose to listen there
+        "port": int(port),
+    }
+    if settings.listen.fast_path:
+        if tls is not None:
+            sys.stderr.write(
+                "error: listen.fast_path does not serve TLS yet; remove listen.fast_path or "
+                "listen.tls\n"
+            )
+            raise SystemExit(2)
+        bind = front_listener(settings.listen.http, settings.listen.max_connections)
 
     def resolve(p: str) -> Path:
         path = Path(p)
@@ -131,8 +174,7 @@ def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bo
 
     server = Server(
         "zerogate.server.app:create_app",
-        address=host.strip("[]") or "0.0.0.0",  # noqa: S104 - the operator chose to listen there
-        port=int(port),
+        **bind,  # type: ignore[arg-type]
         interface=Interfaces.ASGI,
         workers=workers,
         factory=True,

@@ -1,0 +1,882 @@
+"""The HTTP/1.1 front of a worker (``listen.fast_path: true``; issue #12).
+
+One asyncio protocol per client connection, requests parsed with httptools (llhttp), no
+per-request task and no ASGI messages. The front answers only what it is sure of, and hands
+everything else, unchanged in meaning, to the ordinary ASGI application (granian, listening
+on a private Unix socket):
+
+fast path
+    an HTTP/1.1 request (not HEAD, OPTIONS, CONNECT) for an application host, without
+    ``Upgrade``, ``Expect`` or ``Transfer-Encoding``, with a ``Content-Length`` of at most
+    :data:`MAX_FAST_BODY` (or none), whose application has a plain ``http://`` origin and which
+    the SAME pipeline functions (``describe_request``, ``Snapshot.route``, ``session_claims``,
+    ``service_token``, ``Snapshot.decide``) allow or bypass. Its headers are rebuilt with the
+    same rules (``upstream_request_headers``, ``strip_zerogate_cookies``, ``request_head``), it
+    is sent over one keep-alive origin connection owned by this client connection, and the
+    response (``downstream_response_headers``) streams back with backpressure both ways.
+
+relay
+    every other request — the portal host, ``/admin``, ``/api``, ``/.zerogate/*``, logins,
+    blocks, unknown hosts, bad paths, WebSocket upgrades, chunked bodies, HTTP/1.0 — switches
+    the connection, from that request on, to a relay to the ASGI application: each request
+    head is written again from what llhttp parsed (so the application sees exactly one framing)
+    plus :data:`CLIENT_HEADER` carrying this process's secret and the client's address (the
+    application trusts it only with the secret, and strips it; a client's own copy is dropped
+    here), bodies are re-framed, responses are piped back as bytes; after an upgrade both
+    directions are piped as bytes.
+
+Framing errors (llhttp refuses CL+TE, two lengths, bad chunk sizes, bad header bytes) end the
+connection with a 400 when nothing is in flight, else by half-closing the relay (the
+application then answers the incomplete body with its 400). Limits, as ``listen`` says: a head
+not complete within ``header_timeout`` (also the wait for the first byte), a connection idle
+between requests for ``idle_timeout``, at most ``max_connections`` per process (when full, the
+longest-quiet idle connection makes room; with none idle the newcomer is closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+
+from zerogate.edge import pipeline
+from zerogate.edge.proxy import _error_page, _parse_origin
+from zerogate.model.paths import PathError, normalise_path
+from zerogate.net import http
+from zerogate.net.asgi import Headers
+from zerogate.net.headers import (
+    downstream_response_headers,
+    upstream_request_headers,
+    wants_json,
+)
+from zerogate.net.http import request_target
+from zerogate.net.pool import OriginAddress, request_head
+from zerogate.policy import Context, Identity
+from zerogate.runtime import cookies
+from zerogate.runtime.cookies import secure_cookies
+from zerogate.runtime.request import describe_request
+from zerogate.runtime.services import Services
+
+log = logging.getLogger("zerogate.edge.front")
+
+#: the header the front adds to every relayed request: ``<secret> <ip> <port>``
+CLIENT_HEADER = b"zerogate-front-client"
+#: a request body the fast path buffers whole; a longer one is relayed (streamed)
+MAX_FAST_BODY = 64 * 1024
+#: at most this many complete requests wait behind the one in flight before reading pauses
+MAX_QUEUED = 8
+#: a relay buffer (bytes waiting for the application's socket) above this pauses reading
+MAX_RELAY_BUFFER = 256 * 1024
+#: no response head from the origin within this → 504 (as the upstream pool's read timeout)
+READ_TIMEOUT = 300.0
+#: how long a relay waits for the application's socket to accept (start, worker restart)
+RELAY_CONNECT_TIMEOUT = 10.0
+#: above this share of ``max_connections``, connections idle this long are closed
+PRESSURE = 0.8
+PRESSURE_QUIET = 1.0
+
+_FAST_METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE"})
+_NO_BODY_STATUS = (204, 304)
+
+
+@dataclass(frozen=True, slots=True)
+class FrontSettings:
+    uds: str  # the ASGI application's Unix socket
+    secret: bytes  # proves a relayed request came from this server's front
+    header_timeout: float
+    idle_timeout: float
+    max_connections: int
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("latin-1"))
+
+
+def _simple_response(status: int, headers: Headers, *, close: bool) -> bytes:
+    content_type, body = _error_page(status, wants_json(headers))
+    return (
+        _status_line(status)
+        + b"content-type: "
+        + content_type
+        + b"\r\ncontent-length: %d\r\ncache-control: no-store\r\n" % len(body)
+        + (b"connection: close\r\n" if close else b"")
+        + b"\r\n"
+        + body
+    )
+
+
+_BAD = b"bad request: the request is malformed\n"
+BAD_REQUEST = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+    b"connection: close\r\n\r\n%b" % (len(_BAD), _BAD)
+)
+
+
+class Front:
+    """The front of one worker: its listening socket, connections and timers."""
+
+    def __init__(self, svc: Services, settings: FrontSettings) -> None:
+        self.svc = svc
+        self.settings = settings
+        self.conns: set[ClientConnection] = set()
+        self.server: asyncio.AbstractServer | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._origins: dict[str, OriginAddress | None] = {}
+
+    async def start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        backlog = max(1024, self.settings.max_connections)
+        self.server = await loop.create_server(
+            lambda: ClientConnection(self), sock=sock, backlog=backlog
+        )
+        self._ticker = loop.create_task(self._tick())
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.conns):
+            conn.close()
+
+    def origin_address(self, origin: str) -> OriginAddress | None:
+        """The pool address of a plain ``http://`` origin (TCP), else None (relayed)."""
+        try:
+            return self._origins[origin]
+        except KeyError:
+            pass
+        address: OriginAddress | None = None
+        if origin.startswith("http://"):
+            with contextlib.suppress(ValueError):
+                address = _parse_origin(origin).address
+        if len(self._origins) > 10_000:
+            self._origins.clear()
+        self._origins[origin] = address
+        return address
+
+    # -------------------------------------------------------------- connection limits
+
+    def admit(self, conn: ClientConnection) -> bool:
+        """Room for ``conn``? When full, the longest-quiet idle connection is closed."""
+        if len(self.conns) < self.settings.max_connections:
+            self.conns.add(conn)
+            return True
+        idle = [c for c in self.conns if c.idle]
+        if not idle:
+            return False
+        min(idle, key=lambda c: c.last_activity).close()
+        self.conns.add(conn)
+        return True
+
+    async def _tick(self) -> None:
+        period = min(0.5, self.settings.header_timeout / 4)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            pressure = len(self.conns) >= PRESSURE * self.settings.max_connections
+            for conn in list(self.conns):
+                if conn.deadline and now >= conn.deadline:
+                    conn.expired()
+                elif pressure and conn.idle and now - conn.last_activity >= PRESSURE_QUIET:
+                    conn.close()
+
+
+@dataclass(slots=True)
+class _Fast:
+    """A fast-path request between its head and the end of its body."""
+
+    method: bytes
+    address: OriginAddress
+    headers: Headers
+    target: str
+    host_header: bytes
+    body: list[bytes]
+    size: int
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection (see the module docstring)."""
+
+    def __init__(self, front: Front) -> None:
+        self.front = front
+        self.svc = front.svc
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: Any = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.closed = False
+        # the request being parsed
+        self.url = b""
+        self.headers: Headers = []
+        self.fast: _Fast | None = None
+        self.chunked = False
+        self.in_head = False
+        # fast requests: complete ones waiting, and the one in flight
+        self.queue: deque[tuple[_Fast, bytes, bool]] = deque()
+        self.inflight = False
+        self.close_after = False
+        self.upstream: OriginConnection | None = None
+        # relay to the ASGI application (sticky once begun)
+        self.relay: RelayConnection | None = None
+        self.relaying = False
+        self.relay_buffer: list[bytes] = []
+        self.relay_buffered = 0
+        self.relay_eof = False
+        self.relay_quiet = True  # no byte came back since the last relayed head
+        self.broken = False
+        self.piping = False  # after an upgrade: raw bytes both ways
+        self.reading_paused = False
+        self.writing_paused = False
+        # timers (checked by Front._tick)
+        self.deadline = 0.0
+        self.last_activity = 0.0
+
+    # -------------------------------------------------------------- state
+
+    @property
+    def idle(self) -> bool:
+        """No request running: waiting for the first byte or for the next request."""
+        return not (self.in_head or self.inflight or self.queue or self.relaying)
+
+    def expired(self) -> None:
+        if self.in_head or not (self.inflight or self.relaying):
+            self.close()  # header timeout, or idle
+        elif self.inflight and self.upstream is not None and not self.upstream.started:
+            self.upstream.fail(504)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.front.conns.discard(self)
+        if self.transport is not None:
+            self.transport.close()
+        if self.upstream is not None:
+            self.upstream.close()
+        if self.relay is not None:
+            self.relay.close()
+
+    # -------------------------------------------------------------- asyncio
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = (str(peer[0]), int(peer[1]))
+        now = self.loop.time()
+        self.last_activity = now
+        if not self.front.admit(self):
+            self.closed = True
+            transport.close()
+            return
+        self.deadline = now + self.front.settings.header_timeout
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        if self.broken:
+            return  # after a framing error nothing more is read
+        if self.piping:
+            self._relay_write(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            self.piping = True
+            self.deadline = 0.0
+            rest = data[offset:]
+            if rest:
+                self._relay_write(rest)
+        except httptools.HttpParserError:
+            self._malformed()
+
+    def eof_received(self) -> bool | None:
+        if self.relay is not None and self.relay.transport is not None and self.relaying:
+            with contextlib.suppress(OSError, RuntimeError):
+                self.relay.transport.write_eof()
+            return True
+        if self.inflight or self.queue:
+            return True  # answer what was asked, then close
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+        if self.relay is not None and self.relay.transport is not None:
+            self.relay.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+        if self.relay is not None and self.relay.transport is not None:
+            self.relay.transport.resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.reading_paused and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def _malformed(self) -> None:
+        """llhttp refused the bytes: 400 when nothing is in flight, else end the relay."""
+        self.broken = True
+        if self.relaying and self.relay_quiet and not self.inflight:
+            # nothing came back for the relayed request yet: cut the application's side
+            # (it stops forwarding, as for a client that went away) and answer 400 here
+            if self.relay is not None:
+                self.relay.abort()
+            self.transport.write(BAD_REQUEST)
+            self.close()
+            return
+        if self.relaying:
+            # make the application see bad framing too, so it answers as it always has (a
+            # bad chunk size: its 400 for a malformed body; else a request line it refuses)
+            self._relay_write(b"zz\r\n\r\n" if self.chunked else b"BAD\x00 / HTTP/1.1\r\n\r\n")
+            self.relay_eof = True
+            self._flush_relay()
+            self._pause_reading()
+            return
+        if not (self.inflight or self.queue):
+            self.transport.write(BAD_REQUEST)
+            self.close()
+            return
+        self.close_after = True
+        self.queue.clear()
+        self._pause_reading()
+
+    # -------------------------------------------------------------- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.fast = None
+        self.chunked = False
+        self.in_head = True
+        self.deadline = self.loop.time() + self.front.settings.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_head:
+            self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.deadline = 0.0
+        if not self.relaying:
+            fast = self._classify()
+            if fast is not None:
+                self.fast = fast
+                return
+            self._begin_relay()
+        self._relay_head()
+
+    def on_body(self, body: bytes) -> None:
+        fast = self.fast
+        if fast is not None:
+            fast.body.append(body)
+            fast.size += len(body)
+            return
+        if self.chunked:
+            self._relay_write(b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            self._relay_write(body)
+
+    def on_message_complete(self) -> None:
+        fast = self.fast
+        if fast is None:
+            if self.chunked:
+                self._relay_write(b"0\r\n\r\n")
+            return
+        self.fast = None
+        keep_alive = self.parser.should_keep_alive()
+        body = b"".join(fast.body) if fast.body else b""
+        try:
+            head, _ = request_head(
+                fast.method.decode("ascii"),
+                fast.target,
+                fast.headers,
+                body,
+                host_header=fast.address.host_header,
+            )
+        except ValueError:
+            head = b""
+        self.queue.append((fast, head + body if head else b"", keep_alive))
+        if len(self.queue) >= MAX_QUEUED:
+            self._pause_reading()
+        if not self.inflight:
+            self._next()
+
+    # -------------------------------------------------------------- fast path
+
+    def _classify(self) -> _Fast | None:
+        """The fast-path plan for the request whose head just ended, or None (relay)."""
+        parser = self.parser
+        if parser.get_http_version() != "1.1" or parser.should_upgrade():
+            return None
+        method = parser.get_method()
+        if method not in _FAST_METHODS:
+            return None
+        length = 0
+        for name, value in self.headers:
+            if name in (b"transfer-encoding", b"expect", b"upgrade", CLIENT_HEADER):
+                return None
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > MAX_FAST_BODY or length:
+                    return None
+                length = int(value) or -1
+        svc = self.svc
+        rt = svc.runtime
+        path, _, query = self.url.partition(b"?")
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": method.decode("ascii"),
+            "headers": self.headers,
+            "client": self.peer,
+            "raw_path": path,
+            "query_string": query,
+        }
+        try:
+            req = describe_request(scope, svc)
+        except http.BadRequest:
+            return None
+        if req.host == rt.portal_host:
+            return None
+        snapshot = rt.snapshot
+        try:
+            app = snapshot.route(req.host, req.raw_path)
+            if app is None or pipeline.is_reserved(normalise_path(req.raw_path)):
+                return None
+        except PathError:
+            return None
+        origin = app.model.origin
+        address = self.front.origin_address(origin) if origin else None
+        if address is None:
+            return None
+        claims = pipeline.session_claims(scope, rt, app)
+        identity = (
+            Identity.of(claims.email, claims.idp, claims.groups or (), claims.amr or ())
+            if claims is not None
+            else None
+        )
+        token_name = pipeline.service_token(scope, rt)
+        country = rt.country(req.client.ip)
+        verdict = snapshot.decide(
+            app, identity, Context(ip=req.client.ip, country=country, service_token=token_name)
+        )
+        decision = verdict.decision
+        if decision not in ("allow", "bypass"):
+            return None  # the application answers (login, block) and counts it
+        target = request_target(req.raw_path + (f"?{req.query}" if req.query else ""))
+        if target is None:
+            return None
+        svc.metrics.requests.labels(app.name, decision).inc()
+        inject: Headers = []
+        if decision == "allow":
+            svc.log(
+                "request",
+                app=app.name,
+                email=claims.email if claims is not None else token_name,
+                idp=claims.idp if claims is not None else "service_token",
+                ip=req.client.ip,
+                country=country,
+                decision=decision,
+                policy=verdict.policy,
+                method=scope["method"],
+                host=req.host,
+                path=req.raw_path,
+            )
+            if claims is not None:
+                assertion = cookies.cookie(
+                    scope, pipeline.app_cookie(app), secure=secure_cookies(rt)
+                )
+                assert assertion is not None  # session_claims verified it
+                inject = [
+                    (b"zerogate-jwt-assertion", assertion.encode("latin-1")),
+                    (b"zerogate-authenticated-user-email", claims.email.encode("utf-8")),
+                ]
+            else:
+                assert token_name is not None
+                inject = [
+                    (
+                        b"zerogate-jwt-assertion",
+                        pipeline.service_assertion(rt, app, token_name),
+                    )
+                ]
+        headers = upstream_request_headers(
+            self.headers,
+            client_ip=req.client.ip,
+            proto=req.scheme,
+            host=req.host_header,
+            inject=inject,
+            upgrade=False,
+            forwarded_for=req.client.forwarded_for,
+        )
+        headers = [(k, v) for k, v in headers if k != b"cookie"]
+        headers += pipeline.strip_zerogate_cookies(self.headers)
+        return _Fast(method, address, headers, target, req.host_header.encode(), [], 0)
+
+    def _next(self) -> None:
+        """Send the next queued fast request, or hand over to the relay, or go idle."""
+        while self.queue and not self.closed:
+            fast, message, keep_alive = self.queue.popleft()
+            self.close_after = self.close_after or not keep_alive
+            if not message:
+                self.transport.write(_simple_response(400, fast.headers, close=True))
+                self.close()
+                return
+            self.inflight = True
+            self.deadline = self.loop.time() + READ_TIMEOUT
+            up = self.upstream
+            if up is not None and (up.address != fast.address or up.closed):
+                up.close()
+                up = None
+            if up is None:
+                up = self.upstream = OriginConnection(self, fast.address)
+                up.connect()
+            up.send(message, fast.headers, retryable=fast.method == b"GET")
+            return
+        self.inflight = False
+        if self.close_after:
+            self.close()
+            return
+        if self.relaying:
+            self._flush_relay()
+            return
+        self.deadline = self.loop.time() + self.front.settings.idle_timeout
+        self._resume_reading()
+
+    def response_done(self, keep_alive: bool) -> None:
+        """The origin's response to the request in flight is complete."""
+        if not keep_alive and self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        self.inflight = False
+        self._next()
+
+    # -------------------------------------------------------------- relay
+
+    def _begin_relay(self) -> None:
+        self.relaying = True
+        self.relay = RelayConnection(self)
+        self.loop.create_task(self.relay.connect(self.front.settings.uds))
+
+    def _relay_head(self) -> None:
+        parser = self.parser
+        version = parser.get_http_version().encode("ascii")
+        self.chunked = False
+        parts = [parser.get_method(), b" ", self.url, b" HTTP/", version, b"\r\n"]
+        for name, value in self.headers:
+            if name == CLIENT_HEADER:
+                continue
+            if name == b"transfer-encoding":
+                self.chunked = True
+            parts += (name, b": ", value, b"\r\n")
+        ip, port = self.peer
+        secret = self.front.settings.secret
+        parts += (CLIENT_HEADER, b": ", secret, b" ", ip.encode(), b" %d\r\n\r\n" % port)
+        self.relay_quiet = True
+        self._relay_write(b"".join(parts))
+
+    def _relay_write(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is not None and relay.transport is not None and not self.inflight:
+            relay.transport.write(data)
+            return
+        self.relay_buffer.append(data)
+        self.relay_buffered += len(data)
+        if self.relay_buffered > MAX_RELAY_BUFFER:
+            self._pause_reading()
+
+    def _flush_relay(self) -> None:
+        relay = self.relay
+        if relay is None or relay.transport is None or self.inflight:
+            return
+        if self.relay_buffer:
+            relay.transport.write(b"".join(self.relay_buffer))
+            self.relay_buffer = []
+            self.relay_buffered = 0
+        if self.relay_eof:
+            with contextlib.suppress(OSError, RuntimeError):
+                relay.transport.write_eof()
+            return
+        self._resume_reading()
+
+    def relay_pause(self) -> None:
+        self._pause_reading()
+
+    def relay_resume(self) -> None:
+        self._resume_reading()
+
+
+class OriginConnection(asyncio.Protocol):
+    """The keep-alive origin connection of one client connection; parses responses."""
+
+    def __init__(self, client: ClientConnection, address: OriginAddress) -> None:
+        self.client = client
+        self.address = address
+        self.transport: Any = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.pending: bytes | None = None
+        self.sent: bytes | None = None
+        self.request_headers: Headers = []
+        self.retryable = False
+        self.used = False  # a response came back on it before (a reused connection)
+        self.started = False  # the response head went to the client
+        self.chunked = False
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.paused = False
+
+    def connect(self) -> None:
+        loop = self.client.loop
+        if self.address.unix_path is not None:
+            coro = loop.create_unix_connection(lambda: self, self.address.unix_path)
+        else:
+            coro = loop.create_connection(lambda: self, self.address.host, self.address.port)
+        task = loop.create_task(coro)
+        task.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            exc = None if task.cancelled() else task.exception()
+            log.warning("origin %s: cannot connect (%s)", self.address, exc)
+            self.closed = True
+            self.fail(502)
+
+    def send(self, message: bytes, headers: Headers, *, retryable: bool) -> None:
+        self.started = False
+        self.request_headers = headers
+        self.retryable = retryable
+        self.sent = message
+        if self.transport is None:
+            self.pending = message
+        else:
+            self.transport.write(message)
+
+    def fail(self, status: int) -> None:
+        """No response can come: answer the client ourselves (or cut it off mid-response)."""
+        client = self.client
+        if client.upstream is self:
+            client.upstream = None
+        self.close()
+        if client.closed or not client.inflight:
+            return
+        if self.started:
+            client.close()  # truncated: never a complete-looking response
+            return
+        client.transport.write(
+            _simple_response(status, self.request_headers, close=client.close_after)
+        )
+        client.response_done(keep_alive=True)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+
+    # asyncio
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        if self.closed:
+            transport.close()
+            return
+        if self.client.writing_paused:
+            self.pause_reading()
+        if self.pending is not None:
+            transport.write(self.pending)
+            self.pending = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            log.warning("origin %s: malformed response", self.address)
+            self.fail(502)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_closed = self.closed
+        self.closed = True
+        client = self.client
+        if client.upstream is not self or was_closed or not client.inflight:
+            return
+        if self.started and not self.chunked and self.status and self._until_close:
+            # a response delimited by the connection's end: that end completes it
+            client.transport.write(b"0\r\n\r\n")
+            client.upstream = None
+            client.response_done(keep_alive=False)
+            return
+        if not self.started and self.used and self.retryable and self.sent is not None:
+            # a reused keep-alive connection the origin closed before answering: once more
+            client.upstream = again = OriginConnection(client, self.address)
+            again.connect()
+            again.send(self.sent, self.request_headers, retryable=False)
+            return
+        self.fail(502)
+
+    # httptools
+    def on_message_begin(self) -> None:
+        self.headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self.status = status
+        if status < 200:
+            if status == 101:
+                self.fail(502)
+            return  # 1xx: informational, not forwarded
+        out = downstream_response_headers(self.headers)
+        length = None
+        for name, value in self.headers:
+            if name.lower() == b"content-length":
+                length = value
+        self.chunked = False
+        self._until_close = False
+        lines = [_status_line(status)]
+        for name, value in out:
+            if name.lower() != b"content-length":
+                lines += (name, b": ", value, b"\r\n")
+        if status in _NO_BODY_STATUS:
+            pass
+        elif length is not None and not self._chunked_upstream():
+            lines += (b"content-length: ", length.strip(), b"\r\n")
+        else:
+            self.chunked = True
+            self._until_close = not self._chunked_upstream()
+            lines.append(b"transfer-encoding: chunked\r\n")
+        if self.client.close_after:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        self.started = True
+        self.client.transport.write(b"".join(lines))
+
+    def _chunked_upstream(self) -> bool:
+        return any(n.lower() == b"transfer-encoding" for n, _ in self.headers)
+
+    def on_body(self, body: bytes) -> None:
+        if self.status < 200:
+            return
+        if self.chunked:
+            self.client.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            self.client.transport.write(body)
+
+    def on_message_complete(self) -> None:
+        if self.status < 200:
+            return
+        if self.chunked and not self._until_close:
+            self.client.transport.write(b"0\r\n\r\n")
+        elif self._until_close:
+            return  # the connection's end completes it
+        self.used = True
+        self.sent = None
+        self.started = False
+        self.client.response_done(keep_alive=self.parser.should_keep_alive())
+
+    _until_close = False
+
+
+class RelayConnection(asyncio.Protocol):
+    """The client connection's line to the ASGI application: bytes back as they come."""
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.transport: Any = None
+
+    async def connect(self, path: str) -> None:
+        loop = self.client.loop
+        deadline = loop.time() + RELAY_CONNECT_TIMEOUT
+        try:
+            while True:
+                try:
+                    await loop.create_unix_connection(lambda: self, path)
+                    return
+                except (ConnectionRefusedError, FileNotFoundError):
+                    # granian serves the socket only once its worker runs (at start, and
+                    # while a worker restarts): wait a little, as a client in a queue would
+                    if loop.time() >= deadline or self.client.closed:
+                        raise
+                    await asyncio.sleep(0.05)
+        except OSError as exc:
+            log.error("the front cannot reach the application socket: %s", exc)
+            client = self.client
+            if not client.closed:
+                if not client.inflight:
+                    client.transport.write(_simple_response(502, client.headers, close=True))
+                client.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    aborted = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        if self.client.closed or self.aborted:
+            transport.close()
+            return
+        if self.client.writing_paused:
+            transport.pause_reading()
+        self.client._flush_relay()
+
+    def data_received(self, data: bytes) -> None:
+        self.client.last_activity = self.client.loop.time()
+        self.client.relay_quiet = False
+        self.client.transport.write(data)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.close()
+
+    def pause_writing(self) -> None:
+        self.client.relay_pause()
+
+    def resume_writing(self) -> None:
+        self.client.relay_resume()
