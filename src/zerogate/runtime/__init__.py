@@ -12,7 +12,6 @@ from zerogate.runtime.state import (
     Runtime,
     audience_tag,
     ensure_keyset,
-    hash_secret,
     rotate_keys,
 )
 
@@ -21,6 +20,5 @@ __all__ = [
     "Runtime",
     "audience_tag",
     "ensure_keyset",
-    "hash_secret",
     "rotate_keys",
 ]

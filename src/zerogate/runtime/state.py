@@ -23,7 +23,7 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from zerogate.geoip import GeoIp
-from zerogate.identity import KeySet, TokenVerifier, VerifiedTokenCache, secret_hash
+from zerogate.identity import KeySet, TokenVerifier, VerifiedTokenCache
 from zerogate.identity.keys import Algorithm
 from zerogate.identity.secret_hash import SecretKind, secret_matches
 from zerogate.identity.tokens import TYPE_APP, TokenType
@@ -56,12 +56,6 @@ def audience_tag(app_name: str) -> str:
 
 
 PORTAL_AUDIENCE = "zerogate-portal"
-
-
-def hash_secret(secret: str) -> str:
-    """How service-token secrets are stored; kept under this name for callers outside
-    ``src`` (the one implementation is ``identity.secret_hash``)."""
-    return secret_hash.hash_secret(SecretKind.SERVICE_TOKEN, secret)
 
 
 @dataclass
