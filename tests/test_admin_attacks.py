@@ -202,9 +202,6 @@ ADMIN_SPELLINGS = [
     "/api/v1/groups",
     "/api/v1/groups/",
     "/%61pi/v1/groups",
-    "/api/v1/./groups",
-    "/x/../api/v1/groups",
-    "//api//v1//groups",
     "/api/v1;x/groups",
     "/api/v1/groups;x",
     "/api/v1./groups",
@@ -214,14 +211,23 @@ ADMIN_SPELLINGS = [
     "/admin/",
     "/admin/groups",
     "/%61dmin/groups",
-    "/admin/./groups",
-    "/static/../admin/groups",
     "/admin;jsessionid=1/groups",
     "/admin./groups",
-    "//admin/groups",
 ]
 CASE_SPELLINGS = ["/API/v1/groups", "/Api/V1/groups", "/ADMIN/groups", "/Admin/"]
-UNSAFE = ["/api/v1%2Fgroups", "/admin%2fgroups", "/api/v1/groups%00", "/admin\\groups"]
+UNSAFE = [
+    "/api/v1%2Fgroups",
+    "/admin%2fgroups",
+    "/api/v1/groups%00",
+    "/admin\\groups",
+    # dot and empty segments: origins read them differently, so the edge refuses them (400)
+    "/api/v1/./groups",
+    "/x/../api/v1/groups",
+    "//api//v1//groups",
+    "/admin/./groups",
+    "/static/../admin/groups",
+    "//admin/groups",
+]
 
 
 @pytest.mark.parametrize("path", ADMIN_SPELLINGS)
@@ -803,7 +809,8 @@ async def test_a_path_normalisation_would_change_names_no_other_object(
             zg, method, f"/api/v1/applications/{suffix}?version=1", headers=bearer(zg)
         )
         assert answer.status == 400, (method, suffix, answer.status, answer.text[:200])
-        assert "canonical" in answer.json()["detail"]
+        detail = answer.json()["detail"]
+        assert "canonical" in detail or "dot segment" in detail, detail
     still = await request(zg, "GET", "/api/v1/applications/wiki", headers=bearer(zg))
     assert still.status == 200 and still.json()["name"] == "wiki"
 

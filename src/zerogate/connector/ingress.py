@@ -48,9 +48,8 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
 )
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from zerogate.model.loader import ConfigError, Problem
+from zerogate.model.loader import ConfigError, Problem, line_of
 from zerogate.model.paths import fold, normalise_path, under
 from zerogate.model.safe_yaml import YamlProblem, parse, read_text, shorten
 from zerogate.model.values import check_hostname, parse_duration
@@ -280,21 +279,6 @@ def _where(loc: Sequence[str | int]) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def _line(doc: Any, loc: Sequence[str | int]) -> int | None:
-    line: int | None = None
-    node = doc
-    for part in loc:
-        if isinstance(node, CommentedMap) and isinstance(part, str) and part in node:
-            line = node.lc.key(part)[0] + 1
-            node = node[part]
-        elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
-            line = node.lc.item(part)[0] + 1
-            node = node[part]
-        else:
-            break
-    return line
-
-
 _KEYS = sorted({"ingress", "hostname", "path", "service", "origin", *OriginOptions.model_fields})
 
 
@@ -335,7 +319,9 @@ def validate(data: Any, *, doc: Any = None, source: str | None = None) -> list[R
     """Validate a plain document; the rules, or ``ConfigError`` with every problem."""
 
     def problem(loc: Sequence[str | int], message: str) -> Problem:
-        return Problem(_where(loc), message, _line(doc, loc) if doc is not None else None, source)
+        return Problem(
+            _where(loc), message, line_of(doc, tuple(loc)) if doc is not None else None, source
+        )
 
     if not isinstance(data, dict):
         raise ConfigError([problem((), "an ingress file is a mapping with an 'ingress' list")])

@@ -661,22 +661,10 @@ async def _relay_websocket(
             else:  # CLOSING / CLOSED: the origin went away without a close frame
                 return websocket.sendable_close_code(ws.close_code, 1011), ""
 
-    from_client = asyncio.ensure_future(client_to_origin())
-    from_origin = asyncio.ensure_future(origin_to_client())
-    try:
-        done, _ = await asyncio.wait(
-            {from_client, from_origin}, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        for task in (from_client, from_origin):
-            task.cancel()
-        await asyncio.gather(from_client, from_origin, return_exceptions=True)
-    if from_client in done and not from_client.cancelled() and from_client.exception() is None:
-        code, reason = from_client.result()
+    client, origin = await websocket.both_ways(client_to_origin(), origin_to_client())
+    if client.ok and client.value is not None:
+        code, reason = client.value
         await ws.close(code=code, message=reason.encode())
         return
-    if from_origin in done and not from_origin.cancelled() and from_origin.exception() is None:
-        code, reason = from_origin.result()
-    else:
-        code, reason = 1011, ""
+    code, reason = origin.value if origin.ok and origin.value is not None else (1011, "")
     await send({"type": "websocket.close", "code": code, "reason": reason})

@@ -1164,18 +1164,9 @@ async def _relay_websocket(conn: _Connection, st: _Stream, receive: Receive, sen
                     return websocket.sendable_close_code(event.code, 1000), event.reason or ""
             conn.ack(st, len(item))
 
-    from_client = asyncio.ensure_future(client_to_origin())
-    from_origin = asyncio.ensure_future(origin_to_client())
-    try:
-        done, _ = await asyncio.wait(
-            {from_client, from_origin}, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        for task in (from_client, from_origin):
-            task.cancel()
-        await asyncio.gather(from_client, from_origin, return_exceptions=True)
-    if from_origin in done and not from_origin.cancelled() and from_origin.exception() is None:
-        code, reason = from_origin.result()
+    client, origin = await websocket.both_ways(client_to_origin(), origin_to_client())
+    if origin.ok and origin.value is not None:
+        code, reason = origin.value
         await send({"type": "websocket.close", "code": code, "reason": reason})
-    elif from_client not in done or from_client.cancelled() or from_client.exception() is not None:
+    elif not client.ok:
         await send({"type": "websocket.close", "code": 1011, "reason": ""})

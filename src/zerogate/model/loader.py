@@ -79,7 +79,7 @@ class Loaded:
     source: str | None = None
 
 
-def _line_of(doc: Any, loc: Loc) -> int | None:
+def line_of(doc: Any, loc: Loc) -> int | None:
     """The 1-based line of the deepest node of ``loc`` found in the ruamel document."""
     line: int | None = None
     node = doc
@@ -210,7 +210,7 @@ def _problems(
         problem = Problem(
             where=describe(issue.loc, data),
             message=issue.message,
-            line=_line_of(doc, issue.loc) if doc is not None else None,
+            line=line_of(doc, issue.loc) if doc is not None else None,
             source=source,
             warning=issue.warning,
         )

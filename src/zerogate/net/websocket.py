@@ -10,7 +10,15 @@ session that opened), so every upstream answers the same way.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
 from zerogate.net.asgi import Headers, Message, Scope, Send
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 #: the longest close reason (RFC 6455 §5.5: a control frame's payload is at most 125 bytes)
 MAX_REASON_BYTES = 123
@@ -42,3 +50,35 @@ async def reject(scope: Scope, send: Send, status: int, headers: Headers, body: 
         await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
         return
     await send({"type": "websocket.close", "code": 1011})
+
+
+async def both_ways(
+    client_to_upstream: Coroutine[Any, Any, T], upstream_to_client: Coroutine[Any, Any, U]
+) -> tuple[Ended[T], Ended[U]]:
+    """Run the two directions of a WebSocket relay until either ends, then stop the other
+    (cancel, and wait for it). For each direction: whether it finished by itself (not
+    cancelled, not failed) and its result — what the caller needs to pick the close code it
+    sends (every upstream's relay ends through here)."""
+    forward = asyncio.ensure_future(client_to_upstream)
+    backward = asyncio.ensure_future(upstream_to_client)
+    try:
+        done, _ = await asyncio.wait({forward, backward}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (forward, backward):
+            task.cancel()
+        await asyncio.gather(forward, backward, return_exceptions=True)
+    return _ended(forward, done), _ended(backward, done)
+
+
+@dataclass(frozen=True, slots=True)
+class Ended(Generic[T]):
+    """How one direction of a relay ended: ``ok`` when it finished by itself."""
+
+    ok: bool
+    value: T | None = None
+
+
+def _ended(task: asyncio.Future[T], done: set[Any]) -> Ended[T]:
+    if task in done and not task.cancelled() and task.exception() is None:
+        return Ended(True, task.result())
+    return Ended(False)
