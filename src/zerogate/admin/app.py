@@ -108,14 +108,15 @@ class AdminFrontDoor:
             await _error(scope, send, 503, "store unavailable", str(exc))
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Who is asking (API token or an administrator's portal session), then the API or
+        the panel; every refusal answered here, before any framework sees the request."""
         svc = self.svc
-        rt = svc.runtime
         raw = raw_path_of(scope)
         path = normalise_path(raw)
         # the frameworks route on the normalised path, percent-decoded as an ASGI ``path`` is
         # (so ``/api/v1/groups/Net%20Admins`` names the group "Net Admins"); an encoded ``/``
         # never gets here (``PathError``). Normalising is for deciding (API or panel, CSRF);
-        # a path it changed beyond decoding (``ops.`` → ``ops``, ``a;b`` → ``a``, ``..``, ``//``)
+        # a path it changed beyond decoding (``ops.`` → ``ops``, ``a;b`` → ``a``)
         # would name another object than the one asked for, so it is refused below, after
         # authentication (an anonymous caller learns nothing from the difference).
         decoded = unquote(path)
@@ -124,101 +125,20 @@ class AdminFrontDoor:
             scope = {**scope, "path": decoded}
         method: str = scope.get("method", "GET")
         peer = scope.get("client") or ("", 0)
-        resolved = resolve_client(str(peer[0]), scope["headers"], rt.trusted)
-        client_ip = resolved.ip
+        client_ip = resolve_client(str(peer[0]), scope["headers"], svc.runtime.trusted).ip
         api = path == API_PREFIX or path.startswith(API_PREFIX + "/")
 
         if path == LOGIN_PATH and method in ("GET", "HEAD"):
             rd = admin_return(http.query(scope).get("rd", ""))
             await http.redirect(send, admin_login_url(svc, rd))
             return
-
         token_text = bearer(scope)
-        principal: Principal
         if token_text is not None:
-            token = await self.service.verify_api_token(token_text) if token_text else None
-            if token is None:
-                await http.respond_json(
-                    send,
-                    401,
-                    {
-                        "error": "invalid token",
-                        "detail": "the API token is wrong, expired or revoked; create one with "
-                        "`zerogate api-token create NAME`",
-                    },
-                    [(b"www-authenticate", b'Bearer realm="zerogate", error="invalid_token"')],
-                )
-                return
-            if token.read_only and method in WRITE_METHODS:
-                await http.respond_json(
-                    send,
-                    403,
-                    {"error": "forbidden", "detail": f"API token {token.name!r} is read-only"},
-                )
-                return
-            principal = Principal(
-                who=f"api-token:{token.name}",
-                source=client_ip,
-                read_only=token.read_only,
-                via="token",
-                session_id=f"token:{token.token_id}",
-                expires_at=token.expires_at,
-            )
+            principal = await self._token_principal(send, token_text, method, client_ip)
         else:
-            claims = session_claims(scope, svc)
-            if claims is None:
-                target = path + (
-                    "?" + scope["query_string"].decode("latin-1")
-                    if scope.get("query_string")
-                    else ""
-                )
-                if not api and http.is_navigation(scope):
-                    await http.redirect(send, admin_login_url(svc, target))
-                else:
-                    await http.respond_json(
-                        send,
-                        401,
-                        {
-                            "error": "login required",
-                            "detail": "sign in as an administrator, or send "
-                            "Authorization: Bearer <API token>",
-                            "login_url": login_url(svc, target),
-                        },
-                        [(b"www-authenticate", b'Bearer realm="zerogate"')],
-                    )
-                return
-            country = rt.country(client_ip)
-            identity = identity_of(claims)
-            if not is_admin(rt.snapshot, identity, Context(ip=client_ip, country=country)):
-                await _forbidden(
-                    scope,
-                    send,
-                    svc,
-                    api,
-                    f"{claims.email} is not an administrator of this gateway (from here)",
-                )
-                return
-            if api and method in WRITE_METHODS and not csrf_ok(scope, rt.secret, claims.jti):
-                await http.respond_json(
-                    send,
-                    403,
-                    {
-                        "error": "csrf",
-                        "detail": "a write with the session cookie needs the X-Zerogate-CSRF "
-                        "header; its value is csrf_token of GET /api/v1/session",
-                    },
-                )
-                return
-            principal = Principal(
-                who=claims.email,
-                source=client_ip,
-                read_only=False,
-                via="session",
-                session_id=claims.jti,
-                identity=identity,
-                country=country,
-            )
-
+            principal = await self._session_principal(scope, send, path, api, method, client_ip)
+        if principal is None:
+            return  # refused, and answered
         if not canonical:
             raise PathError(
                 "the path is not in canonical form (no '.' or ' ' at a segment's end, no ';', "
@@ -229,6 +149,97 @@ class AdminFrontDoor:
             await self.api(scope, receive, send)
             return
         await self.panel()(scope, receive, send)
+
+    async def _token_principal(
+        self, send: Send, token_text: str, method: str, client_ip: str
+    ) -> Principal | None:
+        """The principal of a Bearer API token; ``None`` once a refusal was answered."""
+        token = await self.service.verify_api_token(token_text) if token_text else None
+        if token is None:
+            await http.respond_json(
+                send,
+                401,
+                {
+                    "error": "invalid token",
+                    "detail": "the API token is wrong, expired or revoked; create one with "
+                    "`zerogate api-token create NAME`",
+                },
+                [(b"www-authenticate", b'Bearer realm="zerogate", error="invalid_token"')],
+            )
+            return None
+        if token.read_only and method in WRITE_METHODS:
+            await http.respond_json(
+                send,
+                403,
+                {"error": "forbidden", "detail": f"API token {token.name!r} is read-only"},
+            )
+            return None
+        return Principal(
+            who=f"api-token:{token.name}",
+            source=client_ip,
+            read_only=token.read_only,
+            via="token",
+            session_id=f"token:{token.token_id}",
+            expires_at=token.expires_at,
+        )
+
+    async def _session_principal(
+        self, scope: Scope, send: Send, path: str, api: bool, method: str, client_ip: str
+    ) -> Principal | None:
+        """The principal of an administrator's portal session (login, not an admin, CSRF:
+        answered here, ``None``)."""
+        svc = self.svc
+        rt = svc.runtime
+        claims = session_claims(scope, svc)
+        if claims is None:
+            query = scope.get("query_string")
+            target = path + ("?" + query.decode("latin-1") if query else "")
+            if not api and http.is_navigation(scope):
+                await http.redirect(send, admin_login_url(svc, target))
+            else:
+                await http.respond_json(
+                    send,
+                    401,
+                    {
+                        "error": "login required",
+                        "detail": "sign in as an administrator, or send "
+                        "Authorization: Bearer <API token>",
+                        "login_url": login_url(svc, target),
+                    },
+                    [(b"www-authenticate", b'Bearer realm="zerogate"')],
+                )
+            return None
+        country = rt.country(client_ip)
+        identity = identity_of(claims)
+        if not is_admin(rt.snapshot, identity, Context(ip=client_ip, country=country)):
+            await _forbidden(
+                scope,
+                send,
+                svc,
+                api,
+                f"{claims.email} is not an administrator of this gateway (from here)",
+            )
+            return None
+        if api and method in WRITE_METHODS and not csrf_ok(scope, rt.secret, claims.jti):
+            await http.respond_json(
+                send,
+                403,
+                {
+                    "error": "csrf",
+                    "detail": "a write with the session cookie needs the X-Zerogate-CSRF "
+                    "header; its value is csrf_token of GET /api/v1/session",
+                },
+            )
+            return None
+        return Principal(
+            who=claims.email,
+            source=client_ip,
+            read_only=False,
+            via="session",
+            session_id=claims.jti,
+            identity=identity,
+            country=country,
+        )
 
 
 async def _error(scope: Scope, send: Send, status: int, error: str, detail: str) -> None:
