@@ -130,7 +130,7 @@ class AdminFrontDoor:
 
         if path == LOGIN_PATH and method in ("GET", "HEAD"):
             rd = admin_return(http.query(scope).get("rd", ""))
-            await http.redirect(send, admin_login_url(svc, rd))
+            await http.redirect(send, admin_login_url(scope, svc, rd))
             return
 
         token_text = bearer(scope)
@@ -173,7 +173,7 @@ class AdminFrontDoor:
                     else ""
                 )
                 if not api and http.is_navigation(scope):
-                    await http.redirect(send, admin_login_url(svc, target))
+                    await http.redirect(send, admin_login_url(scope, svc, target))
                 else:
                     await http.respond_json(
                         send,
@@ -182,7 +182,7 @@ class AdminFrontDoor:
                             "error": "login required",
                             "detail": "sign in as an administrator, or send "
                             "Authorization: Bearer <API token>",
-                            "login_url": login_url(svc, target),
+                            "login_url": login_url(scope, svc, target),
                         },
                         [(b"www-authenticate", b'Bearer realm="zerogate"')],
                     )
