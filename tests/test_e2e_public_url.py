@@ -19,6 +19,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,17 +29,18 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import trustme
+from multidict import CIMultiDict
 from playwright.sync_api import Browser, Response, sync_playwright
 
-from harness import free_port, wait_for_port
+from harness import free_port, wait_for_port, wait_until
 from test_oidc_fake_provider import CLIENT_SECRET, FakeProvider
-from zg_harness import ThreadedOutbox, VerifyingOrigin, Zerogate
+from zg_harness import Reply, ThreadedOutbox, VerifyingOrigin, Zerogate
 
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"
 DEPLOY_DOC = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
-HOSTS = ("auth.localhost", "wiki.localhost", "vault.localhost")
+HOSTS = ("auth.localhost", "wiki.localhost", "vault.localhost", "lab.localhost")
 
 CONFIG = """
 trusted_proxies: [127.0.0.1/32]
@@ -58,6 +61,12 @@ applications:
     identity_providers: [fake]
     policies:
       - {{name: fake users, decision: allow, include: [{{email_domain: [fake.test]}}]}}
+  - name: lab
+    domain: lab.localhost
+    origin: http://127.0.0.1:{port}
+    policies:
+      - {{name: one machine, decision: bypass, include: [{{ip: [127.0.0.9/32]}}]}}
+      - {{name: not that one, decision: block, include: [{{ip: [127.0.0.10/32]}}]}}
 """
 
 
@@ -162,6 +171,7 @@ class Stack:
     zg: Zerogate
     origin: VerifyingOrigin
     fake: FakeProvider
+    ca: trustme.CA
 
     def url(self, host: str, path: str = "/") -> str:
         return f"https://{host}:{self.port}{path}"
@@ -203,7 +213,7 @@ def stack(
         zg.start()
         proc = start(workdir, ca.issue_cert(*HOSTS), public, port)
         wait_for_port(public, proc)
-        yield Stack(proxy, public, zg, origin, fake)
+        yield Stack(proxy, public, zg, origin, fake, ca)
     finally:
         if proc is not None:
             proc.terminate()
@@ -314,3 +324,53 @@ def test_oidc_login_through_the_proxy_uses_the_https_redirect_uri(
         assert_host_cookies(context.cookies())
     finally:
         context.close()
+
+
+def fetch(stack: Stack, host: str, path: str, source: str, headers: dict[str, str]) -> Reply:
+    """One HTTPS request to the proxy from the loopback address ``source`` (SNI ``host``, the
+    test CA trusted): a client machine other than the proxy's own address."""
+    context = ssl.create_default_context()
+    stack.ca.configure_trust(context)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{stack.port}\r\nConnection: close\r\n"
+        f"Accept: application/json\r\n{head}\r\n"
+    )
+    raw = socket.create_connection(("127.0.0.1", stack.port), 10, source_address=(source, 0))
+    with context.wrap_socket(raw, server_hostname=host) as tls:
+        tls.sendall(request.encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    head_bytes, _, body = data.partition(b"\r\n\r\n")
+    status = int(head_bytes.split(b" ", 2)[1])
+    return Reply(status, CIMultiDict(), body, f"https://{host}:{stack.port}{path}")
+
+
+def test_the_client_the_proxy_vouches_for_reaches_policy_origin_and_access_log(
+    stack: Stack,
+) -> None:
+    """``X-Forwarded-For`` from the proxy names the client: an ``ip`` policy lets 127.0.0.9
+    through and blocks 127.0.0.10, which the access log records by its own address, not the
+    proxy's; 127.0.0.10 forging an entry for 127.0.0.9 changes nothing (the proxy appends or
+    replaces, and the walk stops at the first untrusted hop)."""
+    forged = {"X-Forwarded-For": "127.0.0.9", "X-Forwarded-Proto": "http"}
+    mine = fetch(stack, "lab.localhost", "/by-ip", "127.0.0.9", {"X-Forwarded-Proto": "http"})
+    assert mine.status == 200, mine.body[:300]
+    seen = json.loads(mine.body)
+    assert seen["path"] == "/by-ip"
+    assert seen["headers"]["x-forwarded-proto"] == "https", seen["headers"]
+    other = fetch(stack, "lab.localhost", "/forged", "127.0.0.10", forged)
+    assert other.status == 403, other.body[:300]
+    assert all(r["path"] != "/forged" for r in stack.origin.seen)
+
+    def logged() -> list[dict[str, object]]:
+        out = stack.zg.cli("logs", "-c", str(stack.zg.config), "--app", "lab", "--json")
+        assert out.returncode == 0, out.stderr
+        rows: list[dict[str, object]] = json.loads(out.stdout)["access_log"]
+        return rows
+
+    wait_until(lambda: any(r.get("ip") == "127.0.0.10" for r in logged()), timeout=15)
+    rows = logged()
+    assert {r.get("ip") for r in rows} == {"127.0.0.10"}, rows
+    assert {r.get("host") for r in rows} == {"lab.localhost"}, rows
