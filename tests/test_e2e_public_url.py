@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import trustme
 from multidict import CIMultiDict
-from playwright.sync_api import Browser, Response, sync_playwright
+from playwright.sync_api import Browser, Cookie, Response, sync_playwright
 
 from harness import free_port, wait_for_port, wait_until
 from test_oidc_fake_provider import CLIENT_SECRET, FakeProvider
@@ -250,12 +250,13 @@ def assert_public(stack: Stack, urls: list[str]) -> None:
         assert (parts.scheme, parts.port) == ("https", stack.port), (url, urls)
 
 
-def assert_host_cookies(cookies: list[dict[str, object]]) -> None:
-    ours = [c for c in cookies if "__zg_" in str(c["name"])]
+def assert_host_cookies(cookies: list[Cookie]) -> None:
+    """Every zerogate cookie the browser kept is a ``__Host-`` one: Secure, HttpOnly, ``/``."""
+    ours = [c for c in cookies if "__zg_" in c.get("name", "")]
     assert ours, cookies
     for c in ours:
-        assert str(c["name"]).startswith("__Host-__zg_"), c
-        assert c["secure"] and c["httpOnly"] and c["path"] == "/", c
+        assert c.get("name", "").startswith("__Host-__zg_"), c
+        assert c.get("secure") and c.get("httpOnly") and c.get("path") == "/", c
 
 
 def test_pin_login_through_the_proxy_ends_on_the_app_with_host_cookies(
