@@ -33,6 +33,7 @@ from multidict import CIMultiDict
 from playwright.sync_api import Browser, Cookie, Response, sync_playwright
 
 from harness import free_port, wait_for_port, wait_until
+from test_oidc_e2e import ACCOUNTS, PROVIDER_DIR, SECRET_BASIC, require_node
 from test_oidc_fake_provider import CLIENT_SECRET, FakeProvider
 from zg_harness import Reply, ThreadedOutbox, VerifyingOrigin, Zerogate
 
@@ -40,7 +41,7 @@ pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"
 DEPLOY_DOC = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
-HOSTS = ("auth.localhost", "wiki.localhost", "vault.localhost", "lab.localhost")
+HOSTS = ("auth.localhost", "wiki.localhost", "vault.localhost", "lab.localhost", "corp.localhost")
 
 CONFIG = """
 trusted_proxies: [127.0.0.1/32]
@@ -48,6 +49,8 @@ identity_providers:
   - {{name: otp, type: onetimepin}}
   - {{name: fake, type: oidc, issuer: "{issuer}", client_id: zerogate-fake,
       client_secret_env: ZG_TEST_FAKE_SECRET}}
+  - {{name: corp, type: oidc, issuer: "{corp}", client_id: zerogate-basic,
+      client_secret_env: ZG_TEST_OIDC_BASIC}}
 applications:
   - name: wiki
     domain: wiki.localhost
@@ -61,6 +64,12 @@ applications:
     identity_providers: [fake]
     policies:
       - {{name: fake users, decision: allow, include: [{{email_domain: [fake.test]}}]}}
+  - name: corp
+    domain: corp.localhost
+    origin: http://127.0.0.1:{port}
+    identity_providers: [corp]
+    policies:
+      - {{name: corp staff, decision: allow, include: [{{email_domain: [corp.test]}}]}}
   - name: lab
     domain: lab.localhost
     origin: http://127.0.0.1:{port}
@@ -172,6 +181,8 @@ class Stack:
     origin: VerifyingOrigin
     fake: FakeProvider
     ca: trustme.CA
+    #: the port of the real OIDC provider (``corp``), started by the test that uses it
+    corp_port: int
 
     def url(self, host: str, path: str = "/") -> str:
         return f"https://{host}:{self.port}{path}"
@@ -203,17 +214,26 @@ def stack(
     issuer = f"https://auth.localhost:{public}"
     origin = VerifyingOrigin(f"http://auth.localhost:{port}/.zerogate/certs", issuer).start()
     fake = FakeProvider().start()
-    saved = os.environ.get("ZG_TEST_FAKE_SECRET")
-    os.environ["ZG_TEST_FAKE_SECRET"] = CLIENT_SECRET
+    corp_port = free_port()
+    trust = workdir / "test-ca.pem"
+    ca.cert_pem.write_to_path(str(trust))
     zg = Zerogate(workdir, port, outbox.port, portal_setting=issuer)
     start = start_haproxy if proxy == "haproxy" else start_caddy
     proc = None
     try:
-        zg.apply(CONFIG.format(port=origin.port, issuer=fake.issuer))
-        zg.start()
+        body = CONFIG.format(
+            port=origin.port, issuer=fake.issuer, corp=f"https://127.0.0.1:{corp_port}"
+        )
+        zg.apply(body)
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("ZG_TEST_FAKE_SECRET", CLIENT_SECRET)
+            env.setenv("ZG_TEST_OIDC_BASIC", SECRET_BASIC)
+            # the real provider serves https with the test CA's certificate
+            env.setenv("SSL_CERT_FILE", str(trust))
+            zg.start()
         proc = start(workdir, ca.issue_cert(*HOSTS), public, port)
         wait_for_port(public, proc)
-        yield Stack(proxy, public, zg, origin, fake, ca)
+        yield Stack(proxy, public, zg, origin, fake, ca, corp_port)
     finally:
         if proc is not None:
             proc.terminate()
@@ -221,10 +241,6 @@ def stack(
         zg.stop()
         fake.stop()
         origin.stop()
-        if saved is None:
-            os.environ.pop("ZG_TEST_FAKE_SECRET", None)
-        else:
-            os.environ["ZG_TEST_FAKE_SECRET"] = saved
 
 
 @pytest.fixture(scope="module")
@@ -375,3 +391,78 @@ def test_the_client_the_proxy_vouches_for_reaches_policy_origin_and_access_log(
     rows = logged()
     assert {r.get("ip") for r in rows} == {"127.0.0.10"}, rows
     assert {r.get("host") for r in rows} == {"lab.localhost"}, rows
+
+
+def start_https_provider(stack: Stack, workdir: Path) -> subprocess.Popen[bytes]:
+    """The real OIDC provider (``tests/oidc_provider``) over HTTPS (test CA) at
+    ``https://127.0.0.1:<corp_port>``, whose one client may only come back to the portal's
+    public ``https://`` callback."""
+    node = require_node()
+    cert = stack.ca.issue_cert("127.0.0.1")
+    crt, key = workdir / "idp.crt", workdir / "idp.key"
+    cert.cert_chain_pems[0].write_to_path(str(crt))
+    cert.private_key_pem.write_to_path(str(key))
+    callback = f"https://auth.localhost:{stack.port}/.zerogate/oidc/corp/callback"
+    config = {
+        "providers": [{"port": stack.corp_port, "tls": {"cert": str(crt), "key": str(key)}}],
+        "clients": [
+            {
+                "client_id": "zerogate-basic",
+                "client_secret": SECRET_BASIC,
+                "redirect_uris": [callback],
+                "token_endpoint_auth_method": "client_secret_basic",
+                "grant_types": ["authorization_code"],
+                "response_types": ["code"],
+            }
+        ],
+        "accounts": ACCOUNTS,
+    }
+    path = workdir / "provider.json"
+    path.write_text(json.dumps(config))
+    proc = subprocess.Popen(
+        [node, str(PROVIDER_DIR / "server.js"), str(path)],
+        stdout=open(workdir / "provider.log", "wb"),  # noqa: SIM115 - closed with the process
+        stderr=subprocess.STDOUT,
+        cwd=PROVIDER_DIR,
+    )
+    wait_for_port(stack.corp_port, proc)
+    return proc
+
+
+def test_oidc_login_against_the_real_provider_over_https(
+    stack: Stack, browser: Browser, tmp_path: Path
+) -> None:
+    """The OpenID-certified provider, itself on https, accepts only the registered https
+    callback on the proxy's port: an ``http://`` or port-less ``redirect_uri`` would be refused
+    on its own page, and the login would never come back."""
+    idp = start_https_provider(stack, tmp_path)
+    context = browser.new_context(ignore_https_errors=True)
+    context.set_default_timeout(20_000)
+    try:
+        page = context.new_page()
+        responses: list[Response] = []
+        page.on("response", lambda r: responses.append(r))
+        page.goto(stack.url("corp.localhost", "/reports"))
+        page.wait_for_selector("input[name=login]")
+        assert page.url.startswith(f"https://127.0.0.1:{stack.corp_port}/"), page.url
+        page.fill("input[name=login]", "ann")
+        page.fill("input[name=password]", str(ACCOUNTS["ann"]["password"]))
+        page.click("button.login-submit")
+        page.wait_for_url(stack.url("corp.localhost", "/reports"))
+        seen = json.loads(page.inner_text("body"))
+        assert seen["email"] == "ann@corp.test", seen
+        assert seen["claims"]["iss"] == f"https://auth.localhost:{stack.port}", seen
+        provider = f"https://127.0.0.1:{stack.corp_port}/"
+        urls = redirects_of(responses)
+        sent = [u for u in urls if u.startswith(provider) and "redirect_uri=" in u]
+        assert len(sent) == 1, urls
+        redirect_uri = parse_qs(urlsplit(sent[0]).query)["redirect_uri"]
+        assert redirect_uri == [f"https://auth.localhost:{stack.port}/.zerogate/oidc/corp/callback"]
+        # the provider's own redirects are relative (its login form) or go to its host
+        ours = [u for u in urls if urlsplit(u).netloc and not u.startswith(provider)]
+        assert_public(stack, ours)
+        assert_host_cookies(context.cookies())
+    finally:
+        context.close()
+        idp.terminate()
+        idp.wait(10)
