@@ -81,6 +81,8 @@ def request_scheme(scope: Scope, rt: RequestTrust) -> str:
     peer sends changes it."""
     if rt.public_scheme is not None:
         return rt.public_scheme
+    if not rt.trusted:  # the hot path without proxies: no header walk
+        return rt.scheme
     client_addr = scope.get("client") or ("", 0)
     return _scheme(rt, resolve_client(str(client_addr[0]), scope["headers"], rt.trusted))
 
