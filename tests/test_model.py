@@ -1507,3 +1507,50 @@ def test_warnings_do_not_hide_errors() -> None:
     """)
     found = problems(text)
     assert [p.where for p in found] == ["application 'wiki'"]
+
+
+# ---------------------------------------------------------------- portal as a public URL (#15)
+
+
+@pytest.mark.parametrize(
+    ("given", "stored", "scheme", "address"),
+    [
+        ("auth.example.com", "auth.example.com", None, "auth.example.com"),
+        ("Auth.Example.com:8443", "auth.example.com:8443", None, "auth.example.com:8443"),
+        ("https://auth.example.com", "https://auth.example.com", "https", "auth.example.com"),
+        ("HTTPS://Auth.example.com/", "https://auth.example.com", "https", "auth.example.com"),
+        ("https://auth.example.com:443", "https://auth.example.com", "https", "auth.example.com"),
+        (
+            "https://auth.example.com:8443",
+            "https://auth.example.com:8443",
+            "https",
+            "auth.example.com:8443",
+        ),
+        ("http://auth.localhost:80", "http://auth.localhost", "http", "auth.localhost"),
+    ],
+)
+def test_portal_is_a_host_or_a_public_url(
+    given: str, stored: str, scheme: str | None, address: str
+) -> None:
+    cfg = load_text(f'portal: "{given}"\n').config
+    assert cfg.portal == stored
+    assert (cfg.portal_scheme, cfg.portal_address) == (scheme, address)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "ftp://auth.example.com",
+        "https://",
+        "https://auth.example.com/login",
+        "https://auth.example.com?x=1",
+        "https://user@auth.example.com",
+        "https://auth.example.com:0",
+        "https://auth.example.com:99999",
+        "https://auth example.com",
+        "https://auth.example.com#top",
+        "https://auth.example.com\\\\evil.test",
+    ],
+)
+def test_a_portal_url_with_anything_but_scheme_host_and_port_is_refused(given: str) -> None:
+    assert one_problem(f'portal: "{given}"\n').where == "portal"

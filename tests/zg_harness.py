@@ -156,6 +156,8 @@ class Zerogate:
     tls: str | None = None
     #: more ``listen`` keys, as YAML flow-mapping entries (``header_timeout: 1s``)
     listen_extra: str = ""
+    #: the ``portal`` setting when not ``auth.localhost:<port>`` (a public URL behind a proxy)
+    portal_setting: str | None = None
 
     @property
     def config(self) -> Path:
@@ -171,7 +173,7 @@ class Zerogate:
 
     def write(self, body: str) -> None:
         self.config.write_text(
-            f"portal: auth.localhost:{self.port}\n"
+            f"portal: {self.portal_setting or f'auth.localhost:{self.port}'}\n"
             f"listen: {{{self._listen()}}}\n"
             "storage: sqlite:///zerogate.db\n"
             f"email: {{smtp: {{host: 127.0.0.1, port: {self.smtp_port}, timeout: 5s}}, "

@@ -5,11 +5,12 @@
 //
 // CONFIG: {
 //   "providers": [{"port": 40001, "conformIdTokenClaims": true}, ...],   // one issuer per port
+//                 (with "tls": {"cert": FILE, "key": FILE}: served over HTTPS, issuer https://…)
 //   "clients": [{client_id, client_secret, redirect_uris, token_endpoint_auth_method}],
 //   "accounts": {"<login>": {"password", "email", "email_verified", "groups", "name", "amr"}}
 // }
 //
-// Each provider's issuer is http://127.0.0.1:PORT. The login form is this file's own (a login
+// Each provider's issuer is http://127.0.0.1:PORT (https:// with "tls"). The login form is this file's own (a login
 // name and a password checked against the accounts, and a "Cancel" link that ends the
 // interaction with error=access_denied, as the provider's devInteractions do); consent is
 // implied (first-party client). PKCE is required for every client. With the default
@@ -18,6 +19,7 @@
 // them into the id_token as well.
 import { readFileSync } from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 
 import Provider from 'oidc-provider';
 
@@ -52,7 +54,7 @@ function findAccount(_ctx, id) {
 }
 
 function makeProvider(spec) {
-  const issuer = `http://127.0.0.1:${spec.port}`;
+  const issuer = `${spec.tls ? 'https' : 'http'}://127.0.0.1:${spec.port}`;
   const provider = new Provider(issuer, {
     clients: config.clients,
     findAccount,
@@ -132,7 +134,7 @@ function makeProvider(spec) {
 <a id="cancel" href="/interaction/${esc(uid)}/abort">Cancel</a>`));
   }
 
-  const server = http.createServer((req, res) => {
+  const handler = (req, res) => {
     if (req.url.startsWith('/interaction/')) {
       interaction(req, res).catch((err) => {
         res.statusCode = 400;
@@ -142,7 +144,13 @@ function makeProvider(spec) {
       return;
     }
     callback(req, res);
-  });
+  };
+  const server = spec.tls
+    ? https.createServer(
+        { cert: readFileSync(spec.tls.cert), key: readFileSync(spec.tls.key) },
+        handler,
+      )
+    : http.createServer(handler);
   server.listen(spec.port, '127.0.0.1', () => {
     console.log(`ready ${issuer}`);
   });

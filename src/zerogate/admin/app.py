@@ -130,7 +130,7 @@ class AdminFrontDoor:
 
         if path == LOGIN_PATH and method in ("GET", "HEAD"):
             rd = admin_return(http.query(scope).get("rd", ""))
-            await http.redirect(send, admin_login_url(svc, rd))
+            await http.redirect(send, admin_login_url(scope, svc, rd))
             return
         token_text = bearer(scope)
         if token_text is not None:
@@ -195,7 +195,7 @@ class AdminFrontDoor:
             query = scope.get("query_string")
             target = path + ("?" + query.decode("latin-1") if query else "")
             if not api and http.is_navigation(scope):
-                await http.redirect(send, admin_login_url(svc, target))
+                await http.redirect(send, admin_login_url(scope, svc, target))
             else:
                 await http.respond_json(
                     send,
@@ -204,7 +204,7 @@ class AdminFrontDoor:
                         "error": "login required",
                         "detail": "sign in as an administrator, or send "
                         "Authorization: Bearer <API token>",
-                        "login_url": login_url(svc, target),
+                        "login_url": login_url(scope, svc, target),
                     },
                     [(b"www-authenticate", b'Bearer realm="zerogate"')],
                 )

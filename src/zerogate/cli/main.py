@@ -395,9 +395,10 @@ def server(
         if not plan.empty:
             out.print(_plan_table(plan))
     scheme = "https" if settings.listen.tls else "http"
+    public = settings.portal_scheme or scheme
     err.print(
         f"zerogate {__version__}: edge and portal on {scheme}://{settings.listen.http} "
-        f"(portal {scheme}://{settings.portal}), {workers} worker(s), store {url}"
+        f"(portal {public}://{settings.portal_address}), {workers} worker(s), store {url}"
     )
     serve(config, settings, workers=workers)
 

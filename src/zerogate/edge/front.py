@@ -513,7 +513,7 @@ class ClientConnection(asyncio.Protocol):
             )
             if claims is not None:
                 assertion = cookies.cookie(
-                    scope, pipeline.app_cookie(app), secure=secure_cookies(rt)
+                    scope, pipeline.app_cookie(app), secure=secure_cookies(rt, scope)
                 )
                 assert assertion is not None  # session_claims verified it
                 inject = [

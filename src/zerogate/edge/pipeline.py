@@ -154,7 +154,7 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
         await blocked(scope, send, svc, app, email)
         return
     if claims is not None:
-        assertion = cookies.cookie(scope, app_cookie(app), secure=secure_cookies(rt))
+        assertion = cookies.cookie(scope, app_cookie(app), secure=secure_cookies(rt, scope))
         assert assertion is not None  # session_claims verified it
         inject: Headers = [
             (b"zerogate-jwt-assertion", assertion.encode("latin-1")),
@@ -210,7 +210,7 @@ async def preflight(
 
 def session_claims(scope: Scope, rt: Runtime, app: CompiledApp) -> Claims | None:
     """The verified, unrevoked session of this application, or None (never an error)."""
-    token = cookies.cookie(scope, app_cookie(app), secure=secure_cookies(rt))
+    token = cookies.cookie(scope, app_cookie(app), secure=secure_cookies(rt, scope))
     if not token:
         return None
     try:
@@ -376,16 +376,18 @@ def login_url(svc: Services, req: Request, app: CompiledApp, state: str, rd: str
     flow = Flow(
         app=app.name, rd=rd, state_hash=state_hash(state), expires=int(time.time()) + FLOW_SECONDS
     )
-    return f"{rt.portal_origin}/.zerogate/login?" + urlencode({"flow": sign_flow(rt.secret, flow)})
+    return f"{rt.portal_origin(req.scheme)}/.zerogate/login?" + urlencode(
+        {"flow": sign_flow(rt.secret, flow)}
+    )
 
 
-def state_cookie(svc: Services, state: str) -> tuple[bytes, bytes]:
+def state_cookie(scope: Scope, svc: Services, state: str) -> tuple[bytes, bytes]:
     return cookies.set_cookie(
         STATE_COOKIE,
         state,
         max_age=FLOW_SECONDS,
         path="/.zerogate/",
-        secure=secure_cookies(svc.runtime),
+        secure=secure_cookies(svc.runtime, scope),
     )
 
 
@@ -399,7 +401,9 @@ async def login_required(
     if http.is_navigation(scope):
         state = new_state()
         rd = safe_return(req, app, svc.runtime.snapshot, request_path(req), svc.runtime)
-        await http.redirect(send, login_url(svc, req, app, state, rd), [state_cookie(svc, state)])
+        await http.redirect(
+            send, login_url(svc, req, app, state, rd), [state_cookie(scope, svc, state)]
+        )
         return
     start = f"{public_origin(svc.runtime, req)}/.zerogate/login?" + urlencode(
         {"rd": req.raw_path + (f"?{req.query}" if req.query else "")}
@@ -425,7 +429,7 @@ def public_origin(rt: Runtime, req: Request) -> str:
     choose, and a URL the edge builds from it must not send a browser to another port (another
     service on the same name) after a login or logout."""
     host = f"[{req.host}]" if ":" in req.host else req.host
-    _, colon, port = rt.settings.portal.rpartition(":")
+    _, colon, port = rt.settings.portal_address.rpartition(":")
     return f"{req.scheme}://{host}{':' + port if colon and port.isdigit() else ''}"
 
 
@@ -489,7 +493,9 @@ async def reserved_path(
     elif path == "/.zerogate/login":
         state = new_state()
         rd = safe_return(req, app, rt.snapshot, http.query(scope).get("rd", ""), rt)
-        await http.redirect(send, login_url(svc, req, app, state, rd), [state_cookie(svc, state)])
+        await http.redirect(
+            send, login_url(svc, req, app, state, rd), [state_cookie(scope, svc, state)]
+        )
     elif path == "/.zerogate/authorized":
         await authorized(scope, send, svc, req, app)
     elif path == "/.zerogate/logout":
@@ -506,7 +512,7 @@ async def app_logout(
     (path-scoped ones share the host), clears their cookies and goes on to the portal's
     logout, which ends the portal session the same way."""
     rt = svc.runtime
-    secure = secure_cookies(rt)
+    secure = secure_cookies(rt, scope)
     apps = host_apps(rt.snapshot, req.host)
     jar = http.cookies(scope)
     names = [cookies.cookie_name(app_cookie(a), secure=secure) for a in apps]
@@ -561,7 +567,7 @@ async def app_logout(
         clear.append(cookies.clear_cookie(app_cookie(other), secure=secure))
     # 303: the browser follows with a GET; the portal's logout page ends (or shows the
     # button for) the portal session
-    await http.redirect(send, f"{rt.portal_origin}/.zerogate/logout", clear, status=303)
+    await http.redirect(send, f"{rt.portal_origin(req.scheme)}/.zerogate/logout", clear, status=303)
 
 
 def host_apps(snapshot: Snapshot, host: str) -> list[CompiledApp]:
@@ -577,7 +583,7 @@ async def authorized(
     """The portal hands this application a session: a one-time code, bound to this app and
     to the state cookie this host set before the login began (so no login CSRF)."""
     rt = svc.runtime
-    secure = secure_cookies(rt)
+    secure = secure_cookies(rt, scope)
     code = http.query(scope).get("code", "")
     data = None
     if code and len(code) < 200:

@@ -641,7 +641,8 @@ DEFAULT_SECRET_ENV_PREFIX = "ZEROGATE_SECRET_"  # noqa: S105 - a prefix, not a s
 class Settings(_Strict):
     """Process settings read from the file on every start; never stored."""
 
-    portal: Annotated[str, AfterValidator(values.check_host_port)] = "auth.localhost:8080"
+    #: ``host[:port]`` or ``https://host[:port]`` (the public URL, e.g. behind a TLS terminator)
+    portal: Annotated[str, AfterValidator(values.check_portal)] = "auth.localhost:8080"
     listen: Listen = Field(default_factory=Listen)
     storage: str | None = None
     email: EmailSettings = Field(default_factory=EmailSettings)
@@ -659,6 +660,16 @@ class Settings(_Strict):
     secret_env_prefix: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{2,63}$")] = (
         DEFAULT_SECRET_ENV_PREFIX
     )
+
+    @property
+    def portal_address(self) -> str:
+        """The portal's ``host[:port]`` (without the scheme a URL ``portal`` names)."""
+        return values.split_portal(self.portal)[1]
+
+    @property
+    def portal_scheme(self) -> str | None:
+        """The public scheme ``portal`` names as a URL; None for a bare ``host[:port]``."""
+        return values.split_portal(self.portal)[0]
 
 
 class ConfigFile(Settings, Objects):

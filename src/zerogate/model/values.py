@@ -129,6 +129,35 @@ def check_host_port(text: str) -> str:
     return check_hostname(value)
 
 
+def check_portal(text: str) -> str:
+    """The portal's public address: ``host[:port]`` (the scheme then follows how each request
+    arrived) or a full URL ``http(s)://host[:port]`` (that scheme is the public one of every
+    host zerogate serves). A URL is returned lower-cased without a default port or a trailing
+    ``/``; a path, query, fragment or user name is refused."""
+    value = text.strip() if isinstance(text, str) else ""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return check_host_port(value)
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{text!r}: the portal is host[:port] or an http:// or https:// URL")
+    rest = rest[:-1] if rest.endswith("/") else rest
+    if not rest or any(c in rest for c in "/?#@\\"):
+        raise ValueError(
+            f"{text!r}: the portal URL is scheme://host[:port], without a path, query or user"
+        )
+    address = check_host_port(rest)
+    default = ":443" if scheme == "https" else ":80"
+    address = address.removesuffix(default)
+    return f"{scheme}://{address}"
+
+
+def split_portal(value: str) -> tuple[str | None, str]:
+    """``(scheme or None, host[:port])`` of a checked ``portal`` value."""
+    scheme, sep, address = value.partition("://")
+    return (scheme, address) if sep else (None, value)
+
+
 def check_listen(text: str) -> str:
     """``address:port`` to listen on; IPv6 in brackets."""
     value = text.strip() if isinstance(text, str) else ""

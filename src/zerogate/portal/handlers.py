@@ -69,7 +69,7 @@ from zerogate.portal.session import (
 from zerogate.runtime import PORTAL_AUDIENCE, Runtime, cookies
 from zerogate.runtime.cookies import secure_cookies
 from zerogate.runtime.pages import logout_page
-from zerogate.runtime.request import Request
+from zerogate.runtime.request import Request, request_scheme
 from zerogate.runtime.services import Services
 
 log = logging.getLogger("zerogate.portal")
@@ -196,15 +196,9 @@ def _flow(svc: Services, blob: str) -> tuple[Flow, CompiledApp]:
     return flow, app
 
 
-def _csrf_secure(scope: Scope) -> bool:
-    """The CSRF cookie is a TLS cookie when the request came over TLS: the same answer as
-    ``secure_cookies`` (the server serves TLS exactly when ``listen.tls`` is set)."""
-    return scope.get("scheme") == "https"
-
-
-def _csrf(scope: Scope) -> tuple[str, list[tuple[bytes, bytes]]]:
+def _csrf(scope: Scope, svc: Services) -> tuple[str, list[tuple[bytes, bytes]]]:
     """The CSRF token for a form; a new cookie when the browser has none."""
-    secure = _csrf_secure(scope)
+    secure = secure_cookies(svc.runtime, scope)
     token = cookies.cookie(scope, CSRF_COOKIE, secure=secure) or ""
     if len(token) >= 20:
         return token, []
@@ -216,8 +210,8 @@ def _csrf(scope: Scope) -> tuple[str, list[tuple[bytes, bytes]]]:
     ]
 
 
-def _check_csrf(scope: Scope, form: dict[str, str]) -> None:
-    cookie = cookies.cookie(scope, CSRF_COOKIE, secure=_csrf_secure(scope)) or ""
+def _check_csrf(scope: Scope, svc: Services, form: dict[str, str]) -> None:
+    cookie = cookies.cookie(scope, CSRF_COOKIE, secure=secure_cookies(svc.runtime, scope)) or ""
     sent = form.get("csrf", "")
     if not cookie or not hmac.compare_digest(cookie.encode(), sent.encode()):
         raise _Problem(403, "This form has expired. Go back to the application and try again.")
@@ -233,7 +227,7 @@ async def _render(
     headers: list[tuple[bytes, bytes]] | None = None,
     **values: object,
 ) -> None:
-    csrf, cookie = _csrf(scope)
+    csrf, cookie = _csrf(scope, svc)
     await http.respond_html(
         send, status, svc.page(template, csrf=csrf, **values), [*cookie, *(headers or [])]
     )
@@ -309,7 +303,7 @@ def typed_email(text: str) -> str:
 
 
 def _pin_cookie(scope: Scope, rt: Runtime) -> str:
-    return cookies.cookie(scope, PIN_COOKIE, secure=secure_cookies(rt)) or ""
+    return cookies.cookie(scope, PIN_COOKIE, secure=secure_cookies(rt, scope)) or ""
 
 
 def _browser(scope: Scope, svc: Services) -> tuple[str, list[tuple[bytes, bytes]]]:
@@ -325,7 +319,7 @@ def _browser(scope: Scope, svc: Services) -> tuple[str, list[tuple[bytes, bytes]
         token,
         path="/.zerogate/login",
         max_age=PIN_COOKIE_SECONDS,
-        secure=secure_cookies(svc.runtime),
+        secure=secure_cookies(svc.runtime, scope),
         # Lax: sent when the emailed link is opened in this browser (a top-level GET)
         same_site="Lax",
     )
@@ -338,7 +332,7 @@ async def otp_start(
     """The email form's answer: a PIN for this browser, mailed after the page was sent, when
     the address may log in; the same page and timing when it may not."""
     form = await http.read_form(scope, receive)
-    _check_csrf(scope, form)
+    _check_csrf(scope, svc, form)
     flow_blob = form.get("flow", "")
     _, app = _flow(svc, flow_blob)
     rt = svc.runtime
@@ -376,8 +370,9 @@ async def otp_start(
     # either way; a refused address gets a decoy record (no PIN matches it, same tries) and
     # no mail, so every later answer and its timing are the same too.
     pin, record = issue_pin(email, app.name, secret=rt.secret, now=now, browser=browser)
-    confirm = f"{rt.portal_origin}/.zerogate/login/otp/confirm?" + urlencode(
-        {"flow": flow_blob, "email": email, "pin": pin}
+    confirm = (
+        f"{rt.portal_origin(request_scheme(scope, rt))}/.zerogate/login/otp/confirm?"
+        + urlencode({"flow": flow_blob, "email": email, "pin": pin})
     )
     message = render_pin_email(
         PinEmail(to=email, pin=pin, app_name=app.name, confirm_url=confirm),
@@ -530,7 +525,7 @@ async def otp_verify(
     scope: Scope, receive: Receive, send: Send, svc: Services, req: Request
 ) -> None:
     form = await http.read_form(scope, receive)
-    _check_csrf(scope, form)
+    _check_csrf(scope, svc, form)
     flow_blob = form.get("flow", "")
     flow, app = _flow(svc, flow_blob)
     rt = svc.runtime
@@ -597,8 +592,8 @@ async def otp_verify(
         ttl_seconds=session_seconds(svc),
         now=now,
     )
-    cookie = session_cookie(svc, portal_token)
-    last = oidc_login.last_method_cookie(svc, otp.name)
+    cookie = session_cookie(scope, svc, portal_token)
+    last = oidc_login.last_method_cookie(scope, svc, otp.name)
     await hand_over(send, svc, flow, app, email, otp.name, [], [], [cookie, last])
 
 
@@ -607,7 +602,7 @@ async def logout(scope: Scope, receive: Receive, send: Send, svc: Services, req:
     when there is no session), the POST with that page's token revokes the identity
     everywhere (SPEC "HTTP contract": logout is a POST with a CSRF token)."""
     rt = svc.runtime
-    secure = secure_cookies(rt)
+    secure = secure_cookies(rt, scope)
     token_cookie = cookies.cookie(scope, PORTAL_COOKIE, secure=secure)
     sessions = [token_cookie] if token_cookie else []
     token = logout_token(rt.secret, rt.portal_host, sessions)
@@ -641,5 +636,8 @@ async def logout(scope: Scope, receive: Receive, send: Send, svc: Services, req:
         error=False,
     )
     await http.respond_html(
-        send, 200, page, [cookies.clear_cookie(PORTAL_COOKIE, secure=secure_cookies(svc.runtime))]
+        send,
+        200,
+        page,
+        [cookies.clear_cookie(PORTAL_COOKIE, secure=secure_cookies(svc.runtime, scope))],
     )

@@ -50,7 +50,7 @@ from zerogate.portal.session import hand_over, session_cookie, session_seconds
 from zerogate.runtime import PORTAL_AUDIENCE, cookies
 from zerogate.runtime.cookies import secure_cookies
 from zerogate.runtime.fetch import oidc_fetch
-from zerogate.runtime.request import Request
+from zerogate.runtime.request import Request, request_scheme
 from zerogate.runtime.services import Services
 
 log = logging.getLogger("zerogate.portal.oidc")
@@ -81,8 +81,11 @@ def start_url(idp: OidcProvider, flow_blob: str) -> str:
     return f"/.zerogate/oidc/{quote(idp.name)}/start?" + urlencode({"flow": flow_blob})
 
 
-def callback_url(svc: Services, name: str) -> str:
-    return f"{svc.runtime.portal_origin}/.zerogate/oidc/{quote(name)}/callback"
+def callback_url(scope: Scope, svc: Services, name: str) -> str:
+    """The OIDC ``redirect_uri``: on the portal's public origin (the pinned scheme of a URL
+    ``portal``, else this request's: a trusted proxy's ``X-Forwarded-Proto`` or the transport)."""
+    origin = svc.runtime.portal_origin(request_scheme(scope, svc.runtime))
+    return f"{origin}/.zerogate/oidc/{quote(name)}/callback"
 
 
 def providers_for(svc: Services, app: CompiledApp) -> list[OidcProvider]:
@@ -96,17 +99,19 @@ def providers_for(svc: Services, app: CompiledApp) -> list[OidcProvider]:
 
 
 def last_method(scope: Scope, svc: Services) -> str | None:
-    value = cookies.cookie(scope, LAST_METHOD_COOKIE, secure=secure_cookies(svc.runtime)) or ""
+    value = (
+        cookies.cookie(scope, LAST_METHOD_COOKIE, secure=secure_cookies(svc.runtime, scope)) or ""
+    )
     return value if 0 < len(value) <= 200 else None
 
 
-def last_method_cookie(svc: Services, name: str) -> tuple[bytes, bytes]:
+def last_method_cookie(scope: Scope, svc: Services, name: str) -> tuple[bytes, bytes]:
     return cookies.set_cookie(
         LAST_METHOD_COOKIE,
         name,
         max_age=LAST_METHOD_SECONDS,
         path="/.zerogate/",
-        secure=secure_cookies(svc.runtime),
+        secure=secure_cookies(svc.runtime, scope),
     )
 
 
@@ -131,14 +136,14 @@ class _Registry:
 _REGISTRY = _Registry({}, RateLimiter(START_LIMIT))
 
 
-def client_for(svc: Services, idp: OidcProvider) -> OidcClient:
+def client_for(scope: Scope, svc: Services, idp: OidcProvider) -> OidcClient:
     secret = os.environ.get(idp.client_secret_env) if idp.client_secret_env else None
     settings = ClientSettings(
         name=idp.name,
         issuer=idp.issuer,
         client_id=idp.client_id,
         client_secret=secret or None,
-        redirect_uri=callback_url(svc, idp.name),
+        redirect_uri=callback_url(scope, svc, idp.name),
         scopes=idp.effective_scopes,
         groups_claim=idp.effective_groups_claim,
         auth_method=idp.token_endpoint_auth_method,
@@ -385,7 +390,7 @@ async def redirect_to_provider(
             "rate_limited",
             app=app.name,
         )
-    client = client_for(svc, idp)
+    client = client_for(scope, svc, idp)
     try:
         auth = await client.begin()
     except OidcError as exc:
@@ -393,7 +398,7 @@ async def redirect_to_provider(
         raise _Failure(
             status, message, exc.reason, str(exc), flow=flow_blob, app=app.name
         ) from None
-    secure = secure_cookies(svc.runtime)
+    secure = secure_cookies(svc.runtime, scope)
     browser = cookies.cookie(scope, BROWSER_COOKIE, secure=secure) or ""
     if not browser_value_ok(svc.runtime.secret, browser):
         browser = new_browser_value(svc.runtime.secret)
@@ -447,7 +452,7 @@ async def callback(scope: Scope, send: Send, svc: Services, req: Request, name: 
             flow=flow_blob,
             app=app.name,
         )
-    client = client_for(svc, idp)
+    client = client_for(scope, svc, idp)
     try:
         identity = await client.finish(
             code=code,
@@ -465,7 +470,7 @@ async def callback(scope: Scope, send: Send, svc: Services, req: Request, name: 
         raise _Failure(
             status, message, exc.reason, str(exc), flow=flow_blob, app=app.name, email=email
         ) from None
-    await _signed_in(send, svc, req, idp, identity, flow, app)
+    await _signed_in(scope, send, svc, req, idp, identity, flow, app)
 
 
 async def _take_state(
@@ -488,7 +493,7 @@ async def _take_state(
             "state_unknown",
             "unknown, replayed or expired state",
         )
-    browser = cookies.cookie(scope, BROWSER_COOKIE, secure=secure_cookies(svc.runtime)) or ""
+    browser = cookies.cookie(scope, BROWSER_COOKIE, secure=secure_cookies(svc.runtime, scope)) or ""
     if record.get("idp") != name or idp is None:
         raise _Failure(
             400, "This sign-in answer belongs to another sign-in method.", "state_wrong_provider"
@@ -530,6 +535,7 @@ def _provider_refused(q: dict[str, str], label: str, flow_blob: str, app: Compil
 
 
 async def _signed_in(
+    scope: Scope,
     send: Send,
     svc: Services,
     req: Request,
@@ -585,7 +591,7 @@ async def _signed_in(
         list(identity.groups),
         list(identity.amr),
         [
-            session_cookie(svc, token),
-            last_method_cookie(svc, idp.name),
+            session_cookie(scope, svc, token),
+            last_method_cookie(scope, svc, idp.name),
         ],
     )

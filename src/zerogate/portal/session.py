@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 from zerogate.identity.flow import CODE_SECONDS, Flow, code_hash
 from zerogate.model.values import parse_duration
 from zerogate.net import http
-from zerogate.net.asgi import Send
+from zerogate.net.asgi import Scope, Send
 from zerogate.policy.engine import CompiledApp
 from zerogate.runtime import cookies
 from zerogate.runtime.admin_login import admin_return, is_admin_app
@@ -34,10 +34,13 @@ def session_seconds(svc: Services) -> int:
     return int(parse_duration(svc.runtime.settings.session_duration).total_seconds())
 
 
-def session_cookie(svc: Services, token: str) -> tuple[bytes, bytes]:
+def session_cookie(scope: Scope, svc: Services, token: str) -> tuple[bytes, bytes]:
     """The ``Set-Cookie`` that makes ``token`` (a portal JWT) this browser's session."""
     return cookies.set_cookie(
-        PORTAL_COOKIE, token, max_age=session_seconds(svc), secure=secure_cookies(svc.runtime)
+        PORTAL_COOKIE,
+        token,
+        max_age=session_seconds(svc),
+        secure=secure_cookies(svc.runtime, scope),
     )
 
 

@@ -24,7 +24,9 @@ from urllib.parse import urlencode, urlsplit
 from zerogate.identity.flow import FLOW_SECONDS, Flow, sign_flow
 from zerogate.model.objects import ADMIN_APPLICATION
 from zerogate.model.paths import PathError, normalise_path, under
+from zerogate.net.asgi import Scope
 from zerogate.policy.engine import CompiledApp
+from zerogate.runtime.request import request_scheme
 from zerogate.runtime.services import Services
 
 #: the paths of the built-in admin application on the portal host
@@ -67,10 +69,12 @@ def admin_return(target: str) -> str:
     return path + (f"?{parts.query}" if parts.query else "")
 
 
-def admin_login_url(svc: Services, target: str, now: float | None = None) -> str:
+def admin_login_url(scope: Scope, svc: Services, target: str, now: float | None = None) -> str:
     """The portal's login page for the built-in admin application, coming back to ``target``
     (made safe by ``admin_return``) afterwards."""
     rt = svc.runtime
     expires = int(time.time() if now is None else now) + FLOW_SECONDS
     flow = Flow(app=ADMIN_APPLICATION, rd=admin_return(target), state_hash="", expires=expires)
-    return f"{rt.portal_origin}/.zerogate/login?" + urlencode({"flow": sign_flow(rt.secret, flow)})
+    return f"{rt.portal_origin(request_scheme(scope, rt))}/.zerogate/login?" + urlencode(
+        {"flow": sign_flow(rt.secret, flow)}
+    )

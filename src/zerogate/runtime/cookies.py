@@ -3,31 +3,31 @@
 The rules every surface (edge, portal, admin) shares, so none of them has to import another:
 host-only (no ``Domain``), ``HttpOnly``, ``SameSite=Lax`` unless told; under TLS also
 ``Secure``, named ``__Host-<name>`` with ``Path=/``. Whether cookies are TLS cookies is the
-process's own setting (:func:`secure_cookies`). Plain parsing of the ``Cookie`` header (a name
+request's public scheme (:func:`secure_cookies`). Plain parsing of the ``Cookie`` header (a name
 sent twice is none) is :func:`zerogate.net.http.cookies`.
 """
 
 from __future__ import annotations
 
 from http.cookies import SimpleCookie
-from typing import Protocol
 
 from zerogate.net.asgi import Scope
 from zerogate.net.http import cookies
+from zerogate.runtime.request import RequestTrust, request_scheme
 
 #: the portal's global session (the one ``/.zerogate/login`` sets on the portal host)
 PORTAL_COOKIE = "__zg_portal"
 
 
-class _Scheme(Protocol):
-    @property
-    def scheme(self) -> str: ...
-
-
-def secure_cookies(rt: _Scheme) -> bool:
+def secure_cookies(rt: RequestTrust, scope: Scope) -> bool:
     """Whether zerogate's cookies are TLS cookies (``Secure``, ``__Host-`` names): when the
-    server itself serves TLS (``listen.tls``). Every place that sets or reads one asks this."""
-    return rt.scheme == "https"
+    request's public scheme is https (:func:`zerogate.runtime.request.request_scheme`: the
+    scheme a URL ``portal`` pins for every host, else a trusted proxy's
+    ``X-Forwarded-Proto``, else ``listen.tls``). Every place that sets or reads one asks this
+    of the same request, so what is set over a scheme is read back over it. With a URL
+    ``portal`` the answer is one for every host and request, so a browser always sees the
+    same names."""
+    return request_scheme(scope, rt) == "https"
 
 
 #: the name prefix of zerogate's cookies under TLS: the browser keeps such a cookie only when

@@ -26,17 +26,20 @@ _HOST = re.compile(
 )
 
 
-class _Trust(Protocol):
+class RequestTrust(Protocol):
     @property
     def trusted(self) -> Sequence[IPNetwork]: ...
 
     @property
     def scheme(self) -> str: ...
 
+    @property
+    def public_scheme(self) -> str | None: ...
+
 
 class _HasRuntime(Protocol):
     @property
-    def runtime(self) -> _Trust: ...
+    def runtime(self) -> RequestTrust: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +67,41 @@ def raw_path_of(scope: Scope) -> str:
     return quote(scope.get("path", "/"), safe="/%:@!$&'()*+,;=~-._")
 
 
+def _scheme(rt: RequestTrust, client: ResolvedClient) -> str:
+    if rt.public_scheme is not None:
+        return rt.public_scheme
+    if client.peer_trusted and client.proto:
+        return client.proto
+    return rt.scheme
+
+
+def request_scheme(scope: Scope, rt: RequestTrust) -> str:
+    """The public scheme of a request: the one a URL ``portal`` pins; else ``X-Forwarded-Proto``
+    from a peer in ``trusted_proxies``; else this server's own transport. Nothing an untrusted
+    peer sends changes it."""
+    if rt.public_scheme is not None:
+        return rt.public_scheme
+    if not rt.trusted:  # the hot path without proxies: no header walk
+        return rt.scheme
+    client_addr = scope.get("client") or ("", 0)
+    return _scheme(rt, resolve_client(str(client_addr[0]), scope["headers"], rt.trusted))
+
+
+def _forwarded_host(scope: Scope) -> str | None:
+    """The last ``X-Forwarded-Host`` entry (the one the nearest proxy wrote), if any."""
+    entries: list[str] = []
+    for key, value in scope["headers"]:
+        if key.lower() == b"x-forwarded-host":
+            entries.extend(value.decode("latin-1").split(","))
+    return entries[-1].strip() if entries else None
+
+
 def describe_request(scope: Scope, svc: _HasRuntime) -> Request:
-    """Host, path and client of a request; raises ``http.BadRequest`` when they are unusable."""
+    """Host, path and client of a request; raises ``http.BadRequest`` when they are unusable.
+
+    Behind a peer in ``trusted_proxies``, its ``X-Forwarded-Host`` names the host (routing,
+    dispatch, the URLs built for it) and its ``X-Forwarded-Proto`` the scheme; an untrusted
+    peer's are ignored."""
     rt = svc.runtime
     host_value = http.header(scope, b"host")
     if host_value is None:
@@ -75,14 +111,17 @@ def describe_request(scope: Scope, svc: _HasRuntime) -> Request:
         raise http.BadRequest("the Host header is not a host name")
     client_addr = scope.get("client") or ("", 0)
     client = resolve_client(str(client_addr[0]), scope["headers"], rt.trusted)
-    scheme = rt.scheme
-    if client.peer_trusted and client.proto:
-        scheme = client.proto
+    if client.peer_trusted:
+        forwarded = _forwarded_host(scope)
+        if forwarded is not None:
+            if not _HOST.fullmatch(forwarded):
+                raise http.BadRequest("the X-Forwarded-Host header is not a host name")
+            host_header = forwarded
     return Request(
         host_header=host_header,
         host=Snapshot.normalise_host(host_header),
         raw_path=raw_path_of(scope),
         query=scope.get("query_string", b"").decode("latin-1"),
         client=client,
-        scheme=scheme,
+        scheme=_scheme(rt, client),
     )

@@ -18,7 +18,7 @@ from zerogate.runtime.state import PORTAL_AUDIENCE
 def portal_session(scope: Scope, svc: Services) -> Claims | None:
     """The verified, unrevoked portal session (``None`` when absent, repeated or invalid)."""
     rt = svc.runtime
-    token = cookie(scope, PORTAL_COOKIE, secure=secure_cookies(rt))
+    token = cookie(scope, PORTAL_COOKIE, secure=secure_cookies(rt, scope))
     if not token:
         return None
     try:

@@ -86,23 +86,29 @@ class Runtime:
 
     @property
     def portal_host(self) -> str:
-        return (
-            self.settings.portal.rpartition(":")[0]
-            if ":" in self.settings.portal
-            else (self.settings.portal)
-        )
+        address = self.settings.portal_address
+        return address.rpartition(":")[0] if ":" in address else address
 
     @property
     def scheme(self) -> str:
+        """The transport: ``https`` when this server itself serves TLS (``listen.tls``)."""
         return "https" if self.settings.listen.tls is not None else "http"
 
     @property
-    def portal_origin(self) -> str:
-        return f"{self.scheme}://{self.settings.portal}"
+    def public_scheme(self) -> str | None:
+        """The scheme a URL ``portal`` pins for every host; None: each request's own
+        (``runtime.request.request_scheme``)."""
+        return self.settings.portal_scheme
+
+    def portal_origin(self, scheme: str) -> str:
+        """``scheme://portal[:port]`` for a request whose public scheme is ``scheme``
+        (``Request.scheme``; the pinned one when ``portal`` is a URL)."""
+        return f"{self.public_scheme or scheme}://{self.settings.portal_address}"
 
     @property
     def issuer(self) -> str:
-        return f"https://{self.settings.portal}"
+        """``iss`` of every token: ``https://<portal>``, or the scheme a URL ``portal`` names."""
+        return f"{self.public_scheme or 'https'}://{self.settings.portal_address}"
 
     def verifier(self, token_type: TokenType = TYPE_APP) -> TokenVerifier:
         return TokenVerifier(self.keyset, self.issuer, token_type=token_type, cache=self.cache)

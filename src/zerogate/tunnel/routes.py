@@ -57,7 +57,7 @@ def listen_address(settings: Settings) -> tuple[str, int]:
 
 
 def _portal_host(settings: Settings) -> str:
-    return _split_host_port(settings.portal)[0]
+    return _split_host_port(settings.portal_address)[0]
 
 
 def cert_hosts(settings: Settings) -> list[str]:
