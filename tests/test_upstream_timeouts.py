@@ -604,3 +604,13 @@ def test_unaccepting_origin_really_does_not_accept(unaccepting: UnacceptingOrigi
             probe.connect(("127.0.0.1", unaccepting.port))
     finally:
         probe.close()
+
+
+def test_an_application_saved_from_the_panel_keeps_its_timeouts() -> None:
+    """The panel's form has no timeouts: saving it must not erase what the YAML or API set."""
+    from zerogate.admin.panel_forms import application_spec
+
+    stored = {"name": "wiki", "domain": "wiki.example.com", "timeouts": {"response": "5m"}}
+    fields = {"name": ["wiki"], "domain": ["wiki.example.com"], "target": ["origin"]}
+    spec = application_spec({**fields, "origin": ["http://127.0.0.1:8080"]}, stored)
+    assert spec["timeouts"] == {"response": "5m"}
