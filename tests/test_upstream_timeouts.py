@@ -614,3 +614,20 @@ def test_an_application_saved_from_the_panel_keeps_its_timeouts() -> None:
     fields = {"name": ["wiki"], "domain": ["wiki.example.com"], "target": ["origin"]}
     spec = application_spec({**fields, "origin": ["http://127.0.0.1:8080"]}, stored)
     assert spec["timeouts"] == {"response": "5m"}
+
+
+async def test_tunnel_client_leaving_a_hung_request_resets_its_stream(
+    tunnel: tuple[TunnelListener, TunnelTestConnector],
+) -> None:
+    """Not a timeout, the same leak: the connector must learn the client left (its origin
+    connection goes with the stream), not hold it until its own read timeout."""
+    listener, connector = tunnel
+    client = _Client()
+    out = Outbound("office", "/hang", [], authority="app.test", scheme="https")
+    call = asyncio.ensure_future(listener.forward_http(_scope(), client.receive, client.send, out))
+    await wait_for(lambda: len(connector.seen) == 1, timeout=5, what="request at the connector")
+    client.gone.set()
+    async with asyncio.timeout(5):
+        assert await call == 499
+    await wait_for(lambda: connector.seen[0].reset, timeout=5, what="stream reset")
+    await wait_for(lambda: _open_streams(listener) == 0, timeout=5, what="no stream left open")

@@ -492,7 +492,10 @@ class _Connection:
             return
         if leftover and st.reset is None:
             self.core.ack(st.sid, leftover)
-        if st.reset is None and not (st.local_ended and st.remote_ended):
+        # a reset of our own (the client left) has not reached the connector yet: send it, so
+        # that it drops its origin request instead of holding it until its own timeout
+        peer_knows = st.reset is not None and st.reset.remote
+        if not peer_knows and not (st.local_ended and st.remote_ended):
             self.core.reset(st.sid, ErrorCodes.CANCEL)
         self.flush()
 
