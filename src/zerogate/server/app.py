@@ -278,6 +278,7 @@ class ZerogateApp:
                     header_timeout=parse_duration(listen.header_timeout).total_seconds(),
                     idle_timeout=parse_duration(listen.idle_timeout).total_seconds(),
                     max_connections=listen.max_connections,
+                    timeouts=upstream_timeouts(settings),
                 ),
             )
             fd = os.dup(int(os.environ["ZEROGATE_FRONT_FD"]))
