@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import selectors
 import socket
@@ -631,3 +632,64 @@ async def test_tunnel_client_leaving_a_hung_request_resets_its_stream(
         assert await call == 499
     await wait_for(lambda: connector.seen[0].reset, timeout=5, what="stream reset")
     await wait_for(lambda: _open_streams(listener) == 0, timeout=5, what="no stream left open")
+
+
+# ---------------------------------------------------------------------------- tunnel, end to end
+
+TUNNEL_CONFIG = """
+upstream_timeouts: {{response: 30s}}
+applications:
+  - name: lab
+    domain: lab.localhost
+    tunnel: lab
+    timeouts: {{response: 1s}}
+    policies: [{{name: all, decision: bypass, include: [{{ip: [127.0.0.0/8]}}]}}]
+tunnels:
+  - {{name: lab, routes: [lab.localhost]}}
+"""
+
+
+@pytest.mark.e2e
+async def test_tunnel_burst_to_a_hung_origin_frees_the_connectors_descriptors(
+    tmp_path: Path, silent: HangingOrigin
+) -> None:
+    """Through a real connector: the edge's 504 resets each stream, the connector drops its
+    origin request, and its process gets every file descriptor back."""
+    from harness import wait_for_port
+    from test_tunnel_e2e import start_connector
+
+    zg = Zerogate(tmp_path, free_port(), free_port())
+    tunnel_port = free_port()
+    zg.tunnel_listen = f"127.0.0.1:{tunnel_port}"
+    zg.apply(TUNNEL_CONFIG.format())
+    zg.start()
+    connector = None
+    try:
+        wait_ready(zg)
+        made = zg.cli("tunnel", "token", "lab", "--rotate", "--json", "-c", str(zg.config))
+        assert made.returncode == 0, made.stderr
+        token = json.loads(made.stdout)["token"]
+        wait_for_port(tunnel_port, zg.proc, timeout=10)
+        url = f"http://127.0.0.1:{silent.port}"
+        connector = start_connector(tmp_path, token, tunnel_port, url, name="lab", ha=1)
+        ready = connector
+        await wait_for(
+            lambda: (ready.ready() or {}).get("connections") == 1, timeout=20, what="connected"
+        )
+        await wait_for(lambda: silent.open == 0, timeout=10, what="no origin connection open")
+        baseline = _fds(connector.proc.pid)
+        burst = 60
+        accepted = silent.accepted
+        requests = [asyncio.ensure_future(_timed_get(zg, "lab.localhost")) for _ in range(burst)]
+        await wait_for(lambda: silent.accepted >= accepted + burst, timeout=10, what="reached")
+        assert _fds(connector.proc.pid) >= baseline + burst
+        results = await asyncio.gather(*requests)
+        assert [status for status, _, _ in results] == [504] * burst
+        assert max(took for _, _, took in results) < 5.0  # the application's 1s, not 30s
+        pid = connector.proc.pid
+        await wait_for(lambda: _fds(pid) <= baseline, timeout=10, what="connector fds back")
+        await wait_for(lambda: silent.open == 0, timeout=5, what="origin connections closed")
+    finally:
+        if connector is not None:
+            connector.stop()
+        zg.stop()
