@@ -693,3 +693,35 @@ async def test_tunnel_burst_to_a_hung_origin_frees_the_connectors_descriptors(
         if connector is not None:
             connector.stop()
         zg.stop()
+
+
+async def test_tunnel_websocket_unanswered_is_refused_after_the_response_timeout(
+    tunnel: tuple[TunnelListener, TunnelTestConnector],
+) -> None:
+    listener, connector = tunnel
+    sent: list[MutableMapping[str, Any]] = []
+    first = True
+
+    async def receive() -> dict[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "websocket.connect"}
+        await asyncio.Event().wait()
+        raise AssertionError
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "headers": [], "extensions": {"websocket.http.response": {}}}
+    out = Outbound(
+        "office", "/ws", [], authority="app.test", scheme="https", timeouts=Timeouts(response=0.5)
+    )
+    started = time.monotonic()
+    async with asyncio.timeout(10):
+        await listener.forward_websocket(scope, receive, send, out)
+    took = time.monotonic() - started
+    assert sent[0]["type"] == "websocket.http.response.start"
+    assert sent[0]["status"] == 504
+    assert 0.5 <= took < 2.5, took
+    await wait_for(lambda: connector.seen and connector.seen[0].reset, timeout=5, what="reset")
