@@ -43,7 +43,7 @@ from harness import free_port, wait_for_port
 from zerogate.edge.proxy import OriginProxy
 from zerogate.net.asgi import Receive, Scope, Send
 from zerogate.net.headers import resolve_client, upstream_request_headers
-from zerogate.net.upstream import Outbound
+from zerogate.net.upstream import Outbound, Timeouts
 
 T = TypeVar("T")
 
@@ -364,8 +364,9 @@ class _EdgeConfig:
         ca = os.environ.get("ZG_EDGE_CA") or None
         context = ssl.create_default_context(cafile=ca) if ca else None
         self.upstream = OriginProxy(ssl_context=context)
+        slow = float(os.environ.get("ZG_EDGE_SLOW_READ_TIMEOUT", "1"))
         self.slow = OriginProxy(
-            read_timeout=float(os.environ.get("ZG_EDGE_SLOW_READ_TIMEOUT", "1")),
+            timeouts=Timeouts(response=slow, idle=slow),
             ssl_context=context,
         )
 

@@ -306,6 +306,7 @@ SCHEMAS = [
     "Tunnel",
     "TunnelOut",
     "TunnelPut",
+    "UpstreamTimeouts",
 ]
 
 ERROR_STATUSES = {"400", "401", "403", "404", "409", "422", "428", "503"}

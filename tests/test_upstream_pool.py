@@ -39,7 +39,7 @@ from zerogate.net.pool import (
     _OriginPool,
     request_head,
 )
-from zerogate.net.upstream import Outbound
+from zerogate.net.upstream import Outbound, Timeouts
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -1136,7 +1136,7 @@ async def forward(
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[OriginProxy]:
-    upstream = OriginProxy(read_timeout=0.5)
+    upstream = OriginProxy(timeouts=Timeouts(response=0.5, idle=0.5))
     try:
         yield upstream
     finally:

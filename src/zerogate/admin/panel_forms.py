@@ -224,8 +224,8 @@ def first(fields: Mapping[str, Sequence[str]], name: str) -> str:
 def application_spec(
     fields: Mapping[str, Sequence[str]], stored: Mapping[str, Any] | None
 ) -> dict[str, Any]:
-    """An application's spec from its form; policies and CORS (edited elsewhere) are kept
-    from the stored spec."""
+    """An application's spec from its form; policies, CORS and timeouts (edited elsewhere: the
+    API or the YAML) are kept from the stored spec."""
     spec: dict[str, Any] = {"name": first(fields, "name"), "domain": first(fields, "domain")}
     target = first(fields, "target")
     if target == "origin":
@@ -237,7 +237,7 @@ def application_spec(
     if first(fields, "session_duration"):
         spec["session_duration"] = first(fields, "session_duration")
     if stored is not None:
-        for kept in ("cors", "policies"):
+        for kept in ("cors", "timeouts", "policies"):
             if kept in stored:
                 spec[kept] = stored[kept]
     return spec

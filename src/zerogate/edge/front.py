@@ -58,6 +58,7 @@ from zerogate.net.headers import (
 )
 from zerogate.net.http import request_target
 from zerogate.net.pool import OriginAddress, request_head
+from zerogate.net.upstream import DEFAULT_TIMEOUTS, Timeouts
 from zerogate.policy import Context, Identity
 from zerogate.runtime import cookies
 from zerogate.runtime.cookies import secure_cookies
@@ -74,8 +75,8 @@ MAX_FAST_BODY = 64 * 1024
 MAX_QUEUED = 8
 #: a relay buffer (bytes waiting for the application's socket) above this pauses reading
 MAX_RELAY_BUFFER = 256 * 1024
-#: no response head from the origin within this → 504 (as the upstream pool's read timeout)
-READ_TIMEOUT = 300.0
+#: a timeout left unset (none is, once merged over ``DEFAULT_TIMEOUTS``)
+NO_LIMIT = 86400.0 * 365
 #: how long a relay waits for the application's socket to accept (start, worker restart)
 RELAY_CONNECT_TIMEOUT = 10.0
 #: above this share of ``max_connections``, connections idle this long are closed
@@ -93,6 +94,8 @@ class FrontSettings:
     header_timeout: float
     idle_timeout: float
     max_connections: int
+    #: the settings' ``upstream_timeouts`` (an application's own ``timeouts`` win)
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
 
 
 def _status_line(status: int) -> bytes:
@@ -207,6 +210,7 @@ class _Fast:
     host_header: bytes
     body: list[bytes]
     size: int
+    timeouts: Timeouts
 
 
 class ClientConnection(asyncio.Protocol):
@@ -244,6 +248,8 @@ class ClientConnection(asyncio.Protocol):
         self.writing_paused = False
         # timers (checked by Front._tick)
         self.deadline = 0.0
+        self.idle_limit = NO_LIMIT  # of the origin's response in flight
+        self.connect_limit = NO_LIMIT
         self.last_activity = 0.0
 
     # -------------------------------------------------------------- state
@@ -258,6 +264,12 @@ class ClientConnection(asyncio.Protocol):
             self.close()  # header timeout, or idle
         elif self.inflight and self.upstream is not None and not self.upstream.started:
             self.upstream.fail(504)
+        elif self.inflight and self.upstream is not None:
+            if self.writing_paused:  # the client is slow, not the origin: keep waiting
+                self.deadline = self.loop.time() + self.idle_limit
+                return
+            log.warning("origin %s: response cut off (idle)", self.upstream.address)
+            self.upstream.fail(504)  # started: the client's connection is cut
 
     def close(self) -> None:
         if self.closed:
@@ -539,7 +551,9 @@ class ClientConnection(asyncio.Protocol):
         )
         headers = [(k, v) for k, v in headers if k != b"cookie"]
         headers += pipeline.strip_zerogate_cookies(self.headers)
-        return _Fast(method, address, headers, target, req.host_header.encode(), [], 0)
+        default = self.front.settings.timeouts
+        timeouts = default if app.timeouts is None else app.timeouts.over(default)
+        return _Fast(method, address, headers, target, req.host_header.encode(), [], 0, timeouts)
 
     def _next(self) -> None:
         """Send the next queued fast request, or hand over to the relay, or go idle."""
@@ -551,14 +565,20 @@ class ClientConnection(asyncio.Protocol):
                 self.close()
                 return
             self.inflight = True
-            self.deadline = self.loop.time() + READ_TIMEOUT
+            timeouts = fast.timeouts
+            self.idle_limit = timeouts.idle or NO_LIMIT
+            # the response head is due ``response`` after the request went out (after a
+            # connect, if one is needed; ``expired`` answers 504)
+            self.deadline = self.loop.time() + (timeouts.response or NO_LIMIT)
             up = self.upstream
             if up is not None and (up.address != fast.address or up.closed):
                 up.close()
                 up = None
             if up is None:
                 up = self.upstream = OriginConnection(self, fast.address)
-                up.connect()
+                self.connect_limit = timeouts.connect or NO_LIMIT
+                self.deadline += self.connect_limit
+                up.connect(self.connect_limit)
             up.send(message, fast.headers, retryable=fast.method == b"GET")
             return
         self.inflight = False
@@ -654,21 +674,21 @@ class OriginConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.paused = False
 
-    def connect(self) -> None:
+    def connect(self, timeout: float) -> None:
         loop = self.client.loop
         if self.address.unix_path is not None:
             coro = loop.create_unix_connection(lambda: self, self.address.unix_path)
         else:
             coro = loop.create_connection(lambda: self, self.address.host, self.address.port)
-        task = loop.create_task(coro)
+        task = loop.create_task(asyncio.wait_for(coro, timeout))
         task.add_done_callback(self._connected)
 
     def _connected(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled() or task.exception() is not None:
             exc = None if task.cancelled() else task.exception()
-            log.warning("origin %s: cannot connect (%s)", self.address, exc)
+            log.warning("origin %s: cannot connect (%r)", self.address, exc)
             self.closed = True
-            self.fail(502)
+            self.fail(504 if isinstance(exc, TimeoutError) else 502)
 
     def send(self, message: bytes, headers: Headers, *, retryable: bool) -> None:
         self.started = False
@@ -724,6 +744,9 @@ class OriginConnection(asyncio.Protocol):
             self.pending = None
 
     def data_received(self, data: bytes) -> None:
+        if self.started:  # a byte of the body: the idle timer starts over
+            client = self.client
+            client.deadline = client.loop.time() + client.idle_limit
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -745,7 +768,7 @@ class OriginConnection(asyncio.Protocol):
         if not self.started and self.used and self.retryable and self.sent is not None:
             # a reused keep-alive connection the origin closed before answering: once more
             client.upstream = again = OriginConnection(client, self.address)
-            again.connect()
+            again.connect(client.connect_limit)
             again.send(self.sent, self.request_headers, retryable=False)
             return
         self.fail(502)
@@ -787,7 +810,9 @@ class OriginConnection(asyncio.Protocol):
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
         self.started = True
-        self.client.transport.write(b"".join(lines))
+        client = self.client
+        client.deadline = client.loop.time() + client.idle_limit  # from now on: idle
+        client.transport.write(b"".join(lines))
 
     def _chunked_upstream(self) -> bool:
         return any(n.lower() == b"transfer-encoding" for n, _ in self.headers)

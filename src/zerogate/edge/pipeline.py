@@ -289,7 +289,14 @@ async def forward(
         await unavailable(scope, send, svc, app, picked)
         return
     upstream, to = picked
-    out = Outbound(to, path_qs, headers, authority=req.host_header, scheme=req.scheme)
+    out = Outbound(
+        to,
+        path_qs,
+        headers,
+        authority=req.host_header,
+        scheme=req.scheme,
+        timeouts=app.timeouts,
+    )
     try:
         if websocket:
             await upstream.forward_websocket(scope, receive, send, out)

@@ -50,9 +50,17 @@ from zerogate.net.pool import (
     UpstreamPool,
     UpstreamResponse,
 )
-from zerogate.net.upstream import Outbound
+from zerogate.net.upstream import DEFAULT_TIMEOUTS, Outbound, Timeouts
 
-__all__ = ["CLIENT_CLOSED", "WATCH_AFTER", "WS_MAX_MESSAGE", "OriginProxy", "request_target"]
+__all__ = [
+    "CLIENT_CLOSED",
+    "WATCH_AFTER",
+    "WS_MAX_MESSAGE",
+    "OriginProxy",
+    "reject_websocket",
+    "request_target",
+    "send_error",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -171,7 +179,8 @@ def _error_head(status: int, scope: Scope) -> tuple[Headers, bytes]:
     return headers, body
 
 
-async def _send_error(scope: Scope, send: Send, status: int) -> int:
+async def send_error(scope: Scope, send: Send, status: int) -> int:
+    """Answer with the edge's own error page (HTML, or JSON when asked); the status."""
     headers, body = _error_head(status, scope)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     if scope.get("method") == "HEAD":
@@ -308,24 +317,29 @@ class OriginProxy:
     WebSocket through aiohttp client sessions (one for TCP origins, one per Unix-socket
     origin), all created on first use: keep-alive connections, at most ``limit`` exchanges at
     once per origin (``0``: no limit), no automatic decompression, no cookie jar, no redirects
-    followed, no proxy taken from the environment. ``connect_timeout`` bounds waiting for a
-    pooled connection plus connecting; ``read_timeout`` bounds each wait for the origin's bytes
-    (headers, then every chunk), so a long stream lives as long as the origin keeps talking.
+    followed, no proxy taken from the environment.
+
+    ``timeouts`` (each unset one: :data:`~zerogate.net.upstream.DEFAULT_TIMEOUTS`), unless the
+    request's :class:`~zerogate.net.upstream.Outbound` brings its application's own:
+    ``connect`` bounds waiting for a pooled connection plus connecting; ``response`` the wait
+    for the response head once the request is sent (504 after it); ``idle`` each later wait
+    for the origin's bytes, so a long stream lives as long as the origin keeps talking. A
+    WebSocket handshake gets ``connect`` + ``response`` in all; once open, only its pings
+    watch it. An exchange that times out closes its origin connection (never reused).
     ``ssl_context`` verifies HTTPS origins (default: the system's trust store).
     """
 
     def __init__(
         self,
         *,
-        connect_timeout: float = 10,
-        read_timeout: float | None = 300,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
         limit: int = 1000,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout, sock_read=read_timeout
-        )
-        self._pool_settings = (connect_timeout, read_timeout)
+        self.timeouts = timeouts.over(DEFAULT_TIMEOUTS)
+        # every limit is per request (below): the sessions themselves wait without one
+        self._timeout = aiohttp.ClientTimeout(total=None)
+        self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
         self._pool: UpstreamPool | None = None
         self._watchers = _Watchers()
         self._limit = limit
@@ -364,9 +378,10 @@ class OriginProxy:
         pool = self._pool
         if pool is None:
             self._check_loop()
-            connect_timeout, read_timeout = self._pool_settings
             pool = self._pool = UpstreamPool(
-                connect_timeout=connect_timeout, read_timeout=read_timeout, limit=self._limit
+                connect_timeout=self.timeouts.connect,
+                read_timeout=self.timeouts.idle,
+                limit=self._limit,
             )
         return pool
 
@@ -395,19 +410,20 @@ class OriginProxy:
         origin, path_qs, headers = out.to, out.path_qs, out.headers
         target = request_target(path_qs)
         if target is None:
-            return await _send_error(scope, send, 400)
+            return await send_error(scope, send, 400)
         where = self._origin(origin)
+        timeouts = out.timeouts_over(self.timeouts)
         exchange = _Exchange(receive, asyncio.current_task(), self._watchers)
         try:
             if where.address is not None:
                 pool = self._upstream_pool()
                 await self._pool_exchange(
-                    scope, send, pool, where.address, target, headers, exchange
+                    scope, send, pool, where.address, target, headers, exchange, timeouts
                 )
             else:
                 session = self._session(where.socket)
                 url = URL(where.http_base + target, encoded=True)
-                await self._exchange(scope, send, session, url, headers, exchange)
+                await self._exchange(scope, send, session, url, headers, exchange, timeouts)
         except asyncio.CancelledError:
             exchange.finish()
             if not exchange.take_back_cancel():
@@ -432,6 +448,7 @@ class OriginProxy:
         target: str,
         headers: Headers,
         exchange: _Exchange,
+        timeouts: Timeouts,
     ) -> None:
         """One exchange over the keep-alive pool (plain HTTP origins)."""
         message = await exchange.receive()
@@ -446,7 +463,16 @@ class OriginProxy:
             exchange.body_done = True
         exchange.watch()
         try:
-            response = await pool.request(address, scope["method"], target, headers, body)
+            response = await pool.request(
+                address,
+                scope["method"],
+                target,
+                headers,
+                body,
+                connect_timeout=timeouts.connect,
+                response_timeout=timeouts.response,
+                read_timeout=timeouts.idle,
+            )
         except (UpstreamError, OSError, ValueError) as exc:
             if exchange.disconnected:
                 exchange.status = CLIENT_CLOSED
@@ -455,7 +481,7 @@ class OriginProxy:
             _log.warning(
                 "origin %s: %s (%s), answered %d", address, type(exc).__name__, exc, status
             )
-            exchange.status = await _send_error(scope, send, status)
+            exchange.status = await send_error(scope, send, status)
             return
         try:
             await self._relay_pool_response(send, response, exchange, address)
@@ -496,8 +522,10 @@ class OriginProxy:
         url: URL,
         headers: Headers,
         exchange: _Exchange,
+        timeouts: Timeouts,
     ) -> None:
         method: str = scope["method"]
+        timeout = self._client_timeout(timeouts)
         message = await exchange.receive()
         if message["type"] == "http.disconnect":
             exchange.status = CLIENT_CLOSED
@@ -513,7 +541,12 @@ class OriginProxy:
         try:
             try:
                 response = await session.request(
-                    method, url, headers=request_headers, data=data, allow_redirects=False
+                    method,
+                    url,
+                    headers=request_headers,
+                    data=data,
+                    allow_redirects=False,
+                    timeout=timeout,
                 )
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError):
                 # A pooled keep-alive connection the origin had just closed: once, for a
@@ -521,7 +554,12 @@ class OriginProxy:
                 if data is not None or method not in _SAFE_METHODS:
                     raise
                 response = await session.request(
-                    method, url, headers=request_headers, data=None, allow_redirects=False
+                    method,
+                    url,
+                    headers=request_headers,
+                    data=None,
+                    allow_redirects=False,
+                    timeout=timeout,
                 )
         except _ClientGoneError:
             exchange.status = CLIENT_CLOSED
@@ -534,19 +572,40 @@ class OriginProxy:
             _log.warning(
                 "origin %s: %s (%s), answered %d", url.origin(), type(exc).__name__, exc, status
             )
-            exchange.status = await _send_error(scope, send, status)
+            exchange.status = await send_error(scope, send, status)
             return
         try:
-            await self._relay_response(send, response, exchange)
+            await self._relay_response(send, response, exchange, timeouts.idle)
         finally:
             if response.content.at_eof():
                 response.release()  # back to the pool
             else:
                 response.close()  # unread bytes: the connection cannot be reused
 
+    def _client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
+        """aiohttp's form: ``connect``, and ``response`` as the read timeout until the head."""
+        timeout = self._client_timeouts.get(timeouts)
+        if timeout is None:
+            if len(self._client_timeouts) > 1000:
+                self._client_timeouts.clear()
+            timeout = self._client_timeouts[timeouts] = aiohttp.ClientTimeout(
+                total=None, connect=timeouts.connect, sock_read=timeouts.response
+            )
+        return timeout
+
     async def _relay_response(
-        self, send: Send, response: aiohttp.ClientResponse, exchange: _Exchange
+        self,
+        send: Send,
+        response: aiohttp.ClientResponse,
+        exchange: _Exchange,
+        idle: float | None,
     ) -> None:
+        connection = response.connection
+        protocol = connection.protocol if connection is not None else None
+        if protocol is not None and not response.content.is_eof():
+            # the head is in: from now on ``idle`` bounds each wait for bytes, not ``response``
+            protocol.read_timeout = idle
+            protocol.start_timeout()
         status = response.status
         await send(
             {
@@ -594,30 +653,35 @@ class OriginProxy:
             return
         target = request_target(path_qs)
         if target is None:
-            await _reject_websocket(scope, send, 400)
+            await reject_websocket(scope, send, 400)
             return
         where = self._origin(origin)
         session = self._session(where.socket)
         url = URL(where.ws_base + target, encoded=True)
+        timeouts = out.timeouts_over(self.timeouts)
+        handshake = None
+        if timeouts.connect is not None and timeouts.response is not None:
+            handshake = timeouts.connect + timeouts.response
         try:
-            ws = await session.ws_connect(
-                url,
-                protocols=tuple(scope.get("subprotocols") or ()),
-                headers=_client_headers(headers, websocket=True),
-                autoclose=True,
-                autoping=True,
-                compress=0,
-                max_msg_size=WS_MAX_MESSAGE,
-            )
+            async with asyncio.timeout(handshake):
+                ws = await session.ws_connect(
+                    url,
+                    protocols=tuple(scope.get("subprotocols") or ()),
+                    headers=_client_headers(headers, websocket=True),
+                    autoclose=True,
+                    autoping=True,
+                    compress=0,
+                    max_msg_size=WS_MAX_MESSAGE,
+                )
         except aiohttp.WSServerHandshakeError as exc:
             status = exc.status if 400 <= exc.status <= 599 else 502
             _log.warning("origin %s refused a WebSocket: %d", url.origin(), exc.status)
-            await _reject_websocket(scope, send, status)
+            await reject_websocket(scope, send, status)
             return
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             status = _failure_status(exc)
             _log.warning("origin %s: WebSocket: %s (%s)", url.origin(), type(exc).__name__, exc)
-            await _reject_websocket(scope, send, status)
+            await reject_websocket(scope, send, status)
             return
         try:
             await send({"type": "websocket.accept", "subprotocol": ws.protocol})
@@ -626,7 +690,8 @@ class OriginProxy:
             await ws.close()
 
 
-async def _reject_websocket(scope: Scope, send: Send, status: int) -> None:
+async def reject_websocket(scope: Scope, send: Send, status: int) -> None:
+    """Refuse a WebSocket not yet accepted with ``status`` and the edge's error page."""
     headers, body = _error_head(status, scope)
     await websocket.reject(scope, send, status, headers, body)
 

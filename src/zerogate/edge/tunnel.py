@@ -36,9 +36,13 @@ policy check), the original Host as ``authority``, the request target and the he
 ``zerogate.net.headers.upstream_request_headers``. Errors before anything was sent to the client
 are raised (:class:`TunnelUnavailable` → the pipeline's 502 page, :class:`TunnelRequestRefused`
 → 400/431); a failure after the response started leaves it unfinished so the server cuts the
-connection, as the origin proxy does.
+connection, as the origin proxy does. Timeouts (the application's, else the listener's): no
+response head ``response`` seconds after the request was sent → the stream is reset and the
+client gets the origin proxy's 504 page; no byte either way for ``idle`` seconds → the stream
+is reset (an unfinished response is cut off).
 
-Only ``net`` and the tunnel core are imported (the architecture rule): credentials come
+Only ``net``, the tunnel core and the origin proxy's error pages are imported (the
+architecture rule): credentials come
 through the :class:`Authority` protocol, statuses leave as plain dataclasses.
 """
 
@@ -63,13 +67,20 @@ from wsproto.connection import ConnectionState as WsState
 from wsproto.connection import ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
+from zerogate.edge.proxy import reject_websocket, send_error
 from zerogate.identity.secret_hash import SecretKind, hash_secret
 from zerogate.net import websocket
 from zerogate.net.asgi import Headers, Message, Receive, Scope, Send
 from zerogate.net.asgi import Message as AsgiMessage
 from zerogate.net.headers import is_zerogate_cookie
 from zerogate.net.http import request_target
-from zerogate.net.upstream import Outbound, UpstreamRefused, UpstreamUnavailable
+from zerogate.net.upstream import (
+    DEFAULT_TIMEOUTS,
+    Outbound,
+    Timeouts,
+    UpstreamRefused,
+    UpstreamUnavailable,
+)
 from zerogate.tunnel.protocol import (
     MAX_CONTROL_FRAME,
     BodyChunk,
@@ -481,7 +492,10 @@ class _Connection:
             return
         if leftover and st.reset is None:
             self.core.ack(st.sid, leftover)
-        if st.reset is None and not (st.local_ended and st.remote_ended):
+        # a reset of our own (the client left) has not reached the connector yet: send it, so
+        # that it drops its origin request instead of holding it until its own timeout
+        peer_knows = st.reset is not None and st.reset.remote
+        if not peer_knows and not (st.local_ended and st.remote_ended):
             self.core.reset(st.sid, ErrorCodes.CANCEL)
         self.flush()
 
@@ -718,8 +732,13 @@ class TunnelListener:
         ping_timeout: float = PING_TIMEOUT,
         ready_wait: float = READY_WAIT,
         on_change: Callable[[], None] | None = None,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ) -> None:
         self.authority = authority
+        #: ``response`` (head, once the request is sent) and ``idle`` (no byte either way)
+        #: of a tunnelled exchange, unless its application sets its own; ``connect`` is the
+        #: connector's business
+        self.timeouts = timeouts.over(DEFAULT_TIMEOUTS)
         self.tunnel_settings = tunnel_settings or TunnelSettings()
         self.registration_timeout = registration_timeout
         self.ping_interval = ping_interval
@@ -937,6 +956,7 @@ class TunnelListener:
             return CLIENT_CLOSED
         method: str = scope.get("method", "GET")
         headers = list(headers)
+        timeouts = out.timeouts_over(self.timeouts)
         source = _BodySource(receive, first)
         tried: set[_Connection] = set()
         while True:
@@ -958,9 +978,18 @@ class TunnelListener:
                 tried.add(conn)
                 continue
             replay = list(source.recorded or [])  # taken now: the copy may be freed below
-            pump = asyncio.get_running_loop().create_task(self._pump(conn, st, source, replay))
+            loop = asyncio.get_running_loop()
+            sent: asyncio.Future[float] = loop.create_future()
+            pump = loop.create_task(self._pump(conn, st, source, replay, sent, timeouts.idle))
             try:
-                head = await st.head
+                head = await _head_in_time(st, sent, timeouts.response)
+            except TimeoutError as exc:
+                pump.cancel()
+                conn.release(st)  # the stream is reset: the connector drops its origin request
+                if source.client_gone:
+                    return CLIENT_CLOSED
+                log.warning("tunnel %s: %s, answered 504", tunnel, exc)
+                return await send_error(scope, send, 504)
             except _StreamGone:
                 await self._end_pump(pump, source)
                 conn.release(st)
@@ -980,20 +1009,29 @@ class TunnelListener:
             break
         source.recorded = None  # the answer has begun: no retry can follow, free the copy
         try:
-            return await self._relay(conn, st, head, scope, send)
+            return await self._relay(conn, st, head, send, timeouts.idle)
         finally:
             pump.cancel()
             conn.release(st)
 
     async def _relay(
-        self, conn: _Connection, st: _Stream, head: ResponseStarted, scope: Scope, send: Send
+        self, conn: _Connection, st: _Stream, head: ResponseStarted, send: Send, idle: float | None
     ) -> int:
         response_headers = [(k, v) for k, v in head.headers if k not in _RESPONSE_DROPPED]
         await send(
             {"type": "http.response.start", "status": head.status, "headers": response_headers}
         )
+        queue = st.queue
         while True:
-            item = await st.queue.get()
+            if queue.empty():
+                try:
+                    async with asyncio.timeout(idle):
+                        item = await queue.get()
+                except TimeoutError:
+                    log.warning("tunnel %s: response cut off (no byte for %g s)", conn.tunnel, idle)
+                    return head.status  # unfinished; the caller resets the stream
+            else:
+                item = queue.get_nowait()
             if item is None:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return head.status
@@ -1008,21 +1046,42 @@ class TunnelListener:
             conn.ack(st, len(item))
 
     async def _pump(
-        self, conn: _Connection, st: _Stream, source: _BodySource, replay: list[bytes]
+        self,
+        conn: _Connection,
+        st: _Stream,
+        source: _BodySource,
+        replay: list[bytes],
+        sent: asyncio.Future[float],
+        idle: float | None,
     ) -> None:
         """Send the request body (replaying what a refused attempt already read), then watch
-        for the client leaving."""
+        for the client leaving. ``sent`` gets the time the request was sent in full, or a
+        ``TimeoutError`` when the connector took no byte of it for ``idle`` seconds."""
+
+        async def write(chunk: bytes, *, end: bool = False) -> None:
+            try:
+                async with asyncio.timeout(idle):
+                    await conn.write(st, chunk, end=end)
+            except TimeoutError:
+                if not sent.done() and not st.head.done():
+                    sent.set_exception(
+                        TimeoutError(f"the connector took no request byte for {idle:g} s")
+                    )
+                raise _StreamGone from None
+
         try:
             if st.local_ended:
                 pass
             else:
                 for chunk in replay:
-                    await conn.write(st, chunk)
+                    await write(chunk)
                 while not source.done:
                     chunk, more = await source.next()
-                    await conn.write(st, chunk, end=not more)
+                    await write(chunk, end=not more)
                 if not st.local_ended:
-                    await conn.write(st, b"", end=True)
+                    await write(b"", end=True)
+            if not sent.done():
+                sent.set_result(asyncio.get_running_loop().time())
             source.watching = True
             while True:
                 message = await source.receive()
@@ -1042,6 +1101,9 @@ class TunnelListener:
             pump.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await pump
+
+    def _ws_head_timeout(self, out: Outbound) -> float | None:
+        return out.timeouts_over(self.timeouts).response
 
     async def forward_websocket(
         self, scope: Scope, receive: Receive, send: Send, out: Outbound
@@ -1075,7 +1137,13 @@ class TunnelListener:
                 tried.add(conn)
                 continue
             try:
-                head = await st.head
+                async with asyncio.timeout(self._ws_head_timeout(out)):
+                    head = await st.head
+            except TimeoutError:
+                conn.release(st)
+                log.warning("tunnel %s: no answer to a WebSocket in time, answered 504", tunnel)
+                await reject_websocket(scope, send, 504)
+                return
             except _StreamGone:
                 conn.release(st)
                 if st.reset is not None and st.reset.retryable:
@@ -1100,6 +1168,30 @@ class TunnelListener:
             await _relay_websocket(conn, st, receive, send)
         finally:
             conn.release(st)
+
+
+async def _head_in_time(
+    st: _Stream, sent: asyncio.Future[float], response: float | None
+) -> ResponseStarted:
+    """The response head, due ``response`` seconds after the request was sent in full (the
+    upload itself is paced by the idle timeout, in the pump); ``TimeoutError`` if late."""
+    loop = asyncio.get_running_loop()
+    head = st.head
+    while not head.done():
+        if sent.done():
+            if sent.exception() is not None:
+                raise TimeoutError(str(sent.exception()))
+            if response is None:
+                return await head
+            left = sent.result() + response - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"no response head within {response:g} s")
+            await asyncio.wait((head,), timeout=left)
+        else:
+            await asyncio.wait((head, sent), return_when=asyncio.FIRST_COMPLETED)
+    if sent.done() and not sent.cancelled() and sent.exception() is not None:
+        raise TimeoutError(str(sent.exception()))
+    return head.result()
 
 
 async def _reject_websocket(scope: Scope, send: Send, status: int) -> None:

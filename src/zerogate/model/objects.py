@@ -217,6 +217,30 @@ def _check_origin(url: str) -> str:
     return url.strip()
 
 
+def _check_timeout(text: str) -> str:
+    text = values.check_duration(text)
+    seconds = values.parse_duration(text).total_seconds()
+    if seconds < 0.01:
+        raise ValueError(f"{text!r}: a timeout is at least 10ms")
+    if seconds > 7 * 86400:
+        raise ValueError(f"{text!r}: a timeout is at most 7d")
+    return text
+
+
+Timeout = Annotated[str, AfterValidator(_check_timeout)]
+
+
+class UpstreamTimeouts(_Strict):
+    """How long the edge waits on an application's origin or tunnel (docs/configuration.md)."""
+
+    #: to get a connection to the origin (not for tunnels: the connector connects)
+    connect: Timeout | None = None
+    #: for the response head once the request was sent: else 504
+    response: Timeout | None = None
+    #: with no byte either way once the response started: else the response is cut off
+    idle: Timeout | None = None
+
+
 class Application(_Strict):
     name: Name
     domain: str
@@ -225,6 +249,8 @@ class Application(_Strict):
     identity_providers: list[Name] | None = None
     session_duration: Duration | None = None
     cors: Cors | None = None
+    #: overrides ``upstream_timeouts`` of the settings, key by key
+    timeouts: UpstreamTimeouts | None = None
     policies: list[Policy] = Field(default_factory=list)
 
     @field_validator("domain")
@@ -650,6 +676,9 @@ class Settings(_Strict):
     dns: DnsSettings | None = None
     logs: LogSettings = Field(default_factory=LogSettings)
     session_duration: Duration = "24h"
+    #: the default timeouts of every application's upstream (an application's ``timeouts``
+    #: overrides them key by key; unset keys: 10s connect, 60s response, 60s idle)
+    upstream_timeouts: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts)
     trusted_proxies: list[IPRange] = Field(default_factory=list)
     #: who may read /.zerogate/metrics on the portal host (default: this machine only)
     metrics_allow: list[IPRange] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
@@ -700,6 +729,7 @@ def all_field_names() -> frozenset[str]:
         Group,
         Policy,
         Cors,
+        UpstreamTimeouts,
         Application,
         OneTimePinProvider,
         OidcProvider,

@@ -97,6 +97,13 @@ _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f#]")
 _KEEP_ALIVE_TIMEOUT = re.compile(rb"(?i)(?:^|[,;\s])timeout\s*=\s*(\d{1,6})")
 _HTTP1: Final = b"HTTP/1."
 
+
+class _Unset:
+    """The type of :data:`_UNSET`: an argument not given (``None`` means no limit)."""
+
+
+_UNSET: Final = _Unset()
+
 _IDLE: Final = 0  # no exchange: bytes from the origin now are a violation
 _HEAD: Final = 1  # waiting for (more of) the response head
 _BODY: Final = 2  # the head was delivered; body bytes go to the response
@@ -304,7 +311,7 @@ class UpstreamResponse:
             assert conn is not None
             waiter = self._waiter = conn.loop.create_future()
             waits = conn.waits
-            waits.begin(waiter, conn)
+            waits.begin(waiter, conn, conn.read_timeout)
             try:
                 await waiter
             finally:
@@ -375,6 +382,8 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.idle_limit = pool.owner.idle_timeout
         # the current exchange
+        self.response_timeout: float | None = pool.owner.read_timeout
+        self.read_timeout: float | None = pool.owner.read_timeout
         self.state = _IDLE
         self.busy = False  # holds one of the origin's slots
         self.parser: httptools.HttpResponseParser | None = None
@@ -483,9 +492,17 @@ class _Connection(asyncio.Protocol):
     # -- the exchange
 
     async def exchange(
-        self, head: bytes, body: Body, length: int | None, head_only: bool
+        self,
+        head: bytes,
+        body: Body,
+        length: int | None,
+        head_only: bool,
+        timeouts: tuple[float | None, float | None] | None = None,
     ) -> UpstreamResponse:
-        """Write the request, return the response once its head has arrived."""
+        """Write the request, return the response once its head has arrived.
+
+        ``timeouts``: ``(response head, idle)`` for this exchange (default: the pool's).
+        """
         transport = self.transport
         assert transport is not None and self.state == _IDLE
         if self.closed or transport.is_closing():
@@ -494,6 +511,10 @@ class _Connection(asyncio.Protocol):
                 "the origin closed the connection before the request", retryable=self.exchanges > 0
             )
         self.exchanges += 1
+        if timeouts is None:
+            self.response_timeout = self.read_timeout = self.pool.owner.read_timeout
+        else:
+            self.response_timeout, self.read_timeout = timeouts
         self.busy = True
         self.state = _HEAD
         self.parser = httptools.HttpResponseParser(self)
@@ -509,7 +530,7 @@ class _Connection(asyncio.Protocol):
         if isinstance(body, bytes):
             transport.write(head + body if body else head)
             self.request_sent = True
-            self.waits.begin(waiter, self)
+            self.waits.begin(waiter, self, self.response_timeout)
         else:
             self.request_sent = False
             transport.write(head)
@@ -572,7 +593,7 @@ class _Connection(asyncio.Protocol):
             raise RequestBodyError("the request body is shorter than its Content-Length")
         self.request_sent = True
         if self.head_waiter is not None:  # from now on the origin owes us a response
-            self.waits.begin(self.head_waiter, self)
+            self.waits.begin(self.head_waiter, self, self.response_timeout)
 
     def _writer_done(self, task: asyncio.Task[None]) -> None:
         if self.writer is task:
@@ -582,7 +603,7 @@ class _Connection(asyncio.Protocol):
 
     async def _drain(self) -> None:
         waiter = self.drain_waiter = self.loop.create_future()
-        self.waits.begin(waiter, self)
+        self.waits.begin(waiter, self, self.read_timeout)
         try:
             await waiter
         finally:
@@ -778,42 +799,48 @@ class _Connection(asyncio.Protocol):
 
 
 class _Waits:
-    """Every wait for an origin's bytes, and one sweep that fails those over the read timeout.
+    """Every wait for an origin's bytes, and one sweep that fails those over their timeout.
 
-    A wait (for a response head, for more body, for an upload to drain) is keyed by its future.
-    One timer, running only while something waits, ticks every ``min(1 s, timeout / 4)``; a
-    wait fails between ``timeout`` and ``timeout`` + a tick. This costs a dict insert per wait
-    where a timer per wait (asyncio's heap of Python ``TimerHandle`` objects) cost a sixth of
-    a small request's CPU.
+    A wait (for a response head, for more body, for an upload to drain) is keyed by its future
+    and carries its own timeout (the exchange's response or idle timeout). One timer, running
+    only while something waits, ticks every ``min(1 s, shortest timeout / 4)``; a wait fails
+    between its timeout and its timeout + a tick. This costs a dict insert per wait where a
+    timer per wait (asyncio's heap of Python ``TimerHandle`` objects) cost a sixth of a small
+    request's CPU.
     """
 
-    def __init__(self, timeout: float | None) -> None:
-        self.timeout = timeout
-        self.tick = max(0.01, min(1.0, timeout / 4)) if timeout is not None else 0.0
-        self.waiting: dict[asyncio.Future[Any], tuple[float, _Connection]] = {}
+    def __init__(self) -> None:
+        self.tick = 1.0
+        self.waiting: dict[asyncio.Future[Any], tuple[float, float, _Connection]] = {}
         self.sweeper: asyncio.TimerHandle | None = None
 
-    def begin(self, waiter: asyncio.Future[Any], conn: _Connection) -> None:
-        if self.timeout is None:
+    def begin(self, waiter: asyncio.Future[Any], conn: _Connection, timeout: float | None) -> None:
+        if timeout is None:
             return
         loop = conn.loop
-        self.waiting[waiter] = (loop.time(), conn)
+        self.waiting[waiter] = (loop.time() + timeout, timeout, conn)
+        tick = max(0.01, min(1.0, timeout / 4))
         if self.sweeper is None:
-            self.sweeper = loop.call_later(self.tick, self._sweep, loop)
+            self.tick = tick
+            self.sweeper = loop.call_later(tick, self._sweep, loop)
+        elif tick < self.tick:
+            self.tick = tick
+            self.sweeper.cancel()
+            self.sweeper = loop.call_later(tick, self._sweep, loop)
 
     def end(self, waiter: asyncio.Future[Any]) -> None:
         self.waiting.pop(waiter, None)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self.sweeper = None
-        assert self.timeout is not None
-        oldest = loop.time() - self.timeout
-        expired = [(w, c) for w, (since, c) in self.waiting.items() if since <= oldest]
-        for waiter, conn in expired:
+        now = loop.time()
+        expired = [(w, t, c) for w, (due, t, c) in self.waiting.items() if due <= now]
+        for waiter, timeout, conn in expired:
             del self.waiting[waiter]
             if not waiter.done():
-                conn.fail(UpstreamTimeoutError(f"no bytes from the origin in {self.timeout} s"))
+                conn.fail(UpstreamTimeoutError(f"no bytes from the origin in {timeout:g} s"))
         if self.waiting:
+            self.tick = max(0.01, min(1.0, min(t for _, t, _ in self.waiting.values()) / 4))
             self.sweeper = loop.call_later(self.tick, self._sweep, loop)
 
     def close(self) -> None:
@@ -958,7 +985,7 @@ class UpstreamPool:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.closed = False
-        self.waits = _Waits(read_timeout)
+        self.waits = _Waits()
         self._origins: dict[OriginAddress, _OriginPool] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -990,8 +1017,17 @@ class UpstreamPool:
         target: str | bytes,
         headers: list[tuple[bytes, bytes]],
         body: Body = b"",
+        *,
+        connect_timeout: float | _Unset | None = _UNSET,
+        response_timeout: float | _Unset | None = _UNSET,
+        read_timeout: float | _Unset | None = _UNSET,
     ) -> UpstreamResponse:
         """Send one request to ``address``; return the response once its head has arrived.
+
+        ``connect_timeout`` / ``response_timeout`` (the response head once the request was
+        written) / ``read_timeout`` (each later wait: body reads, upload drains): this
+        exchange's, instead of the pool's (``None``: no limit). One that expires raises
+        :class:`UpstreamTimeoutError` and closes the connection.
 
         ``target``: the request target exactly as it goes on the request line. ``headers``:
         the fields to send; framing and connection headers among them are replaced by the
@@ -1013,17 +1049,24 @@ class UpstreamPool:
         if pool is None:
             pool = self._origins[address] = _OriginPool(self, address)
         replayable = isinstance(body, bytes) and not body and method.encode() in _SAFE_METHODS
+        connect = self.connect_timeout if isinstance(connect_timeout, _Unset) else connect_timeout
+        reads = (
+            self.read_timeout if isinstance(response_timeout, _Unset) else response_timeout,
+            self.read_timeout if isinstance(read_timeout, _Unset) else read_timeout,
+        )
         for attempt in (1, 2):
-            conn = await self._connection(pool, fresh=attempt > 1)
+            conn = await self._connection(pool, connect, fresh=attempt > 1)
             try:
-                return await conn.exchange(head, body, length, head_only)
+                return await conn.exchange(head, body, length, head_only, reads)
             except UpstreamClosedError as exc:
                 if attempt > 1 or not (exc.retryable and replayable):
                     raise
                 _log.debug("origin %s: stale keep-alive connection, retrying once", pool)
         raise AssertionError("unreachable")
 
-    async def _connection(self, pool: _OriginPool, *, fresh: bool) -> _Connection:
+    async def _connection(
+        self, pool: _OriginPool, connect_timeout: float | None, *, fresh: bool
+    ) -> _Connection:
         """A connection holding one of ``pool``'s slots: an idle one, else a new one."""
         if pool.try_slot():
             conn = None if fresh else pool.pop_idle()
@@ -1033,7 +1076,7 @@ class UpstreamPool:
         else:
             waited = True
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(connect_timeout):
                 if waited:
                     await pool.wait_slot()
                     conn = None if fresh else pool.pop_idle()
@@ -1049,7 +1092,7 @@ class UpstreamPool:
                 raise
             what = "a free connection" if waited else "a connection"
             raise UpstreamTimeoutError(
-                f"origin {pool}: no {what} within {self.connect_timeout} s"
+                f"origin {pool}: no {what} within {connect_timeout:g} s"
             ) from None
 
     async def _connect(self, pool: _OriginPool) -> _Connection:

@@ -17,6 +17,33 @@ from zerogate.net.asgi import Headers, Receive, Scope, Send
 
 
 @dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long an upstream waits, in seconds (``None``: not set here, the default applies).
+
+    ``connect``: to get a connection to the origin (a free pooled one, or a new one);
+    ``response``: for the response head once the request was sent; ``idle``: with no byte
+    either way once the response started (and while an upload waits to drain). One that
+    expires frees the origin connection for good: it is closed, never reused.
+    """
+
+    connect: float | None = None
+    response: float | None = None
+    idle: float | None = None
+
+    def over(self, default: Timeouts) -> Timeouts:
+        """These values, each unset one taken from ``default``."""
+        return Timeouts(
+            self.connect if self.connect is not None else default.connect,
+            self.response if self.response is not None else default.response,
+            self.idle if self.idle is not None else default.idle,
+        )
+
+
+#: what an upstream uses when neither the settings nor the application say otherwise
+DEFAULT_TIMEOUTS = Timeouts(connect=10.0, response=60.0, idle=60.0)
+
+
+@dataclass(frozen=True, slots=True)
 class Outbound:
     """An allowed request, ready to leave."""
 
@@ -30,6 +57,13 @@ class Outbound:
     #: the Host the client named and the scheme it used (a tunnel carries them as pseudo-headers)
     authority: str = ""
     scheme: str = "http"
+    #: the application's own timeouts (each unset one: the upstream's default)
+    timeouts: Timeouts | None = None
+
+    def timeouts_over(self, default: Timeouts) -> Timeouts:
+        """The timeouts this request gets: the application's, else ``default``."""
+        own = self.timeouts
+        return default if own is None else own.over(default)
 
 
 class UpstreamUnavailable(Exception):

@@ -10,6 +10,7 @@ from zerogate.policy.engine import (
     Verdict,
     admin_application,
     compile_snapshot,
+    compile_timeouts,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "Verdict",
     "admin_application",
     "compile_snapshot",
+    "compile_timeouts",
 ]

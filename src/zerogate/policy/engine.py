@@ -28,9 +28,18 @@ from typing import Any, Literal
 
 import radix
 
-from zerogate.model.objects import ADMIN_APPLICATION, Application, Objects, Policy, Rule, RuleSet
+from zerogate.model.objects import (
+    ADMIN_APPLICATION,
+    Application,
+    Objects,
+    Policy,
+    Rule,
+    RuleSet,
+    UpstreamTimeouts,
+)
 from zerogate.model.paths import PathError, fold, normalise_path, under
-from zerogate.model.values import ip_network, mailbox_of, normalise_ip
+from zerogate.model.values import ip_network, mailbox_of, normalise_ip, parse_duration
+from zerogate.net.upstream import Timeouts
 from zerogate.tunnel.routes import TunnelRoutes
 
 Outcome = Literal["allow", "block", "bypass", "authenticate"]
@@ -394,6 +403,17 @@ class CompiledPolicy:
     reason: str
 
 
+def compile_timeouts(model: UpstreamTimeouts | None) -> Timeouts | None:
+    """The ``timeouts`` of an application (or ``upstream_timeouts`` of the settings) in seconds."""
+    if model is None:
+        return None
+
+    def seconds(value: str | None) -> float | None:
+        return None if value is None else parse_duration(value).total_seconds()
+
+    return Timeouts(seconds(model.connect), seconds(model.response), seconds(model.idle))
+
+
 class CompiledApp:
     """An application's policies, compiled, with its fixed verdicts built once."""
 
@@ -408,6 +428,7 @@ class CompiledApp:
         "name",
         "path",
         "pre",
+        "timeouts",
         "tunnel",
         "v_deny",
         "v_login",
@@ -423,6 +444,8 @@ class CompiledApp:
         #: the tunnel this application's requests go through (``TunnelRoutes``), set by the
         #: snapshot; ``None`` for an ``origin:`` application or one no tunnel routes
         self.tunnel: str | None = None
+        #: the application's own upstream timeouts (``None``: the settings' apply)
+        self.timeouts = compile_timeouts(model.timeouts)
         #: bypass + service_auth, then allow + block, each in listed order
         self.pre = tuple(p for p in policies if p.decision in ("bypass", "service_auth"))
         self.main = tuple(p for p in policies if p.decision in ("allow", "block"))

@@ -39,7 +39,9 @@ from zerogate.model.objects import Settings
 from zerogate.model.values import parse_duration
 from zerogate.net import http
 from zerogate.net.asgi import Receive, Scope, Send
+from zerogate.net.upstream import DEFAULT_TIMEOUTS, Timeouts
 from zerogate.outbox import Outbox
+from zerogate.policy import compile_timeouts
 from zerogate.portal import handlers as portal
 from zerogate.runtime import Runtime
 from zerogate.runtime.request import describe_request
@@ -60,6 +62,12 @@ SINGLE_WORKER = (
     "this server runs several worker processes; tunnels are served only by "
     "`zerogate server --workers 1`"
 )
+
+
+def upstream_timeouts(settings: Settings) -> Timeouts:
+    """The settings' ``upstream_timeouts``, each key not set: the built-in default."""
+    own = compile_timeouts(settings.upstream_timeouts)
+    return DEFAULT_TIMEOUTS if own is None else own.over(DEFAULT_TIMEOUTS)
 
 
 def load_settings(config: str | None) -> tuple[Settings, Path]:
@@ -115,7 +123,9 @@ class TunnelEndpoint:
         listener its tunnels need), later it is logged and retried at the next change."""
         settings = self.svc.runtime.settings
         host, port = listen_address(settings)
-        listener = TunnelListener(self.svc.runtime, on_change=self._dirty.set)
+        listener = TunnelListener(
+            self.svc.runtime, on_change=self._dirty.set, timeouts=upstream_timeouts(settings)
+        )
         try:
             await listener.start(host, port, await self._context())
         except (OSError, ValueError) as exc:
@@ -236,7 +246,7 @@ class ZerogateApp:
         )
         await self.logs.start()
         writer = self.logs.writer
-        self.origins = OriginProxy()
+        self.origins = OriginProxy(timeouts=upstream_timeouts(settings))
         self.svc = Services(
             runtime=runtime,
             upstream=self.origins,
@@ -268,6 +278,7 @@ class ZerogateApp:
                     header_timeout=parse_duration(listen.header_timeout).total_seconds(),
                     idle_timeout=parse_duration(listen.idle_timeout).total_seconds(),
                     max_connections=listen.max_connections,
+                    timeouts=upstream_timeouts(settings),
                 ),
             )
             fd = os.dup(int(os.environ["ZEROGATE_FRONT_FD"]))
