@@ -1101,3 +1101,25 @@ def test_mux_request_split_into_single_bytes_gives_the_same_request() -> None:
     assert (request.method, request.authority, request.path) == ("POST", "a.example:8443", "/p?q=1")
     assert request.headers == headers and body(events, sid) == b"abc"
     assert of(StreamEnded, events) == [StreamEnded(sid)]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"200\0connection\0close",
+        b"200\0transfer-encoding\0chunked",
+        b"200\0Set-Cookie\0a=1",
+        b"200\0x\0a\0odd",
+        b"101",
+        b"200\0content-length\0x5",
+    ],
+)
+def test_mux_a_response_head_http2_would_refuse_resets_the_stream(head: bytes) -> None:
+    if REG.protocol != PROTOCOL_MUX:
+        pytest.skip("multiplexer frames")
+    pair = connected()
+    sid = pair.edge.send_request("GET", "a.example", "/", end_stream=True)
+    pair.pump()
+    events = pair.edge.receive_data(_mux_frame(1, 0, sid, head))
+    assert events == [StreamReset(sid, ErrorCodes.PROTOCOL_ERROR, remote=False)]
+    assert not pair.edge.closed and pair.edge.can_open_stream

@@ -128,6 +128,14 @@ def run_connector(
         typer.Option("--grace-period", help="How long in-flight requests may finish on SIGTERM."),
     ] = "30s",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info or warning.")] = "info",
+    wire: Annotated[
+        str,
+        typer.Option(
+            "--wire",
+            help="mux (tunnel protocol 2, the default) or h2 (protocol 1, for an edge that does"
+            " not speak 2 yet).",
+        ),
+    ] = "mux",
 ) -> None:
     """Connect to the edge and serve the tunnel's requests until SIGTERM."""
     from zerogate.connector import Connector, ConnectorConfig, ingress
@@ -135,10 +143,14 @@ def run_connector(
     from zerogate.connector.tls import EdgeTrust, parse_edges
     from zerogate.model.loader import ConfigError
     from zerogate.model.values import check_listen
+    from zerogate.tunnel.protocol import PROTOCOL_H2, PROTOCOL_MUX
     from zerogate.tunnel.token import TokenError, decode
 
     if log_level not in _LEVELS:
         fail("--log-level: expected debug, info or warning")
+    wires = {"mux": PROTOCOL_MUX, "h2": PROTOCOL_H2}
+    if wire not in wires:
+        fail("--wire: expected mux or h2")
     if token_file is not None:
         if token:
             fail("give the token once: --token-file, or --token / ZEROGATE_TUNNEL_TOKEN")
@@ -195,6 +207,7 @@ def run_connector(
         ha_connections=ha_connections,
         metrics_address=metrics,
         grace_period=grace,
+        protocol=wires[wire],
     )
 
     async def main() -> int:

@@ -37,7 +37,7 @@ from zerogate.connector.ingress import Rule
 from zerogate.connector.metrics import ConnectorMetrics, MetricsServer
 from zerogate.connector.origin import Dispatcher
 from zerogate.connector.tls import EdgeAddress, EdgeTrust
-from zerogate.tunnel.protocol import Registration, TunnelSettings
+from zerogate.tunnel.protocol import PROTOCOL_VERSION, Registration, TunnelSettings
 from zerogate.tunnel.token import TunnelToken
 
 log = structlog.get_logger("zerogate.connector")
@@ -59,6 +59,9 @@ class ConnectorConfig:
     grace_period: float = 30.0
     liveness: Liveness = field(default_factory=Liveness)
     settings: TunnelSettings | None = None
+    #: the wire asked for in the registration: PROTOCOL_MUX (2, the default) or PROTOCOL_H2 (1,
+    #: for an edge older than the multiplexer)
+    protocol: int = PROTOCOL_VERSION
     healthy_after: float = 10.0
     #: while a slot backs off from an unreachable edge, how often it checks (TCP) whether
     #: the edge is back (jittered)
@@ -167,6 +170,7 @@ class Connector:
             version=__version__,
             connection_index=index,
             features=FEATURES,
+            protocol=self.config.protocol,
         )
 
     async def _slot(self, index: int) -> None:

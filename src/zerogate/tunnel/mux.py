@@ -34,8 +34,12 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+# clean_headers is looked up on the module at each call, like protocol.py does, so that the
+# attack tests' stand-in for a malicious connector reaches both wires
+from zerogate.tunnel import protocol as _protocol
 from zerogate.tunnel.protocol import (
     _AUTHORITY,
+    _CONNECTION_SPECIFIC,
     _FIELD_NAME,
     _MAX_MESSAGE,
     _MAX_PINGS,
@@ -62,7 +66,6 @@ from zerogate.tunnel.protocol import (
     _error_name,
     _header_list_size,
     _pseudo,
-    clean_headers,
 )
 
 if TYPE_CHECKING:
@@ -162,8 +165,9 @@ def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes
 
 
 def _check_fields(names: Iterable[bytes]) -> None:
+    """Lower-case tokens, none connection-specific: what HTTP/2 would accept (RFC 9113 8.2)."""
     for name in names:
-        if _FIELD_NAME.fullmatch(name) is None:
+        if _FIELD_NAME.fullmatch(name) is None or name in _CONNECTION_SPECIFIC:
             raise ValueError(f"invalid header name {name[:64]!r}")
 
 
@@ -380,6 +384,8 @@ class MuxWire:
             names = parts[5::2]
             _check_fields(names)
             headers = list(zip(names, parts[6::2], strict=True))
+            if any(n == b"te" and v != b"trailers" for n, v in headers):
+                raise ValueError("te other than trailers")
             expect = _content_length(headers)
         except ValueError:
             self.out += _frame(RST, 0, sid, _U32.pack(ErrorCodes.PROTOCOL_ERROR))
@@ -545,7 +551,7 @@ class MuxWire:
             raise UsageError("plain CONNECT is not carried; give protocol= for extended CONNECT")
         else:
             fields.append(b"")
-        block = clean_headers(headers, request=True)
+        block = _protocol.clean_headers(headers, request=True)
         if not self.can_open_stream:
             raise UsageError(f"this connection takes no new stream (state {self.side.state.value})")
         if protocol is not None and not self.extended_connect:
@@ -571,7 +577,7 @@ class MuxWire:
     ) -> None:
         if isinstance(status, bool) or not 200 <= status <= 599:
             raise InvalidHeaders(f"status {status!r} cannot be sent (200..599 only)")
-        block = clean_headers(headers, request=False)
+        block = _protocol.clean_headers(headers, request=False)
         st = self._live(stream_id)
         if st is None:
             return
