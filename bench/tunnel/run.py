@@ -38,6 +38,10 @@ _ROOT = Path(__file__).resolve().parents[2]
 for entry in (_ROOT / "src", _ROOT):
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
+# the zerogate processes it starts run this checkout's code too
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(_ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p
+)
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402

@@ -110,6 +110,7 @@ class EdgeConnection:
         self.streams: dict[int, TunnelStream] = {}
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self._writer: asyncio.StreamWriter | None = None
+        self._flush_due = False
         self._loop = asyncio.get_running_loop()
         self._last_rx = self._loop.time()
         self._registered_at: float | None = None
@@ -119,7 +120,17 @@ class EdgeConnection:
     # -- used by streams ------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write what the core produced; close the transport once the core is closed."""
+        """Write what the core produced, once per event-loop turn (one TLS record and one
+        system call for every stream answered in the turn); close the transport once the core
+        is closed (at once)."""
+        if self.core.closed:
+            self._flush_now()
+        elif not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
         writer = self._writer
         if writer is None:
             return
@@ -130,6 +141,8 @@ class EdgeConnection:
             writer.close()
 
     async def drain(self) -> None:
+        if self._flush_due:  # what waits for the turn's end counts against the transport now
+            self._flush_now()
         writer = self._writer
         if writer is None or writer.is_closing():
             return

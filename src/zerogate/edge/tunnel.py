@@ -367,6 +367,7 @@ class _Connection:
         self.streams: dict[int, _Stream] = {}
         self.ready = False
         self.finished = False
+        self._flush_due = False
         self.rtt: float | None = None
 
     # -- state ------------------------------------------------------------------------------
@@ -402,7 +403,17 @@ class _Connection:
     # -- output -----------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write what the core produced; close the socket once the core is closed."""
+        """Write what the core produced, once per event-loop turn (one TLS record and one
+        system call for every stream served in the turn); close the socket once the core is
+        closed (at once)."""
+        if self.core.closed:
+            self._flush_now()
+        elif not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
         data = self.core.data_to_send()
         if data and not self.writer.is_closing():
             self.writer.write(data)
@@ -412,6 +423,8 @@ class _Connection:
     async def drain(self) -> None:
         if self.finished:
             raise _StreamGone
+        if self._flush_due:  # what waits for the turn's end counts against the transport now
+            self._flush_now()
         try:
             await self.writer.drain()
         except (ConnectionError, OSError, RuntimeError) as exc:

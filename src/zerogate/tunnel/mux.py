@@ -265,13 +265,18 @@ class MuxWire:
 
     def receive(self, data: bytes) -> list[Event]:
         events: list[Event] = []
-        buf = self.buf
-        buf += data
+        # frames are cut from ``data`` itself unless a partial frame is waiting (one copy less)
+        src: bytes | bytearray
+        if self.buf:
+            self.buf += data
+            src = self.buf
+        else:
+            src = data
         pos = 0
-        end = len(buf)
+        end = len(src)
         try:
             while end - pos >= _HEAD_LEN:
-                kind, flags, sid, length = _HEAD.unpack_from(buf, pos)
+                kind, flags, sid, length = _HEAD.unpack_from(src, pos)
                 limit = (
                     self.settings.max_frame_size
                     if kind == DATA
@@ -286,7 +291,7 @@ class MuxWire:
                     break
                 start = pos + _HEAD_LEN
                 pos = start + length
-                payload = bytes(buf[start:pos])
+                payload = bytes(src[start:pos])
                 if kind == DATA:
                     self._on_data(sid, flags, payload, events)
                 elif kind == HEADERS:
@@ -294,13 +299,16 @@ class MuxWire:
                 else:
                     self._on_control(kind, flags, sid, payload, events)
                 if self.side.state is State.CLOSED:
-                    buf.clear()
+                    self.buf.clear()
                     return events
-            del buf[:pos]
+            if src is self.buf:
+                del self.buf[:pos]
+            elif pos < end:
+                self.buf += src[pos:]
             if self.blocked:
                 self._flush_blocked(events)
         except _Fatal as exc:
-            buf.clear()
+            self.buf.clear()
             self._fail(events, exc.error_code, f"protocol error: {exc}")
             return events
         if self._drained():
