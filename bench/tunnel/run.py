@@ -63,6 +63,7 @@ TARGET_THROUGHPUT_RATIO = 1.0  # zerogate MB/s ÷ ssh -R MB/s, each way
 TARGET_ADDED_P99_MS = 5.0  # zerogate p99 − ssh -R p99 at half of zerogate's rate
 HA_CONNECTIONS = 4
 APP_HOST = "bench.localhost"
+PLAIN_HOST = "plain.localhost"  # the same edge, the origin reached without a tunnel
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
@@ -109,6 +110,13 @@ applications:
   - name: bench
     domain: {host}
     tunnel: bench
+    policies:
+      - name: everyone, no login
+        decision: bypass
+        include: [{{everyone: true}}]
+  - name: plain
+    domain: {plain_host}
+    origin: http://127.0.0.1:{origin_port}
     policies:
       - name: everyone, no login
         decision: bypass
@@ -213,7 +221,15 @@ def start_tunnel(
     folder.mkdir()
     port, tunnel_port = free_port(), free_port()
     config = folder / "zerogate.yaml"
-    config.write_text(ZEROGATE_CONFIG.format(port=port, tunnel_port=tunnel_port, host=APP_HOST))
+    config.write_text(
+        ZEROGATE_CONFIG.format(
+            port=port,
+            tunnel_port=tunnel_port,
+            host=APP_HOST,
+            plain_host=PLAIN_HOST,
+            origin_port=origin_port,
+        )
+    )
     for args in (("apply", "-c", str(config)),):
         res = zg(*args, cwd=folder)
         if res.returncode != 0:
@@ -385,7 +401,7 @@ def print_results(
     by = {r.name: r for r in results}
     ssh = by["ssh -R"]
     for r in results:
-        zerogate = r.name.startswith("zerogate")
+        zerogate = r.host == APP_HOST
         table.add_row(
             r.name,
             f"{r.median('down'):,.0f}",
@@ -398,7 +414,7 @@ def print_results(
             f"{r.connector_rss_mib:.0f}" if zerogate else "",
             " ".join(f"{x.load:.1f}" for x in r.rounds),
         )
-    console.print(table)
+    Console(width=200).print(table)
     ok = True
     for wire in wires:
         z = by[f"zerogate {wire}"]
@@ -466,12 +482,15 @@ def main(argv: list[str] | None = None) -> int:
             watched: dict[str, tuple[PeakRss, PeakRss]] = {}
             for wire in wires:
                 port, server, connector = start_tunnel(procs, work, origin_port, wire)
+                if not any(r.host == PLAIN_HOST for r in results):
+                    # the edge's own ceiling: what the tunnel's numbers are bounded by
+                    results.append(PathResult("zerogate, no tunnel", PLAIN_HOST, port))
                 results.append(PathResult(f"zerogate {wire}", APP_HOST, port))
                 watched[f"zerogate {wire}"] = (PeakRss(server), PeakRss(connector))
             for _ in range(args.repeat):  # rounds interleave the paths: load drifts evenly
                 for path in results:
                     one_round(path, big, args.duration)
-            rate = min(r.median("rps") for r in results if r.name.startswith("zerogate")) / 2
+            rate = min(r.median("rps") for r in results if r.host == APP_HOST) / 2
             for path in results:
                 fixed_rate(path, rate, args.rate_duration)
             for name, (edge, conn) in watched.items():
