@@ -239,6 +239,9 @@ def start_tunnel(
         raise RuntimeError(f"zerogate tunnel token failed:\n{res.stdout}{res.stderr}")
     token = json.loads(res.stdout)["token"]
     env = {**os.environ, "NO_COLOR": "1", "ZEROGATE_LOG_LEVEL": "WARNING"}
+    wire, _, loop = wire.partition("-")  # "mux-asyncio": the connector on asyncio's own loop
+    if loop:
+        env["ZEROGATE_CONNECTOR_LOOP"] = loop
     server = procs.start(
         "zerogate server",
         [sys.executable, "-m", "zerogate", "server", "-c", str(config)],
