@@ -33,6 +33,7 @@ from zerogate.connector.metrics import ConnectorMetrics
 from zerogate.connector.stream import StreamGone, TunnelStream
 from zerogate.connector.tls import EdgeAddress, EdgeTrust, EdgeTrustError
 from zerogate.tunnel.protocol import (
+    EAGER_WRITE,
     BodyChunk,
     ConnectionTerminated,
     ConnectorSide,
@@ -141,7 +142,9 @@ class EdgeConnection:
             writer.close()
 
     async def drain(self) -> None:
-        if self._flush_due:  # what waits for the turn's end counts against the transport now
+        if self._flush_due and self.core.unsent_bytes >= EAGER_WRITE:
+            # a large output counts against the transport's buffer now; a small one (a short
+            # answer) waits for the turn's end, with the others of the turn
             self._flush_now()
         writer = self._writer
         if writer is None or writer.is_closing():

@@ -71,6 +71,7 @@ from zerogate.net.headers import is_zerogate_cookie
 from zerogate.net.http import request_target
 from zerogate.net.upstream import Outbound, UpstreamRefused, UpstreamUnavailable
 from zerogate.tunnel.protocol import (
+    EAGER_WRITE,
     MAX_CONTROL_FRAME,
     BodyChunk,
     ConnectionReady,
@@ -423,7 +424,9 @@ class _Connection:
     async def drain(self) -> None:
         if self.finished:
             raise _StreamGone
-        if self._flush_due:  # what waits for the turn's end counts against the transport now
+        if self._flush_due and self.core.unsent_bytes >= EAGER_WRITE:
+            # a large output counts against the transport's buffer now; a small one (a short
+            # answer) waits for the turn's end, with the others of the turn
             self._flush_now()
         try:
             await self.writer.drain()

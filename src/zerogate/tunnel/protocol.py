@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTROL_MAGIC",
+    "EAGER_WRITE",
     "MAX_CONTROL_FRAME",
     "PROTOCOL_H2",
     "PROTOCOL_MUX",
@@ -111,6 +112,9 @@ CONTROL_MAGIC = b"ZGTN"
 
 MAX_CONTROL_FRAME = 16 * 1024
 """Largest JSON body of a control frame, in bytes; a longer one is refused before it is read."""
+
+EAGER_WRITE = 64 * 1024
+"""Shells write once per event-loop turn, but at once when ``unsent_bytes`` reaches this."""
 
 _CONTROL_HEAD = len(CONTROL_MAGIC) + 4
 _H2_PREFACE_LEN = 24
@@ -881,6 +885,15 @@ class _Side:
 
     def can_send(self, stream_id: int) -> bool:
         return self.send_capacity(stream_id) > 0
+
+    @property
+    def unsent_bytes(self) -> int:
+        """How much ``data_to_send`` holds now, for a shell that writes once per event-loop
+        turn and wants to write at once past a threshold. Protocol 1 cannot tell (h2 keeps its
+        own buffer) and answers ``2**31``, so its shells always write at once."""
+        if self._h2 is not None:
+            return 2**31
+        return len(self._out)
 
     def data_to_send(self) -> bytes:
         """Everything to write to the transport, in order; empty when there is nothing."""
