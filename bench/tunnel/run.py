@@ -317,8 +317,8 @@ class PathResult:
     rate: float = 0.0  # the fixed rate of the latency run
     rate_p50_ms: float = float("nan")
     rate_p99_ms: float = float("nan")
-    edge_rss_mib: float = 0.0  # peak, zerogate only
-    connector_rss_mib: float = 0.0
+    edge_rss_mib: tuple[float, float] = (0.0, 0.0)  # at rest, peak; zerogate only
+    connector_rss_mib: tuple[float, float] = (0.0, 0.0)
 
     def median(self, what: str) -> float:
         values = {
@@ -337,6 +337,7 @@ class PeakRss:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.pgid = proc.pid
         self.peak_kib = 0
+        self.first_kib = 0  # the first sample: the process at rest, before any measurement
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -352,11 +353,13 @@ class PeakRss:
                 except OSError:
                     continue
             self.peak_kib = max(self.peak_kib, total)
+            self.first_kib = self.first_kib or total
 
-    def stop(self) -> float:
+    def stop(self) -> tuple[float, float]:
+        """MiB at rest and at peak."""
         self._stop.set()
         self._thread.join()
-        return self.peak_kib / 1024
+        return self.first_kib / 1024, self.peak_kib / 1024
 
 
 def one_round(path: PathResult, big: Path, duration: float) -> None:
@@ -413,8 +416,8 @@ def print_results(
             f"{r.median('p50'):.2f}",
             f"{r.median('p99'):.2f}",
             f"{r.rate_p99_ms:.2f} @ {r.rate:,.0f}/s",
-            f"{r.edge_rss_mib:.0f}" if zerogate else "",
-            f"{r.connector_rss_mib:.0f}" if zerogate else "",
+            "{:.0f} → {:.0f}".format(*r.edge_rss_mib) if zerogate else "",
+            "{:.0f} → {:.0f}".format(*r.connector_rss_mib) if zerogate else "",
             " ".join(f"{x.load:.1f}" for x in r.rounds),
         )
     Console(width=200).print(table)
