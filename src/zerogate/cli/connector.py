@@ -134,10 +134,10 @@ def run_connector(
         str,
         typer.Option(
             "--wire",
-            help="mux (tunnel protocol 2, the default) or h2 (protocol 1, for an edge that does"
-            " not speak 2 yet).",
+            help="auto (the default: tunnel protocol 2, the multiplexer, and 1 with an edge that"
+            " does not speak 2 yet), mux (2 only) or h2 (1 only).",
         ),
-    ] = "mux",
+    ] = "auto",
 ) -> None:
     """Connect to the edge and serve the tunnel's requests until SIGTERM."""
     from zerogate.connector import Connector, ConnectorConfig, ingress
@@ -150,9 +150,9 @@ def run_connector(
 
     if log_level not in _LEVELS:
         fail("--log-level: expected debug, info or warning")
-    wires = {"mux": PROTOCOL_MUX, "h2": PROTOCOL_H2}
+    wires = {"auto": None, "mux": PROTOCOL_MUX, "h2": PROTOCOL_H2}
     if wire not in wires:
-        fail("--wire: expected mux or h2")
+        fail("--wire: expected auto, mux or h2")
     if token_file is not None:
         if token:
             fail("give the token once: --token-file, or --token / ZEROGATE_TUNNEL_TOKEN")
