@@ -35,7 +35,8 @@ from zerogate.connector.metrics import ConnectorMetrics
 from zerogate.connector.origin import Dispatcher
 from zerogate.connector.stream import TunnelStream
 from zerogate.connector.tls import EdgeAddress, EdgeTrust, parse_edge, parse_edges
-from zerogate.tunnel.protocol import RefusalReason, Registration
+from zerogate.tunnel import protocol as tunnel_protocol
+from zerogate.tunnel.protocol import PROTOCOL_H2, PROTOCOL_MUX, RefusalReason, Registration
 
 MiB = 1024 * 1024
 
@@ -566,6 +567,26 @@ async def test_permanent_refusal_is_not_a_hot_loop(edge: TestEdge, origin: Origi
     await asyncio.sleep(2)
     assert 2 <= len(edge.registrations) <= 4  # one attempt per slot, then a long wait
     assert await r.stop() == 0
+
+
+async def test_an_edge_older_than_protocol_2_gets_protocol_1_at_once(
+    edge: TestEdge, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connectors may be upgraded before their edges: an edge that refuses protocol 2 as
+    unsupported is redialled at once with protocol 1 (HTTP/2), unless --wire pinned it."""
+    monkeypatch.setattr(tunnel_protocol, "SUPPORTED_PROTOCOLS", frozenset({PROTOCOL_H2}))
+    r = Running(Connector(make_config(edge, rules_for(origin))))
+    await edge.wait_connections(2, limit=2)  # no refused-registration backoff (2.5 s and up)
+    assert [reg.protocol for reg in edge.registrations] == [PROTOCOL_H2, PROTOCOL_H2]
+    status, _, body = await edge.request("GET", "wiki.example.com", "/hello")
+    assert (status, body) == (200, b"hello from tcp /hello")
+    assert await r.stop() == 0
+    # pinned to protocol 2: the refusal stands (logged, retried slowly), no fallback
+    edge.registrations.clear()
+    pinned = Running(Connector(make_config(edge, rules_for(origin), protocol=PROTOCOL_MUX)))
+    await asyncio.sleep(1.5)
+    assert edge.registrations == [] and pinned.connector.registered_connections == 0
+    assert await pinned.stop() == 0
 
 
 async def test_dead_connection_detected_by_ping(running: Running, edge: TestEdge) -> None:

@@ -530,29 +530,53 @@ def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
     )
 
 
+def _mux(kind: int, flags: int, stream_id: int, payload: bytes, length: int = -1) -> bytes:
+    size = len(payload) if length < 0 else length
+    return bytes([kind, flags]) + struct.pack("!II", stream_id, size) + payload
+
+
 @pytest.mark.parametrize(
-    "frames",
+    ("protocol", "frames"),
     [
         # HEADERS :status 200 (static table entry 8) on a stream the edge never opened
-        [_frame(0x1, 0x4 | 0x1, 5, b"\x88")],
+        (1, [_frame(0x1, 0x4 | 0x1, 5, b"\x88")]),
         # DATA on a stream the edge never opened
-        [_frame(0x0, 0x1, 7, b"injected")],
+        (1, [_frame(0x0, 0x1, 7, b"injected")]),
         # a server may not open streams: HEADERS on an even stream id
-        [_frame(0x1, 0x4, 2, b"\x88")],
+        (1, [_frame(0x1, 0x4, 2, b"\x88")]),
         # PUSH_PROMISE, which the edge disabled
-        [_frame(0x5, 0x4, 1, struct.pack("!I", 2) + b"\x88")],
+        (1, [_frame(0x5, 0x4, 1, struct.pack("!I", 2) + b"\x88")]),
         # a frame header announcing more than the agreed frame size
-        [struct.pack("!I", 1 << 20)[1:] + b"\x00\x00" + struct.pack("!I", 1)],
+        (1, [struct.pack("!I", 1 << 20)[1:] + b"\x00\x00" + struct.pack("!I", 1)]),
+        # the same over the multiplexer (protocol 2): a response on a stream never opened,
+        (2, [_mux(1, 1, 5, b"200")]),
+        # DATA on one, a response on an even (connector-opened) stream,
+        (2, [_mux(0, 1, 7, b"injected")]),
+        (2, [_mux(1, 0, 2, b"200\0set-cookie\0pwned=1")]),
+        # a frame type that does not exist, and an oversized frame announced in its header
+        (2, [_mux(5, 0, 1, struct.pack("!I", 2))]),
+        (2, [_mux(0, 0, 1, b"", length=1 << 20)]),
     ],
-    ids=["headers-unopened", "data-unopened", "even-stream", "push", "oversized-frame"],
+    ids=[
+        "headers-unopened",
+        "data-unopened",
+        "even-stream",
+        "push",
+        "oversized-frame",
+        "mux-headers-unopened",
+        "mux-data-unopened",
+        "mux-even-stream",
+        "mux-unknown-type",
+        "mux-oversized-frame",
+    ],
 )
 async def test_a_connector_answering_streams_the_edge_never_opened(
-    edge: Edge, frames: list[bytes]
+    edge: Edge, protocol: int, frames: list[bytes]
 ) -> None:
     """Raw frames a malicious connector writes for streams the edge did not open: nothing
     reaches a client, the offending connection is closed (or the frame ignored), and the
     tunnel's other connection goes on serving."""
-    connector = TunnelTestConnector(edge.token("office"))
+    connector = TunnelTestConnector(edge.token("office"), protocol=protocol)
     bad, _good = await connector.connect(2)
     assert (await call(edge.listener, "office", "/first")).status == 200
     for frame in frames:

@@ -39,7 +39,7 @@ from zerogate.net.upstream import Outbound
 from zerogate.runtime import audience_tag, ensure_keyset
 from zerogate.store import Store, storage_url
 from zerogate.tunnel import certs
-from zerogate.tunnel.protocol import ErrorCodes
+from zerogate.tunnel.protocol import PROTOCOL_H2, PROTOCOL_MUX, ErrorCodes
 from zerogate.tunnel.token import TunnelToken, new_secret, new_tunnel_id
 from zg_harness import ZEROGATE, TunnelRefused, TunnelRequest, TunnelTestConnector, Zerogate
 
@@ -364,8 +364,11 @@ async def test_only_requests_never_processed_are_retried(edge: Edge) -> None:
     await good.close()
 
 
-async def test_losing_a_connection_under_load_fails_no_new_request(edge: Edge) -> None:
-    connector = TunnelTestConnector(edge.token("office"))
+@pytest.mark.parametrize("protocol", [PROTOCOL_H2, PROTOCOL_MUX], ids=["h2", "mux"])
+async def test_losing_a_connection_under_load_fails_no_new_request(
+    edge: Edge, protocol: int
+) -> None:
+    connector = TunnelTestConnector(edge.token("office"), protocol=protocol)
     conns = await connector.connect(4)
     results: list[tuple[float, int | str]] = []
     stop = asyncio.Event()
@@ -394,8 +397,9 @@ async def test_losing_a_connection_under_load_fails_no_new_request(edge: Edge) -
     await connector.close()
 
 
-async def test_bodies_stream_both_ways_with_bounded_memory(edge: Edge) -> None:
-    connector = TunnelTestConnector(edge.token("office"))
+@pytest.mark.parametrize("protocol", [PROTOCOL_H2, PROTOCOL_MUX], ids=["h2", "mux"])
+async def test_bodies_stream_both_ways_with_bounded_memory(edge: Edge, protocol: int) -> None:
+    connector = TunnelTestConnector(edge.token("office"), protocol=protocol)
     await connector.connect(1)
     listener_conn = next(iter(edge.listener._tunnels["office"].values()))
     peak = 0

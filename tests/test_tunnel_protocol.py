@@ -7,6 +7,7 @@ points, and collects the events each side reported.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -22,6 +23,9 @@ from hypothesis import strategies as st
 from zerogate.tunnel.protocol import (
     CONTROL_MAGIC,
     MAX_CONTROL_FRAME,
+    PROTOCOL_H2,
+    PROTOCOL_MUX,
+    PROTOCOL_VERSION,
     Accepted,
     BodyChunk,
     ConnectionReady,
@@ -63,6 +67,16 @@ REG = Registration(
     connection_index=2,
     features=frozenset({"websocket"}),
 )
+
+
+@pytest.fixture(autouse=True, params=[PROTOCOL_H2, PROTOCOL_MUX], ids=["h2", "mux"])
+def wire_protocol(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Every test runs over both wires: the connector's registration picks one."""
+    protocol: int = request.param
+    monkeypatch.setitem(globals(), "REG", dataclasses.replace(REG, protocol=protocol))
+    return protocol
+
+
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -93,11 +107,11 @@ class Pair:
         *,
         edge_settings: TunnelSettings | None = None,
         connector_settings: TunnelSettings | None = None,
-        registration: Registration = REG,
+        registration: Registration | None = None,
         split: Splitter = whole,
     ) -> None:
         self.edge = EdgeSide(edge_settings)
-        self.conn = ConnectorSide(registration, connector_settings)
+        self.conn = ConnectorSide(registration or REG, connector_settings)
         self.split = split
         self.edge_events: list[Event] = []
         self.conn_events: list[Event] = []
@@ -175,7 +189,9 @@ def test_registration_frame_is_length_prefixed_json_without_leaking_the_token() 
     length = int.from_bytes(frame[4:8], "big")
     assert len(frame) == 8 + length
     obj = json.loads(frame[8:])
-    assert obj["type"] == "register" and obj["token"] == REG.token and obj["protocol"] == 1
+    assert (
+        obj["type"] == "register" and obj["token"] == REG.token and obj["protocol"] == REG.protocol
+    )
     assert obj["connection_index"] == 2 and obj["features"] == ["websocket"]
     assert REG.token not in repr(REG)
     assert REG.token not in repr(RegistrationReceived(REG))
@@ -273,11 +289,17 @@ def test_registration_split_into_single_bytes() -> None:
 
 def test_unsupported_protocol_version_is_refused_by_the_core() -> None:
     edge = EdgeSide()
-    obj = {**json.loads(encode_registration(REG)[8:]), "protocol": 2}
+    obj = {**json.loads(encode_registration(REG)[8:]), "protocol": PROTOCOL_VERSION + 1}
     (event,) = edge.receive_data(_control(obj))
-    assert isinstance(event, ConnectionTerminated) and "protocol 2" in event.reason
+    assert isinstance(event, ConnectionTerminated)
+    assert f"protocol {PROTOCOL_VERSION + 1}" in event.reason and "upgrade" in event.reason
     answer = _edge_answer(edge)
     assert isinstance(answer, Refused) and answer.reason is RefusalReason.VERSION_UNSUPPORTED
+    assert "this edge speaks 1, 2" in answer.message
+
+
+def test_the_default_registration_asks_for_the_multiplexer() -> None:
+    assert Registration(token="t", connector_id="c", version="1").protocol == PROTOCOL_MUX
 
 
 def test_connector_must_wait_for_the_answer() -> None:
@@ -864,6 +886,8 @@ def _goaway(last: int, code: int, stream: int = 0, length: int | None = None) ->
     ],
 )
 def test_garbage_after_registration_is_a_protocol_error_event(wire: bytes, code: int) -> None:
+    if REG.protocol != PROTOCOL_H2:
+        pytest.skip("HTTP/2 frames; the multiplexer has its own list below")
     pair = connected()
     sid = pair.edge.send_request("GET", "a.example", "/", end_stream=True)
     events = pair.edge.receive_data(wire)
@@ -954,8 +978,12 @@ def _scenario(split: Splitter) -> tuple[list[Event], list[Event]]:
 
 
 @functools.cache
-def baseline() -> tuple[list[Event], list[Event]]:
+def _baseline(protocol: int) -> tuple[list[Event], list[Event]]:
     return _scenario(whole)
+
+
+def baseline() -> tuple[list[Event], list[Event]]:
+    return _baseline(REG.protocol)
 
 
 def test_scenario_baseline_is_complete() -> None:
@@ -987,3 +1015,111 @@ def test_content_length_crosses_once_as_plain_digits() -> None:
                 [(b"content-length", b"0x10")]):  # fmt: skip
         with pytest.raises(InvalidHeaders):
             clean_headers(bad, request=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The multiplexer's own frames (protocol 2)
+# --------------------------------------------------------------------------------------------
+
+
+def _mux_frame(
+    kind: int, flags: int, stream: int, payload: bytes, length: int | None = None
+) -> bytes:
+    size = len(payload) if length is None else length
+    return bytes([kind, flags]) + stream.to_bytes(4, "big") + size.to_bytes(4, "big") + payload
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"HTTP/1.1 200 OK\r\n\r\n", ErrorCodes.FRAME_SIZE_ERROR),
+        (_mux_frame(0x42, 0, 0, b""), ErrorCodes.PROTOCOL_ERROR),  # unknown type
+        (_mux_frame(7, 0, 0, b"\0" * 4), ErrorCodes.PROTOCOL_ERROR),  # short GOAWAY
+        (_mux_frame(7, 0, 3, b"\0" * 8), ErrorCodes.PROTOCOL_ERROR),  # GOAWAY on a stream
+        (_mux_frame(0, 0, 1, b"", length=1 << 20), ErrorCodes.FRAME_SIZE_ERROR),  # from the header
+        (_mux_frame(8, 0, 0, b"\0" * 24), ErrorCodes.PROTOCOL_ERROR),  # a second SETTINGS
+        (_mux_frame(4, 0, 0, b"\x7f\xff\xff\xff"), ErrorCodes.FLOW_CONTROL_ERROR),
+        (_mux_frame(0, 0, 99, b"x"), ErrorCodes.PROTOCOL_ERROR),  # DATA on a stream never opened
+        (_mux_frame(1, 0, 1, b"200\0x-a\0b\r\nc"), ErrorCodes.PROTOCOL_ERROR),  # CR LF in a value
+    ],
+)
+def test_mux_garbage_after_registration_is_a_protocol_error_event(frame: bytes, code: int) -> None:
+    if REG.protocol != PROTOCOL_MUX:
+        pytest.skip("multiplexer frames")
+    pair = connected()
+    sid = pair.edge.send_request("GET", "a.example", "/", end_stream=True)
+    assert pair.edge.data_to_send()
+    events = pair.edge.receive_data(frame)
+    assert events[0] == StreamReset(sid, code, remote=False)
+    assert isinstance(events[-1], ConnectionTerminated) and events[-1].error_code == code
+    assert "protocol error" in events[-1].reason and pair.edge.closed
+    goaway = pair.edge.data_to_send()
+    assert goaway[:2] == b"\x07\x00" and int.from_bytes(goaway[14:18], "big") == code
+    assert pair.edge.receive_data(b"more") == []
+
+
+def test_mux_data_beyond_the_window_is_a_flow_control_error() -> None:
+    if REG.protocol != PROTOCOL_MUX:
+        pytest.skip("multiplexer frames")
+    small = TunnelSettings(stream_window=65_535, max_frame_size=65_535)
+    pair = connected(edge_settings=small)
+    sid = pair.edge.send_request("GET", "a.example", "/", end_stream=True)
+    pair.pump()
+    pair.conn.send_response(sid, 200)
+    pair.edge.receive_data(pair.conn.data_to_send())
+    too_much = _mux_frame(0, 0, sid, b"x" * 65_535) + _mux_frame(0, 0, sid, b"y")
+    events = pair.edge.receive_data(too_much)
+    assert isinstance(events[-1], ConnectionTerminated)
+    assert events[-1].error_code == ErrorCodes.FLOW_CONTROL_ERROR
+
+
+@pytest.mark.parametrize("extra", [b"overflow", b""])
+def test_a_body_that_disagrees_with_its_content_length_never_reaches_the_shell(
+    extra: bytes,
+) -> None:
+    """More body than announced (or fewer bytes then the end) resets the stream, both wires."""
+    pair = connected()
+    sid = pair.edge.send_request("GET", "a.example", "/", end_stream=True)
+    pair.pump()
+    pair.conn.send_response(sid, 200, [(b"content-length", b"5")])
+    pair.conn.send_body(sid, b"hello" + extra if extra else b"hel", end_stream=True)
+    edge_events, _ = pair.pump()
+    assert of(StreamReset, edge_events) == [StreamReset(sid, ErrorCodes.PROTOCOL_ERROR, False)]
+    assert of(StreamEnded, edge_events) == []
+    assert len(body(edge_events, sid)) <= 5
+
+
+def test_mux_request_split_into_single_bytes_gives_the_same_request() -> None:
+    pair = connected()
+    headers = [(b"accept", b"*/*"), (b"x-empty", b""), (b"content-length", b"3")]
+    sid = pair.edge.send_request("POST", "a.example:8443", "/p?q=1", headers)
+    pair.edge.send_body(sid, b"abc", end_stream=True)
+    events: list[Event] = []
+    for byte in pair.edge.data_to_send():
+        events += pair.conn.receive_data(bytes([byte]))
+    (request,) = of(RequestReceived, events)
+    assert (request.method, request.authority, request.path) == ("POST", "a.example:8443", "/p?q=1")
+    assert request.headers == headers and body(events, sid) == b"abc"
+    assert of(StreamEnded, events) == [StreamEnded(sid)]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"200\0connection\0close",
+        b"200\0transfer-encoding\0chunked",
+        b"200\0Set-Cookie\0a=1",
+        b"200\0x\0a\0odd",
+        b"101",
+        b"200\0content-length\0x5",
+    ],
+)
+def test_mux_a_response_head_http2_would_refuse_resets_the_stream(head: bytes) -> None:
+    if REG.protocol != PROTOCOL_MUX:
+        pytest.skip("multiplexer frames")
+    pair = connected()
+    sid = pair.edge.send_request("GET", "a.example", "/", end_stream=True)
+    pair.pump()
+    events = pair.edge.receive_data(_mux_frame(1, 0, sid, head))
+    assert events == [StreamReset(sid, ErrorCodes.PROTOCOL_ERROR, remote=False)]
+    assert not pair.edge.closed and pair.edge.can_open_stream

@@ -711,6 +711,7 @@ class TestTunnelConnection:
                 version="test-0.1",
                 connection_index=index,
                 features=frozenset({"websocket"}),
+                protocol=connector.protocol,
             )
         )
         self.requests: dict[int, TunnelRequest] = {}
@@ -861,9 +862,12 @@ class TunnelTestConnector:
         *,
         connector_id: str = "test-connector",
         handler: Any = None,
+        protocol: int | None = None,
     ) -> None:
+        from zerogate.tunnel.protocol import PROTOCOL_VERSION
         from zerogate.tunnel.token import TokenError, TunnelToken, decode
 
+        self.protocol = protocol or PROTOCOL_VERSION  # the wire: 1 (h2) or 2 (mux)
         self.token = token
         try:
             self.decoded: TunnelToken | None = decode(token)

@@ -1,16 +1,19 @@
 """Tunnel benchmark: the same origin reached directly, through OpenSSH ``ssh -R``, and through
-zerogate's tunnel (edge + connector, a bypass application so no policy or login cost).
+zerogate's tunnel (edge + connector with four HA connections, a bypass application so no policy
+or login cost), once per tunnel wire (``--wire mux`` = protocol 2, ``--wire h2`` = protocol 1).
 
-Targets (issue 5): the tunnel's throughput for a 1 GB body is at least **0.5×** that of
-``ssh -R``, and it carries at least **5,000 small requests/s** over four connections on this
-2-core machine. Printed per path: MB/s down and up for the big body; requests/s, p50 and p99
-for small requests (wrk, keep-alive).
+Targets (issue 13), all as ratios to ``ssh -R`` measured in the same run: small requests
+≥ 0.5×, a 1 GiB body down and up ≥ 1.0×, p99 at half of zerogate's rate ≤ 5 ms above ssh's
+at the same rate, memory bounded on edge and connector (peak RSS printed). Printed per path:
+MB/s down and up (one curl transfer each), requests/s, p50 and p99 (wrk, keep-alive), the
+p99 of a fixed-rate run, peak RSS of the edge and the connector, and the load average.
 
 Run from the repository root (needs nginx, wrk, curl, OpenSSH server and client)::
 
-    .venv/bin/python bench/tunnel/run.py                 # 1 GiB bodies, 10 s of wrk per path
-    .venv/bin/python bench/tunnel/run.py --quick         # 128 MiB, 3 s: a smoke run
-    .venv/bin/python bench/tunnel/run.py --json
+    .venv/bin/python bench/tunnel/run.py                  # 1 GiB bodies, 10 s of wrk per path
+    .venv/bin/python bench/tunnel/run.py --repeat 3       # medians of three rounds
+    .venv/bin/python bench/tunnel/run.py --quick          # 128 MiB, 3 s: a smoke run
+    .venv/bin/python bench/tunnel/run.py --wires mux --json
 
 Everything it starts runs in its own process group and is stopped on exit and on errors.
 """
@@ -21,11 +24,13 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,10 @@ _ROOT = Path(__file__).resolve().parents[2]
 for entry in (_ROOT / "src", _ROOT):
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
+# the zerogate processes it starts run this checkout's code too
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(_ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p
+)
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -41,16 +50,20 @@ from bench.proxy.run import (  # noqa: E402
     Processes,
     WrkResult,
     free_port,
+    group_pids,
     machine_info,
+    run_fixed_rate,
     run_wrk,
     start_nginx,
     wait_for_port,
 )
 
-TARGET_THROUGHPUT_RATIO = 0.5  # tunnel MB/s ÷ ssh -R MB/s
-TARGET_SMALL_RPS = 5000.0
+TARGET_SMALL_RATIO = 0.5  # zerogate small req/s ÷ ssh -R
+TARGET_THROUGHPUT_RATIO = 1.0  # zerogate MB/s ÷ ssh -R MB/s, each way
+TARGET_ADDED_P99_MS = 5.0  # zerogate p99 − ssh -R p99 at half of zerogate's rate
 HA_CONNECTIONS = 4
 APP_HOST = "bench.localhost"
+PLAIN_HOST = "plain.localhost"  # the same edge, the origin reached without a tunnel
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
@@ -64,6 +77,10 @@ ORIGIN_SERVER = """\
         sendfile on;
         client_max_body_size 0;
         client_body_buffer_size 1m;
+        location = / {{
+            default_type text/plain;
+            return 200 "ok";
+        }}
         location = /small {{
             default_type text/plain;
             return 200 "ok";
@@ -97,15 +114,14 @@ applications:
       - name: everyone, no login
         decision: bypass
         include: [{{everyone: true}}]
+  - name: plain
+    domain: {plain_host}
+    origin: http://127.0.0.1:{origin_port}
+    policies:
+      - name: everyone, no login
+        decision: bypass
+        include: [{{everyone: true}}]
 """
-
-
-@dataclass
-class PathResult:
-    name: str
-    small: WrkResult
-    down_mb_s: float
-    up_mb_s: float
 
 
 def zg(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -139,22 +155,6 @@ def curl_mb_s(url: str, *, host: str | None, upload: Path | None) -> float:
     if expected is not None and size != expected:
         raise RuntimeError(f"curl sent {size} of {expected} bytes to {url}")
     return float(size) / seconds / 1e6
-
-
-def measure(name: str, port: int, *, host: str | None, big: Path, duration: float) -> PathResult:
-    base = f"http://127.0.0.1:{port}"
-    err.print(f"[bold]{name}[/bold]: 1 body down, 1 body up, then {duration:g} s of wrk")
-    down = curl_mb_s(f"{base}/big", host=host, upload=None)
-    up = curl_mb_s(f"{base}/upload", host=host, upload=big)
-    small = run_wrk_path(port, host=host, duration=duration)
-    return PathResult(name, small, down, up)
-
-
-def run_wrk_path(port: int, *, host: str | None, duration: float) -> WrkResult:
-    # run_wrk fetches "/"; the origin answers "ok" on /small only, so point wrk there
-    return run_wrk(
-        port, host=host, cookie=None, duration=duration, connections=64, threads=2, path="/small"
-    )
 
 
 def start_sshd(procs: Processes, work: Path, origin_port: int) -> int:
@@ -212,13 +212,24 @@ def start_sshd(procs: Processes, work: Path, origin_port: int) -> int:
     return forwarded
 
 
-def start_tunnel(procs: Processes, work: Path, origin_port: int) -> int:
-    """zerogate server + ``zerogate connector run`` with four connections; the edge's port."""
-    folder = work / "zerogate"
+def start_tunnel(
+    procs: Processes, work: Path, origin_port: int, wire: str
+) -> tuple[int, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """zerogate server + ``zerogate connector run --wire WIRE`` with four connections: the
+    edge's port, the server and the connector processes."""
+    folder = work / f"zerogate-{wire}"
     folder.mkdir()
     port, tunnel_port = free_port(), free_port()
     config = folder / "zerogate.yaml"
-    config.write_text(ZEROGATE_CONFIG.format(port=port, tunnel_port=tunnel_port, host=APP_HOST))
+    config.write_text(
+        ZEROGATE_CONFIG.format(
+            port=port,
+            tunnel_port=tunnel_port,
+            host=APP_HOST,
+            plain_host=PLAIN_HOST,
+            origin_port=origin_port,
+        )
+    )
     for args in (("apply", "-c", str(config)),):
         res = zg(*args, cwd=folder)
         if res.returncode != 0:
@@ -228,6 +239,9 @@ def start_tunnel(procs: Processes, work: Path, origin_port: int) -> int:
         raise RuntimeError(f"zerogate tunnel token failed:\n{res.stdout}{res.stderr}")
     token = json.loads(res.stdout)["token"]
     env = {**os.environ, "NO_COLOR": "1", "ZEROGATE_LOG_LEVEL": "WARNING"}
+    wire, _, loop = wire.partition("-")  # "mux-asyncio": the connector on asyncio's own loop
+    if loop:
+        env["ZEROGATE_CONNECTOR_LOOP"] = loop
     server = procs.start(
         "zerogate server",
         [sys.executable, "-m", "zerogate", "server", "-c", str(config)],
@@ -250,6 +264,10 @@ def start_tunnel(procs: Processes, work: Path, origin_port: int) -> int:
             f"http://127.0.0.1:{origin_port}",
             "--ha-connections",
             str(HA_CONNECTIONS),
+            "--wire",
+            wire,
+            "--metrics",
+            f"127.0.0.1:{free_port()}",
         ],
         log=folder / "connector.log",
         cwd=folder,
@@ -275,70 +293,179 @@ def start_tunnel(procs: Processes, work: Path, origin_port: int) -> int:
             check=False,
         )
         if probe.stdout == "200":
-            return port
+            return port, server, connector
         if connector.poll() is not None or time.monotonic() > deadline:
             log = (folder / "connector.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"the tunnel never served /small ({probe.stdout}):\n{log}")
         time.sleep(0.2)
 
 
-def print_results(console: Console, machine: dict[str, Any], results: list[PathResult]) -> bool:
-    by = {r.name: r for r in results}
-    table = Table(title="same nginx origin, three ways")
-    for column in ("path", "down MB/s", "up MB/s", "small req/s", "p50 ms", "p99 ms", "errors"):
+@dataclass
+class Round:
+    down_mb_s: float
+    up_mb_s: float
+    small: WrkResult
+    load: float  # 1-minute load average when the round started
+
+
+@dataclass
+class PathResult:
+    name: str
+    host: str | None
+    port: int
+    rounds: list[Round] = field(default_factory=list)
+    rate: float = 0.0  # the fixed rate of the latency run
+    rate_p50_ms: float = float("nan")
+    rate_p99_ms: float = float("nan")
+    edge_rss_mib: tuple[float, float] = (0.0, 0.0)  # at rest, peak; zerogate only
+    connector_rss_mib: tuple[float, float] = (0.0, 0.0)
+
+    def median(self, what: str) -> float:
+        values = {
+            "down": [r.down_mb_s for r in self.rounds],
+            "up": [r.up_mb_s for r in self.rounds],
+            "rps": [r.small.rps for r in self.rounds],
+            "p50": [r.small.p50_ms for r in self.rounds],
+            "p99": [r.small.p99_ms for r in self.rounds],
+        }[what]
+        return statistics.median(values)
+
+
+class PeakRss:
+    """Samples the resident memory of a process group (all its processes) every 0.1 s."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.pgid = proc.pid
+        self.peak_kib = 0
+        self.first_kib = 0  # the first sample: the process at rest, before any measurement
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            total = 0
+            for pid in group_pids(self.pgid):
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+                except OSError:
+                    continue
+            self.peak_kib = max(self.peak_kib, total)
+            self.first_kib = self.first_kib or total
+
+    def stop(self) -> tuple[float, float]:
+        """MiB at rest and at peak."""
+        self._stop.set()
+        self._thread.join()
+        return self.first_kib / 1024, self.peak_kib / 1024
+
+
+def one_round(path: PathResult, big: Path, duration: float) -> None:
+    base = f"http://127.0.0.1:{path.port}"
+    load = os.getloadavg()[0]
+    err.print(f"[bold]{path.name}[/bold] (load {load:.1f}): body down, body up, {duration:g} s wrk")
+    down = curl_mb_s(f"{base}/big", host=path.host, upload=None)
+    up = curl_mb_s(f"{base}/upload", host=path.host, upload=big)
+    small = run_wrk(
+        path.port,
+        host=path.host,
+        cookie=None,
+        duration=duration,
+        connections=64,
+        threads=2,
+        path="/small",
+    )
+    path.rounds.append(Round(down, up, small, load))
+
+
+def fixed_rate(path: PathResult, rate: float, duration: float) -> None:
+    err.print(f"[bold]{path.name}[/bold]: {rate:,.0f} requests/s for {duration:g} s")
+    res = run_fixed_rate(
+        path.port,
+        host=path.host or "127.0.0.1",
+        cookie=None,
+        rate=rate,
+        duration=duration,
+        warmup=1.0,
+        connections=64,
+    )
+    path.rate, path.rate_p50_ms, path.rate_p99_ms = rate, res.p50_ms, res.p99_ms
+
+
+def print_results(
+    console: Console, machine: dict[str, Any], results: list[PathResult], wires: list[str]
+) -> bool:
+    table = Table(title="same nginx origin; medians of the rounds; ratios to ssh -R")
+    columns = (
+        "path", "down MB/s", "up MB/s", "small req/s", "p50 ms", "p99 ms",
+        "p99 ms at rate", "edge MiB", "connector MiB", "load",
+    )  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="right" if column != "path" else "left")
+    by = {r.name: r for r in results}
+    ssh = by["ssh -R"]
     for r in results:
-        errors = r.small.non_2xx_3xx + r.small.socket_errors
+        zerogate = r.host == APP_HOST
         table.add_row(
             r.name,
-            f"{r.down_mb_s:,.0f}",
-            f"{r.up_mb_s:,.0f}",
-            f"{r.small.rps:,.0f}",
-            f"{r.small.p50_ms:.2f}",
-            f"{r.small.p99_ms:.2f}",
-            str(errors),
+            f"{r.median('down'):,.0f}",
+            f"{r.median('up'):,.0f}",
+            f"{r.median('rps'):,.0f} ({r.median('rps') / ssh.median('rps'):.2f}×)",
+            f"{r.median('p50'):.2f}",
+            f"{r.median('p99'):.2f}",
+            f"{r.rate_p99_ms:.2f} @ {r.rate:,.0f}/s",
+            "{:.0f} → {:.0f}".format(*r.edge_rss_mib) if zerogate else "",
+            "{:.0f} → {:.0f}".format(*r.connector_rss_mib) if zerogate else "",
+            " ".join(f"{x.load:.1f}" for x in r.rounds),
         )
-    console.print(table)
-    tunnel, ssh = by["zerogate tunnel"], by["ssh -R"]
-    down_ratio = tunnel.down_mb_s / ssh.down_mb_s
-    up_ratio = tunnel.up_mb_s / ssh.up_mb_s
-    ok_tp = min(down_ratio, up_ratio) >= TARGET_THROUGHPUT_RATIO
-    ok_rps = tunnel.small.rps >= TARGET_SMALL_RPS
-    console.print(
-        f"throughput tunnel ÷ ssh -R: down {down_ratio:.2f}, up {up_ratio:.2f} "
-        f"(target ≥ {TARGET_THROUGHPUT_RATIO}) → {'met' if ok_tp else 'NOT met'}"
-    )
-    console.print(
-        f"small requests through the tunnel: {tunnel.small.rps:,.0f}/s over "
-        f"{HA_CONNECTIONS} connections (target ≥ {TARGET_SMALL_RPS:,.0f}) → "
-        f"{'met' if ok_rps else 'NOT met'}"
-    )
+    Console(width=200).print(table)
+    ok = True
+    for wire in wires:
+        z = by[f"zerogate {wire}"]
+        small = z.median("rps") / ssh.median("rps")
+        down, up = z.median("down") / ssh.median("down"), z.median("up") / ssh.median("up")
+        added = z.rate_p99_ms - ssh.rate_p99_ms
+        met = (
+            small >= TARGET_SMALL_RATIO,
+            min(down, up) >= TARGET_THROUGHPUT_RATIO,
+            added <= TARGET_ADDED_P99_MS,
+        )
+        console.print(
+            f"zerogate {wire} ÷ ssh -R: small {small:.2f} (≥ {TARGET_SMALL_RATIO}:"
+            f" {'met' if met[0] else 'NOT met'}), down {down:.2f} up {up:.2f}"
+            f" (≥ {TARGET_THROUGHPUT_RATIO}: {'met' if met[1] else 'NOT met'}), p99 added at"
+            f" {z.rate:,.0f}/s {added:+.2f} ms (≤ {TARGET_ADDED_P99_MS}:"
+            f" {'met' if met[2] else 'NOT met'})"
+        )
+        ok = ok and all(met)
     console.print(
         f"machine: {machine['nproc']} cores ({machine['cpu_model']}), Python "
         f"{machine['python']}, nginx {machine['nginx']}, zerogate {machine['zerogate_tree']}"
     )
-    return ok_tp and ok_rps
+    return ok
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="big body size (MiB)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of wrk per path")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds over every path")
+    parser.add_argument("--wires", default="mux,h2", help="tunnel wires to measure: mux,h2")
+    parser.add_argument("--rate-duration", type=float, default=10.0, help="fixed-rate seconds")
     parser.add_argument("--quick", action="store_true", help="128 MiB and 3 s: a smoke run")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument(
-        "--no-tunnel", action="store_true", help="only direct and ssh -R (to check the setup)"
-    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.size_mib, args.duration = 128, 3.0
+        args.size_mib, args.duration, args.rate_duration = 128, 3.0, 3.0
+    wires = [w for w in args.wires.split(",") if w]
     machine = machine_info()
     procs = Processes()
     with tempfile.TemporaryDirectory(prefix="zg-bench-tunnel-") as tmp:
         work = Path(tmp)
         work.chmod(0o755)  # nginx's workers (user nobody) read the big body from here
         try:
-            origin_dir = work / "origin"
             big = work / "big.bin"
             with big.open("wb") as out:  # real bytes (not a sparse file) so reads cost I/O
                 chunk = os.urandom(1 << 20)
@@ -354,36 +481,34 @@ def main(argv: list[str] | None = None) -> int:
                 body=ORIGIN_SERVER.format(port=origin_port, dir=work),
                 port=origin_port,
             )
-            assert origin_dir.is_dir()
-            results = [measure("direct", origin_port, host=None, big=big, duration=args.duration)]
-            ssh_port = start_sshd(procs, work, origin_port)
-            results.append(measure("ssh -R", ssh_port, host=None, big=big, duration=args.duration))
-            if args.no_tunnel:
-                for r in results:
-                    print(r)
-                return 0
-            edge_port = start_tunnel(procs, work, origin_port)
-            results.append(
-                measure(
-                    "zerogate tunnel", edge_port, host=APP_HOST, big=big, duration=args.duration
-                )
-            )
+            results = [
+                PathResult("direct", None, origin_port),
+                PathResult("ssh -R", None, start_sshd(procs, work, origin_port)),
+            ]
+            watched: dict[str, tuple[PeakRss, PeakRss]] = {}
+            for wire in wires:
+                port, server, connector = start_tunnel(procs, work, origin_port, wire)
+                if not any(r.host == PLAIN_HOST for r in results):
+                    # the edge's own ceiling: what the tunnel's numbers are bounded by
+                    results.append(PathResult("zerogate, no tunnel", PLAIN_HOST, port))
+                results.append(PathResult(f"zerogate {wire}", APP_HOST, port))
+                watched[f"zerogate {wire}"] = (PeakRss(server), PeakRss(connector))
+            for _ in range(args.repeat):  # rounds interleave the paths: load drifts evenly
+                for path in results:
+                    one_round(path, big, args.duration)
+            rate = min(r.median("rps") for r in results if r.host == APP_HOST) / 2
+            for path in results:
+                fixed_rate(path, rate, args.rate_duration)
+            for name, (edge, conn) in watched.items():
+                path = next(r for r in results if r.name == name)
+                path.edge_rss_mib, path.connector_rss_mib = edge.stop(), conn.stop()
         finally:
             procs.stop_all()
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "machine": machine,
-                    "size_mib": args.size_mib,
-                    "duration": args.duration,
-                    "results": [asdict(r) for r in results],
-                },
-                indent=2,
-            )
-        )
+        doc = {"machine": machine, "size_mib": args.size_mib, "duration": args.duration}
+        print(json.dumps({**doc, "results": [asdict(r) for r in results]}, indent=2))
         return 0
-    return 0 if print_results(Console(), machine, results) else 1
+    return 0 if print_results(Console(), machine, results, wires) else 1
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -128,6 +130,14 @@ def run_connector(
         typer.Option("--grace-period", help="How long in-flight requests may finish on SIGTERM."),
     ] = "30s",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info or warning.")] = "info",
+    wire: Annotated[
+        str,
+        typer.Option(
+            "--wire",
+            help="auto (the default: tunnel protocol 2, the multiplexer, and 1 with an edge that"
+            " does not speak 2 yet), mux (2 only) or h2 (1 only).",
+        ),
+    ] = "auto",
 ) -> None:
     """Connect to the edge and serve the tunnel's requests until SIGTERM."""
     from zerogate.connector import Connector, ConnectorConfig, ingress
@@ -135,10 +145,14 @@ def run_connector(
     from zerogate.connector.tls import EdgeTrust, parse_edges
     from zerogate.model.loader import ConfigError
     from zerogate.model.values import check_listen
+    from zerogate.tunnel.protocol import PROTOCOL_H2, PROTOCOL_MUX
     from zerogate.tunnel.token import TokenError, decode
 
     if log_level not in _LEVELS:
         fail("--log-level: expected debug, info or warning")
+    wires = {"auto": None, "mux": PROTOCOL_MUX, "h2": PROTOCOL_H2}
+    if wire not in wires:
+        fail("--wire: expected auto, mux or h2")
     if token_file is not None:
         if token:
             fail("give the token once: --token-file, or --token / ZEROGATE_TUNNEL_TOKEN")
@@ -195,6 +209,7 @@ def run_connector(
         ha_connections=ha_connections,
         metrics_address=metrics,
         grace_period=grace,
+        protocol=wires[wire],
     )
 
     async def main() -> int:
@@ -207,4 +222,17 @@ def run_connector(
         except MetricsBindError as exc:
             fail(f"--metrics: {escape(str(exc))}")
 
-    raise typer.Exit(asyncio.run(main()))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        raise typer.Exit(runner.run(main()))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (its C transports halve the cost of the connector's many small
+    socket and TLS writes), unless ``ZEROGATE_CONNECTOR_LOOP=asyncio`` asks for the default."""
+    if os.environ.get("ZEROGATE_CONNECTOR_LOOP", "") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a dependency, but the connector runs without it
+        return None
+    return uvloop.new_event_loop

@@ -33,6 +33,7 @@ from zerogate.connector.metrics import ConnectorMetrics
 from zerogate.connector.stream import StreamGone, TunnelStream
 from zerogate.connector.tls import EdgeAddress, EdgeTrust, EdgeTrustError
 from zerogate.tunnel.protocol import (
+    EAGER_WRITE,
     BodyChunk,
     ConnectionTerminated,
     ConnectorSide,
@@ -110,6 +111,7 @@ class EdgeConnection:
         self.streams: dict[int, TunnelStream] = {}
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self._writer: asyncio.StreamWriter | None = None
+        self._flush_due = False
         self._loop = asyncio.get_running_loop()
         self._last_rx = self._loop.time()
         self._registered_at: float | None = None
@@ -119,7 +121,17 @@ class EdgeConnection:
     # -- used by streams ------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write what the core produced; close the transport once the core is closed."""
+        """Write what the core produced, once per event-loop turn (one TLS record and one
+        system call for every stream answered in the turn); close the transport once the core
+        is closed (at once)."""
+        if self.core.closed:
+            self._flush_now()
+        elif not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
         writer = self._writer
         if writer is None:
             return
@@ -130,6 +142,10 @@ class EdgeConnection:
             writer.close()
 
     async def drain(self) -> None:
+        if self._flush_due and self.core.unsent_bytes >= EAGER_WRITE:
+            # a large output counts against the transport's buffer now; a small one (a short
+            # answer) waits for the turn's end, with the others of the turn
+            self._flush_now()
         writer = self._writer
         if writer is None or writer.is_closing():
             return

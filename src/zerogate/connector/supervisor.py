@@ -37,7 +37,13 @@ from zerogate.connector.ingress import Rule
 from zerogate.connector.metrics import ConnectorMetrics, MetricsServer
 from zerogate.connector.origin import Dispatcher
 from zerogate.connector.tls import EdgeAddress, EdgeTrust
-from zerogate.tunnel.protocol import Registration, TunnelSettings
+from zerogate.tunnel.protocol import (
+    PROTOCOL_H2,
+    PROTOCOL_VERSION,
+    RefusalReason,
+    Registration,
+    TunnelSettings,
+)
 from zerogate.tunnel.token import TunnelToken
 
 log = structlog.get_logger("zerogate.connector")
@@ -59,6 +65,10 @@ class ConnectorConfig:
     grace_period: float = 30.0
     liveness: Liveness = field(default_factory=Liveness)
     settings: TunnelSettings | None = None
+    #: the wire asked for in the registration: PROTOCOL_MUX (2) or PROTOCOL_H2 (1); None (the
+    #: default): 2, and 1 on a slot whose edge refused 2 as unsupported (an edge older than
+    #: the multiplexer), so connectors may be upgraded before their edges
+    protocol: int | None = None
     healthy_after: float = 10.0
     #: while a slot backs off from an unreachable edge, how often it checks (TCP) whether
     #: the edge is back (jittered)
@@ -160,13 +170,14 @@ class Connector:
         while self._conn_tasks:
             await asyncio.gather(*list(self._conn_tasks), return_exceptions=True)
 
-    def _registration(self, index: int) -> Registration:
+    def _registration(self, index: int, protocol: int) -> Registration:
         return Registration(
             token=self.config.token,
             connector_id=self.connector_id,
             version=__version__,
             connection_index=index,
             features=FEATURES,
+            protocol=protocol,
         )
 
     async def _slot(self, index: int) -> None:
@@ -179,11 +190,12 @@ class Connector:
             cfg.refused_backoff.floor,
         )
         offset = 0
+        protocol = cfg.protocol or PROTOCOL_VERSION
         while not self.stopping:
             edge = cfg.edges[(index + offset) % len(cfg.edges)]
             conn = EdgeConnection(
                 edge,
-                self._registration(index),
+                self._registration(index, protocol),
                 cfg.trust,
                 self.dispatcher,
                 self.metrics,
@@ -212,6 +224,20 @@ class Connector:
             outcome = task.result()
             if self.stopping:
                 return
+            if (
+                outcome.refused is RefusalReason.VERSION_UNSUPPORTED
+                and cfg.protocol is None
+                and protocol != PROTOCOL_H2
+            ):
+                log.warning(
+                    "the edge does not speak tunnel protocol 2; using 1 (HTTP/2) on this"
+                    " connection: upgrade the edge",
+                    conn=index,
+                    edge=str(edge),
+                    message=outcome.message,
+                )
+                protocol = PROTOCOL_H2
+                continue
             if outcome.refused is not None and outcome.refused.permanent:
                 delay = refused.next()
                 log.error(

@@ -82,6 +82,7 @@ from zerogate.net.upstream import (
     UpstreamUnavailable,
 )
 from zerogate.tunnel.protocol import (
+    EAGER_WRITE,
     MAX_CONTROL_FRAME,
     BodyChunk,
     ConnectionReady,
@@ -378,6 +379,7 @@ class _Connection:
         self.streams: dict[int, _Stream] = {}
         self.ready = False
         self.finished = False
+        self._flush_due = False
         self.rtt: float | None = None
 
     # -- state ------------------------------------------------------------------------------
@@ -413,7 +415,17 @@ class _Connection:
     # -- output -----------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write what the core produced; close the socket once the core is closed."""
+        """Write what the core produced, once per event-loop turn (one TLS record and one
+        system call for every stream served in the turn); close the socket once the core is
+        closed (at once)."""
+        if self.core.closed:
+            self._flush_now()
+        elif not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
         data = self.core.data_to_send()
         if data and not self.writer.is_closing():
             self.writer.write(data)
@@ -423,6 +435,10 @@ class _Connection:
     async def drain(self) -> None:
         if self.finished:
             raise _StreamGone
+        if self._flush_due and self.core.unsent_bytes >= EAGER_WRITE:
+            # a large output counts against the transport's buffer now; a small one (a short
+            # answer) waits for the turn's end, with the others of the turn
+            self._flush_now()
         try:
             await self.writer.drain()
         except (ConnectionError, OSError, RuntimeError) as exc:

@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import h2.config
 import h2.connection
@@ -48,10 +48,17 @@ from h2.errors import ErrorCodes
 from hpack.exceptions import HPACKError
 from hyperframe.exceptions import HyperframeError
 
+if TYPE_CHECKING:
+    from zerogate.tunnel.mux import MuxWire
+
 __all__ = [
     "CONTROL_MAGIC",
+    "EAGER_WRITE",
     "MAX_CONTROL_FRAME",
+    "PROTOCOL_H2",
+    "PROTOCOL_MUX",
     "PROTOCOL_VERSION",
+    "SUPPORTED_PROTOCOLS",
     "Accepted",
     "BodyChunk",
     "ConnectionReady",
@@ -88,14 +95,26 @@ __all__ = [
     "parse_result",
 ]
 
-PROTOCOL_VERSION = 1
-"""The wire protocol this module speaks (the ``protocol`` field of a registration)."""
+PROTOCOL_H2 = 1
+"""Protocol 1: HTTP/2 (h2) with the roles reversed, after the registration."""
+
+PROTOCOL_MUX = 2
+"""Protocol 2: the lean multiplexer of ``mux.py`` (fixed frame header, no HPACK)."""
+
+PROTOCOL_VERSION = PROTOCOL_MUX
+"""The newest wire protocol (the ``protocol`` field of a registration) and the default."""
+
+SUPPORTED_PROTOCOLS = frozenset({PROTOCOL_H2, PROTOCOL_MUX})
+"""What an edge accepts; anything else is refused with ``version_unsupported``."""
 
 CONTROL_MAGIC = b"ZGTN"
 """The four bytes every registration-phase control frame starts with."""
 
 MAX_CONTROL_FRAME = 16 * 1024
 """Largest JSON body of a control frame, in bytes; a longer one is refused before it is read."""
+
+EAGER_WRITE = 64 * 1024
+"""Shells write once per event-loop turn, but at once when ``unsent_bytes`` reaches this."""
 
 _CONTROL_HEAD = len(CONTROL_MAGIC) + 4
 _H2_PREFACE_LEN = 24
@@ -818,6 +837,7 @@ class _Side:
         self._ready = False
         self._goaway_sent: int | None = None
         self._goaway_received: int | None = None
+        self._mux: MuxWire | None = None
 
     # -- what the shell reads -----------------------------------------------------------------
 
@@ -828,26 +848,36 @@ class _Side:
 
     @property
     def ready(self) -> bool:
-        """True once the peer's HTTP/2 SETTINGS arrived (see :class:`ConnectionReady`)."""
+        """True once the peer's SETTINGS arrived (see :class:`ConnectionReady`)."""
+        if self._mux is not None:
+            return self._mux.ready and self.state is not State.CLOSED
         return self._ready and self.state is not State.CLOSED
 
     @property
     def open_streams(self) -> int:
         """Streams not yet finished both ways nor reset."""
+        if self._mux is not None:
+            return len(self._mux.streams)
         return len(self._streams)
 
     @property
     def buffered_bytes(self) -> int:
         """Body bytes held on this side's account: queued to send + received and not acked."""
+        if self._mux is not None:
+            return self._mux.buffered_bytes
         return self._pending_total + self._unacked_total
 
     @property
     def ping_outstanding_since(self) -> float | None:
         """``now`` of the oldest unanswered ``ping``, or ``None``; the shell's liveness check."""
+        if self._mux is not None:
+            return self._mux.ping_outstanding_since
         return next(iter(self._pings.values()), None)
 
     def send_capacity(self, stream_id: int) -> int:
         """How many bytes ``send_body`` accepts on this stream right now (0 when it must wait)."""
+        if self._mux is not None:
+            return self._mux.send_capacity(stream_id)
         st = self._streams.get(stream_id)
         if st is None or st.end_queued or not st.headers_sent:
             return 0
@@ -855,6 +885,15 @@ class _Side:
 
     def can_send(self, stream_id: int) -> bool:
         return self.send_capacity(stream_id) > 0
+
+    @property
+    def unsent_bytes(self) -> int:
+        """How much ``data_to_send`` holds now, for a shell that writes once per event-loop
+        turn and wants to write at once past a threshold. Protocol 1 cannot tell (h2 keeps its
+        own buffer) and answers ``2**31``, so its shells always write at once."""
+        if self._h2 is not None:
+            return 2**31
+        return len(self._out)
 
     def data_to_send(self) -> bytes:
         """Everything to write to the transport, in order; empty when there is nothing."""
@@ -881,6 +920,8 @@ class _Side:
         """The transport closed or failed: every open stream is reset, then the side closes."""
         if self.state is State.CLOSED:
             return []
+        if self._mux is not None:
+            return self._mux.connection_lost(reason)
         events: list[Event] = []
         self._terminate(events, ErrorCodes.CANCEL, reason, remote=False)
         return events
@@ -889,6 +930,8 @@ class _Side:
         raise NotImplementedError
 
     def _receive_frames(self, data: bytes) -> list[Event]:
+        if self._mux is not None:
+            return self._mux.receive(data)
         conn, splitter = self._conn(), self._splitter
         assert splitter is not None
         events: list[Event] = []
@@ -1008,6 +1051,9 @@ class _Side:
         ``len(data)`` must not exceed ``send_capacity(stream_id)``. On a stream that has since
         been reset or finished, or on a closed connection, this does nothing.
         """
+        if self._mux is not None:
+            self._mux.send_body(stream_id, data, end_stream)
+            return
         st = self._live(stream_id)
         if st is None:
             return
@@ -1033,6 +1079,9 @@ class _Side:
 
     def ack(self, stream_id: int, size: int) -> None:
         """The shell consumed ``size`` received body bytes of this stream; reopen the windows."""
+        if self._mux is not None:
+            self._mux.ack(stream_id, size)
+            return
         if size < 0:
             raise UsageError("cannot acknowledge a negative size")
         held = self._unacked.get(stream_id)
@@ -1055,6 +1104,9 @@ class _Side:
 
     def reset(self, stream_id: int, error_code: int = ErrorCodes.CANCEL) -> None:
         """Abort a stream both ways (RST_STREAM); its queued and unacked bytes are released."""
+        if self._mux is not None:
+            self._mux.reset(stream_id, error_code)
+            return
         st = self._live(stream_id)
         if st is None:
             return
@@ -1064,6 +1116,9 @@ class _Side:
 
     def ping(self, now: float) -> None:
         """Send a PING; :class:`PingAcked` brings ``now`` back. Ignored unless OPEN/DRAINING."""
+        if self._mux is not None:
+            self._mux.ping(now)
+            return
         if self.state not in (State.OPEN, State.DRAINING):
             return
         self._ping_seq += 1
@@ -1083,6 +1138,9 @@ class _Side:
         if self.state is State.REGISTERING:
             self.close()
             return
+        if self._mux is not None:
+            self._mux.go_away(message)
+            return
         if self.state is State.CLOSED or self._goaway_sent is not None:
             return
         conn = self._conn()
@@ -1096,6 +1154,9 @@ class _Side:
     def close(self, error_code: int = ErrorCodes.NO_ERROR, message: str = "") -> None:
         """End the connection now with a final GOAWAY; open streams are abandoned."""
         if self.state is State.CLOSED:
+            return
+        if self._mux is not None:
+            self._mux.close(error_code, message)
             return
         conn = self._h2
         if conn is not None and not _h2_closed(conn):
@@ -1112,6 +1173,15 @@ class _Side:
 
     def _is_local(self, stream_id: int) -> bool:
         return stream_id % 2 == (1 if self._client_side else 0)
+
+    def _start_wire(self, protocol: int) -> None:
+        """Start the framing the registration named: HTTP/2 (1) or the multiplexer (2)."""
+        if protocol == PROTOCOL_MUX:
+            from zerogate.tunnel.mux import MuxWire  # mux imports this module
+
+            self._mux = MuxWire(self, client=self._client_side)
+        else:
+            self._start_h2()
 
     def _start_h2(self) -> None:
         s = self.settings
@@ -1327,6 +1397,8 @@ class EdgeSide(_Side):
     @property
     def can_open_stream(self) -> bool:
         """Whether ``send_request`` may be called: ready, not draining, under the stream limit."""
+        if self._mux is not None:
+            return self._mux.can_open_stream
         if self.state is not State.OPEN or not self._ready:
             return False
         conn = self._conn()
@@ -1337,6 +1409,8 @@ class EdgeSide(_Side):
     @property
     def extended_connect(self) -> bool:
         """Whether the connector enabled RFC 8441 extended CONNECT (WebSockets)."""
+        if self._mux is not None:
+            return self._mux.extended_connect
         return self.ready and self._conn().remote_settings.enable_connect_protocol == 1
 
     def accept(self, tunnel_id: str, connection_id: str, features: Iterable[str] = ()) -> None:
@@ -1344,7 +1418,7 @@ class EdgeSide(_Side):
         if self.state is not State.REGISTERING or self.registration is None:
             raise UsageError("accept() needs a RegistrationReceived that was not answered yet")
         self._out += encode_result(Accepted(tunnel_id, connection_id, frozenset(features)))
-        self._start_h2()
+        self._start_wire(self.registration.protocol)
 
     def refuse(self, reason: RefusalReason, message: str = "") -> None:
         """Answer with a refusal (also allowed before a registration arrived, e.g. on timeout)."""
@@ -1371,6 +1445,10 @@ class EdgeSide(_Side):
         ``CONNECT``; the stream becomes a byte pipe once answered 2xx). ``end_stream``: no body.
         Raises :class:`InvalidHeaders`, or :class:`UsageError` when ``can_open_stream`` is false.
         """
+        if self._mux is not None:
+            return self._mux.send_request(
+                method, authority, path, headers, scheme, protocol, end_stream
+            )
         block = [
             (b":method", _pseudo(method, _METHOD, "method")),
             (b":scheme", _pseudo(scheme, _SCHEME, "scheme")),
@@ -1412,10 +1490,11 @@ class EdgeSide(_Side):
             return self._refuse_malformed(
                 "the connector sent data before its registration was answered"
             )
-        if registration.protocol != PROTOCOL_VERSION:
+        if registration.protocol not in SUPPORTED_PROTOCOLS:
+            speaks = ", ".join(str(p) for p in sorted(SUPPORTED_PROTOCOLS))
             text = (
                 f"tunnel protocol {registration.protocol} is not supported"
-                f" (this edge speaks {PROTOCOL_VERSION})"
+                f" (this edge speaks {speaks}): upgrade the connector or the edge"
             )
             self._out += encode_result(Refused(RefusalReason.VERSION_UNSUPPORTED, text))
             self.state = State.CLOSED
@@ -1471,6 +1550,9 @@ class ConnectorSide(_Side):
 
         Raises :class:`InvalidHeaders`; does nothing on a stream that is already gone.
         """
+        if self._mux is not None:
+            self._mux.send_response(stream_id, status, headers, end_stream)
+            return
         if isinstance(status, bool) or not 200 <= status <= 599:
             raise InvalidHeaders(f"status {status!r} cannot be sent (200..599 only)")
         block = [(b":status", str(status).encode("ascii")), *clean_headers(headers, request=False)]
@@ -1501,7 +1583,7 @@ class ConnectorSide(_Side):
             self.state = State.CLOSED
             return [RegistrationRefused(result.reason, result.message)]
         self.accepted = result
-        self._start_h2()
+        self._start_wire(self.registration.protocol)
         events: list[Event] = [
             RegistrationAccepted(result.tunnel_id, result.connection_id, result.features)
         ]
