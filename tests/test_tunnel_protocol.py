@@ -885,9 +885,8 @@ def _goaway(last: int, code: int, stream: int = 0, length: int | None = None) ->
         ((1 << 20).to_bytes(3, "big") + b"\x00\x00\x00\x00\x00\x01", ErrorCodes.FRAME_SIZE_ERROR),
     ],
 )
+@pytest.mark.only_wire(PROTOCOL_H2)
 def test_garbage_after_registration_is_a_protocol_error_event(wire: bytes, code: int) -> None:
-    if REG.protocol != PROTOCOL_H2:
-        pytest.skip("HTTP/2 frames; the multiplexer has its own list below")
     pair = connected()
     sid = pair.edge.send_request("GET", "a.example", "/", end_stream=True)
     events = pair.edge.receive_data(wire)
@@ -1043,9 +1042,8 @@ def _mux_frame(
         (_mux_frame(1, 0, 1, b"200\0x-a\0b\r\nc"), ErrorCodes.PROTOCOL_ERROR),  # CR LF in a value
     ],
 )
+@pytest.mark.only_wire(PROTOCOL_MUX)
 def test_mux_garbage_after_registration_is_a_protocol_error_event(frame: bytes, code: int) -> None:
-    if REG.protocol != PROTOCOL_MUX:
-        pytest.skip("multiplexer frames")
     pair = connected()
     sid = pair.edge.send_request("GET", "a.example", "/", end_stream=True)
     assert pair.edge.data_to_send()
@@ -1058,9 +1056,8 @@ def test_mux_garbage_after_registration_is_a_protocol_error_event(frame: bytes, 
     assert pair.edge.receive_data(b"more") == []
 
 
+@pytest.mark.only_wire(PROTOCOL_MUX)
 def test_mux_data_beyond_the_window_is_a_flow_control_error() -> None:
-    if REG.protocol != PROTOCOL_MUX:
-        pytest.skip("multiplexer frames")
     small = TunnelSettings(stream_window=65_535, max_frame_size=65_535)
     pair = connected(edge_settings=small)
     sid = pair.edge.send_request("GET", "a.example", "/", end_stream=True)
@@ -1114,9 +1111,8 @@ def test_mux_request_split_into_single_bytes_gives_the_same_request() -> None:
         b"200\0content-length\0x5",
     ],
 )
+@pytest.mark.only_wire(PROTOCOL_MUX)
 def test_mux_a_response_head_http2_would_refuse_resets_the_stream(head: bytes) -> None:
-    if REG.protocol != PROTOCOL_MUX:
-        pytest.skip("multiplexer frames")
     pair = connected()
     sid = pair.edge.send_request("GET", "a.example", "/", end_stream=True)
     pair.pump()
