@@ -48,6 +48,7 @@ import httptools
 
 from zerogate.edge import pipeline
 from zerogate.edge.proxy import _error_page, _parse_origin
+from zerogate.identity import Claims
 from zerogate.model.paths import PathError, normalise_path
 from zerogate.net import http
 from zerogate.net.asgi import Headers
@@ -59,10 +60,10 @@ from zerogate.net.headers import (
 from zerogate.net.http import request_target
 from zerogate.net.pool import OriginAddress, request_head
 from zerogate.net.upstream import DEFAULT_TIMEOUTS, Timeouts
-from zerogate.policy import Context, Identity
+from zerogate.policy import CompiledApp, Context, Identity
 from zerogate.runtime import cookies
 from zerogate.runtime.cookies import secure_cookies
-from zerogate.runtime.request import describe_request
+from zerogate.runtime.request import Request, describe_request
 from zerogate.runtime.services import Services
 
 log = logging.getLogger("zerogate.edge.front")
@@ -448,48 +449,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _classify(self) -> _Fast | None:
         """The fast-path plan for the request whose head just ended, or None (relay)."""
-        parser = self.parser
-        if parser.get_http_version() != "1.1" or parser.should_upgrade():
+        if not self._plain_head():
             return None
-        method = parser.get_method()
-        if method not in _FAST_METHODS:
+        routed = self._route()
+        if routed is None:
             return None
-        length = 0
-        for name, value in self.headers:
-            if name in (b"transfer-encoding", b"expect", b"upgrade", CLIENT_HEADER):
-                return None
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > MAX_FAST_BODY or length:
-                    return None
-                length = int(value) or -1
+        scope, req, app, address = routed
         svc = self.svc
         rt = svc.runtime
-        path, _, query = self.url.partition(b"?")
-        scope: dict[str, Any] = {
-            "type": "http",
-            "method": method.decode("ascii"),
-            "headers": self.headers,
-            "client": self.peer,
-            "raw_path": path,
-            "query_string": query,
-        }
-        try:
-            req = describe_request(scope, svc)
-        except http.BadRequest:
-            return None
-        if req.host == rt.portal_host:
-            return None
-        snapshot = rt.snapshot
-        try:
-            app = snapshot.route(req.host, req.raw_path)
-            if app is None or pipeline.is_reserved(normalise_path(req.raw_path)):
-                return None
-        except PathError:
-            return None
-        origin = app.model.origin
-        address = self.front.origin_address(origin) if origin else None
-        if address is None:
-            return None
         claims = pipeline.session_claims(scope, rt, app)
         identity = (
             Identity.of(claims.email, claims.idp, claims.groups or (), claims.amr or ())
@@ -498,7 +465,7 @@ class ClientConnection(asyncio.Protocol):
         )
         token_name = pipeline.service_token(scope, rt)
         country = rt.country(req.client.ip)
-        verdict = snapshot.decide(
+        verdict = rt.snapshot.decide(
             app, identity, Context(ip=req.client.ip, country=country, service_token=token_name)
         )
         decision = verdict.decision
@@ -523,23 +490,7 @@ class ClientConnection(asyncio.Protocol):
                 host=req.host,
                 path=req.raw_path,
             )
-            if claims is not None:
-                assertion = cookies.cookie(
-                    scope, pipeline.app_cookie(app), secure=secure_cookies(rt, scope)
-                )
-                assert assertion is not None  # session_claims verified it
-                inject = [
-                    (b"zerogate-jwt-assertion", assertion.encode("latin-1")),
-                    (b"zerogate-authenticated-user-email", claims.email.encode("utf-8")),
-                ]
-            else:
-                assert token_name is not None
-                inject = [
-                    (
-                        b"zerogate-jwt-assertion",
-                        pipeline.service_assertion(rt, app, token_name),
-                    )
-                ]
+            inject = self._identity_headers(scope, app, claims, token_name)
         headers = upstream_request_headers(
             self.headers,
             client_ip=req.client.ip,
@@ -553,7 +504,76 @@ class ClientConnection(asyncio.Protocol):
         headers += pipeline.strip_zerogate_cookies(self.headers)
         default = self.front.settings.timeouts
         timeouts = default if app.timeouts is None else app.timeouts.over(default)
+        method = self.parser.get_method()
         return _Fast(method, address, headers, target, req.host_header.encode(), [], 0, timeouts)
+
+    def _plain_head(self) -> bool:
+        """HTTP/1.1, a fast method, no upgrade / expect / chunked body, at most one plain
+        Content-Length no longer than ``MAX_FAST_BODY``, no relay header of a client's."""
+        parser = self.parser
+        if parser.get_http_version() != "1.1" or parser.should_upgrade():
+            return False
+        if parser.get_method() not in _FAST_METHODS:
+            return False
+        seen_length = False
+        for name, value in self.headers:
+            if name in (b"transfer-encoding", b"expect", b"upgrade", CLIENT_HEADER):
+                return False
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > MAX_FAST_BODY or seen_length:
+                    return False
+                seen_length = True
+        return True
+
+    def _route(self) -> tuple[dict[str, Any], Request, CompiledApp, OriginAddress] | None:
+        """The request's scope, description, application and plain-HTTP origin, or None
+        when any of them is not for the fast path (the portal, a reserved or unsafe path, a
+        tunnel or an https origin)."""
+        svc = self.svc
+        rt = svc.runtime
+        path, _, query = self.url.partition(b"?")
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": self.parser.get_method().decode("ascii"),
+            "headers": self.headers,
+            "client": self.peer,
+            "raw_path": path,
+            "query_string": query,
+        }
+        try:
+            req = describe_request(scope, svc)
+        except http.BadRequest:
+            return None
+        if req.host == rt.portal_host:
+            return None
+        try:
+            app = rt.snapshot.route(req.host, req.raw_path)
+            if app is None or pipeline.is_reserved(normalise_path(req.raw_path)):
+                return None
+        except PathError:
+            return None
+        origin = app.model.origin
+        address = self.front.origin_address(origin) if origin else None
+        if address is None:
+            return None
+        return scope, req, app, address
+
+    def _identity_headers(
+        self, scope: dict[str, Any], app: CompiledApp, claims: Claims | None, token: str | None
+    ) -> Headers:
+        """``Zerogate-Jwt-Assertion`` (+ the user's email) for an allowed request."""
+        rt = self.svc.runtime
+        if claims is not None:
+            assertion = cookies.cookie(
+                scope, pipeline.app_cookie(app), secure=secure_cookies(rt, scope)
+            )
+            assert assertion is not None  # session_claims verified it
+            return [
+                (b"zerogate-jwt-assertion", assertion.encode("latin-1")),
+                (b"zerogate-authenticated-user-email", claims.email.encode("utf-8")),
+            ]
+        assert token is not None
+        return [(b"zerogate-jwt-assertion", pipeline.service_assertion(rt, app, token))]
 
     def _next(self) -> None:
         """Send the next queued fast request, or hand over to the relay, or go idle."""
