@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import secrets
 import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 from zerogate.model.loader import validate_objects
 from zerogate.model.objects import Settings
@@ -119,3 +125,62 @@ async def test_logging_a_mailbox_out_ends_its_subaddresses_sessions(tmp_path: Pa
         assert not runtime.is_revoked("ann@example.com", issued)
     finally:
         await store.close()
+
+
+PG_SERVER = os.environ.get("ZEROGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    import asyncpg  # type: ignore[import-untyped]
+
+    name = f"zg_notify_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(PG_SERVER)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield storage_url(PG_SERVER.rsplit("/", 1)[0] + "/" + name)
+    finally:
+        admin = await asyncpg.connect(PG_SERVER)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.mark.postgres
+async def test_postgresql_announces_changes_to_every_server_at_once(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change made through one server's store reaches another server's runtime through
+    LISTEN/NOTIFY, long before its poll would (the poll is 30 s here)."""
+    from zerogate.runtime import state
+
+    monkeypatch.setattr(state, "POLL_SECONDS", 30.0)
+    writer, watcher_store = await Store.open(pg_url), await Store.open(pg_url)
+    try:
+        runtime = await Runtime.load(watcher_store, Settings(), tmp_path)
+        runtime.start()
+        await asyncio.sleep(0.2)  # let the watcher open its listening connection
+        before = runtime.version.config_version
+        started = time.perf_counter()
+        await writer.apply(validate_objects(_big_config(3)), actor="test")
+        async with asyncio.timeout(5):
+            while runtime.version.config_version == before:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        took = time.perf_counter() - started
+        assert runtime.snapshot.route("app2.example.test", "/") is not None
+        assert took < 2.0, took
+        # a revocation (another watched counter) arrives the same way
+        seq = runtime.version.revocation_seq
+        await writer.revoke("x@example.test", not_before=datetime.now(UTC))
+        async with asyncio.timeout(5):
+            while runtime.version.revocation_seq == seq:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert runtime.is_revoked("x@example.test", time.time() - 60)
+        await runtime.stop()
+    finally:
+        await writer.close()
+        await watcher_store.close()

@@ -81,6 +81,7 @@ class Runtime:
     metrics_allow: list[IPv4Network | IPv6Network] = field(default_factory=list)
     swaps: int = 0
     _task: asyncio.Task[None] | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     # ------------------------------------------------------------------ derived
 
@@ -254,14 +255,33 @@ class Runtime:
                 await self._task
 
     async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(POLL_SECONDS)
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # keep serving the last good state; say why
-                log.exception("could not refresh the configuration from the store")
+        """Reload on every change the store announces (PostgreSQL ``LISTEN``: at once), and
+        at least every ``POLL_SECONDS`` (SQLite; and a fallback should a notification be
+        lost or the listening connection break, which is then made again)."""
+        changed = self._changed
+        close = None
+        try:
+            while True:
+                if close is None:
+                    try:
+                        close = await self.store.listen_for_changes(changed.set)
+                    except Exception as exc:
+                        log.warning("not listening for changes (polling only): %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), POLL_SECONDS)
+                changed.clear()
+                try:
+                    await self.refresh()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # keep serving the last good state; say why
+                    log.exception("could not refresh the configuration from the store")
+                    if close is not None:
+                        await close()
+                        close = None
+        finally:
+            if close is not None:
+                await close()
 
 
 async def ensure_keyset(store: Store, algorithm: Algorithm = "ES256") -> KeySet:

@@ -16,8 +16,9 @@ meant for a request's hot path: servers poll ``state()`` and reload what moved.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,6 +66,10 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+#: the PostgreSQL channel every change of ``state()`` is announced on (migration 0005)
+CHANGES_CHANNEL = "zerogate_changes"
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -99,6 +104,34 @@ class Store:
         """The store's URL as a user would write it, with any password hidden."""
         url = make_url(self._url)
         return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
+
+    async def listen_for_changes(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+        """PostgreSQL: call ``wake`` whenever a transaction changed the watched state (the
+        ``zerogate_changes`` notification of migration 0005), over a connection of its own;
+        returns what closes it. SQLite has no such thing: nothing happens, and the servers'
+        poll is the only way (``wake`` is never called). Raises ``StoreError`` when the
+        listening connection cannot be made."""
+        url = make_url(self._url)
+        if url.get_backend_name() != "postgresql":
+
+            async def nothing() -> None:
+                return None
+
+            return nothing
+        import asyncpg  # type: ignore[import-untyped]
+
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            connection = await asyncio.wait_for(asyncpg.connect(dsn), 10)
+            await connection.add_listener(CHANGES_CHANNEL, lambda *_: wake())
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot listen for changes on {self.safe_url}: {exc}") from None
+
+        async def close() -> None:
+            with contextlib.suppress(Exception):
+                await connection.close(timeout=5)
+
+        return close
 
     # -- opening ------------------------------------------------------------------------
 
