@@ -600,3 +600,27 @@ async def test_parallel_creates_of_different_objects_all_land(store_url: str) ->
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_a_write_loads_itself_before_it_returns(tmp_path: Path) -> None:
+    """The process that makes a change serves it before it answers: ``on_change`` (the
+    server's runtime refresh) runs after every configuration write that changed something,
+    and not for refused or empty writes."""
+    store = await Store.open(storage_url(f"sqlite:///{tmp_path / 'zg.db'}"))
+    try:
+        seen: list[int] = []
+
+        async def loaded() -> None:
+            seen.append((await store.state()).config_version)
+
+        service = AdminService(store, on_change=loaded)
+        made = await service.create("groups", GROUP, ME)
+        assert seen == [made.version]
+        with pytest.raises(Conflict):
+            await service.create("groups", GROUP, ME)
+        await service.update("groups", "Office", GROUP, version=made.version, actor=ME)
+        assert seen == [made.version]  # nothing changed: nothing to load
+        await service.delete("groups", "Office", version=made.version, actor=ME)
+        assert len(seen) == 2 and seen[1] > made.version
+    finally:
+        await store.close()

@@ -76,6 +76,7 @@ class AdminFrontDoor:
             secret_env_prefix=svc.runtime.settings.secret_env_prefix,
             # checked at start by ``zerogate.server.run.serve`` (a missing secret refuses)
             dns=RouteDns.from_settings(svc.runtime.settings),
+            on_change=svc.runtime.refresh,
         )
         from zerogate.admin.api import create_api
 

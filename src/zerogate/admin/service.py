@@ -29,9 +29,10 @@ anyway") and API tokens (not on the list) skip it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,8 @@ from zerogate.tunnel.token import TokenError, TunnelToken
 if TYPE_CHECKING:
     from zerogate.admin.principal import Principal
     from zerogate.dns.routes import RouteDns
+
+log = logging.getLogger("zerogate.admin")
 
 #: API collection name -> (store kind, ``Objects`` field); the collection names are the YAML keys
 COLLECTIONS: dict[str, str] = {
@@ -280,8 +283,13 @@ class AdminService:
         *,
         secret_env_prefix: str = DEFAULT_SECRET_ENV_PREFIX,
         dns: RouteDns | None = None,
+        on_change: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.store = store
+        #: run after every configuration write, before the write returns: the server passes
+        #: its runtime's refresh, so the process that made a change serves it before it
+        #: answers (the others follow through the store's announcement or their poll)
+        self.on_change = on_change
         #: the DNS records of tunnel routes, written before each change (``dns`` settings)
         self.dns = dns
         #: secret references written through here must start with this (``Settings``)
@@ -379,13 +387,20 @@ class AdminService:
             _, doc, based_on, versions = await self._state()
             expect = edit(doc, versions)
             try:
-                return await self._write(doc, expect, actor, based_on)
+                plan = await self._write(doc, expect, actor, based_on)
             except StaleWrite as exc:
                 if exc.name or attempt == _WRITE_ATTEMPTS - 1:
                     raise Conflict(str(exc)) from None
                 # many writers at once: step aside a growing random moment, so they do not
                 # keep invalidating each other's next attempt
                 await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 7)))
+                continue
+            if self.on_change is not None and plan.changes:
+                try:
+                    await self.on_change()
+                except Exception:  # the write stands; the watcher will load it anyway
+                    log.exception("could not load the change just written")
+            return plan
         raise AssertionError("unreachable")  # pragma: no cover
 
     def secret_env_allowed(self, name: str) -> bool:
