@@ -1299,9 +1299,9 @@ async def test_service_tokens(zg: Zerogate, origin: VerifyingWsOrigin) -> None:
             "app without service_auth": (zg.url("wiki.localhost", "/ci"), ci.headers()),
             "path app without service_auth": (zg.url("finance.localhost", "/ci"), ci.headers()),
         }
-        # a credential that proves nothing is "not signed in" (SPEC: 401 JSON, 302 to the login
-        # for a browser); a valid token the application's policies do not accept is "blocked"
-        # (403 either way)
+        # a credential that proves nothing is refused as such: 401 JSON whatever the client
+        # accepts (a machine is calling: never a login page); a valid token the application's
+        # policies do not accept is "blocked" (403 either way)
         blocked = {
             "token the policy does not name",
             "app without service_auth",
@@ -1313,9 +1313,9 @@ async def test_service_tokens(zg: Zerogate, origin: VerifyingWsOrigin) -> None:
             # and as a browser navigation (no JSON asked for): the login page, never the origin
             nav = {k: v for k, v in headers.items() if k != "Accept"}
             reply = await client.get(url, headers=nav)
-            assert reply.status == (403 if name in blocked else 302), (name, reply.status)
-            if reply.status == 302:
-                assert "/.zerogate/login?flow=" in (reply.location or ""), reply.location
+            assert reply.status == (403 if name in blocked else 401), (name, reply.status)
+            if reply.status == 401:
+                assert reply.json()["error"] == "invalid service token", reply.text[:200]
         # a repeated credential header is no credential (which one would count?)
         for repeated in (
             [("Zerogate-Client-Id", "nobody-id")],
@@ -1325,6 +1325,11 @@ async def test_service_tokens(zg: Zerogate, origin: VerifyingWsOrigin) -> None:
             answer = await raw(zg, http_request("GET", "/ci", f"api.localhost:{zg.port}", twice))
             assert answer.status == 401, (repeated, answer.status)
         assert seen_since(origin, mark) == []
+        # each refused credential is in the access log (not only the allowed ones)
+        async with open_store(zg) as store:
+            events = await store.access_log(app="api", decision="block", limit=200)
+        refused_logged = [e for e in events if e.detail and "service token refused" in e.detail]
+        assert refused_logged and all(e.idp == "service_token" for e in refused_logged)
 
 
 # ---------------------------------------------------------------------------- mail oracles

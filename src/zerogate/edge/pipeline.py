@@ -132,6 +132,9 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
         await forward(scope, receive, send, svc, req, app, inject=[])
         return
     if decision == "authenticate":
+        if token_name is None and _presents_service_token(scope):
+            await token_refused(scope, send, svc, req, app, country)
+            return
         await login_required(scope, send, svc, req, app)
         return
     # allow or block: both are recorded (bypass and authenticate are not)
@@ -395,6 +398,53 @@ def state_cookie(scope: Scope, svc: Services, state: str) -> tuple[bytes, bytes]
         max_age=FLOW_SECONDS,
         path="/.zerogate/",
         secure=secure_cookies(svc.runtime, scope),
+    )
+
+
+def _presents_service_token(scope: Scope) -> bool:
+    return any(name in _TOKEN_HEADERS for name, _ in scope["headers"])
+
+
+_TOKEN_HEADERS = frozenset({b"zerogate-client-id", b"zerogate-client-secret"})
+
+
+async def token_refused(
+    scope: Scope, send: Send, svc: Services, req: Request, app: CompiledApp, country: str | None
+) -> None:
+    """Service-token headers that prove nothing (wrong, unknown, expired, repeated): a
+    machine is calling, so 401 JSON whatever it accepts (never a login page), recorded."""
+    try:
+        raw_id = http.header(scope, b"zerogate-client-id")
+    except http.BadRequest:
+        raw_id = None  # repeated
+    client_id = raw_id.decode("latin-1")[:64] if raw_id is not None else None
+    svc.log(
+        "request",
+        app=app.name,
+        email=None,
+        idp="service_token",
+        ip=req.client.ip,
+        country=country,
+        decision="block",
+        policy=None,
+        method=scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET",
+        host=req.host,
+        path=req.raw_path,
+        detail=f"service token refused (client id {client_id!r}): wrong, unknown or expired",
+    )
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await http.respond_json(
+        send,
+        401,
+        {
+            "error": "invalid service token",
+            "application": app.name,
+            "detail": "the Zerogate-Client-Id / Zerogate-Client-Secret pair is wrong, unknown "
+            "or expired",
+        },
+        [(b"www-authenticate", b'Zerogate realm="zerogate"')],
     )
 
 
