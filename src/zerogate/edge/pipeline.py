@@ -41,7 +41,7 @@ from zerogate.policy.engine import CompiledApp, Snapshot
 from zerogate.runtime import Runtime, audience_tag, cookies
 from zerogate.runtime.cookies import secure_cookies
 from zerogate.runtime.pages import logout_page
-from zerogate.runtime.request import Request
+from zerogate.runtime.request import Request, public_origin_of
 from zerogate.runtime.services import Services
 
 log = logging.getLogger("zerogate.edge")
@@ -485,9 +485,7 @@ def public_origin(rt: Runtime, req: Request) -> str:
     host shares), never the one the Host header carries: a Host header is the client's to
     choose, and a URL the edge builds from it must not send a browser to another port (another
     service on the same name) after a login or logout."""
-    host = f"[{req.host}]" if ":" in req.host else req.host
-    _, colon, port = rt.settings.portal_address.rpartition(":")
-    return f"{req.scheme}://{host}{':' + port if colon and port.isdigit() else ''}"
+    return public_origin_of(req.scheme, req.host, rt.settings.portal_address)
 
 
 def root_url(req: Request, app: CompiledApp, rt: Runtime) -> str:

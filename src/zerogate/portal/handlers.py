@@ -69,7 +69,7 @@ from zerogate.portal.session import (
 from zerogate.runtime import PORTAL_AUDIENCE, Runtime, cookies
 from zerogate.runtime.cookies import secure_cookies
 from zerogate.runtime.pages import logout_page
-from zerogate.runtime.request import Request, request_scheme
+from zerogate.runtime.request import Request, public_origin_of, request_scheme
 from zerogate.runtime.services import Services
 
 log = logging.getLogger("zerogate.portal")
@@ -153,17 +153,46 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
             else:
                 await _message(send, svc, 404, "Not found", "There is nothing here.")
         elif path == "/":
-            claims = portal_session(scope, svc)
-            message = (
-                f"You are signed in as {claims.email}." if claims else "You are not signed in."
-            )
-            await _message(send, svc, 200, "zerogate", message, error=False)
+            await home(scope, send, svc, req)
         else:
             await _message(send, svc, 404, "Not found", "There is nothing here.")
     except _Problem as problem:
         await _message(send, svc, problem.status, "Sign-in problem", problem.message)
     except http.BadRequest as exc:
         await _message(send, svc, 400, "Bad request", str(exc))
+
+
+async def home(scope: Scope, send: Send, svc: Services, req: Request) -> None:
+    """The portal's home, an app launcher: the applications this person may open now (each
+    application's policies judged with their identity and network, as a request would be),
+    administration when they are an administrator, and sign-out."""
+    claims = portal_session(scope, svc)
+    if claims is None:
+        await _message(
+            send,
+            svc,
+            200,
+            "zerogate",
+            "You are not signed in. Open one of your applications to sign in.",
+            error=False,
+        )
+        return
+    rt = svc.runtime
+    snapshot = rt.snapshot
+    identity = Identity.of(claims.email, claims.idp, claims.groups or (), claims.amr or ())
+    ctx = Context(ip=req.client.ip, country=rt.country(req.client.ip))
+    apps: list[tuple[str, str]] = []
+    for app in sorted(snapshot.apps.values(), key=lambda a: a.name.lower()):
+        if app.host.startswith("*.") or app is snapshot.admin:
+            continue  # a wildcard names no one host to link to
+        if snapshot.decide(app, identity, ctx).decision in ("allow", "bypass"):
+            origin = public_origin_of(req.scheme, app.host, rt.settings.portal_address)
+            apps.append((app.name, origin + (app.path or "/")))
+    admin = snapshot.decide(snapshot.admin, identity, ctx).decision == "allow"
+    page = svc.page(
+        "home.html", title="Your applications", email=claims.email, apps=apps, admin=admin
+    )
+    await http.respond_html(send, 200, page)
 
 
 async def _message(

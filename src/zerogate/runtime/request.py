@@ -125,3 +125,12 @@ def describe_request(scope: Scope, svc: _HasRuntime) -> Request:
         client=client,
         scheme=_scheme(rt, client),
     )
+
+
+def public_origin_of(scheme: str, host: str, portal_address: str) -> str:
+    """``scheme://host[:port]`` as the public sees ``host``: the port is the configured public
+    one (the port of ``portal``, which every application host shares), never one a Host
+    header carried (a client's to choose)."""
+    shown = f"[{host}]" if ":" in host else host
+    _, colon, port = portal_address.rpartition(":")
+    return f"{scheme}://{shown}{':' + port if colon and port.isdigit() else ''}"
