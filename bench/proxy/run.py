@@ -356,6 +356,8 @@ ZEROGATE_CONFIG = """\
 portal: auth.localhost:{port}
 listen: {{http: "127.0.0.1:{port}"{listen_extra}}}
 storage: sqlite:///zerogate.db
+# the PIN login needs a way to send mail (the server refuses to start otherwise)
+email: {{outbox: true}}
 identity_providers:
   - {{name: otp, type: onetimepin}}
 service_tokens:

@@ -102,6 +102,8 @@ ZEROGATE_CONFIG = """\
 portal: auth.localhost:{port}
 listen: {{http: "127.0.0.1:{port}", tunnel: "127.0.0.1:{tunnel_port}"}}
 storage: sqlite:///zerogate.db
+# the PIN login needs a way to send mail (the server refuses to start otherwise)
+email: {{outbox: true}}
 identity_providers:
   - {{name: otp, type: onetimepin}}
 tunnels:
