@@ -52,6 +52,7 @@ from zg_harness import (
     request_pin,
     server_keyset,
     submit_pin,
+    wait_for,
     wait_ready,
     wait_until,
 )
@@ -1326,10 +1327,16 @@ async def test_service_tokens(zg: Zerogate, origin: VerifyingWsOrigin) -> None:
             assert answer.status == 401, (repeated, answer.status)
         assert seen_since(origin, mark) == []
         # each refused credential is in the access log (not only the allowed ones)
-        async with open_store(zg) as store:
-            events = await store.access_log(app="api", decision="block", limit=200)
-        refused_logged = [e for e in events if e.detail and "service token refused" in e.detail]
-        assert refused_logged and all(e.idp == "service_token" for e in refused_logged)
+        # (the access log is written behind the answer: wait for the writer, do not race it)
+        async def refused_logged() -> list[Any]:
+            async with open_store(zg) as store:
+                events = await store.access_log(app="api", decision="block", limit=200)
+            found = [e for e in events if e.detail and "service token refused" in e.detail]
+            # five credentials that prove nothing, each asked twice
+            return found if len(found) >= 10 else []
+
+        logged = await wait_for(refused_logged, what="refused credentials in the access log")
+        assert all(e.idp == "service_token" for e in logged)
 
 
 # ---------------------------------------------------------------------------- mail oracles

@@ -29,6 +29,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from harness import free_port as free_port  # re-exported: tests import it from here too
+from harness import wait_for as wait_for
 from harness import wait_for_port
 from harness import wait_until as wait_until
 from zerogate.identity import KeySet
