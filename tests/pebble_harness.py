@@ -97,7 +97,7 @@ class Pebble:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"pebble exited: {self.log()[-2000:]}")
         try:
-            with urllib.request.urlopen(self.directory, context=self._context(), timeout=2):  # noqa: S310 - https to the test's pebble
+            with urllib.request.urlopen(self.directory, context=self._context(), timeout=2):
                 return True
         except OSError:
             return False
@@ -105,7 +105,7 @@ class Pebble:
     def issuing_roots(self) -> str:
         """The PEM of the root Pebble issues under (random per start): what clients trust."""
         url = f"https://127.0.0.1:{self.management_port}/roots/0"
-        with urllib.request.urlopen(url, context=self._context(), timeout=5) as reply:  # noqa: S310 - https to the test's pebble
+        with urllib.request.urlopen(url, context=self._context(), timeout=5) as reply:
             return str(reply.read().decode("ascii"))
 
     def client_context(self) -> ssl.SSLContext:

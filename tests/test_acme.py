@@ -19,6 +19,7 @@ import pytest
 from cryptography import x509
 
 from bind_harness import Bind
+from harness import wait_for
 from pebble_harness import Pebble
 from zerogate.autotls.http01 import ChallengeListener
 from zerogate.autotls.manager import LEASE, CertManager, renew_at
@@ -57,7 +58,7 @@ def settings(pebble: Pebble, challenge: str = "http-01") -> Acme:
     return Acme(
         email="ops@example.test",
         directory=pebble.directory,
-        challenge=challenge,  # type: ignore[arg-type]
+        challenge=challenge,
         ca_bundle=str(pebble.ca_file),
     )
 
@@ -94,7 +95,7 @@ async def tls_server(context: ssl.SSLContext, port: int) -> asyncio.AbstractServ
 
 async def served_cert(port: int, host: str, trust: ssl.SSLContext) -> x509.Certificate:
     """The certificate a client that trusts only Pebble's root verifies for ``host``."""
-    reader, writer = await asyncio.open_connection(
+    _reader, writer = await asyncio.open_connection(
         "127.0.0.1", port, ssl=trust, server_hostname=host
     )
     ssl_object = writer.get_extra_info("ssl_object")
@@ -104,9 +105,9 @@ async def served_cert(port: int, host: str, trust: ssl.SSLContext) -> x509.Certi
 
 
 def names(cert: x509.Certificate) -> list[str]:
-    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.DNSName
-    )
+    return cert.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.DNSName)
 
 
 async def test_http01_orders_once_across_two_nodes_serves_by_sni_and_renews(
@@ -142,9 +143,7 @@ async def test_http01_orders_once_across_two_nodes_serves_by_sni_and_renews(
         # a new hostname is ordered on the next check, without restarting anything
         hosts.add("new.example.test")
         assert await a.renew() == ["new.example.test"]
-        assert names(await served_cert(tls_port, "new.example.test", trust)) == [
-            "new.example.test"
-        ]
+        assert names(await served_cert(tls_port, "new.example.test", trust)) == ["new.example.test"]
         # two thirds into its lifetime the certificate is renewed and the new one served
         now[0] = renew_at(a.certs["app.example.test"]) + timedelta(seconds=1)
         assert "app.example.test" in a.due(now[0])
@@ -278,3 +277,94 @@ async def test_another_nodes_token_is_answered_from_the_store(
         assert (await answering.answer(head.encode())).startswith(b"HTTP/1.1 200")
     finally:
         await other_store.close()
+
+
+# -- `zerogate server` with listen.tls.acme -----------------------------------------------------
+
+
+async def https_get(port: int, host: str, path: str, trust: ssl.SSLContext) -> bytes:
+    """One HTTPS request to the server on 127.0.0.1 for ``host`` (SNI and Host); the head."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=trust, server_hostname=host
+    )
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    return head
+
+
+async def test_a_server_obtains_serves_and_extends_its_certificates_without_restart(
+    tmp_path: Path, pebble: Pebble, bind: Bind, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zg_harness import Zerogate, free_port
+
+    monkeypatch.setenv("ZG_TEST_ACME_TSIG", bind.secret)
+    zg = Zerogate(tmp_path, free_port(), free_port())
+    zg.portal_setting = f"https://auth.example.test:{zg.port}"
+    zg.tls = (
+        f"{{acme: {{email: ops@example.test, directory: '{pebble.directory}', "
+        f"ca_bundle: '{pebble.ca_file}', http: '127.0.0.1:{pebble.http_port}'}}}}"
+    )
+    dns_settings = (
+        f"dns: {{rfc2136: {{server: '{bind.server}', zone: {ZONE}, key_name: {bind.key_name}, "
+        "key_secret_env: ZG_TEST_ACME_TSIG}, edge_addresses: [127.0.0.1]}\n"
+    )
+    apps = (
+        "applications:\n"
+        "  - {name: app, domain: app.example.test, origin: 'http://127.0.0.1:9', policies: "
+        "[{name: all, decision: allow, include: [{everyone: true}]}]}\n"
+        "  - {name: dev, domain: '*.dev.example.test', origin: 'http://127.0.0.1:9', policies: "
+        "[{name: all, decision: allow, include: [{everyone: true}]}]}\n"
+    )
+    zg.apply(dns_settings + apps)
+    zg.start()
+    try:
+        trust = pebble.client_context()
+
+        async def serving(host: str, sni: str | None = None) -> x509.Certificate | None:
+            try:
+                return await served_cert(zg.port, sni or host, trust)
+            except (ssl.SSLError, ConnectionError):
+                return None
+
+        expected: list[tuple[str, str | None]] = [
+            ("auth.example.test", None),
+            ("app.example.test", None),
+            ("*.dev.example.test", "one.dev.example.test"),
+        ]
+        for host, sni in expected:
+
+            async def check(h: str = host, s: str | None = sni) -> x509.Certificate | None:
+                return await serving(h, s)
+
+            cert = await wait_for(check, timeout=60, what=f"a certificate for {host}")
+            assert names(cert) == [host], zg.log_text()
+        # the portal and an application answer over HTTPS (relayed to the ASGI application)
+        portal = await https_get(zg.port, "auth.example.test", "/.zerogate/certs", trust)
+        assert portal.startswith(b"HTTP/1.1 200"), portal
+        app = await https_get(zg.port, "app.example.test", "/.zerogate/identity", trust)
+        assert app.split(b" ")[1] in (b"401", b"200"), app
+        # a hostname applied while it runs gets its certificate without a restart
+        pid = zg.proc.pid if zg.proc else 0
+        zg.apply(
+            dns_settings
+            + apps
+            + "  - {name: new, domain: new.example.test, origin: 'http://127.0.0.1:9', "
+            "policies: [{name: all, decision: allow, include: [{everyone: true}]}]}\n"
+        )
+        cert = await wait_for(
+            lambda: serving("new.example.test"), timeout=60, what="the new hostname's certificate"
+        )
+        assert names(cert) == ["new.example.test"]
+        assert zg.proc is not None and zg.proc.pid == pid and zg.proc.poll() is None
+        # the plain-HTTP port redirects served hostnames to https and proxies nothing
+        reader, writer = await asyncio.open_connection("127.0.0.1", pebble.http_port)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: app.example.test\r\n\r\n")
+        head = await reader.read()
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 308")
+        assert f"location: https://app.example.test:{zg.port}/x".encode() in head
+    finally:
+        zg.stop()

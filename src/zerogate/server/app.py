@@ -323,7 +323,6 @@ class ZerogateApp:
             portal_host=runtime.portal_host,
             dns=route_dns.client if route_dns is not None else None,
             base_dir=base_dir,
-            tick=float(os.environ.get("ZEROGATE_ACME_TICK", "1")),
         )
         await self.certs.refresh()
         self.certs.start()
