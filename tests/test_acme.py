@@ -373,3 +373,53 @@ async def test_a_server_obtains_serves_and_extends_its_certificates_without_rest
         assert f"location: https://app.example.test:{zg.port}/x".encode() in head
     finally:
         zg.stop()
+
+
+async def test_the_fast_path_front_serves_over_acme_tls(
+    tmp_path: Path, pebble: Pebble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiohttp import web
+
+    from zg_harness import Zerogate, free_port
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"hello {request.headers.get('X-Forwarded-Proto')}")
+
+    origin = web.AppRunner(web.Application())
+    origin.app.router.add_get("/", hello)
+    await origin.setup()
+    origin_port = free_port()
+    await web.TCPSite(origin, "127.0.0.1", origin_port).start()
+    zg = Zerogate(tmp_path, free_port(), free_port())
+    zg.tls = (
+        f"{{acme: {{email: ops@example.test, directory: '{pebble.directory}', "
+        f"ca_bundle: '{pebble.ca_file}', http: '127.0.0.1:{pebble.http_port}'}}}}"
+    )
+    zg.listen_extra = "fast_path: true"
+    zg.apply(
+        "applications:\n"
+        f"  - {{name: open, domain: open.example.test, origin: 'http://127.0.0.1:{origin_port}',"
+        " policies: [{name: all, decision: bypass, include: [{everyone: true}]}]}\n"
+    )
+    zg.start()
+    try:
+        trust = pebble.client_context()
+
+        async def answered() -> bytes | None:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", zg.port, ssl=trust, server_hostname="open.example.test"
+                )
+            except (ssl.SSLError, ConnectionError):
+                return None
+            writer.write(b"GET / HTTP/1.1\r\nHost: open.example.test\r\nConnection: close\r\n\r\n")
+            reply = await reader.read()
+            writer.close()
+            return reply
+
+        reply = await wait_for(answered, timeout=60, what="the application over HTTPS")
+        assert reply.startswith(b"HTTP/1.1 200"), reply
+        assert reply.endswith(b"hello https")  # the origin learns the request came over TLS
+    finally:
+        zg.stop()
+        await origin.cleanup()
