@@ -137,6 +137,13 @@ async def test_http01_orders_once_across_two_nodes_serves_by_sni_and_renews(
         assert names(first) == ["app.example.test"]
         portal = await served_cert(tls_port, "auth.example.test", trust)
         assert names(portal) == ["auth.example.test"]
+        # a client that names no host gets the portal's certificate
+        no_sni = ssl.create_default_context(cadata=pebble.issuing_roots())
+        no_sni.check_hostname = False
+        _r, writer = await asyncio.open_connection("127.0.0.1", tls_port, ssl=no_sni)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        assert names(x509.load_der_x509_certificate(der)) == ["auth.example.test"]
         # a name it has no certificate for gets no certificate at all
         with pytest.raises((ssl.SSLError, ConnectionResetError)):  # the handshake is refused
             await served_cert(tls_port, "unknown.example.test", trust)
@@ -423,3 +430,33 @@ async def test_the_fast_path_front_serves_over_acme_tls(
     finally:
         zg.stop()
         await origin.cleanup()
+
+
+async def test_the_challenge_port_caps_its_connections(
+    store: Store, pebble: Pebble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zerogate.autotls import http01
+    from zg_harness import free_port
+
+    monkeypatch.setattr(http01, "MAX_CONNECTIONS", 2)
+    listener = ChallengeListener(manager(store, pebble, {"app.example.test"}), https_port=443)
+    port = free_port()
+    await listener.start(listening(port))
+    try:
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        await wait_for(lambda: listener.open == 2, what="two connections held")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(5):  # closed at once (FIN or RST), nothing answered
+            try:
+                assert await reader.read() == b""
+            except ConnectionResetError:
+                pass
+        writer.close()
+        # the held ones are still served
+        held_reader, held_writer = held[0]
+        held_writer.write(b"GET / HTTP/1.1\r\nHost: app.example.test\r\n\r\n")
+        assert (await held_reader.read()).startswith(b"HTTP/1.1 308")
+        for _, w in held:
+            w.close()
+    finally:
+        await listener.stop()

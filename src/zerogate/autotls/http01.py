@@ -7,7 +7,8 @@ It answers exactly two things and proxies nothing:
   request here ever reaches an origin, the portal or the admin;
 - any other request for one of this server's hostnames: a 308 redirect to the same path on
   https (the port of ``listen.http`` unless it is 443). Unknown hosts get 404, malformed
-  requests 400; one request per connection, a head of at most 8 KiB within 10 seconds.
+  requests 400; one request per connection, a head of at most 8 KiB within 10 seconds, at most
+  :data:`MAX_CONNECTIONS` connections at once.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{22,128}")
 _TARGET = re.compile(r"/[\x21-\x7e]*")
 MAX_HEAD = 8192
 HEAD_TIMEOUT = 10.0
+#: connections served at once per worker; more are closed at once (a CA's validation is a
+#: handful of requests; nothing here is worth holding sockets for)
+MAX_CONNECTIONS = 256
 
 
 def _reply(status: int, reason: str, body: bytes = b"", extra: str = "") -> bytes:
@@ -49,6 +53,7 @@ class ChallengeListener:
         self.manager = manager
         self.https_port = https_port
         self.server: asyncio.AbstractServer | None = None
+        self.open = 0
 
     async def start(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -60,6 +65,10 @@ class ChallengeListener:
             self.server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open >= MAX_CONNECTIONS:
+            writer.transport.abort()
+            return
+        self.open += 1
         try:
             try:
                 async with asyncio.timeout(HEAD_TIMEOUT):
@@ -71,6 +80,7 @@ class ChallengeListener:
         except (ConnectionError, OSError):
             pass
         finally:
+            self.open -= 1
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
