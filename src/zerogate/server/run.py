@@ -99,6 +99,22 @@ def inherited_listener(what: str, address: str, backlog: int) -> socket.socket:
     return sock
 
 
+def acme_problem(settings: Settings, objects: Objects) -> str | None:
+    """Why ``listen.tls.acme`` cannot certify some application now (None: it can try all)."""
+    tls = settings.listen.tls
+    if tls is None or tls.acme is None or settings.dns is not None:
+        return None
+    wildcards = sorted(
+        a.domain.split("/", 1)[0] for a in objects.applications if a.domain.startswith("*.")
+    )
+    if not wildcards:
+        return None
+    return (
+        f"listen.tls.acme: {', '.join(wildcards)} can only be certified with the DNS-01 "
+        "challenge, which needs dns.rfc2136; until then TLS handshakes for these names fail"
+    )
+
+
 def front_listener(address: str, backlog: int) -> dict[str, object]:
     """``listen.fast_path``: this process binds the public port (the workers it forks inherit
     the socket and serve it with ``edge.front``) and granian listens on a Unix socket in a
@@ -155,6 +171,9 @@ def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bo
     if problem is not None:
         sys.stderr.write(f"error: {problem}\n")
         raise SystemExit(2)
+    problem = acme_problem(settings, objects)
+    if problem is not None:
+        sys.stderr.write(f"warning: {problem}\n")
     if workers == 1 and tunnels:
         problem = can_bind(settings.listen.tunnel)
         if problem is not None:
