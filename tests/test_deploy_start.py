@@ -193,3 +193,23 @@ def test_smtp_auth_without_tls_is_refused_by_the_config_check(tmp_path: Path) ->
     both.write_text("email: {outbox: true, smtp: {host: smtp.example.com}}\n")
     refused = run_cli("check", "-c", str(both))
     assert refused.returncode == 2 and "choose one way to send mail" in refused.stderr
+
+
+def test_acme_names_the_wildcards_it_cannot_certify_without_dns() -> None:
+    from zerogate.model import load_text
+    from zerogate.server.run import acme_problem
+
+    body = (
+        "listen: {tls: {acme: {email: ops@example.com}}}\n"
+        "applications:\n"
+        "  - {name: a, domain: a.example.com, origin: 'http://127.0.0.1:9', policies: "
+        "[{name: p, decision: allow, include: [{everyone: true}]}]}\n"
+        "  - {name: w, domain: '*.dev.example.com/x', origin: 'http://127.0.0.1:9', policies: "
+        "[{name: p, decision: allow, include: [{everyone: true}]}]}\n"
+    )
+    config = load_text(body).config
+    problem = acme_problem(config.settings(), config.objects())
+    assert problem is not None and "*.dev.example.com can only" in problem
+    assert "dns.rfc2136" in problem and "a.example.com" not in problem
+    plain = load_text(body.replace("acme: {email: ops@example.com}", "cert: a, key: b")).config
+    assert acme_problem(plain.settings(), plain.objects()) is None

@@ -1554,3 +1554,32 @@ def test_portal_is_a_host_or_a_public_url(
 )
 def test_a_portal_url_with_anything_but_scheme_host_and_port_is_refused(given: str) -> None:
     assert one_problem(f'portal: "{given}"\n').where == "portal"
+
+
+# -- listen.tls: certificate files or ACME ------------------------------------------------------
+
+
+def test_listen_tls_acme_has_caddy_like_defaults() -> None:
+    loaded = valid("listen: {tls: {acme: {email: Ops@Example.com}}}\n")
+    tls = loaded.config.settings().listen.tls
+    assert tls is not None and tls.acme is not None and tls.cert is None
+    acme = tls.acme
+    assert acme.email == "ops@example.com"
+    assert acme.directory == "https://acme-v02.api.letsencrypt.org/directory"
+    assert (acme.challenge, acme.http, acme.retry_after) == ("http-01", "0.0.0.0:80", "1m")
+
+
+@pytest.mark.parametrize(
+    ("tls", "says"),
+    [
+        ("{cert: a.pem, key: b.pem, acme: {email: a@b.c}}", "not both"),
+        ("{cert: a.pem}", "give cert and key"),
+        ("{}", "give cert and key"),
+        ("{acme: {email: a@b.c, directory: 'http://ca.example/dir'}}", "https://"),
+        ("{acme: {email: a@b.c, challenge: dns-01}}", "challenge"),
+        ("{acme: {email: not-an-address}}", "email"),
+    ],
+)
+def test_listen_tls_refuses_ambiguous_or_unsafe_settings(tls: str, says: str) -> None:
+    found = problems(f"listen: {{tls: {tls}}}\n")
+    assert any(says in str(p) for p in found), found

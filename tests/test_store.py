@@ -573,3 +573,68 @@ def test_alembic_command_line_environment(tmp_path: pathlib.Path) -> None:
     sql = config.output_buffer.getvalue()
     assert "CREATE TABLE objects" in sql
     assert "CONSTRAINT uq_objects_kind_name UNIQUE (kind, name)" in sql
+
+
+# -- leases and certificates (migration 0008, automatic HTTPS) --------------------------------
+
+
+async def test_a_lease_has_one_holder_until_it_expires_or_is_released(store: Store) -> None:
+    assert await store.try_lease("renewer", "node-a", 60)
+    assert not await store.try_lease("renewer", "node-b", 60)
+    assert await store.try_lease("renewer", "node-a", 60)  # the holder extends it
+    assert await store.lease_holder("renewer") == "node-a"
+    assert not await store.release_lease("renewer", "node-b")  # only the holder ends it
+    assert await store.lease_holder("renewer") == "node-a"
+    assert await store.release_lease("renewer", "node-a")
+    assert await store.lease_holder("renewer") is None
+    assert await store.try_lease("renewer", "node-b", 0)  # expires at once
+    assert await store.lease_holder("renewer") is None
+    assert await store.try_lease("renewer", "node-c", 60)  # an expired lease is free
+    assert await store.lease_holder("renewer") == "node-c"
+    # leases are independent of each other
+    assert await store.try_lease("other", "node-a", 60)
+
+
+async def test_of_many_racing_for_a_lease_exactly_one_gets_it(url: str) -> None:
+    stores = [await Store.open(url) for _ in range(4)]
+    try:
+        won = await asyncio.gather(
+            *(s.try_lease("race", f"node-{i}", 60) for i, s in enumerate(stores))
+        )
+    finally:
+        for s in stores:
+            await s.close()
+    assert sorted(won) == [False, False, False, True]
+
+
+async def test_certificate_private_keys_are_sealed_at_rest(store: Store) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from sqlalchemy import select
+
+    from zerogate.store.certificates import StoredCertificate
+    from zerogate.store.tables import certificates
+
+    key_pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    now = datetime.now(UTC)
+    cert = StoredCertificate(
+        "app.example.com", "CERT PEM", key_pem, now, now + timedelta(days=90), "CN=x", now
+    )
+    await store.put_certificate(cert)
+    async with store.engine.connect() as connection:
+        row = (await connection.execute(select(certificates))).one()
+    assert row.key_sealed.startswith("zgenc1:")
+    assert "PRIVATE KEY" not in row.key_sealed
+    assert key_pem.split("\n")[1] not in row.key_sealed
+    (back,) = await store.certificates()
+    assert back.key_pem == key_pem
+    assert back.host == "app.example.com"
+    assert list(await store.certificate_versions()) == ["app.example.com"]

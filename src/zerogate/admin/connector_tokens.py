@@ -65,7 +65,8 @@ def token_edges(settings: Settings | None) -> tuple[str, ...]:
 async def listener_fingerprint(store: Store, settings: Settings | None) -> str | None:
     """The generated listener certificate's fingerprint (made now if missing); ``None`` when
     ``listen.tls`` names a certificate."""
-    if settings is not None and settings.listen.tls is not None:
+    tls = settings.listen.tls if settings is not None else None
+    if tls is not None and tls.cert is not None:
         return None
     from zerogate.tunnel.routes import cert_hosts
 

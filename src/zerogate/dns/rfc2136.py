@@ -251,6 +251,19 @@ class Rfc2136Client:
         update.delete(marker_name(host), dns.rdatatype.TXT)
         self._check(await self._exchange(update), f"delete {host}")
 
+    async def add_txt(self, name: str, value: str, ttl: int = 60) -> None:
+        """Add one TXT record at ``name`` (other TXT records there stay: several ACME
+        challenges may wait at one name)."""
+        update = self._update()
+        update.add(_name(name), ttl, dns.rdatatype.TXT, _quote(value))
+        self._check(await self._exchange(update), f"add TXT {name}")
+
+    async def delete_txt(self, name: str, value: str) -> None:
+        """Remove the TXT record ``value`` at ``name`` (nothing when it is not there)."""
+        update = self._update()
+        update.delete(_name(name), dns.rdatatype.TXT, _quote(value))
+        self._check(await self._exchange(update), f"delete TXT {name}")
+
 
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

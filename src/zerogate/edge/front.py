@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -97,6 +98,9 @@ class FrontSettings:
     max_connections: int
     #: the settings' ``upstream_timeouts`` (an application's own ``timeouts`` win)
     timeouts: Timeouts = DEFAULT_TIMEOUTS
+    #: False: relay every request (the front only terminates TLS: ``listen.tls.acme``
+    #: without ``listen.fast_path``)
+    fast: bool = True
 
 
 def _status_line(status: int) -> bytes:
@@ -138,12 +142,18 @@ class Front:
         self._ticker: asyncio.Task[None] | None = None
         self._origins: dict[str, OriginAddress | None] = {}
 
-    async def start(self, sock: socket.socket) -> None:
+    async def start(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
+        """Serve ``sock``; with ``tls``, TLS is terminated here (its SNI callback may pick a
+        certificate per hostname: ``autotls``), the handshake bounded by ``header_timeout``."""
         loop = asyncio.get_running_loop()
         sock.setblocking(False)
         backlog = max(1024, self.settings.max_connections)
         self.server = await loop.create_server(
-            lambda: ClientConnection(self), sock=sock, backlog=backlog
+            lambda: ClientConnection(self),
+            sock=sock,
+            backlog=backlog,
+            ssl=tls,
+            ssl_handshake_timeout=self.settings.header_timeout if tls is not None else None,
         )
         self._ticker = loop.create_task(self._tick())
 
@@ -449,7 +459,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _classify(self) -> _Fast | None:
         """The fast-path plan for the request whose head just ended, or None (relay)."""
-        if not self._plain_head():
+        if not self.front.settings.fast or not self._plain_head():
             return None
         routed = self._route()
         if routed is None:

@@ -520,9 +520,53 @@ class Objects(_Strict):
     service_tokens: list[ServiceToken] = Field(default_factory=list)
 
 
+#: Let's Encrypt's production directory: the default of ``listen.tls.acme.directory``
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+class Acme(_Strict):
+    """``listen.tls.acme``: certificates obtained and renewed automatically (RFC 8555) for the
+    portal and every application hostname (see docs/deploy.md, "Automatic HTTPS")."""
+
+    #: the account's contact address (the CA's expiry warnings go there)
+    email: Annotated[str, AfterValidator(values.check_email)]
+    directory: str = LETS_ENCRYPT
+    #: how the CA checks a hostname: ``http-01`` (a request to port 80, see ``http``) or
+    #: ``tls-alpn-01`` (a TLS handshake on ``listen.http``, which must then be port 443);
+    #: wildcard hostnames always use ``dns-01`` through ``dns.rfc2136``
+    challenge: Literal["http-01", "tls-alpn-01"] = "http-01"
+    #: the plain-HTTP listener: answers HTTP-01 challenges and redirects every other request
+    #: for a served hostname to https; null for none (then only ``tls-alpn-01`` can work)
+    http: Annotated[str, AfterValidator(values.check_listen)] | None = "0.0.0.0:80"
+    #: a PEM file of CA certificates trusted for the directory (a private ACME server)
+    ca_bundle: str | None = None
+    #: the retry after a failed order starts here and doubles (with jitter) up to 1 hour
+    retry_after: Duration = "1m"
+
+    @field_validator("directory")
+    @classmethod
+    def _https_directory(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError("the ACME directory is an https:// URL")
+        return value
+
+
 class Tls(_Strict):
-    cert: str
-    key: str
+    """Certificate files (``cert`` + ``key``), or ``acme`` (not both)."""
+
+    cert: str | None = None
+    key: str | None = None
+    acme: Acme | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Tls:
+        files = self.cert is not None or self.key is not None
+        if self.acme is not None and files:
+            raise ValueError("give either cert + key (certificate files) or acme, not both")
+        if self.acme is None and (self.cert is None or self.key is None):
+            raise ValueError("give cert and key (certificate files), or acme")
+        return self
 
 
 class Listen(_Strict):

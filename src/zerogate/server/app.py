@@ -20,6 +20,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,9 @@ from zerogate import logsetup
 from zerogate.accesslog import LogKeeper
 from zerogate.admin.app import AdminFrontDoor
 from zerogate.admin.app import handles as admin_paths
+from zerogate.autotls.http01 import ChallengeListener
+from zerogate.autotls.manager import CertManager
+from zerogate.dns.routes import RouteDns
 from zerogate.edge import pipeline
 from zerogate.edge.front import CLIENT_HEADER, Front, FrontSettings
 from zerogate.edge.proxy import OriginProxy
@@ -105,7 +109,9 @@ class TunnelEndpoint:
     async def _context(self) -> Any:
         settings = self.svc.runtime.settings
         tls = settings.listen.tls
-        if tls is not None:
+        if tls is not None and tls.cert is not None and tls.key is not None:
+            # certificate files (with listen.tls.acme the listener keeps its generated,
+            # pinned certificate: connectors dial an address, not a name ACME could prove)
 
             def resolve(name: str) -> Path:
                 path = Path(name)
@@ -217,6 +223,9 @@ class ZerogateApp:
         #: ``listen.fast_path``: the worker's HTTP/1.1 front (``edge/front.py``), and the
         #: secret its relayed requests carry
         self.front: Front | None = None
+        #: ``listen.tls.acme``: the certificates (served by SNI, renewed) and the HTTP-01 port
+        self.certs: CertManager | None = None
+        self.challenges: ChallengeListener | None = None
         secret = os.environ.get("ZEROGATE_FRONT_SECRET")
         self.front_secret: bytes | None = secret.encode() if secret else None
 
@@ -279,10 +288,12 @@ class ZerogateApp:
                     idle_timeout=parse_duration(listen.idle_timeout).total_seconds(),
                     max_connections=listen.max_connections,
                     timeouts=upstream_timeouts(settings),
+                    fast=os.environ.get("ZEROGATE_FRONT_FAST", "1") == "1",
                 ),
             )
+            tls = await self._automatic_https(settings, base_dir, runtime)
             fd = os.dup(int(os.environ["ZEROGATE_FRONT_FD"]))
-            await self.front.start(socket.socket(fileno=fd))
+            await self.front.start(socket.socket(fileno=fd), tls)
             return
         self.guard = ConnectionGuard(
             port=int(listen.http.rpartition(":")[2]),
@@ -292,8 +303,43 @@ class ZerogateApp:
         )
         self.guard.start()
 
+    async def _automatic_https(
+        self, settings: Settings, base_dir: Path, runtime: Runtime
+    ) -> ssl.SSLContext | None:
+        """``listen.tls.acme``: load the stored certificates, start renewing, and serve the
+        HTTP-01 port (inherited from ``zerogate server``); the TLS context for the front."""
+        tls = settings.listen.tls
+        if tls is None or tls.acme is None:
+            return None
+        route_dns = RouteDns.from_settings(settings)
+
+        def hostnames() -> list[str]:
+            return [app.host for app in runtime.snapshot.apps.values()]
+
+        self.certs = CertManager(
+            runtime.store,
+            tls.acme,
+            hostnames=hostnames,
+            portal_host=runtime.portal_host,
+            dns=route_dns.client if route_dns is not None else None,
+            base_dir=base_dir,
+        )
+        await self.certs.refresh()
+        self.certs.start()
+        fd = os.environ.get("ZEROGATE_ACME_HTTP_FD")
+        if fd is not None:
+            self.challenges = ChallengeListener(
+                self.certs, https_port=int(settings.listen.http.rpartition(":")[2])
+            )
+            await self.challenges.start(socket.socket(fileno=os.dup(int(fd))))
+        return self.certs.context
+
     async def shutdown(self) -> None:
         svc = self.svc
+        if self.challenges is not None:
+            await self.challenges.stop()
+        if self.certs is not None:
+            await self.certs.stop()
         if self.front is not None:
             await self.front.stop()
         if self.guard is not None:

@@ -80,6 +80,41 @@ def mail_problem(settings: Settings, objects: Objects) -> str | None:
     )
 
 
+def inherited_listener(what: str, address: str, backlog: int) -> socket.socket:
+    """A listening socket on ``address`` that the workers this process forks inherit (kept
+    open for the life of the process); exits with code 2 when it cannot be bound."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the operator's listen address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        fail_closed(what, address, exc.strerror or str(exc))
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    _keep.append(sock)
+    return sock
+
+
+def acme_problem(settings: Settings, objects: Objects) -> str | None:
+    """Why ``listen.tls.acme`` cannot certify some application now (None: it can try all)."""
+    tls = settings.listen.tls
+    if tls is None or tls.acme is None or settings.dns is not None:
+        return None
+    wildcards = sorted(
+        a.domain.split("/", 1)[0] for a in objects.applications if a.domain.startswith("*.")
+    )
+    if not wildcards:
+        return None
+    return (
+        f"listen.tls.acme: {', '.join(wildcards)} can only be certified with the DNS-01 "
+        "challenge, which needs dns.rfc2136; until then TLS handshakes for these names fail"
+    )
+
+
 def front_listener(address: str, backlog: int) -> dict[str, object]:
     """``listen.fast_path``: this process binds the public port (the workers it forks inherit
     the socket and serve it with ``edge.front``) and granian listens on a Unix socket in a
@@ -136,6 +171,9 @@ def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bo
     if problem is not None:
         sys.stderr.write(f"error: {problem}\n")
         raise SystemExit(2)
+    problem = acme_problem(settings, objects)
+    if problem is not None:
+        sys.stderr.write(f"warning: {problem}\n")
     if workers == 1 and tunnels:
         problem = can_bind(settings.listen.tunnel)
         if problem is not None:
@@ -159,13 +197,28 @@ def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bo
         "address": host.strip("[]") or "0.0.0.0",  # noqa: S104 - the operator chose to listen there
         "port": int(port),
     }
-    if settings.listen.fast_path:
-        if tls is not None:
-            sys.stderr.write(
-                "error: listen.fast_path does not serve TLS yet; remove listen.fast_path or "
-                "listen.tls\n"
+    acme = tls.acme if tls is not None else None
+    if settings.listen.fast_path and tls is not None and acme is None:
+        sys.stderr.write(
+            "error: listen.fast_path does not serve TLS from certificate files yet; remove "
+            "listen.fast_path, or use listen.tls.acme\n"
+        )
+        raise SystemExit(2)
+    if acme is not None:
+        # automatic HTTPS: the workers' fronts terminate TLS (the certificate is picked per
+        # hostname and changes at runtime: granian's one certificate file cannot) and relay
+        # to granian's private socket; see docs/deploy.md "Automatic HTTPS (ACME)"
+        if acme.http is not None:
+            problem = can_bind(acme.http)
+            if problem is not None:
+                fail_closed("listen.tls.acme.http", acme.http, problem)
+        bind = front_listener(settings.listen.http, settings.listen.max_connections)
+        os.environ["ZEROGATE_FRONT_FAST"] = "1" if settings.listen.fast_path else "0"
+        if acme.http is not None:
+            os.environ["ZEROGATE_ACME_HTTP_FD"] = str(
+                inherited_listener("listen.tls.acme.http", acme.http, 1024).fileno()
             )
-            raise SystemExit(2)
+    elif settings.listen.fast_path:
         bind = front_listener(settings.listen.http, settings.listen.max_connections)
 
     def resolve(p: str) -> Path:
@@ -179,8 +232,8 @@ def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bo
         workers=workers,
         factory=True,
         log_access=False,
-        ssl_cert=resolve(tls.cert) if tls else None,
-        ssl_key=resolve(tls.key) if tls else None,
+        ssl_cert=resolve(tls.cert) if tls is not None and tls.cert is not None else None,
+        ssl_key=resolve(tls.key) if tls is not None and tls.key is not None else None,
         websockets=True,
         # connection limits (SPEC "HTTP contract"); what granian cannot do, the workers'
         # ConnectionGuard does (server/connections.py)

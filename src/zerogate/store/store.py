@@ -21,7 +21,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from zerogate.model.objects import Objects
+from zerogate.store import certificates as certstore
 from zerogate.store import logs, migrate, runtime, tunnels
 from zerogate.store.diff import Change, Plan, Row, canonical, diff, objects_of, rows_of
 from zerogate.store.engine import create_engine, is_memory, sqlite_file, write_lock
@@ -470,6 +471,77 @@ class Store:
                 async with self._writing() as connection:
                     self._server_secret = await runtime.server_secret(connection, _now(), self._box)
         return self._server_secret
+
+    # -- automatic HTTPS: certificates, ACME challenges, leases (store/certificates.py) ------
+
+    async def _key_box(self) -> SecretBox:
+        return certstore.key_box(await self.server_secret())
+
+    async def put_certificate(self, cert: certstore.StoredCertificate) -> None:
+        box = await self._key_box()
+        with self._errors("store a certificate"):
+            async with self._writing() as connection:
+                await certstore.put_certificate(connection, cert, box)
+
+    async def certificate_versions(self) -> dict[str, datetime]:
+        with self._errors("read the certificates"):
+            async with self._single() as connection:
+                return await certstore.certificate_versions(connection)
+
+    async def certificates(self) -> list[certstore.StoredCertificate]:
+        box = await self._key_box()
+        with self._errors("read the certificates"):
+            async with self._reading() as connection:
+                return await certstore.all_certificates(connection, box)
+
+    async def put_challenge(self, challenge: certstore.Challenge) -> None:
+        with self._errors("store an ACME challenge"):
+            async with self._writing() as connection:
+                await certstore.put_challenge(connection, challenge)
+
+    async def delete_challenge(self, challenge_id: str) -> None:
+        with self._errors("remove an ACME challenge"):
+            async with self._writing() as connection:
+                await certstore.delete_challenge(connection, challenge_id)
+
+    async def challenges(self) -> list[certstore.Challenge]:
+        """The ACME challenges an order waits for now."""
+        with self._errors("read the ACME challenges"):
+            async with self._single() as connection:
+                return await certstore.live_challenges(connection, _now())
+
+    async def challenge(self, challenge_id: str) -> certstore.Challenge | None:
+        with self._errors("read an ACME challenge"):
+            async with self._single() as connection:
+                return await certstore.live_challenge(connection, challenge_id, _now())
+
+    async def forget_challenges(self) -> None:
+        with self._errors("remove expired ACME challenges"):
+            async with self._writing() as connection:
+                await certstore.forget_challenges(connection, _now())
+
+    async def try_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Take lease ``name`` for ``holder`` for ``ttl`` seconds (or extend it when ``holder``
+        has it); False while another holder's lease is unexpired. One statement decides, so
+        of several processes or nodes racing for it at most one gets it."""
+        now = _now()
+        with self._errors("take a lease"):
+            async with self._writing() as connection:
+                return await certstore.try_lease(
+                    connection, name, holder, now, now + timedelta(seconds=ttl)
+                )
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        """End ``holder``'s lease ``name`` early (False when it does not hold it)."""
+        with self._errors("release a lease"):
+            async with self._writing() as connection:
+                return await certstore.release_lease(connection, name, holder)
+
+    async def lease_holder(self, name: str) -> str | None:
+        """Who holds lease ``name`` now (None when nobody does)."""
+        with self._errors("read a lease"):
+            async with self._single() as connection:
+                return await certstore.lease_holder(connection, name, _now())
 
     async def keyset(self) -> tuple[dict[str, Any] | None, int]:
         """The signing key set document and its generation; ``(None, 0)`` before the first

@@ -275,3 +275,41 @@ log_writers = Table(
     Column("state", String(16), nullable=False),
     Index("ix_log_writers_state", "state"),
 )
+
+# -- automatic HTTPS (migration 0008) ----------------------------------------------------------
+
+#: one row per certificate ``listen.tls.acme`` obtained (one hostname each, ``*.`` included):
+#: the chain as PEM and its private key sealed with a key derived from the server secret
+#: (``store/certificates.py``), so every node serves it
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("host", String(255), primary_key=True),
+    Column("cert_pem", Text, nullable=False),
+    Column("key_sealed", Text, nullable=False),
+    Column("not_before", UTCDateTime, nullable=False),
+    Column("not_after", UTCDateTime, nullable=False),
+    Column("issuer", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+#: the challenges an order is waiting for: ``http-01`` (``token`` → key authorization) and
+#: ``tls-alpn-01`` (``host`` → key authorization); every node answers them, nothing else
+acme_challenges = Table(
+    "acme_challenges",
+    metadata,
+    Column("id", String(300), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("value", Text, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
+#: named leases: at most one holder at a time, until ``expires_at`` (``Store.try_lease``)
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
