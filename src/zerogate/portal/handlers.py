@@ -385,7 +385,7 @@ async def otp_start(
         # the same for every address, so it reveals none)
         await again(503, email, "We cannot send email just now. Please try again in a minute.")
         return
-    limit = svc.pins.hit(email, ip, now)
+    limit = await svc.limits.pin_send(email, ip, now)
     if not limit.allowed:
         record_login(decision="block", detail="pin rate limited")
         minutes = max(1, int(limit.retry_after // 60) + 1)
