@@ -267,7 +267,7 @@ def hit_all(
         kept.append(window)
     if all(d.allowed for d in decisions):
         return RateDecision(True), [
-            (window + [now])[-limit.events :] for window, limit in zip(kept, limits, strict=True)
+            [*window, now][-limit.events :] for window, limit in zip(kept, limits, strict=True)
         ]
     return RateDecision(False, max(d.retry_after for d in decisions)), kept
 

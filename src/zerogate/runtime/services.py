@@ -3,8 +3,8 @@
 One ``Services`` per process (per granian worker): the in-memory runtime (snapshot, keys,
 revocations), the upstreams (the origin proxy, the tunnel listener once it runs: both only as
 :class:`~zerogate.net.upstream.Upstream`, so this layer imports no surface), the mailer, the
-access-log writer, the rate limits (kept in the store: ``limits``) and the page templates. Built and torn down only by
-``zerogate.server`` on ASGI lifespan.
+access-log writer, the rate limits (kept in the store: ``limits``) and the page templates.
+Built and torn down only by ``zerogate.server`` on ASGI lifespan.
 """
 
 from __future__ import annotations
