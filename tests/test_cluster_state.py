@@ -77,18 +77,6 @@ applications:
 STAFF = ["sam@example.com", "tia@example.com", "gus@example.com"]
 
 
-@dataclass
-class Node(Zerogate):
-    """A ``zerogate server`` whose store is the cluster's PostgreSQL database."""
-
-    storage: str = ""
-
-    def write(self, body: str) -> None:
-        super().write(body)
-        text = self.config.read_text()
-        self.config.write_text(text.replace("sqlite:///zerogate.db", self.storage))
-
-
 class ClusterBrowser(HttpBrowser):
     """An :class:`HttpBrowser` whose requests go to the node on port ``via`` (set before each
     request), whatever port the URL names; the ``Host`` header stays the URL's."""
@@ -104,17 +92,17 @@ class ClusterBrowser(HttpBrowser):
 
 @dataclass
 class Cluster:
-    nodes: list[Node]
+    nodes: list[Zerogate]
     outbox: ThreadedOutbox
     url: str
     admin_token: str
 
     @property
-    def a(self) -> Node:
+    def a(self) -> Zerogate:
         return self.nodes[0]
 
     @property
-    def c(self) -> Node:
+    def c(self) -> Zerogate:
         return self.nodes[2]
 
     def app_url(self, host: str, path: str = "/") -> str:
@@ -132,7 +120,7 @@ def cluster(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     portal = f"auth.localhost:{ports[0]}"
     origin = VerifyingOrigin(f"http://{portal}/.zerogate/certs", f"https://{portal}").start()
     nodes = [
-        Node(
+        Zerogate(
             tmp_path_factory.mktemp(f"node{i}"),
             port,
             outbox.port,

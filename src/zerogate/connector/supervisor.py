@@ -1,7 +1,13 @@
 """The connector process: keeps ``ha_connections`` connections to the edges up, drains on SIGTERM.
 
-:class:`Connector` runs one *slot* per HA connection. Slot ``i`` dials edge ``i mod n`` (the
-next edge after each failure, so a dead edge does not hold a slot) and, when its connection
+The edges are the token's addresses (or ``--edge``); a name that resolves to several IPv4
+addresses (or, with none, several IPv6 ones) counts as that many edges (``spread_edges``, at
+start), so one DNS name for a cluster spreads the connections like a list of addresses.
+
+:class:`Connector` runs one *slot* per HA connection. Slot ``i`` dials edge ``i mod n`` (so the
+connections are spread over every edge; the next edge after each failure, so a dead edge does
+not hold a slot: an edge that dies loses its connections to the others within the backoff)
+and, when its connection
 ends, redials after a jittered exponential backoff (:class:`~zerogate.connector.backoff.Backoff`:
 0.5 s doubling to 30 s, full jitter; back to 0.5 s once a connection had been registered for
 ``healthy_after`` seconds), cut short when the edge that was unreachable answers TCP again
@@ -22,11 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import random
 import signal
+import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -119,6 +128,7 @@ class Connector:
         """Serve until shut down; the exit code: 0, or 1 after a second signal."""
         if signals:
             self.install_signal_handlers()
+        self.config.edges = await spread_edges(self.config.edges)
         await self.metrics_server.start()
         log.info(
             "connector starting",
@@ -285,6 +295,51 @@ class Connector:
     @property
     def registered_connections(self) -> int:
         return self.metrics.registered
+
+
+Resolver = Callable[[str, int], Awaitable[list[tuple[Any, ...]]]]
+
+
+async def _getaddrinfo(host: str, port: int) -> list[tuple[Any, ...]]:
+    return await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
+async def spread_edges(
+    edges: list[EdgeAddress], resolve: Resolver = _getaddrinfo
+) -> list[EdgeAddress]:
+    """``edges`` with every name that resolves to several IPv4 addresses (or, without IPv4,
+    several IPv6 ones) replaced by one edge per address, which keeps the name for TLS. A name
+    with one address per family stays a name (the system then tries each family in turn, as
+    for ``localhost``), as does one that cannot be resolved now (dialling will say why)."""
+    spread: list[EdgeAddress] = []
+    for edge in edges:
+        try:
+            ipaddress.ip_address(edge.host)
+            literal = True
+        except ValueError:
+            literal = False
+        if literal or edge.name is not None:
+            spread.append(edge)
+            continue
+        try:
+            found = await resolve(edge.host, edge.port)
+        except OSError as exc:
+            log.warning("cannot resolve the edge name now", edge=str(edge), error=str(exc))
+            spread.append(edge)
+            continue
+        v4 = list(dict.fromkeys(str(i[4][0]) for i in found if i[0] == socket.AF_INET))
+        v6 = list(dict.fromkeys(str(i[4][0]) for i in found if i[0] == socket.AF_INET6))
+        addresses = v4 if len(v4) > 1 else v6 if not v4 and len(v6) > 1 else []
+        if not addresses:
+            spread.append(edge)
+            continue
+        log.info(
+            "the edge name has several addresses: one edge each",
+            edge=str(edge),
+            addresses=addresses,
+        )
+        spread += [EdgeAddress(a, edge.port, name=edge.host) for a in addresses]
+    return list(dict.fromkeys(spread))
 
 
 async def _came_back(edge: EdgeAddress, interval: float) -> None:
