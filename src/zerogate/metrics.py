@@ -29,6 +29,12 @@ know about metrics.
 
 Label values must stay few: application names and fixed words, never emails, IPs or paths.
 
+Several edges (docs/cluster.md, "Metrics"): each process counts what it handled, once, and
+Prometheus scrapes each edge as its own target (the ``instance`` label names it): sum counters
+over instances; ``zerogate_config_version`` is the same gauge on every edge (min/max, never
+sum). An edge that only forwards a request for another must not count it in
+``zerogate_requests_total`` again.
+
 Several workers (``--workers N``): each process has its own registry, so a scrape sees only the
 worker that answered it. Aggregating across workers needs prometheus-client's multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR`` set before the first import, a ``MultiProcessCollector`` on

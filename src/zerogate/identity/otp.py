@@ -1,13 +1,16 @@
 """One-time PIN logic as pure functions over a record the caller stores.
 
 This module owns: making a PIN, hashing it, checking a candidate (single use, 10 minutes,
-5 wrong tries), and the send rate limits (per address and per client IP). It stores nothing
-durable and sends no mail.
+5 wrong tries), and the send rate limits (per address and per client IP: the sliding-window
+rule ``slide`` / ``hit_all``, which the server runs in the store so that every process counts
+together, ``zerogate.runtime.limits``; ``RateLimiter`` / ``PinSendLimiter`` keep the same rule
+in memory). It stores nothing durable and sends no mail.
 
 How a caller uses it (the portal):
 
-1. ``limiter.hit(email, client_ip, now)``; if refused, show the same page anyway (the page never
-   says whether an address may log in) and send nothing.
+1. Count the send against the limits (``hit_all`` over the address's and the client's
+   windows; the portal: ``svc.limits.pin_send``); if refused, say "too many codes" whatever the
+   address (the limit never depends on whether an address may log in) and send nothing.
 2. ``pin, record = issue_pin(email, app, secret=..., now=now)``; store ``record`` under
    ``record.key`` — **one record per (email, app)**, so storing the new record replaces, and
    thereby voids, any earlier PIN for that pair. Mail ``pin``; never store it.
