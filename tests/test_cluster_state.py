@@ -83,6 +83,10 @@ class ClusterBrowser(HttpBrowser):
 
     via: int = 0
 
+    async def __aenter__(self) -> ClusterBrowser:
+        await super().__aenter__()
+        return self
+
     def request_args(
         self, method: str, url: str, headers: Mapping[str, str] | None = None
     ) -> tuple[URL, dict[str, str]]:

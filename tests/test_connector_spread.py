@@ -22,7 +22,7 @@ from zerogate.connector.tls import EdgeAddress, EdgeTrust
 from zerogate.tunnel.protocol import Registration
 
 
-def resolver(table: dict[str, list[tuple[int, str]]]) -> Any:
+def resolver(table: dict[str, list[tuple[socket.AddressFamily, str]]]) -> Any:
     async def resolve(host: str, port: int) -> list[tuple[Any, ...]]:
         if host not in table:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")

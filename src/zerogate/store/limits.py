@@ -56,11 +56,12 @@ async def hit_windows(
         raise ValueError("each key once")
     windows: dict[str, list[float]] = {}
     for key in sorted(seconds):
-        statement = _insert(connection, rate_windows).values(key=key, hits="[]", expires_at=now)
-        statement = statement.on_conflict_do_update(
+        insert = _insert(connection, rate_windows).values(key=key, hits="[]", expires_at=now)
+        # the no-op update takes the row's lock; RETURNING reads it in the same statement
+        lock_and_read = insert.on_conflict_do_update(
             index_elements=["key"], set_={"hits": rate_windows.c.hits}
         ).returning(rate_windows.c.hits, rate_windows.c.expires_at)
-        hits, expires_at = (await connection.execute(statement)).one()
+        hits, expires_at = (await connection.execute(lock_and_read)).one()
         windows[key] = _hits(hits) if expires_at > now else []
     result, stored = decide([windows[key] for key, _ in keys])
     if len(stored) != len(keys):
