@@ -27,8 +27,11 @@ import pytest
 
 import test_store as base
 from edge_harness import Origin
-from harness import free_port, wait_for_port, wait_until
+from harness import free_port, wait_for, wait_for_port, wait_until
+from zerogate.connector import Connector, ConnectorConfig, ingress
+from zerogate.connector.tls import EdgeTrust, parse_edge
 from zerogate.store import Store, TunnelConnection, storage_url
+from zerogate.tunnel.token import decode
 from zg_harness import ZEROGATE, Zerogate, wait_ready, worker_pids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -60,6 +63,8 @@ class Setup:
     metrics_port: int
     url: str
     workdir: Path
+    token: str
+    origin_url: str
 
 
 def status_via(edge: Zerogate) -> int | None:
@@ -148,7 +153,16 @@ def setup(pg_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 env={**os.environ, "ZEROGATE_TUNNEL_TOKEN": issued["token"]},
             )
         wait_until(lambda: connector_connections(metrics_port) == HA, timeout=30)
-        yield Setup(edges, tunnel_ports, connector, metrics_port, storage_url(pg_database), workdir)
+        yield Setup(
+            edges,
+            tunnel_ports,
+            connector,
+            metrics_port,
+            storage_url(pg_database),
+            workdir,
+            issued["token"],
+            origin.url,
+        )
     finally:
         if connector is not None:
             connector.terminate()
@@ -191,3 +205,50 @@ def test_the_connector_spreads_over_both_edges_and_leaves_a_dead_one(setup: Setu
     assert setup.connector.poll() is None
     for _ in range(20):
         assert status_via(survivor) == 200
+
+
+async def test_connections_move_back_when_their_edge_returns(setup: Setup) -> None:
+    """After an edge came back, the connections that left it return (draining, one slot at a
+    time), so the connector is spread over both edges again: here with ``rehome_after`` 1 s
+    (30 s by default), an in-process connector against the two servers."""
+    for edge in setup.edges:  # the previous test killed one
+        if edge.proc is None or edge.proc.poll() is not None:
+            edge.start()
+            wait_ready(edge)
+    token = decode(setup.token)
+    config = ConnectorConfig(
+        token=setup.token,
+        tunnel=token,
+        edges=[parse_edge(e) for e in token.edges],
+        rules=ingress.from_url(setup.origin_url),
+        trust=EdgeTrust(fingerprint=token.fingerprint),
+        ha_connections=HA,
+        metrics_address="127.0.0.1:0",
+        grace_period=2.0,
+        rehome_after=1.0,
+    )
+    connector = Connector(config)
+    running = asyncio.create_task(connector.run(signals=False))
+
+    def spread() -> list[int]:
+        ports = [c.edge.port for c in connector.connections if c.registered.is_set()]
+        return [ports.count(p) for p in setup.tunnel_ports]
+
+    try:
+        await wait_for(lambda: spread() == [2, 2], timeout=20)
+        first, second = setup.edges
+        assert second.proc is not None
+        second.proc.send_signal(signal.SIGINT)  # a graceful stop: its connections drain
+        await asyncio.to_thread(second.proc.wait, 20)
+        await wait_for(lambda: spread() == [HA, 0], timeout=BACKOFF_CAP_SECONDS)
+        second.start()
+        await asyncio.to_thread(wait_ready, second)
+        back = time.monotonic()
+        await wait_for(lambda: spread() == [2, 2], timeout=20)
+        print(f"\nspread again {time.monotonic() - back:.2f} s after the edge was back")
+        # (off the loop: the in-process connector on this loop serves the request)
+        assert await asyncio.to_thread(status_via, first) == 200
+        assert await asyncio.to_thread(status_via, second) == 200
+    finally:
+        connector.shutdown()
+        await asyncio.wait_for(running, 15)

@@ -4,19 +4,19 @@ The edges are the token's addresses (or ``--edge``); a name that resolves to sev
 addresses (or, with none, several IPv6 ones) counts as that many edges (``spread_edges``, at
 start), so one DNS name for a cluster spreads the connections like a list of addresses.
 
-:class:`Connector` runs one *slot* per HA connection. Slot ``i`` dials edge ``i mod n`` (so the
-connections are spread over every edge; the next edge after each failure, so a dead edge does
-not hold a slot: an edge that dies loses its connections to the others within the backoff)
-and, when its connection
-ends, redials after a jittered exponential backoff (:class:`~zerogate.connector.backoff.Backoff`:
-0.5 s doubling to 30 s, full jitter; back to 0.5 s once a connection had been registered for
-``healthy_after`` seconds), cut short when the edge that was unreachable answers TCP again
-(checked about once a second, so a short outage costs seconds, not the cap). The other slots
-keep serving meanwhile. A permanent refusal by the
-edge (bad or revoked token, unsupported version) is logged as an error on every attempt and
-retried only slowly (2.5–5 s, doubling to a 60 s cap), never in a hot loop. When the edge drains a
-connection (GOAWAY), the slot dials its replacement at once while the old one finishes its
-streams.
+:class:`Connector` runs one *slot* per HA connection. Slot ``i`` dials edge ``i mod n``, so
+the connections are spread over every edge (the next edge after each failure, so a dead edge
+does not hold a slot: an edge that dies loses its connections to the others within the
+backoff; a connection away from its own edge moves back, draining, once that edge has answered
+TCP again after ``rehome_after``, 30 s). When its connection ends, a slot redials after a
+jittered exponential backoff (:class:`~zerogate.connector.backoff.Backoff`: 0.5 s doubling to
+30 s, full jitter; back to 0.5 s once a connection had been registered for ``healthy_after``
+seconds), cut short when the edge that was unreachable answers TCP again (checked about once a
+second, so a short outage costs seconds, not the cap). The other slots keep serving
+meanwhile. A permanent refusal by the edge (bad or revoked token, unsupported version) is
+logged as an error on every attempt and retried only slowly (2.5–5 s, doubling to a 60 s cap),
+never in a hot loop. When the edge drains a connection (GOAWAY), the slot dials its
+replacement at once while the old one finishes its streams.
 
 Shutdown (:meth:`Connector.shutdown`, on the first SIGTERM or SIGINT): every connection sends
 GOAWAY, so the edge sends no new streams and moves new requests to other connectors; in-flight
@@ -58,6 +58,8 @@ from zerogate.tunnel.token import TunnelToken
 log = structlog.get_logger("zerogate.connector")
 
 FEATURES = frozenset({"websocket"})
+#: the longest a connection away from its own edge waits before trying to move back
+REHOME_CAP = 600.0
 
 
 @dataclass(slots=True)
@@ -79,6 +81,10 @@ class ConnectorConfig:
     #: the multiplexer), so connectors may be upgraded before their edges
     protocol: int | None = None
     healthy_after: float = 10.0
+    #: a connection away from its own edge (slot ``i``'s is edge ``i mod n``) moves back once
+    #: that edge has answered TCP again after this long (doubling after each failed return,
+    #: up to ``REHOME_CAP``), so the connections spread again after an edge came back
+    rehome_after: float = 30.0
     #: while a slot backs off from an unreachable edge, how often it checks (TCP) whether
     #: the edge is back (jittered)
     probe_interval: float = 1.0
@@ -201,8 +207,12 @@ class Connector:
         )
         offset = 0
         protocol = cfg.protocol or PROTOCOL_VERSION
+        n = len(cfg.edges)
+        home = cfg.edges[index % n]
+        rehome_failures = 0
+        going_home = False
         while not self.stopping:
-            edge = cfg.edges[(index + offset) % len(cfg.edges)]
+            edge = cfg.edges[(index + offset) % n]
             conn = EdgeConnection(
                 edge,
                 self._registration(index, protocol),
@@ -221,10 +231,25 @@ class Connector:
             if self.stopping:  # a signal arrived while we were dialling
                 conn.go_away()
             replaced = asyncio.create_task(conn.edge_goaway.wait())
+            waits: set[asyncio.Future[Any]] = {task, replaced}
+            rehome: asyncio.Task[None] | None = None
+            if edge != home:
+                delay = min(REHOME_CAP, cfg.rehome_after * 2**rehome_failures)
+                rehome = asyncio.create_task(_reachable_after(home, delay, cfg.probe_interval))
+                waits.add(rehome)
             try:
-                await asyncio.wait({task, replaced}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 replaced.cancel()
+                if rehome is not None:
+                    rehome.cancel()
+            if not task.done() and rehome is not None and rehome in done and not self.stopping:
+                # This slot's own edge is back: drain this connection, dial that edge now.
+                log.info("own edge reachable again; moving back", conn=index, edge=str(home))
+                conn.go_away("connector moving this connection to its own edge")
+                offset, going_home = 0, True
+                self.metrics.reconnects.inc()
+                continue
             if not task.done():
                 # The edge drains this connection: replace it now, let it finish on its own.
                 backoff.reset()
@@ -234,6 +259,9 @@ class Connector:
             outcome = task.result()
             if self.stopping:
                 return
+            if going_home:  # a return that did not register waits longer before the next
+                rehome_failures = 0 if outcome.registered else min(rehome_failures + 1, 16)
+                going_home = False
             if (
                 outcome.refused is RefusalReason.VERSION_UNSUPPORTED
                 and cfg.protocol is None
@@ -269,7 +297,7 @@ class Connector:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
             else:
-                next_edge = cfg.edges[(index + offset) % len(cfg.edges)]
+                next_edge = cfg.edges[(index + offset) % n]
                 await self._wait_or_edge_back(next_edge, delay)
 
     async def _wait_or_edge_back(self, edge: EdgeAddress, delay: float) -> None:
@@ -295,6 +323,21 @@ class Connector:
     @property
     def registered_connections(self) -> int:
         return self.metrics.registered
+
+
+async def _reachable_after(edge: EdgeAddress, delay: float, interval: float) -> None:
+    """Returns once ``edge`` accepts a TCP connection, checked every ~``interval`` from
+    ``delay`` on."""
+    await asyncio.sleep(delay)
+    while True:
+        try:
+            async with asyncio.timeout(interval):
+                _, writer = await asyncio.open_connection(edge.host, edge.port)
+        except (OSError, TimeoutError):
+            await asyncio.sleep(random.uniform(interval / 2, interval * 1.5))
+            continue
+        writer.transport.abort()
+        return
 
 
 Resolver = Callable[[str, int], Awaitable[list[tuple[Any, ...]]]]
