@@ -7,16 +7,17 @@ start), so one DNS name for a cluster spreads the connections like a list of add
 :class:`Connector` runs one *slot* per HA connection. Slot ``i`` dials edge ``i mod n``, so
 the connections are spread over every edge (the next edge after each failure, so a dead edge
 does not hold a slot: an edge that dies loses its connections to the others within the
-backoff; a connection away from its own edge moves back, draining, once that edge has answered
-TCP again after ``rehome_after``, 30 s). When its connection ends, a slot redials after a
-jittered exponential backoff (:class:`~zerogate.connector.backoff.Backoff`: 0.5 s doubling to
-30 s, full jitter; back to 0.5 s once a connection had been registered for ``healthy_after``
-seconds), cut short when the edge that was unreachable answers TCP again (checked about once a
-second, so a short outage costs seconds, not the cap). The other slots keep serving
-meanwhile. A permanent refusal by the edge (bad or revoked token, unsupported version) is
-logged as an error on every attempt and retried only slowly (2.5–5 s, doubling to a 60 s cap),
-never in a hot loop. When the edge drains a connection (GOAWAY), the slot dials its
-replacement at once while the old one finishes its streams.
+backoff; a connection away from its own edge moves back, draining, as soon as that edge
+answers TCP again, at the earliest ``rehome_after`` (30 s) after it moved). When its
+connection ends, a slot redials after a jittered exponential backoff
+(:class:`~zerogate.connector.backoff.Backoff`: 0.5 s doubling to 30 s, full jitter; back to
+0.5 s once a connection had been registered for ``healthy_after`` seconds), cut short when the
+edge that was unreachable answers TCP again (checked about once a second, so a short outage
+costs seconds, not the cap). The other slots keep serving meanwhile. A permanent refusal by
+the edge (bad or revoked token, unsupported version) is logged as an error on every attempt
+and retried only slowly (2.5–5 s, doubling to a 60 s cap), never in a hot loop. When the edge
+drains a connection (GOAWAY), the slot dials its replacement at once while the old one
+finishes its streams.
 
 Shutdown (:meth:`Connector.shutdown`, on the first SIGTERM or SIGINT): every connection sends
 GOAWAY, so the edge sends no new streams and moves new requests to other connectors; in-flight
@@ -81,9 +82,10 @@ class ConnectorConfig:
     #: the multiplexer), so connectors may be upgraded before their edges
     protocol: int | None = None
     healthy_after: float = 10.0
-    #: a connection away from its own edge (slot ``i``'s is edge ``i mod n``) moves back once
-    #: that edge has answered TCP again after this long (doubling after each failed return,
-    #: up to ``REHOME_CAP``), so the connections spread again after an edge came back
+    #: a connection away from its own edge (slot ``i``'s is edge ``i mod n``) moves back as
+    #: soon as that edge answers TCP again, at the earliest this long after it moved (doubling
+    #: after each failed return, up to ``REHOME_CAP``): the connections spread again after an
+    #: edge came back
     rehome_after: float = 30.0
     #: while a slot backs off from an unreachable edge, how often it checks (TCP) whether
     #: the edge is back (jittered)
