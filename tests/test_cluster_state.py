@@ -373,3 +373,72 @@ def _json(value: Any) -> bytes:
     import json
 
     return json.dumps(value).encode()
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one series in a Prometheus text exposition (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        metric, _, rest = series.partition("{")
+        found = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+        if metric == name and found == want:
+            return float(value)
+    return 0.0
+
+
+async def test_each_edge_counts_what_it_handled_once(cluster: Cluster) -> None:
+    """Metrics are per process: seven requests through B are counted by B and by nobody else
+    (summing over the edges gives seven); a change made on A is swapped in, and counted, by
+    every edge, which all report its configuration version."""
+    keyset = await _keyset(cluster)
+    cookie = _session(keyset, cluster, "docs", "counter@example.com")
+    admin = {"Authorization": f"Bearer {cluster.admin_token}", "Content-Type": "application/json"}
+    async with ClusterBrowser(source="127.0.0.29") as browser:
+
+        async def scrape() -> list[str]:
+            texts = []
+            for node in cluster.nodes:
+                browser.via = node.port
+                reply = await browser.get(f"http://{cluster.a.portal}/.zerogate/metrics")
+                assert reply.status == 200, reply.text[:300]
+                texts.append(reply.text)
+            return texts
+
+        before = await scrape()
+        browser.set_cookie("docs.localhost", app_cookie_name("docs"), cookie)
+        browser.via = cluster.nodes[1].port
+        for _ in range(7):
+            assert (await browser.get(cluster.app_url("docs.localhost"))).status == 200
+        browser.via = cluster.a.port
+        made = await browser.request(
+            "POST",
+            f"http://{cluster.a.portal}/api/v1/groups",
+            headers=admin,
+            data=_json({"name": "counted", "include": [{"email": ["x@example.com"]}]}),
+        )
+        assert made.status == 201, made.text
+        old = {_metric(text, "zerogate_config_version") for text in before}
+
+        async def all_swapped() -> list[str] | None:
+            texts = await scrape()
+            versions = {_metric(text, "zerogate_config_version") for text in texts}
+            return texts if len(versions) == 1 and versions != old else None
+
+        after = await wait_for(all_swapped, timeout=5)
+    counted = [
+        _metric(a, "zerogate_requests_total", app="docs", decision="allow")
+        - _metric(b, "zerogate_requests_total", app="docs", decision="allow")
+        for a, b in zip(after, before, strict=True)
+    ]
+    assert counted == [0, 7, 0]
+    swapped = [
+        _metric(a, "zerogate_snapshot_swaps_total") - _metric(b, "zerogate_snapshot_swaps_total")
+        for a, b in zip(after, before, strict=True)
+    ]
+    assert swapped == [1, 1, 1]

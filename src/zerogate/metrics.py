@@ -149,11 +149,20 @@ class Metrics:
             "Compiled snapshots swapped in.",
             registry=registry,
         )
+        self._swaps_seen = 0
         self._access_log = _AccessLogCollector()
         registry.register(self._access_log)
         if process_collectors:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
+
+    def observe_runtime(self, config_version: int, swaps: int) -> None:
+        """At a scrape: the live configuration version and the runtime's count of snapshots
+        swapped in so far (the counter catches up; it never goes down)."""
+        self.config_version.set(config_version)
+        if swaps > self._swaps_seen:
+            self.snapshot_swaps.inc(swaps - self._swaps_seen)
+            self._swaps_seen = swaps
 
     def watch_access_log(self, source: AccessLogStats) -> None:
         """Report ``source.dropped`` and ``source.pending`` at every scrape."""
