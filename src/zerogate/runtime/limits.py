@@ -8,8 +8,7 @@ window, a refused hit recorded nowhere); the store runs it under the rows' locks
 ask at once. A store that cannot be reached refuses (the caller's error page): no limit is
 skipped because its count is out of reach.
 
-The keys are hashes (``limit name``, subject): the store keeps no list of the addresses that
-asked for a PIN.
+The keys are hashes of (limit name, subject): one fixed length whatever a client typed.
 """
 
 from __future__ import annotations
