@@ -159,6 +159,8 @@ class Zerogate:
     listen_extra: str = ""
     #: the ``portal`` setting when not ``auth.localhost:<port>`` (a public URL behind a proxy)
     portal_setting: str | None = None
+    #: the ``storage`` setting (a PostgreSQL URL for several servers on one store)
+    storage: str = "sqlite:///zerogate.db"
 
     @property
     def config(self) -> Path:
@@ -176,7 +178,7 @@ class Zerogate:
         self.config.write_text(
             f"portal: {self.portal_setting or f'auth.localhost:{self.port}'}\n"
             f"listen: {{{self._listen()}}}\n"
-            "storage: sqlite:///zerogate.db\n"
+            f"storage: {self.storage}\n"
             f"email: {{smtp: {{host: 127.0.0.1, port: {self.smtp_port}, timeout: 5s}}, "
             'from: "Access <noreply@example.test>"}\n' + body
         )

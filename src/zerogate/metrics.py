@@ -29,6 +29,12 @@ know about metrics.
 
 Label values must stay few: application names and fixed words, never emails, IPs or paths.
 
+Several edges (docs/cluster.md, "Metrics"): each process counts what it handled, once, and
+Prometheus scrapes each edge as its own target (the ``instance`` label names it): sum counters
+over instances; ``zerogate_config_version`` is the same gauge on every edge (min/max, never
+sum). An edge that only forwards a request for another must not count it in
+``zerogate_requests_total`` again.
+
 Several workers (``--workers N``): each process has its own registry, so a scrape sees only the
 worker that answered it. Aggregating across workers needs prometheus-client's multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR`` set before the first import, a ``MultiProcessCollector`` on
@@ -143,11 +149,20 @@ class Metrics:
             "Compiled snapshots swapped in.",
             registry=registry,
         )
+        self._swaps_seen = 0
         self._access_log = _AccessLogCollector()
         registry.register(self._access_log)
         if process_collectors:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
+
+    def observe_runtime(self, config_version: int, swaps: int) -> None:
+        """At a scrape: the live configuration version and the runtime's count of snapshots
+        swapped in so far (the counter catches up; it never goes down)."""
+        self.config_version.set(config_version)
+        if swaps > self._swaps_seen:
+            self.snapshot_swaps.inc(swaps - self._swaps_seen)
+            self._swaps_seen = swaps
 
     def watch_access_log(self, source: AccessLogStats) -> None:
         """Report ``source.dropped`` and ``source.pending`` at every scrape."""

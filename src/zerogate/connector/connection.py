@@ -219,7 +219,7 @@ class EdgeConnection:
                 edge.host,
                 edge.port,
                 ssl=ctx,
-                server_hostname=edge.host,
+                server_hostname=edge.tls_name,
                 ssl_handshake_timeout=lv.connect_timeout,
                 limit=READ_SIZE,
             )

@@ -1,16 +1,23 @@
 """The connector process: keeps ``ha_connections`` connections to the edges up, drains on SIGTERM.
 
-:class:`Connector` runs one *slot* per HA connection. Slot ``i`` dials edge ``i mod n`` (the
-next edge after each failure, so a dead edge does not hold a slot) and, when its connection
-ends, redials after a jittered exponential backoff (:class:`~zerogate.connector.backoff.Backoff`:
-0.5 s doubling to 30 s, full jitter; back to 0.5 s once a connection had been registered for
-``healthy_after`` seconds), cut short when the edge that was unreachable answers TCP again
-(checked about once a second, so a short outage costs seconds, not the cap). The other slots
-keep serving meanwhile. A permanent refusal by the
-edge (bad or revoked token, unsupported version) is logged as an error on every attempt and
-retried only slowly (2.5–5 s, doubling to a 60 s cap), never in a hot loop. When the edge drains a
-connection (GOAWAY), the slot dials its replacement at once while the old one finishes its
-streams.
+The edges are the token's addresses (or ``--edge``); a name that resolves to several IPv4
+addresses (or, with none, several IPv6 ones) counts as that many edges (``spread_edges``, at
+start), so one DNS name for a cluster spreads the connections like a list of addresses.
+
+:class:`Connector` runs one *slot* per HA connection. Slot ``i`` dials edge ``i mod n``, so
+the connections are spread over every edge (the next edge after each failure, so a dead edge
+does not hold a slot: an edge that dies loses its connections to the others within the
+backoff; a connection away from its own edge moves back, draining, as soon as that edge
+answers TCP again, at the earliest ``rehome_after`` (30 s) after it moved). When its
+connection ends, a slot redials after a jittered exponential backoff
+(:class:`~zerogate.connector.backoff.Backoff`: 0.5 s doubling to 30 s, full jitter; back to
+0.5 s once a connection had been registered for ``healthy_after`` seconds), cut short when the
+edge that was unreachable answers TCP again (checked about once a second, so a short outage
+costs seconds, not the cap). The other slots keep serving meanwhile. A permanent refusal by
+the edge (bad or revoked token, unsupported version) is logged as an error on every attempt
+and retried only slowly (2.5–5 s, doubling to a 60 s cap), never in a hot loop. When the edge
+drains a connection (GOAWAY), the slot dials its replacement at once while the old one
+finishes its streams.
 
 Shutdown (:meth:`Connector.shutdown`, on the first SIGTERM or SIGINT): every connection sends
 GOAWAY, so the edge sends no new streams and moves new requests to other connectors; in-flight
@@ -22,11 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import random
 import signal
+import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -49,6 +59,8 @@ from zerogate.tunnel.token import TunnelToken
 log = structlog.get_logger("zerogate.connector")
 
 FEATURES = frozenset({"websocket"})
+#: the longest a connection away from its own edge waits before trying to move back
+REHOME_CAP = 600.0
 
 
 @dataclass(slots=True)
@@ -70,6 +82,11 @@ class ConnectorConfig:
     #: the multiplexer), so connectors may be upgraded before their edges
     protocol: int | None = None
     healthy_after: float = 10.0
+    #: a connection away from its own edge (slot ``i``'s is edge ``i mod n``) moves back as
+    #: soon as that edge answers TCP again, at the earliest this long after it moved (doubling
+    #: after each failed return, up to ``REHOME_CAP``): the connections spread again after an
+    #: edge came back
+    rehome_after: float = 30.0
     #: while a slot backs off from an unreachable edge, how often it checks (TCP) whether
     #: the edge is back (jittered)
     probe_interval: float = 1.0
@@ -119,6 +136,7 @@ class Connector:
         """Serve until shut down; the exit code: 0, or 1 after a second signal."""
         if signals:
             self.install_signal_handlers()
+        self.config.edges = await spread_edges(self.config.edges)
         await self.metrics_server.start()
         log.info(
             "connector starting",
@@ -191,8 +209,12 @@ class Connector:
         )
         offset = 0
         protocol = cfg.protocol or PROTOCOL_VERSION
+        n = len(cfg.edges)
+        home = cfg.edges[index % n]
+        rehome_failures = 0
+        going_home = False
         while not self.stopping:
-            edge = cfg.edges[(index + offset) % len(cfg.edges)]
+            edge = cfg.edges[(index + offset) % n]
             conn = EdgeConnection(
                 edge,
                 self._registration(index, protocol),
@@ -211,10 +233,25 @@ class Connector:
             if self.stopping:  # a signal arrived while we were dialling
                 conn.go_away()
             replaced = asyncio.create_task(conn.edge_goaway.wait())
+            waits: set[asyncio.Future[Any]] = {task, replaced}
+            rehome: asyncio.Task[None] | None = None
+            if edge != home:
+                delay = min(REHOME_CAP, cfg.rehome_after * 2**rehome_failures)
+                rehome = asyncio.create_task(_reachable_after(home, delay, cfg.probe_interval))
+                waits.add(rehome)
             try:
-                await asyncio.wait({task, replaced}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 replaced.cancel()
+                if rehome is not None:
+                    rehome.cancel()
+            if not task.done() and rehome is not None and rehome in done and not self.stopping:
+                # This slot's own edge is back: drain this connection, dial that edge now.
+                log.info("own edge reachable again; moving back", conn=index, edge=str(home))
+                conn.go_away("connector moving this connection to its own edge")
+                offset, going_home = 0, True
+                self.metrics.reconnects.inc()
+                continue
             if not task.done():
                 # The edge drains this connection: replace it now, let it finish on its own.
                 backoff.reset()
@@ -224,6 +261,9 @@ class Connector:
             outcome = task.result()
             if self.stopping:
                 return
+            if going_home:  # a return that did not register waits longer before the next
+                rehome_failures = 0 if outcome.registered else min(rehome_failures + 1, 16)
+                going_home = False
             if (
                 outcome.refused is RefusalReason.VERSION_UNSUPPORTED
                 and cfg.protocol is None
@@ -259,7 +299,7 @@ class Connector:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
             else:
-                next_edge = cfg.edges[(index + offset) % len(cfg.edges)]
+                next_edge = cfg.edges[(index + offset) % n]
                 await self._wait_or_edge_back(next_edge, delay)
 
     async def _wait_or_edge_back(self, edge: EdgeAddress, delay: float) -> None:
@@ -285,6 +325,66 @@ class Connector:
     @property
     def registered_connections(self) -> int:
         return self.metrics.registered
+
+
+async def _reachable_after(edge: EdgeAddress, delay: float, interval: float) -> None:
+    """Returns once ``edge`` accepts a TCP connection, checked every ~``interval`` from
+    ``delay`` on."""
+    await asyncio.sleep(delay)
+    while True:
+        try:
+            async with asyncio.timeout(interval):
+                _, writer = await asyncio.open_connection(edge.host, edge.port)
+        except (OSError, TimeoutError):
+            await asyncio.sleep(random.uniform(interval / 2, interval * 1.5))
+            continue
+        writer.transport.abort()
+        return
+
+
+Resolver = Callable[[str, int], Awaitable[list[tuple[Any, ...]]]]
+
+
+async def _getaddrinfo(host: str, port: int) -> list[tuple[Any, ...]]:
+    return await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
+async def spread_edges(
+    edges: list[EdgeAddress], resolve: Resolver = _getaddrinfo
+) -> list[EdgeAddress]:
+    """``edges`` with every name that resolves to several IPv4 addresses (or, without IPv4,
+    several IPv6 ones) replaced by one edge per address, which keeps the name for TLS. A name
+    with one address per family stays a name (the system then tries each family in turn, as
+    for ``localhost``), as does one that cannot be resolved now (dialling will say why)."""
+    spread: list[EdgeAddress] = []
+    for edge in edges:
+        try:
+            ipaddress.ip_address(edge.host)
+            literal = True
+        except ValueError:
+            literal = False
+        if literal or edge.name is not None:
+            spread.append(edge)
+            continue
+        try:
+            found = await resolve(edge.host, edge.port)
+        except OSError as exc:
+            log.warning("cannot resolve the edge name now", edge=str(edge), error=str(exc))
+            spread.append(edge)
+            continue
+        v4 = list(dict.fromkeys(str(i[4][0]) for i in found if i[0] == socket.AF_INET))
+        v6 = list(dict.fromkeys(str(i[4][0]) for i in found if i[0] == socket.AF_INET6))
+        addresses = v4 if len(v4) > 1 else v6 if not v4 and len(v6) > 1 else []
+        if not addresses:
+            spread.append(edge)
+            continue
+        log.info(
+            "the edge name has several addresses: one edge each",
+            edge=str(edge),
+            addresses=addresses,
+        )
+        spread += [EdgeAddress(a, edge.port, name=edge.host) for a in addresses]
+    return list(dict.fromkeys(spread))
 
 
 async def _came_back(edge: EdgeAddress, interval: float) -> None:

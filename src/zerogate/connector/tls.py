@@ -24,14 +24,21 @@ class EdgeTrustError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class EdgeAddress:
-    """One edge to dial: ``host`` (no brackets) and ``port``."""
+    """One edge to dial: ``host`` (no brackets) and ``port``; ``name``: the name ``host`` was
+    resolved from (one of several addresses of one edge name), which TLS checks instead."""
 
     host: str
     port: int
+    name: str | None = None
+
+    @property
+    def tls_name(self) -> str:
+        """The name the edge's certificate must carry (``--ca``) and the SNI sent."""
+        return self.name or self.host
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return f"{host}:{self.port}" + (f" ({self.name})" if self.name else "")
 
 
 def parse_edge(text: str) -> EdgeAddress:

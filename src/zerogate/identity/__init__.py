@@ -20,6 +20,7 @@ from zerogate.identity.keys import (
 from zerogate.identity.otp import (
     ADDRESS_LIMIT,
     IP_LIMIT,
+    OIDC_START_LIMIT,
     PIN_DIGITS,
     PIN_MAX_TRIES,
     PIN_SEND_WINDOW_SECONDS,
@@ -36,10 +37,12 @@ from zerogate.identity.otp import (
     check_pin,
     decoy,
     hash_pin,
+    hit_all,
     ip_key,
     issue_pin,
     new_pin,
     pin_key,
+    slide,
 )
 from zerogate.identity.tokens import (
     DEFAULT_LEEWAY_SECONDS,
@@ -70,6 +73,7 @@ __all__ = [
     "DEFAULT_ALGORITHM",
     "DEFAULT_LEEWAY_SECONDS",
     "IP_LIMIT",
+    "OIDC_START_LIMIT",
     "PIN_DIGITS",
     "PIN_MAX_TRIES",
     "PIN_SENDS_PER_ADDRESS",
@@ -106,6 +110,7 @@ __all__ = [
     "check_pin",
     "decoy",
     "hash_pin",
+    "hit_all",
     "ip_key",
     "issue_app_token",
     "issue_pin",
@@ -114,4 +119,5 @@ __all__ = [
     "jwk_thumbprint",
     "new_pin",
     "pin_key",
+    "slide",
 ]

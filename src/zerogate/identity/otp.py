@@ -1,13 +1,16 @@
 """One-time PIN logic as pure functions over a record the caller stores.
 
 This module owns: making a PIN, hashing it, checking a candidate (single use, 10 minutes,
-5 wrong tries), and the send rate limits (per address and per client IP). It stores nothing
-durable and sends no mail.
+5 wrong tries), and the send rate limits (per address and per client IP: the sliding-window
+rule ``slide`` / ``hit_all``, which the server runs in the store so that every process counts
+together, ``zerogate.runtime.limits``; ``RateLimiter`` / ``PinSendLimiter`` keep the same rule
+in memory). It stores nothing durable and sends no mail.
 
 How a caller uses it (the portal):
 
-1. ``limiter.hit(email, client_ip, now)``; if refused, show the same page anyway (the page never
-   says whether an address may log in) and send nothing.
+1. Count the send against the limits (``hit_all`` over the address's and the client's
+   windows; the portal: ``svc.limits.pin_send``); if refused, say "too many codes" whatever the
+   address (the limit never depends on whether an address may log in) and send nothing.
 2. ``pin, record = issue_pin(email, app, secret=..., now=now)``; store ``record`` under
    ``record.key`` — **one record per (email, app)**, so storing the new record replaces, and
    thereby voids, any earlier PIN for that pair. Mail ``pin``; never store it.
@@ -31,7 +34,7 @@ import json
 import math
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,6 +46,9 @@ PIN_SENDS_PER_ADDRESS = 5
 #: at most this many PINs per client IP (an IPv6 client counts per /64) per window
 PIN_SENDS_PER_IP = 20
 PIN_SEND_WINDOW_SECONDS = 15 * 60
+#: OIDC logins started per client address (IPv6 per /64): each start writes a state record
+OIDC_STARTS_PER_IP = 60
+OIDC_START_WINDOW_SECONDS = 5 * 60
 
 _HASH_DOMAIN = "zerogate-otp-v1"
 
@@ -221,6 +227,7 @@ class Limit:
 
 ADDRESS_LIMIT = Limit(PIN_SENDS_PER_ADDRESS, PIN_SEND_WINDOW_SECONDS)
 IP_LIMIT = Limit(PIN_SENDS_PER_IP, PIN_SEND_WINDOW_SECONDS)
+OIDC_START_LIMIT = Limit(OIDC_STARTS_PER_IP, OIDC_START_WINDOW_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,11 +242,45 @@ class RateDecision:
         return str(max(1, math.ceil(self.retry_after)))
 
 
+def slide(hits: Sequence[float], limit: Limit, now: float) -> tuple[RateDecision, list[float]]:
+    """The sliding-window rule over one key's recorded hits (oldest first): whether a hit at
+    ``now`` is allowed, and the hits still inside the window (at most ``limit.events``, the
+    only ones a later decision can need). Records nothing."""
+    start = now - limit.window_seconds
+    kept = sorted(t for t in hits if start < t <= now + limit.window_seconds)[-limit.events :]
+    if len(kept) < limit.events:
+        return RateDecision(True), kept
+    return RateDecision(False, kept[0] + limit.window_seconds - now), kept
+
+
+def hit_all(
+    windows: Sequence[Sequence[float]], limits: Sequence[Limit], now: float
+) -> tuple[RateDecision, list[list[float]]]:
+    """One hit against several limits at once (each with its key's recorded hits): allowed
+    only when every limit allows, and then recorded in every window; a refused hit is
+    recorded in none (so a flood refused by one limit does not use up another's quota).
+    Returns the decision and the windows to store back."""
+    if len(windows) != len(limits):
+        raise ValueError("one window per limit")
+    decisions: list[RateDecision] = []
+    kept: list[list[float]] = []
+    for hits, limit in zip(windows, limits, strict=True):
+        decision, window = slide(hits, limit, now)
+        decisions.append(decision)
+        kept.append(window)
+    if all(d.allowed for d in decisions):
+        return RateDecision(True), [
+            [*window, now][-limit.events :] for window, limit in zip(kept, limits, strict=True)
+        ]
+    return RateDecision(False, max(d.retry_after for d in decisions)), kept
+
+
 class RateLimiter:
     """Sliding-window log: at most ``limit.events`` hits per key in any ``window_seconds``.
 
     In memory, per process; at most ``max_keys`` keys are tracked (least recently hit first out).
-    Every call takes ``now``. A cluster needs shared state (Redis) behind the same interface.
+    Every call takes ``now``. The server keeps its limits in the store instead
+    (``zerogate.runtime.limits``: the same rule, ``slide``, shared by every process).
     """
 
     def __init__(self, limit: Limit, *, max_keys: int = 100_000) -> None:

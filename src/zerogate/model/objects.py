@@ -573,6 +573,12 @@ class Listen(_Strict):
     http: Annotated[str, AfterValidator(values.check_listen)] = "127.0.0.1:8080"
     tls: Tls | None = None
     tunnel: Annotated[str, AfterValidator(values.check_listen)] = "127.0.0.1:7844"
+    #: the edge addresses new connector tokens name (``HOST:PORT``): in a cluster every edge's
+    #: tunnel address, or one name that resolves to all of them; empty: ``listen.tunnel`` (the
+    #: portal's host with its port when that binds every address)
+    tunnel_edges: Annotated[
+        list[Annotated[str, AfterValidator(values.check_edge_address)]], Field(max_length=16)
+    ] = Field(default_factory=list)
     #: a request head not complete within this is refused and the connection closed (also a
     #: keep-alive connection that starts no next request within it: see docs/security)
     header_timeout: Duration = "10s"

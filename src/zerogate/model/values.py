@@ -117,6 +117,25 @@ def check_hostname(text: str, *, allow_wildcard: bool = False) -> str:
     return host
 
 
+def check_edge_address(text: str) -> str:
+    """``HOST:PORT`` a connector dials: a hostname, an IPv4 address or ``[IPv6]``, and a port."""
+    value = text.strip() if isinstance(text, str) else ""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: expected HOST:PORT, for example edge1.example.com:7844")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
+        return value
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return f"{check_hostname(host)}:{int(port)}"
+    return value
+
+
 def check_host_port(text: str) -> str:
     """``host`` or ``host:port`` (the portal may carry a port for local use)."""
     value = text.strip().lower() if isinstance(text, str) else ""

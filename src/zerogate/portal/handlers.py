@@ -209,7 +209,7 @@ async def metrics(scope: Scope, send: Send, svc: Services, req: Request) -> None
     if not any(address in net for net in svc.runtime.metrics_allow):
         await _message(send, svc, 404, "Not found", "There is nothing here.")
         return
-    svc.metrics.config_version.set(svc.runtime.version.config_version)
+    svc.metrics.observe_runtime(svc.runtime.version.config_version, svc.runtime.swaps)
     body, content_type = svc.metrics.render(http.header_text(scope, b"accept") or None)
     await http.respond(send, 200, body, content_type=content_type.encode())
 
@@ -385,7 +385,7 @@ async def otp_start(
         # the same for every address, so it reveals none)
         await again(503, email, "We cannot send email just now. Please try again in a minute.")
         return
-    limit = svc.pins.hit(email, ip, now)
+    limit = await svc.limits.pin_send(email, ip, now)
     if not limit.allowed:
         record_login(decision="block", detail="pin rate limited")
         minutes = max(1, int(limit.retry_after // 60) + 1)

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from zerogate.identity import RateLimiter, issue_portal_token
+from zerogate.identity import issue_portal_token
 from zerogate.identity.flow import Flow, FlowError, code_hash, open_flow
 from zerogate.identity.oidc import (
     ClientSettings,
@@ -40,7 +40,6 @@ from zerogate.identity.oidc import (
     OidcError,
     OidcIdentity,
 )
-from zerogate.identity.otp import Limit, ip_key
 from zerogate.model.objects import OidcProvider
 from zerogate.model.values import check_email
 from zerogate.net import http
@@ -65,8 +64,6 @@ LAST_METHOD_SECONDS = 180 * 86400
 STATE_SECONDS = 600
 FETCH_TIMEOUT_SECONDS = 10.0
 MAX_RESPONSE_BYTES = 1024 * 1024
-#: logins started per client address (per process): each one writes a state record
-START_LIMIT = Limit(60, 300.0)
 
 _PATH = re.compile(r"/\.zerogate/oidc/([A-Za-z0-9][A-Za-z0-9._-]*)/(start|callback)")
 
@@ -130,10 +127,9 @@ class _Registry:
     """One ``OidcClient`` per provider configuration (its discovery and JWKS caches)."""
 
     clients: dict[tuple[object, ...], OidcClient]
-    starts: RateLimiter
 
 
-_REGISTRY = _Registry({}, RateLimiter(START_LIMIT))
+_REGISTRY = _Registry({})
 
 
 def client_for(scope: Scope, svc: Services, idp: OidcProvider) -> OidcClient:
@@ -383,7 +379,7 @@ async def redirect_to_provider(
             app=app.name,
         )
     now = time.time()
-    if not _REGISTRY.starts.hit(ip_key(req.client.ip), now).allowed:
+    if not (await svc.limits.oidc_start(req.client.ip, now)).allowed:
         raise _Failure(
             429,
             "Too many sign-in attempts from your network. Try again in a few minutes.",

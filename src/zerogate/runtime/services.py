@@ -3,8 +3,8 @@
 One ``Services`` per process (per granian worker): the in-memory runtime (snapshot, keys,
 revocations), the upstreams (the origin proxy, the tunnel listener once it runs: both only as
 :class:`~zerogate.net.upstream.Upstream`, so this layer imports no surface), the mailer, the
-access-log writer, the PIN send limiter and the page templates. Built and torn down only by
-``zerogate.server`` on ASGI lifespan.
+access-log writer, the rate limits (kept in the store: ``limits``) and the page templates.
+Built and torn down only by ``zerogate.server`` on ASGI lifespan.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from zerogate.accesslog import AccessLogWriter
-from zerogate.identity import PinSendLimiter
 from zerogate.mail import Mailer
 from zerogate.metrics import Metrics
 from zerogate.net.upstream import Upstream
 from zerogate.outbox import Outbox
+from zerogate.runtime.limits import SharedLimits
 from zerogate.runtime.state import Runtime
 from zerogate.store import AccessEvent
 
@@ -45,7 +45,9 @@ class Services:
     accesslog: AccessLogWriter
     outbox: Outbox | None = None
     show_outbox: bool = False
-    pins: PinSendLimiter = field(default_factory=PinSendLimiter)
+    #: every rate limit (PIN sends, OIDC starts), counted in the store: one count for every
+    #: process on it (``runtime/limits.py``)
+    limits: SharedLimits = field(init=False)
     metrics: Metrics = field(default_factory=Metrics)
     pages: Environment = field(default_factory=templates)
     #: the tunnel endpoint of this process, once it listens (``zerogate.server.app`` starts
@@ -59,6 +61,9 @@ class Services:
 
     #: after a failed send, PIN requests are answered "try again" for this long
     MAIL_RETRY_SECONDS = 60.0
+
+    def __post_init__(self) -> None:
+        self.limits = SharedLimits(self.runtime.store)
 
     def mail_unhealthy(self, now: float) -> bool:
         failed = self.mail_failed_at

@@ -82,6 +82,10 @@ class Runtime:
     swaps: int = 0
     _task: asyncio.Task[None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: one refresh at a time: the watcher (woken by the store's announcement) and a write
+    #: made through this process (``AdminService.on_change``) would otherwise both see the
+    #: new version and compile and swap it twice
+    _refreshing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     # ------------------------------------------------------------------ derived
 
@@ -211,6 +215,10 @@ class Runtime:
 
     async def refresh(self) -> bool:
         """Reload what changed since the last look; True when anything did."""
+        async with self._refreshing:
+            return await self._refresh()
+
+    async def _refresh(self) -> bool:
         new = await self.store.state()
         old = self.version
         if new == old:

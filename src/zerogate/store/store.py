@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import delete, insert, select, update
@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from zerogate.model.objects import Objects
 from zerogate.store import certificates as certstore
-from zerogate.store import logs, migrate, runtime, tunnels
+from zerogate.store import limits, logs, migrate, runtime, tunnels
 from zerogate.store.diff import Change, Plan, Row, canonical, diff, objects_of, rows_of
 from zerogate.store.engine import create_engine, is_memory, sqlite_file, write_lock
 from zerogate.store.errors import StaleWrite, StoreError
@@ -69,6 +69,9 @@ def _reason(exc: BaseException) -> str:
 
 #: the PostgreSQL channel every change of ``state()`` is announced on (migration 0005)
 CHANGES_CHANNEL = "zerogate_changes"
+
+
+T = TypeVar("T")
 
 
 def _now() -> datetime:
@@ -611,6 +614,21 @@ class Store:
         with self._errors("take an authorization code"):
             async with self._writing() as connection:
                 return await runtime.take_code(connection, code_hash, now)
+
+    # -- runtime state: shared rate limits -----------------------------------------------
+
+    async def hit_rate_windows(
+        self, keys: Sequence[tuple[str, float]], decide: limits.Decide[T], *, now: float
+    ) -> T:
+        """One atomic step for every process on this store: lock the windows of ``keys``
+        (``(key, window seconds)``; a key is at most 64 characters), ``decide`` on their hit
+        times (epoch seconds), store the windows it returns; its result is returned."""
+        for key, _ in keys:
+            if len(key_text(key, "a rate-limit key")) > 64:
+                raise ValueError("a rate-limit key is at most 64 characters")
+        with self._errors("count a rate-limited request"):
+            async with self._writing() as connection:
+                return await limits.hit_windows(connection, keys, decide, now)
 
     # -- runtime state: revocations -----------------------------------------------------
 

@@ -33,6 +33,12 @@ Logs (migration 0004): indexes for the filters on decision and kind, and
 - ``log_writers``: one row per process's access-log writer: when it started, when it last
   flushed (or said it was idle), how many rows it wrote and dropped, and whether it ended
   cleanly (``stopped``), is ``running``, or was found gone without flushing (``lost``).
+
+Shared limits (migration 0007), so that every process of a cluster counts together:
+
+- ``rate_windows``: one row per rate-limited key (a hash of the limit's name and its subject,
+  an address or a client network): the times of its latest hits in the window (JSON, at most
+  the limit's count) and when the row may be forgotten. Read and written under the row's lock.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -312,4 +319,16 @@ leases = Table(
     Column("name", String(200), primary_key=True),
     Column("holder", String(200), nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+)
+
+#: the rate-limit windows every process shares (migration 0007, ``store/limits.py``)
+rate_windows = Table(
+    "rate_windows",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    # a JSON list of epoch seconds, oldest first
+    Column("hits", Text, nullable=False),
+    # epoch seconds after which no limit needs the row any more
+    Column("expires_at", Float, nullable=False),
+    Index("ix_rate_windows_expires_at", "expires_at"),
 )

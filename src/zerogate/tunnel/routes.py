@@ -66,13 +66,17 @@ def cert_hosts(settings: Settings) -> list[str]:
     hosts = [_portal_host(settings)]
     if host not in ("0.0.0.0", "::", ""):  # noqa: S104 - compared, not bound
         hosts.append(host)
+    hosts += [_split_host_port(edge)[0] for edge in settings.listen.tunnel_edges]
     hosts += ["localhost", "127.0.0.1"]
     return list(dict.fromkeys(hosts))
 
 
 def token_edges(settings: Settings) -> list[str]:
-    """The edge address a new connector token names: ``listen.tunnel``, or the portal's host
-    with the tunnel port when the listener binds every address."""
+    """The edge addresses a new connector token names: ``listen.tunnel_edges`` (a cluster's
+    edges), else ``listen.tunnel``, or the portal's host with the tunnel port when the
+    listener binds every address."""
+    if settings.listen.tunnel_edges:
+        return list(dict.fromkeys(settings.listen.tunnel_edges))
     host, port = listen_address(settings)
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - compared, not bound
         host = _portal_host(settings)
