@@ -69,7 +69,7 @@ from zerogate.portal.session import (
 from zerogate.runtime import PORTAL_AUDIENCE, Runtime, cookies
 from zerogate.runtime.cookies import secure_cookies
 from zerogate.runtime.pages import logout_page
-from zerogate.runtime.request import Request, public_origin_of, request_scheme
+from zerogate.runtime.request import Request, portal_origin, public_origin_of
 from zerogate.runtime.services import Services
 
 log = logging.getLogger("zerogate.portal")
@@ -186,7 +186,7 @@ async def home(scope: Scope, send: Send, svc: Services, req: Request) -> None:
         if app.host.startswith("*.") or app is snapshot.admin:
             continue  # a wildcard names no one host to link to
         if snapshot.decide(app, identity, ctx).decision in ("allow", "bypass"):
-            origin = public_origin_of(req.scheme, app.host, rt.settings.portal_address)
+            origin = public_origin_of(req.scheme, app.host, rt.settings.portal_address, req.port)
             apps.append((app.name, origin + (app.path or "/")))
     admin = snapshot.decide(snapshot.admin, identity, ctx).decision == "allow"
     page = svc.page(
@@ -399,9 +399,8 @@ async def otp_start(
     # either way; a refused address gets a decoy record (no PIN matches it, same tries) and
     # no mail, so every later answer and its timing are the same too.
     pin, record = issue_pin(email, app.name, secret=rt.secret, now=now, browser=browser)
-    confirm = (
-        f"{rt.portal_origin(request_scheme(scope, rt))}/.zerogate/login/otp/confirm?"
-        + urlencode({"flow": flow_blob, "email": email, "pin": pin})
+    confirm = f"{portal_origin(scope, rt)}/.zerogate/login/otp/confirm?" + urlencode(
+        {"flow": flow_blob, "email": email, "pin": pin}
     )
     message = render_pin_email(
         PinEmail(to=email, pin=pin, app_name=app.name, confirm_url=confirm),
