@@ -475,12 +475,15 @@ async def _deliver_pin(
             await svc.mailer.probe()
         except MailError as exc:
             svc.mail_failed_at = time.time()
+            _mail_health(svc, "failed", None, str(exc))
             log.warning("the mail server cannot be used: %s", exc)
         else:
+            if svc.mail_failed_at is not None:  # the dashboard learns that it is back
+                _mail_health(svc, "reachable", None, "the mail server answers again")
             svc.mail_failed_at = None
         return
     try:
-        await svc.mailer.send(message, email)
+        delivery = await svc.mailer.send(message, email)
     except MailError as exc:
         if exc.server_down:
             # nobody gets mail now: PIN requests say so for a minute
@@ -488,12 +491,29 @@ async def _deliver_pin(
         else:
             # this address's own problem (refused, bounced): nobody else is affected
             svc.mail_failed_at = None
+        _mail_health(svc, "failed", email, str(exc))
         log.warning("could not send the PIN email to %s: %s", email, exc)
         record_login(decision="block", detail=f"pin email failed: {exc}")
         return
     svc.mail_failed_at = None
+    _mail_health(svc, "sent", email, delivery.reply)
     svc.metrics.pins_sent.inc()
     record_login(decision="pin sent", policy=verdict.policy)
+
+
+def _mail_health(svc: Services, outcome: str, email: str | None, detail: str) -> None:
+    """One ``mail`` row in the access log: the dashboard's and the API's mail health
+    (``AdminService.mail_health``) across every process and node."""
+    svc.log(
+        "mail",
+        app=None,
+        email=email,
+        idp=None,
+        ip=None,
+        country=None,
+        decision=outcome,
+        detail=detail,
+    )
 
 
 _ELSEWHERE = (
