@@ -16,7 +16,7 @@ RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/zerogate --cre
 COPY --from=build /install /usr/local
 COPY deploy/docker/healthcheck.py /usr/local/lib/zerogate-healthcheck.py
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 ZEROGATE_HEALTH_PORT=8080
-USER zerogate
+USER 10001:10001
 WORKDIR /var/lib/zerogate
 VOLUME ["/var/lib/zerogate"]
 # the portal and applications (listen.http), the tunnel listener (listen.tunnel)

