@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
+from harness import wait_until
 from zerogate.cli.main import app
 from zerogate.connector.service import HARDENING, ServiceUnit, render_unit
 from zerogate.tunnel.token import TunnelToken, new_secret, new_tunnel_id
@@ -255,3 +257,36 @@ def test_the_example_in_configparser_terms_is_one_value_per_line(token: TunnelTo
     parser.read_string(text)
     assert parser.sections() == ["Unit", "Service", "Install"]
     assert parser["Service"]["DynamicUser"] == "yes"
+
+
+def test_the_units_command_line_starts_a_connector_with_no_token_in_it(
+    tmp_path: Path, token: TunnelToken
+) -> None:
+    """The unit's ``ExecStart=`` run as systemd would run it (``%d`` being the credentials
+    folder with the token file in it): the connector accepts every option and starts, and its
+    command line, as every local user sees it in ``/proc``, holds no part of the token."""
+    tunnel = TunnelToken(token.tunnel_id, token.secret, ("127.0.0.1:1",))
+    result = install(tmp_path, tunnel, "--metrics", "127.0.0.1:0", "--print")
+    assert result.exit_code == 0, result.output
+    exec_start = dict(sections(result.stdout)["Service"])["ExecStart"]
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    (credentials / "token").write_text(tunnel.encode() + "\n")
+    (credentials / "token").chmod(0o400)
+    argv = [w.replace("%d", str(credentials)) for w in shlex.split(exec_start)]
+    log = tmp_path / "connector.log"
+    with open(log, "wb") as output:
+        proc = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_until(
+            lambda: "connector starting" in log.read_text() or proc.poll() is not None,
+            timeout=30,
+            what="the connector to start",
+        )
+        assert proc.poll() is None, log.read_text()
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert tunnel.secret.encode() not in cmdline and b"zgt1_" not in cmdline
+        assert f"tunnel={tunnel.tunnel_id}" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(30)
