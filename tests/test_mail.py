@@ -397,7 +397,7 @@ def test_empty_outbox_page() -> None:
         ),
         ({"smtp": {"host": "mx", "port": 465, "tls": True}}, "smtp", "SMTP mx:465 (implicit TLS)"),
         ({"smtp": {"host": "relay", "port": 25}}, "smtp", "SMTP relay:25 (no TLS)"),
-        ({"outbox": True}, "outbox", "nobody gets it"),
+        ({"outbox": True}, "outbox", "stays in this server"),
         ({}, "none", "no way to send mail"),
     ],
 )

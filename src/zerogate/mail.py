@@ -217,7 +217,7 @@ def transport_of(settings: EmailSettings) -> tuple[str, str]:
         who = f", as {smtp.username}" if smtp.username else ""
         return "smtp", f"SMTP {smtp.host}:{smtp.port} ({tls}{who})"
     if settings.outbox:
-        return "outbox", "the local outbox (a trial: mail stays in this server, nobody gets it)"
+        return "outbox", "the local outbox (a trial: mail stays in this server)"
     return "none", "no way to send mail (set email.smtp)"
 
 
