@@ -130,3 +130,7 @@ async def test_the_dashboard_and_the_api_show_a_send_and_then_a_failure(
             page = await admin.get(f"http://{zg.portal}/admin/")
             assert ">failed<" in page.text
             assert bad["last_error"] in page.text.replace("&#39;", "'")
+    # the same rows on the command line
+    listed = zg.cli("logs", "--kind", "mail", "-c", str(zg.config))
+    assert listed.returncode == 0, listed.stderr
+    assert "failed" in listed.stdout and "sent" in listed.stdout, listed.stdout
