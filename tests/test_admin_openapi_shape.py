@@ -24,6 +24,7 @@ OPERATIONS = [
         "AccessLogOut",
     ),
     ("GET", "/api/v1/admin-log", "admin_log", "query:limit query:since", "", "200", "AdminLogOut"),
+    ("GET", "/api/v1/mail-health", "mail_health", "", "", "200", "MailHealthOut"),
     ("GET", "/api/v1/admins", "get_admins", "", "", "200", "AdminsOut"),
     (
         "PUT",
@@ -285,6 +286,7 @@ SCHEMAS = [
     "Group",
     "GroupOut",
     "GroupPut",
+    "MailHealthOut",
     "OidcProvider",
     "OidcProviderOut",
     "OidcProviderPut",

@@ -1,8 +1,9 @@
 """The public URL behind a real TLS terminator (issue #15).
 
-A real HAProxy and a real Caddy (Debian packages) terminate TLS with trustme certificates and
-talk plain HTTP to a zerogate with ``portal: https://auth.localhost:<proxy port>`` and
-``trusted_proxies: [127.0.0.1/32]``; their configuration is the snippet in docs/deploy.md
+A real HAProxy, a real Caddy and a real nginx (Debian packages) terminate TLS with trustme
+certificates and talk plain HTTP to a zerogate with
+``portal: https://auth.localhost:<proxy port>`` and ``trusted_proxies: [127.0.0.1/32]``;
+their configuration is the snippet in docs/deploy.md
 ("Behind a load balancer or TLS terminator"), with only the certificate, ports and addresses
 put in. Through each: a PIN login in a real browser ends on the application with ``__Host-``
 Secure cookies, every redirect on ``https://`` with the proxy's port, and the origin receiving
@@ -10,7 +11,8 @@ an identity whose ``iss`` is the portal URL; an OIDC login sends (and is redeeme
 ``https://`` ``redirect_uri``. The attack tests (untrusted peers' ``X-Forwarded-*``) are in
 ``test_public_url_attacks.py``.
 
-Under CI (``CI`` set) a missing ``haproxy`` or ``caddy`` fails the run instead of skipping.
+Under CI (``CI`` set) a missing ``haproxy``, ``caddy`` or ``nginx`` fails the run instead of
+skipping.
 """
 
 from __future__ import annotations
@@ -82,14 +84,18 @@ applications:
 def doc_snippet(language: str) -> str:
     """The one fenced ``language`` block of docs/deploy.md's proxy section."""
     text = DEPLOY_DOC.read_text()
-    section = text[text.index("## Behind a load balancer or TLS terminator") :]
+    start = text.index("## Behind a load balancer or TLS terminator")
+    end = text.find("\n## ", start + 1)
+    section = text[start : end if end >= 0 else None]
     blocks = re.findall(rf"```{language}\n(.*?)```", section, re.S)
     assert len(blocks) == 1, f"docs/deploy.md: expected one {language} block, found {blocks}"
     return str(blocks[0])
 
 
 def need(program: str) -> str:
-    path = shutil.which(program) or (f"/usr/sbin/{program}" if program == "haproxy" else None)
+    path = shutil.which(program) or (
+        f"/usr/sbin/{program}" if program in ("haproxy", "nginx") else None
+    )
     if path is None or not os.path.exists(path):
         if os.environ.get("CI"):
             pytest.fail(f"{program} is not installed (apt-get install {program})")
@@ -173,6 +179,45 @@ def start_caddy(
     )
 
 
+def start_nginx(
+    workdir: Path, cert: trustme.LeafCert, port: int, upstream: int
+) -> subprocess.Popen[bytes]:
+    crt, key = workdir / "nginx.crt", workdir / "nginx.key"
+    cert.cert_chain_pems[0].write_to_path(str(crt))
+    cert.private_key_pem.write_to_path(str(key))
+    snippet = substitute(
+        doc_snippet("nginx"),
+        {
+            "listen 443 ssl;": f"listen 127.0.0.1:{port} ssl;",
+            "server_name auth.example.com wiki.example.com;": f"server_name {' '.join(HOSTS)};",
+            "ssl_certificate     /etc/nginx/certs/zerogate.crt;": f"ssl_certificate {crt};",
+            "ssl_certificate_key /etc/nginx/certs/zerogate.key;": f"ssl_certificate_key {key};",
+            "proxy_pass http://127.0.0.1:8080;": f"proxy_pass http://127.0.0.1:{upstream};",
+        },
+    )
+    temp = "".join(
+        f"    {kind}_temp_path {workdir / ('nginx-' + kind)};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    config = workdir / "nginx.conf"
+    config.write_text(
+        f"daemon off;\nworker_processes 1;\npid {workdir / 'nginx.pid'};\n"
+        f"error_log {workdir / 'nginx-error.log'} warn;\nevents {{}}\n"
+        f"http {{\n    access_log off;\n{temp}{snippet}}}\n"
+    )
+    nginx = need("nginx")
+    log = ["-e", str(workdir / "nginx-error.log")]
+    checked = subprocess.run(
+        [nginx, *log, "-t", "-c", str(config)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    return subprocess.Popen(
+        [nginx, *log, "-c", str(config)],
+        stdout=open(workdir / "nginx.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
 @dataclass
 class Stack:
     proxy: str
@@ -200,7 +245,7 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-@pytest.fixture(scope="module", params=["haproxy", "caddy"])
+@pytest.fixture(scope="module", params=["haproxy", "caddy", "nginx"])
 def stack(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -218,7 +263,7 @@ def stack(
     trust = workdir / "test-ca.pem"
     ca.cert_pem.write_to_path(str(trust))
     zg = Zerogate(workdir, port, outbox.port, portal_setting=issuer)
-    start = start_haproxy if proxy == "haproxy" else start_caddy
+    start = {"haproxy": start_haproxy, "caddy": start_caddy, "nginx": start_nginx}[proxy]
     proc = None
     try:
         body = CONFIG.format(

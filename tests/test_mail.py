@@ -13,8 +13,8 @@ import trustme
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from harness import free_port
-from zerogate.mail import Mailer, MailError, PinEmail, render_pin_email
-from zerogate.model.objects import Smtp
+from zerogate.mail import Mailer, MailError, PinEmail, render_pin_email, transport_of
+from zerogate.model.objects import EmailSettings, Smtp
 from zerogate.outbox import Outbox
 
 SENDER = "zerogate <noreply@zerogate.example>"
@@ -375,3 +375,35 @@ async def test_outbox_stop_closes_idle_connections(outbox: Outbox) -> None:
 
 def test_empty_outbox_page() -> None:
     assert "No mail yet" in Outbox().render_html()
+
+
+# -- how mail leaves (the dashboard's mail health) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "mode", "words"),
+    [
+        (
+            {
+                "smtp": {
+                    "host": "smtp.example.com",
+                    "starttls": True,
+                    "username": "a@b.c",
+                    "password_env": "P",
+                }
+            },
+            "smtp",
+            "SMTP smtp.example.com:587 (STARTTLS, as a@b.c)",
+        ),
+        ({"smtp": {"host": "mx", "port": 465, "tls": True}}, "smtp", "SMTP mx:465 (implicit TLS)"),
+        ({"smtp": {"host": "relay", "port": 25}}, "smtp", "SMTP relay:25 (no TLS)"),
+        ({"outbox": True}, "outbox", "stays in this server"),
+        ({}, "none", "no way to send mail"),
+    ],
+)
+def test_transport_of_says_how_mail_leaves(
+    settings: dict[str, object], mode: str, words: str
+) -> None:
+    got_mode, got_words = transport_of(EmailSettings.model_validate(settings))
+    assert got_mode == mode
+    assert words in got_words

@@ -131,3 +131,35 @@ async def test_a_pinned_public_url_ignores_a_proxy_that_says_http(bare: Zerogate
         bare.portal_setting = None
         bare.write(bare.extra["body"])
         bare.start()
+
+
+async def test_x_forwarded_port_only_from_a_trusted_proxy_and_only_for_a_bare_portal(
+    bare: Zerogate,
+) -> None:
+    """``portal: auth.localhost`` names no port: a trusted proxy's ``X-Forwarded-Port`` gives
+    the public one to every redirect; an untrusted peer's changes nothing."""
+    bare.stop()
+    bare.portal_setting = "auth.localhost"
+    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Port": "8443"}
+    try:
+        bare.write(bare.extra["body"])
+        bare.start()
+        async with HttpBrowser(source="127.0.0.1", headers=headers) as proxy:
+            trusted = await proxy.get(bare.url("wiki.localhost", "/page"))
+            odd = await proxy.get(
+                bare.url("wiki.localhost", "/page"), headers={"X-Forwarded-Port": "99999"}
+            )
+        async with HttpBrowser(source="127.0.0.2", headers=headers) as client:
+            spoofed = await client.get(bare.url("wiki.localhost", "/page"))
+        assert trusted.status == 302, trusted.text[:300]
+        assert trusted.location is not None
+        assert trusted.location.startswith("https://auth.localhost:8443/.zerogate/login?")
+        assert odd.status == 400, odd.text[:300]
+        assert spoofed.status == 302, spoofed.text[:300]
+        assert spoofed.location is not None
+        assert spoofed.location.startswith("http://auth.localhost/.zerogate/login?")
+    finally:
+        bare.stop()
+        bare.portal_setting = None
+        bare.write(bare.extra["body"])
+        bare.start()

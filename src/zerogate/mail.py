@@ -61,13 +61,20 @@ from urllib.parse import urlsplit
 import aiosmtplib
 import jinja2
 
-from zerogate.model.objects import Smtp
+from zerogate.model.objects import EmailSettings, Smtp
 from zerogate.model.values import check_email, parse_duration
 
 if TYPE_CHECKING:
     from zerogate.outbox import Outbox
 
-__all__ = ["Delivery", "MailError", "Mailer", "PinEmail", "render_pin_email"]
+__all__ = [
+    "Delivery",
+    "MailError",
+    "Mailer",
+    "PinEmail",
+    "render_pin_email",
+    "transport_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +205,20 @@ def render_pin_email(msg: PinEmail, *, sender: str, now: datetime | None = None)
     html = _HTML.render(app=app, pin=msg.pin, minutes=msg.expires_minutes, url=msg.confirm_url)
     message.add_alternative(html, subtype="html")
     return message
+
+
+def transport_of(settings: EmailSettings) -> tuple[str, str]:
+    """``(mode, words)``: how PIN mail leaves a server with these settings, for the dashboard
+    and the admin API. ``mode`` is ``smtp``, ``outbox`` (kept inside the server: nobody gets
+    it) or ``none`` (no way to send: a PIN login refuses to start)."""
+    smtp = settings.smtp
+    if smtp is not None:
+        tls = "implicit TLS" if smtp.tls else "STARTTLS" if smtp.starttls else "no TLS"
+        who = f", as {smtp.username}" if smtp.username else ""
+        return "smtp", f"SMTP {smtp.host}:{smtp.port} ({tls}{who})"
+    if settings.outbox:
+        return "outbox", "the local outbox (a trial: mail stays in this server)"
+    return "none", "no way to send mail (set email.smtp)"
 
 
 class Mailer:

@@ -77,6 +77,7 @@ class AdminFrontDoor:
             # checked at start by ``zerogate.server.run.serve`` (a missing secret refuses)
             dns=RouteDns.from_settings(svc.runtime.settings),
             on_change=svc.runtime.refresh,
+            mail=svc.runtime.settings.email,
         )
         from zerogate.admin.api import create_api
 

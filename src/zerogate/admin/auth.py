@@ -30,7 +30,7 @@ from zerogate.net import http
 from zerogate.net.asgi import Scope
 from zerogate.policy import Context, Identity, Snapshot
 from zerogate.runtime.admin_login import ADMIN_LOGIN_PATH, admin_login_url, admin_return
-from zerogate.runtime.request import request_scheme
+from zerogate.runtime.request import portal_origin
 from zerogate.runtime.services import Services
 from zerogate.runtime.sessions import portal_session
 
@@ -107,7 +107,6 @@ def session_claims(scope: Scope, svc: Services) -> Claims | None:
 def login_url(scope: Scope, svc: Services, target: str) -> str:
     """The stable sign-in address for ``target`` (an API's 401 names it): ``/admin/login?rd=…``,
     which starts the portal's login for the built-in admin application."""
-    return (
-        f"{svc.runtime.portal_origin(request_scheme(scope, svc.runtime))}{LOGIN_PATH}?"
-        + urlencode({"rd": admin_return(target)})
+    return f"{portal_origin(scope, svc.runtime)}{LOGIN_PATH}?" + urlencode(
+        {"rd": admin_return(target)}
     )

@@ -46,8 +46,16 @@ from zerogate.admin.connector_tokens import (
     token_edges,
 )
 from zerogate.identity.secret_hash import SecretKind, hash_secret, secret_matches
+from zerogate.mail import transport_of
 from zerogate.model.loader import ConfigError, Problem, validate_objects
-from zerogate.model.objects import DEFAULT_SECRET_ENV_PREFIX, Name, Objects, OidcProvider, Settings
+from zerogate.model.objects import (
+    DEFAULT_SECRET_ENV_PREFIX,
+    EmailSettings,
+    Name,
+    Objects,
+    OidcProvider,
+    Settings,
+)
 from zerogate.model.values import parse_duration
 from zerogate.policy import Context, Identity, Verdict, compile_snapshot
 from zerogate.policy.tester import PolicyQuery, QueryError, check_query, run_query
@@ -274,6 +282,33 @@ def _collection(name: str) -> str:
     return COLLECTIONS[name]
 
 
+@dataclass(frozen=True)
+class MailHealth:
+    """How PIN mail is doing, from the ``mail`` rows of the access log (every process and
+    node writes them: ``portal.handlers``): the latest outcome and the latest failure.
+
+    ``mode``: ``smtp``, ``outbox`` or ``none`` (``zerogate.mail.transport_of``; ``unknown``
+    where the service has no settings, as in the CLI); ``outcome``: ``sent``, ``failed``,
+    ``reachable`` (the server answered again after a failure) or None (nothing sent yet)."""
+
+    mode: str
+    transport: str
+    outcome: str | None
+    at: datetime | None
+    detail: str | None
+    last_sent_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+
+    @property
+    def healthy(self) -> bool | None:
+        """True after a success, False after a failure or without a way to send, None when
+        nothing was tried yet."""
+        if self.mode == "none" or self.outcome == "failed":
+            return False
+        return None if self.outcome is None else True
+
+
 class AdminService:
     """Reads and versioned writes of the configured objects, logs and the policy tester."""
 
@@ -284,8 +319,11 @@ class AdminService:
         secret_env_prefix: str = DEFAULT_SECRET_ENV_PREFIX,
         dns: RouteDns | None = None,
         on_change: Callable[[], Awaitable[object]] | None = None,
+        mail: EmailSettings | None = None,
     ) -> None:
         self.store = store
+        #: the server's ``email`` settings: how PIN mail leaves (``mail_health``)
+        self.mail = mail
         #: run after every configuration write, before the write returns: the server passes
         #: its runtime's refresh, so the process that made a change serves it before it
         #: answers (the others follow through the store's announcement or their poll)
@@ -753,6 +791,26 @@ class AdminService:
     ) -> list[Any]:
         return await self.store.access_log(
             app=app, email=email, decision=decision, since=since, limit=limit
+        )
+
+    async def mail_health(self) -> MailHealth:
+        """The latest PIN mail outcome and the latest failure (see ``MailHealth``)."""
+        mode, transport = (
+            transport_of(self.mail) if self.mail is not None else ("unknown", "not known here")
+        )
+        latest = await self.store.access_log(kind="mail", limit=1)
+        failed = await self.store.access_log(kind="mail", decision="failed", limit=1)
+        sent = await self.store.access_log(kind="mail", decision="sent", limit=1)
+        last = latest[0] if latest else None
+        return MailHealth(
+            mode=mode,
+            transport=transport,
+            outcome=last.decision if last else None,
+            at=last.at if last else None,
+            detail=last.detail if last else None,
+            last_sent_at=sent[0].at if sent else None,
+            last_error=failed[0].detail if failed else None,
+            last_error_at=failed[0].at if failed else None,
         )
 
     async def policy_test(

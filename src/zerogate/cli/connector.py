@@ -23,7 +23,7 @@ import typer
 from rich.markup import escape
 
 from zerogate import logsetup
-from zerogate.cli.helpers import fail
+from zerogate.cli.helpers import err, fail, out
 
 connector_app: typer.Typer = typer.Typer(
     help="The connector: serve a tunnel's hostnames from next to the origins.",
@@ -236,3 +236,321 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:  # pragma: no cover - a dependency, but the connector runs without it
         return None
     return uvloop.new_event_loop
+
+
+# ---------------------------------------------------------------- connector service (systemd)
+
+service_app: typer.Typer = typer.Typer(
+    help="Run the connector as a systemd service (the token stays in a root-only file).",
+    no_args_is_help=True,
+)
+connector_app.add_typer(service_app, name="service")
+
+#: where the units and the token files go (under ``--root`` when given)
+UNIT_DIR = Path("/etc/systemd/system")
+TOKEN_DIR = Path("/etc/zerogate")
+#: folders the service cannot see (``ProtectHome=``, ``PrivateTmp=``)
+_HIDDEN = tuple(
+    Path(p)
+    for p in ("/home", "/root", "/run/user", "/tmp", "/var/tmp")  # noqa: S108 - not written to
+)
+
+NameOption = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        help="Name the service zerogate-connector-NAME (several connectors on one machine).",
+        show_default=False,
+    ),
+]
+RootOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--root",
+        help="Write under this folder instead of / and run no systemctl (building an image).",
+        show_default=False,
+    ),
+]
+
+
+def _names(name: str | None) -> tuple[str, Path]:
+    """The unit's file name and the token file's path (as the running system sees it)."""
+    from zerogate.connector.service import unit_name
+
+    if name is None:
+        return "zerogate-connector.service", TOKEN_DIR / "connector.token"
+    try:
+        return unit_name(name), TOKEN_DIR / f"connector-{name}.token"
+    except ValueError as exc:
+        fail(f"--name: {escape(str(exc))}")
+
+
+def _under(root: Path | None, path: Path) -> Path:
+    return path if root is None else root / path.relative_to("/")
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        fail(
+            f"{what} must run as root: it writes {UNIT_DIR} and a root-only token file in "
+            f"{TOKEN_DIR}. Run it with sudo, or add --print to see the unit without writing"
+            " anything."
+        )
+
+
+def _visible_file(option: str, path: Path) -> str:
+    """An absolute path the sandboxed service can read, or exit 2 saying why not."""
+    full = path.expanduser().absolute()
+    if not full.is_file():
+        fail(f"{option}: {escape(str(path))} is not a readable file")
+    for hidden in _HIDDEN:
+        if full.is_relative_to(hidden):
+            fail(
+                f"{option}: {escape(str(full))} is under {hidden}, which the service cannot see"
+                " (ProtectHome / PrivateTmp): put it under /etc/zerogate"
+            )
+    return str(full)
+
+
+def _program(exec_path: Path | None) -> tuple[str, ...]:
+    """How the unit starts zerogate: ``--exec``, else the ``zerogate`` beside this Python,
+    else this Python with ``-m zerogate``."""
+    if exec_path is not None:
+        full = exec_path.absolute()
+        if not (full.is_file() and os.access(full, os.X_OK)):
+            fail(f"--exec: {escape(str(exec_path))} is not an executable file")
+        return (str(full),)
+    beside = Path(sys.executable).parent / "zerogate"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return (str(beside),)
+    return (sys.executable, "-m", "zerogate")
+
+
+def _token_text(token_file: Path | None) -> str:
+    """The token from ``--token-file`` or ``ZEROGATE_TUNNEL_TOKEN`` (never an argument)."""
+    env = os.environ.get("ZEROGATE_TUNNEL_TOKEN", "").strip()
+    if token_file is not None:
+        if env:
+            fail("give the token once: --token-file or ZEROGATE_TUNNEL_TOKEN")
+        try:
+            return token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"--token-file: cannot read {escape(str(token_file))}: {escape(str(exc))}")
+    if not env:
+        fail(
+            "the connector token is required: --token-file FILE or ZEROGATE_TUNNEL_TOKEN"
+            " (`zerogate tunnel create` or `tunnel token` prints it)"
+        )
+    return env
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 from the first byte (a temporary file in the
+    same folder, then renamed over), the folder 0700."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    temporary = path.with_name(f".{path.name}.new")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+def _systemctl(*args: str) -> str | None:
+    """Run ``systemctl ARGS``; None when it worked, else why not."""
+    import shutil
+    import subprocess
+
+    program = shutil.which("systemctl")
+    if program is None:
+        return "systemctl is not installed"
+    done = subprocess.run(  # noqa: S603 - systemctl with our own arguments
+        [program, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    if done.returncode != 0:
+        return (done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
+    return None
+
+
+@service_app.command("install")
+def install_service(
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Send every request to this service.", show_default=False),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="An ingress rules file (YAML).", show_default=False),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="A file holding the connector token (else ZEROGATE_TUNNEL_TOKEN); it is copied"
+            " to a root-only file the unit loads it from.",
+            show_default=False,
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", hidden=True, show_default=False),
+    ] = None,
+    edge: Annotated[
+        str | None,
+        typer.Option("--edge", help="HOST:PORT[,...] instead of the token's.", show_default=False),
+    ] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option("--ca", help="Verify the edge against this PEM bundle.", show_default=False),
+    ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option("--metrics", help="ADDRESS:PORT for /ready and /metrics.", show_default=False),
+    ] = None,
+    grace_period: Annotated[
+        str, typer.Option("--grace-period", help="How long in-flight requests may finish.")
+    ] = "30s",
+    name: NameOption = None,
+    exec_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--exec",
+            help="The zerogate program the unit starts (default: the one running now).",
+            show_default=False,
+        ),
+    ] = None,
+    show: Annotated[
+        bool,
+        typer.Option("--print", "--dry-run", help="Print the unit; write and start nothing."),
+    ] = False,
+    root: RootOption = None,
+    no_start: Annotated[
+        bool, typer.Option("--no-start", help="Write the files; do not enable or start.")
+    ] = False,
+) -> None:
+    """Write a hardened systemd unit for the connector, its token in a root-only file, and
+    start it (systemctl enable --now)."""
+    from zerogate.connector import ingress
+    from zerogate.connector.service import ServiceUnit, render_unit
+    from zerogate.connector.tls import parse_edges
+    from zerogate.model.loader import ConfigError
+    from zerogate.tunnel.token import TokenError, decode
+
+    if token is not None:
+        fail(
+            "--token: a token on the command line shows in `ps`, the shell history and the"
+            " unit; give --token-file FILE or set ZEROGATE_TUNNEL_TOKEN"
+        )
+    if not show:
+        _require_root("connector service install")
+    unit_file, token_path = _names(name)
+    if (url is None) == (config is None):
+        fail("give exactly one of --url URL and --config ingress.yaml")
+    run_args: list[str] = []
+    try:
+        if url is not None:
+            ingress.from_url(url)
+            run_args += ["--url", url]
+        else:
+            ingress.load_file(config or "")
+    except ConfigError as exc:
+        fail(*(escape(line) for line in exc.lines()))
+    if config is not None:
+        run_args += ["--config", _visible_file("--config", config)]
+    if edge is not None:
+        try:
+            parse_edges(edge)
+        except ValueError as exc:
+            fail(f"--edge: {escape(str(exc))}")
+        run_args += ["--edge", edge]
+    if ca is not None:
+        run_args += ["--ca", _visible_file("--ca", ca)]
+    if metrics is not None:
+        run_args += ["--metrics", metrics]
+    grace = _seconds(grace_period, "--grace-period")
+    run_args += ["--grace-period", grace_period]
+    secret: str | None = None
+    if not show or token_file is not None or os.environ.get("ZEROGATE_TUNNEL_TOKEN"):
+        secret = _token_text(token_file)
+        try:
+            tunnel = decode(secret)
+        except TokenError as exc:
+            fail(f"the token: {escape(str(exc))}")
+        if edge is None and not tunnel.edges:
+            fail("the token names no edge address: give --edge HOST:PORT")
+        if any(tunnel.secret in word or secret in word for word in run_args):
+            fail("the token must not be part of any option: it would be written in the unit")
+    unit = ServiceUnit(
+        name=name or "",
+        command=_program(exec_path),
+        run_args=tuple(run_args),
+        token_file=str(token_path),
+        grace_seconds=grace,
+    )
+    try:
+        text = render_unit(unit)
+    except ValueError as exc:
+        fail(escape(str(exc)))
+    if show:
+        out.print(text, markup=False, end="")
+        return
+    assert secret is not None
+    unit_path = _under(root, UNIT_DIR / unit_file)
+    _write_private(_under(root, token_path), secret + "\n")
+    unit_path.parent.mkdir(parents=True, exist_ok=True)
+    unit_path.write_text(text, encoding="utf-8")
+    os.chmod(unit_path, 0o644)
+    err.print(f"wrote {unit_path} and {_under(root, token_path)} (mode 0600)")
+    if root is not None or no_start:
+        err.print(f"start it with: systemctl daemon-reload && systemctl enable --now {unit_file}")
+        return
+    for args in (("daemon-reload",), ("enable", "--now", unit_file)):
+        problem = _systemctl(*args)
+        if problem is not None:
+            fail(
+                f"systemctl {' '.join(args)}: {escape(problem)}",
+                "the files are written; start the service yourself once systemd runs",
+                code=1,
+            )
+    err.print(f"started {unit_file}: systemctl status {unit_file}, journalctl -u {unit_file}")
+
+
+@service_app.command("uninstall")
+def uninstall_service(name: NameOption = None, root: RootOption = None) -> None:
+    """Stop and disable the connector's service; remove its unit and its token file."""
+    _require_root("connector service uninstall")
+    unit_file, token_path = _names(name)
+    if root is None:
+        problem = _systemctl("disable", "--now", unit_file)
+        if problem is not None:
+            err.print(f"systemctl disable --now {unit_file}: {escape(problem)}")
+    removed = []
+    for path in (_under(root, UNIT_DIR / unit_file), _under(root, token_path)):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(str(path))
+    if root is None:
+        _systemctl("daemon-reload")
+    if not removed:
+        fail(f"{unit_file} is not installed (no unit, no token file)", code=1)
+    err.print("removed " + ", ".join(removed))
+
+
+@service_app.command("status")
+def service_status(name: NameOption = None) -> None:
+    """systemctl status of the connector's service."""
+    import shutil
+    import subprocess
+
+    unit_file, _ = _names(name)
+    program = shutil.which("systemctl")
+    if program is None:
+        fail("systemctl is not installed", code=1)
+    done = subprocess.run([program, "status", "--no-pager", unit_file], check=False)  # noqa: S603
+    raise typer.Exit(done.returncode)

@@ -29,7 +29,7 @@ from zerogate.cli.helpers import (
 if TYPE_CHECKING:
     from zerogate.store import AccessEvent, AdminLogEntry, Store
 
-KINDS = ("request", "login", "gap")
+KINDS = ("request", "login", "gap", "mail")
 _DECISION_STYLE = {"allow": "green", "bypass": "cyan", "block": "red"}
 _ACTION_STYLE = {"add": "green", "change": "yellow", "remove": "red"}
 SUMMARY_CHARS = 90
@@ -143,7 +143,9 @@ def logs_command(
     kind: Annotated[
         str | None,
         typer.Option(
-            "--kind", help="Only logins, requests, or gaps a crash left (login|request|gap)."
+            "--kind",
+            help="Only logins, requests, gaps a crash left, or PIN mail sends"
+            " (login|request|gap|mail).",
         ),
     ] = None,
     admin: Annotated[

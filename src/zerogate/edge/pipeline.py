@@ -386,7 +386,7 @@ def login_url(svc: Services, req: Request, app: CompiledApp, state: str, rd: str
     flow = Flow(
         app=app.name, rd=rd, state_hash=state_hash(state), expires=int(time.time()) + FLOW_SECONDS
     )
-    return f"{rt.portal_origin(req.scheme)}/.zerogate/login?" + urlencode(
+    return f"{rt.portal_origin(req.scheme, req.port)}/.zerogate/login?" + urlencode(
         {"flow": sign_flow(rt.secret, flow)}
     )
 
@@ -485,7 +485,7 @@ def public_origin(rt: Runtime, req: Request) -> str:
     host shares), never the one the Host header carries: a Host header is the client's to
     choose, and a URL the edge builds from it must not send a browser to another port (another
     service on the same name) after a login or logout."""
-    return public_origin_of(req.scheme, req.host, rt.settings.portal_address)
+    return public_origin_of(req.scheme, req.host, rt.settings.portal_address, req.port)
 
 
 def root_url(req: Request, app: CompiledApp, rt: Runtime) -> str:
@@ -622,7 +622,8 @@ async def app_logout(
         clear.append(cookies.clear_cookie(app_cookie(other), secure=secure))
     # 303: the browser follows with a GET; the portal's logout page ends (or shows the
     # button for) the portal session
-    await http.redirect(send, f"{rt.portal_origin(req.scheme)}/.zerogate/logout", clear, status=303)
+    logout = f"{rt.portal_origin(req.scheme, req.port)}/.zerogate/logout"
+    await http.redirect(send, logout, clear, status=303)
 
 
 def host_apps(snapshot: Snapshot, host: str) -> list[CompiledApp]:

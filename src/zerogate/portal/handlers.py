@@ -69,7 +69,7 @@ from zerogate.portal.session import (
 from zerogate.runtime import PORTAL_AUDIENCE, Runtime, cookies
 from zerogate.runtime.cookies import secure_cookies
 from zerogate.runtime.pages import logout_page
-from zerogate.runtime.request import Request, public_origin_of, request_scheme
+from zerogate.runtime.request import Request, portal_origin, public_origin_of
 from zerogate.runtime.services import Services
 
 log = logging.getLogger("zerogate.portal")
@@ -186,7 +186,7 @@ async def home(scope: Scope, send: Send, svc: Services, req: Request) -> None:
         if app.host.startswith("*.") or app is snapshot.admin:
             continue  # a wildcard names no one host to link to
         if snapshot.decide(app, identity, ctx).decision in ("allow", "bypass"):
-            origin = public_origin_of(req.scheme, app.host, rt.settings.portal_address)
+            origin = public_origin_of(req.scheme, app.host, rt.settings.portal_address, req.port)
             apps.append((app.name, origin + (app.path or "/")))
     admin = snapshot.decide(snapshot.admin, identity, ctx).decision == "allow"
     page = svc.page(
@@ -399,9 +399,8 @@ async def otp_start(
     # either way; a refused address gets a decoy record (no PIN matches it, same tries) and
     # no mail, so every later answer and its timing are the same too.
     pin, record = issue_pin(email, app.name, secret=rt.secret, now=now, browser=browser)
-    confirm = (
-        f"{rt.portal_origin(request_scheme(scope, rt))}/.zerogate/login/otp/confirm?"
-        + urlencode({"flow": flow_blob, "email": email, "pin": pin})
+    confirm = f"{portal_origin(scope, rt)}/.zerogate/login/otp/confirm?" + urlencode(
+        {"flow": flow_blob, "email": email, "pin": pin}
     )
     message = render_pin_email(
         PinEmail(to=email, pin=pin, app_name=app.name, confirm_url=confirm),
@@ -476,12 +475,15 @@ async def _deliver_pin(
             await svc.mailer.probe()
         except MailError as exc:
             svc.mail_failed_at = time.time()
+            _mail_health(svc, "failed", None, str(exc))
             log.warning("the mail server cannot be used: %s", exc)
         else:
+            if svc.mail_failed_at is not None:  # the dashboard learns that it is back
+                _mail_health(svc, "reachable", None, "the mail server answers again")
             svc.mail_failed_at = None
         return
     try:
-        await svc.mailer.send(message, email)
+        delivery = await svc.mailer.send(message, email)
     except MailError as exc:
         if exc.server_down:
             # nobody gets mail now: PIN requests say so for a minute
@@ -489,12 +491,29 @@ async def _deliver_pin(
         else:
             # this address's own problem (refused, bounced): nobody else is affected
             svc.mail_failed_at = None
+        _mail_health(svc, "failed", email, str(exc))
         log.warning("could not send the PIN email to %s: %s", email, exc)
         record_login(decision="block", detail=f"pin email failed: {exc}")
         return
     svc.mail_failed_at = None
+    _mail_health(svc, "sent", email, delivery.reply)
     svc.metrics.pins_sent.inc()
     record_login(decision="pin sent", policy=verdict.policy)
+
+
+def _mail_health(svc: Services, outcome: str, email: str | None, detail: str) -> None:
+    """One ``mail`` row in the access log: the dashboard's and the API's mail health
+    (``AdminService.mail_health``) across every process and node."""
+    svc.log(
+        "mail",
+        app=None,
+        email=email,
+        idp=None,
+        ip=None,
+        country=None,
+        decision=outcome,
+        detail=detail,
+    )
 
 
 _ELSEWHERE = (

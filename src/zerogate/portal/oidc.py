@@ -49,7 +49,7 @@ from zerogate.portal.session import hand_over, session_cookie, session_seconds
 from zerogate.runtime import PORTAL_AUDIENCE, cookies
 from zerogate.runtime.cookies import secure_cookies
 from zerogate.runtime.fetch import oidc_fetch
-from zerogate.runtime.request import Request, request_scheme
+from zerogate.runtime.request import Request, portal_origin
 from zerogate.runtime.services import Services
 
 log = logging.getLogger("zerogate.portal.oidc")
@@ -81,7 +81,7 @@ def start_url(idp: OidcProvider, flow_blob: str) -> str:
 def callback_url(scope: Scope, svc: Services, name: str) -> str:
     """The OIDC ``redirect_uri``: on the portal's public origin (the pinned scheme of a URL
     ``portal``, else this request's: a trusted proxy's ``X-Forwarded-Proto`` or the transport)."""
-    origin = svc.runtime.portal_origin(request_scheme(scope, svc.runtime))
+    origin = portal_origin(scope, svc.runtime)
     return f"{origin}/.zerogate/oidc/{quote(name)}/callback"
 
 

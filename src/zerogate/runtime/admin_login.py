@@ -26,7 +26,7 @@ from zerogate.model.objects import ADMIN_APPLICATION
 from zerogate.model.paths import PathError, normalise_path, under
 from zerogate.net.asgi import Scope
 from zerogate.policy.engine import CompiledApp
-from zerogate.runtime.request import request_scheme
+from zerogate.runtime.request import portal_origin
 from zerogate.runtime.services import Services
 
 #: the paths of the built-in admin application on the portal host
@@ -75,6 +75,6 @@ def admin_login_url(scope: Scope, svc: Services, target: str, now: float | None 
     rt = svc.runtime
     expires = int(time.time() if now is None else now) + FLOW_SECONDS
     flow = Flow(app=ADMIN_APPLICATION, rd=admin_return(target), state_hash="", expires=expires)
-    return f"{rt.portal_origin(request_scheme(scope, rt))}/.zerogate/login?" + urlencode(
+    return f"{portal_origin(scope, rt)}/.zerogate/login?" + urlencode(
         {"flow": sign_flow(rt.secret, flow)}
     )

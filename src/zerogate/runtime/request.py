@@ -36,6 +36,11 @@ class RequestTrust(Protocol):
     @property
     def public_scheme(self) -> str | None: ...
 
+    @property
+    def public_port_pinned(self) -> bool: ...
+
+    def portal_origin(self, scheme: str, port: str | None = None) -> str: ...
+
 
 class _HasRuntime(Protocol):
     @property
@@ -52,6 +57,9 @@ class Request:
     query: str
     client: ResolvedClient
     scheme: str
+    #: the public port a trusted proxy's ``X-Forwarded-Port`` named (only when ``portal`` is a
+    #: bare host that names no port); None: the configured one
+    port: str | None = None
 
     @property
     def url(self) -> str:
@@ -87,21 +95,57 @@ def request_scheme(scope: Scope, rt: RequestTrust) -> str:
     return _scheme(rt, resolve_client(str(client_addr[0]), scope["headers"], rt.trusted))
 
 
-def _forwarded_host(scope: Scope) -> str | None:
-    """The last ``X-Forwarded-Host`` entry (the one the nearest proxy wrote), if any."""
+def _last_entry(scope: Scope, name: bytes) -> str | None:
+    """The last entry of a comma-separated forwarding header (the one the nearest proxy
+    wrote), if any."""
     entries: list[str] = []
     for key, value in scope["headers"]:
-        if key.lower() == b"x-forwarded-host":
+        if key.lower() == name:
             entries.extend(value.decode("latin-1").split(","))
     return entries[-1].strip() if entries else None
+
+
+def _forwarded_host(scope: Scope) -> str | None:
+    """The last ``X-Forwarded-Host`` entry (the one the nearest proxy wrote), if any."""
+    return _last_entry(scope, b"x-forwarded-host")
+
+
+def _forwarded_port(scope: Scope) -> str | None:
+    """The last ``X-Forwarded-Port`` entry as a port number, if any; a value that is not one
+    is a ``BadRequest`` (a trusted proxy that says something odd fails closed)."""
+    text = _last_entry(scope, b"x-forwarded-port")
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit() and len(text) <= 5 and 0 < int(text) < 65536):
+        raise http.BadRequest("the X-Forwarded-Port header is not a port")
+    return str(int(text))
+
+
+def forwarded_port(scope: Scope, rt: RequestTrust) -> str | None:
+    """The public port a trusted proxy's ``X-Forwarded-Port`` names, when ``portal`` leaves
+    the port open (a bare host: no port, no scheme); None otherwise, and always for a peer
+    that is not in ``trusted_proxies``."""
+    if rt.public_port_pinned or not rt.trusted:
+        return None
+    client_addr = scope.get("client") or ("", 0)
+    if not resolve_client(str(client_addr[0]), scope["headers"], rt.trusted).peer_trusted:
+        return None
+    return _forwarded_port(scope)
+
+
+def portal_origin(scope: Scope, rt: RequestTrust) -> str:
+    """The portal's public ``scheme://host[:port]`` for this request: the pinned scheme and
+    port of ``portal``, else a trusted proxy's ``X-Forwarded-Proto`` / ``-Port``, else this
+    server's own transport."""
+    return rt.portal_origin(request_scheme(scope, rt), forwarded_port(scope, rt))
 
 
 def describe_request(scope: Scope, svc: _HasRuntime) -> Request:
     """Host, path and client of a request; raises ``http.BadRequest`` when they are unusable.
 
     Behind a peer in ``trusted_proxies``, its ``X-Forwarded-Host`` names the host (routing,
-    dispatch, the URLs built for it) and its ``X-Forwarded-Proto`` the scheme; an untrusted
-    peer's are ignored."""
+    dispatch, the URLs built for it), its ``X-Forwarded-Proto`` the scheme and, when ``portal``
+    names no port, its ``X-Forwarded-Port`` the public port; an untrusted peer's are ignored."""
     rt = svc.runtime
     host_value = http.header(scope, b"host")
     if host_value is None:
@@ -111,12 +155,15 @@ def describe_request(scope: Scope, svc: _HasRuntime) -> Request:
         raise http.BadRequest("the Host header is not a host name")
     client_addr = scope.get("client") or ("", 0)
     client = resolve_client(str(client_addr[0]), scope["headers"], rt.trusted)
+    port: str | None = None
     if client.peer_trusted:
         forwarded = _forwarded_host(scope)
         if forwarded is not None:
             if not _HOST.fullmatch(forwarded):
                 raise http.BadRequest("the X-Forwarded-Host header is not a host name")
             host_header = forwarded
+        if not rt.public_port_pinned:
+            port = _forwarded_port(scope)
     return Request(
         host_header=host_header,
         host=Snapshot.normalise_host(host_header),
@@ -124,13 +171,31 @@ def describe_request(scope: Scope, svc: _HasRuntime) -> Request:
         query=scope.get("query_string", b"").decode("latin-1"),
         client=client,
         scheme=_scheme(rt, client),
+        port=port,
     )
 
 
-def public_origin_of(scheme: str, host: str, portal_address: str) -> str:
+def with_port(scheme: str, host: str, port: str | None) -> str:
+    """``host`` (an IPv6 address bracketed) with ``:port`` unless ``port`` is None or the
+    default of ``scheme``."""
+    shown = f"[{host}]" if ":" in host else host
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return shown
+    return f"{shown}:{port}"
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def public_origin_of(
+    scheme: str, host: str, portal_address: str, forwarded_port: str | None = None
+) -> str:
     """``scheme://host[:port]`` as the public sees ``host``: the port is the configured public
-    one (the port of ``portal``, which every application host shares), never one a Host
-    header carried (a client's to choose)."""
+    one (the port of ``portal``, which every application host shares), or, when ``portal``
+    names none, the one a trusted proxy's ``X-Forwarded-Port`` gave (``Request.port``); never
+    one a Host header carried (a client's to choose)."""
+    if forwarded_port is not None:
+        return f"{scheme}://{with_port(scheme, host, forwarded_port)}"
     shown = f"[{host}]" if ":" in host else host
     _, colon, port = portal_address.rpartition(":")
     return f"{scheme}://{shown}{':' + port if colon and port.isdigit() else ''}"

@@ -58,6 +58,10 @@ def audience_tag(app_name: str) -> str:
 PORTAL_AUDIENCE = "zerogate-portal"
 
 
+#: the port a URL leaves out for each scheme
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
 @dataclass
 class Runtime:
     """One process's view of the configuration and identity state."""
@@ -105,10 +109,26 @@ class Runtime:
         (``runtime.request.request_scheme``)."""
         return self.settings.portal_scheme
 
-    def portal_origin(self, scheme: str) -> str:
+    @property
+    def public_port_pinned(self) -> bool:
+        """Whether ``portal`` fixes the public port: a URL (its port, or the scheme's default)
+        or a ``host:port``. Only a bare host leaves it to a trusted proxy's
+        ``X-Forwarded-Port`` (``runtime.request``)."""
+        if self.public_scheme is not None:
+            return True
+        address = self.settings.portal_address
+        _, colon, port = address.rpartition(":")
+        return bool(colon) and port.isdigit()
+
+    def portal_origin(self, scheme: str, port: str | None = None) -> str:
         """``scheme://portal[:port]`` for a request whose public scheme is ``scheme``
-        (``Request.scheme``; the pinned one when ``portal`` is a URL)."""
-        return f"{self.public_scheme or scheme}://{self.settings.portal_address}"
+        (``Request.scheme``; the pinned one when ``portal`` is a URL) and whose trusted proxy
+        named the public ``port`` (``Request.port``: only when ``portal`` pins none)."""
+        scheme = self.public_scheme or scheme
+        address = self.settings.portal_address
+        if port is None or self.public_port_pinned or port == _DEFAULT_PORTS.get(scheme):
+            return f"{scheme}://{address}"
+        return f"{scheme}://{address}:{port}"
 
     @property
     def issuer(self) -> str:

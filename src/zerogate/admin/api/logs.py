@@ -1,4 +1,4 @@
-"""The access log and the admin log, newest first."""
+"""The access log and the admin log, newest first; mail health (from the access log)."""
 
 from datetime import datetime
 from typing import Annotated, Any
@@ -48,6 +48,20 @@ class AdminLogOut(BaseModel):
     entries: list[AdminLogEntryOut]
 
 
+class MailHealthOut(BaseModel):
+    mode: str = Field(description="smtp, outbox (a trial: nobody gets the mail) or none")
+    transport: str = Field(description="how PIN mail leaves, in words")
+    healthy: bool | None = Field(
+        description="false after a failed send or without a way to send; null: nothing sent yet"
+    )
+    outcome: str | None = Field(description="the latest: sent, failed or reachable")
+    at: datetime | None
+    detail: str | None = Field(description="the server's reply, or why it failed")
+    last_sent_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+
+
 #: how many entries a page holds
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
@@ -84,5 +98,16 @@ def router(service: AdminService) -> APIRouter:
     async def admin_log(since: datetime | None = None, limit: Limit = 100) -> AdminLogOut:
         entries = await service.admin_log(limit, since=utc(since))
         return AdminLogOut(entries=[AdminLogEntryOut(**vars(e)) for e in entries])
+
+    @logs.get(
+        f"{PREFIX}/mail-health",
+        response_model=MailHealthOut,
+        operation_id="mail_health",
+        tags=["logs"],
+        summary="PIN mail: how it leaves, the latest send's outcome and the latest failure",
+    )
+    async def mail_health() -> MailHealthOut:
+        health = await service.mail_health()
+        return MailHealthOut(**vars(health), healthy=health.healthy)
 
     return logs

@@ -1,4 +1,5 @@
-"""The dashboard: counts, the applications, the tunnels' health, the latest blocks."""
+"""The dashboard: counts, the applications, the tunnels' and the mail's health, the latest
+blocks."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class DashboardViews(TunnelViews):
             "admins": len((await self.service.admins())[0]),
         }
         blocks = await self.service.access_log(decision="block", limit=RECENT_BLOCKS)
+        mail = await self.service.mail_health()
         return self.render(
             request,
             "dashboard.html",
@@ -31,4 +33,5 @@ class DashboardViews(TunnelViews):
             tunnels=tunnels,
             counts=counts,
             blocks=blocks,
+            mail=mail,
         )
