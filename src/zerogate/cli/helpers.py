@@ -61,19 +61,25 @@ def _problem_text(problem: Problem | str) -> str:
     return str(problem).replace("[", "\\[")
 
 
-def load_config(path: Path) -> Loaded:
-    """Load and validate a file; exits 2 with every problem on stderr when invalid."""
+def load_config(path: Path, *, kept: dict[str, Any] | None = None) -> Loaded:
+    """Load and validate a file (whose objects may name those of ``kept``, see
+    ``model.loader.validate_data``); exits 2 with every problem on stderr when invalid."""
     try:
-        loaded = load_file(path)
+        loaded = load_file(path, kept=kept)
     except ConfigError as exc:
-        for line in exc.lines():
-            err.print(f"[red]error:[/red] {_problem_text(line)}")
-        n = len(exc.problems)
-        err.print(f"[red]{path}: {n} problem{'s' if n != 1 else ''}; nothing was applied[/red]")
-        raise typer.Exit(2) from None
+        report_config_error(path, exc)
     for warning in loaded.warnings:
         err.print(f"[yellow]warning:[/yellow] {_problem_text(warning)}")
     return loaded
+
+
+def report_config_error(path: Path, exc: ConfigError) -> NoReturn:
+    """Every problem of an invalid file on stderr, then exit 2."""
+    for line in exc.lines():
+        err.print(f"[red]error:[/red] {_problem_text(line)}")
+    n = len(exc.problems)
+    err.print(f"[red]{path}: {n} problem{'s' if n != 1 else ''}; nothing was applied[/red]")
+    raise typer.Exit(2) from None
 
 
 def run(coro: Callable[[], Awaitable[T]]) -> T:

@@ -124,7 +124,13 @@ async def _apply(store: Store, objects: Objects, name: str, version: int | None)
     from zerogate.store import StaleWrite
 
     try:
-        await store.apply(objects, actor=actor(), source="cli", expect={("tunnel", name): version})
+        await store.apply(
+            objects,
+            actor=actor(),
+            source="cli",
+            expect={("tunnel", name): version},
+            origin="cli",
+        )
     except StaleWrite as exc:
         raise UserError(str(exc)) from None
 

@@ -27,3 +27,20 @@ class StaleWrite(StoreError):
         else:
             now = f"it is now at version {actual}, not {expected}"
         super().__init__(f"{kind} {name!r} was changed by someone else: {now}; reload and retry")
+
+
+class KeptInvalid(StoreError):
+    """An apply from a file would keep objects it does not list (made through the API, panel
+    or a command) that no longer fit the file's objects: an application naming a group the
+    file removed, say. ``problems`` (``zerogate.model.loader.Problem``) name object and field;
+    nothing was written. Listing the kept objects in the file, changing them, or ``--prune``
+    resolves it."""
+
+    def __init__(self, kept: tuple[object, ...], problems: list[object]) -> None:
+        self.kept = kept
+        self.problems = problems
+        names = ", ".join(f"{k.kind.replace('_', ' ')} {k.name}" for k in kept)  # type: ignore[attr-defined]
+        super().__init__(
+            f"the file's objects do not fit the objects it keeps ({names}): list or change "
+            "those in the file, or remove them with --prune"
+        )

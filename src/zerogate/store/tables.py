@@ -33,6 +33,13 @@ Logs (migration 0004): indexes for the filters on decision and kind, and
 - ``log_writers``: one row per process's access-log writer: when it started, when it last
   flushed (or said it was idle), how many rows it wrote and dropped, and whether it ended
   cleanly (``stopped``), is ``running``, or was found gone without flushing (``lost``).
+
+Ownership and sessions (migration 0009):
+
+- ``objects.origin`` (where an object was last changed: ``file``, ``api``, ``panel``, ``cli``)
+  and ``objects.in_file`` (listed by the last apply from a file);
+- ``sessions``: one row per portal login (id = the tokens' ``sid`` claim), last seen written at
+  most once a minute; ``revocations.session_id`` ends one session instead of an address's all.
 """
 
 from __future__ import annotations
@@ -114,6 +121,10 @@ objects = Table(
     Column("version", BigInteger, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # where it was last added or changed: file, api, panel, cli (migration 0009)
+    Column("origin", String(16), nullable=False, server_default="file"),
+    # listed by the last apply from a file: the file manages it (migration 0009)
+    Column("in_file", Boolean, nullable=False, server_default=text("true")),
     UniqueConstraint("kind", "name"),
 )
 
@@ -183,6 +194,8 @@ revocations = Table(
     Column("email", String(320), nullable=False),
     Column("not_before", UTCDateTime, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # set: ends this one session only (migration 0009)
+    Column("session_id", String(64), nullable=True),
     Index("ix_revocations_email", "email"),
 )
 
@@ -274,4 +287,20 @@ log_writers = Table(
     Column("ended_at", UTCDateTime, nullable=True),
     Column("state", String(16), nullable=False),
     Index("ix_log_writers_state", "state"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("email", String(320), nullable=False),
+    Column("idp", Text, nullable=False),
+    Column("user_agent", Text, nullable=True),
+    Column("ip", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime, nullable=True),
+    Index("ix_sessions_email", "email"),
+    Index("ix_sessions_expires_at", "expires_at"),
 )
