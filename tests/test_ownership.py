@@ -177,7 +177,7 @@ def test_kept_objects_that_no_longer_fit_refuse_the_apply(config: Path) -> None:
     flat = " ".join(result.stderr.split())
     assert "application 'crm' › policy 's' › include[0].group[0]: unknown group 'Staff'" in flat
     assert "--prune" in flat
-    objects, version = in_store(config, lambda s: s.load())
+    objects, _ = in_store(config, lambda s: s.load())
     assert names(objects, "groups") == ["Staff"]  # nothing written
     # --prune removes the panel's application too, so the file applies
     ok("apply", "-c", str(config), "--prune")

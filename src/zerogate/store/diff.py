@@ -9,9 +9,10 @@ JSON form (sorted keys), so applying the same objects twice gives an empty plan.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from zerogate.model.objects import Objects
@@ -47,7 +48,7 @@ class Change:
     action: Literal["add", "change", "remove"]
     fields: tuple[str, ...] = ()
     #: for a removal: where the removed object was last changed (not part of equality)
-    origin: str | None = field(default=None, compare=False)
+    origin: str | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from zerogate.model.loader import ConfigError, validate_objects
 from zerogate.model.objects import Objects
 from zerogate.store import logs, migrate, runtime, tunnels
-from zerogate.model.loader import ConfigError, validate_objects
 from zerogate.store.diff import (
     KINDS,
     Change,
