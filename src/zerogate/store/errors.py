@@ -3,6 +3,9 @@ stored data), always with a one-line message that says what went wrong and where
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class StoreError(Exception):
     """The store cannot do what was asked; ``str(error)`` is a one-line message for the user."""
@@ -36,10 +39,10 @@ class KeptInvalid(StoreError):
     nothing was written. Listing the kept objects in the file, changing them, or ``--prune``
     resolves it."""
 
-    def __init__(self, kept: tuple[object, ...], problems: list[object]) -> None:
-        self.kept = kept
-        self.problems = problems
-        names = ", ".join(f"{k.kind.replace('_', ' ')} {k.name}" for k in kept)  # type: ignore[attr-defined]
+    def __init__(self, kept: Sequence[Any], problems: Sequence[Any]) -> None:
+        self.kept = tuple(kept)
+        self.problems = list(problems)
+        names = ", ".join(f"{k.kind.replace('_', ' ')} {k.name}" for k in kept)
         super().__init__(
             f"the file's objects do not fit the objects it keeps ({names}): list or change "
             "those in the file, or remove them with --prune"
