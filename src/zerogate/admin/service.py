@@ -55,6 +55,7 @@ from zerogate.store import (
     AdminLogEntry,
     ApiToken,
     ServiceCredential,
+    Session,
     StaleWrite,
     Store,
     TunnelConnection,
@@ -754,6 +755,35 @@ class AdminService:
         """The connector connections the edges reported in the last ``FRESH_SECONDS``."""
         since = datetime.now(UTC) - timedelta(seconds=FRESH_SECONDS)
         return await self.store.tunnel_connections(seen_after=since, tunnel=tunnel)
+
+    # -- portal sessions ---------------------------------------------------------------------
+
+    async def sessions(self, *, email: str | None = None, limit: int = 1000) -> list[Session]:
+        """The active portal sessions (of ``email`` and its subaddresses), most recently
+        seen first."""
+        return await self.store.sessions(email=email, limit=limit)
+
+    async def end_session(self, session_id: str, actor: Actor) -> Session:
+        """End one portal session: its tokens stop working on every server within a second
+        (this one at once). ``NotFound`` when no such session is active. Recorded in the
+        admin log (the session's owner, device and address; never a token)."""
+        ended = await self.store.end_session(session_id[:100])
+        if ended is None:
+            raise NotFound(f"no active session {session_id[:100]!r}")
+        await self._record(
+            actor,
+            "remove",
+            "session",
+            ended.id,
+            {"email": ended.email, "user_agent": ended.user_agent, "ip": ended.ip},
+            None,
+        )
+        if self.on_change is not None:
+            try:
+                await self.on_change()  # this process refuses the session at once
+            except Exception:
+                log.exception("could not load the session just ended")
+        return ended
 
     # -- logs and the policy tester ----------------------------------------------------------
 

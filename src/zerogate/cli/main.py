@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from zerogate import __version__
-from zerogate.cli import api_tokens, connector, logs, mail, tokens, tunnels
+from zerogate.cli import api_tokens, connector, logs, mail, sessions, tokens, tunnels
 from zerogate.cli.helpers import (
     ConfigOption,
     JsonOption,
@@ -534,6 +534,7 @@ app.command("logs")(logs.logs_command)
 app.add_typer(tunnels.tunnel_app, name="tunnel")
 app.add_typer(connector.connector_app, name="connector")
 app.add_typer(mail.email_app, name="email")
+app.add_typer(sessions.sessions_app, name="sessions")
 
 
 def main() -> None:

@@ -36,13 +36,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from zerogate.identity import (
+    Claims,
     PinOutcome,
     PinRecord,
     browser_binding,
     check_pin,
     decoy,
     issue_pin,
-    issue_portal_token,
 )
 from zerogate.identity.flow import (
     Flow,
@@ -64,13 +64,16 @@ from zerogate.portal.session import (
     hand_over,
     portal_session,
     session_cookie,
-    session_seconds,
+    session_id,
+    start_session,
 )
-from zerogate.runtime import PORTAL_AUDIENCE, Runtime, cookies
+from zerogate.runtime import Runtime, cookies
 from zerogate.runtime.cookies import secure_cookies
+from zerogate.runtime.devices import device_of
 from zerogate.runtime.pages import logout_page
 from zerogate.runtime.request import Request, public_origin_of, request_scheme
 from zerogate.runtime.services import Services
+from zerogate.store import Session
 
 log = logging.getLogger("zerogate.portal")
 
@@ -154,6 +157,10 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
                 await _message(send, svc, 404, "Not found", "There is nothing here.")
         elif path == "/":
             await home(scope, send, svc, req)
+        elif path == "/.zerogate/sessions" and method in ("GET", "HEAD"):
+            await sessions_page(scope, send, svc, req)
+        elif path == "/.zerogate/sessions/end" and method == "POST":
+            await end_session(scope, receive, send, svc, req)
         else:
             await _message(send, svc, 404, "Not found", "There is nothing here.")
     except _Problem as problem:
@@ -166,7 +173,7 @@ async def home(scope: Scope, send: Send, svc: Services, req: Request) -> None:
     """The portal's home, an app launcher: the applications this person may open now (each
     application's policies judged with their identity and network, as a request would be),
     administration when they are an administrator, and sign-out."""
-    claims = portal_session(scope, svc)
+    claims = _signed_in(scope, svc, req)
     if claims is None:
         await _message(
             send,
@@ -193,6 +200,105 @@ async def home(scope: Scope, send: Send, svc: Services, req: Request) -> None:
         "home.html", title="Your applications", email=claims.email, apps=apps, admin=admin
     )
     await http.respond_html(send, 200, page)
+
+
+def _signed_in(scope: Scope, svc: Services, req: Request) -> Claims | None:
+    """The portal session, its use noted (last seen: a mark the watcher writes later)."""
+    claims = portal_session(scope, svc)
+    if claims is not None:
+        svc.runtime.seen(claims, req.client.ip, time.time())
+    return claims
+
+
+def session_rows(found: list[Session], current: str | None) -> list[dict[str, Any]]:
+    """What the sessions lists show of each session (portal and admin panel)."""
+    return [
+        {
+            "id": s.id,
+            "email": s.email,
+            "idp": s.idp,
+            "device": device_of(s.user_agent),
+            "user_agent": s.user_agent or "",
+            "ip": s.ip or "—",
+            "since": s.created_at,
+            "seen": s.seen_at,
+            "expires": s.expires_at,
+            "current": s.id == current,
+        }
+        for s in found
+    ]
+
+
+async def sessions_page(
+    scope: Scope,
+    send: Send,
+    svc: Services,
+    req: Request,
+    *,
+    status: int = 200,
+    notice: str | None = None,
+) -> None:
+    """``/.zerogate/sessions``: this person's active sessions (device, address, since, last
+    seen; the one of this browser marked), each with a button that ends it."""
+    claims = _signed_in(scope, svc, req)
+    if claims is None:
+        await _message(send, svc, 401, "Your sessions", "You are not signed in.", error=False)
+        return
+    found = [
+        s
+        for s in await svc.runtime.store.sessions(email=claims.email)
+        if s.email == claims.email.lower()
+    ]
+    await _render(
+        send,
+        svc,
+        scope,
+        "sessions.html",
+        status,
+        title="Your sessions",
+        email=claims.email,
+        sessions=session_rows(found, session_id(claims)),
+        notice=notice or ("The session is ended." if http.query(scope).get("ended") else None),
+        known=session_id(claims) is not None,
+    )
+
+
+async def end_session(
+    scope: Scope, receive: Receive, send: Send, svc: Services, req: Request
+) -> None:
+    """The POST of a sessions page's "End" button (with the page's CSRF token): ends one of
+    this person's own sessions; a session of anyone else is refused as if it did not exist."""
+    form = await http.read_form(scope, receive)
+    _check_csrf(scope, svc, form)
+    claims = _signed_in(scope, svc, req)
+    if claims is None:
+        raise _Problem(401, "You are not signed in.")
+    target = form.get("session", "")[:100]
+    found = await svc.runtime.store.session(target) if target else None
+    if found is None or found.email != claims.email.lower() or found.ended_at is not None:
+        raise _Problem(404, "You have no such active session.")
+    await svc.runtime.end_session(found.id)
+    svc.log(
+        "login",
+        app=None,
+        email=claims.email,
+        idp=claims.idp,
+        ip=req.client.ip,
+        country=None,
+        decision="logout",
+        detail=f"session ended ({device_of(found.user_agent)})",
+    )
+    if found.id == session_id(claims):
+        page = svc.page(
+            "message.html",
+            title="Signed out",
+            message="This session is ended: you are signed out on this device.",
+            error=False,
+        )
+        clear = cookies.clear_cookie(PORTAL_COOKIE, secure=secure_cookies(svc.runtime, scope))
+        await http.respond_html(send, 200, page, [clear])
+        return
+    await http.redirect(send, "/.zerogate/sessions?ended=1")
 
 
 async def _message(
@@ -277,6 +383,7 @@ async def login_page(scope: Scope, send: Send, svc: Services, req: Request) -> N
             claims.idp,
             list(claims.groups or ()),
             list(claims.amr or ()),
+            sid=session_id(claims),
         )
         return
     methods = login_methods(scope, svc, app, flow_blob)
@@ -611,19 +718,10 @@ async def otp_verify(
         return
     await rt.store.delete_pin(pin_store_key(email, app.name))
     record_login(decision="allow", detail="pin accepted")
-    portal_token = issue_portal_token(
-        rt.keyset,
-        issuer=rt.issuer,
-        audience=PORTAL_AUDIENCE,
-        email=email,
-        sub=email,
-        idp=otp.name,
-        ttl_seconds=session_seconds(svc),
-        now=now,
-    )
+    sid, portal_token = await start_session(scope, svc, ip, email=email, idp=otp.name, now=now)
     cookie = session_cookie(scope, svc, portal_token)
     last = oidc_login.last_method_cookie(scope, svc, otp.name)
-    await hand_over(send, svc, flow, app, email, otp.name, [], [], [cookie, last])
+    await hand_over(send, svc, flow, app, email, otp.name, [], [], [cookie, last], sid=sid)
 
 
 async def logout(scope: Scope, receive: Receive, send: Send, svc: Services, req: Request) -> None:

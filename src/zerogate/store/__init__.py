@@ -8,6 +8,7 @@ Imports only ``zerogate.model`` of zerogate's own code."""
 from zerogate.store.diff import Change, Kept, Plan
 from zerogate.store.errors import KeptInvalid, StaleWrite, StoreError
 from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion
+from zerogate.store.sessions import Session
 from zerogate.store.store import AdminLogEntry, Store
 from zerogate.store.tunnels import ApiToken, TunnelConnection, TunnelCredential
 from zerogate.store.urls import storage_url
@@ -21,6 +22,7 @@ __all__ = [
     "KeptInvalid",
     "Plan",
     "ServiceCredential",
+    "Session",
     "StaleWrite",
     "StateVersion",
     "Store",

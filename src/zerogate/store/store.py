@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from zerogate.model.loader import ConfigError, validate_objects
 from zerogate.model.objects import Objects
 from zerogate.store import logs, migrate, runtime, tunnels
+from zerogate.store import sessions as session_rows
 from zerogate.store.diff import (
     KINDS,
     Change,
@@ -50,6 +51,7 @@ from zerogate.store.engine import create_engine, is_memory, sqlite_file, write_l
 from zerogate.store.errors import KeptInvalid, StaleWrite, StoreError
 from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion, key_text, utc
 from zerogate.store.secretbox import SecretBox, prepare_sqlite_file
+from zerogate.store.sessions import Session
 from zerogate.store.tables import access_log, admin_log, config_state
 from zerogate.store.tables import objects as objects_table
 from zerogate.store.tunnels import ApiToken, TunnelConnection, TunnelCredential
@@ -604,7 +606,50 @@ class Store:
         email = key_text(email, "email")
         with self._errors("record a revocation"):
             async with self._writing() as connection:
+                await session_rows.end_of_address(connection, email, not_before)
                 return await runtime.revoke(connection, email, not_before, _now())
+
+    # -- runtime state: portal sessions ---------------------------------------------------
+
+    async def add_session(self, session: Session) -> None:
+        """Record a new portal login (``Session``)."""
+        with self._errors("record a session"):
+            async with self._writing() as connection:
+                await session_rows.add(connection, session)
+
+    async def sessions(self, *, email: str | None = None, limit: int = 1000) -> list[Session]:
+        """The active sessions (of ``email`` and its subaddresses), most recently seen first."""
+        with self._errors("read the sessions"):
+            async with self._single() as connection:
+                return await session_rows.active(connection, _now(), email, limit)
+
+    async def session(self, session_id: str) -> Session | None:
+        with self._errors("read a session"):
+            async with self._single() as connection:
+                return await session_rows.get(connection, key_text(session_id, "a session id"))
+
+    async def end_session(self, session_id: str) -> Session | None:
+        """End an active session everywhere (its tokens are refused by every server within a
+        second); the ended session, or ``None`` when there was no such active session."""
+        session_id = key_text(session_id, "a session id")
+        with self._errors("end a session"):
+            async with self._writing() as connection:
+                return await session_rows.end(connection, session_id, _now())
+
+    async def ended_sessions(self, *, since: int = 0) -> list[tuple[int, str]]:
+        """``(revocation id, session id)`` of the sessions ended with revocation ids above
+        ``since`` (the same counter as ``revocations``)."""
+        with self._errors("read the ended sessions"):
+            async with self._single() as connection:
+                return await session_rows.ended_since(connection, since)
+
+    async def touch_sessions(self, seen: Sequence[tuple[str, datetime, str | None]]) -> None:
+        """Move the sessions' last seen (and address) forward, in one transaction."""
+        if not seen:
+            return
+        with self._errors("record when sessions were seen"):
+            async with self._writing() as connection:
+                await session_rows.touch(connection, seen)
 
     async def revocations(self, *, since: int = 0) -> list[tuple[int, str, datetime]]:
         """``(id, email, not_before)`` of the revocations with ``id > since``, ascending. Ids

@@ -149,15 +149,14 @@ def spec_of(body: Any) -> dict[str, Any]:
     return data
 
 
+def ownership(item: Item) -> dict[str, Any]:
+    """The fields every configured object answers with besides its spec."""
+    return {"version": item.version, "origin": item.origin, "managed_by_file": item.managed}
+
+
 def item_out(item: Item, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """A configured object as JSON: its spec, the extra fields, its version and ownership."""
-    return {
-        **item.spec,
-        **(extra or {}),
-        "version": item.version,
-        "origin": item.origin,
-        "managed_by_file": item.managed,
-    }
+    return {**item.spec, **(extra or {}), **ownership(item)}
 
 
 def utc(value: datetime | None) -> datetime | None:
