@@ -144,6 +144,9 @@ async def test_seed_workflow_through_the_api(zg: Zerogate, outbox: ThreadedOutbo
             "require": [],
             "exclude": [],
             "version": made.json()["version"],
+            # made through the API: zerogate apply keeps it unless --prune
+            "changed_via": "api",
+            "managed_by_file": False,
         }
         assert made.headers["ETag"] == f'"{made.json()["version"]}"'
         policy = {

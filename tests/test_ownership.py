@@ -92,7 +92,7 @@ def test_apply_keeps_and_reports_what_the_panel_made(config: Path) -> None:
 
     plan = ok_json("apply", "-c", str(config), "--dry-run")
     assert plan["changes"] == []
-    assert {(k["kind"], k["name"], k["origin"]) for k in plan["kept"]} == {
+    assert {(k["kind"], k["name"], k["changed_via"]) for k in plan["kept"]} == {
         ("group", "Partners", "panel"),
         ("group", "Vendors", "api"),
     }
@@ -112,7 +112,7 @@ def test_apply_keeps_and_reports_what_the_panel_made(config: Path) -> None:
     assert names(objects, "groups") == ["Staff", "Partners", "Vendors"]
 
     pruned = ok_json("apply", "-c", str(config), "--prune")
-    assert {(c["action"], c["name"], c["origin"]) for c in pruned["changes"]} == {
+    assert {(c["action"], c["name"], c["changed_via"]) for c in pruned["changes"]} == {
         ("remove", "Partners", "panel"),
         ("remove", "Vendors", "api"),
     }

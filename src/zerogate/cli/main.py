@@ -142,11 +142,11 @@ def _plan_json(plan: Any, dry_run: bool, prune: bool = False) -> dict[str, Any]:
                 "kind": c.kind,
                 "name": c.name,
                 "fields": list(c.fields),
-                **({"origin": c.origin} if c.action == "remove" else {}),
+                **({"changed_via": c.origin} if c.action == "remove" else {}),
             }
             for c in plan.changes
         ],
-        "kept": [{"kind": k.kind, "name": k.name, "origin": k.origin} for k in plan.kept],
+        "kept": [{"kind": k.kind, "name": k.name, "changed_via": k.origin} for k in plan.kept],
         "version_before": plan.version_before,
         "version_after": plan.version_after,
     }

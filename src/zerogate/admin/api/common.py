@@ -45,7 +45,7 @@ class Versioned(BaseModel):
         description="the configuration version that last changed this object; send it back "
         "as If-Match to change or delete it"
     )
-    origin: Origin = Field(
+    changed_via: Origin = Field(
         description="where this object was last added or changed: file (zerogate apply), "
         "api, panel or cli (a zerogate command such as tunnel create)"
     )
@@ -60,7 +60,7 @@ class PutVersion(BaseModel):
     version: int | None = Field(
         default=None, description="the version this change is based on (or send If-Match)"
     )
-    origin: Origin | None = Field(
+    changed_via: Origin | None = Field(
         default=None, description="read-only (what a GET answered may be sent back): ignored"
     )
     managed_by_file: bool | None = Field(
@@ -144,14 +144,14 @@ Force = Annotated[
 def spec_of(body: Any) -> dict[str, Any]:
     """A request body as the service's spec (the YAML fields, without ``version``)."""
     data: dict[str, Any] = body.model_dump(mode="json", by_alias=True, exclude_none=True)
-    for key in ("version", "origin", "managed_by_file"):
+    for key in ("version", "changed_via", "managed_by_file"):
         data.pop(key, None)
     return data
 
 
 def ownership(item: Item) -> dict[str, Any]:
     """The fields every configured object answers with besides its spec."""
-    return {"version": item.version, "origin": item.origin, "managed_by_file": item.managed}
+    return {"version": item.version, "changed_via": item.origin, "managed_by_file": item.managed}
 
 
 def item_out(item: Item, extra: dict[str, Any] | None = None) -> dict[str, Any]:

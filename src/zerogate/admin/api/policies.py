@@ -20,7 +20,7 @@ from zerogate.model.objects import Policy
 
 
 class PolicyOut(Policy, Versioned):
-    """A policy; ``version``, ``origin`` and ``managed_by_file`` are its application's."""
+    """A policy; ``version``, ``changed_via`` and ``managed_by_file`` are its application's."""
 
 
 class PolicyPut(Policy, PutVersion):

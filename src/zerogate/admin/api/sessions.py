@@ -13,7 +13,7 @@ from zerogate.runtime.devices import device_of
 from zerogate.store import Session
 
 
-class SessionOut(BaseModel):
+class PortalSessionOut(BaseModel):
     id: str = Field(description="the session's id (the sid claim of its tokens)")
     email: str
     idp: str = Field(description="the identity provider it signed in with")
@@ -25,8 +25,8 @@ class SessionOut(BaseModel):
     expires_at: datetime
 
 
-def session_out(session: Session) -> SessionOut:
-    return SessionOut(
+def session_out(session: Session) -> PortalSessionOut:
+    return PortalSessionOut(
         id=session.id,
         email=session.email,
         idp=session.idp,
@@ -44,7 +44,7 @@ def router(service: AdminService) -> APIRouter:
 
     @sessions_router.get(
         f"{PREFIX}/sessions",
-        response_model=list[SessionOut],
+        response_model=list[PortalSessionOut],
         operation_id="list_sessions",
         tags=["sessions"],
         summary="The active portal sessions, most recently seen first",
@@ -55,7 +55,7 @@ def router(service: AdminService) -> APIRouter:
             Query(max_length=320, description="only this address's (and its subaddresses')"),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
-    ) -> list[SessionOut]:
+    ) -> list[PortalSessionOut]:
         found = await service.sessions(email=email, limit=limit)
         return [session_out(s) for s in found]
 
