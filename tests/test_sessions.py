@@ -147,7 +147,8 @@ async def test_a_person_sees_their_sessions_and_ends_one(
         gone = await phone.get(portal(zg, "/.zerogate/sessions"))
         assert gone.status == 401
         assert await still_in(laptop, zg)
-        page = await laptop.get(portal(zg, "/.zerogate/sessions"))
+        assert ended.headers["Location"] == "/.zerogate/sessions?ended=1"
+        page = await laptop.get(portal(zg, ended.headers["Location"]))
         assert session_ids(page.text) == [current.group(1)]
         assert "The session is ended." in page.text
 

@@ -6,7 +6,6 @@ scroll sideways."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Iterator
 
@@ -14,8 +13,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from harness import free_port
-from zerogate.admin.service import Actor, AdminService
-from zg_harness import ThreadedOutbox, VerifyingOrigin, Zerogate, open_store
+from zg_harness import ThreadedOutbox, VerifyingOrigin, Zerogate
 
 pytestmark = pytest.mark.e2e
 
@@ -128,17 +126,29 @@ def user_page(
     return page
 
 
+def fill_rule(page: Page, section: str, selector: str, values: str) -> None:
+    """Fill the last (blank) row of a section of the rule builder."""
+    rows = page.locator(f'fieldset[data-section="{section}"] .rule')
+    row = rows.nth(rows.count() - 1)
+    row.locator("select").select_option(selector)
+    row.locator("input").fill(values)
+
+
 def test_ownership_badges_and_the_overwrite_warning(
     browser: Browser, zg: Zerogate, outbox: ThreadedOutbox
 ) -> None:
-    async def panel_group() -> None:
-        async with open_store(zg) as store:
-            spec = {"name": "Partners", "include": [{"email": ["p@partner.test"]}]}
-            await AdminService(store).create(
-                "groups", spec, Actor(ADMIN, "127.0.0.1", origin="panel")
-            )
+    # a group made in the panel survives the next apply from the file, which says so
+    page = admin_page(browser, zg, outbox, DESKTOP)
+    page.goto(zg.url("auth.localhost", "/admin/groups/edit"))
+    page.fill('input[name="name"]', "Partners")
+    fill_rule(page, "include", "email", "p@partner.test")
+    page.click("button:has-text('Create group')")
+    page.wait_for_selector("text=Group Partners saved.")
+    applied = zg.cli("apply", "-c", str(zg.config))
+    assert applied.returncode == 0, applied.stderr
+    assert "Kept, not in the file: group Partners (panel)" in " ".join(applied.stdout.split())
+    page.context.close()
 
-    asyncio.run(panel_group())
     for viewport in (DESKTOP, PHONE):
         page = admin_page(browser, zg, outbox, viewport)
         page.goto(zg.url("auth.localhost", "/admin/groups"))

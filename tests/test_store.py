@@ -573,3 +573,58 @@ def test_alembic_command_line_environment(tmp_path: pathlib.Path) -> None:
     sql = config.output_buffer.getvalue()
     assert "CREATE TABLE objects" in sql
     assert "CONSTRAINT uq_objects_kind_name UNIQUE (kind, name)" in sql
+
+
+# -- portal sessions (issue #16) -------------------------------------------------------------
+
+
+async def test_sessions_are_listed_ended_and_revoked_by_id(store: Store) -> None:
+    from zerogate.store import Session
+
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def session(sid: str, email: str, seen: datetime) -> Session:
+        return Session(
+            id=sid,
+            email=email,
+            idp="otp",
+            user_agent="curl/8",
+            ip="192.0.2.1",
+            created_at=now - timedelta(hours=1),
+            seen_at=seen,
+            expires_at=now + timedelta(hours=1),
+        )
+
+    await store.add_session(session("s1", "Ann@Example.com", now - timedelta(minutes=5)))
+    await store.add_session(session("s2", "ann+work@example.com", now - timedelta(minutes=1)))
+    await store.add_session(session("s3", "annie@example.com", now))
+    listed = await store.sessions(email="ann@example.com")
+    assert [s.id for s in listed] == ["s2", "s1"]  # subaddress too, most recently seen first
+    assert listed[1].email == "ann@example.com"
+    assert [s.id for s in await store.sessions()] == ["s3", "s2", "s1"]
+
+    # last seen moves forward only, with the address
+    await store.touch_sessions(
+        [("s1", now, "198.51.100.4"), ("s3", now - timedelta(hours=1), None)]
+    )
+    got = await store.session("s1")
+    assert got is not None and got.seen_at == now and got.ip == "198.51.100.4"
+    got = await store.session("s3")
+    assert got is not None and got.seen_at == now
+
+    before = (await store.state()).revocation_seq
+    ended = await store.end_session("s1")
+    assert ended is not None and ended.ended_at is not None
+    after = (await store.state()).revocation_seq
+    assert after == before + 1  # every server's watcher sees it
+    assert await store.ended_sessions(since=before) == [(after, "s1")]
+    assert await store.revocations(since=before) == []  # not a logout of the address
+    assert await store.end_session("s1") is None
+    assert await store.end_session("nope") is None
+    assert [s.id for s in await store.sessions(email="ann@example.com")] == ["s2"]
+
+    # "log out everywhere" ends the address's (and subaddresses') sessions in the list too
+    await store.revoke("ann@example.com", not_before=datetime.now(UTC))
+    assert await store.sessions(email="ann@example.com") == []
+    assert [s.id for s in await store.sessions()] == ["s3"]
+    assert [sid for _, sid in await store.ended_sessions()] == ["s1"]  # still refused

@@ -326,9 +326,14 @@ class Runtime:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), POLL_SECONDS)
                 changed.clear()
-                try:
-                    if self._seen_pending:
+                if self._seen_pending:
+                    try:
                         await self.flush_seen()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # last seen is a courtesy: never stop watching
+                        log.warning("could not record when sessions were last seen: %s", exc)
+                try:
                     await self.refresh()
                 except asyncio.CancelledError:
                     raise
