@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import os
 import secrets
@@ -244,7 +245,7 @@ async def test_sessions_last_seen_marks_and_ending_by_id(tmp_path: Path) -> None
         assert runtime.rejects(claims)
         later = await Runtime.load(store, Settings(), tmp_path)
         assert later.rejects(claims)
-        other = Claims(**{**claims.__dict__, "extra": {"sid": "s2"}})
+        other = dataclasses.replace(claims, extra={"sid": "s2"})
         assert not later.rejects(other)
     finally:
         await store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import pathlib
 import secrets
@@ -628,3 +629,43 @@ async def test_sessions_are_listed_ended_and_revoked_by_id(store: Store) -> None
     assert await store.sessions(email="ann@example.com") == []
     assert [s.id for s in await store.sessions()] == ["s3"]
     assert [sid for _, sid in await store.ended_sessions()] == ["s1"]  # still refused
+
+
+def test_migration_0009_names_the_owner_of_existing_objects(tmp_path: pathlib.Path) -> None:
+    """Objects stored before ownership was recorded: the file's when their last logged change
+    came from the command line (or is not logged), the API's otherwise — so the first apply
+    after the upgrade keeps what the panel or the API made."""
+    import sqlite3
+
+    url = storage_url("sqlite:///old.db", base_dir=tmp_path)
+    command.upgrade(migrate.alembic_config(url), "0005")
+    db = sqlite3.connect(tmp_path / "old.db")
+    stamp = "2026-01-01 00:00:00"
+    for i, name in enumerate(("from-file", "from-panel", "unlogged")):
+        db.execute(
+            "INSERT INTO objects (kind, name, position, spec, version, created_at, updated_at)"
+            " VALUES ('group', ?, ?, ?, 1, ?, ?)",
+            (name, i, json.dumps({"name": name, "include": [{"everyone": True}]}), stamp, stamp),
+        )
+    for source, name in (("cli", "from-file"), ("203.0.113.9", "from-panel")):
+        db.execute(
+            "INSERT INTO admin_log (at, actor, source, action, kind, name, config_version)"
+            " VALUES (?, 'someone', ?, 'add', 'group', ?, 1)",
+            (stamp, source, name),
+        )
+    db.commit()
+    db.close()
+    (tmp_path / "old.db").chmod(0o600)
+
+    async def owners() -> dict[tuple[str, str], tuple[str, bool]]:
+        store = await Store.open(url)
+        try:
+            return await store.ownership()
+        finally:
+            await store.close()
+
+    assert run_blocking(owners) == {
+        ("group", "from-file"): ("file", True),
+        ("group", "from-panel"): ("api", False),
+        ("group", "unlogged"): ("file", True),
+    }

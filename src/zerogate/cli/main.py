@@ -190,6 +190,11 @@ def _load_for_apply(path: Path, prune: bool) -> Any:
     if prune or config is None:
         report_config_error(path, first)
     url = store_url(config, path)
+    from zerogate.store.engine import sqlite_file
+
+    file = sqlite_file(url)
+    if file is not None and not file.exists():
+        report_config_error(path, first)  # a store not made yet keeps nothing
 
     async def kept_document() -> dict[str, Any]:
         from zerogate.store import Store, StoreError
