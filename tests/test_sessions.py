@@ -161,8 +161,16 @@ async def test_a_person_sees_their_sessions_and_ends_one(
 async def test_nobody_ends_someone_elses_session_through_the_portal(
     zg: Zerogate, outbox: ThreadedOutbox
 ) -> None:
-    async with HttpBrowser() as mallory, HttpBrowser(source="127.0.0.8") as bob:
+    hostile = '<script>alert("ua")</script>'
+    async with (
+        HttpBrowser(headers={"User-Agent": hostile}) as mallory,
+        HttpBrowser(source="127.0.0.8") as bob,
+    ):
         await signed_in(mallory, zg, outbox, "mallory@example.com")
+        # her own User-Agent is shown to her (and to admins) as text, never as markup
+        own = await mallory.get(portal(zg, "/.zerogate/sessions"))
+        assert hostile not in own.text
+        assert "&lt;script&gt;alert(&#34;ua&#34;)&lt;/script&gt;" in own.text
         await signed_in(bob, zg, outbox, "bob@example.com")
         async with open_store(zg) as store:
             bobs = [s.id for s in await store.sessions(email="bob@example.com")]

@@ -272,11 +272,13 @@ async def end_session(
     _check_csrf(scope, svc, form)
     claims = _signed_in(scope, svc, req)
     if claims is None:
-        raise _Problem(401, "You are not signed in.")
+        await _message(send, svc, 401, "Your sessions", "You are not signed in.")
+        return
     target = form.get("session", "")[:100]
     found = await svc.runtime.store.session(target) if target else None
     if found is None or found.email != claims.email.lower() or found.ended_at is not None:
-        raise _Problem(404, "You have no such active session.")
+        await _message(send, svc, 404, "Your sessions", "You have no such active session.")
+        return
     await svc.runtime.end_session(found.id)
     svc.log(
         "login",
