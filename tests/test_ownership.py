@@ -186,13 +186,18 @@ def test_kept_objects_that_no_longer_fit_refuse_the_apply(config: Path) -> None:
 
 
 def test_tunnel_made_by_the_cli_first_then_the_file(config: Path) -> None:
-    """README order 1: `zerogate tunnel create` then an application with `tunnel:` applied."""
-    config.write_text(SETTINGS)
-    created = ok_json(
-        "tunnel", "create", "office", "--route", "intranet.example.com", "-c", str(config)
-    )
-    assert created["token"].startswith("zgt1_")
+    """README order 1: an application with `tunnel: office` in the file, `zerogate tunnel
+    create office` (the file's objects are not complete yet: only its settings are used),
+    then `zerogate apply`."""
     config.write_text(SETTINGS + ON_TUNNEL)
+    early = zerogate("apply", "-c", str(config))
+    assert early.returncode == 2 and "unknown tunnel 'office'" in early.stderr
+    result = zerogate(
+        "tunnel", "create", "office", "--route", "intranet.example.com", "-c", str(config), "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["token"].startswith("zgt1_")
+    assert result.stderr.count("only its settings are used here") == 1
     text = " ".join(ok("apply", "-c", str(config)).split())
     assert "Kept, not in the file: tunnel office (cli)" in text
     objects, _ = in_store(config, lambda s: s.load())
