@@ -115,7 +115,7 @@ def _kept_line(kept: Any) -> str:
     return f"{kept.kind.replace('_', ' ')} {kept.name} ({kept.origin})"
 
 
-def _show_kept_and_removed(plan: Any, prune: bool) -> None:
+def _show_kept_and_removed(plan: Any) -> None:
     """Every removal named (with where the object was last changed), and what was kept."""
     removals = plan.removals
     if removals:
@@ -150,27 +150,6 @@ def _plan_json(plan: Any, dry_run: bool, prune: bool = False) -> dict[str, Any]:
         "version_before": plan.version_before,
         "version_after": plan.version_after,
     }
-
-
-def _with_kept(before: Objects, objects: Objects, kept: Any) -> Objects:
-    """``objects`` (the file's) plus the stored objects an apply keeps (what DNS must hold)."""
-    names = {(k.kind, k.name) for k in kept}
-    data = objects.model_dump(mode="json", by_alias=True, exclude_none=True)
-    stored = before.model_dump(mode="json", by_alias=True, exclude_none=True)
-    for kind, field in (
-        ("identity_provider", "identity_providers"),
-        ("group", "groups"),
-        ("application", "applications"),
-        ("tunnel", "tunnels"),
-        ("service_token", "service_tokens"),
-    ):
-        data[field] = [
-            *data.get(field, []),
-            *(o for o in stored.get(field, []) if (kind, o["name"]) in names),
-        ]
-    if ("admins", "admins") in names:
-        data["admins"] = stored.get("admins", [])
-    return Objects.model_validate(data)
 
 
 def _load_for_apply(path: Path, prune: bool) -> Any:
@@ -260,8 +239,11 @@ def apply(
                 before, _ = await store.load()
                 after = objects
                 if dns is not None:  # the routes of kept tunnels stay too
-                    ahead = await store.plan(objects, prune=prune)
-                    after = _with_kept(before, objects, ahead.kept)
+                    from zerogate.model.loader import with_kept
+
+                    kept = await store.kept_document(objects, prune=prune)
+                    doc = objects.model_dump(mode="json", by_alias=True, exclude_none=True)
+                    after = Objects.model_validate(with_kept(doc, kept)[0])
                 # tunnel routes added or removed: their DNS records first (cli/route_dns.py)
                 plan, report = await sync_routes(
                     dns,
@@ -284,11 +266,11 @@ def apply(
         out.print(
             f"No changes: the store already matches {config} (version {plan.version_before})."
         )
-        _show_kept_and_removed(plan, prune)
+        _show_kept_and_removed(plan)
         return
     out.print(_plan_table(plan))
     out.print()
-    _show_kept_and_removed(plan, prune)
+    _show_kept_and_removed(plan)
     n = len(plan.changes)
     what = f"{n} change{'s' if n != 1 else ''}"
     if dry_run:
@@ -514,7 +496,7 @@ def server(
         plan = run(go)
         if not plan.empty:
             out.print(_plan_table(plan))
-        _show_kept_and_removed(plan, False)
+        _show_kept_and_removed(plan)
     scheme = "https" if settings.listen.tls else "http"
     public = settings.portal_scheme or scheme
     err.print(

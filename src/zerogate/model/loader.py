@@ -228,7 +228,7 @@ def _problems(
 _OBJECT_KEYS = ("identity_providers", "groups", "applications", "tunnels", "service_tokens")
 
 
-def _with_kept(data: dict[str, Any], kept: dict[str, Any]) -> tuple[dict[str, Any], frozenset[Loc]]:
+def with_kept(data: dict[str, Any], kept: dict[str, Any]) -> tuple[dict[str, Any], frozenset[Loc]]:
     """``data`` with the objects of ``kept`` (a document of objects the store keeps next to the
     file's) appended to their lists, and the locations of the appended ones."""
     merged = dict(data)
@@ -262,7 +262,7 @@ def validate_data(
     if data is None:
         data = {}
     if kept and isinstance(data, dict):
-        merged, extra = _with_kept(data, kept)
+        merged, extra = with_kept(data, kept)
         whole = _validate(merged, doc, source, extra)
         try:
             config = ConfigFile.model_validate(data)
