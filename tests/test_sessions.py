@@ -137,6 +137,19 @@ async def test_a_person_sees_their_sessions_and_ends_one(
             portal(zg, "/.zerogate/sessions/end"), {"csrf": "x" * 32, "session": other}
         )
         assert forged.status == 403
+        # nor with a CSRF cookie of its choosing (tossed from a sibling host) and the same value
+        laptop.set_cookie(zg.portal.partition(":")[0], "__zg_csrf", "y" * 32, "/.zerogate/")
+        tossed = await laptop.post_form(
+            portal(zg, "/.zerogate/sessions/end"), {"csrf": "y" * 32, "session": other}
+        )
+        assert tossed.status == 403
+        # nor with the logout form's token (a MAC of its own)
+        logout = await laptop.get(portal(zg, "/.zerogate/logout"))
+        crossed = await laptop.post_form(
+            portal(zg, "/.zerogate/sessions/end"),
+            {"csrf": hidden_inputs(logout.text)["csrf"], "session": other},
+        )
+        assert crossed.status == 403
         assert await still_in(phone, zg)
 
         ended = await end_form(laptop, zg, other)

@@ -50,6 +50,8 @@ from zerogate.identity.flow import (
     logout_token,
     logout_token_ok,
     open_flow,
+    sessions_token,
+    sessions_token_ok,
 )
 from zerogate.mail import MailError, PinEmail, render_pin_email
 from zerogate.model.paths import PathError, normalise_path
@@ -244,23 +246,20 @@ async def sessions_page(
     if claims is None:
         await _message(send, svc, 401, "Your sessions", "You are not signed in.", error=False)
         return
-    found = [
-        s
-        for s in await svc.runtime.store.sessions(email=claims.email)
-        if s.email == claims.email.lower()
-    ]
-    await _render(
-        send,
-        svc,
-        scope,
+    mine = claims.email.lower()
+    found = [s for s in await svc.runtime.store.sessions(email=mine) if s.email == mine]
+    rt = svc.runtime
+    cookie = cookies.cookie(scope, PORTAL_COOKIE, secure=secure_cookies(rt, scope)) or ""
+    page = svc.page(
         "sessions.html",
-        status,
+        csrf=sessions_token(rt.secret, rt.portal_host, cookie),
         title="Your sessions",
         email=claims.email,
         sessions=session_rows(found, session_id(claims)),
         notice=notice or ("The session is ended." if http.query(scope).get("ended") else None),
         known=session_id(claims) is not None,
     )
+    await http.respond_html(send, status, page)
 
 
 async def end_session(
@@ -269,10 +268,16 @@ async def end_session(
     """The POST of a sessions page's "End" button (with the page's CSRF token): ends one of
     this person's own sessions; a session of anyone else is refused as if it did not exist."""
     form = await http.read_form(scope, receive)
-    _check_csrf(scope, svc, form)
     claims = _signed_in(scope, svc, req)
     if claims is None:
         await _message(send, svc, 401, "Your sessions", "You are not signed in.")
+        return
+    rt = svc.runtime
+    cookie = cookies.cookie(scope, PORTAL_COOKIE, secure=secure_cookies(rt, scope)) or ""
+    if not sessions_token_ok(rt.secret, rt.portal_host, cookie, form.get("csrf", "")):
+        await _message(
+            send, svc, 403, "Your sessions", "This form has expired: reload the sessions page."
+        )
         return
     target = form.get("session", "")[:100]
     found = await svc.runtime.store.session(target) if target else None
