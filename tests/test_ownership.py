@@ -14,6 +14,7 @@ import pytest
 
 from zerogate.admin.service import Actor, AdminService
 from zerogate.store import Store, storage_url
+from zerogate.store.diff import Origin
 from zg_harness import run_cli as zerogate
 
 SETTINGS = (
@@ -69,7 +70,7 @@ def in_store(config: Path, work: Any) -> Any:
     return asyncio.run(run())
 
 
-def panel_group(config: Path, name: str, origin: str = "panel") -> None:
+def panel_group(config: Path, name: str, origin: Origin = "panel") -> None:
     """A group made as the panel (or API) makes it: through ``AdminService``."""
 
     async def work(store: Store) -> None:
