@@ -144,6 +144,9 @@ async def test_seed_workflow_through_the_api(zg: Zerogate, outbox: ThreadedOutbo
             "require": [],
             "exclude": [],
             "version": made.json()["version"],
+            # made through the API: zerogate apply keeps it unless --prune
+            "changed_via": "api",
+            "managed_by_file": False,
         }
         assert made.headers["ETag"] == f'"{made.json()["version"]}"'
         policy = {
@@ -850,3 +853,34 @@ async def test_connector_token_through_the_api(zg: Zerogate) -> None:
             client, "POST", api(zg, "/tunnels/branch/token"), None, bearer(zg.extra["ro"])
         )
         assert ro.status == 403
+
+
+async def test_an_object_made_through_the_api_survives_apply_from_the_file(zg: Zerogate) -> None:
+    """Issue #16: `zerogate apply` keeps (and reports) what the API made and the file does not
+    list; `--prune` would remove it, and its plan says so."""
+    rw = bearer(zg.extra["rw"])
+    async with HttpBrowser() as client:
+        made = await send_json(
+            client,
+            "POST",
+            api(zg, "/groups"),
+            {"name": "Made By Api", "include": [{"email": ["m@example.test"]}]},
+            rw,
+        )
+        assert made.status == 201, made.text
+        applied = await asyncio.to_thread(zg.cli, "apply", "-c", str(zg.config))
+        assert applied.returncode == 0, applied.stderr
+        flat = " ".join(applied.stdout.split())
+        assert "group Made By Api (api)" in flat and "Kept, not in the file" in flat
+        got = await client.get(api(zg, "/groups/Made%20By%20Api"), headers=rw)
+        assert got.status == 200
+        assert (got.json()["changed_via"], got.json()["managed_by_file"]) == ("api", False)
+        plan = await asyncio.to_thread(
+            zg.cli, "apply", "-c", str(zg.config), "--prune", "--dry-run", "--json"
+        )
+        assert plan.returncode == 0, plan.stderr
+        removals = [c for c in json.loads(plan.stdout)["changes"] if c["action"] == "remove"]
+        assert {"kind": "group", "name": "Made By Api", "changed_via": "api"}.items() <= next(
+            c for c in removals if c["name"] == "Made By Api"
+        ).items()
+        assert (await client.get(api(zg, "/groups/Made%20By%20Api"), headers=rw)).status == 200

@@ -38,6 +38,25 @@ OPERATIONS = [
     ("GET", "/api/v1/api-tokens", "list_api_tokens", "", "", "200", "list[ApiTokenOut]"),
     ("POST", "/api/v1/api-tokens", "create_api_token", "", "ApiTokenIn", "201", "ApiTokenSecret"),
     ("DELETE", "/api/v1/api-tokens/{name}", "revoke_api_token", "path:name!", "", "204", ""),
+    # issue 16: portal sessions
+    (
+        "GET",
+        "/api/v1/sessions",
+        "list_sessions",
+        "query:email query:limit",
+        "",
+        "200",
+        "list[PortalSessionOut]",
+    ),
+    (
+        "DELETE",
+        "/api/v1/sessions/{session_id}",
+        "end_session",
+        "path:session_id!",
+        "",
+        "204",
+        "",
+    ),
     ("GET", "/api/v1/applications", "list_applications", "", "", "200", "list[ApplicationOut]"),
     (
         "POST",
@@ -298,6 +317,7 @@ SCHEMAS = [
     "PolicyPut",
     "PolicyTestIn",
     "PolicyTestOut",
+    "PortalSessionOut",
     "ProblemOut",
     "Rule",
     "ServiceToken",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import os
 import secrets
@@ -184,3 +185,67 @@ async def test_postgresql_announces_changes_to_every_server_at_once(
     finally:
         await writer.close()
         await watcher_store.close()
+
+
+async def test_sessions_last_seen_marks_and_ending_by_id(tmp_path: Path) -> None:
+    """Last seen: marked in memory at most once a minute per session, written in a batch by
+    ``flush_seen`` (the watcher's job), never on the request. An ended session is refused by
+    this runtime at once and by one loaded afterwards (a restart, another process)."""
+    from datetime import timedelta
+
+    from zerogate.identity import Claims
+    from zerogate.store import Session
+
+    store = await Store.open(storage_url(f"sqlite:///{tmp_path / 'zg.db'}"))
+    try:
+        runtime = await Runtime.load(store, Settings(), tmp_path)
+        t0 = datetime.now(UTC).replace(microsecond=0)
+        await store.add_session(
+            Session(
+                id="s1",
+                email="ann@example.com",
+                idp="otp",
+                user_agent=None,
+                ip="192.0.2.1",
+                created_at=t0 - timedelta(hours=1),
+                seen_at=t0 - timedelta(hours=1),
+                expires_at=t0 + timedelta(hours=1),
+            )
+        )
+        claims = Claims(
+            iss="https://auth.example.com",
+            aud=("x",),
+            sub="ann@example.com",
+            email="ann@example.com",
+            iat=t0.timestamp() - 3600,
+            nbf=t0.timestamp() - 3600,
+            exp=t0.timestamp() + 3600,
+            type="portal",
+            idp="otp",
+            jti="j",
+            groups=None,
+            amr=None,
+            kid="k",
+            extra={"sid": "s1"},
+        )
+        now = t0.timestamp()
+        runtime.seen(claims, "192.0.2.9", now)
+        runtime.seen(claims, "192.0.2.10", now + 30)  # within the minute: nothing new
+        assert await runtime.flush_seen(now + 30) == 1
+        assert await runtime.flush_seen(now + 31) == 0
+        got = await store.session("s1")
+        assert got is not None and got.seen_at == t0 and got.ip == "192.0.2.9"
+        runtime.seen(claims, "192.0.2.10", now + 61)
+        assert await runtime.flush_seen(now + 61) == 1
+        got = await store.session("s1")
+        assert got is not None and got.ip == "192.0.2.10"
+
+        assert not runtime.rejects(claims)
+        assert await runtime.end_session("s1") is not None
+        assert runtime.rejects(claims)
+        later = await Runtime.load(store, Settings(), tmp_path)
+        assert later.rejects(claims)
+        other = dataclasses.replace(claims, extra={"sid": "s2"})
+        assert not later.rejects(other)
+    finally:
+        await store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import pathlib
 import secrets
@@ -638,3 +639,98 @@ async def test_certificate_private_keys_are_sealed_at_rest(store: Store) -> None
     assert back.key_pem == key_pem
     assert back.host == "app.example.com"
     assert list(await store.certificate_versions()) == ["app.example.com"]
+
+
+# -- portal sessions (issue #16) -------------------------------------------------------------
+
+
+async def test_sessions_are_listed_ended_and_revoked_by_id(store: Store) -> None:
+    from zerogate.store import Session
+
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def session(sid: str, email: str, seen: datetime) -> Session:
+        return Session(
+            id=sid,
+            email=email,
+            idp="otp",
+            user_agent="curl/8",
+            ip="192.0.2.1",
+            created_at=now - timedelta(hours=1),
+            seen_at=seen,
+            expires_at=now + timedelta(hours=1),
+        )
+
+    await store.add_session(session("s1", "Ann@Example.com", now - timedelta(minutes=5)))
+    await store.add_session(session("s2", "ann+work@example.com", now - timedelta(minutes=1)))
+    await store.add_session(session("s3", "annie@example.com", now))
+    listed = await store.sessions(email="ann@example.com")
+    assert [s.id for s in listed] == ["s2", "s1"]  # subaddress too, most recently seen first
+    assert listed[1].email == "ann@example.com"
+    assert [s.id for s in await store.sessions()] == ["s3", "s2", "s1"]
+
+    # last seen moves forward only, with the address
+    await store.touch_sessions(
+        [("s1", now, "198.51.100.4"), ("s3", now - timedelta(hours=1), None)]
+    )
+    got = await store.session("s1")
+    assert got is not None and got.seen_at == now and got.ip == "198.51.100.4"
+    got = await store.session("s3")
+    assert got is not None and got.seen_at == now
+
+    before = (await store.state()).revocation_seq
+    ended = await store.end_session("s1")
+    assert ended is not None and ended.ended_at is not None
+    after = (await store.state()).revocation_seq
+    assert after == before + 1  # every server's watcher sees it
+    assert await store.ended_sessions(since=before) == [(after, "s1")]
+    assert await store.revocations(since=before) == []  # not a logout of the address
+    assert await store.end_session("s1") is None
+    assert await store.end_session("nope") is None
+    assert [s.id for s in await store.sessions(email="ann@example.com")] == ["s2"]
+
+    # "log out everywhere" ends the address's (and subaddresses') sessions in the list too
+    await store.revoke("ann@example.com", not_before=datetime.now(UTC))
+    assert await store.sessions(email="ann@example.com") == []
+    assert [s.id for s in await store.sessions()] == ["s3"]
+    assert [sid for _, sid in await store.ended_sessions()] == ["s1"]  # still refused
+
+
+def test_migration_0009_names_the_owner_of_existing_objects(tmp_path: pathlib.Path) -> None:
+    """Objects stored before ownership was recorded: the file's when their last logged change
+    came from the command line (or is not logged), the API's otherwise — so the first apply
+    after the upgrade keeps what the panel or the API made."""
+    import sqlite3
+
+    url = storage_url("sqlite:///old.db", base_dir=tmp_path)
+    command.upgrade(migrate.alembic_config(url), "0005")
+    db = sqlite3.connect(tmp_path / "old.db")
+    stamp = "2026-01-01 00:00:00"
+    for i, name in enumerate(("from-file", "from-panel", "unlogged")):
+        db.execute(
+            "INSERT INTO objects (kind, name, position, spec, version, created_at, updated_at)"
+            " VALUES ('group', ?, ?, ?, 1, ?, ?)",
+            (name, i, json.dumps({"name": name, "include": [{"everyone": True}]}), stamp, stamp),
+        )
+    for source, name in (("cli", "from-file"), ("203.0.113.9", "from-panel")):
+        db.execute(
+            "INSERT INTO admin_log (at, actor, source, action, kind, name, config_version)"
+            " VALUES (?, 'someone', ?, 'add', 'group', ?, 1)",
+            (stamp, source, name),
+        )
+    db.commit()
+    db.close()
+    (tmp_path / "old.db").chmod(0o600)
+
+    async def owners() -> dict[tuple[str, str], tuple[str, bool]]:
+        store = await Store.open(url)
+        try:
+            return await store.ownership()
+        finally:
+            await store.close()
+
+    assert run_blocking(owners) == {
+        ("group", "from-file"): ("file", True),
+        ("group", "from-panel"): ("api", False),
+        ("group", "unlogged"): ("file", True),
+    }

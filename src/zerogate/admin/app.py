@@ -18,6 +18,7 @@ passes here first (raw ASGI, a few dictionary lookups before the frameworks behi
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 from urllib.parse import unquote
 
@@ -211,6 +212,7 @@ class AdminFrontDoor:
                     [(b"www-authenticate", b'Bearer realm="zerogate"')],
                 )
             return None
+        rt.seen(claims, client_ip, time.time())  # last seen: a mark written later
         country = rt.country(client_ip)
         identity = identity_of(claims)
         if not is_admin(rt.snapshot, identity, Context(ip=client_ip, country=country)):
@@ -241,6 +243,7 @@ class AdminFrontDoor:
             session_id=claims.jti,
             identity=identity,
             country=country,
+            portal_session=sid if isinstance(sid := claims.extra.get("sid"), str) else None,
         )
 
 

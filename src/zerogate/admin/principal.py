@@ -36,6 +36,9 @@ class Principal:
     #: when the API token ends (``None``: a session, or a token that never expires); a token
     #: it creates may not outlive it
     expires_at: datetime | None = None
+    #: the portal session a browser signed in with (its ``sid``; ``None`` for an API token or
+    #: a session from before sessions were recorded)
+    portal_session: str | None = None
 
     def context(self) -> Context:
         """The request context the admins list was decided with."""

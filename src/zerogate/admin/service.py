@@ -63,11 +63,12 @@ from zerogate.store import (
     AdminLogEntry,
     ApiToken,
     ServiceCredential,
+    Session,
     StaleWrite,
     Store,
     TunnelConnection,
 )
-from zerogate.store.diff import ADMINS, Plan
+from zerogate.store.diff import ADMINS, Origin, Plan
 from zerogate.tunnel.token import TokenError, TunnelToken
 
 if TYPE_CHECKING:
@@ -146,12 +147,17 @@ class Invalid(AdminError):
 
 @dataclass(frozen=True)
 class Item:
-    """One stored object: its collection, name, version and spec (the YAML object as JSON)."""
+    """One stored object: its collection, name, version and spec (the YAML object as JSON);
+    ``origin``: where it was last changed (``file``, ``api``, ``panel``, ``cli``);
+    ``managed``: the last apply from a file listed it, so the next one overwrites an edit made
+    elsewhere (and removes the object once the file no longer lists it)."""
 
     collection: str
     name: str
     version: int
     spec: dict[str, Any]
+    origin: str = "file"
+    managed: bool = False
 
 
 class LockOut(Invalid):
@@ -179,11 +185,14 @@ class Actor:
     #: an API token acting: whether it is read-only and when it ends (what it may create)
     read_only: bool = False
     expires_at: datetime | None = None
+    #: the surface the change comes through, which the changed objects record
+    origin: Origin = "cli"
 
     @classmethod
-    def of(cls, principal: Principal, *, force: bool = False) -> Actor:
-        """The actor of an admin request: a browser session is guarded unless ``force``; an
-        API token never (tokens are not on the admins list)."""
+    def of(cls, principal: Principal, *, force: bool = False, origin: Origin = "api") -> Actor:
+        """The actor of an admin request (through ``origin``: the API or the panel): a
+        browser session is guarded unless ``force``; an API token never (tokens are not on
+        the admins list)."""
         guard = None
         if principal.via == "session" and not force:
             identity = principal.identity or Identity.of(principal.who)
@@ -194,6 +203,7 @@ class Actor:
             guard,
             read_only=principal.read_only,
             expires_at=principal.expires_at,
+            origin=origin,
         )
 
 
@@ -346,10 +356,21 @@ class AdminService:
     async def items(self, collection: str) -> list[Item]:
         kind = _collection(collection)
         _, doc, _, versions = await self._state()
+        owners = await self.store.ownership()
         return [
-            Item(collection, spec["name"], versions.get((kind, spec["name"]), 0), spec)
+            Item(
+                collection,
+                spec["name"],
+                versions.get((kind, spec["name"]), 0),
+                spec,
+                *owners.get((kind, spec["name"]), ("file", False)),
+            )
             for spec in doc[collection]
         ]
+
+    async def admins_ownership(self) -> tuple[str, bool] | None:
+        """Where the admins list was last changed and whether the file manages it."""
+        return (await self.store.ownership()).get((ADMINS, ADMINS))
 
     async def get(self, collection: str, name: str) -> Item:
         for item in await self.items(collection):
@@ -397,6 +418,7 @@ class AdminService:
                 source=actor.source,
                 expect=expect,
                 expect_version=based_on,
+                origin=actor.origin,
             )
 
         if self.dns is None:
@@ -771,6 +793,35 @@ class AdminService:
         """The connector connections the edges reported in the last ``FRESH_SECONDS``."""
         since = datetime.now(UTC) - timedelta(seconds=FRESH_SECONDS)
         return await self.store.tunnel_connections(seen_after=since, tunnel=tunnel)
+
+    # -- portal sessions ---------------------------------------------------------------------
+
+    async def sessions(self, *, email: str | None = None, limit: int = 1000) -> list[Session]:
+        """The active portal sessions (of ``email`` and its subaddresses), most recently
+        seen first."""
+        return await self.store.sessions(email=email, limit=limit)
+
+    async def end_session(self, session_id: str, actor: Actor) -> Session:
+        """End one portal session: its tokens stop working on every server within a second
+        (this one at once). ``NotFound`` when no such session is active. Recorded in the
+        admin log (the session's owner, device and address; never a token)."""
+        ended = await self.store.end_session(session_id[:100])
+        if ended is None:
+            raise NotFound(f"no active session {session_id[:100]!r}")
+        await self._record(
+            actor,
+            "remove",
+            "session",
+            ended.id,
+            {"email": ended.email, "user_agent": ended.user_agent, "ip": ended.ip},
+            None,
+        )
+        if self.on_change is not None:
+            try:
+                await self.on_change()  # this process refuses the session at once
+            except Exception:
+                log.exception("could not load the session just ended")
+        return ended
 
     # -- logs and the policy tester ----------------------------------------------------------
 

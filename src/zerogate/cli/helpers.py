@@ -61,19 +61,55 @@ def _problem_text(problem: Problem | str) -> str:
     return str(problem).replace("[", "\\[")
 
 
-def load_config(path: Path) -> Loaded:
-    """Load and validate a file; exits 2 with every problem on stderr when invalid."""
+def load_config(path: Path, *, kept: dict[str, Any] | None = None) -> Loaded:
+    """Load and validate a file (whose objects may name those of ``kept``, see
+    ``model.loader.validate_data``); exits 2 with every problem on stderr when invalid."""
     try:
-        loaded = load_file(path)
+        loaded = load_file(path, kept=kept)
     except ConfigError as exc:
-        for line in exc.lines():
-            err.print(f"[red]error:[/red] {_problem_text(line)}")
-        n = len(exc.problems)
-        err.print(f"[red]{path}: {n} problem{'s' if n != 1 else ''}; nothing was applied[/red]")
-        raise typer.Exit(2) from None
+        report_config_error(path, exc)
     for warning in loaded.warnings:
         err.print(f"[yellow]warning:[/yellow] {_problem_text(warning)}")
     return loaded
+
+
+_NOTED: set[Path] = set()
+
+
+def load_settings(path: Path) -> ConfigFile:
+    """The file, for a command that uses only its settings (which store, which addresses) and
+    applies none of its objects: a file whose objects name ones it does not list — an
+    application on a tunnel `zerogate tunnel create` is about to make — still gives them,
+    with a note on stderr. Any other problem exits 2 as ``load_config``."""
+    from zerogate.model.loader import load_unchecked
+
+    try:
+        loaded = load_file(path)
+    except ConfigError as exc:
+        config = load_unchecked(path)
+        if config is None:
+            report_config_error(path, exc)
+        if path not in _NOTED:  # once, though a command may read the file twice
+            _NOTED.add(path)
+            n = len(exc.problems)
+            err.print(
+                f"[yellow]note:[/yellow] {escape(str(path))}'s objects have {n} "
+                f"problem{'s' if n != 1 else ''} (`zerogate check`); only its settings are "
+                "used here"
+            )
+        return config
+    for warning in loaded.warnings:
+        err.print(f"[yellow]warning:[/yellow] {_problem_text(warning)}")
+    return loaded.config
+
+
+def report_config_error(path: Path, exc: ConfigError) -> NoReturn:
+    """Every problem of an invalid file on stderr, then exit 2."""
+    for line in exc.lines():
+        err.print(f"[red]error:[/red] {_problem_text(line)}")
+    n = len(exc.problems)
+    err.print(f"[red]{path}: {n} problem{'s' if n != 1 else ''}; nothing was applied[/red]")
+    raise typer.Exit(2) from None
 
 
 def run(coro: Callable[[], Awaitable[T]]) -> T:
@@ -153,7 +189,7 @@ def with_store(
     Store failures exit 1, ``UserError`` exits 2 (both via ``run``). ``settings``: the file,
     when the caller has loaded it already."""
     if settings is None and config is not None:
-        settings = load_config(config).config
+        settings = load_settings(config)
 
     async def go() -> T:
         from zerogate.store import Store

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
 from zerogate import __version__
-from zerogate.cli import api_tokens, connector, logs, mail, tokens, tunnels
+from zerogate.cli import api_tokens, connector, logs, mail, sessions, tokens, tunnels
 from zerogate.cli.helpers import (
     ConfigOption,
     JsonOption,
@@ -29,6 +30,7 @@ from zerogate.cli.helpers import (
     load_config,
     out,
     print_json,
+    report_config_error,
     run,
     store_url,
 )
@@ -93,29 +95,104 @@ def _plan_table(plan: Any) -> Table:
     table = Table(title=None, show_edge=False, box=None, pad_edge=False)
     table.add_column("")
     table.add_column("kind")
-    table.add_column("name")
-    table.add_column("changed")
+    table.add_column("name", overflow="fold")
+    table.add_column("changed", overflow="fold")
     for change in plan.changes:
         sign, style = _ACTION_STYLE[change.action]
+        detail = ", ".join(change.fields)
+        if change.action == "remove" and change.origin:
+            detail = f"removed (last changed: {change.origin})"
         table.add_row(
             f"[{style}]{sign}[/{style}]",
             change.kind.replace("_", " "),
-            change.name,
-            ", ".join(change.fields),
+            escape(change.name),
+            detail,
         )
     return table
 
 
-def _plan_json(plan: Any, dry_run: bool) -> dict[str, Any]:
+def _kept_line(kept: Any) -> str:
+    return f"{kept.kind.replace('_', ' ')} {kept.name} ({kept.origin})"
+
+
+def _show_kept_and_removed(plan: Any) -> None:
+    """Every removal named (with where the object was last changed), and what was kept."""
+    removals = plan.removals
+    if removals:
+        names = ", ".join(
+            f"{c.kind.replace('_', ' ')} {c.name}" + (f" ({c.origin})" if c.origin else "")
+            for c in removals
+        )
+        out.print(f"[red]Removes {len(removals)}:[/red] {escape(names)}")
+    if plan.kept:
+        out.print(
+            f"[yellow]Kept, not in the file:[/yellow] "
+            f"{escape(', '.join(_kept_line(k) for k in plan.kept))}"
+        )
+        out.print("  (made outside the file; `zerogate apply --prune` removes them)")
+
+
+def _plan_json(plan: Any, dry_run: bool, prune: bool = False) -> dict[str, Any]:
     return {
         "dry_run": dry_run,
+        "prune": prune,
         "changes": [
-            {"action": c.action, "kind": c.kind, "name": c.name, "fields": list(c.fields)}
+            {
+                "action": c.action,
+                "kind": c.kind,
+                "name": c.name,
+                "fields": list(c.fields),
+                **({"changed_via": c.origin} if c.action == "remove" else {}),
+            }
             for c in plan.changes
         ],
+        "kept": [{"kind": k.kind, "name": k.name, "changed_via": k.origin} for k in plan.kept],
         "version_before": plan.version_before,
         "version_after": plan.version_after,
     }
+
+
+def _load_for_apply(path: Path, prune: bool) -> Any:
+    """The file, validated; when its objects name objects it does not list (an application
+    on a tunnel made with `zerogate tunnel create`), validated again together with those the
+    store keeps (all but --prune keeps them), so either order of the README's steps works."""
+    from zerogate.model import ConfigError, load_file
+    from zerogate.model.loader import load_unchecked
+
+    try:
+        load_file(path)
+    except ConfigError as exc:
+        first = exc
+    else:
+        return load_config(path)  # valid alone: its warnings shown once
+    config = load_unchecked(path)
+    if prune or config is None:
+        report_config_error(path, first)
+    url = store_url(config, path)
+    from zerogate.store.engine import sqlite_file
+
+    file = sqlite_file(url)
+    if file is not None and not file.exists():
+        report_config_error(path, first)  # a store not made yet keeps nothing
+
+    async def kept_document() -> dict[str, Any]:
+        from zerogate.store import Store, StoreError
+
+        try:
+            store = await Store.open(url)
+        except StoreError:
+            return {}  # the file's own problems are what to report
+        try:
+            return await store.kept_document(config.objects(), prune=prune)
+        except StoreError:
+            return {}
+        finally:
+            await store.close()
+
+    kept = run(kept_document)
+    if not any(kept.values()):
+        report_config_error(path, first)
+    return load_config(path, kept=kept)
 
 
 @app.command()
@@ -124,10 +201,22 @@ def apply(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the plan, change nothing.")
     ] = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Also remove stored objects the file does not list that were made in the "
+            "panel, the API or a command (kept and reported without it).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Show the plan for a configuration file and apply it to the store in one transaction."""
-    loaded = load_config(config)
+    """Show the plan for a configuration file and apply it to the store in one transaction.
+
+    Objects the file does not list are removed when an earlier apply from a file made them;
+    those made in the panel, the API or by a command (`tunnel create`) are kept and reported,
+    unless --prune. Every removal is listed."""
+    loaded = _load_for_apply(config, prune)
     url = store_url(loaded.config, config)
     objects = loaded.config.objects()
     from zerogate.cli.route_dns import route_dns, show_dns, sync_routes
@@ -140,42 +229,55 @@ def apply(
 
     async def go() -> Any:
         nonlocal report
-        from zerogate.store import Store
+        from zerogate.store import KeptInvalid, Store
 
         store = await Store.open(url)
         try:
-            if dry_run:
-                return await store.plan(objects)
-            before, _ = await store.load()
-            # tunnel routes added or removed: their DNS records first (cli/route_dns.py)
-            plan, report = await sync_routes(
-                dns,
-                before,
-                objects,
-                lambda: store.apply(objects, actor=actor(), source="cli"),
-            )
-            return plan
+            try:
+                if dry_run:
+                    return await store.plan(objects, prune=prune)
+                before, _ = await store.load()
+                after = objects
+                if dns is not None:  # the routes of kept tunnels stay too
+                    from zerogate.model.loader import with_kept
+
+                    kept = await store.kept_document(objects, prune=prune)
+                    doc = objects.model_dump(mode="json", by_alias=True, exclude_none=True)
+                    after = Objects.model_validate(with_kept(doc, kept)[0])
+                # tunnel routes added or removed: their DNS records first (cli/route_dns.py)
+                plan, report = await sync_routes(
+                    dns,
+                    before,
+                    after,
+                    lambda: store.apply(objects, actor=actor(), source="cli", prune=prune),
+                )
+                return plan
+            except KeptInvalid as exc:
+                raise UserError(str(exc), *(str(p) for p in exc.problems)) from None
         finally:
             await store.close()
 
     plan = run(go)
     show_dns(dns, report)
     if as_json:
-        print_json(_plan_json(plan, dry_run))
+        print_json(_plan_json(plan, dry_run, prune))
         return
     if plan.empty:
         out.print(
             f"No changes: the store already matches {config} (version {plan.version_before})."
         )
+        _show_kept_and_removed(plan)
         return
     out.print(_plan_table(plan))
+    out.print()
+    _show_kept_and_removed(plan)
     n = len(plan.changes)
     what = f"{n} change{'s' if n != 1 else ''}"
     if dry_run:
-        out.print(f"\nDry run: {what} would be applied; nothing was written.")
+        out.print(f"Dry run: {what} would be applied; nothing was written.")
     else:
         out.print(
-            f"\n[green]Applied {what}[/green]: configuration version "
+            f"[green]Applied {what}[/green]: configuration version "
             f"{plan.version_before} → {plan.version_after}."
         )
 
@@ -394,6 +496,7 @@ def server(
         plan = run(go)
         if not plan.empty:
             out.print(_plan_table(plan))
+        _show_kept_and_removed(plan)
     scheme = "https" if settings.listen.tls else "http"
     public = settings.portal_scheme or scheme
     err.print(
@@ -418,6 +521,7 @@ app.command("logs")(logs.logs_command)
 app.add_typer(tunnels.tunnel_app, name="tunnel")
 app.add_typer(connector.connector_app, name="connector")
 app.add_typer(mail.email_app, name="email")
+app.add_typer(sessions.sessions_app, name="sessions")
 
 
 def main() -> None:

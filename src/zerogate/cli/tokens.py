@@ -146,7 +146,7 @@ def token_create(
         elif duration is not None:
             existing["duration"] = duration
         wanted = with_objects(objects, "service_tokens", tokens)
-        plan = await store.apply(wanted, actor=actor(), source="cli")
+        plan = await store.apply(wanted, actor=actor(), source="cli", origin="cli")
         token = next(t for t in wanted.service_tokens if t.name == name)
         cred, secret = _new_credential(name, _duration(token.duration, "duration"))
         await store.put_service_credential(cred)
@@ -277,7 +277,7 @@ def token_delete(
                     *(f"cannot delete service token {name!r}: {m}" for m in exc.messages)
                 ) from None
             # removing the object also removes its credential, in the same transaction
-            await store.apply(wanted, actor=actor(), source="cli")
+            await store.apply(wanted, actor=actor(), source="cli", origin="cli")
         await store.delete_service_credential(name)
         return had_object, had_credential
 

@@ -35,7 +35,7 @@ from zerogate.cli.helpers import (
     check_name,
     fail,
     iso,
-    load_config,
+    load_settings,
     out,
     print_json,
     show_deleted,
@@ -80,7 +80,7 @@ def _settings(config: Path | None) -> Settings:
 
     if config is None:
         return Settings()
-    return load_config(config).config.settings()
+    return load_settings(config).settings()
 
 
 def _check_name(name: str) -> str:
@@ -124,7 +124,13 @@ async def _apply(store: Store, objects: Objects, name: str, version: int | None)
     from zerogate.store import StaleWrite
 
     try:
-        await store.apply(objects, actor=actor(), source="cli", expect={("tunnel", name): version})
+        await store.apply(
+            objects,
+            actor=actor(),
+            source="cli",
+            expect={("tunnel", name): version},
+            origin="cli",
+        )
     except StaleWrite as exc:
         raise UserError(str(exc)) from None
 

@@ -40,6 +40,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import time
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -468,11 +469,10 @@ class ClientConnection(asyncio.Protocol):
         svc = self.svc
         rt = svc.runtime
         claims = pipeline.session_claims(scope, rt, app)
-        identity = (
-            Identity.of(claims.email, claims.idp, claims.groups or (), claims.amr or ())
-            if claims is not None
-            else None
-        )
+        identity = None
+        if claims is not None:
+            identity = Identity.of(claims.email, claims.idp, claims.groups or (), claims.amr or ())
+            rt.seen(claims, req.client.ip, time.time())  # a mark in memory, written later
         token_name = pipeline.service_token(scope, rt)
         country = rt.country(req.client.ip)
         verdict = rt.snapshot.decide(

@@ -116,11 +116,10 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
         return
 
     claims = session_claims(scope, rt, app)
-    identity = (
-        Identity.of(claims.email, claims.idp, claims.groups or (), claims.amr or ())
-        if claims is not None
-        else None
-    )
+    identity = None
+    if claims is not None:
+        identity = Identity.of(claims.email, claims.idp, claims.groups or (), claims.amr or ())
+        rt.seen(claims, req.client.ip, time.time())  # a mark in memory, written later
     token_name = service_token(scope, rt)
     country = rt.country(req.client.ip)
     ctx = Context(ip=req.client.ip, country=country, service_token=token_name)
@@ -220,7 +219,7 @@ def session_claims(scope: Scope, rt: Runtime, app: CompiledApp) -> Claims | None
         claims = rt.verifier("app").verify(token, audience_tag(app.name), now=time.time())
     except TokenError:
         return None
-    if rt.is_revoked(claims.email, claims.iat):
+    if rt.rejects(claims):  # logged out everywhere, or its session ended
         return None
     return claims
 
@@ -701,6 +700,8 @@ async def authorized(
         amr=amr or None,
         ttl_seconds=ttl,
         now=time.time(),
+        # the portal session it came from: ending that session ends this token too
+        extra={"sid": data["sid"]} if isinstance(data.get("sid"), str) else None,
     )
     back = safe_return(req, app, rt.snapshot, str(data.get("rd", "")), rt)
     await http.redirect(

@@ -103,3 +103,17 @@ def logout_token(secret: bytes, host: str, sessions: list[str]) -> str:
 def logout_token_ok(secret: bytes, host: str, sessions: list[str], sent: str) -> bool:
     expected = logout_token(secret, host, sessions)
     return hmac.compare_digest(expected.encode(), sent.encode("utf-8", "replace"))
+
+
+def sessions_token(secret: bytes, host: str, session: str) -> str:
+    """The CSRF token of the portal's sessions page (ending a session): like
+    ``logout_token``, a MAC over the host and the browser's portal session cookie, under a
+    tag of its own (a logout form's token does not end a session, nor the reverse)."""
+    mac = hmac.new(secret, b"zerogate end session\x00" + host.encode("utf-8", "replace"), "sha256")
+    mac.update(b"\x00" + session.encode("latin-1", "replace"))
+    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
+
+
+def sessions_token_ok(secret: bytes, host: str, session: str, sent: str) -> bool:
+    expected = sessions_token(secret, host, session)
+    return hmac.compare_digest(expected.encode(), sent.encode("utf-8", "replace"))

@@ -202,15 +202,21 @@ def _strip_loc(loc: tuple[Any, ...], data: Any) -> Loc:
 
 
 def _problems(
-    issues: list[Issue], data: Any, doc: Any, source: str | None
+    issues: list[Issue],
+    data: Any,
+    doc: Any,
+    source: str | None,
+    kept: frozenset[Loc] = frozenset(),
 ) -> tuple[list[Problem], list[Problem]]:
     errors: list[Problem] = []
     warnings: list[Problem] = []
     for issue in issues:
+        in_store = tuple(issue.loc[:2]) in kept
+        where = describe(issue.loc, data)
         problem = Problem(
-            where=describe(issue.loc, data),
+            where=f"{where} (kept in the store, not in the file)" if in_store else where,
             message=issue.message,
-            line=line_of(doc, issue.loc) if doc is not None else None,
+            line=line_of(doc, issue.loc) if doc is not None and not in_store else None,
             source=source,
             warning=issue.warning,
         )
@@ -218,10 +224,55 @@ def _problems(
     return errors, warnings
 
 
-def validate_data(data: Any, *, doc: Any = None, source: str | None = None) -> Loaded:
-    """Validate a plain document (already parsed); raises ``ConfigError`` with every problem."""
+#: the object lists of a configuration document
+_OBJECT_KEYS = ("identity_providers", "groups", "applications", "tunnels", "service_tokens")
+
+
+def with_kept(data: dict[str, Any], kept: dict[str, Any]) -> tuple[dict[str, Any], frozenset[Loc]]:
+    """``data`` with the objects of ``kept`` (a document of objects the store keeps next to the
+    file's) appended to their lists, and the locations of the appended ones."""
+    merged = dict(data)
+    extra: set[Loc] = set()
+    for key in _OBJECT_KEYS:
+        items = kept.get(key) or []
+        if not items:
+            continue
+        own = merged.get(key)
+        own = list(own) if isinstance(own, list) else []
+        names = {o.get("name") for o in own if isinstance(o, dict)}
+        for item in items:
+            if item.get("name") not in names:
+                extra.add((key, len(own)))
+                own.append(item)
+        merged[key] = own
+    if kept.get("admins") and not data.get("admins"):
+        merged["admins"] = list(kept["admins"])
+    return merged, frozenset(extra)
+
+
+def validate_data(
+    data: Any, *, doc: Any = None, source: str | None = None, kept: dict[str, Any] | None = None
+) -> Loaded:
+    """Validate a plain document (already parsed); raises ``ConfigError`` with every problem.
+
+    ``kept``: a document of objects the store keeps next to the file's (``zerogate apply``
+    without ``--prune``), which the file's objects may name (an application on a tunnel made
+    with ``zerogate tunnel create``); a problem in one of them says so instead of naming a
+    line. The result holds the file's objects only."""
     if data is None:
         data = {}
+    if kept and isinstance(data, dict):
+        merged, extra = with_kept(data, kept)
+        whole = _validate(merged, doc, source, extra)
+        try:
+            config = ConfigFile.model_validate(data)
+        except ValidationError as exc:  # pragma: no cover - the merged document passed
+            raise ConfigError([Problem("", str(exc), None, source)]) from None
+        return Loaded(config, whole.warnings, source)
+    return _validate(data, doc, source, frozenset())
+
+
+def _validate(data: Any, doc: Any, source: str | None, kept: frozenset[Loc]) -> Loaded:
     if not isinstance(data, dict):
         raise ConfigError(
             [
@@ -239,12 +290,23 @@ def validate_data(data: Any, *, doc: Any = None, source: str | None = None) -> L
         issues = [
             Issue(_strip_loc(tuple(err["loc"]), data), _message(dict(err))) for err in exc.errors()
         ]
-        errors, _ = _problems(issues, data, doc, source)
+        errors, _ = _problems(issues, data, doc, source, kept)
         raise ConfigError(errors) from None
-    errors, warnings = _problems(check_objects(config), data, doc, source)
+    errors, warnings = _problems(check_objects(config), data, doc, source, kept)
     if errors:
         raise ConfigError(errors)
     return Loaded(config, warnings, source)
+
+
+def load_unchecked(path: str | Path) -> ConfigFile | None:
+    """The file's configuration when it parses and each object is well-formed, without the
+    checks across objects (references); ``None`` otherwise. Only to find the store whose kept
+    objects a file's references may name (``zerogate apply``); never to apply."""
+    try:
+        data = plain(parse(read_text(Path(path))))
+        return ConfigFile.model_validate(data or {})
+    except (YamlProblem, ValidationError, ValueError, TypeError):
+        return None
 
 
 def validate_objects(data: Any, *, source: str | None = None) -> Objects:
@@ -253,20 +315,24 @@ def validate_objects(data: Any, *, source: str | None = None) -> Objects:
     return loaded.config.objects()
 
 
-def load_text(text: str, source: str | None = None) -> Loaded:
-    """Parse and validate YAML text (bounded: see ``safe_yaml``)."""
+def load_text(
+    text: str, source: str | None = None, *, kept: dict[str, Any] | None = None
+) -> Loaded:
+    """Parse and validate YAML text (bounded: see ``safe_yaml``); ``kept``: see
+    ``validate_data``."""
     try:
         doc = parse(text)
     except YamlProblem as exc:
         raise ConfigError([Problem("", exc.message, exc.line, source)]) from None
-    return validate_data(plain(doc), doc=doc, source=source)
+    return validate_data(plain(doc), doc=doc, source=source, kept=kept)
 
 
-def load_file(path: str | Path) -> Loaded:
-    """Read, parse and validate a configuration file (at most ``safe_yaml.MAX_FILE_BYTES``)."""
+def load_file(path: str | Path, *, kept: dict[str, Any] | None = None) -> Loaded:
+    """Read, parse and validate a configuration file (at most ``safe_yaml.MAX_FILE_BYTES``);
+    ``kept``: see ``validate_data``."""
     p = Path(path)
     try:
         text = read_text(p)
     except YamlProblem as exc:
         raise ConfigError([Problem("", exc.message, None, str(p))]) from None
-    return load_text(text, source=str(p))
+    return load_text(text, source=str(p), kept=kept)

@@ -36,13 +36,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from zerogate.identity import (
+    Claims,
     PinOutcome,
     PinRecord,
     browser_binding,
     check_pin,
     decoy,
     issue_pin,
-    issue_portal_token,
 )
 from zerogate.identity.flow import (
     Flow,
@@ -50,6 +50,8 @@ from zerogate.identity.flow import (
     logout_token,
     logout_token_ok,
     open_flow,
+    sessions_token,
+    sessions_token_ok,
 )
 from zerogate.mail import MailError, PinEmail, render_pin_email
 from zerogate.model.paths import PathError, normalise_path
@@ -64,13 +66,16 @@ from zerogate.portal.session import (
     hand_over,
     portal_session,
     session_cookie,
-    session_seconds,
+    session_id,
+    start_session,
 )
-from zerogate.runtime import PORTAL_AUDIENCE, Runtime, cookies
+from zerogate.runtime import Runtime, cookies
 from zerogate.runtime.cookies import secure_cookies
+from zerogate.runtime.devices import device_of
 from zerogate.runtime.pages import logout_page
 from zerogate.runtime.request import Request, portal_origin, public_origin_of
 from zerogate.runtime.services import Services
+from zerogate.store import Session
 
 log = logging.getLogger("zerogate.portal")
 
@@ -154,6 +159,10 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
                 await _message(send, svc, 404, "Not found", "There is nothing here.")
         elif path == "/":
             await home(scope, send, svc, req)
+        elif path == "/.zerogate/sessions" and method in ("GET", "HEAD"):
+            await sessions_page(scope, send, svc, req)
+        elif path == "/.zerogate/sessions/end" and method == "POST":
+            await end_session(scope, receive, send, svc, req)
         else:
             await _message(send, svc, 404, "Not found", "There is nothing here.")
     except _Problem as problem:
@@ -166,7 +175,7 @@ async def home(scope: Scope, send: Send, svc: Services, req: Request) -> None:
     """The portal's home, an app launcher: the applications this person may open now (each
     application's policies judged with their identity and network, as a request would be),
     administration when they are an administrator, and sign-out."""
-    claims = portal_session(scope, svc)
+    claims = _signed_in(scope, svc, req)
     if claims is None:
         await _message(
             send,
@@ -193,6 +202,110 @@ async def home(scope: Scope, send: Send, svc: Services, req: Request) -> None:
         "home.html", title="Your applications", email=claims.email, apps=apps, admin=admin
     )
     await http.respond_html(send, 200, page)
+
+
+def _signed_in(scope: Scope, svc: Services, req: Request) -> Claims | None:
+    """The portal session, its use noted (last seen: a mark the watcher writes later)."""
+    claims = portal_session(scope, svc)
+    if claims is not None:
+        svc.runtime.seen(claims, req.client.ip, time.time())
+    return claims
+
+
+def session_rows(found: list[Session], current: str | None) -> list[dict[str, Any]]:
+    """What the sessions lists show of each session (portal and admin panel)."""
+    return [
+        {
+            "id": s.id,
+            "email": s.email,
+            "idp": s.idp,
+            "device": device_of(s.user_agent),
+            "user_agent": s.user_agent or "",
+            "ip": s.ip or "—",
+            "since": s.created_at,
+            "seen": s.seen_at,
+            "expires": s.expires_at,
+            "current": s.id == current,
+        }
+        for s in found
+    ]
+
+
+async def sessions_page(
+    scope: Scope,
+    send: Send,
+    svc: Services,
+    req: Request,
+    *,
+    status: int = 200,
+    notice: str | None = None,
+) -> None:
+    """``/.zerogate/sessions``: this person's active sessions (device, address, since, last
+    seen; the one of this browser marked), each with a button that ends it."""
+    claims = _signed_in(scope, svc, req)
+    if claims is None:
+        await _message(send, svc, 401, "Your sessions", "You are not signed in.", error=False)
+        return
+    mine = claims.email.lower()
+    found = [s for s in await svc.runtime.store.sessions(email=mine) if s.email == mine]
+    rt = svc.runtime
+    cookie = cookies.cookie(scope, PORTAL_COOKIE, secure=secure_cookies(rt, scope)) or ""
+    page = svc.page(
+        "sessions.html",
+        csrf=sessions_token(rt.secret, rt.portal_host, cookie),
+        title="Your sessions",
+        email=claims.email,
+        sessions=session_rows(found, session_id(claims)),
+        notice=notice or ("The session is ended." if http.query(scope).get("ended") else None),
+        known=session_id(claims) is not None,
+    )
+    await http.respond_html(send, status, page)
+
+
+async def end_session(
+    scope: Scope, receive: Receive, send: Send, svc: Services, req: Request
+) -> None:
+    """The POST of a sessions page's "End" button (with the page's CSRF token): ends one of
+    this person's own sessions; a session of anyone else is refused as if it did not exist."""
+    form = await http.read_form(scope, receive)
+    claims = _signed_in(scope, svc, req)
+    if claims is None:
+        await _message(send, svc, 401, "Your sessions", "You are not signed in.")
+        return
+    rt = svc.runtime
+    cookie = cookies.cookie(scope, PORTAL_COOKIE, secure=secure_cookies(rt, scope)) or ""
+    if not sessions_token_ok(rt.secret, rt.portal_host, cookie, form.get("csrf", "")):
+        await _message(
+            send, svc, 403, "Your sessions", "This form has expired: reload the sessions page."
+        )
+        return
+    target = form.get("session", "")[:100]
+    found = await svc.runtime.store.session(target) if target else None
+    if found is None or found.email != claims.email.lower() or found.ended_at is not None:
+        await _message(send, svc, 404, "Your sessions", "You have no such active session.")
+        return
+    await svc.runtime.end_session(found.id)
+    svc.log(
+        "login",
+        app=None,
+        email=claims.email,
+        idp=claims.idp,
+        ip=req.client.ip,
+        country=None,
+        decision="logout",
+        detail=f"session ended ({device_of(found.user_agent)})",
+    )
+    if found.id == session_id(claims):
+        page = svc.page(
+            "message.html",
+            title="Signed out",
+            message="This session is ended: you are signed out on this device.",
+            error=False,
+        )
+        clear = cookies.clear_cookie(PORTAL_COOKIE, secure=secure_cookies(svc.runtime, scope))
+        await http.respond_html(send, 200, page, [clear])
+        return
+    await http.redirect(send, "/.zerogate/sessions?ended=1")
 
 
 async def _message(
@@ -277,6 +390,7 @@ async def login_page(scope: Scope, send: Send, svc: Services, req: Request) -> N
             claims.idp,
             list(claims.groups or ()),
             list(claims.amr or ()),
+            sid=session_id(claims),
         )
         return
     methods = login_methods(scope, svc, app, flow_blob)
@@ -630,19 +744,10 @@ async def otp_verify(
         return
     await rt.store.delete_pin(pin_store_key(email, app.name))
     record_login(decision="allow", detail="pin accepted")
-    portal_token = issue_portal_token(
-        rt.keyset,
-        issuer=rt.issuer,
-        audience=PORTAL_AUDIENCE,
-        email=email,
-        sub=email,
-        idp=otp.name,
-        ttl_seconds=session_seconds(svc),
-        now=now,
-    )
+    sid, portal_token = await start_session(scope, svc, ip, email=email, idp=otp.name, now=now)
     cookie = session_cookie(scope, svc, portal_token)
     last = oidc_login.last_method_cookie(scope, svc, otp.name)
-    await hand_over(send, svc, flow, app, email, otp.name, [], [], [cookie, last])
+    await hand_over(send, svc, flow, app, email, otp.name, [], [], [cookie, last], sid=sid)
 
 
 async def logout(scope: Scope, receive: Receive, send: Send, svc: Services, req: Request) -> None:

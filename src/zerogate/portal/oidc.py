@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from zerogate.identity import issue_portal_token
 from zerogate.identity.flow import Flow, FlowError, code_hash, open_flow
 from zerogate.identity.oidc import (
     ClientSettings,
@@ -45,8 +44,8 @@ from zerogate.model.values import check_email
 from zerogate.net import http
 from zerogate.net.asgi import Scope, Send
 from zerogate.policy.engine import CompiledApp
-from zerogate.portal.session import hand_over, session_cookie, session_seconds
-from zerogate.runtime import PORTAL_AUDIENCE, cookies
+from zerogate.portal.session import hand_over, session_cookie, start_session
+from zerogate.runtime import cookies
 from zerogate.runtime.cookies import secure_cookies
 from zerogate.runtime.fetch import oidc_fetch
 from zerogate.runtime.request import Request, portal_origin
@@ -553,16 +552,14 @@ async def _signed_in(
             app=app.name,
         ) from None
     now = time.time()
-    token = issue_portal_token(
-        rt.keyset,
-        issuer=rt.issuer,
-        audience=PORTAL_AUDIENCE,
+    sid, token = await start_session(
+        scope,
+        svc,
+        req.client.ip,
         email=email,
-        sub=email,
         idp=idp.name,
         groups=list(identity.groups),
         amr=list(identity.amr),
-        ttl_seconds=session_seconds(svc),
         now=now,
         extra={"idp_sub": identity.sub},
     )
@@ -590,4 +587,5 @@ async def _signed_in(
             session_cookie(scope, svc, token),
             last_method_cookie(scope, svc, idp.name),
         ],
+        sid=sid,
     )

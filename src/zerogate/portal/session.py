@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from zerogate.identity import Claims, issue_portal_token
 from zerogate.identity.flow import CODE_SECONDS, Flow, code_hash
 from zerogate.model.values import parse_duration
 from zerogate.net import http
@@ -25,8 +27,18 @@ from zerogate.runtime.admin_login import admin_return, is_admin_app
 from zerogate.runtime.cookies import PORTAL_COOKIE, secure_cookies
 from zerogate.runtime.services import Services
 from zerogate.runtime.sessions import portal_session
+from zerogate.runtime.state import PORTAL_AUDIENCE
+from zerogate.store import Session
 
-__all__ = ["PORTAL_COOKIE", "hand_over", "portal_session", "session_cookie", "session_seconds"]
+__all__ = [
+    "PORTAL_COOKIE",
+    "hand_over",
+    "portal_session",
+    "session_cookie",
+    "session_id",
+    "session_seconds",
+    "start_session",
+]
 
 
 def session_seconds(svc: Services) -> int:
@@ -44,6 +56,60 @@ def session_cookie(scope: Scope, svc: Services, token: str) -> tuple[bytes, byte
     )
 
 
+async def start_session(
+    scope: Scope,
+    svc: Services,
+    ip: str | None,
+    *,
+    email: str,
+    idp: str,
+    groups: list[str] | None = None,
+    amr: list[str] | None = None,
+    now: float,
+    extra: dict[str, Any] | None = None,
+) -> tuple[str, str]:
+    """A new portal session: its row in the store (``store.sessions``: who, how, the
+    browser's User-Agent, the address, since, until) and its portal token, whose ``sid``
+    claim names the row (so it can be listed and ended). ``(session id, token)``."""
+    rt = svc.runtime
+    seconds = session_seconds(svc)
+    sid = secrets.token_urlsafe(12)  # 96 bits: a name to end it by, not a credential
+    at = datetime.fromtimestamp(now, UTC)
+    agent = http.header_text(scope, b"user-agent") or None
+    await rt.store.add_session(
+        Session(
+            id=sid,
+            email=email,
+            idp=idp,
+            user_agent=agent,
+            ip=ip,
+            created_at=at,
+            seen_at=at,
+            expires_at=at + timedelta(seconds=seconds),
+        )
+    )
+    token = issue_portal_token(
+        rt.keyset,
+        issuer=rt.issuer,
+        audience=PORTAL_AUDIENCE,
+        email=email,
+        sub=email,
+        idp=idp,
+        groups=groups,
+        amr=amr,
+        ttl_seconds=seconds,
+        now=now,
+        extra={**(extra or {}), "sid": sid},
+    )
+    return sid, token
+
+
+def session_id(claims: Claims) -> str | None:
+    """The session a token belongs to (its ``sid`` claim), if it names one."""
+    sid = claims.extra.get("sid")
+    return sid if isinstance(sid, str) else None
+
+
 async def hand_over(
     send: Send,
     svc: Services,
@@ -54,6 +120,8 @@ async def hand_over(
     groups: list[str],
     amr: list[str],
     headers: list[tuple[bytes, bytes]] | None = None,
+    *,
+    sid: str | None = None,
 ) -> None:
     """A one-time code for the application, then off to its ``/.zerogate/authorized``; for
     the built-in admin application (on this very host, whose session the portal cookie is),
@@ -72,6 +140,7 @@ async def hand_over(
             "amr": amr,
             "state": flow.state_hash,
             "rd": flow.rd,
+            **({"sid": sid} if sid else {}),
         },
         expires_at=datetime.now(UTC) + timedelta(seconds=CODE_SECONDS),
     )

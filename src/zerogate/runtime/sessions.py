@@ -1,7 +1,8 @@
 """The portal's global session, read the same way by the portal and the admin front door.
 
 The cookie (:data:`zerogate.runtime.cookies.PORTAL_COOKIE`) holds a portal JWT; it counts only
-when its signature, type and expiry check out and its email was not revoked after it was issued.
+when its signature, type and expiry check out, its email was not revoked after it was issued
+and its session (the ``sid`` claim, ``store.sessions``) was not ended.
 """
 
 from __future__ import annotations
@@ -25,6 +26,6 @@ def portal_session(scope: Scope, svc: Services) -> Claims | None:
         claims = rt.verifier("portal").verify(token, PORTAL_AUDIENCE, now=time.time())
     except TokenError:
         return None
-    if rt.is_revoked(claims.email, claims.iat):
+    if rt.rejects(claims):  # logged out everywhere, or this session ended
         return None
     return claims

@@ -23,7 +23,7 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from zerogate.geoip import GeoIp
-from zerogate.identity import KeySet, TokenVerifier, VerifiedTokenCache
+from zerogate.identity import Claims, KeySet, TokenVerifier, VerifiedTokenCache
 from zerogate.identity.keys import Algorithm
 from zerogate.identity.secret_hash import SecretKind, secret_matches
 from zerogate.identity.tokens import TYPE_APP, TokenType
@@ -31,11 +31,13 @@ from zerogate.model.objects import OneTimePinProvider, Settings
 from zerogate.model.values import ip_network, mailbox_of, parse_duration
 from zerogate.policy import Snapshot, compile_snapshot
 from zerogate.policy.engine import CompiledApp
-from zerogate.store import ServiceCredential, StateVersion, Store, TunnelCredential
+from zerogate.store import ServiceCredential, Session, StateVersion, Store, TunnelCredential
 
 log = logging.getLogger("zerogate.server")
 
 POLL_SECONDS = 0.5
+#: a session's last seen is written at most this often (per process)
+SEEN_SECONDS = 60.0
 KEY_OVERLAP_SECONDS = 7 * 86400
 
 
@@ -74,6 +76,13 @@ class Runtime:
     secret: bytes
     version: StateVersion
     revoked: dict[str, float] = field(default_factory=dict)  # email -> not_before (epoch)
+    #: the ids of portal sessions that were ended (their tokens' ``sid`` claim)
+    ended: set[str] = field(default_factory=set)
+    #: last-seen marks waiting for the watcher to write: session id -> (when, address)
+    _seen_pending: dict[str, tuple[float, str | None]] = field(default_factory=dict)
+    #: session id -> when this process last queued its last-seen mark
+    _seen_marked: dict[str, float] = field(default_factory=dict)
+    _seen_flushed: float = 0.0
     credentials: dict[str, ServiceCredential] = field(default_factory=dict)  # by client id
     tunnel_credentials: dict[str, TunnelCredential] = field(default_factory=dict)  # by tunnel id
     #: called (no arguments) after the tunnel credentials were reloaded, so the tunnel
@@ -167,6 +176,43 @@ class Runtime:
             return not_before is not None and issued_at < not_before
         return False
 
+    def rejects(self, claims: Claims) -> bool:
+        """Whether a verified token no longer counts: its address was logged out everywhere
+        after it was issued, or its session (the ``sid`` claim) was ended."""
+        if self.is_revoked(claims.email, claims.iat):
+            return True
+        sid = claims.extra.get("sid")
+        return isinstance(sid, str) and sid in self.ended
+
+    def seen(self, claims: Claims, ip: str | None, now: float) -> None:
+        """Note that the session of ``claims`` was used (from ``ip``): at most once a
+        minute per session, a mark the watcher writes in a batch later (no I/O here)."""
+        sid = claims.extra.get("sid")
+        if not isinstance(sid, str):
+            return
+        last = self._seen_marked.get(sid)
+        if last is not None and now - last < SEEN_SECONDS:
+            return
+        self._seen_marked[sid] = now
+        self._seen_pending[sid] = (now, ip)
+
+    async def flush_seen(self, now: float | None = None) -> int:
+        """Write the waiting last-seen marks (the watcher does, every ``POLL_SECONDS`` or
+        so); how many. Forgets marks older than a minute, so the memory stays bounded by
+        the sessions used in the last minute."""
+        now = time.time() if now is None else now
+        pending, self._seen_pending = self._seen_pending, {}
+        if now - self._seen_flushed >= SEEN_SECONDS:
+            self._seen_flushed = now
+            self._seen_marked = {
+                k: v for k, v in self._seen_marked.items() if now - v < SEEN_SECONDS
+            }
+        if not pending:
+            return 0
+        rows = [(sid, datetime.fromtimestamp(at, UTC), ip) for sid, (at, ip) in pending.items()]
+        await self.store.touch_sessions(rows)
+        return len(rows)
+
     def service_token(self, client_id: str, secret: str, now: float) -> str | None:
         """The service token's name when the pair is valid and unexpired, else None."""
         cred = self.credentials.get(client_id)
@@ -215,6 +261,8 @@ class Runtime:
             stamp = not_before.timestamp()
             if stamp > self.revoked.get(email, 0.0):
                 self.revoked[email] = stamp
+        for _, session_id in await self.store.ended_sessions(since=since):
+            self.ended.add(session_id)
 
     async def _load_credentials(self) -> None:
         self.credentials = {c.client_id: c for c in await self.store.service_credentials()}
@@ -265,6 +313,14 @@ class Runtime:
         self.version = new
         return True
 
+    async def end_session(self, session_id: str) -> Session | None:
+        """End one portal session everywhere (this process at once, the others within a
+        second); the ended session, or ``None`` when none such was active."""
+        ended = await self.store.end_session(session_id)
+        if ended is not None:
+            self.ended.add(session_id)
+        return ended
+
     async def revoke(self, email: str) -> None:
         """Log ``email`` out everywhere: every session issued before now is void."""
         now = datetime.now(UTC)
@@ -298,6 +354,13 @@ class Runtime:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), POLL_SECONDS)
                 changed.clear()
+                if self._seen_pending:
+                    try:
+                        await self.flush_seen()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # last seen is a courtesy: never stop watching
+                        log.warning("could not record when sessions were last seen: %s", exc)
                 try:
                     await self.refresh()
                 except asyncio.CancelledError:

@@ -5,9 +5,10 @@ service-token credentials, access log: ``runtime``; tunnel credentials, connecto
 reports and API tokens: ``tunnels``). SQLite by default, PostgreSQL by URL.
 Imports only ``zerogate.model`` of zerogate's own code."""
 
-from zerogate.store.diff import Change, Plan
-from zerogate.store.errors import StaleWrite, StoreError
+from zerogate.store.diff import Change, Kept, Plan
+from zerogate.store.errors import KeptInvalid, StaleWrite, StoreError
 from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion
+from zerogate.store.sessions import Session
 from zerogate.store.store import AdminLogEntry, Store
 from zerogate.store.tunnels import ApiToken, TunnelConnection, TunnelCredential
 from zerogate.store.urls import storage_url
@@ -17,8 +18,11 @@ __all__ = [
     "AdminLogEntry",
     "ApiToken",
     "Change",
+    "Kept",
+    "KeptInvalid",
     "Plan",
     "ServiceCredential",
+    "Session",
     "StaleWrite",
     "StateVersion",
     "Store",

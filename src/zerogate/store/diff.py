@@ -9,6 +9,7 @@ JSON form (sorted keys), so applying the same objects twice gives an empty plan.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ _FIELD_OF = dict(KINDS)
 #: the pseudo-field a change lists when an object moved relative to the others of its kind
 POSITION = "position"
 
+#: where an object was last added or changed (``objects.origin``)
+Origin = Literal["file", "api", "panel", "cli"]
+ORIGINS: tuple[str, ...] = ("file", "api", "panel", "cli")
+
 
 @dataclass(frozen=True)
 class Change:
@@ -42,15 +47,33 @@ class Change:
     name: str
     action: Literal["add", "change", "remove"]
     fields: tuple[str, ...] = ()
+    #: for a removal: where the removed object was last changed (not part of equality)
+    origin: str | None = dataclasses.field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Kept:
+    """An object an apply from a file left alone although the file does not list it: it was
+    made (or last changed) elsewhere and the file never managed it (``--prune`` removes it)."""
+
+    kind: str
+    name: str
+    origin: str
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What ``apply`` does (or did): the changes and the configuration version around them."""
+    """What ``apply`` does (or did): the changes and the configuration version around them;
+    ``kept``: for an apply from a file, the stored objects it does not list and kept."""
 
     changes: tuple[Change, ...]
     version_before: int
     version_after: int
+    kept: tuple[Kept, ...] = ()
+
+    @property
+    def removals(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.action == "remove")
 
     @property
     def empty(self) -> bool:
@@ -70,10 +93,40 @@ class Row:
     name: str
     position: int
     spec: dict[str, Any]
+    #: where it was last changed, and whether the last apply from a file listed it
+    origin: str = "file"
+    in_file: bool = True
 
     @property
     def text(self) -> str:
         return canonical(self.spec)
+
+
+def merge_file(
+    stored: Sequence[Row], listed: Sequence[Row], *, prune: bool
+) -> tuple[list[Row], tuple[Kept, ...]]:
+    """What an apply from a file makes the store hold: the objects the file lists, plus the
+    stored objects it does not list that the file never managed (``in_file`` false: made or
+    last changed through the API, panel or a command), each kind's kept objects after the
+    file's in their stored order; with ``prune``, only the file's. Returns the rows and what
+    was kept. A stored object the last file listed and this one does not is removed."""
+    names = {(r.kind, r.name) for r in listed}
+    kept_rows = [
+        r
+        for r in sorted(stored, key=lambda r: (r.kind, r.position))
+        if (r.kind, r.name) not in names and not r.in_file and not prune
+    ]
+    if not kept_rows:
+        return list(listed), ()
+    rows = list(listed)
+    kept: list[Kept] = []
+    for kind, _ in KINDS:
+        start = 1 + max((r.position for r in listed if r.kind == kind), default=-1)
+        ours = [r for r in kept_rows if r.kind == kind]
+        for offset, row in enumerate(ours):
+            rows.append(Row(kind, row.name, start + offset, row.spec, row.origin, False))
+            kept.append(Kept(kind, row.name, row.origin))
+    return rows, tuple(kept)
 
 
 def rows_of(objects: Objects) -> list[Row]:
@@ -167,5 +220,7 @@ def diff(stored: Sequence[Row], wanted: Sequence[Row]) -> tuple[Change, ...]:
                 fields = tuple(sorted((*fields, POSITION)))
             if fields:
                 changes.append(Change(kind, row.name, "change", fields))
-        changes.extend(Change(kind, r.name, "remove") for r in old if r.name not in new_names)
+        changes.extend(
+            Change(kind, r.name, "remove", origin=r.origin) for r in old if r.name not in new_names
+        )
     return tuple(changes)

@@ -3,6 +3,9 @@ stored data), always with a one-line message that says what went wrong and where
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class StoreError(Exception):
     """The store cannot do what was asked; ``str(error)`` is a one-line message for the user."""
@@ -27,3 +30,20 @@ class StaleWrite(StoreError):
         else:
             now = f"it is now at version {actual}, not {expected}"
         super().__init__(f"{kind} {name!r} was changed by someone else: {now}; reload and retry")
+
+
+class KeptInvalid(StoreError):
+    """An apply from a file would keep objects it does not list (made through the API, panel
+    or a command) that no longer fit the file's objects: an application naming a group the
+    file removed, say. ``problems`` (``zerogate.model.loader.Problem``) name object and field;
+    nothing was written. Listing the kept objects in the file, changing them, or ``--prune``
+    resolves it."""
+
+    def __init__(self, kept: Sequence[Any], problems: Sequence[Any]) -> None:
+        self.kept = tuple(kept)
+        self.problems = list(problems)
+        names = ", ".join(f"{k.kind.replace('_', ' ')} {k.name}" for k in kept)
+        super().__init__(
+            f"the file's objects do not fit the objects it keeps ({names}): list or change "
+            "those in the file, or remove them with --prune"
+        )

@@ -354,7 +354,9 @@ async def revoke(
     address = normalise_email(email)
     await connection.execute(
         delete(revocations).where(
-            revocations.c.email == address, revocations.c.not_before <= not_before
+            revocations.c.email == address,
+            revocations.c.not_before <= not_before,
+            revocations.c.session_id.is_(None),
         )
     )
     await connection.execute(
@@ -370,7 +372,7 @@ async def revocations_since(
 ) -> list[tuple[int, str, datetime]]:
     result = await connection.execute(
         select(revocations.c.id, revocations.c.email, revocations.c.not_before)
-        .where(revocations.c.id > since)
+        .where(revocations.c.id > since, revocations.c.session_id.is_(None))
         .order_by(revocations.c.id)
     )
     return [(int(i), email, not_before) for i, email, not_before in result.all()]

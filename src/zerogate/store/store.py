@@ -30,14 +30,29 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from zerogate.model.loader import ConfigError, validate_objects
 from zerogate.model.objects import Objects
 from zerogate.store import certificates as certstore
 from zerogate.store import limits, logs, migrate, runtime, tunnels
-from zerogate.store.diff import Change, Plan, Row, canonical, diff, objects_of, rows_of
+from zerogate.store import sessions as session_rows
+from zerogate.store.diff import (
+    KINDS,
+    Change,
+    Kept,
+    Origin,
+    Plan,
+    Row,
+    canonical,
+    diff,
+    merge_file,
+    objects_of,
+    rows_of,
+)
 from zerogate.store.engine import create_engine, is_memory, sqlite_file, write_lock
-from zerogate.store.errors import StaleWrite, StoreError
+from zerogate.store.errors import KeptInvalid, StaleWrite, StoreError
 from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion, key_text, utc
 from zerogate.store.secretbox import SecretBox, prepare_sqlite_file
+from zerogate.store.sessions import Session
 from zerogate.store.tables import access_log, admin_log, config_state
 from zerogate.store.tables import objects as objects_table
 from zerogate.store.tunnels import ApiToken, TunnelConnection, TunnelCredential
@@ -264,14 +279,38 @@ class Store:
                 versions = {(k, n): int(v) for k, n, v in result.all()}
         return _objects(rows), version, versions
 
-    async def plan(self, objects: Objects) -> Plan:
-        """What ``apply(objects)`` would do now; writes nothing."""
-        wanted = _wanted(objects)
+    async def plan(self, objects: Objects, *, origin: Origin = "file", prune: bool = False) -> Plan:
+        """What ``apply(objects, origin=origin, prune=prune)`` would do now; writes nothing
+        (raises ``KeptInvalid`` as that apply would)."""
+        listed = _wanted(objects)
         with self._errors("read the store"):
             async with self._reading() as connection:
                 version = await _version(connection)
                 stored = await _rows(connection)
-        return Plan(diff(stored, wanted), version, version)
+        wanted, kept = _merged(stored, listed, origin, prune)
+        return Plan(diff(stored, wanted), version, version, kept)
+
+    async def kept_document(self, objects: Objects, *, prune: bool = False) -> dict[str, Any]:
+        """The objects an apply of ``objects`` from a file would keep (see ``apply``), as a
+        configuration document (empty lists when none): what the file's objects may name."""
+        listed = _wanted(objects)
+        with self._errors("read the store"):
+            async with self._reading() as connection:
+                stored = await _rows(connection)
+        wanted, kept = merge_file(stored, listed, prune=prune)
+        names = {(k.kind, k.name) for k in kept}
+        return _document([r for r in wanted if (r.kind, r.name) in names])
+
+    async def ownership(self) -> dict[tuple[str, str], tuple[str, bool]]:
+        """Per ``(kind, name)``: where the object was last changed and whether the last apply
+        from a file listed it (the file manages it)."""
+        t = objects_table
+        with self._errors("read the objects' origins"):
+            async with self._single() as connection:
+                result = await connection.execute(
+                    select(t.c.kind, t.c.name, t.c.origin, t.c.in_file)
+                )
+                return {(k, n): (o, bool(f)) for k, n, o, f in result.all()}
 
     async def admin_log(
         self, limit: int = 100, *, since: datetime | None = None
@@ -310,16 +349,25 @@ class Store:
         source: str | None = None,
         expect: Mapping[tuple[str, str], int | None] | None = None,
         expect_version: int | None = None,
+        origin: Origin = "file",
+        prune: bool = False,
     ) -> Plan:
         """Make the stored objects equal to ``objects`` in one transaction (all or nothing):
         write the changes, bump the version by one and log each change. An empty plan writes
         nothing. Concurrent applies (from any process) run one after the other.
 
+        ``origin`` says where the change comes from; the objects it adds or changes record it.
+        ``"file"`` (``zerogate apply``) is the one partial write: stored objects the file
+        does not list and never managed are kept (``Plan.kept``) unless ``prune``; the file's
+        objects become file-managed, the kept ones not. When the kept objects no longer fit
+        the file's (an application of the panel's naming a group the file dropped):
+        ``KeptInvalid``, nothing written. Any other origin writes ``objects`` as the whole set.
+
         Compare-and-set: ``expect`` maps ``(kind, name)`` to the object version the caller
         based its change on (``None``: the object must not exist); ``expect_version`` is the
         whole configuration's version the caller loaded. Either one not matching raises
         ``StaleWrite`` and writes nothing."""
-        wanted = _wanted(objects)
+        listed = _wanted(objects)
         with self._errors("apply the configuration"):
             async with self._connect() as connection:
                 await write_lock(connection)
@@ -330,19 +378,26 @@ class Store:
                     if expect_version is not None and expect_version != version:
                         raise StaleWrite("configuration", "", expect_version, version)
                     stored = await _rows(connection)
+                    wanted, kept = _merged(stored, listed, origin, prune)
                     changes = diff(stored, wanted)
-                    if not changes:
+                    flags = _ownership_flips(stored, wanted, origin)
+                    if not changes and not flags:
                         await transaction.rollback()
-                        return Plan((), version, version)
+                        return Plan((), version, version, kept)
+                    await _write_ownership(connection, flags)
+                    if not changes:
+                        return Plan((), version, version, kept)
                     new_version = version + 1
                     now = _now()
-                    await _write_objects(connection, stored, wanted, changes, new_version, now)
+                    await _write_objects(
+                        connection, stored, wanted, changes, new_version, now, origin
+                    )
                     await _write_log(
                         connection, stored, wanted, changes, new_version, now, actor, source
                     )
                     await _bump_version(connection, new_version, now)
                     await _drop_removed_credentials(connection, changes)
-        return Plan(changes, version, new_version)
+        return Plan(changes, version, new_version, kept)
 
     async def log_admin(
         self,
@@ -641,7 +696,50 @@ class Store:
         email = key_text(email, "email")
         with self._errors("record a revocation"):
             async with self._writing() as connection:
+                await session_rows.end_of_address(connection, email, not_before)
                 return await runtime.revoke(connection, email, not_before, _now())
+
+    # -- runtime state: portal sessions ---------------------------------------------------
+
+    async def add_session(self, session: Session) -> None:
+        """Record a new portal login (``Session``)."""
+        with self._errors("record a session"):
+            async with self._writing() as connection:
+                await session_rows.add(connection, session)
+
+    async def sessions(self, *, email: str | None = None, limit: int = 1000) -> list[Session]:
+        """The active sessions (of ``email`` and its subaddresses), most recently seen first."""
+        with self._errors("read the sessions"):
+            async with self._single() as connection:
+                return await session_rows.active(connection, _now(), email, limit)
+
+    async def session(self, session_id: str) -> Session | None:
+        with self._errors("read a session"):
+            async with self._single() as connection:
+                return await session_rows.get(connection, key_text(session_id, "a session id"))
+
+    async def end_session(self, session_id: str) -> Session | None:
+        """End an active session everywhere (its tokens are refused by every server within a
+        second); the ended session, or ``None`` when there was no such active session."""
+        session_id = key_text(session_id, "a session id")
+        with self._errors("end a session"):
+            async with self._writing() as connection:
+                return await session_rows.end(connection, session_id, _now())
+
+    async def ended_sessions(self, *, since: int = 0) -> list[tuple[int, str]]:
+        """``(revocation id, session id)`` of the sessions ended with revocation ids above
+        ``since`` (the same counter as ``revocations``)."""
+        with self._errors("read the ended sessions"):
+            async with self._single() as connection:
+                return await session_rows.ended_since(connection, since)
+
+    async def touch_sessions(self, seen: Sequence[tuple[str, datetime, str | None]]) -> None:
+        """Move the sessions' last seen (and address) forward, in one transaction."""
+        if not seen:
+            return
+        with self._errors("record when sessions were seen"):
+            async with self._writing() as connection:
+                await session_rows.touch(connection, seen)
 
     async def revocations(self, *, since: int = 0) -> list[tuple[int, str, datetime]]:
         """``(id, email, not_before)`` of the revocations with ``id > since``, ascending. Ids
@@ -788,6 +886,58 @@ def _wanted(objects: Objects) -> list[Row]:
         raise StoreError(f"cannot store the configuration: {exc}") from None
 
 
+def _merged(
+    stored: Sequence[Row], listed: Sequence[Row], origin: str, prune: bool
+) -> tuple[list[Row], tuple[Kept, ...]]:
+    """The rows an apply makes the store hold (see ``Store.apply``), checked as a whole when
+    objects were kept next to the file's."""
+    if origin != "file":
+        return list(listed), ()
+    wanted, kept = merge_file(stored, listed, prune=prune)
+    if kept:
+        try:
+            validate_objects(_document(wanted), source=None)
+        except ConfigError as exc:
+            raise KeptInvalid(kept, exc.problems) from None
+    return wanted, kept
+
+
+def _document(rows: Sequence[Row]) -> dict[str, Any]:
+    """The objects document of ``rows`` (what the loader validates)."""
+    data: dict[str, Any] = {field: [] for _, field in KINDS}
+    for row in sorted(rows, key=lambda r: r.position):
+        if row.kind == "admins":
+            data["admins"] = list(row.spec.get("admins", []))
+        else:
+            data[dict(KINDS)[row.kind]].append(row.spec)
+    return data
+
+
+def _ownership_flips(
+    stored: Sequence[Row], wanted: Sequence[Row], origin: str
+) -> list[tuple[str, str, bool]]:
+    """An apply from a file: the objects whose ``in_file`` it turns (listed now and not
+    before, or kept and managed before): ``(kind, name, in_file)``."""
+    if origin != "file":
+        return []
+    before = {(r.kind, r.name): r.in_file for r in stored}
+    return [
+        (r.kind, r.name, r.in_file)
+        for r in wanted
+        if (r.kind, r.name) in before and before[(r.kind, r.name)] != r.in_file
+    ]
+
+
+async def _write_ownership(
+    connection: AsyncConnection, flips: Sequence[tuple[str, str, bool]]
+) -> None:
+    t = objects_table
+    for kind, name, in_file in flips:
+        await connection.execute(
+            update(t).where(t.c.kind == kind, t.c.name == name).values(in_file=in_file)
+        )
+
+
 def _objects(rows: Sequence[Row]) -> Objects:
     try:
         return objects_of(rows)
@@ -821,16 +971,15 @@ async def _lock_state(connection: AsyncConnection) -> int:
 
 
 async def _rows(connection: AsyncConnection) -> list[Row]:
+    t = objects_table
     result = await connection.execute(
-        select(
-            objects_table.c.kind,
-            objects_table.c.name,
-            objects_table.c.position,
-            objects_table.c.spec,
-        ).order_by(objects_table.c.kind, objects_table.c.position, objects_table.c.id)
+        select(t.c.kind, t.c.name, t.c.position, t.c.spec, t.c.origin, t.c.in_file).order_by(
+            t.c.kind, t.c.position, t.c.id
+        )
     )
     return [
-        Row(kind, name, position, json.loads(spec)) for kind, name, position, spec in result.all()
+        Row(kind, name, position, json.loads(spec), origin, bool(in_file))
+        for kind, name, position, spec, origin, in_file in result.all()
     ]
 
 
@@ -841,9 +990,12 @@ async def _write_objects(
     changes: Sequence[Change],
     version: int,
     now: datetime,
+    origin: str,
 ) -> None:
     """Delete, insert and update the object rows as ``changes`` say; objects that only shifted
-    because others came or went get their new position without counting as changed."""
+    because others came or went get their new position without counting as changed. An added
+    or changed object records ``origin``; an added one is file-managed when the file lists it,
+    a changed one keeps its flag unless an apply from a file sets it."""
     before = {(row.kind, row.name): row for row in stored}
     after = {(row.kind, row.name): row for row in wanted}
     changed = {(change.kind, change.name) for change in changes}
@@ -862,6 +1014,8 @@ async def _write_objects(
             "version": version,
             "created_at": now,
             "updated_at": now,
+            "origin": origin,
+            "in_file": origin == "file" and row.in_file,
         }
         for change in changes
         if change.action == "add"
@@ -880,7 +1034,10 @@ async def _write_objects(
                 "spec": row.text,
                 "version": version,
                 "updated_at": now,
+                "origin": origin,
             }
+            if origin == "file":
+                values["in_file"] = row.in_file
             await connection.execute(update(table).where(*where).values(**values))
         elif old.position != row.position:
             await connection.execute(update(table).where(*where).values(position=row.position))

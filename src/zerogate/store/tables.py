@@ -39,6 +39,13 @@ Shared limits (migration 0007), so that every process of a cluster counts togeth
 - ``rate_windows``: one row per rate-limited key (a hash of the limit's name and its subject,
   an address or a client network): the times of its latest hits in the window (JSON, at most
   the limit's count) and when the row may be forgotten. Read and written under the row's lock.
+
+Ownership and sessions (migration 0009):
+
+- ``objects.origin`` (where an object was last changed: ``file``, ``api``, ``panel``, ``cli``)
+  and ``objects.in_file`` (listed by the last apply from a file);
+- ``sessions``: one row per portal login (id = the tokens' ``sid`` claim), last seen written at
+  most once a minute; ``revocations.session_id`` ends one session instead of an address's all.
 """
 
 from __future__ import annotations
@@ -121,6 +128,10 @@ objects = Table(
     Column("version", BigInteger, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # where it was last added or changed: file, api, panel, cli (migration 0009)
+    Column("origin", String(16), nullable=False, server_default="file"),
+    # listed by the last apply from a file: the file manages it (migration 0009)
+    Column("in_file", Boolean, nullable=False, server_default=text("true")),
     UniqueConstraint("kind", "name"),
 )
 
@@ -190,6 +201,8 @@ revocations = Table(
     Column("email", String(320), nullable=False),
     Column("not_before", UTCDateTime, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # set: ends this one session only (migration 0009)
+    Column("session_id", String(64), nullable=True),
     Index("ix_revocations_email", "email"),
 )
 
@@ -331,4 +344,21 @@ rate_windows = Table(
     # epoch seconds after which no limit needs the row any more
     Column("expires_at", Float, nullable=False),
     Index("ix_rate_windows_expires_at", "expires_at"),
+)
+
+#: one row per portal login (migration 0009, ``store/sessions.py``)
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("email", String(320), nullable=False),
+    Column("idp", Text, nullable=False),
+    Column("user_agent", Text, nullable=True),
+    Column("ip", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime, nullable=True),
+    Index("ix_sessions_email", "email"),
+    Index("ix_sessions_expires_at", "expires_at"),
 )

@@ -5,19 +5,44 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from zerogate.admin.api.common import PREFIX, Force, actor, etag, wanted_version
+from zerogate.admin.api.common import PREFIX, Force, Origin, actor, etag, wanted_version
 from zerogate.admin.service import AdminService
 
 
 class AdminsOut(BaseModel):
     admins: list[str] = Field(description="emails or group:NAME")
     version: int = Field(description="0 while the list was never set")
+    changed_via: Origin | None = Field(
+        default=None, description="where the list was last changed (null: never set)"
+    )
+    managed_by_file: bool = Field(
+        default=False,
+        description="the last zerogate apply from a file listed it: the next one overwrites a "
+        "change made here",
+    )
+
+
+async def admins_out(service: AdminService) -> AdminsOut:
+    admins, version = await service.admins()
+    owned = await service.admins_ownership()
+    return AdminsOut(
+        admins=admins,
+        version=version,
+        changed_via=owned[0] if owned else None,
+        managed_by_file=owned[1] if owned else False,
+    )
 
 
 class AdminsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     admins: list[str]
     version: int | None = Field(default=None, description="or send If-Match")
+    changed_via: Origin | None = Field(
+        default=None, description="read-only (what a GET answered may be sent back): ignored"
+    )
+    managed_by_file: bool | None = Field(
+        default=None, description="read-only (what a GET answered may be sent back): ignored"
+    )
 
 
 def router(service: AdminService) -> APIRouter:
@@ -27,9 +52,9 @@ def router(service: AdminService) -> APIRouter:
         f"{PREFIX}/admins", response_model=AdminsOut, operation_id="get_admins", tags=["admins"]
     )
     async def get_admins(response: Response) -> AdminsOut:
-        admins, version = await service.admins()
-        etag(response, version)
-        return AdminsOut(admins=admins, version=version)
+        out = await admins_out(service)
+        etag(response, out.version)
+        return out
 
     @admins_router.put(
         f"{PREFIX}/admins",
@@ -50,8 +75,8 @@ def router(service: AdminService) -> APIRouter:
     ) -> AdminsOut:
         base = wanted_version(if_match, body.version)
         await service.set_admins(body.admins, version=base, actor=actor(request, force))
-        admins, version = await service.admins()
-        etag(response, version)
-        return AdminsOut(admins=admins, version=version)
+        out = await admins_out(service)
+        etag(response, out.version)
+        return out
 
     return admins_router

@@ -8,7 +8,7 @@ parameter annotations at definition time, some of them model classes held in var
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Query, Request, Response
 from pydantic import BaseModel, Field
@@ -37,16 +37,34 @@ class ErrorOut(BaseModel):
     login_url: str | None = None
 
 
+Origin = Literal["file", "api", "panel", "cli"]
+
+
 class Versioned(BaseModel):
     version: int = Field(
         description="the configuration version that last changed this object; send it back "
         "as If-Match to change or delete it"
+    )
+    changed_via: Origin = Field(
+        description="where this object was last added or changed: file (zerogate apply), "
+        "api, panel or cli (a zerogate command such as tunnel create)"
+    )
+    managed_by_file: bool = Field(
+        description="the last zerogate apply from a file listed this object: the next one "
+        "overwrites a change made here, and removes the object once the file no longer lists "
+        "it; objects not managed by the file are kept by apply unless --prune"
     )
 
 
 class PutVersion(BaseModel):
     version: int | None = Field(
         default=None, description="the version this change is based on (or send If-Match)"
+    )
+    changed_via: Origin | None = Field(
+        default=None, description="read-only (what a GET answered may be sent back): ignored"
+    )
+    managed_by_file: bool | None = Field(
+        default=None, description="read-only (what a GET answered may be sent back): ignored"
     )
 
 
@@ -126,13 +144,19 @@ Force = Annotated[
 def spec_of(body: Any) -> dict[str, Any]:
     """A request body as the service's spec (the YAML fields, without ``version``)."""
     data: dict[str, Any] = body.model_dump(mode="json", by_alias=True, exclude_none=True)
-    data.pop("version", None)
+    for key in ("version", "changed_via", "managed_by_file"):
+        data.pop(key, None)
     return data
 
 
+def ownership(item: Item) -> dict[str, Any]:
+    """The fields every configured object answers with besides its spec."""
+    return {"version": item.version, "changed_via": item.origin, "managed_by_file": item.managed}
+
+
 def item_out(item: Item, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A configured object as JSON: its spec, the extra fields and its version."""
-    return {**item.spec, **(extra or {}), "version": item.version}
+    """A configured object as JSON: its spec, the extra fields, its version and ownership."""
+    return {**item.spec, **(extra or {}), **ownership(item)}
 
 
 def utc(value: datetime | None) -> datetime | None:

@@ -11,6 +11,7 @@ from zerogate.admin.api.common import (
     Versioned,
     actor,
     etag,
+    ownership,
     spec_of,
     wanted_version,
 )
@@ -19,7 +20,7 @@ from zerogate.model.objects import Policy
 
 
 class PolicyOut(Policy, Versioned):
-    """A policy; ``version`` is its application's."""
+    """A policy; ``version``, ``changed_via`` and ``managed_by_file`` are its application's."""
 
 
 class PolicyPut(Policy, PutVersion):
@@ -35,7 +36,7 @@ Position = Annotated[int | None, Query(ge=0, le=10000)]
 def policy_out(item: Item, name: str) -> PolicyOut:
     for spec in item.spec.get("policies", []):
         if spec.get("name") == name:
-            return PolicyOut(**spec, version=item.version)
+            return PolicyOut(**spec, **ownership(item))
     raise AdminError(f"application {item.name!r} has no policy named {name!r}")
 
 
@@ -59,7 +60,7 @@ def router(service: AdminService) -> APIRouter:
     ) -> list[PolicyOut]:
         item = await service.get("applications", app_name)
         etag(response, item.version)
-        return [PolicyOut(**p, version=item.version) for p in item.spec.get("policies", [])]
+        return [PolicyOut(**p, **ownership(item)) for p in item.spec.get("policies", [])]
 
     @policies.get(
         f"{POLICIES}/{{name}}",

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from zerogate.admin.api.common import PREFIX, Force, actor, etag, spec_of
+from zerogate.admin.api.common import PREFIX, Force, actor, etag, ownership, spec_of
 from zerogate.admin.api.objects import ServiceTokenOut
 from zerogate.admin.service import AdminService, Item
 from zerogate.model.objects import ServiceToken, Settings
@@ -55,7 +55,7 @@ class ApiTokenSecret(ApiTokenOut):
 def secret_out(item: Item, cred: Any, secret_text: str) -> ServiceTokenSecret:
     return ServiceTokenSecret(
         **item.spec,
-        version=item.version,
+        **ownership(item),
         client_id=cred.client_id,
         created_at=cred.created_at,
         expires_at=cred.expires_at,

@@ -28,6 +28,8 @@ class AdminViews(PanelBase):
         """The admins list (one entry a line) and its version; the form keeps ``text`` and
         the ``version`` it was based on when shown again (409 / 422)."""
         admins, current = await self.service.admins()
+        owned = await self.service.admins_ownership()
+        owner = {"origin": owned[0], "managed": owned[1]} if owned else None
         return self.render(
             request,
             "admins.html",
@@ -35,6 +37,7 @@ class AdminViews(PanelBase):
             title="Admins",
             admins=admins,
             current=current,
+            owner=owner,
             text="\n".join(admins) if text is None else text,
             version=current if version is None else version,
             groups=await self.names("groups"),

@@ -11,6 +11,7 @@ from zerogate.admin.panel.base import MAX_FORM_BYTES, FormHandler, Handler
 from zerogate.admin.panel.dashboard import DashboardViews
 from zerogate.admin.panel.logs import LogViews
 from zerogate.admin.panel.objects import GroupViews, IdentityProviderViews, aiohttp_fetch
+from zerogate.admin.panel.sessions import SessionViews
 from zerogate.admin.panel.tester import TesterViews
 from zerogate.admin.panel.tokens import ApiTokenViews, ServiceTokenViews
 from zerogate.admin.service import AdminService
@@ -28,6 +29,7 @@ class Panel(
     ApiTokenViews,
     LogViews,
     TesterViews,
+    SessionViews,
 ):
     """The panel's handlers; ``app`` is the Starlette application."""
 
@@ -58,6 +60,7 @@ class Panel(
             ("/admin/service-tokens", self.service_tokens),
             ("/admin/admins", self.admins),
             ("/admin/api-tokens", self.api_tokens),
+            ("/admin/sessions", self.sessions),
             ("/admin/access-log", self.access_log),
             ("/admin/admin-log", self.admin_log),
             ("/admin/policy-test", self.policy_test),
@@ -83,6 +86,7 @@ class Panel(
             ("/admin/admins/save", self.admins_save),
             ("/admin/api-tokens/save", self.api_token_save),
             ("/admin/api-tokens/revoke", self.api_token_revoke),
+            ("/admin/sessions/end", self.session_end),
         ]
         self.pages = frozenset(path for path, _ in get)
         routes = [Route(path, self._reading(h), methods=["GET", "HEAD"]) for path, h in get]

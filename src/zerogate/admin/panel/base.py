@@ -230,7 +230,7 @@ class PanelBase:
         """The service's actor; a session is guarded against locking itself out unless the
         form's "save anyway" box (``force``) is ticked."""
         force = fields is not None and forms.first(fields, forms.FORCE_FIELD) == "1"
-        return Actor.of(principal, force=force)
+        return Actor.of(principal, force=force, origin="panel")
 
     @staticmethod
     def version(fields: Mapping[str, Sequence[str]], name: str = "version") -> int:
