@@ -2,9 +2,11 @@
 objects, the configuration version and the admin log, and the runtime state servers share
 (polled counters, server secret, signing keys, PINs, authorization codes, revocations,
 service-token credentials, access log: ``runtime``; tunnel credentials, connector-connection
-reports and API tokens: ``tunnels``). SQLite by default, PostgreSQL by URL.
+reports and API tokens: ``tunnels``; cluster nodes and tunnel presence: ``cluster``).
+SQLite by default, PostgreSQL by URL.
 Imports only ``zerogate.model`` of zerogate's own code."""
 
+from zerogate.store.cluster import ClusterNode, ClusterView, Presence
 from zerogate.store.diff import Change, Plan
 from zerogate.store.errors import StaleWrite, StoreError
 from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion
@@ -17,7 +19,10 @@ __all__ = [
     "AdminLogEntry",
     "ApiToken",
     "Change",
+    "ClusterNode",
+    "ClusterView",
     "Plan",
+    "Presence",
     "ServiceCredential",
     "StaleWrite",
     "StateVersion",

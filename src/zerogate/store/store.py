@@ -31,7 +31,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from zerogate.model.objects import Objects
-from zerogate.store import logs, migrate, runtime, tunnels
+from zerogate.store import cluster, logs, migrate, runtime, tunnels
+from zerogate.store.cluster import ClusterNode, ClusterView, Presence
 from zerogate.store.diff import Change, Plan, Row, canonical, diff, objects_of, rows_of
 from zerogate.store.engine import create_engine, is_memory, sqlite_file, write_lock
 from zerogate.store.errors import StaleWrite, StoreError
@@ -424,6 +425,34 @@ class Store:
         with self._errors("prune the tunnel connections"):
             async with self._writing() as connection:
                 return await tunnels.forget_connections(connection, seen_before=seen_before)
+
+    # -- cluster (nodes and tunnel presence) ---------------------------------------------
+
+    async def cluster_heartbeat(
+        self, node: ClusterNode, rows: Sequence[Presence] | None = None
+    ) -> None:
+        """Refresh ``node``'s heartbeat; replace its presence rows with ``rows`` (``None``:
+        refresh the ones it has)."""
+        with self._errors("record this node's heartbeat"):
+            async with self._writing() as connection:
+                await cluster.heartbeat(connection, node, rows, _now())
+
+    async def cluster_leave(self, node_id: str) -> None:
+        with self._errors("remove this node from the cluster"):
+            async with self._writing() as connection:
+                await cluster.leave(connection, node_id)
+
+    async def cluster_expire(self, *, heartbeat_before: datetime) -> int:
+        with self._errors("expire the cluster's dead nodes"):
+            async with self._writing() as connection:
+                return await cluster.expire(connection, heartbeat_before=heartbeat_before)
+
+    async def cluster_view(self, *, live_after: datetime) -> ClusterView:
+        """The nodes whose heartbeat is at or after ``live_after`` and the presence rows that
+        count (``zerogate.store.cluster.view``)."""
+        with self._errors("read the cluster's nodes"):
+            async with self._single() as connection:
+                return await cluster.view(connection, live_after=live_after)
 
     # -- admin API tokens ----------------------------------------------------------------
 

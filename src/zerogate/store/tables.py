@@ -33,6 +33,13 @@ Logs (migration 0004): indexes for the filters on decision and kind, and
 - ``log_writers``: one row per process's access-log writer: when it started, when it last
   flushed (or said it was idle), how many rows it wrote and dropped, and whether it ended
   cleanly (``stopped``), is ``running``, or was found gone without flushing (``lost``).
+
+Cluster (migration 0006, ``zerogate.store.cluster``):
+
+- ``cluster_nodes``: one row per running edge process (node id, host, pid, relay address,
+  started, heartbeat); expired rows are deleted.
+- ``tunnel_presence``: which node holds which connector connection (tunnel, connector id,
+  connection index, since, heartbeat), replaced by its node on every change.
 """
 
 from __future__ import annotations
@@ -274,4 +281,28 @@ log_writers = Table(
     Column("ended_at", UTCDateTime, nullable=True),
     Column("state", String(16), nullable=False),
     Index("ix_log_writers_state", "state"),
+)
+
+cluster_nodes = Table(
+    "cluster_nodes",
+    metadata,
+    Column("node_id", String(64), primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("relay_address", String(300), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+)
+
+tunnel_presence = Table(
+    "tunnel_presence",
+    metadata,
+    Column("node_id", String(64), primary_key=True),
+    Column("connection_id", String(64), primary_key=True),
+    Column("tunnel", String(200), nullable=False),
+    Column("connector_id", String(128), nullable=False),
+    Column("connection_index", Integer, nullable=False),
+    Column("since", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+    Index("ix_tunnel_presence_tunnel", "tunnel"),
 )

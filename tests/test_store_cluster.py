@@ -1,0 +1,69 @@
+"""The store's cluster rows (migration 0006): node heartbeats, tunnel presence, which row wins
+for a connector connection seen on two nodes, and expiry of a dead node — on SQLite and
+(marked ``postgres``) on PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import test_store as base
+from zerogate.store import ClusterNode, Presence, Store
+
+pg_database = base.pg_database
+url = base.url
+store = base.store
+
+
+def node(node_id: str, started: datetime) -> ClusterNode:
+    return ClusterNode(node_id, "host", 1, f"127.0.0.1:{len(node_id)}", started, started)
+
+
+def row(
+    node_id: str, conn: str, tunnel: str, connector: str, index: int, since: datetime
+) -> Presence:
+    return Presence(node_id, conn, tunnel, connector, index, since, since)
+
+
+async def test_presence_newest_row_wins_and_dead_nodes_stop_counting(store: Store) -> None:
+    t0 = datetime.now(UTC) - timedelta(minutes=1)
+    a, b, c = node("node-a", t0), node("node-b", t0), node("node-c", t0)
+    # connector zgc-1 connection 0 first on c, then (later) on a: a's row wins
+    await store.cluster_heartbeat(c, [row("node-c", "c1", "web", "zgc-1", 0, t0)])
+    await store.cluster_heartbeat(
+        a, [row("node-a", "a1", "web", "zgc-1", 0, t0 + timedelta(seconds=5))]
+    )
+    await store.cluster_heartbeat(b, [row("node-b", "b1", "web", "zgc-2", 0, t0)])
+    view = await store.cluster_view(live_after=datetime.now(UTC) - timedelta(seconds=6))
+    assert {n.node_id for n in view.nodes} == {"node-a", "node-b", "node-c"}
+    assert sorted((p.node_id, p.connector_id) for p in view.presence) == [
+        ("node-a", "zgc-1"),
+        ("node-b", "zgc-2"),
+    ]
+    assert {n.node_id for n in view.holders("web")} == {"node-a", "node-b"}
+    assert view.holders("other") == []
+
+    # a heartbeat without rows keeps them; with rows replaces them
+    await store.cluster_heartbeat(b)
+    view = await store.cluster_view(live_after=datetime.now(UTC) - timedelta(seconds=6))
+    assert any(p.node_id == "node-b" for p in view.presence)
+    await store.cluster_heartbeat(b, [])
+    view = await store.cluster_view(live_after=datetime.now(UTC) - timedelta(seconds=6))
+    assert [n.node_id for n in view.holders("web")] == ["node-a"]
+
+    # a node whose heartbeat is old holds nothing, and expiry deletes it and its rows
+    later = datetime.now(UTC) + timedelta(seconds=30)
+    await store.cluster_heartbeat(b, [row("node-b", "b2", "web", "zgc-2", 1, t0)])
+    view = await store.cluster_view(live_after=later)
+    assert view.nodes == () and view.presence == ()
+    assert await store.cluster_expire(heartbeat_before=later) == 3
+    view = await store.cluster_view(live_after=t0)
+    assert view.nodes == () and view.presence == ()
+
+
+async def test_a_node_that_leaves_removes_its_rows(store: Store) -> None:
+    t0 = datetime.now(UTC)
+    a = node("node-a", t0)
+    await store.cluster_heartbeat(a, [row("node-a", "a1", "web", "zgc-1", 0, t0)])
+    await store.cluster_leave("node-a")
+    view = await store.cluster_view(live_after=t0 - timedelta(minutes=1))
+    assert view.nodes == () and view.presence == ()
