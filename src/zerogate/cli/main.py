@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from zerogate import __version__
-from zerogate.cli import api_tokens, connector, logs, mail, tokens, tunnels
+from zerogate.cli import api_tokens, connector, logs, mail, nodes, tokens, tunnels
 from zerogate.cli.helpers import (
     ConfigOption,
     JsonOption,
@@ -416,6 +416,7 @@ app.add_typer(tokens.keys_app, name="keys")
 app.add_typer(api_tokens.api_token_app, name="api-token")
 app.command("logs")(logs.logs_command)
 app.add_typer(tunnels.tunnel_app, name="tunnel")
+app.add_typer(nodes.nodes_app, name="nodes")
 app.add_typer(connector.connector_app, name="connector")
 app.add_typer(mail.email_app, name="email")
 
