@@ -3,63 +3,25 @@
 Each process that serves tunnels is a node: it writes a heartbeat every few seconds and which
 connector connections it holds. ``list`` shows every node the store knows: its relay address
 (where the other edges relay requests for the tunnels it holds), when it started, its last
-heartbeat (``live`` within :data:`LIVE_SECONDS`, else ``silent``: its rows no longer count and
+heartbeat (``live`` within a few seconds, else ``silent``: its rows no longer count and
 expire after a minute), and the tunnels and connections it holds.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from zerogate.cli.helpers import JsonOption, OptionalConfig, iso, out, print_json, when, with_store
-
-if TYPE_CHECKING:
-    from zerogate.store import ClusterView, Store
-
-#: a node whose heartbeat is older than this is shown ``silent`` (as the servers judge it)
-LIVE_SECONDS = 6.0
+from zerogate.admin.nodes import read_nodes
+from zerogate.cli.helpers import JsonOption, OptionalConfig, out, print_json, when, with_store
 
 nodes_app = typer.Typer(
     help="The edge processes (nodes) of the cluster and the tunnels each holds.",
     no_args_is_help=True,
 )
-
-
-def node_rows(view: ClusterView, now: datetime) -> list[dict[str, Any]]:
-    """One dict per node (also for the admin API): id, host, pid, relay address, started,
-    heartbeat, live, and per tunnel the connections held."""
-    rows = []
-    for node in view.nodes:
-        held: dict[str, int] = {}
-        for row in view.presence:
-            if row.node_id == node.node_id:
-                held[row.tunnel] = held.get(row.tunnel, 0) + 1
-        age = (now - node.heartbeat_at).total_seconds()
-        rows.append(
-            {
-                "node": node.node_id,
-                "host": node.host,
-                "pid": node.pid,
-                "relay_address": node.relay_address,
-                "started_at": iso(node.started_at),
-                "heartbeat_at": iso(node.heartbeat_at),
-                "live": age <= LIVE_SECONDS,
-                "tunnels": dict(sorted(held.items())),
-                "connections": sum(held.values()),
-            }
-        )
-    return rows
-
-
-async def read_nodes(store: Store) -> list[dict[str, Any]]:
-    """Every node the store knows (silent ones too) as :func:`node_rows`."""
-    now = datetime.now(UTC)
-    return node_rows(await store.cluster_view(live_after=now - timedelta(days=3650)), now)
 
 
 @nodes_app.command("list")

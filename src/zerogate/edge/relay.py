@@ -45,7 +45,7 @@ from aiohttp import web
 from yarl import URL
 
 from zerogate.edge.proxy import WS_MAX_MESSAGE, reject_websocket, send_error
-from zerogate.edge.tunnel import TunnelListener, TunnelUnavailable
+from zerogate.edge.tunnel import TunnelListener, TunnelRequestRefused, TunnelUnavailable
 from zerogate.net import websocket
 from zerogate.net.asgi import Headers, Message, Receive, Scope, Send
 from zerogate.net.client import proxy_session
@@ -78,6 +78,10 @@ DOWN_SECONDS: Final = 5.0
 REPLAY_LIMIT: Final = 256 * 1024
 """Request-body bytes kept so that a request can go to another holder."""
 CLIENT_CLOSED: Final = 499
+CONNECT_SECONDS: Final = 3.0
+"""At most this long to connect to a node's relay listener (then the next holder is tried):
+the nodes of a cluster are near each other, and a silent one should not hold a request for the
+application's whole connect timeout."""
 RENEW_AFTER: Final = 24 * 3600.0
 """A node renews its certificate this many seconds after issuing it (it is valid twice as long)."""
 
@@ -88,6 +92,7 @@ H_SCHEME: Final = "zerogate-relay-scheme"
 H_TIMEOUTS: Final = "zerogate-relay-timeouts"
 H_RESULT: Final = "zerogate-relay"
 _PREFIX: Final = b"zerogate-relay"
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _SAFE_WS_DROP: Final = frozenset(
     {b"connection", b"upgrade", b"sec-websocket-key", b"sec-websocket-version"}
 )
@@ -283,8 +288,9 @@ class RelayUpstream:
             return CLIENT_CLOSED
         body = _Body(receive, first)
         timeouts = out.timeouts_over(self.timeouts)
+        connect = min(timeouts.connect or CONNECT_SECONDS, CONNECT_SECONDS)
         client_timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeouts.connect, sock_read=timeouts.response
+            total=None, sock_connect=connect, connect=None, sock_read=timeouts.response
         )
         headers = _as_text(out.headers) + _relay_headers(out, tunnel, timeouts)
         method: str = scope.get("method", "GET")
@@ -308,7 +314,8 @@ class RelayUpstream:
                     timeout=client_timeout,
                     server_hostname=node_name(node.node_id),
                 )
-            except (aiohttp.ClientConnectorError, aiohttp.ClientSSLError) as exc:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # no connection was made (refused, unreachable, TLS refused): nothing was sent
                 if body.client_gone:
                     return CLIENT_CLOSED
                 self.peers.mark_down(node.node_id)
@@ -318,21 +325,31 @@ class RelayUpstream:
                 raise TunnelUnavailable(
                     "the edge holding this tunnel could not be reached"
                 ) from None
-            except (aiohttp.ClientError, OSError, ValueError) as exc:
-                if body.client_gone:
-                    return CLIENT_CLOSED
-                log.warning("relay to node %s: %s (%s)", node.node_id, type(exc).__name__, exc)
-                if body.replayable and body.started <= 1 and not body.more:
-                    continue  # e.g. a pooled connection the peer had just closed
-                return await send_error(scope, send, 502)
             except TimeoutError:
                 if body.client_gone:
                     return CLIENT_CLOSED
                 log.warning("relay to node %s: no answer in time, answered 504", node.node_id)
                 return await send_error(scope, send, 504)
-            if response.headers.get(H_RESULT) == "miss" and body.replayable:
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                if body.client_gone:
+                    return CLIENT_CLOSED
+                log.warning("relay to node %s: %s (%s)", node.node_id, type(exc).__name__, exc)
+                if method in _SAFE_METHODS and not first.get("body") and not body.more:
+                    continue  # a pooled connection the peer had just closed: safe to repeat
+                return await send_error(scope, send, 502)
+            result = response.headers.get(H_RESULT)
+            if result in ("miss", "unavailable", "refused"):
+                # the holding node could not carry it and said why; nothing reached the client
+                try:
+                    why = (await response.content.read(1024)).decode(errors="replace").strip()
+                except (aiohttp.ClientError, OSError, TimeoutError):
+                    why = ""
                 response.close()
-                continue
+                if result == "miss" and body.replayable:
+                    continue
+                if result == "refused":
+                    raise TunnelRequestRefused(response.status, why or "refused")
+                raise TunnelUnavailable(why or "the edge holding this tunnel could not take it")
             try:
                 return await self._relay_response(send, response, timeouts.idle)
             finally:
@@ -621,6 +638,10 @@ class RelayListener:
     async def _http(
         self, request: web.BaseRequest, scope: Scope, out: Outbound
     ) -> web.StreamResponse:
+        if not self.local.connected(out.to):
+            # holding nothing (the relaying node's view is behind): say so before reading
+            # anything, so that it may try another holder
+            return web.Response(status=502, headers={H_RESULT: "miss"}, text="not held here\n")
         response: web.StreamResponse | None = None
         content = request.content
         body_done = False
@@ -659,13 +680,13 @@ class RelayListener:
         try:
             await self.local.forward_http(scope, receive, send, out)
         except UpstreamUnavailable as exc:
-            return web.Response(status=502, headers={H_RESULT: "miss"}, text=f"{exc}\n")
+            return web.Response(status=502, headers={H_RESULT: "unavailable"}, text=f"{exc}\n")
         except UpstreamRefused as exc:
             return web.Response(status=exc.status, headers={H_RESULT: "refused"}, text=f"{exc}\n")
         finally:
             gone.set()
         if response is None:
-            return web.Response(status=502, headers={H_RESULT: "miss"}, text="no answer\n")
+            return web.Response(status=502, headers={H_RESULT: "unavailable"}, text="no answer\n")
         return response
 
     async def _websocket(
@@ -677,6 +698,8 @@ class RelayListener:
             "subprotocols": [p.strip() for p in offered.split(",") if p.strip()],
             "extensions": {"websocket.http.response": {}},
         }
+        if not self.local.connected(out.to):
+            return web.Response(status=502, headers={H_RESULT: "miss"}, text="not held here\n")
         ws: web.WebSocketResponse | None = None
         refused: web.StreamResponse | None = None
         connected = False
@@ -739,7 +762,7 @@ class RelayListener:
         try:
             await self.local.forward_websocket(scope, receive, send, out)
         except UpstreamUnavailable as exc:
-            return web.Response(status=502, headers={H_RESULT: "miss"}, text=f"{exc}\n")
+            return web.Response(status=502, headers={H_RESULT: "unavailable"}, text=f"{exc}\n")
         except UpstreamRefused as exc:
             return web.Response(status=exc.status, headers={H_RESULT: "refused"}, text=f"{exc}\n")
         if ws is not None:
@@ -748,7 +771,7 @@ class RelayListener:
             return ws
         if refused is not None:
             return refused
-        return web.Response(status=502, headers={H_RESULT: "miss"})
+        return web.Response(status=502, headers={H_RESULT: "unavailable"})
 
 
 def relay_bind(listen_relay: str | None) -> tuple[str, int]:

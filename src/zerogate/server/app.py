@@ -76,7 +76,7 @@ HEARTBEAT_SECONDS = 2.0
 #: how often a node reads which nodes hold which tunnel
 VIEW_SECONDS = 1.0
 #: a node whose heartbeat is older than this holds nothing any more (its rows stop counting)
-LIVE_SECONDS = 6.0
+LIVE = timedelta(seconds=6)
 #: nodes (and their rows) whose heartbeat is older than this are deleted
 EXPIRE_AFTER = timedelta(seconds=60)
 
@@ -205,9 +205,7 @@ class TunnelEndpoint:
         self.relay = RelayUpstream(Peers(self.edge_id), tls, timeouts=upstream_timeouts(settings))
         try:
             await store.cluster_heartbeat(self.node, [])
-            self.relay.peers.update(
-                await store.cluster_view(live_after=now - timedelta(seconds=LIVE_SECONDS))
-            )
+            self.relay.peers.update(await store.cluster_view(live_for=LIVE))
         except Exception:
             log.exception("could not join the cluster in the store (retrying)")
 
@@ -249,13 +247,10 @@ class TunnelEndpoint:
                     self._presence_dirty.clear()
                     await store.cluster_heartbeat(node, rows)
                     beat = now
-                wall = datetime.now(UTC)
-                relay.peers.update(
-                    await store.cluster_view(live_after=wall - timedelta(seconds=LIVE_SECONDS))
-                )
+                relay.peers.update(await store.cluster_view(live_for=LIVE))
                 if now - expired > 60:
                     expired = now
-                    await store.cluster_expire(heartbeat_before=wall - EXPIRE_AFTER)
+                    await store.cluster_expire(older_than=EXPIRE_AFTER)
                 relay.tls.renew_if_due()
             except asyncio.CancelledError:
                 raise

@@ -11,6 +11,9 @@ connection without noticing never wins over the connection's new home. :func:`ex
 nodes (and their rows) whose heartbeat is older than the expiry: a node killed with
 ``kill -9`` leaves rows that stop counting at once (stale heartbeat) and vanish later.
 
+Every time here is the database's clock (PostgreSQL's ``now()``; SQLite, whose nodes share one
+host, the process's): hosts whose clocks disagree by seconds still agree on who is live.
+
 Module functions taking a connection, wrapped one transaction each by ``Store``.
 """
 
@@ -18,9 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from zerogate.store.runtime import _insert, _upsert
@@ -58,6 +61,8 @@ class ClusterView:
 
     nodes: tuple[ClusterNode, ...]
     presence: tuple[Presence, ...]
+    #: the database's time when it was read
+    now: datetime = datetime(1970, 1, 1, tzinfo=UTC)
 
     def holders(self, tunnel: str) -> list[ClusterNode]:
         """The live nodes holding a connection of ``tunnel``, most connections first."""
@@ -69,14 +74,20 @@ class ClusterView:
         return sorted(nodes, key=lambda n: -count[n.node_id])
 
 
+async def database_now(connection: AsyncConnection) -> datetime:
+    """The database's current time (UTC)."""
+    if connection.dialect.name == "postgresql":
+        value = (await connection.execute(select(func.now()))).scalar_one()
+        return value.astimezone(UTC)
+    return datetime.now(UTC)
+
+
 async def heartbeat(
-    connection: AsyncConnection,
-    node: ClusterNode,
-    rows: Sequence[Presence] | None,
-    now: datetime,
+    connection: AsyncConnection, node: ClusterNode, rows: Sequence[Presence] | None
 ) -> None:
     """Refresh ``node``'s heartbeat; replace its presence rows with ``rows`` (``None``: keep
     them, refreshing their ``seen_at``)."""
+    now = await database_now(connection)
     values = {
         "node_id": node.node_id,
         "host": node.host[:200],
@@ -115,18 +126,21 @@ async def leave(connection: AsyncConnection, node_id: str) -> None:
     await connection.execute(delete(cluster_nodes).where(cluster_nodes.c.node_id == node_id))
 
 
-async def expire(connection: AsyncConnection, *, heartbeat_before: datetime) -> int:
-    """Delete the nodes whose heartbeat is older than ``heartbeat_before``, and every presence
-    row of a node that is not (or no longer) there; how many nodes went."""
+async def expire(connection: AsyncConnection, *, older_than: timedelta) -> int:
+    """Delete the nodes whose heartbeat is older than ``older_than``, and every presence row
+    of a node that is not (or no longer) there; how many nodes went."""
     n, t = cluster_nodes, tunnel_presence
+    heartbeat_before = await database_now(connection) - older_than
     result = await connection.execute(delete(n).where(n.c.heartbeat_at < heartbeat_before))
     await connection.execute(delete(t).where(t.c.node_id.not_in(select(n.c.node_id))))
     return int(result.rowcount)
 
 
-async def view(connection: AsyncConnection, *, live_after: datetime) -> ClusterView:
-    """The nodes with a heartbeat at or after ``live_after`` and the presence rows that count."""
+async def view(connection: AsyncConnection, *, live_for: timedelta) -> ClusterView:
+    """The nodes with a heartbeat within ``live_for`` and the presence rows that count."""
     n, t = cluster_nodes, tunnel_presence
+    now = await database_now(connection)
+    live_after = now - live_for
     node_rows = await connection.execute(
         select(n).where(n.c.heartbeat_at >= live_after).order_by(n.c.started_at, n.c.node_id)
     )
@@ -162,4 +176,4 @@ async def view(connection: AsyncConnection, *, live_after: datetime) -> ClusterV
         other = newest.get(key)
         if other is None or (row.since, row.node_id) > (other.since, other.node_id):
             newest[key] = row
-    return ClusterView(nodes, tuple(newest.values()))
+    return ClusterView(nodes, tuple(newest.values()), now)

@@ -21,7 +21,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -435,24 +435,25 @@ class Store:
         refresh the ones it has)."""
         with self._errors("record this node's heartbeat"):
             async with self._writing() as connection:
-                await cluster.heartbeat(connection, node, rows, _now())
+                await cluster.heartbeat(connection, node, rows)
 
     async def cluster_leave(self, node_id: str) -> None:
         with self._errors("remove this node from the cluster"):
             async with self._writing() as connection:
                 await cluster.leave(connection, node_id)
 
-    async def cluster_expire(self, *, heartbeat_before: datetime) -> int:
+    async def cluster_expire(self, *, older_than: timedelta) -> int:
+        """Delete the nodes (and their rows) whose heartbeat is older than ``older_than``."""
         with self._errors("expire the cluster's dead nodes"):
             async with self._writing() as connection:
-                return await cluster.expire(connection, heartbeat_before=heartbeat_before)
+                return await cluster.expire(connection, older_than=older_than)
 
-    async def cluster_view(self, *, live_after: datetime) -> ClusterView:
-        """The nodes whose heartbeat is at or after ``live_after`` and the presence rows that
-        count (``zerogate.store.cluster.view``)."""
+    async def cluster_view(self, *, live_for: timedelta) -> ClusterView:
+        """The nodes whose heartbeat is within ``live_for`` (the database's clock) and the
+        presence rows that count (``zerogate.store.cluster.view``)."""
         with self._errors("read the cluster's nodes"):
             async with self._single() as connection:
-                return await cluster.view(connection, live_after=live_after)
+                return await cluster.view(connection, live_for=live_for)
 
     # -- admin API tokens ----------------------------------------------------------------
 
