@@ -177,6 +177,7 @@ OPERATIONS = [
         "200",
         "inline",
     ),
+    ("GET", "/api/v1/nodes", "list_nodes", "", "", "200", "NodesOut"),  # issue 14
     ("POST", "/api/v1/policy-test", "policy_test", "", "PolicyTestIn", "200", "PolicyTestOut"),
     (
         "GET",
@@ -285,6 +286,8 @@ SCHEMAS = [
     "Group",
     "GroupOut",
     "GroupPut",
+    "NodeOut",
+    "NodesOut",
     "OidcProvider",
     "OidcProviderOut",
     "OidcProviderPut",
