@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     table = Table(show_edge=False, box=None)
     for column in ("path", "down MB/s", "up MB/s", "small req/s", "p50 ms", "p99 ms", "load"):
-        table.add_column(column, justify="left" if column == "path" else "right")
+        table.add_column(column, justify="left" if column == "path" else "right", no_wrap=True)
     for path in results:
         table.add_row(
             path.name,
