@@ -182,7 +182,7 @@ async def test_requests_through_every_edge_reach_the_origin(cluster: Cluster) ->
             for n in range(6):  # B's two workers: both answer, one of them by relay
                 url, headers = cluster.url(name, f"/echo/{name}/{n}?q=1")
                 async with session.post(url, data=b"x" * 1000, headers=headers) as r:
-                    assert r.status == 200, await r.text()
+                    assert r.status == 200, (name, n, r.status, await r.text())
                     seen = await r.json()
                     assert seen["target"] == f"/echo/{name}/{n}?q=1"
                     assert seen["body_size"] == 1000
@@ -379,9 +379,11 @@ async def test_relay_headers_from_a_client_are_never_obeyed(cluster: Cluster) ->
 
 async def test_kill_9_one_edge_under_load(cluster: Cluster) -> None:
     """Last in the module: edge A dies. Requests through B and C keep succeeding: at most the
-    ones in flight at the kill fail, and every request started 5 s after it succeeds."""
+    ones in flight at the kill fail (event streams relayed through A are cut, not left
+    hanging), and every request started 5 s after it succeeds."""
     results: list[tuple[float, float, bool]] = []  # (start, end, ok)
     killed_at: list[float] = []
+    killed = asyncio.Event()
     began = time.monotonic()
 
     def over() -> bool:  # bounded: 9 s after the kill, and 30 s at most
@@ -409,15 +411,50 @@ async def test_kill_9_one_edge_under_load(cluster: Cluster) -> None:
         assert proc is not None
         killed_at.append(time.monotonic())
         os.kill(proc.pid, signal.SIGKILL)
+        killed.set()
         await asyncio.to_thread(proc.wait, 5)
 
+    async def stream_end(k: int, r: aiohttp.ClientResponse) -> str:
+        """How an event stream open through C at the kill ends: ``done`` (all events and a
+        clean end), ``cut`` (the connection broke) or ``hung``."""
+        await killed.wait()
+        await asyncio.sleep(1)  # the relays through A have seen it die
+        try:
+            for n in (1, 2):
+                cluster.origin.release(f"kill-{k}:{n}")
+                event = await asyncio.wait_for(r.content.readuntil(b"\n\n"), 10)
+                assert event == f"id: {n + 1}\ndata: event {n + 1}\n\n".encode()
+            assert await asyncio.wait_for(r.content.read(), 10) == b""
+        except TimeoutError:
+            return "hung"
+        except (aiohttp.ClientError, ValueError, asyncio.IncompleteReadError):
+            return "cut"
+        return "done"
+
     [holder_of_two] = [r["node"] for r in cluster.nodes() if r["connections"] == 2]
-    timeout = aiohttp.ClientTimeout(total=10)
+    timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
+        # four event streams through C before the load starts: C takes turns between its two
+        # holders (A, and B's worker with the connection), so two of them run through A
+        streams = []
+        for k in range(4):
+            url, headers = cluster.url("c", f"/_/sse?key=kill-{k}&count=3")
+            r = await session.get(url, headers=headers)
+            assert r.status == 200
+            assert await asyncio.wait_for(r.content.readuntil(b"\n\n"), 10) == (
+                b"id: 1\ndata: event 1\n\n"
+            )
+            streams.append(r)
+        ending = asyncio.gather(*(stream_end(k, r) for k, r in enumerate(streams)))
         await asyncio.gather(
             *(worker(session, edge, n) for n, edge in enumerate(["b", "c", "b", "c"])),
             killer(),
         )
+        ends: list[str] = await ending
+        for r in streams:
+            r.close()
+    # the streams in flight through A broke, the others finished; none hung
+    assert sorted(ends) == ["cut", "cut", "done", "done"], ends
     [kill] = killed_at
     before = [ok for _, end, ok in results if end < kill]
     after = [ok for start, _, ok in results if start > kill + 5]
