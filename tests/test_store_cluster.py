@@ -8,7 +8,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import test_store as base
-from zerogate.store import ClusterNode, Presence, Store
+from zerogate.store import CLUSTER_CHANNEL, ClusterNode, Presence, Store
 
 pg_database = base.pg_database
 url = base.url
@@ -68,3 +68,37 @@ async def test_a_node_that_leaves_removes_its_rows(store: Store) -> None:
     await store.cluster_leave("node-a")
     view = await store.cluster_view(live_for=timedelta(days=1))
     assert view.nodes == () and view.presence == ()
+
+
+async def test_postgresql_announces_new_nodes_and_presence_changes_not_heartbeats(
+    store: Store,
+) -> None:
+    """``NOTIFY zerogate_cluster`` (migration 0006) wakes the other nodes for what changes
+    routing — a node joining, a node's connections changing — and never for a heartbeat."""
+    woken = asyncio.Event()
+    close = await store.listen_for_changes(woken.set, channel=CLUSTER_CHANNEL)
+    postgres = store.safe_url.startswith("postgresql")
+
+    async def announced() -> bool:
+        try:
+            await asyncio.wait_for(woken.wait(), 5 if postgres else 0.3)
+        except TimeoutError:
+            return False
+        woken.clear()
+        return True
+
+    try:
+        t0 = datetime.now(UTC)
+        a = node("node-a", t0)
+        await store.cluster_heartbeat(a, [])  # joins
+        assert await announced() is postgres
+        await store.cluster_heartbeat(a)  # a heartbeat
+        await store.cluster_heartbeat(a)
+        await asyncio.sleep(0.3)
+        assert not woken.is_set()
+        await store.cluster_heartbeat(a, [row("node-a", "a1", "web", "zgc-1", 0, t0)])
+        assert await announced() is postgres
+        await store.cluster_leave("node-a")
+        assert await announced() is postgres
+    finally:
+        await close()

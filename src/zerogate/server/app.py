@@ -25,6 +25,7 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,15 @@ from zerogate.runtime import Runtime
 from zerogate.runtime.request import describe_request
 from zerogate.runtime.services import Services
 from zerogate.server.connections import ConnectionGuard
-from zerogate.store import ClusterNode, Presence, Store, TunnelConnection, storage_url
+from zerogate.store import (
+    CLUSTER_CHANNEL,
+    ClusterNode,
+    Presence,
+    Store,
+    StoreError,
+    TunnelConnection,
+    storage_url,
+)
 from zerogate.tunnel import certs, peers
 from zerogate.tunnel.routes import cert_hosts, listen_address
 
@@ -113,11 +122,15 @@ class TunnelEndpoint:
         self.relay: RelayUpstream | None = None
         self.node: ClusterNode | None = None
         self._presence_dirty = asyncio.Event()
+        #: set by a change of this node's connections and by the store's cluster announcement
+        self._wake = asyncio.Event()
         self._heart: asyncio.Task[None] | None = None
+        self._unlisten: Callable[[], Awaitable[None]] | None = None
 
     def _changed(self) -> None:
         self._dirty.set()
         self._presence_dirty.set()
+        self._wake.set()
 
     def wanted(self) -> bool:
         return bool(self.svc.runtime.tunnel_credentials) and self.svc.tunnels_disabled is None
@@ -208,6 +221,10 @@ class TunnelEndpoint:
             self.relay.peers.update(await store.cluster_view(live_for=LIVE))
         except Exception:
             log.exception("could not join the cluster in the store (retrying)")
+        try:  # PostgreSQL: read the view at once when another node's presence changes
+            self._unlisten = await store.listen_for_changes(self._wake.set, channel=CLUSTER_CHANNEL)
+        except StoreError as exc:
+            log.warning("cluster changes are read once a second only: %s", exc)
 
     def presence(self) -> list[Presence]:
         listener = self.listener
@@ -229,9 +246,9 @@ class TunnelEndpoint:
         ]
 
     async def _heartbeat_loop(self) -> None:
-        """Every second: read the view; every :data:`HEARTBEAT_SECONDS` (at once after a
-        change of this node's connections): write the heartbeat and presence; every minute:
-        expire dead nodes."""
+        """Every second, and at once when the store announces a cluster change: read the view;
+        every :data:`HEARTBEAT_SECONDS` (at once after a change of this node's connections):
+        write the heartbeat and presence; every minute: expire dead nodes."""
         store = self.svc.runtime.store
         relay, node = self.relay, self.node
         assert relay is not None and node is not None
@@ -239,7 +256,8 @@ class TunnelEndpoint:
         beat = expired = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._presence_dirty.wait(), VIEW_SECONDS)
+                await asyncio.wait_for(self._wake.wait(), VIEW_SECONDS)
+            self._wake.clear()
             try:
                 now = loop.time()
                 if self._presence_dirty.is_set() or now - beat >= HEARTBEAT_SECONDS:
@@ -309,6 +327,8 @@ class TunnelEndpoint:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._unlisten is not None:
+            await self._unlisten()
         if self.relay_listener is not None:
             await self.relay_listener.stop()
         if self.relay is not None:

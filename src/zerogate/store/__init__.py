@@ -10,11 +10,12 @@ from zerogate.store.cluster import ClusterNode, ClusterView, Presence
 from zerogate.store.diff import Change, Plan
 from zerogate.store.errors import StaleWrite, StoreError
 from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion
-from zerogate.store.store import AdminLogEntry, Store
+from zerogate.store.store import CLUSTER_CHANNEL, AdminLogEntry, Store
 from zerogate.store.tunnels import ApiToken, TunnelConnection, TunnelCredential
 from zerogate.store.urls import storage_url
 
 __all__ = [
+    "CLUSTER_CHANNEL",
     "AccessEvent",
     "AdminLogEntry",
     "ApiToken",

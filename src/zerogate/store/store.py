@@ -69,6 +69,8 @@ def _reason(exc: BaseException) -> str:
 
 #: the PostgreSQL channel every change of ``state()`` is announced on (migration 0005)
 CHANGES_CHANNEL = "zerogate_changes"
+#: announces a new node and every change of a node's tunnel presence (migration 0006)
+CLUSTER_CHANNEL = "zerogate_cluster"
 
 
 def _now() -> datetime:
@@ -106,9 +108,12 @@ class Store:
         url = make_url(self._url)
         return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
 
-    async def listen_for_changes(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def listen_for_changes(
+        self, wake: Callable[[], None], *, channel: str = CHANGES_CHANNEL
+    ) -> Callable[[], Awaitable[None]]:
         """PostgreSQL: call ``wake`` whenever a transaction changed the watched state (the
-        ``zerogate_changes`` notification of migration 0005), over a connection of its own;
+        ``zerogate_changes`` notification of migration 0005; ``channel=CLUSTER_CHANNEL``: a
+        node joined or its tunnel presence changed, migration 0006), over a connection of its own;
         returns what closes it. SQLite has no such thing: nothing happens, and the servers'
         poll is the only way (``wake`` is never called). Raises ``StoreError`` when the
         listening connection cannot be made."""
@@ -124,7 +129,7 @@ class Store:
         dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         try:
             connection = await asyncio.wait_for(asyncpg.connect(dsn), 10)
-            await connection.add_listener(CHANGES_CHANNEL, lambda *_: wake())
+            await connection.add_listener(channel, lambda *_: wake())
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot listen for changes on {self.safe_url}: {exc}") from None
 

@@ -10,6 +10,11 @@
   (``since``: of two rows for the same connector connection the newer wins) and the
   heartbeat (``seen_at``) that the holding node refreshes with its own.
 
+On PostgreSQL a new node and every change of a node's presence rows (they are replaced,
+never updated, when its connections change) announce themselves with ``NOTIFY
+zerogate_cluster``, so the other nodes read the new state at once; a heartbeat (an update)
+announces nothing.
+
 Revision ID: 0006
 Revises: 0005
 """
@@ -27,6 +32,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 TIMESTAMP = sa.DateTime(timezone=True)
+CHANNEL = "zerogate_cluster"
 
 
 def upgrade() -> None:
@@ -52,9 +58,35 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("node_id", "connection_id", name="pk_tunnel_presence"),
     )
     op.create_index("ix_tunnel_presence_tunnel", "tunnel_presence", ["tunnel"])
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    op.execute(
+        f"""
+        CREATE OR REPLACE FUNCTION zerogate_notify_cluster() RETURNS trigger AS $$
+        BEGIN
+            PERFORM pg_notify('{CHANNEL}', '');
+            RETURN NULL;
+        END;
+        $$ LANGUAGE plpgsql
+        """
+    )
+    # statement level: one announcement for a node's whole replacement of its rows
+    op.execute(
+        "CREATE TRIGGER zerogate_cluster_presence AFTER INSERT OR DELETE ON tunnel_presence "
+        "FOR EACH STATEMENT EXECUTE FUNCTION zerogate_notify_cluster()"
+    )
+    # row level: a heartbeat's upsert of an existing node is an update and announces nothing
+    op.execute(
+        "CREATE TRIGGER zerogate_cluster_nodes AFTER INSERT OR DELETE ON cluster_nodes "
+        "FOR EACH ROW EXECUTE FUNCTION zerogate_notify_cluster()"
+    )
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER IF EXISTS zerogate_cluster_nodes ON cluster_nodes")
+        op.execute("DROP TRIGGER IF EXISTS zerogate_cluster_presence ON tunnel_presence")
+        op.execute("DROP FUNCTION IF EXISTS zerogate_notify_cluster()")
     op.drop_index("ix_tunnel_presence_tunnel", table_name="tunnel_presence")
     op.drop_table("tunnel_presence")
     op.drop_table("cluster_nodes")
