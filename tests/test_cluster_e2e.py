@@ -29,6 +29,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+import test_store as base
 from edge_harness import PATTERN, Origin, crc_of_pattern
 from harness import free_port, peak_rss_kib, wait_for_port, wait_until
 from test_tunnel_e2e import Connector, client, start_connector, token_for
@@ -116,7 +117,10 @@ def _get(url: str, headers: dict[str, str]) -> int | None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     database = f"zg_cluster_{secrets.token_hex(6)}"
-    _admin(f'CREATE DATABASE "{database}"')
+    try:
+        _admin(f'CREATE DATABASE "{database}"')
+    except OSError as exc:
+        base._unreachable(f"{PG_SERVER}: {exc}")
     storage = "storage: " + PG_SERVER.rsplit("/", 1)[0] + "/" + database
     workdir = tmp_path_factory.mktemp("cluster")
     origin = Origin().start()
