@@ -197,6 +197,7 @@ OPERATIONS = [
         "200",
         "inline",
     ),
+    ("GET", "/api/v1/nodes", "list_nodes", "", "", "200", "NodesOut"),  # issue 14
     ("POST", "/api/v1/policy-test", "policy_test", "", "PolicyTestIn", "200", "PolicyTestOut"),
     (
         "GET",
@@ -306,6 +307,8 @@ SCHEMAS = [
     "GroupOut",
     "GroupPut",
     "MailHealthOut",
+    "NodeOut",
+    "NodesOut",
     "OidcProvider",
     "OidcProviderOut",
     "OidcProviderPut",

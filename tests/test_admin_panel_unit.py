@@ -1215,3 +1215,25 @@ def test_parse_since() -> None:
     assert parse_since("2025-01-30T08:00", now) == datetime(2025, 1, 30, 8, 0, tzinfo=UTC)
     with pytest.raises(ValueError):
         parse_since("soon", now)
+
+
+async def test_the_nodes_page_lists_each_node_and_what_it_holds(
+    admin: Client, reader: Client, store: Store
+) -> None:
+    """Issue 14: the cluster's nodes, as ``zerogate nodes list`` shows them; text from the
+    store (a host name) is escaped."""
+    from zerogate.store import ClusterNode, Presence
+
+    empty = await admin.get("/admin/nodes")
+    assert empty.status == 200 and "No nodes" in empty.text
+    now = datetime.now(UTC)
+    node = ClusterNode("3f1c2a9be0d47a55", "<b>edge-a</b>", 4121, "10.0.0.11:7845", now, now)
+    rows = [Presence(node.node_id, f"c{i}", "lab", "zgc-1", i, now, now) for i in range(2)]
+    await store.cluster_heartbeat(node, rows)
+    for client in (admin, reader):
+        page = await client.get("/admin/nodes")
+        assert page.status == 200
+        assert "3f1c2a9be0d47a55" in page.text and "10.0.0.11:7845" in page.text
+        assert "lab (2)" in page.text and ">live<" in page.text
+        assert "<b>edge-a</b>" not in page.text and "&lt;b&gt;edge-a&lt;/b&gt;" in page.text
+        assert 'href="/admin/nodes" aria-current="page"' in page.text

@@ -725,20 +725,64 @@ async def test_e2e_garbage_on_the_tunnel_port_is_refused(zg: TunnelZerogate) -> 
 
 
 @pytest.mark.e2e
-def test_e2e_several_workers_refuse_to_serve_tunnels(tmp_path: Path) -> None:
+def test_e2e_several_workers_serve_tunnels_through_each_other(tmp_path: Path) -> None:
+    """``--workers 2`` with tunnels (issue #14): the workers share the tunnel port, and a
+    request that lands on the worker without the connector's one connection is relayed to the
+    one that has it (SQLite: the workers share the store file)."""
+    from edge_harness import Origin
+    from test_tunnel_e2e import start_connector
+
     server = TunnelZerogate(tmp_path, free_port(), free_port())
     server.tunnel_port = free_port()
-    server.apply(APP_BODY.format(extra=""))
-    result = subprocess.run(
-        [*ZEROGATE, "server", "-c", str(server.config), "--workers", "2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 2
-    assert "--workers 1" in result.stderr and "office" in result.stderr
+    body = """
+identity_providers: [{name: otp, type: onetimepin}]
+tunnels: [{name: office, routes: [wiki.localhost]}]
+applications:
+  - name: wiki
+    domain: wiki.localhost
+    tunnel: office
+    policies: [{name: anyone, decision: bypass, include: [{everyone: true}]}]
+"""
+    server.apply(body)
+    origin = Origin().start()
+    connector = None
+    try:
+        made = server.cli(
+            "tunnel", "token", "office", "--rotate", "-c", str(server.config), "--json"
+        )
+        assert made.returncode == 0, made.stderr
+        token = json.loads(made.stdout)["token"]
+        server.start(workers=2)
+        wait_for_port(server.tunnel_port, server.proc, timeout=15)
+        connector = start_connector(
+            tmp_path, token, server.tunnel_port, origin.url, name="one", ha=1
+        )
+        wait_until(lambda: (connector.ready() or {}).get("connections") == 1, 20)
+
+        def status() -> int | None:
+            import urllib.error
+            import urllib.request
+
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{server.port}/x", headers={"Host": "wiki.localhost"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as exc:
+                return int(exc.code)
+            except OSError:
+                return None
+
+        # both workers learn who holds the tunnel within a second or two; then every request
+        # succeeds, whichever worker granian gives it to
+        wait_until(lambda: all(status() == 200 for _ in range(8)), 30)
+        assert [status() for _ in range(40)] == [200] * 40
+    finally:
+        if connector is not None:
+            connector.stop()
+        server.stop()
+        origin.stop()
 
 
 @pytest.mark.e2e

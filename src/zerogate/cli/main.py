@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from zerogate import __version__
-from zerogate.cli import api_tokens, connector, logs, mail, sessions, tokens, tunnels
+from zerogate.cli import api_tokens, connector, logs, mail, nodes, sessions, tokens, tunnels
 from zerogate.cli.helpers import (
     ConfigOption,
     JsonOption,
@@ -519,6 +519,7 @@ app.add_typer(tokens.keys_app, name="keys")
 app.add_typer(api_tokens.api_token_app, name="api-token")
 app.command("logs")(logs.logs_command)
 app.add_typer(tunnels.tunnel_app, name="tunnel")
+app.add_typer(nodes.nodes_app, name="nodes")
 app.add_typer(connector.connector_app, name="connector")
 app.add_typer(mail.email_app, name="email")
 app.add_typer(sessions.sessions_app, name="sessions")

@@ -319,7 +319,9 @@ def upstream_of(svc: Services, app: CompiledApp) -> tuple[Upstream, str] | str:
     """The upstream that serves ``app`` and where to in it, or why there is none.
 
     An ``origin:`` application goes to the origin proxy; any other to the tunnel the compiled
-    snapshot routed it to (``CompiledApp.tunnel``: only a tunnel that routes its host)."""
+    snapshot routed it to (``CompiledApp.tunnel``: only a tunnel that routes its host), through
+    ``svc.tunnels`` (``edge.relay.ClusterTunnels``: this process's own connections, else a relay
+    to the node of the cluster that holds one)."""
     origin = app.model.origin
     if origin is not None:
         return svc.upstream, origin

@@ -54,6 +54,7 @@ import hmac
 import logging
 import os
 import secrets
+import socket
 import ssl
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -774,19 +775,31 @@ class TunnelListener:
 
     # -- life -------------------------------------------------------------------------------
 
-    async def start(self, host: str, port: int, context: ssl.SSLContext) -> None:
-        """Listen on ``host:port`` (TLS); raises ``OSError`` when the address is taken."""
-        self._server = await asyncio.start_server(
-            self._on_connect,
-            host,
-            port,
-            ssl=context,
-            ssl_handshake_timeout=self.registration_timeout,
-            limit=_READ_SIZE,
-            reuse_address=True,
-        )
-        sock = self._server.sockets[0].getsockname()
-        self.address = (str(sock[0]), int(sock[1]))
+    async def start(
+        self, host: str, port: int, context: ssl.SSLContext, *, sock: socket.socket | None = None
+    ) -> None:
+        """Listen on ``host:port`` (TLS), or accept on ``sock`` (a listening socket the
+        workers of one server share); raises ``OSError`` when the address is taken."""
+        if sock is not None:
+            self._server = await asyncio.start_server(
+                self._on_connect,
+                sock=sock,
+                ssl=context,
+                ssl_handshake_timeout=self.registration_timeout,
+                limit=_READ_SIZE,
+            )
+        else:
+            self._server = await asyncio.start_server(
+                self._on_connect,
+                host,
+                port,
+                ssl=context,
+                ssl_handshake_timeout=self.registration_timeout,
+                limit=_READ_SIZE,
+                reuse_address=True,
+            )
+        name = self._server.sockets[0].getsockname()
+        self.address = (str(name[0]), int(name[1]))
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
         log.info("tunnel endpoint listening on %s:%d (TLS)", *self.address)
 

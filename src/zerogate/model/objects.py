@@ -590,6 +590,26 @@ class Listen(_Strict):
     #: each worker answers application requests it is sure of on its own HTTP/1.1 front
     #: (edge/front.py) and relays everything else to the ASGI application (issue #12)
     fast_path: bool = False
+    #: the edge-to-edge relay (issue #14, docs/cluster.md): where each server process listens
+    #: for the requests other edges (and workers) relay to the tunnels it holds; mutual TLS
+    #: with certificates from the store's cluster CA. Unset: 127.0.0.1 on any free port (the
+    #: workers of one host reach each other); set ADDRESS:PORT for edges on several hosts,
+    #: worker k of a server then takes the first free port from PORT on
+    relay: Annotated[str, AfterValidator(values.check_listen)] | None = None
+    #: the address other edges dial for this one's relay (default: ``relay``'s address; needed
+    #: when ``relay`` listens on every interface)
+    relay_advertise: Annotated[str, AfterValidator(values.check_hostname)] | None = None
+
+    @model_validator(mode="after")
+    def _relay_reachable(self) -> Listen:
+        if self.relay is not None and self.relay_advertise is None:
+            host = self.relay.rpartition(":")[0].strip("[]")
+            if host in ("", "0.0.0.0", "::"):  # noqa: S104 - compared, not bound
+                raise ValueError(
+                    "relay listens on every interface: set relay_advertise to the address "
+                    "the other edges reach this one on"
+                )
+        return self
 
 
 class Smtp(_Strict):

@@ -1,4 +1,4 @@
-"""The one seam every upstream implements: an origin URL, a tunnel, later a relay to another edge.
+"""The one seam every upstream implements: an origin URL, a tunnel, a relay to another edge.
 
 The edge pipeline decides, builds an :class:`Outbound` and hands the exchange to whichever
 :class:`Upstream` serves the application, the way every httpx transport implements

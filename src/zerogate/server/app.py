@@ -5,9 +5,13 @@ comes in ``ZEROGATE_CONFIG`` (set by ``zerogate server``). On startup each worke
 store, loads the runtime state, starts the watcher, the upstream pool, the mailer and the
 access-log writer; on shutdown it flushes the access log and closes everything.
 
-The tunnel endpoint (:class:`TunnelEndpoint`) starts once a tunnel has a credential, and only
-in a server of one worker (``ZEROGATE_WORKERS``, set by ``zerogate server``): a connector's
-connections land on one process, and a request on another worker could not reach them.
+The tunnel endpoint (:class:`TunnelEndpoint`) starts once a tunnel has a credential. With it
+the process joins the cluster (issue #14, docs/cluster.md): it is a node with a relay listener
+(mutual TLS), writes its heartbeat and which connector connections it holds to the store, and
+keeps an in-memory view of what the other nodes hold, so that a request for a tunnel held
+elsewhere (another worker of this server, or another server on the same store) is relayed
+there. The workers of one server share the tunnel port (``ZEROGATE_TUNNEL_FD``, bound by
+``zerogate server``): the kernel hands each connector connection to one of them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import signal
 import socket
 import ssl
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,15 @@ from zerogate.dns.routes import RouteDns
 from zerogate.edge import pipeline
 from zerogate.edge.front import CLIENT_HEADER, Front, FrontSettings
 from zerogate.edge.proxy import OriginProxy
+from zerogate.edge.relay import (
+    ClusterTunnels,
+    Peers,
+    PeerTLS,
+    RelayListener,
+    RelayUpstream,
+    advertised,
+    relay_bind,
+)
 from zerogate.edge.tunnel import TunnelListener, server_ssl_context
 from zerogate.mail import Mailer
 from zerogate.model import load_file
@@ -51,8 +65,16 @@ from zerogate.runtime import Runtime
 from zerogate.runtime.request import describe_request
 from zerogate.runtime.services import Services
 from zerogate.server.connections import ConnectionGuard
-from zerogate.store import Store, TunnelConnection, storage_url
-from zerogate.tunnel import certs
+from zerogate.store import (
+    CLUSTER_CHANNEL,
+    ClusterNode,
+    Presence,
+    Store,
+    StoreError,
+    TunnelConnection,
+    storage_url,
+)
+from zerogate.tunnel import certs, peers
 from zerogate.tunnel.routes import cert_hosts, listen_address
 
 log = logging.getLogger("zerogate.server")
@@ -62,10 +84,14 @@ log = logging.getLogger("zerogate.server")
 REPORT_SECONDS = 5.0
 #: reports older than this are deleted (by whichever process prunes first)
 FORGET_AFTER = timedelta(hours=1)
-SINGLE_WORKER = (
-    "this server runs several worker processes; tunnels are served only by "
-    "`zerogate server --workers 1`"
-)
+#: how often a node writes its heartbeat (and its presence rows, at once after a change)
+HEARTBEAT_SECONDS = 2.0
+#: how often a node reads which nodes hold which tunnel
+VIEW_SECONDS = 1.0
+#: a node whose heartbeat is older than this holds nothing any more (its rows stop counting)
+LIVE = timedelta(seconds=6)
+#: nodes (and their rows) whose heartbeat is older than this are deleted
+EXPIRE_AFTER = timedelta(seconds=60)
 
 
 def upstream_timeouts(settings: Settings) -> Timeouts:
@@ -95,6 +121,20 @@ class TunnelEndpoint:
         self._starting: asyncio.Task[None] | None = None
         self._reporter: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
+        #: the cluster: this node's relay listener, its relay upstream and its heartbeat
+        self.relay_listener: RelayListener | None = None
+        self.relay: RelayUpstream | None = None
+        self.node: ClusterNode | None = None
+        self._presence_dirty = asyncio.Event()
+        #: set by a change of this node's connections and by the store's cluster announcement
+        self._wake = asyncio.Event()
+        self._heart: asyncio.Task[None] | None = None
+        self._unlisten: Callable[[], Awaitable[None]] | None = None
+
+    def _changed(self) -> None:
+        self._dirty.set()
+        self._presence_dirty.set()
+        self._wake.set()
 
     def wanted(self) -> bool:
         return bool(self.svc.runtime.tunnel_credentials) and self.svc.tunnels_disabled is None
@@ -130,10 +170,17 @@ class TunnelEndpoint:
         settings = self.svc.runtime.settings
         host, port = listen_address(settings)
         listener = TunnelListener(
-            self.svc.runtime, on_change=self._dirty.set, timeouts=upstream_timeouts(settings)
+            self.svc.runtime, on_change=self._changed, timeouts=upstream_timeouts(settings)
         )
+        shared = os.environ.get("ZEROGATE_TUNNEL_FD")
+        sock = socket.socket(fileno=os.dup(int(shared))) if shared else None
         try:
-            await listener.start(host, port, await self._context())
+            await listener.start(host, port, await self._context(), sock=sock)
+            try:
+                await self._join(listener)
+            except BaseException:
+                await listener.stop(grace=0)
+                raise
         except (OSError, ValueError) as exc:
             if at_startup:
                 raise RuntimeError(
@@ -143,9 +190,97 @@ class TunnelEndpoint:
             self._starting = None  # the next credential change tries again
             return
         self.listener = listener
-        self.svc.tunnels = listener
+        assert self.relay is not None
+        self.svc.tunnels = ClusterTunnels(listener, self.relay)
         listener.revalidate()  # credentials may have changed while starting
-        self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
+        loop = asyncio.get_running_loop()
+        self._reporter = loop.create_task(self._report_loop())
+        self._heart = loop.create_task(self._heartbeat_loop())
+
+    async def _join(self, listener: TunnelListener) -> None:
+        """Become a node: the relay listener (certificate from the store's cluster CA), the
+        relay upstream, a first heartbeat and view."""
+        store = self.svc.runtime.store
+        settings = self.svc.runtime.settings
+        ca = peers.CertPair.from_json(
+            await store.named_secret(peers.SECRET_NAME, peers.make_ca().to_json())
+        )
+        tls = PeerTLS(ca, self.edge_id)
+        relay_listener = RelayListener(listener, tls)
+        host, port = relay_bind(settings.listen.relay)
+        workers = int(os.environ.get("ZEROGATE_WORKERS", "1"))
+        await relay_listener.start(host, port, tries=2 * workers + 2)
+        assert relay_listener.address is not None
+        self.relay_listener = relay_listener
+        now = datetime.now(UTC)
+        self.node = ClusterNode(
+            node_id=self.edge_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            relay_address=advertised(relay_listener.address, settings.listen.relay_advertise),
+            started_at=now,
+            heartbeat_at=now,
+        )
+        self.relay = RelayUpstream(Peers(self.edge_id), tls, timeouts=upstream_timeouts(settings))
+        try:
+            await store.cluster_heartbeat(self.node, [])
+            self.relay.peers.update(await store.cluster_view(live_for=LIVE))
+        except Exception:
+            log.exception("could not join the cluster in the store (retrying)")
+        try:  # PostgreSQL: read the view at once when another node's presence changes
+            self._unlisten = await store.listen_for_changes(self._wake.set, channel=CLUSTER_CHANNEL)
+        except StoreError as exc:
+            log.warning("cluster changes are read once a second only: %s", exc)
+
+    def presence(self) -> list[Presence]:
+        listener = self.listener
+        if listener is None:
+            return []
+        now = datetime.now(UTC)
+        return [
+            Presence(
+                node_id=self.edge_id,
+                connection_id=c.connection_id,
+                tunnel=c.tunnel,
+                connector_id=c.connector_id,
+                connection_index=c.connection_index,
+                since=c.since,
+                seen_at=now,
+            )
+            for c in listener.connections()
+            if c.state == "ready"
+        ]
+
+    async def _heartbeat_loop(self) -> None:
+        """Every second, and at once when the store announces a cluster change: read the view;
+        every :data:`HEARTBEAT_SECONDS` (at once after a change of this node's connections):
+        write the heartbeat and presence; every minute: expire dead nodes."""
+        store = self.svc.runtime.store
+        relay, node = self.relay, self.node
+        assert relay is not None and node is not None
+        loop = asyncio.get_running_loop()
+        beat = expired = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), VIEW_SECONDS)
+            self._wake.clear()
+            try:
+                now = loop.time()
+                if self._presence_dirty.is_set() or now - beat >= HEARTBEAT_SECONDS:
+                    rows = self.presence() if self._presence_dirty.is_set() else None
+                    self._presence_dirty.clear()
+                    await store.cluster_heartbeat(node, rows)
+                    beat = now
+                relay.peers.update(await store.cluster_view(live_for=LIVE))
+                if now - expired > 60:
+                    expired = now
+                    await store.cluster_expire(older_than=EXPIRE_AFTER)
+                relay.tls.renew_if_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not refresh this node's place in the cluster")
+                await asyncio.sleep(VIEW_SECONDS)
 
     async def _report_loop(self) -> None:
         store = self.svc.runtime.store
@@ -193,14 +328,22 @@ class TunnelEndpoint:
             self._starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._starting
-        if self._reporter is not None:
-            self._reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reporter
+        for task in (self._reporter, self._heart):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._unlisten is not None:
+            await self._unlisten()
+        if self.relay_listener is not None:
+            await self.relay_listener.stop()
+        if self.relay is not None:
+            await self.relay.close()
         if self.listener is not None:
             await self.listener.stop()
             try:
                 await self.svc.runtime.store.report_tunnel_connections(self.edge_id, [])
+                await self.svc.runtime.store.cluster_leave(self.edge_id)
             except Exception:
                 log.exception("could not remove this process's tunnel connections from the store")
 
@@ -268,8 +411,6 @@ class ZerogateApp:
         self.svc.pages.globals["mail_outbox"] = outbox is not None
         self.svc.metrics.watch_access_log(writer)
         self.admin = AdminFrontDoor(self.svc)
-        if int(os.environ.get("ZEROGATE_WORKERS", "1")) > 1:
-            self.svc.tunnels_disabled = SINGLE_WORKER
         self.tunnels = TunnelEndpoint(self.svc, base_dir)
         runtime.on_tunnel_credentials.append(self.tunnels.on_credentials)
         if self.tunnels.wanted():

@@ -1,12 +1,11 @@
 """Run the server with granian: one process per worker, each building its own ``ZerogateApp``.
 
 Tunnels and workers: a connector's connections end on whichever worker accepted them, and
-granian gives a request to any worker, so a worker without a connection to the tunnel could
-not serve it. Tunnels are therefore served only by a server of one worker: with
-``--workers 2`` or more, ``serve`` refuses to start while the store holds a tunnel, and the
-workers never open the tunnel endpoint (``ZEROGATE_WORKERS``; a tunnel created later gets a
-502 page that says why). Several processes serve tunnels as several ``zerogate server``
-instances, each with its own ``listen.tunnel``, every connector dialling each of them.
+granian gives a request to any worker. Every worker is a node of the cluster (issue #14): a
+request for a tunnel held by another worker is relayed to it over the edge-to-edge relay
+(``edge/relay.py``). With ``--workers 2`` or more and tunnels in the store, this process binds
+``listen.tunnel`` once and the workers inherit the socket (``ZEROGATE_TUNNEL_FD``), so the
+kernel spreads the connector connections over them.
 """
 
 from __future__ import annotations
@@ -144,10 +143,30 @@ def front_listener(address: str, backlog: int) -> dict[str, object]:
 _keep: list[socket.socket] = []
 
 
+def shared_tunnel_listener(address: str) -> None:
+    """``--workers N`` with tunnels: bind ``listen.tunnel`` here, once; every worker accepts
+    on the inherited socket (``ZEROGATE_TUNNEL_FD``) and relays to the others the requests for
+    tunnels it holds no connection of."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the operator's listen address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        fail_closed("listen.tunnel", address, exc.strerror or str(exc))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    os.environ["ZEROGATE_TUNNEL_FD"] = str(sock.fileno())
+    _keep.append(sock)
+
+
 def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bool = False) -> None:
     """Block serving ``listen.http`` (and ``listen.tunnel`` once a tunnel exists) until
-    interrupted. Exits with code 2 when ``workers`` > 1 and the store holds tunnels, and when a
-    PIN login is configured without a way to send mail (``mail_problem``)."""
+    interrupted. Exits with code 2 when a listener cannot be bound, and when a PIN login is
+    configured without a way to send mail (``mail_problem``)."""
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
     from granian.server import Server
@@ -174,17 +193,12 @@ def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bo
     problem = acme_problem(settings, objects)
     if problem is not None:
         sys.stderr.write(f"warning: {problem}\n")
-    if workers == 1 and tunnels:
+    if tunnels:
         problem = can_bind(settings.listen.tunnel)
         if problem is not None:
             fail_closed("listen.tunnel", settings.listen.tunnel, problem)
-    if workers > 1 and tunnels:
-        sys.stderr.write(
-            f"error: the store holds tunnels ({', '.join(tunnels)}), which are served only "
-            "by a server of one worker: run `zerogate server --workers 1` (start more "
-            "servers, each with its own listen.tunnel, to spread the load)\n"
-        )
-        raise SystemExit(2)
+        if workers > 1:
+            shared_tunnel_listener(settings.listen.tunnel)
     os.environ["ZEROGATE_WORKERS"] = str(workers)
     os.environ["ZEROGATE_MAIN_PID"] = str(os.getpid())  # workers die with this process
     if config is not None:

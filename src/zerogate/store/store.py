@@ -33,8 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from zerogate.model.loader import ConfigError, validate_objects
 from zerogate.model.objects import Objects
 from zerogate.store import certificates as certstore
-from zerogate.store import limits, logs, migrate, runtime, tunnels
+from zerogate.store import cluster, limits, logs, migrate, runtime, tunnels
 from zerogate.store import sessions as session_rows
+from zerogate.store.cluster import ClusterNode, ClusterView, Presence
 from zerogate.store.diff import (
     KINDS,
     Change,
@@ -84,6 +85,8 @@ def _reason(exc: BaseException) -> str:
 
 #: the PostgreSQL channel every change of ``state()`` is announced on (migration 0005)
 CHANGES_CHANNEL = "zerogate_changes"
+#: announces a new node and every change of a node's tunnel presence (migration 0006)
+CLUSTER_CHANNEL = "zerogate_cluster"
 
 
 T = TypeVar("T")
@@ -124,9 +127,12 @@ class Store:
         url = make_url(self._url)
         return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
 
-    async def listen_for_changes(self, wake: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def listen_for_changes(
+        self, wake: Callable[[], None], *, channel: str = CHANGES_CHANNEL
+    ) -> Callable[[], Awaitable[None]]:
         """PostgreSQL: call ``wake`` whenever a transaction changed the watched state (the
-        ``zerogate_changes`` notification of migration 0005), over a connection of its own;
+        ``zerogate_changes`` notification of migration 0005; ``channel=CLUSTER_CHANNEL``: a
+        node joined or its tunnel presence changed, migration 0006), over a connection of its own;
         returns what closes it. SQLite has no such thing: nothing happens, and the servers'
         poll is the only way (``wake`` is never called). Raises ``StoreError`` when the
         listening connection cannot be made."""
@@ -142,7 +148,7 @@ class Store:
         dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         try:
             connection = await asyncio.wait_for(asyncpg.connect(dsn), 10)
-            await connection.add_listener(CHANGES_CHANNEL, lambda *_: wake())
+            await connection.add_listener(channel, lambda *_: wake())
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot listen for changes on {self.safe_url}: {exc}") from None
 
@@ -483,6 +489,35 @@ class Store:
         with self._errors("prune the tunnel connections"):
             async with self._writing() as connection:
                 return await tunnels.forget_connections(connection, seen_before=seen_before)
+
+    # -- cluster (nodes and tunnel presence) ---------------------------------------------
+
+    async def cluster_heartbeat(
+        self, node: ClusterNode, rows: Sequence[Presence] | None = None
+    ) -> None:
+        """Refresh ``node``'s heartbeat; replace its presence rows with ``rows`` (``None``:
+        refresh the ones it has)."""
+        with self._errors("record this node's heartbeat"):
+            async with self._writing() as connection:
+                await cluster.heartbeat(connection, node, rows)
+
+    async def cluster_leave(self, node_id: str) -> None:
+        with self._errors("remove this node from the cluster"):
+            async with self._writing() as connection:
+                await cluster.leave(connection, node_id)
+
+    async def cluster_expire(self, *, older_than: timedelta) -> int:
+        """Delete the nodes (and their rows) whose heartbeat is older than ``older_than``."""
+        with self._errors("expire the cluster's dead nodes"):
+            async with self._writing() as connection:
+                return await cluster.expire(connection, older_than=older_than)
+
+    async def cluster_view(self, *, live_for: timedelta) -> ClusterView:
+        """The nodes whose heartbeat is within ``live_for`` (the database's clock) and the
+        presence rows that count (``zerogate.store.cluster.view``)."""
+        with self._errors("read the cluster's nodes"):
+            async with self._single() as connection:
+                return await cluster.view(connection, live_for=live_for)
 
     # -- admin API tokens ----------------------------------------------------------------
 

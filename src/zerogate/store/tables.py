@@ -46,6 +46,13 @@ Ownership and sessions (migration 0009):
   and ``objects.in_file`` (listed by the last apply from a file);
 - ``sessions``: one row per portal login (id = the tokens' ``sid`` claim), last seen written at
   most once a minute; ``revocations.session_id`` ends one session instead of an address's all.
+
+Cluster (migration 0006, ``zerogate.store.cluster``):
+
+- ``cluster_nodes``: one row per running edge process (node id, host, pid, relay address,
+  started, heartbeat); expired rows are deleted.
+- ``tunnel_presence``: which node holds which connector connection (tunnel, connector id,
+  connection index, since, heartbeat), replaced by its node on every change.
 """
 
 from __future__ import annotations
@@ -361,4 +368,28 @@ sessions = Table(
     Column("ended_at", UTCDateTime, nullable=True),
     Index("ix_sessions_email", "email"),
     Index("ix_sessions_expires_at", "expires_at"),
+)
+
+cluster_nodes = Table(
+    "cluster_nodes",
+    metadata,
+    Column("node_id", String(64), primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("relay_address", String(300), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+)
+
+tunnel_presence = Table(
+    "tunnel_presence",
+    metadata,
+    Column("node_id", String(64), primary_key=True),
+    Column("connection_id", String(64), primary_key=True),
+    Column("tunnel", String(200), nullable=False),
+    Column("connector_id", String(128), nullable=False),
+    Column("connection_index", Integer, nullable=False),
+    Column("since", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+    Index("ix_tunnel_presence_tunnel", "tunnel"),
 )

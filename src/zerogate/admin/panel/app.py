@@ -10,6 +10,7 @@ from zerogate.admin.panel.applications import ApplicationViews
 from zerogate.admin.panel.base import MAX_FORM_BYTES, FormHandler, Handler
 from zerogate.admin.panel.dashboard import DashboardViews
 from zerogate.admin.panel.logs import LogViews
+from zerogate.admin.panel.nodes import NodeViews
 from zerogate.admin.panel.objects import GroupViews, IdentityProviderViews, aiohttp_fetch
 from zerogate.admin.panel.sessions import SessionViews
 from zerogate.admin.panel.tester import TesterViews
@@ -28,6 +29,7 @@ class Panel(
     AdminViews,
     ApiTokenViews,
     LogViews,
+    NodeViews,
     TesterViews,
     SessionViews,
 ):
@@ -57,6 +59,7 @@ class Panel(
             ("/admin/identity-providers/edit", self.idp_edit),
             ("/admin/tunnels", self.tunnels),
             ("/admin/tunnels/edit", self.tunnel_edit),
+            ("/admin/nodes", self.nodes),
             ("/admin/service-tokens", self.service_tokens),
             ("/admin/admins", self.admins),
             ("/admin/api-tokens", self.api_tokens),
