@@ -18,10 +18,21 @@ OPERATIONS = [
         "GET",
         "/api/v1/access-log",
         "access_log",
-        "query:app query:decision query:email query:limit query:since",
+        "query:app query:cursor query:decision query:email query:ip query:kind query:limit "
+        "query:since query:status query:until",
         "",
         "200",
         "AccessLogOut",
+    ),
+    (
+        "GET",
+        "/api/v1/access-log/export",
+        "access_log_export",
+        "query:app query:decision query:email query:format query:ip query:kind query:since "
+        "query:status query:until",
+        "",
+        "200",
+        "",
     ),
     ("GET", "/api/v1/admin-log", "admin_log", "query:limit query:since", "", "200", "AdminLogOut"),
     ("GET", "/api/v1/admins", "get_admins", "", "", "200", "AdminsOut"),

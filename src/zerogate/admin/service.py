@@ -29,10 +29,13 @@ anyway") and API tokens (not on the list) skip it.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+import json
 import logging
 import random
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -52,12 +55,16 @@ from zerogate.model.values import parse_duration
 from zerogate.policy import Context, Identity, Verdict, compile_snapshot
 from zerogate.policy.tester import PolicyQuery, QueryError, check_query, run_query
 from zerogate.store import (
+    ACCESS_FIELDS,
+    AccessEvent,
+    AccessFilter,
     AdminLogEntry,
     ApiToken,
     ServiceCredential,
     StaleWrite,
     Store,
     TunnelConnection,
+    access_event_dict,
 )
 from zerogate.store.diff import ADMINS, Plan
 from zerogate.tunnel.token import TokenError, TunnelToken
@@ -128,6 +135,29 @@ class DnsConflictError(AdminError):
     """A routed name holds DNS records zerogate did not make: nothing was changed."""
 
     status = 409
+
+
+#: formats of ``AdminService.export_access``; the most rows one export holds; rows per read
+EXPORT_FORMATS = ("csv", "jsonl")
+EXPORT_MAX = 1_000_000
+EXPORT_PAGE = 1000
+#: a CSV cell starting with one of these is run as a formula by spreadsheets (CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: object) -> str:
+    if value is None:
+        return ""
+    text = str(value)
+    if text.startswith(_FORMULA_START) and not isinstance(value, int | float):
+        return "'" + text
+    return text
+
+
+def _csv_line(values: list[Any]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerow([_csv_cell(v) for v in values])
+    return buffer.getvalue().encode()
 
 
 class Invalid(AdminError):
@@ -744,16 +774,44 @@ class AdminService:
 
     async def access_log(
         self,
+        where: AccessFilter | None = None,
         *,
         app: str | None = None,
         email: str | None = None,
         decision: str | None = None,
         since: datetime | None = None,
         limit: int = 100,
-    ) -> list[Any]:
-        return await self.store.access_log(
-            app=app, email=email, decision=decision, since=since, limit=limit
-        )
+    ) -> list[AccessEvent]:
+        if where is None:
+            where = AccessFilter(app=app, email=email, decision=decision, since=since)
+        return await self.store.access_log(where, limit=limit)
+
+    async def export_access(
+        self, where: AccessFilter, fmt: str, *, limit: int = EXPORT_MAX
+    ) -> AsyncIterator[bytes]:
+        """Every matching row (at most ``limit``), newest first, as CSV (a header row, then
+        one row per event; a cell a spreadsheet would run as a formula is quoted with a
+        leading ``'``) or JSON lines; read from the store a page at a time."""
+        if fmt not in EXPORT_FORMATS:
+            raise Invalid(f"format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+        if fmt == "csv":
+            yield _csv_line(list(ACCESS_FIELDS))
+        left = limit
+        page = where
+        while left > 0:
+            events = await self.store.access_log(page, limit=min(EXPORT_PAGE, left))
+            for event in events:
+                row = access_event_dict(event)
+                if fmt == "csv":
+                    yield _csv_line([row[name] for name in ACCESS_FIELDS])
+                else:
+                    yield json.dumps(row, separators=(",", ":")).encode() + b"\n"
+            left -= len(events)
+            if len(events) < EXPORT_PAGE:
+                break
+            last = events[-1]
+            assert last.id is not None
+            page = replace(page, before=(last.at, last.id))
 
     async def policy_test(
         self,

@@ -30,7 +30,7 @@ from zerogate.identity.flow import (
 )
 from zerogate.model.paths import PathError, fold, normalise_path
 from zerogate.net import http
-from zerogate.net.asgi import Headers, Receive, Scope, Send
+from zerogate.net.asgi import Headers, Message, Receive, Scope, Send
 from zerogate.net.headers import (
     is_zerogate_cookie_name,
     upstream_request_headers,
@@ -135,25 +135,33 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
         if token_name is None and _presents_service_token(scope):
             await token_refused(scope, send, svc, req, app, country)
             return
-        await login_required(scope, send, svc, req, app)
+        await login_required(scope, send, svc, req, app, country)
         return
-    # allow or block: both are recorded (bypass and authenticate are not)
+    # allow and block are recorded (bypass is not; authenticate in login_required); an
+    # allowed request when its response ended, with the status the client got and how long
     email = claims.email if claims is not None else None
-    svc.log(
-        "request",
-        app=app.name,
-        email=email or token_name,
-        idp=claims.idp if claims is not None else ("service_token" if token_name else None),
-        ip=req.client.ip,
-        country=country,
-        decision=decision,
-        policy=verdict.policy,
-        method=scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET",
-        host=req.host,
-        path=req.raw_path,
-        detail=None if decision == "allow" else verdict.reason,
-    )
+    websocket = scope["type"] == "websocket"
+
+    def record(status: int | None, duration_ms: float | None = None) -> None:
+        svc.log(
+            "request",
+            app=app.name,
+            email=email or token_name,
+            idp=claims.idp if claims is not None else ("service_token" if token_name else None),
+            ip=req.client.ip,
+            country=country,
+            decision=decision,
+            policy=verdict.policy,
+            method="WEBSOCKET" if websocket else scope.get("method", "GET"),
+            host=req.host,
+            path=req.raw_path,
+            detail=None if decision == "allow" else verdict.reason,
+            status=status,
+            duration_ms=duration_ms,
+        )
+
     if decision != "allow":
+        record(None if websocket else 403)
         await blocked(scope, send, svc, app, email)
         return
     if claims is not None:
@@ -166,7 +174,31 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
     else:
         assert token_name is not None
         inject = [(b"zerogate-jwt-assertion", service_assertion(rt, app, token_name))]
-    await forward(scope, receive, send, svc, req, app, inject=inject)
+    seen = StatusSeen(send)
+    started = time.perf_counter()
+    try:
+        await forward(scope, receive, seen, svc, req, app, inject=inject)
+    finally:
+        record(seen.status, (time.perf_counter() - started) * 1000.0)
+
+
+class StatusSeen:
+    """``send`` that remembers the status the client got (101 for an accepted WebSocket;
+    None while nothing was sent, or for a WebSocket closed before it was accepted)."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status: int | None = None
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind in ("http.response.start", "websocket.http.response.start"):
+            self.status = message["status"]
+        elif kind == "websocket.accept":
+            self.status = 101
+        await self.send(message)
 
 
 def is_preflight(scope: Scope) -> bool:
@@ -449,13 +481,37 @@ async def token_refused(
 
 
 async def login_required(
-    scope: Scope, send: Send, svc: Services, req: Request, app: CompiledApp
+    scope: Scope,
+    send: Send,
+    svc: Services,
+    req: Request,
+    app: CompiledApp,
+    country: str | None = None,
 ) -> None:
-    """302 to the portal for a browser navigation; 401 JSON with a login URL otherwise."""
-    if scope["type"] == "websocket":
+    """302 to the portal for a browser navigation; 401 JSON with a login URL otherwise.
+    Recorded as ``authenticate``, aggregated per application, client address and minute (a
+    scan must not flood the log)."""
+    websocket = scope["type"] == "websocket"
+    navigation = not websocket and http.is_navigation(scope)
+    svc.log(
+        "request",
+        app=app.name,
+        email=None,
+        idp=None,
+        ip=req.client.ip,
+        country=country,
+        decision="authenticate",
+        method="WEBSOCKET" if websocket else scope.get("method", "GET"),
+        host=req.host,
+        path=req.raw_path,
+        detail="sent to login" if navigation else "login required",
+        status=None if websocket else 302 if navigation else 401,
+        repeat_key=(app.name, req.client.ip),
+    )
+    if websocket:
         await send({"type": "websocket.close", "code": 1008})
         return
-    if http.is_navigation(scope):
+    if navigation:
         state = new_state()
         rd = safe_return(req, app, svc.runtime.snapshot, request_path(req), svc.runtime)
         await http.redirect(

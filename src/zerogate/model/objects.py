@@ -652,12 +652,32 @@ class GeoIp(_Strict):
     database: str
 
 
+class SyslogTarget(_Strict):
+    """Access-log lines as syslog messages (RFC 5424, one JSON object as the message)."""
+
+    #: ``host:port`` (UDP) or the path of a Unix datagram socket (``/dev/log``)
+    address: Annotated[str, AfterValidator(values.check_syslog_address)]
+    facility: Literal[
+        "user", "daemon", "auth", "authpriv", "local0", "local1", "local2", "local3",
+        "local4", "local5", "local6", "local7",
+    ] = "local0"  # fmt: skip
+
+
+class LogStream(_Strict):
+    """A copy of every access-log row as it is written, for a SIEM or a log shipper."""
+
+    #: ``json``: one JSON object per line on standard output
+    stdout: Literal["json"] | None = None
+    syslog: SyslogTarget | None = None
+
+
 class LogSettings(_Strict):
     """How long the logs are kept (``null``: forever); older rows are trimmed in the
-    background by every server process."""
+    background by every server process. ``stream``: a copy of the access log as JSON lines."""
 
     access_retention: Duration | None = "90d"
     admin_retention: Duration | None = "365d"
+    stream: LogStream = Field(default_factory=LogStream)
 
 
 #: the default of ``Settings.secret_env_prefix``
@@ -743,6 +763,9 @@ def all_field_names() -> frozenset[str]:
         Rfc2136,
         DnsSettings,
         GeoIp,
+        LogSettings,
+        LogStream,
+        SyslogTarget,
         Settings,
     ):
         for name, field in model.model_fields.items():

@@ -7,13 +7,30 @@ Imports only ``zerogate.model`` of zerogate's own code."""
 
 from zerogate.store.diff import Change, Plan
 from zerogate.store.errors import StaleWrite, StoreError
-from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion
+from zerogate.store.runtime import (
+    ACCESS_DECISIONS,
+    ACCESS_FIELDS,
+    ACCESS_KINDS,
+    AccessEvent,
+    AccessFilter,
+    ServiceCredential,
+    StateVersion,
+    access_event_dict,
+    access_filter,
+    cursor_of,
+    parse_cursor,
+    parse_status,
+)
 from zerogate.store.store import AdminLogEntry, Store
 from zerogate.store.tunnels import ApiToken, TunnelConnection, TunnelCredential
 from zerogate.store.urls import storage_url
 
 __all__ = [
+    "ACCESS_DECISIONS",
+    "ACCESS_FIELDS",
+    "ACCESS_KINDS",
     "AccessEvent",
+    "AccessFilter",
     "AdminLogEntry",
     "ApiToken",
     "Change",
@@ -25,5 +42,10 @@ __all__ = [
     "StoreError",
     "TunnelConnection",
     "TunnelCredential",
+    "access_event_dict",
+    "access_filter",
+    "cursor_of",
+    "parse_cursor",
+    "parse_status",
     "storage_url",
 ]

@@ -35,7 +35,14 @@ from zerogate.store import logs, migrate, runtime, tunnels
 from zerogate.store.diff import Change, Plan, Row, canonical, diff, objects_of, rows_of
 from zerogate.store.engine import create_engine, is_memory, sqlite_file, write_lock
 from zerogate.store.errors import StaleWrite, StoreError
-from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion, key_text, utc
+from zerogate.store.runtime import (
+    AccessEvent,
+    AccessFilter,
+    ServiceCredential,
+    StateVersion,
+    key_text,
+    utc,
+)
 from zerogate.store.secretbox import SecretBox, prepare_sqlite_file
 from zerogate.store.tables import access_log, admin_log, config_state
 from zerogate.store.tables import objects as objects_table
@@ -665,6 +672,7 @@ class Store:
 
     async def access_log(
         self,
+        where: AccessFilter | None = None,
         *,
         app: str | None = None,
         email: str | None = None,
@@ -674,18 +682,13 @@ class Store:
         limit: int = 100,
     ) -> list[AccessEvent]:
         """The newest ``limit`` access events matching every filter given, newest first
-        (``since`` inclusive, ``email`` compared lower-cased)."""
+        (``since`` inclusive, ``email`` compared lower-cased); ``where`` (an ``AccessFilter``)
+        instead of the keywords for every filter, paging and following."""
+        if where is None:
+            where = AccessFilter(app=app, email=email, since=since, decision=decision, kind=kind)
         with self._errors("read the access log"):
             async with self._single() as connection:
-                return await runtime.read_access(
-                    connection,
-                    app=app,
-                    email=email,
-                    since=since,
-                    decision=decision,
-                    kind=kind,
-                    limit=limit,
-                )
+                return await runtime.read_access(connection, where, limit=limit)
 
 
 # -- queries (module functions so tests can interfere with one step) ---------------------------

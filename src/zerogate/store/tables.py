@@ -33,6 +33,9 @@ Logs (migration 0004): indexes for the filters on decision and kind, and
 - ``log_writers``: one row per process's access-log writer: when it started, when it last
   flushed (or said it was idle), how many rows it wrote and dropped, and whether it ended
   cleanly (``stopped``), is ``running``, or was found gone without flushing (``lost``).
+
+Log fields (migration 0010): ``access_log.status`` (what the client got for a forwarded
+request), ``duration_ms`` and ``count`` (requests an aggregated row stands for).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -214,6 +218,9 @@ access_log = Table(
     Column("host", Text, nullable=True),
     Column("path", Text, nullable=True),
     Column("detail", Text, nullable=True),
+    Column("status", Integer, nullable=True),
+    Column("duration_ms", Float, nullable=True),
+    Column("count", Integer, nullable=False, server_default=text("1")),
     Index("ix_access_log_at", "at"),
     Index("ix_access_log_app_at", "app", "at"),
     Index("ix_access_log_email_at", "email", "at"),
