@@ -167,7 +167,9 @@ async def test_a_scan_sent_to_login_becomes_two_rows_a_minute() -> None:
     now = datetime.now(UTC)
     for i in range(500):
         key = ("wiki", "198.51.100.7")
-        writer.record_repeated(key, ("wiki", "*"), event(now, path=f"/{i}", decision="authenticate"))
+        writer.record_repeated(
+            key, ("wiki", "*"), event(now, path=f"/{i}", decision="authenticate")
+        )
     writer.record_repeated(("wiki", "198.51.100.8"), ("wiki", "*"), event(now, ip="198.51.100.8"))
     # the first of each address at once, the rest as one row when the window ends
     await wait_for(lambda: len(written) == 3, timeout=5)
@@ -205,7 +207,7 @@ async def test_aggregation_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) ->
 
 async def test_export_csv_has_every_row_and_no_formula(store: Store) -> None:
     now = datetime.now(UTC)
-    hostile = "=HYPERLINK(\"http://evil.test\",\"x\")"
+    hostile = '=HYPERLINK("http://evil.test","x")'
     await store.write_access(
         [event(now - timedelta(seconds=i), path=f"/{i}") for i in range(30)]
         + [event(now, path="/+cmd", detail=hostile, status=None), event(now, path="/@x")]
@@ -242,7 +244,7 @@ def test_stream_settings_check_the_syslog_address() -> None:
     ok = LogSettings.model_validate({"stream": {"syslog": {"address": "[::1]:514"}}})
     assert ok.stream.syslog is not None and ok.stream.syslog.facility == "local0"
     for bad in ("localhost", "host:99999", "bad host:514", "relative/path"):
-        with pytest.raises(ValueError, match="expected HOST:PORT|not a valid hostname"):
+        with pytest.raises(ValueError, match=r"expected HOST:PORT|not a valid hostname"):
             LogSettings.model_validate({"stream": {"syslog": {"address": bad}}})
     with pytest.raises(ValueError, match="stdout"):
         LogSettings.model_validate({"stream": {"stdout": "text"}})

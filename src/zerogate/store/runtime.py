@@ -195,9 +195,7 @@ def access_filter(
 
     decision, kind, status_text, cursor = text(decision), text(kind), text(status), text(cursor)
     if decision is not None and decision not in ACCESS_DECISIONS:
-        raise ValueError(
-            f"decision: {decision!r} is not one of {', '.join(ACCESS_DECISIONS)}"
-        )
+        raise ValueError(f"decision: {decision!r} is not one of {', '.join(ACCESS_DECISIONS)}")
     if kind is not None and kind not in ACCESS_KINDS:
         raise ValueError(f"kind: {kind!r} is not one of {', '.join(ACCESS_KINDS)}")
     try:

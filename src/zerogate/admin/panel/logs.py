@@ -23,9 +23,7 @@ class LogViews(PanelBase):
         q = request.query_params
         filters = {key: q.get(key, "").strip()[:300] for key in FILTERS}
         try:
-            where = access_filter(
-                now=datetime.now(UTC), cursor=q.get("cursor") or None, **filters
-            )
+            where = access_filter(now=datetime.now(UTC), cursor=q.get("cursor") or None, **filters)
         except ValueError as exc:
             return filters, None, str(exc)
         return filters, where, None
