@@ -129,11 +129,11 @@ async def test_pages_cover_every_row_once_even_with_equal_times(store: Store) ->
     # 25 rows, many sharing a timestamp (several processes write the same second)
     rows = [event(now - timedelta(seconds=i // 4), path=f"/{i}") for i in range(25)]
     await store.write_access(rows)
-    seen: list[str | None] = []
+    seen: list[str] = []
     where = AccessFilter(app="wiki")
     while True:
         page = await store.access_log(where, limit=7)
-        seen += [e.path for e in page]
+        seen += [e.path or "" for e in page]
         if len(page) < 7:
             break
         cursor = cursor_of(page[-1])

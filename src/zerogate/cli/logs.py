@@ -275,7 +275,10 @@ def logs_command(
         fail(f"--{escape(str(exc))}")
 
     if follow:
-        with_store(config, lambda store: _follow(store, where, limit, as_json=as_json))
+        try:
+            with_store(config, lambda store: _follow(store, where, limit, as_json=as_json))
+        except KeyboardInterrupt:  # Ctrl-C is how a follow ends
+            raise typer.Exit(0) from None
         return
 
     async def access_work(store: Store) -> list[AccessEvent]:
