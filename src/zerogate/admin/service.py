@@ -50,7 +50,14 @@ from zerogate.admin.connector_tokens import (
 )
 from zerogate.identity.secret_hash import SecretKind, hash_secret, secret_matches
 from zerogate.model.loader import ConfigError, Problem, validate_objects
-from zerogate.model.objects import DEFAULT_SECRET_ENV_PREFIX, Name, Objects, OidcProvider, Settings
+from zerogate.model.objects import (
+    DEFAULT_SECRET_ENV_PREFIX,
+    Name,
+    Objects,
+    OidcProvider,
+    Settings,
+    default_audience,
+)
 from zerogate.model.values import parse_duration
 from zerogate.policy import Context, Identity, Verdict, compile_snapshot
 from zerogate.policy.tester import PolicyQuery, QueryError, check_query, run_query
@@ -490,7 +497,11 @@ class AdminService:
         ) -> dict[tuple[str, str], int | None]:
             if (kind, name) in versions:
                 raise Conflict(f"{kind.replace('_', ' ')} {name!r} already exists")
-            doc[collection] = [*doc[collection], spec]
+            item = spec
+            if collection == "applications" and "audience" not in spec:
+                # stored from the start, so a later rename keeps it
+                item = {**spec, "audience": default_audience(name)}
+            doc[collection] = [*doc[collection], item]
             return {(kind, name): None}
 
         await self._change(edit, actor)
@@ -515,7 +526,14 @@ class AdminService:
                 if (kind, new_name) in versions:
                     raise Conflict(f"{kind.replace('_', ' ')} {new_name!r} already exists")
                 expect[(kind, new_name)] = None
-            doc[collection] = [spec if item["name"] == name else item for item in doc[collection]]
+            old = next(item for item in doc[collection] if item["name"] == name)
+            new = spec
+            if collection == "applications" and "audience" not in spec:
+                # the audience stays what it was (origins verify it), renamed or not
+                kept = old.get("audience") or (default_audience(name) if new_name != name else None)
+                if kept:
+                    new = {**spec, "audience": kept}
+            doc[collection] = [new if item["name"] == name else item for item in doc[collection]]
             return expect
 
         await self._change(edit, actor)

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from zerogate import __version__
-from zerogate.cli import api_tokens, connector, logs, mail, tokens, tunnels
+from zerogate.cli import api_tokens, apps, connector, logs, mail, tokens, tunnels
 from zerogate.cli.helpers import (
     ConfigOption,
     JsonOption,
@@ -415,6 +415,7 @@ app.add_typer(tokens.service_token_app, name="service-token")
 app.add_typer(tokens.keys_app, name="keys")
 app.add_typer(api_tokens.api_token_app, name="api-token")
 app.command("logs")(logs.logs_command)
+app.add_typer(apps.app_app, name="app")
 app.add_typer(tunnels.tunnel_app, name="tunnel")
 app.add_typer(connector.connector_app, name="connector")
 app.add_typer(mail.email_app, name="email")

@@ -38,7 +38,7 @@ from zerogate.net.headers import (
 from zerogate.net.upstream import Outbound, Upstream, UpstreamRefused, UpstreamUnavailable
 from zerogate.policy import Context, Identity
 from zerogate.policy.engine import CompiledApp, Snapshot
-from zerogate.runtime import Runtime, audience_tag, cookies
+from zerogate.runtime import Runtime, cookies
 from zerogate.runtime.cookies import secure_cookies
 from zerogate.runtime.pages import logout_page
 from zerogate.runtime.request import Request, public_origin_of
@@ -62,7 +62,7 @@ def is_reserved(path: str) -> bool:
 
 def app_cookie(app: CompiledApp) -> str:
     """Each application has its own session cookie (host-only): app A's never opens app B."""
-    return f"__zg_{audience_tag(app.name)[:16]}"
+    return f"__zg_{app.audience[:16]}"
 
 
 async def bad_request(send: Send, svc: Services, scope: Scope, why: str) -> None:
@@ -249,7 +249,7 @@ def session_claims(scope: Scope, rt: Runtime, app: CompiledApp) -> Claims | None
     if not token:
         return None
     try:
-        claims = rt.verifier("app").verify(token, audience_tag(app.name), now=time.time())
+        claims = rt.verifier("app").verify(token, app.audience, now=time.time())
     except TokenError:
         return None
     if rt.is_revoked(claims.email, claims.iat):
@@ -281,7 +281,7 @@ def service_assertion(rt: Runtime, app: CompiledApp, name: str) -> bytes:
     token = issue_app_token(
         rt.keyset,
         issuer=rt.issuer,
-        audience=audience_tag(app.name),
+        audience=app.audience,
         email="",
         sub=f"service-token:{name}",
         idp="service_token",
@@ -748,7 +748,7 @@ async def authorized(
     token = issue_app_token(
         rt.keyset,
         issuer=rt.issuer,
-        audience=audience_tag(app.name),
+        audience=app.audience,
         email=email,
         sub=email,
         idp=idp,

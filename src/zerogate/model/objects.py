@@ -7,6 +7,7 @@ object at a time; rules that span objects (references, cycles, duplicates) live 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -241,9 +242,19 @@ class UpstreamTimeouts(_Strict):
     idle: Timeout | None = None
 
 
+def default_audience(name: str) -> str:
+    """The audience an application without a stored ``audience`` has: derived from its name
+    (what every application had before audiences were stored; so theirs never changed)."""
+    return hashlib.sha256(b"zerogate-app\x00" + name.encode()).hexdigest()[:32]
+
+
 class Application(_Strict):
     name: Name
     domain: str
+    #: ``aud`` of this application's tokens (and the name of its cookie): stored when the
+    #: application is created or renamed in the panel or API, and kept by ``apply`` when the
+    #: file does not set it, so a rename does not change it; unset: ``default_audience(name)``
+    audience: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
     origin: Annotated[str, AfterValidator(_check_origin)] | None = None
     tunnel: Name | None = None
     identity_providers: list[Name] | None = None
@@ -264,6 +275,11 @@ class Application(_Strict):
         if self.origin is not None and self.tunnel is not None:
             raise ValueError("set either origin or tunnel, not both")
         return self
+
+    @property
+    def audience_tag(self) -> str:
+        """The audience of this application's tokens (``aud``)."""
+        return self.audience or default_audience(self.name)
 
     @property
     def host(self) -> str:
@@ -719,6 +735,11 @@ class Settings(_Strict):
     def portal_scheme(self) -> str | None:
         """The public scheme ``portal`` names as a URL; None for a bare ``host[:port]``."""
         return values.split_portal(self.portal)[0]
+
+    @property
+    def issuer(self) -> str:
+        """``iss`` of every token: ``https://<portal>``, or the scheme a URL ``portal`` names."""
+        return f"{self.portal_scheme or 'https'}://{self.portal_address}"
 
 
 class ConfigFile(Settings, Objects):

@@ -180,9 +180,17 @@ def check_objects(objects: Objects) -> list[Issue]:
 
     domains: dict[str, str] = {}
     app_hosts: set[str] = set()
+    audiences: dict[str, str] = {}
     for a_index, app in enumerate(objects.applications):
         aloc: Loc = ("applications", a_index)
         app_hosts.add(app.host)
+        other = audiences.setdefault(app.audience_tag[:16], app.name)
+        if other != app.name:
+            check.error(
+                (*aloc, "audience"),
+                f"the audience {app.audience_tag!r} is application {other!r}'s already "
+                "(each application's tokens must name it alone)",
+            )
         if app.name.casefold() == ADMIN_APPLICATION:
             check.error(
                 (*aloc, "name"),

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from zerogate.model.objects import Objects
 from zerogate.store import logs, migrate, runtime, tunnels
+from zerogate.store.audiences import keep_audiences
 from zerogate.store.diff import Change, Plan, Row, canonical, diff, objects_of, rows_of
 from zerogate.store.engine import create_engine, is_memory, sqlite_file, write_lock
 from zerogate.store.errors import StaleWrite, StoreError
@@ -274,7 +275,7 @@ class Store:
             async with self._reading() as connection:
                 version = await _version(connection)
                 stored = await _rows(connection)
-        return Plan(diff(stored, wanted), version, version)
+        return Plan(diff(stored, keep_audiences(stored, wanted)), version, version)
 
     async def admin_log(
         self, limit: int = 100, *, since: datetime | None = None
@@ -333,6 +334,7 @@ class Store:
                     if expect_version is not None and expect_version != version:
                         raise StaleWrite("configuration", "", expect_version, version)
                     stored = await _rows(connection)
+                    wanted = keep_audiences(stored, wanted)
                     changes = diff(stored, wanted)
                     if not changes:
                         await transaction.rollback()

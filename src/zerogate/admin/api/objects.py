@@ -30,6 +30,7 @@ from zerogate.model.objects import (
     OneTimePinProvider,
     ServiceToken,
     Tunnel,
+    default_audience,
 )
 
 
@@ -42,7 +43,10 @@ class GroupPut(Group, PutVersion):
 
 
 class ApplicationOut(Application, Versioned):
-    pass
+    audience: str = Field(
+        description="the aud claim of this application's Zerogate-Jwt-Assertion (stable across "
+        "renames; see docs/verify-jwt.md)"
+    )
 
 
 class ApplicationPut(Application, PutVersion):
@@ -107,6 +111,13 @@ class ServiceTokenPut(ServiceToken, PutVersion):
 
 
 Extra = Callable[[list[Item]], Awaitable[list[dict[str, Any]]]]
+
+
+async def application_extra(items: list[Item]) -> list[dict[str, Any]]:
+    """Every application's audience (``aud`` of its tokens), also when derived from its name."""
+    return [
+        {"audience": item.spec.get("audience") or default_audience(item.name)} for item in items
+    ]
 
 
 def tunnel_extra(service: AdminService) -> Extra:
@@ -276,6 +287,7 @@ def router(service: AdminService) -> APIRouter:
         Application,
         ApplicationPut,
         ApplicationOut,
+        application_extra,
     )
     collection(
         objects,

@@ -115,6 +115,11 @@ class PanelBase:
         )
         self.static = _static_files()
 
+    @property
+    def issuer(self) -> str | None:
+        """``iss`` of the tokens origins receive (None without the server's settings)."""
+        return self.settings.issuer if self.settings is not None else None
+
     # -- reading, writing, rendering ---------------------------------------------------------
 
     def _reading(self, handler: Handler) -> Handler:
