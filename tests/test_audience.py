@@ -82,9 +82,7 @@ async def test_apply_keeps_a_stored_audience_and_refuses_a_shared_one(store: Sto
     assert objects.applications[0].audience == kept
     # renamed away from "wiki" (keeping wiki's audience), a new "wiki" would share it
     await store.apply(
-        Objects.model_validate(
-            {"applications": [app("docs", audience=default_audience("wiki"))]}
-        ),
+        Objects.model_validate({"applications": [app("docs", audience=default_audience("wiki"))]}),
         actor="t",
     )
     both = Objects.model_validate({"applications": [app("docs"), app("wiki")]})
@@ -96,7 +94,7 @@ async def test_apply_keeps_a_stored_audience_and_refuses_a_shared_one(store: Sto
 
 def test_two_applications_cannot_name_the_same_audience() -> None:
     same = "cd" * 16
-    with pytest.raises(ConfigError, match="the audience 'cdcd.*' is application 'a'"):
+    with pytest.raises(ConfigError, match=r"the audience 'cdcd.*' is application 'a'"):
         validate_objects({"applications": [app("a", audience=same), app("b", audience=same)]})
     with pytest.raises(ConfigError, match="audience"):
         validate_objects({"applications": [app("a", audience="not-hex")]})
