@@ -552,6 +552,66 @@ async def test_service_token_secret_is_shown_once_and_the_edge_accepts_it(zg: Ze
         assert await wait_for(old_pair_refused)
 
 
+async def test_oidc_client_secret_is_stored_never_shown_and_tested(zg: Zerogate) -> None:
+    """The secret goes in once (write tokens only), is never returned, and "test connection"
+    reports what it found (the provider here is down: a clear failure, not a 500)."""
+    rw, ro = bearer(zg.extra["rw"]), bearer(zg.extra["ro"])
+    secret = "oidc-secret-never-shown-0123456789"
+    closed = free_port()
+    idp = {
+        "name": "corpsso",
+        "type": "oidc",
+        "issuer": f"http://127.0.0.1:{closed}",
+        "client_id": "zerogate",
+    }
+    async with HttpBrowser() as client:
+        made = await send_json(client, "POST", api(zg, "/identity-providers"), idp, rw)
+        assert made.status == 201, made.text
+        assert made.json()["client_secret_stored"] is False
+        path = api(zg, "/identity-providers/corpsso/client-secret")
+        refused = await send_json(client, "PUT", path, {"client_secret": secret}, ro)
+        assert refused.status == 403
+        empty = await send_json(client, "PUT", path, {"client_secret": ""}, rw)
+        assert empty.status == 422
+        stored = await send_json(client, "PUT", path, {"client_secret": secret}, rw)
+        assert stored.status == 204, stored.text
+        shown = await client.get(api(zg, "/identity-providers/corpsso"), headers=rw)
+        assert shown.json()["client_secret_stored"] is True
+        # a GET's body can be PUT back as it is
+        back = await send_json(
+            client,
+            "PUT",
+            api(zg, "/identity-providers/corpsso"),
+            shown.json(),
+            {**rw, "If-Match": shown.headers["ETag"]},
+        )
+        assert back.status == 200, back.text
+        everything = [
+            (await client.get(api(zg, p), headers=rw)).text
+            for p in ("/identity-providers", "/identity-providers/corpsso", "/admin-log")
+        ]
+        assert not any(secret in page for page in everything)
+        tested = await send_json(
+            client, "POST", api(zg, "/identity-providers/corpsso/test"), None, rw
+        )
+        assert tested.status == 200, tested.text
+        result = tested.json()
+        assert result["ok"] is False
+        assert "could not reach the provider" in result["checks"][0]["message"]
+        removed = await send_json(client, "DELETE", path, None, rw)
+        assert removed.status == 204
+        again = await client.get(api(zg, "/identity-providers/corpsso"), headers=rw)
+        assert again.json()["client_secret_stored"] is False
+        gone = await send_json(
+            client,
+            "DELETE",
+            api(zg, "/identity-providers/corpsso"),
+            None,
+            {**rw, "If-Match": again.headers["ETag"]},
+        )
+        assert gone.status == 204, gone.text
+
+
 async def test_policy_test_explains_like_the_cli(zg: Zerogate) -> None:
     rw = bearer(zg.extra["rw"])
     async with HttpBrowser() as client:

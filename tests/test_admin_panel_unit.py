@@ -6,6 +6,7 @@ escaping, secrets shown once, the logs and the policy tester; and the pure helpe
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import re
@@ -171,6 +172,14 @@ async def fake_fetch(request: HttpRequest) -> HttpResponse:
         return HttpResponse(200, json.dumps(doc).encode())
     if request.url == "https://idp.test/jwks":
         return HttpResponse(200, b'{"keys": [{"kty": "RSA"}, {"kty": "EC"}]}')
+    if request.url == "https://idp.test/token":  # the client is authenticated, then the code
+        right = (
+            request.headers.get("Authorization")
+            == "Basic " + base64.b64encode(b"abc:right-secret").decode()
+        )
+        if not right:
+            return HttpResponse(401, b'{"error": "invalid_client"}')
+        return HttpResponse(400, b'{"error": "invalid_grant"}')
     raise FetchError(f"{request.url}: connection refused")
 
 
@@ -779,8 +788,31 @@ async def test_identity_provider_create_and_test_connection(
     failed = await admin.post("/admin/identity-providers/test", {"csrf": csrf, "name": "kc"})
     assert failed.status == 200
     assert "Connection test failed" in failed.text and "connection refused" in failed.text
+    no_secret = await admin.post("/admin/identity-providers/test", {"csrf": csrf, "name": "okta"})
+    assert "Connection test failed" in no_secret.text and "no client secret" in no_secret.text
+    okta = await service.get("identity_providers", "okta")
+    saved = await admin.post(
+        "/admin/identity-providers/save",
+        {
+            "csrf": csrf,
+            "original": "okta",
+            "version": str(okta.version),
+            "name": "okta",
+            "type": "oidc",
+            "issuer": "https://idp.test",
+            "client_id": "abc",
+            "client_secret": "wrong-secret",
+        },
+    )
+    assert saved.status == 303, saved.text
+    wrong = await admin.post("/admin/identity-providers/test", {"csrf": csrf, "name": "okta"})
+    assert "refused the client id or secret" in wrong.text
+    await service.set_oidc_secret("okta", "right-secret", Actor("test"))
+    page = await admin.get("/admin/identity-providers/edit", name="okta")
+    assert "a secret is stored now" in page.text and "right-secret" not in page.text
     works = await admin.post("/admin/identity-providers/test", {"csrf": csrf, "name": "okta"})
     assert "Connection works" in works.text
+    assert "accepted the client id and secret" in works.text
     assert "https://idp.test/token" in works.text
     assert "signing keys (JWKS): 2" in works.text
 

@@ -74,6 +74,7 @@ from zerogate.store import (
     access_event_dict,
 )
 from zerogate.store.diff import ADMINS, Plan
+from zerogate.store.idp_secrets import check as check_client_secret
 from zerogate.tunnel.token import TokenError, TunnelToken
 
 if TYPE_CHECKING:
@@ -536,7 +537,16 @@ class AdminService:
             doc[collection] = [new if item["name"] == name else item for item in doc[collection]]
             return expect
 
+        moved = None
+        if collection == "identity_providers" and new_name != name:
+            # a stored secret follows a rename, only to the same issuer (never re-bound)
+            old = await self.get(collection, name)
+            issuer = old.spec.get("issuer")
+            if old.spec.get("type") == "oidc" and spec.get("issuer") == issuer:
+                moved = await self.store.oidc_secret(name, str(issuer))
         await self._change(edit, actor)
+        if moved is not None:
+            await self.store.set_oidc_secret(new_name, str(spec["issuer"]), moved)
         return await self.get(collection, new_name)
 
     async def delete(self, collection: str, name: str, *, version: int, actor: Actor) -> None:
@@ -638,6 +648,40 @@ class AdminService:
             before=before,
             after=after,
         )
+
+    async def set_oidc_secret(self, name: str, value: str | None, actor: Actor) -> None:
+        """Store (encrypted with the server secret, bound to the provider's issuer) or remove
+        (``None``) the client secret of OIDC provider ``name``; recorded in the admin log
+        without the value. ``NotFound`` / ``Invalid`` for no such OIDC provider or an unusable
+        value."""
+        item = await self.get("identity_providers", name)
+        if item.spec.get("type") != "oidc":
+            raise Invalid(
+                f"identity provider {name!r} is not an OpenID Connect provider",
+                [Problem(f"identity provider {name!r}", "only oidc providers have a secret")],
+            )
+        issuer = str(item.spec["issuer"])
+        if value is not None:
+            try:
+                value = check_client_secret(value)
+            except ValueError as exc:
+                raise Invalid(str(exc), [Problem("client_secret", str(exc))]) from None
+        had = name in await self.store.oidc_secret_names()
+        await self.store.set_oidc_secret(name, issuer, value)
+        if value is None and not had:
+            return
+        await self._record(
+            actor,
+            "remove" if value is None else ("change" if had else "add"),
+            "client_secret",
+            name,
+            {"client_secret": "stored"} if had else None,
+            None if value is None else {"client_secret": "stored", "issuer": issuer},
+        )
+
+    async def oidc_secrets_stored(self) -> set[str]:
+        """The providers with a client secret stored through the panel or API."""
+        return await self.store.oidc_secret_names()
 
     async def service_credentials(self) -> dict[str, ServiceCredential]:
         """The stored service-token credentials by name (hashes only)."""

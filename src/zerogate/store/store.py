@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from zerogate.model.objects import Objects
-from zerogate.store import logs, migrate, runtime, tunnels
+from zerogate.store import idp_secrets, logs, migrate, runtime, tunnels
 from zerogate.store.audiences import keep_audiences
 from zerogate.store.diff import Change, Plan, Row, canonical, diff, objects_of, rows_of
 from zerogate.store.engine import create_engine, is_memory, sqlite_file, write_lock
@@ -384,6 +384,42 @@ class Store:
         with self._errors(f"read the secret {name!r}"):
             async with self._writing() as connection:
                 return await runtime.named_secret(connection, name, candidate, _now(), self._box)
+
+    # -- OIDC client secrets set in the panel or API -----------------------------------------
+
+    async def set_oidc_secret(self, provider: str, issuer: str, value: str | None) -> None:
+        """Store (encrypted and bound to ``issuer``, see ``idp_secrets``) or, with ``None``,
+        remove the client secret of identity provider ``provider``."""
+        secret = await self.server_secret()
+        with self._errors("store the client secret"):
+            async with self._writing() as connection:
+                if value is None:
+                    await idp_secrets.remove(connection, [provider])
+                else:
+                    await idp_secrets.put(
+                        connection,
+                        provider,
+                        issuer,
+                        idp_secrets.check(value),
+                        server_secret=secret,
+                        box=self._box,
+                        now=_now(),
+                    )
+
+    async def oidc_secret(self, provider: str, issuer: str) -> str | None:
+        """The client secret stored for ``provider`` at ``issuer``, or None."""
+        secret = await self.server_secret()
+        with self._errors("read the client secret"):
+            async with self._single() as connection:
+                return await idp_secrets.get(
+                    connection, provider, issuer, server_secret=secret, box=self._box
+                )
+
+    async def oidc_secret_names(self) -> set[str]:
+        """The providers that have a stored client secret."""
+        with self._errors("read the client secrets"):
+            async with self._single() as connection:
+                return await idp_secrets.names(connection)
 
     # -- tunnels -------------------------------------------------------------------------
 
@@ -847,6 +883,8 @@ async def _drop_removed_credentials(connection: AsyncConnection, changes: Sequen
     await runtime.delete_service_credentials(connection, removed)
     gone = [c.name for c in changes if c.kind == "tunnel" and c.action == "remove"]
     await tunnels.delete_tunnel_credentials(connection, gone)
+    idps = [c.name for c in changes if c.kind == "identity_provider" and c.action == "remove"]
+    await idp_secrets.remove(connection, idps)
 
 
 async def _check_expected(

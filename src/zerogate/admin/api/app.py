@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from zerogate import __version__
-from zerogate.admin.api import admins, logs, objects, policies, tester, tokens
+from zerogate.admin.api import admins, logs, objects, oidc, policies, tester, tokens
 from zerogate.admin.api.common import ERRORS, MAX_BODY, PREFIX, principal, problems_out
 from zerogate.admin.auth import CSRF_HEADER, csrf_token
 from zerogate.admin.service import AdminError, AdminService
@@ -73,6 +73,7 @@ def create_api(
     app.include_router(tokens.api_tokens_router(service))
     app.include_router(logs.router(service))
     app.include_router(tester.router(service))
+    app.include_router(oidc.router(service, settings))
     return app
 
 

@@ -58,7 +58,11 @@ class OneTimePinProviderOut(OneTimePinProvider, Versioned):
 
 
 class OidcProviderOut(OidcProvider, Versioned):
-    pass
+    client_secret_stored: bool = Field(
+        default=False,
+        description="a client secret was stored through the panel or API (never shown); "
+        "client_secret_env, when set on the server, is used first",
+    )
 
 
 class OneTimePinProviderPut(OneTimePinProvider, PutVersion):
@@ -66,7 +70,9 @@ class OneTimePinProviderPut(OneTimePinProvider, PutVersion):
 
 
 class OidcProviderPut(OidcProvider, PutVersion):
-    pass
+    client_secret_stored: bool | None = Field(
+        default=None, exclude=True, description="read-only: ignored (a GET's body can be PUT back)"
+    )
 
 
 IdentityProviderIn = Annotated[OneTimePinProvider | OidcProvider, Field(discriminator="type")]
@@ -118,6 +124,19 @@ async def application_extra(items: list[Item]) -> list[dict[str, Any]]:
     return [
         {"audience": item.spec.get("audience") or default_audience(item.name)} for item in items
     ]
+
+
+def idp_extra(service: AdminService) -> Extra:
+    """Whether an OIDC provider has a stored client secret (never the secret)."""
+
+    async def extra(items: list[Item]) -> list[dict[str, Any]]:
+        stored = await service.oidc_secrets_stored()
+        return [
+            {"client_secret_stored": item.name in stored} if item.spec.get("type") == "oidc" else {}
+            for item in items
+        ]
+
+    return extra
 
 
 def tunnel_extra(service: AdminService) -> Extra:
@@ -298,6 +317,7 @@ def router(service: AdminService) -> APIRouter:
         IdentityProviderIn,
         IdentityProviderPut,
         IdentityProviderOut,
+        idp_extra(service),
     )
     collection(
         objects,
