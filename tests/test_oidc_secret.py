@@ -5,21 +5,26 @@ client id and secret against the real OpenID provider (``tests/oidc_provider``).
 
 from __future__ import annotations
 
+import asyncio
+import html
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 from sqlalchemy import text
 
-from harness import free_port
+from harness import free_port, wait_for
 from test_oidc_e2e import SECRET_BASIC, SECRET_POST, RealProvider, start_provider
 from zerogate.admin.idp_check import aiohttp_fetch, check_oidc
 from zerogate.admin.service import Actor, AdminService, Invalid
 from zerogate.model.objects import Objects
 from zerogate.store import Store, idp_secrets, storage_url
 from zerogate.store.secretbox import SecretBox, generate_key
+from zg_harness import HttpBrowser, ThreadedOutbox, VerifyingOrigin, Zerogate, open_store
 
 ME = Actor("ops@example.test", "192.0.2.1")
 SECRET = "s3cret-value-that-must-never-show-up-0123456789"
@@ -176,3 +181,73 @@ async def test_connection_test_checks_the_client_credentials(
     stored = await run(post)
     assert stored["ok"], stored
     assert any("the stored client secret is used" in m for _, m in stored["checks"])
+
+
+@pytest.mark.e2e
+async def test_a_login_uses_the_stored_secret(tmp_path: Path) -> None:
+    """A real OIDC login (HTTP level, through the provider's own form) whose token exchange
+    uses the secret stored through the admin service: no environment variable anywhere; a
+    wrong stored secret fails the login with a page, and the access log says why."""
+    box = ThreadedOutbox().start()
+    origin = VerifyingOrigin("http://unused.invalid/", "https://unused.invalid").start()
+    zg = Zerogate(tmp_path / "zg", free_port(), box.port)
+    zg.workdir.mkdir()
+    provider = start_provider(tmp_path, zg.port)
+    try:
+        zg.apply(
+            f"""
+identity_providers:
+  - {{name: corp, type: oidc, issuer: "{provider.issuer("corp")}", client_id: zerogate-basic,
+      scopes: [openid, email, profile, groups]}}
+applications:
+  - name: wiki
+    domain: wiki.localhost
+    origin: http://127.0.0.1:{origin.port}
+    identity_providers: [corp]
+    policies: [{{name: corp, decision: allow, include: [{{email_domain: [corp.test]}}]}}]
+"""
+        )
+        await asyncio.to_thread(zg.start)
+
+        async def sign_in() -> list[Any]:
+            nav = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
+            async with HttpBrowser() as browser:
+                to_provider = await browser.follow(zg.url("wiki.localhost", "/page"), headers=nav)
+                form = to_provider[-1]
+                assert form.status == 200 and 'name="password"' in form.text, form.text
+                action = re.search(r'action="([^"]+)"', form.text)
+                assert action is not None
+                posted = await browser.post_form(
+                    urljoin(form.url, html.unescape(action.group(1))),
+                    {"login": "ann", "password": "ann-pw"},
+                )
+                assert posted.location is not None
+                return [
+                    posted,
+                    *await browser.follow(urljoin(form.url, posted.location), headers=nav),
+                ]
+
+        async with open_store(zg) as store:
+            await AdminService(store).set_oidc_secret("corp", "wrong-" + SECRET_BASIC, ME)
+        failed = (await sign_in())[-1]
+        assert failed.status >= 400 and "wiki" not in failed.url.split("/")[2]
+
+        async def refused() -> list[Any]:  # the access log is written in batches
+            async with open_store(zg) as store:
+                rows = await store.access_log(kind="login", decision="block", limit=5)
+            return [e.detail for e in rows if "oidc" in (e.detail or "")]
+
+        (why,) = await wait_for(refused, timeout=10, what="the failed login in the access log")
+        assert "invalid_client" in why or "token" in why, why
+
+        async with open_store(zg) as store:
+            await AdminService(store).set_oidc_secret("corp", SECRET_BASIC, ME)
+        landed = (await sign_in())[-1]
+        assert landed.status == 200, landed.text
+        assert landed.url.startswith(zg.url("wiki.localhost", "/page"))
+        assert origin.seen[-1]["email"] == "ann@corp.test"
+    finally:
+        zg.stop()
+        provider.stop()
+        origin.stop()
+        box.stop()
