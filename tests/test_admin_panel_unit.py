@@ -548,6 +548,14 @@ async def test_delete_a_group_in_use_is_refused_with_the_reference_named(
     assert reply.status == 303
     page = await admin.get("/admin/groups")
     assert "Cannot delete group Partners" in page.text
+    text = html.unescape(page.text)
+    assert "group 'Partners' is in use: remove it from application 'wiki' › policy" in text
+    assert "unknown group" not in text
+    # the list says where each group is used
+    row = text.split('edit?name=Partners"')[1].split("</tr>")[0]
+    assert "application 'wiki' › policy 'partners'" in row
+    office_row = text.split('edit?name=Office"')[1].split("</tr>")[0]
+    assert "nothing" in office_row
     assert "Partners" in await service_names(service, "groups")
     office = await service.get("groups", "Office")
     reply = await admin.post(
@@ -681,6 +689,13 @@ async def test_create_policy_with_group_and_ip_requirement_then_test_it(
         email="ann@example.test",
     )
     assert "d-allow" in by_url.text and "staff" in by_url.text
+    # unusable inputs: the page says which and why, as the API does
+    bad = await admin.get(
+        "/admin/policy-test", run="1", app="wiki", email="not an address", ip="300.1.1.1"
+    )
+    assert bad.status == 400
+    assert "the test request is not valid" in bad.text
+    assert "<code>email</code>" in bad.text and "<code>ip</code>" in bad.text
 
 
 async def test_policy_errors_are_placed_on_their_rows(admin: Client, service: AdminService) -> None:

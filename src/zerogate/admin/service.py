@@ -58,6 +58,7 @@ from zerogate.model.objects import (
     Settings,
     default_audience,
 )
+from zerogate.model.references import references_to
 from zerogate.model.values import parse_duration
 from zerogate.policy import Context, Identity, Verdict, compile_snapshot
 from zerogate.policy.tester import PolicyQuery, QueryError, check_query, run_query
@@ -559,10 +560,26 @@ class AdminService:
         ) -> dict[tuple[str, str], int | None]:
             if (kind, name) not in versions:
                 raise NotFound(f"no {kind.replace('_', ' ')} named {name!r}")
+            # in use: say where (rather than "unknown group" at each place that names it)
+            users = references_to(Objects.model_validate(doc), kind, name)
+            if users:
+                what = f"{kind.replace('_', ' ')} {name!r}"
+                raise Invalid(
+                    f"{what} is in use: remove it from {', '.join(users)} first",
+                    [
+                        Problem("admins" if user == "the admins list" else user, f"uses {what}")
+                        for user in users
+                    ],
+                )
             doc[collection] = [item for item in doc[collection] if item["name"] != name]
             return {(kind, name): version}
 
         await self._change(edit, actor)
+
+    async def usages(self, kind: str, names: Sequence[str]) -> dict[str, list[str]]:
+        """For each ``kind`` object of ``names``, where the configuration refers to it."""
+        objects, _ = await self.store.load()
+        return {name: references_to(objects, kind, name) for name in names}
 
     async def set_admins(
         self,

@@ -22,8 +22,13 @@ __all__ = ["GroupViews", "IdentityProviderViews", "aiohttp_fetch"]
 
 class GroupViews(PanelBase):
     async def groups(self, request: Request) -> Response:
+        groups = await self.service.items("groups")
         return self.render(
-            request, "groups.html", title="Access groups", groups=await self.service.items("groups")
+            request,
+            "groups.html",
+            title="Access groups",
+            groups=groups,
+            used_by=await self.service.usages("group", [g.name for g in groups]),
         )
 
     async def _group_page(
