@@ -607,6 +607,8 @@ async def otp_verify(
             flow=flow_blob,
             email=shown,
             error=error,
+            # no code can work any more: offer a new one to the same address
+            code_spent=outcome in (PinOutcome.EXPIRED, PinOutcome.EXHAUSTED, PinOutcome.USED),
         )
         return
     await rt.store.delete_pin(pin_store_key(email, app.name))
