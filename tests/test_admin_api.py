@@ -698,7 +698,9 @@ async def test_admin_sign_in_is_the_portal_login_and_returns_to_the_page(
         assert start.status == 302 and start.location is not None
         assert flow_return(start.location) == "/admin/groups?tab=1"
         page = await login_page(browser, zg, zg.portal.partition(":")[0], "/admin/groups?tab=1")
-        assert "zerogate-admin" in page.reply.text  # the portal's own page, for the admin app
+        # the portal's own page, for the admin app, named for people (not "zerogate-admin")
+        assert "the zerogate admin panel" in page.reply.text
+        assert "zerogate-admin" not in page.reply.text
         fields = page.fields
         # a non-admin gets the same page and no PIN (the PIN rule of every application)
         mark = outbox.mark()
@@ -708,6 +710,7 @@ async def test_admin_sign_in_is_the_portal_login_and_returns_to_the_page(
         assert sent.status == 200
         message = await outbox.wait_async(ADMIN, after=mark)
         assert message.pin is not None
+        assert message.subject == "Your sign-in code for the zerogate admin panel"
         assert not [m for m in outbox.messages(mark) if "mallory" in m.to[0]]
         pin_fields = hidden_inputs(sent.text)
         # the attacker swaps the return URL inside the flow: the signature no longer holds

@@ -253,7 +253,9 @@ async def test_dashboard_shows_applications_tunnels_counts_and_recent_blocks(
     assert "wiki.example.test" in page.text and "http://127.0.0.1:9" in page.text
     assert "mallory@evil.test" in page.text
     assert "office" in page.text and "no token" in page.text
-    assert re.search(r"<strong>1</strong> applications", page.text)
+    assert re.search(r"<strong>1</strong> application<", page.text)  # not "1 applications"
+    assert re.search(r"<strong>2</strong> identity providers<", page.text)
+    assert re.search(r"<strong>1</strong> tunnel<", page.text)
     assert page.header("content-security-policy") is not None
     assert page.header("cache-control") == "no-store"
 

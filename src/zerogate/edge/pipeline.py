@@ -162,7 +162,7 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
 
     if decision != "allow":
         record(None if websocket else 403)
-        await blocked(scope, send, svc, app, email)
+        await blocked(scope, send, svc, app, email, network_only(app, verdict.policy))
         return
     if claims is not None:
         assertion = cookies.cookie(scope, app_cookie(app), secure=secure_cookies(rt, scope))
@@ -390,8 +390,27 @@ async def unavailable(scope: Scope, send: Send, svc: Services, app: CompiledApp,
     await http.respond_html(send, 502, page)
 
 
+#: selectors about where a request comes from, not who sends it
+NETWORK_SELECTORS = frozenset({"ip", "country"})
+
+
+def network_only(app: CompiledApp, policy: str | None) -> bool:
+    """Whether the block policy that matched looks only at the network (so the page may say
+    "from this network"); a default deny or an identity rule is not the network's fault."""
+    found = next((p for p in app.model.policies if p.name == policy), None)
+    if found is None:
+        return False
+    selectors = {rule.selector for _, _, rule in found.rules()}
+    return bool(selectors) and selectors <= NETWORK_SELECTORS
+
+
 async def blocked(
-    scope: Scope, send: Send, svc: Services, app: CompiledApp, email: str | None
+    scope: Scope,
+    send: Send,
+    svc: Services,
+    app: CompiledApp,
+    email: str | None,
+    network: bool = False,
 ) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
@@ -400,11 +419,12 @@ async def blocked(
         await http.respond_json(send, 403, {"error": "forbidden", "application": app.name})
         return
     who = f"You are signed in as {email}, which " if email else "Your request "
+    where = " from this network" if network else ""
     page = svc.page(
         "message.html",
         title="Access denied",
         app_name=app.name,
-        message=f"{who}may not use this application from here.",
+        message=f"{who}may not use this application{where}.",
         detail="If you think you should have access, contact your administrator.",
         link="/.zerogate/logout" if email else None,
         link_text="Sign in as someone else",

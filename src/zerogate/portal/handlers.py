@@ -52,6 +52,7 @@ from zerogate.identity.flow import (
     open_flow,
 )
 from zerogate.mail import MailError, PinEmail, render_pin_email
+from zerogate.model.objects import ADMIN_APPLICATION
 from zerogate.model.paths import PathError, normalise_path
 from zerogate.model.values import EmailRefused, check_email
 from zerogate.net import http
@@ -100,6 +101,15 @@ def _login_recorder(
         )
 
     return record
+
+
+#: how the built-in admin application is named to people (pages and the PIN email's subject)
+ADMIN_SHOWN = "the zerogate admin panel"
+
+
+def shown_name(app: str) -> str:
+    """An application's name as the login pages and emails show it."""
+    return ADMIN_SHOWN if app == ADMIN_APPLICATION else app
 
 
 def pin_store_key(email: str, app: str) -> str:
@@ -294,7 +304,7 @@ async def login_page(scope: Scope, send: Send, svc: Services, req: Request) -> N
         "login.html",
         headers=browser_cookie,
         title="Sign in",
-        app_name=app.name,
+        app_name=shown_name(app.name),
         flow=flow_blob,
         email=None,
         error=None,
@@ -404,7 +414,7 @@ async def otp_start(
         + urlencode({"flow": flow_blob, "email": email, "pin": pin})
     )
     message = render_pin_email(
-        PinEmail(to=email, pin=pin, app_name=app.name, confirm_url=confirm),
+        PinEmail(to=email, pin=pin, app_name=shown_name(app.name), confirm_url=confirm),
         sender=rt.settings.email.from_,
     )
     if not allowed:
@@ -422,7 +432,7 @@ async def otp_start(
         "pin.html",
         headers=browser_cookie,
         title="Check your email",
-        app_name=app.name,
+        app_name=shown_name(app.name),
         flow=flow_blob,
         email=email,
         error=None,
@@ -449,7 +459,7 @@ async def _login_again(
         status,
         headers=headers,
         title="Sign in",
-        app_name=app.name,
+        app_name=shown_name(app.name),
         flow=flow_blob,
         email=email,
         error=error,
@@ -543,7 +553,7 @@ async def otp_confirm(scope: Scope, send: Send, svc: Services) -> None:
         scope,
         "confirm.html",
         title="Confirm sign-in",
-        app_name=app.name,
+        app_name=shown_name(app.name),
         flow=flow_blob,
         email=email,
         pin=pin,
@@ -603,7 +613,7 @@ async def otp_verify(
             "pin.html",
             401,
             title="Check your email",
-            app_name=app.name,
+            app_name=shown_name(app.name),
             flow=flow_blob,
             email=shown,
             error=error,
