@@ -142,6 +142,10 @@ def apply(
         nonlocal report
         from zerogate.store import Store
 
+        if dry_run:  # a dry run creates nothing: not even the store's file
+            fresh = Store.plan_if_missing(url, objects)
+            if fresh is not None:
+                return fresh
         store = await Store.open(url)
         try:
             if dry_run:
@@ -304,8 +308,11 @@ def policy_test(
     verdict = run_query(snapshot, query)
     email, country, host, path = query.email, query.country, query.host, query.path
 
+    # the API's names (POST /api/v1/policy-test): application, decision, policy, reason, steps;
+    # and the request in the names the API takes
     result = verdict.as_dict()
     result["request"] = {
+        "app": app_name,
         "url": url,
         "host": host or None,
         "path": path,

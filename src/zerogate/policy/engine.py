@@ -522,7 +522,7 @@ class Verdict:
             "decision": self.decision,
             "policy": self.policy,
             "reason": self.reason,
-            "explanation": list(self.steps),
+            "steps": list(self.steps),
         }
 
 

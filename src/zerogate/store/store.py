@@ -268,6 +268,16 @@ class Store:
                 versions = {(k, n): int(v) for k, n, v in result.all()}
         return _objects(rows), version, versions
 
+    @staticmethod
+    def plan_if_missing(url: str, objects: Objects) -> Plan | None:
+        """The plan against a SQLite store whose file does not exist yet (everything is an
+        add), without creating the file; None when the store exists or is not such a file
+        (then open it and use ``plan``). For ``apply --dry-run``, which must create nothing."""
+        path = sqlite_file(url)
+        if path is None or path.exists():
+            return None
+        return Plan(diff([], keep_audiences([], _wanted(objects))), 0, 0)
+
     async def plan(self, objects: Objects) -> Plan:
         """What ``apply(objects)`` would do now; writes nothing."""
         wanted = _wanted(objects)
