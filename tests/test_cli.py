@@ -285,7 +285,8 @@ def test_policy_test_country_from_geoip(tmp_path: Path) -> None:
     assert (de["decision"], de["policy"]) == ("allow", "germany")
     # the API's key names (POST /api/v1/policy-test), for scripts that use both
     assert list(de)[:5] == ["application", "decision", "policy", "reason", "steps"]
-    assert de["request"]["app"] == "eu" and "explanation" not in de
+    request = de["request"]
+    assert isinstance(request, dict) and request["app"] == "eu" and "explanation" not in de
     us = policy_json(path, "--app", "eu", "--email", "a@b.cd", "--ip", "203.0.113.7")
     assert (us["decision"], us["policy"]) == ("block", None)
     mapped = policy_json(path, "--app", "eu", "--email", "a@b.cd", "--ip", "::ffff:198.51.100.7")
