@@ -55,3 +55,14 @@ def test_the_block_page_blames_the_network_only_when_the_network_decided() -> No
 def test_the_admin_application_is_named_for_people() -> None:
     assert shown_name(ADMIN_APPLICATION) == "the zerogate admin panel"
     assert shown_name("wiki") == "wiki"
+
+
+def test_server_help_describes_what_runs() -> None:
+    from typer.testing import CliRunner
+
+    from zerogate.cli.main import app
+
+    text = CliRunner().invoke(app, ["server", "--help"], env={"COLUMNS": "200"}).output
+    assert "(later)" not in text
+    for part in ("admin panel", "tunnel listener", "--config", "required", "--workers"):
+        assert part in text, part

@@ -368,13 +368,27 @@ def demo(
 
 @app.command()
 def server(
-    config: OptionalConfig = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "-c",
+            "--config",
+            help="The configuration file (required): listen addresses, portal, storage, email, "
+            "logs; its objects are read from the store.",
+        ),
+    ] = None,
     apply_first: Annotated[
         bool, typer.Option("--apply", help="Apply the file's objects to the store first.")
     ] = False,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", min=1, help="Worker processes (one per core is a good start)."),
+    ] = 1,
 ) -> None:
-    """Run the edge, the portal and (later) the tunnel listener."""
+    """Run the gateway: the edge (every application host), the portal and its login pages,
+    the admin panel and API (/admin, /api/v1 on the portal host), the tunnel listener for
+    connectors (listen.tunnel) and, with listen.fast_path, the HTTP/1.1 front. Stops cleanly
+    on SIGTERM or Ctrl-C, writing the queued access-log rows first."""
     from zerogate.server.run import serve
 
     if config is None:
