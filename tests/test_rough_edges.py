@@ -3,8 +3,13 @@ right thing, and names people understand."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from zerogate.edge.pipeline import network_only
-from zerogate.model.objects import ADMIN_APPLICATION, Objects
+from zerogate.model.objects import ADMIN_APPLICATION, Objects, default_audience
 from zerogate.policy import Context, Identity, compile_snapshot
 from zerogate.portal.handlers import shown_name
 
@@ -66,3 +71,38 @@ def test_server_help_describes_what_runs() -> None:
     assert "(later)" not in text
     for part in ("admin panel", "tunnel listener", "--config", "required", "--workers"):
         assert part in text, part
+
+
+LONG = "a-very-long-application-name-that-would-fold-at-eighty-columns"
+
+
+def _cli(tmp_path: Path, *args: str, columns: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    if columns:
+        env["COLUMNS"] = columns
+    result = subprocess.run(
+        [sys.executable, "-m", "zerogate", *args, "-c", str(tmp_path / "z.yaml")],
+        capture_output=True,
+        text=True,
+        env={**env, "NO_COLOR": "1"},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_cli_tables_keep_rows_whole_in_pipes_and_fit_80_columns(tmp_path: Path) -> None:
+    (tmp_path / "z.yaml").write_text(
+        "storage: sqlite:///s.db\napplications:\n"
+        f"  - {{name: {LONG}, domain: wiki.example.com/a/long/path/prefix, "
+        'origin: "http://10.0.0.5:8080", policies: '
+        "[{name: p, decision: allow, include: [{email_domain: [example.com]}]}]}\n"
+    )
+    _cli(tmp_path, "apply", columns=None)
+    piped = _cli(tmp_path, "app", "list", columns=None)
+    (row,) = [line for line in piped.splitlines() if LONG in line]
+    assert "wiki.example.com/a/long/path/prefix" in row, "one whole row per line in a pipe"
+    narrow = _cli(tmp_path, "app", "list", columns="80")
+    assert all(len(line) <= 80 for line in narrow.splitlines())
+    assert default_audience(LONG) in narrow, "the audience is never folded"

@@ -110,8 +110,9 @@ def list_apps(config: OptionalConfig = None, as_json: JsonOption = False) -> Non
         out.print("No applications are stored.")
         return
     table = Table(show_edge=False, box=None, pad_edge=False)
-    for column in ("name", "domain", "audience"):
-        table.add_column(column, overflow="fold")
+    table.add_column("name", overflow="fold")
+    table.add_column("domain", overflow="fold")
+    table.add_column("audience", no_wrap=True)  # 32 characters, copied whole
     for row in data:
         table.add_row(escape(row["name"]), escape(row["domain"]), row["audience"])
     out.print(table)

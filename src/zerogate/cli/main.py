@@ -92,8 +92,8 @@ _ACTION_STYLE = {"add": ("+", "green"), "change": ("~", "yellow"), "remove": ("-
 def _plan_table(plan: Any) -> Table:
     table = Table(title=None, show_edge=False, box=None, pad_edge=False)
     table.add_column("")
-    table.add_column("kind")
-    table.add_column("name")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("name", overflow="fold")
     table.add_column("changed")
     for change in plan.changes:
         sign, style = _ACTION_STYLE[change.action]
