@@ -6,6 +6,7 @@ escaping, secrets shown once, the logs and the policy tester; and the pure helpe
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import html
 import json
@@ -119,7 +120,11 @@ class Client:
         sent: list[dict[str, Any]] = []
 
         async def receive() -> dict[str, Any]:
-            return messages.pop(0) if messages else {"type": "http.disconnect"}
+            if messages:
+                return messages.pop(0)
+            # the client stays connected (a streamed answer, such as an export, is read whole)
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}  # pragma: no cover
 
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
@@ -1174,6 +1179,55 @@ async def test_access_log_filters(admin: Client, store: Store) -> None:
     assert "ann@example.test" in page.text and "bob@example.test" not in page.text
     bad = await admin.get("/admin/access-log", since="yesterday-ish")
     assert bad.status == 400 and "neither a duration" in bad.text
+
+
+async def test_access_log_pages_export_and_says_what_filters_accept(
+    admin: Client, store: Store
+) -> None:
+    now = datetime.now(UTC)
+    await store.write_access(
+        [
+            AccessEvent(
+                at=now - timedelta(seconds=i),
+                kind="request",
+                app="wiki",
+                email=f"user{i}@example.test",
+                idp="otp",
+                ip="192.0.2.1",
+                country=None,
+                decision="allow",
+                policy="staff",
+                method="GET",
+                host="wiki.example.test",
+                path=f"/{i}",
+                status=502 if i % 50 == 0 else 200,
+                duration_ms=3.25,
+            )
+            for i in range(230)
+        ]
+    )
+    first = await admin.get("/admin/access-log", app="wiki")
+    assert first.status == 200 and "user0@example.test" in first.text
+    assert "user199@example.test" in first.text and "user200@example.test" not in first.text
+    assert "3.2 ms" in first.text and 'class="status-bad">502' in first.text
+    older = re.search(r'href="(/admin/access-log\?[^"]*cursor=[^"]+)"', first.text)
+    assert older is not None
+    second = await admin.get(html.unescape(older.group(1)))
+    assert "user229@example.test" in second.text and "user199@example.test" not in second.text
+    assert "Older entries" not in second.text
+    failed = await admin.get("/admin/access-log", status="5xx")
+    assert failed.text.count('class="status-bad">502') == 5
+    export = re.search(r'href="(/admin/access-log/export\?[^"]*format=csv[^"]*)"', failed.text)
+    assert export is not None
+    csv_reply = await admin.get(html.unescape(export.group(1)))
+    assert csv_reply.status == 200 and csv_reply.header("content-type").startswith("text/csv")
+    assert "attachment" in (csv_reply.header("content-disposition") or "")
+    lines = csv_reply.text.strip().splitlines()
+    assert lines[0].startswith("id,at,kind,decision,status") and len(lines) == 1 + 5
+    assert ",/150," in csv_reply.text and ",/1," not in csv_reply.text
+    bad = await admin.get("/admin/access-log", decision="allowed")
+    assert bad.status == 400
+    assert "decision: &#39;allowed&#39; is not one of allow, block" in bad.text
 
 
 async def test_admin_log_shows_who_where_and_the_changed_fields(

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from zerogate.model.objects import ConfigFile, Objects, ServiceToken, Tunnel
     from zerogate.store import Store
 
+
 def _pipe_width() -> int | None:
     """Into a pipe or file (and no ``COLUMNS``): tables as wide as their content, one line per
     row, so ``grep`` and ``cut`` see whole rows; a terminal gets its own width."""
