@@ -108,7 +108,7 @@ async def test_status_duration_and_count_are_kept_and_filtered(store: Store) -> 
     ("typed", "message"),
     [
         ({"decision": "allowed"}, "decision: 'allowed' is not one of allow, block, authenticate"),
-        ({"kind": "visit"}, "kind: 'visit' is not one of request, login, gap"),
+        ({"kind": "visit"}, "kind: 'visit' is not one of request, login, gap, mail"),
         ({"status": "6xx"}, "status: '6xx' is not a status: give a code (502) or a class"),
         ({"status": "abc"}, "status: 'abc' is not a status"),
         ({"since": "yesterday"}, "since: 'yesterday' is neither a duration"),

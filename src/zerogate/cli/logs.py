@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 #: ``zerogate.store.ACCESS_DECISIONS`` (a test keeps them equal; the store is imported only
 #: when a command runs, so ``zerogate --help`` stays quick)
-DECISIONS = ("allow", "block", "authenticate", "pin sent", "logout", "gap")
+DECISIONS = ("allow", "block", "authenticate", "pin sent", "logout", "gap", "sent", "failed")
 
 _DECISION_STYLE = {"allow": "green", "bypass": "cyan", "block": "red"}
 _ACTION_STYLE = {"add": "green", "change": "yellow", "remove": "red"}
@@ -200,7 +200,9 @@ def logs_command(
     kind: Annotated[
         str | None,
         typer.Option(
-            "--kind", help="Only logins, requests, or gaps a crash left (login|request|gap)."
+            "--kind",
+            help="Only logins, requests, gaps a crash left, or PIN mail sends"
+            " (login|request|gap|mail).",
         ),
     ] = None,
     ip: Annotated[str | None, typer.Option("--ip", help="Only this client address.")] = None,

@@ -101,10 +101,11 @@ class AccessEvent:
     count: int = 1
 
 
-#: every decision an access-log row can carry (``authenticate``: sent to the login)
-ACCESS_DECISIONS = ("allow", "block", "authenticate", "pin sent", "logout", "gap")
+#: every decision an access-log row can carry (``authenticate``: sent to the login; ``sent`` /
+#: ``failed``: a PIN mail's outcome, on ``mail`` rows)
+ACCESS_DECISIONS = ("allow", "block", "authenticate", "pin sent", "logout", "gap", "sent", "failed")
 #: every kind of access-log row
-ACCESS_KINDS = ("request", "login", "gap")
+ACCESS_KINDS = ("request", "login", "gap", "mail")
 
 
 @dataclass(frozen=True)
