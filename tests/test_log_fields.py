@@ -113,6 +113,7 @@ async def test_status_duration_and_count_are_kept_and_filtered(store: Store) -> 
         ({"status": "abc"}, "status: 'abc' is not a status"),
         ({"since": "yesterday"}, "since: 'yesterday' is neither a duration"),
         ({"cursor": "1.2.3x"}, "cursor: not a cursor this server gave out"),
+        ({"ip": "1.2.3.4\x00"}, "ip: not a value any row can hold"),
     ],
 )
 def test_filters_say_what_they_accept(typed: dict[str, str], message: str) -> None:

@@ -183,6 +183,10 @@ def access_filter(
     def text(value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
 
+    for name, given in (("app", app), ("email", email), ("ip", ip)):
+        if given is not None and ("\x00" in given or len(given) > ACCESS_TEXT_CHARS):
+            raise ValueError(f"{name}: not a value any row can hold")
+
     def moment(name: str, value: str | datetime | None) -> datetime | None:
         if isinstance(value, datetime):
             return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
