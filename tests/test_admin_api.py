@@ -612,6 +612,55 @@ async def test_oidc_client_secret_is_stored_never_shown_and_tested(zg: Zerogate)
         assert gone.status == 204, gone.text
 
 
+async def test_access_log_pages_filters_and_export(zg: Zerogate) -> None:
+    from datetime import UTC, datetime
+
+    from zerogate.store import AccessEvent
+
+    now = datetime.now(UTC)
+    rows = [
+        AccessEvent(
+            at=now,  # one instant: the cursor must still tell them apart
+            kind="request",
+            app="pagetest",
+            email=None,
+            idp=None,
+            ip="192.0.2.50",
+            country=None,
+            decision="allow",
+            policy=None,
+            path=f"/{i}",
+            status=200 if i % 2 else 503,
+        )
+        for i in range(5)
+    ]
+    async with open_store(zg) as store:
+        await store.write_access(rows)
+    ro = bearer(zg.extra["ro"])
+    seen: list[str] = []
+    async with HttpBrowser() as client:
+        url = api(zg, "/access-log?app=pagetest&limit=2")
+        for _ in range(5):
+            page = (await client.get(url, headers=ro)).json()
+            seen += [e["path"] for e in page["events"]]
+            if page["next_cursor"] is None:
+                break
+            url = api(zg, f"/access-log?app=pagetest&limit=2&cursor={page['next_cursor']}")
+        assert sorted(seen) == [f"/{i}" for i in range(5)]
+        failed = await client.get(api(zg, "/access-log?app=pagetest&status=5xx"), headers=ro)
+        assert sorted(e["path"] for e in failed.json()["events"]) == ["/0", "/2", "/4"]
+        bad = await client.get(api(zg, "/access-log?decision=allowed"), headers=ro)
+        assert bad.status == 422
+        assert "decision: 'allowed' is not one of allow, block" in bad.json()["error"]
+        export = await client.get(
+            api(zg, "/access-log/export?app=pagetest&format=jsonl"), headers=ro
+        )
+        assert export.status == 200
+        assert export.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in export.text.splitlines()]
+        assert sorted(line["path"] for line in lines) == [f"/{i}" for i in range(5)]
+
+
 async def test_policy_test_explains_like_the_cli(zg: Zerogate) -> None:
     rw = bearer(zg.extra["rw"])
     async with HttpBrowser() as client:
