@@ -555,6 +555,115 @@ async def test_service_token_secret_is_shown_once_and_the_edge_accepts_it(zg: Ze
         assert await wait_for(old_pair_refused)
 
 
+async def test_oidc_client_secret_is_stored_never_shown_and_tested(zg: Zerogate) -> None:
+    """The secret goes in once (write tokens only), is never returned, and "test connection"
+    reports what it found (the provider here is down: a clear failure, not a 500)."""
+    rw, ro = bearer(zg.extra["rw"]), bearer(zg.extra["ro"])
+    secret = "oidc-secret-never-shown-0123456789"
+    closed = free_port()
+    idp = {
+        "name": "corpsso",
+        "type": "oidc",
+        "issuer": f"http://127.0.0.1:{closed}",
+        "client_id": "zerogate",
+    }
+    async with HttpBrowser() as client:
+        made = await send_json(client, "POST", api(zg, "/identity-providers"), idp, rw)
+        assert made.status == 201, made.text
+        assert made.json()["client_secret_stored"] is False
+        path = api(zg, "/identity-providers/corpsso/client-secret")
+        refused = await send_json(client, "PUT", path, {"client_secret": secret}, ro)
+        assert refused.status == 403
+        empty = await send_json(client, "PUT", path, {"client_secret": ""}, rw)
+        assert empty.status == 422
+        stored = await send_json(client, "PUT", path, {"client_secret": secret}, rw)
+        assert stored.status == 204, stored.text
+        shown = await client.get(api(zg, "/identity-providers/corpsso"), headers=rw)
+        assert shown.json()["client_secret_stored"] is True
+        # a GET's body can be PUT back as it is
+        back = await send_json(
+            client,
+            "PUT",
+            api(zg, "/identity-providers/corpsso"),
+            shown.json(),
+            {**rw, "If-Match": shown.headers["ETag"]},
+        )
+        assert back.status == 200, back.text
+        everything = [
+            (await client.get(api(zg, p), headers=rw)).text
+            for p in ("/identity-providers", "/identity-providers/corpsso", "/admin-log")
+        ]
+        assert not any(secret in page for page in everything)
+        tested = await send_json(
+            client, "POST", api(zg, "/identity-providers/corpsso/test"), None, rw
+        )
+        assert tested.status == 200, tested.text
+        result = tested.json()
+        assert result["ok"] is False
+        assert "could not reach the provider" in result["checks"][0]["message"]
+        removed = await send_json(client, "DELETE", path, None, rw)
+        assert removed.status == 204
+        again = await client.get(api(zg, "/identity-providers/corpsso"), headers=rw)
+        assert again.json()["client_secret_stored"] is False
+        gone = await send_json(
+            client,
+            "DELETE",
+            api(zg, "/identity-providers/corpsso"),
+            None,
+            {**rw, "If-Match": again.headers["ETag"]},
+        )
+        assert gone.status == 204, gone.text
+
+
+async def test_access_log_pages_filters_and_export(zg: Zerogate) -> None:
+    from datetime import UTC, datetime
+
+    from zerogate.store import AccessEvent
+
+    now = datetime.now(UTC)
+    rows = [
+        AccessEvent(
+            at=now,  # one instant: the cursor must still tell them apart
+            kind="request",
+            app="pagetest",
+            email=None,
+            idp=None,
+            ip="192.0.2.50",
+            country=None,
+            decision="allow",
+            policy=None,
+            path=f"/{i}",
+            status=200 if i % 2 else 503,
+        )
+        for i in range(5)
+    ]
+    async with open_store(zg) as store:
+        await store.write_access(rows)
+    ro = bearer(zg.extra["ro"])
+    seen: list[str] = []
+    async with HttpBrowser() as client:
+        url = api(zg, "/access-log?app=pagetest&limit=2")
+        for _ in range(5):
+            page = (await client.get(url, headers=ro)).json()
+            seen += [e["path"] for e in page["events"]]
+            if page["next_cursor"] is None:
+                break
+            url = api(zg, f"/access-log?app=pagetest&limit=2&cursor={page['next_cursor']}")
+        assert sorted(seen) == [f"/{i}" for i in range(5)]
+        failed = await client.get(api(zg, "/access-log?app=pagetest&status=5xx"), headers=ro)
+        assert sorted(e["path"] for e in failed.json()["events"]) == ["/0", "/2", "/4"]
+        bad = await client.get(api(zg, "/access-log?decision=allowed"), headers=ro)
+        assert bad.status == 422
+        assert "decision: 'allowed' is not one of allow, block" in bad.json()["error"]
+        export = await client.get(
+            api(zg, "/access-log/export?app=pagetest&format=jsonl"), headers=ro
+        )
+        assert export.status == 200
+        assert export.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in export.text.splitlines()]
+        assert sorted(line["path"] for line in lines) == [f"/{i}" for i in range(5)]
+
+
 async def test_policy_test_explains_like_the_cli(zg: Zerogate) -> None:
     rw = bearer(zg.extra["rw"])
     async with HttpBrowser() as client:
@@ -641,7 +750,9 @@ async def test_admin_sign_in_is_the_portal_login_and_returns_to_the_page(
         assert start.status == 302 and start.location is not None
         assert flow_return(start.location) == "/admin/groups?tab=1"
         page = await login_page(browser, zg, zg.portal.partition(":")[0], "/admin/groups?tab=1")
-        assert "zerogate-admin" in page.reply.text  # the portal's own page, for the admin app
+        # the portal's own page, for the admin app, named for people (not "zerogate-admin")
+        assert "the zerogate admin panel" in page.reply.text
+        assert "zerogate-admin" not in page.reply.text
         fields = page.fields
         # a non-admin gets the same page and no PIN (the PIN rule of every application)
         mark = outbox.mark()
@@ -651,6 +762,7 @@ async def test_admin_sign_in_is_the_portal_login_and_returns_to_the_page(
         assert sent.status == 200
         message = await outbox.wait_async(ADMIN, after=mark)
         assert message.pin is not None
+        assert message.subject == "Your sign-in code for the zerogate admin panel"
         assert not [m for m in outbox.messages(mark) if "mallory" in m.to[0]]
         pin_fields = hidden_inputs(sent.text)
         # the attacker swaps the return URL inside the flow: the signature no longer holds

@@ -6,6 +6,8 @@ escaping, secrets shown once, the logs and the policy tester; and the pure helpe
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import html
 import json
 import re
@@ -118,7 +120,11 @@ class Client:
         sent: list[dict[str, Any]] = []
 
         async def receive() -> dict[str, Any]:
-            return messages.pop(0) if messages else {"type": "http.disconnect"}
+            if messages:
+                return messages.pop(0)
+            # the client stays connected (a streamed answer, such as an export, is read whole)
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}  # pragma: no cover
 
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
@@ -171,6 +177,14 @@ async def fake_fetch(request: HttpRequest) -> HttpResponse:
         return HttpResponse(200, json.dumps(doc).encode())
     if request.url == "https://idp.test/jwks":
         return HttpResponse(200, b'{"keys": [{"kty": "RSA"}, {"kty": "EC"}]}')
+    if request.url == "https://idp.test/token":  # the client is authenticated, then the code
+        right = (
+            request.headers.get("Authorization")
+            == "Basic " + base64.b64encode(b"abc:right-secret").decode()
+        )
+        if not right:
+            return HttpResponse(401, b'{"error": "invalid_client"}')
+        return HttpResponse(400, b'{"error": "invalid_grant"}')
     raise FetchError(f"{request.url}: connection refused")
 
 
@@ -244,7 +258,9 @@ async def test_dashboard_shows_applications_tunnels_counts_and_recent_blocks(
     assert "wiki.example.test" in page.text and "http://127.0.0.1:9" in page.text
     assert "mallory@evil.test" in page.text
     assert "office" in page.text and "no token" in page.text
-    assert re.search(r"<strong>1</strong> applications", page.text)
+    assert re.search(r"<strong>1</strong> application<", page.text)  # not "1 applications"
+    assert re.search(r"<strong>2</strong> identity providers<", page.text)
+    assert re.search(r"<strong>1</strong> tunnel<", page.text)
     assert page.header("content-security-policy") is not None
     assert page.header("cache-control") == "no-store"
 
@@ -539,6 +555,14 @@ async def test_delete_a_group_in_use_is_refused_with_the_reference_named(
     assert reply.status == 303
     page = await admin.get("/admin/groups")
     assert "Cannot delete group Partners" in page.text
+    text = html.unescape(page.text)
+    assert "group 'Partners' is in use: remove it from application 'wiki' › policy" in text
+    assert "unknown group" not in text
+    # the list says where each group is used
+    row = text.split('edit?name=Partners"')[1].split("</tr>")[0]
+    assert "application 'wiki' › policy 'partners'" in row
+    office_row = text.split('edit?name=Office"')[1].split("</tr>")[0]
+    assert "nothing" in office_row
     assert "Partners" in await service_names(service, "groups")
     office = await service.get("groups", "Office")
     reply = await admin.post(
@@ -672,6 +696,13 @@ async def test_create_policy_with_group_and_ip_requirement_then_test_it(
         email="ann@example.test",
     )
     assert "d-allow" in by_url.text and "staff" in by_url.text
+    # unusable inputs: the page says which and why, as the API does
+    bad = await admin.get(
+        "/admin/policy-test", run="1", app="wiki", email="not an address", ip="300.1.1.1"
+    )
+    assert bad.status == 400
+    assert "the test request is not valid" in bad.text
+    assert "<code>email</code>" in bad.text and "<code>ip</code>" in bad.text
 
 
 async def test_policy_errors_are_placed_on_their_rows(admin: Client, service: AdminService) -> None:
@@ -779,8 +810,31 @@ async def test_identity_provider_create_and_test_connection(
     failed = await admin.post("/admin/identity-providers/test", {"csrf": csrf, "name": "kc"})
     assert failed.status == 200
     assert "Connection test failed" in failed.text and "connection refused" in failed.text
+    no_secret = await admin.post("/admin/identity-providers/test", {"csrf": csrf, "name": "okta"})
+    assert "Connection test failed" in no_secret.text and "no client secret" in no_secret.text
+    okta = await service.get("identity_providers", "okta")
+    saved = await admin.post(
+        "/admin/identity-providers/save",
+        {
+            "csrf": csrf,
+            "original": "okta",
+            "version": str(okta.version),
+            "name": "okta",
+            "type": "oidc",
+            "issuer": "https://idp.test",
+            "client_id": "abc",
+            "client_secret": "wrong-secret",
+        },
+    )
+    assert saved.status == 303, saved.text
+    wrong = await admin.post("/admin/identity-providers/test", {"csrf": csrf, "name": "okta"})
+    assert "refused the client id or secret" in wrong.text
+    await service.set_oidc_secret("okta", "right-secret", Actor("test"))
+    page = await admin.get("/admin/identity-providers/edit", name="okta")
+    assert "a secret is stored now" in page.text and "right-secret" not in page.text
     works = await admin.post("/admin/identity-providers/test", {"csrf": csrf, "name": "okta"})
     assert "Connection works" in works.text
+    assert "accepted the client id and secret" in works.text
     assert "https://idp.test/token" in works.text
     assert "signing keys (JWKS): 2" in works.text
 
@@ -1125,6 +1179,57 @@ async def test_access_log_filters(admin: Client, store: Store) -> None:
     assert "ann@example.test" in page.text and "bob@example.test" not in page.text
     bad = await admin.get("/admin/access-log", since="yesterday-ish")
     assert bad.status == 400 and "neither a duration" in bad.text
+
+
+async def test_access_log_pages_export_and_says_what_filters_accept(
+    admin: Client, store: Store
+) -> None:
+    now = datetime.now(UTC)
+    await store.write_access(
+        [
+            AccessEvent(
+                at=now - timedelta(seconds=i),
+                kind="request",
+                app="wiki",
+                email=f"user{i}@example.test",
+                idp="otp",
+                ip="192.0.2.1",
+                country=None,
+                decision="allow",
+                policy="staff",
+                method="GET",
+                host="wiki.example.test",
+                path=f"/{i}",
+                status=502 if i % 50 == 0 else 200,
+                duration_ms=3.25,
+            )
+            for i in range(230)
+        ]
+    )
+    first = await admin.get("/admin/access-log", app="wiki")
+    assert first.status == 200 and "user0@example.test" in first.text
+    assert "user199@example.test" in first.text and "user200@example.test" not in first.text
+    assert "3.2 ms" in first.text and 'class="status-bad">502' in first.text
+    older = re.search(r'href="(/admin/access-log\?[^"]*cursor=[^"]+)"', first.text)
+    assert older is not None
+    second = await admin.get(html.unescape(older.group(1)))
+    assert "user229@example.test" in second.text and "user199@example.test" not in second.text
+    assert "Older entries" not in second.text
+    failed = await admin.get("/admin/access-log", status="5xx")
+    assert failed.text.count('class="status-bad">502') == 5
+    export = re.search(r'href="(/admin/access-log/export\?[^"]*format=csv[^"]*)"', failed.text)
+    assert export is not None
+    csv_reply = await admin.get(html.unescape(export.group(1)))
+    assert csv_reply.status == 200 and (csv_reply.header("content-type") or "").startswith(
+        "text/csv"
+    )
+    assert "attachment" in (csv_reply.header("content-disposition") or "")
+    lines = csv_reply.text.strip().splitlines()
+    assert lines[0].startswith("id,at,kind,decision,status") and len(lines) == 1 + 5
+    assert ",/150," in csv_reply.text and ",/1," not in csv_reply.text
+    bad = await admin.get("/admin/access-log", decision="allowed")
+    assert bad.status == 400
+    assert "decision: &#39;allowed&#39; is not one of allow, block" in bad.text
 
 
 async def test_admin_log_shows_who_where_and_the_changed_fields(

@@ -102,6 +102,10 @@ async def test_invalid_changes_name_object_and_field(service: AdminService) -> N
     with pytest.raises(Invalid) as used:
         await service.delete("groups", "Office", version=group.version, actor=ME)
     assert any("Office" in p.message for p in used.value.problems)
+    assert used.value.message == (
+        "group 'Office' is in use: remove it from application 'wiki' › policy 'o' first"
+    )
+    assert "unknown group" not in str([p.message for p in used.value.problems])
     with pytest.raises(Invalid, match="needs a name"):
         await service.create("groups", {"include": []}, ME)
 

@@ -283,6 +283,10 @@ def test_policy_test_country_from_geoip(tmp_path: Path) -> None:
     )
     de = policy_json(path, "--app", "eu", "--email", "a@b.cd", "--ip", "198.51.100.7")
     assert (de["decision"], de["policy"]) == ("allow", "germany")
+    # the API's key names (POST /api/v1/policy-test), for scripts that use both
+    assert list(de)[:5] == ["application", "decision", "policy", "reason", "steps"]
+    request = de["request"]
+    assert isinstance(request, dict) and request["app"] == "eu" and "explanation" not in de
     us = policy_json(path, "--app", "eu", "--email", "a@b.cd", "--ip", "203.0.113.7")
     assert (us["decision"], us["policy"]) == ("block", None)
     mapped = policy_json(path, "--app", "eu", "--email", "a@b.cd", "--ip", "::ffff:198.51.100.7")
@@ -305,6 +309,8 @@ def test_apply_dry_run_apply_export_roundtrip(config: Path, tmp_path: Path) -> N
         ("add", "application", "wiki"),
         ("add", "group", "Office Networks"),
     }
+    before = sorted(p.name for p in config.parent.iterdir())
+    assert not any(name.startswith("store.db") for name in before), "a dry run creates nothing"
 
     applied = zerogate("apply", "-c", str(config))
     assert applied.returncode == 0, applied.stderr

@@ -370,6 +370,8 @@ USER_ERRORS: list[tuple[list[str], str]] = [
     (["keys", "rotate", "--overlap", "soon"], "--overlap"),
     (["logs", "--since", "yesterday"], "--since"),
     (["logs", "--kind", "visit"], "--kind"),
+    (["logs", "--decision", "allowed"], "--decision: 'allowed' is not one of allow, block"),
+    (["logs", "--status", "9xx"], "--status"),
     (["logs", "--admin", "--app", "wiki"], "--app"),
 ]
 

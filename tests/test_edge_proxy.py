@@ -550,6 +550,9 @@ async def test_origin_down_is_a_502_page(edge: Granian) -> None:
     assert html.header("content-type") == "text/html; charset=utf-8"
     assert b"502 Bad Gateway" in html.body
     assert b"Traceback" not in html.body
+    # styled like the portal's pages (its stylesheet, the viewport for phones, the footer)
+    assert b"<style>" in html.body and b'name="viewport"' in html.body
+    assert b"could not be reached" in html.body and b"protected by zerogate" in html.body
     api = await raw_request(
         edge.port, http_request("GET", "/", "down.test", [("Accept", "application/json")])
     )

@@ -825,15 +825,25 @@ async def test_five_wrong_pins_void_the_pin(zg: Zerogate, outbox: ThreadedOutbox
         pin = (await outbox.wait_async(email, after=mark)).pin
         assert pin is not None
         fields = hidden_inputs(asked.text)
+        assert 'name="pin"' in asked.text and "autofocus>" in asked.text
         for n, guess in enumerate(wrong_pins(pin, 5), 1):
             reply = await submit_pin(browser, zg, fields, email, guess)
             assert reply.status == 401 and reply.location is None
             assert ("Too many wrong codes" in reply.text) == (n == 5), n
+        # the last wrong code: no code field any more, a new code offered to the same address
+        assert 'name="pin"' not in reply.text
+        assert f"Send a new code to {email}" in reply.text
         right = await submit_pin(browser, zg, fields, email, pin)
         assert right.status == 401 and right.location is None
         assert "Too many wrong codes" in right.text
         assert app_cookie_name("wiki") not in browser.cookies("wiki.localhost")
         assert "__zg_portal" not in browser.cookies("auth.localhost")
+        offered = hidden_inputs(reply.text)
+        assert offered["email"] == email
+        mark = outbox.mark()
+        await request_pin(browser, zg, offered, email)
+        fresh = (await outbox.wait_async(email, after=mark)).pin
+        assert fresh is not None and fresh != pin
 
 
 async def test_parallel_wrong_guesses_cannot_exceed_five_tries(

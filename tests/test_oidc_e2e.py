@@ -499,7 +499,7 @@ def test_an_admin_signs_in_to_the_panel_through_the_provider(
     page = context.new_page()
     page.goto(zg.url("auth.localhost", "/admin/applications"))
     page.wait_for_url(login_page_url(zg))
-    assert "zerogate-admin" in page.locator("main").inner_text()
+    assert "the zerogate admin panel" in page.locator("main").inner_text()
     for idp in ("corp", "corp2"):
         assert page.locator(f"a[data-idp={idp}]").count() == 1
     assert page.locator('input[type=email][name=email][autocomplete="email"]').count() == 1

@@ -905,7 +905,7 @@ def test_explain_agrees_with_decide_and_names_the_failing_rule() -> None:
     data = explained.as_dict()
     assert data["decision"] == "block" and data["policy"] is None
     assert data["application"] == "app"
-    assert data["explanation"][0]["checks"][1]["matched"] is False
+    assert data["steps"][0]["checks"][1]["matched"] is False
 
 
 def test_explain_names_the_excluding_rule_inside_a_group() -> None:

@@ -30,19 +30,32 @@ Guarantees, and their limits:
 
 ``record`` must be called from the event loop's thread (it touches an ``asyncio.Event``).
 Counters (``written``, ``dropped``, ``pending``) are plain attributes for ``zerogate.metrics``.
+
+``record_repeated(key, event)`` is for events a scan could send by the thousand (requests sent
+to the login, per application and client address): the first of a key in a ``window`` (60 s)
+is recorded at once, the rest of that window only counted, and when the window ends one more
+row stands for them (``count`` = how many, the last one's request). At most
+``REPEAT_KEYS`` keys are followed at a time; beyond that the key is widened to the application
+alone, so memory stays bounded whatever the number of client addresses.
+
+``also`` (optional) is called with every batch before the sink: the JSON-lines copy for a SIEM
+(``AccessStream``). It sees each batch once, however often the sink is retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import random
 import secrets
 import socket
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import TYPE_CHECKING
@@ -50,11 +63,21 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from zerogate.store import AccessEvent, Store
 
-__all__ = ["AccessLogWriter", "LogKeeper", "Sink"]
+__all__ = ["AccessLogWriter", "AccessStream", "LogKeeper", "Sink"]
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Sequence["AccessEvent"]], Awaitable[None]]
+
+#: how many keys ``record_repeated`` follows at once (then per application only)
+REPEAT_KEYS = 10000
+
+
+@dataclasses.dataclass(slots=True)
+class _Repeat:
+    until: float
+    count: int
+    last: AccessEvent | None
 
 
 class AccessLogWriter:
@@ -70,6 +93,8 @@ class AccessLogWriter:
         retry_delay: float = 0.1,
         max_retry_delay: float = 5.0,
         stop_retries: int = 5,
+        window: float = 60.0,
+        also: Callable[[Sequence[AccessEvent]], None] | None = None,
     ) -> None:
         if capacity < 1 or batch < 1:
             raise ValueError("capacity and batch must be at least 1")
@@ -93,6 +118,11 @@ class AccessLogWriter:
         self.dropped = 0
         #: events the sink accepted
         self.written = 0
+        self._window = window
+        self._repeats: dict[Hashable, _Repeat] = {}
+        self._next_repeat_check = 0.0
+        self._also = also
+        self._also_seen: Sequence[AccessEvent] | None = None
 
     @property
     def pending(self) -> int:
@@ -113,6 +143,43 @@ class AccessLogWriter:
             self._wake.set()
         return True
 
+    def record_repeated(self, key: Hashable, wide_key: Hashable, event: AccessEvent) -> bool:
+        """Record ``event`` if it is the first of ``key`` in the current window, else count it
+        (see the module docstring); ``wide_key`` replaces ``key`` when too many are followed."""
+        now = time.monotonic()
+        slot = self._repeats.get(key)
+        if slot is None and len(self._repeats) >= REPEAT_KEYS:
+            key = wide_key
+            slot = self._repeats.get(key)
+        if slot is not None and now >= slot.until:
+            self._end_window(slot)
+            slot = None
+        if slot is None:
+            if len(self._repeats) >= REPEAT_KEYS + 1000:  # wide keys too: sweep now
+                self.flush_repeats(force=False, now=now)
+            self._repeats[key] = _Repeat(now + self._window, 0, None)
+            return self.record(event)
+        slot.count += 1
+        slot.last = event
+        return True
+
+    def flush_repeats(self, *, force: bool, now: float | None = None) -> None:
+        """Record the counted events of every window that ended (``force``: of every one)."""
+        now = time.monotonic() if now is None else now
+        ended = [k for k, slot in self._repeats.items() if force or now >= slot.until]
+        for key in ended:
+            self._end_window(self._repeats.pop(key))
+
+    def _end_window(self, slot: _Repeat) -> None:
+        if slot.count and slot.last is not None:
+            more = "time" if slot.count == 1 else "times"
+            detail = f"repeated {slot.count} more {more} within {self._window:.0f}s"
+            if slot.last.detail:
+                detail = f"{slot.last.detail}; {detail}"
+            self.record(dataclasses.replace(slot.last, count=slot.count, detail=detail))
+        slot.count = 0
+        slot.last = None
+
     async def start(self) -> None:
         """Start the writer task (events recorded before ``start`` are kept)."""
         if self._closed:
@@ -125,6 +192,7 @@ class AccessLogWriter:
 
     async def stop(self) -> None:
         """Refuse new events, write every acknowledged one, and end the writer task."""
+        self.flush_repeats(force=True)
         self._closed = True
         self._stop_requested.set()
         self._wake.set()
@@ -153,6 +221,11 @@ class AccessLogWriter:
                 except TimeoutError:
                     interval_passed = True
             self._wake.clear()
+            if self._repeats:
+                now = time.monotonic()
+                if now >= self._next_repeat_check:
+                    self._next_repeat_check = now + 1.0
+                    self.flush_repeats(force=False, now=now)
             stopping = self._stop_requested.is_set()
             # Full batches at once; a partial one when the interval is up or when stopping.
             while self._queue and (len(self._queue) >= self._batch or interval_passed or stopping):
@@ -178,6 +251,12 @@ class AccessLogWriter:
         """Hand ``chunk`` to the sink, retrying; ``False`` only when giving up during stop."""
         attempt = 0
         attempts_while_stopping = 0
+        if self._also is not None and chunk is not self._also_seen:
+            self._also_seen = chunk
+            try:
+                self._also(chunk)
+            except Exception:
+                log.exception("access log: the copy to the log stream failed")
         while True:
             try:
                 await self._sink(chunk)
@@ -238,15 +317,17 @@ class LogKeeper:
         heartbeat: float = 10.0,
         sweep: float = 60.0,
         trim_every: float = 600.0,
+        stream: AccessStream | None = None,
     ) -> None:
         self.store = store
+        self.stream = stream
         self.access_retention = access_retention
         self.admin_retention = admin_retention
         self.heartbeat = heartbeat
         self.sweep = sweep
         self.trim_every = trim_every
         self.id = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(6)}"
-        self.writer = AccessLogWriter(self._sink)
+        self.writer = AccessLogWriter(self._sink, also=stream)
         self.gaps_found = 0
         self.trimmed = 0
         self._task: asyncio.Task[None] | None = None
@@ -265,6 +346,8 @@ class LogKeeper:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.writer.stop()
+        if self.stream is not None:
+            self.stream.close()
         try:
             await self.store.end_log_writer(self.id, dropped=self.writer.dropped)
         except Exception:  # the database is away: the next sweep anywhere records a gap
@@ -310,3 +393,100 @@ class LogKeeper:
                 raise
             except Exception:
                 log.exception("access log: housekeeping failed; retrying later")
+
+
+_FACILITIES = {
+    "user": 1,
+    "daemon": 3,
+    "auth": 4,
+    "authpriv": 10,
+    **{f"local{i}": 16 + i for i in range(8)},
+}
+#: syslog severity of an access-log line: informational, or warning for a block
+_INFO, _WARNING = 6, 4
+#: a syslog message over UDP is kept below a common path MTU's payload (RFC 5426 allows
+#: more, but fragments get lost); longer rows lose their ``detail`` and ``path``, then are cut
+SYSLOG_MAX_BYTES = 8192
+
+
+class AccessStream:
+    """A copy of the access log as JSON objects, one per row, as the writer takes batches:
+    lines on standard output (``stdout``) and / or syslog messages (RFC 5424, ``MSGID``
+    ``access``, the JSON object as the message) to a UDP ``host:port`` or a Unix datagram
+    socket. Never blocks: a message the socket cannot take at once is counted in
+    ``dropped``."""
+
+    def __init__(
+        self,
+        *,
+        stdout: bool = False,
+        syslog_address: str | None = None,
+        facility: str = "local0",
+        out_fd: int = 1,
+    ) -> None:
+        self.stdout = stdout
+        self.out_fd = out_fd
+        self.facility = _FACILITIES[facility]
+        self.hostname = socket.gethostname()[:255] or "-"
+        self.pid = os.getpid()
+        self.dropped = 0
+        self.sent = 0
+        self._socket: socket.socket | None = None
+        self._to: str | tuple[str, int] | None = None
+        if syslog_address is not None:
+            self._socket, self._to = _syslog_socket(syslog_address)
+
+    def __call__(self, events: Sequence[AccessEvent]) -> None:
+        from zerogate.store import access_event_dict
+
+        for event in events:
+            line = json.dumps(access_event_dict(event), separators=(",", ":"))
+            if self.stdout:
+                data = line.encode() + b"\n"
+                try:
+                    os.write(self.out_fd, data)  # one write per line: lines never interleave
+                except OSError:
+                    self.dropped += 1
+            if self._socket is not None:
+                self._send(event, line)
+
+    def _send(self, event: AccessEvent, line: str) -> None:
+        assert self._socket is not None and self._to is not None
+        severity = _WARNING if event.decision == "block" else _INFO
+        at = event.at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        head = (
+            f"<{self.facility * 8 + severity}>1 {at} {self.hostname} zerogate {self.pid} access - "
+        )
+        message = head.encode() + line.encode()
+        if len(message) > SYSLOG_MAX_BYTES:
+            from zerogate.store import access_event_dict
+
+            row = access_event_dict(event)
+            row["detail"] = None
+            row["path"] = (row["path"] or "")[:200] or None
+            message = (head + json.dumps(row, separators=(",", ":"))).encode()[:SYSLOG_MAX_BYTES]
+        try:
+            self._socket.sendto(message, self._to)
+            self.sent += 1
+        except OSError:  # full (BlockingIOError), unreachable, no listener on the socket
+            self.dropped += 1
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
+def _syslog_socket(address: str) -> tuple[socket.socket, str | tuple[str, int]]:
+    """A non-blocking datagram socket for ``address`` (checked by the model: a path or
+    ``host:port``) and where to send."""
+    if address.startswith("/"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        return sock, address
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    info = socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)[0]
+    sock = socket.socket(info[0], socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    return sock, (str(info[4][0]), int(info[4][1]))

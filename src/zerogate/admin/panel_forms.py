@@ -237,7 +237,7 @@ def application_spec(
     if first(fields, "session_duration"):
         spec["session_duration"] = first(fields, "session_duration")
     if stored is not None:
-        for kept in ("cors", "timeouts", "policies"):
+        for kept in ("cors", "timeouts", "policies", "audience"):
             if kept in stored:
                 spec[kept] = stored[kept]
     return spec

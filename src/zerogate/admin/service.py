@@ -29,10 +29,13 @@ anyway") and API tokens (not on the list) skip it.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+import json
 import logging
 import random
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -55,11 +58,16 @@ from zerogate.model.objects import (
     Objects,
     OidcProvider,
     Settings,
+    default_audience,
 )
+from zerogate.model.references import references_to
 from zerogate.model.values import parse_duration
 from zerogate.policy import Context, Identity, Verdict, compile_snapshot
 from zerogate.policy.tester import PolicyQuery, QueryError, check_query, run_query
 from zerogate.store import (
+    ACCESS_FIELDS,
+    AccessEvent,
+    AccessFilter,
     AdminLogEntry,
     ApiToken,
     ServiceCredential,
@@ -67,8 +75,10 @@ from zerogate.store import (
     StaleWrite,
     Store,
     TunnelConnection,
+    access_event_dict,
 )
 from zerogate.store.diff import ADMINS, Origin, Plan
+from zerogate.store.idp_secrets import check as check_client_secret
 from zerogate.tunnel.token import TokenError, TunnelToken
 
 if TYPE_CHECKING:
@@ -137,6 +147,29 @@ class DnsConflictError(AdminError):
     """A routed name holds DNS records zerogate did not make: nothing was changed."""
 
     status = 409
+
+
+#: formats of ``AdminService.export_access``; the most rows one export holds; rows per read
+EXPORT_FORMATS = ("csv", "jsonl")
+EXPORT_MAX = 1_000_000
+EXPORT_PAGE = 1000
+#: a CSV cell starting with one of these is run as a formula by spreadsheets (CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: object) -> str:
+    if value is None:
+        return ""
+    text = str(value)
+    if text.startswith(_FORMULA_START) and not isinstance(value, int | float):
+        return "'" + text
+    return text
+
+
+def _csv_line(values: list[Any]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerow([_csv_cell(v) for v in values])
+    return buffer.getvalue().encode()
 
 
 class Invalid(AdminError):
@@ -520,7 +553,11 @@ class AdminService:
         ) -> dict[tuple[str, str], int | None]:
             if (kind, name) in versions:
                 raise Conflict(f"{kind.replace('_', ' ')} {name!r} already exists")
-            doc[collection] = [*doc[collection], spec]
+            item = spec
+            if collection == "applications" and "audience" not in spec:
+                # stored from the start, so a later rename keeps it
+                item = {**spec, "audience": default_audience(name)}
+            doc[collection] = [*doc[collection], item]
             return {(kind, name): None}
 
         await self._change(edit, actor)
@@ -545,10 +582,26 @@ class AdminService:
                 if (kind, new_name) in versions:
                     raise Conflict(f"{kind.replace('_', ' ')} {new_name!r} already exists")
                 expect[(kind, new_name)] = None
-            doc[collection] = [spec if item["name"] == name else item for item in doc[collection]]
+            old = next(item for item in doc[collection] if item["name"] == name)
+            new = spec
+            if collection == "applications" and "audience" not in spec:
+                # the audience stays what it was (origins verify it), renamed or not
+                kept = old.get("audience") or (default_audience(name) if new_name != name else None)
+                if kept:
+                    new = {**spec, "audience": kept}
+            doc[collection] = [new if item["name"] == name else item for item in doc[collection]]
             return expect
 
+        moved = None
+        if collection == "identity_providers" and new_name != name:
+            # a stored secret follows a rename, only to the same issuer (never re-bound)
+            old = await self.get(collection, name)
+            issuer = old.spec.get("issuer")
+            if old.spec.get("type") == "oidc" and spec.get("issuer") == issuer:
+                moved = await self.store.oidc_secret(name, str(issuer))
         await self._change(edit, actor)
+        if moved is not None:
+            await self.store.set_oidc_secret(new_name, str(spec["issuer"]), moved)
         return await self.get(collection, new_name)
 
     async def delete(self, collection: str, name: str, *, version: int, actor: Actor) -> None:
@@ -561,10 +614,26 @@ class AdminService:
         ) -> dict[tuple[str, str], int | None]:
             if (kind, name) not in versions:
                 raise NotFound(f"no {kind.replace('_', ' ')} named {name!r}")
+            # in use: say where (rather than "unknown group" at each place that names it)
+            users = references_to(Objects.model_validate(doc), kind, name)
+            if users:
+                what = f"{kind.replace('_', ' ')} {name!r}"
+                raise Invalid(
+                    f"{what} is in use: remove it from {', '.join(users)} first",
+                    [
+                        Problem("admins" if user == "the admins list" else user, f"uses {what}")
+                        for user in users
+                    ],
+                )
             doc[collection] = [item for item in doc[collection] if item["name"] != name]
             return {(kind, name): version}
 
         await self._change(edit, actor)
+
+    async def usages(self, kind: str, names: Sequence[str]) -> dict[str, list[str]]:
+        """For each ``kind`` object of ``names``, where the configuration refers to it."""
+        objects, _ = await self.store.load()
+        return {name: references_to(objects, kind, name) for name in names}
 
     async def set_admins(
         self,
@@ -650,6 +719,40 @@ class AdminService:
             before=before,
             after=after,
         )
+
+    async def set_oidc_secret(self, name: str, value: str | None, actor: Actor) -> None:
+        """Store (encrypted with the server secret, bound to the provider's issuer) or remove
+        (``None``) the client secret of OIDC provider ``name``; recorded in the admin log
+        without the value. ``NotFound`` / ``Invalid`` for no such OIDC provider or an unusable
+        value."""
+        item = await self.get("identity_providers", name)
+        if item.spec.get("type") != "oidc":
+            raise Invalid(
+                f"identity provider {name!r} is not an OpenID Connect provider",
+                [Problem(f"identity provider {name!r}", "only oidc providers have a secret")],
+            )
+        issuer = str(item.spec["issuer"])
+        if value is not None:
+            try:
+                value = check_client_secret(value)
+            except ValueError as exc:
+                raise Invalid(str(exc), [Problem("client_secret", str(exc))]) from None
+        had = name in await self.store.oidc_secret_names()
+        await self.store.set_oidc_secret(name, issuer, value)
+        if value is None and not had:
+            return
+        await self._record(
+            actor,
+            "remove" if value is None else ("change" if had else "add"),
+            "client_secret",
+            name,
+            {"client_secret": "stored"} if had else None,
+            None if value is None else {"client_secret": "stored", "issuer": issuer},
+        )
+
+    async def oidc_secrets_stored(self) -> set[str]:
+        """The providers with a client secret stored through the panel or API."""
+        return await self.store.oidc_secret_names()
 
     async def service_credentials(self) -> dict[str, ServiceCredential]:
         """The stored service-token credentials by name (hashes only)."""
@@ -833,16 +936,44 @@ class AdminService:
 
     async def access_log(
         self,
+        where: AccessFilter | None = None,
         *,
         app: str | None = None,
         email: str | None = None,
         decision: str | None = None,
         since: datetime | None = None,
         limit: int = 100,
-    ) -> list[Any]:
-        return await self.store.access_log(
-            app=app, email=email, decision=decision, since=since, limit=limit
-        )
+    ) -> list[AccessEvent]:
+        if where is None:
+            where = AccessFilter(app=app, email=email, decision=decision, since=since)
+        return await self.store.access_log(where, limit=limit)
+
+    async def export_access(
+        self, where: AccessFilter, fmt: str, *, limit: int = EXPORT_MAX
+    ) -> AsyncIterator[bytes]:
+        """Every matching row (at most ``limit``), newest first, as CSV (a header row, then
+        one row per event; a cell a spreadsheet would run as a formula is quoted with a
+        leading ``'``) or JSON lines; read from the store a page at a time."""
+        if fmt not in EXPORT_FORMATS:
+            raise Invalid(f"format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+        if fmt == "csv":
+            yield _csv_line(list(ACCESS_FIELDS))
+        left = limit
+        page = where
+        while left > 0:
+            events = await self.store.access_log(page, limit=min(EXPORT_PAGE, left))
+            for event in events:
+                row = access_event_dict(event)
+                if fmt == "csv":
+                    yield _csv_line([row[name] for name in ACCESS_FIELDS])
+                else:
+                    yield json.dumps(row, separators=(",", ":")).encode() + b"\n"
+            left -= len(events)
+            if len(events) < EXPORT_PAGE:
+                break
+            last = events[-1]
+            assert last.id is not None
+            page = replace(page, before=(last.at, last.id))
 
     async def mail_health(self) -> MailHealth:
         """The latest PIN mail outcome and the latest failure (see ``MailHealth``)."""

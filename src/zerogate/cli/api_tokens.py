@@ -124,11 +124,11 @@ def api_token_list(config: OptionalConfig = None, as_json: JsonOption = False) -
         return
     table = Table(show_edge=False, box=None, pad_edge=False)
     table.add_column("name", overflow="fold")
-    table.add_column("scope")
+    table.add_column("scope", no_wrap=True)
     table.add_column("created by", overflow="fold")
-    table.add_column("expires (UTC)")
-    table.add_column("last used (UTC)")
-    table.add_column("status")
+    table.add_column("expires (UTC)", no_wrap=True)
+    table.add_column("last used (UTC)", no_wrap=True)
+    table.add_column("status", no_wrap=True)
     for token in tokens:
         expired = token.expires_at is not None and token.expires_at <= now
         table.add_row(

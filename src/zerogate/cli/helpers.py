@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +29,16 @@ if TYPE_CHECKING:
     from zerogate.model.objects import ConfigFile, Objects, ServiceToken, Tunnel
     from zerogate.store import Store
 
-out = Console(highlight=False, soft_wrap=True)
+
+def _pipe_width() -> int | None:
+    """Into a pipe or file (and no ``COLUMNS``): tables as wide as their content, one line per
+    row, so ``grep`` and ``cut`` see whole rows; a terminal gets its own width."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return None
+    return 1000
+
+
+out = Console(highlight=False, soft_wrap=True, width=_pipe_width())
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 T = TypeVar("T")

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from zerogate import __version__
-from zerogate.cli import api_tokens, connector, logs, mail, nodes, sessions, tokens, tunnels
+from zerogate.cli import api_tokens, apps, connector, logs, mail, nodes, sessions, tokens, tunnels
 from zerogate.cli.helpers import (
     ConfigOption,
     JsonOption,
@@ -94,9 +94,9 @@ _ACTION_STYLE = {"add": ("+", "green"), "change": ("~", "yellow"), "remove": ("-
 def _plan_table(plan: Any) -> Table:
     table = Table(title=None, show_edge=False, box=None, pad_edge=False)
     table.add_column("")
-    table.add_column("kind")
+    table.add_column("kind", no_wrap=True)
     table.add_column("name", overflow="fold")
-    table.add_column("changed", overflow="fold")
+    table.add_column("changed")
     for change in plan.changes:
         sign, style = _ACTION_STYLE[change.action]
         detail = ", ".join(change.fields)
@@ -231,6 +231,10 @@ def apply(
         nonlocal report
         from zerogate.store import KeptInvalid, Store
 
+        if dry_run:  # a dry run creates nothing: not even the store's file
+            fresh = Store.plan_if_missing(url, objects)
+            if fresh is not None:
+                return fresh
         store = await Store.open(url)
         try:
             try:
@@ -406,8 +410,11 @@ def policy_test(
     verdict = run_query(snapshot, query)
     email, country, host, path = query.email, query.country, query.host, query.path
 
+    # the API's names (POST /api/v1/policy-test): application, decision, policy, reason, steps;
+    # and the request in the names the API takes
     result = verdict.as_dict()
     result["request"] = {
+        "app": app_name,
         "url": url,
         "host": host or None,
         "path": path,
@@ -463,13 +470,27 @@ def demo(
 
 @app.command()
 def server(
-    config: OptionalConfig = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "-c",
+            "--config",
+            help="The configuration file (required): listen addresses, portal, storage, email, "
+            "logs; its objects are read from the store.",
+        ),
+    ] = None,
     apply_first: Annotated[
         bool, typer.Option("--apply", help="Apply the file's objects to the store first.")
     ] = False,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", min=1, help="Worker processes (one per core is a good start)."),
+    ] = 1,
 ) -> None:
-    """Run the edge, the portal and (later) the tunnel listener."""
+    """Run the gateway: the edge (every application host), the portal and its login pages,
+    the admin panel and API (/admin, /api/v1 on the portal host), the tunnel listener for
+    connectors (listen.tunnel) and, with listen.fast_path, the HTTP/1.1 front. Stops cleanly
+    on SIGTERM or Ctrl-C, writing the queued access-log rows first."""
     from zerogate.server.run import serve
 
     if config is None:
@@ -518,6 +539,7 @@ app.add_typer(tokens.service_token_app, name="service-token")
 app.add_typer(tokens.keys_app, name="keys")
 app.add_typer(api_tokens.api_token_app, name="api-token")
 app.command("logs")(logs.logs_command)
+app.add_typer(apps.app_app, name="app")
 app.add_typer(tunnels.tunnel_app, name="tunnel")
 app.add_typer(nodes.nodes_app, name="nodes")
 app.add_typer(connector.connector_app, name="connector")

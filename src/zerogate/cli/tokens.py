@@ -195,9 +195,9 @@ def token_list(config: OptionalConfig = None, as_json: JsonOption = False) -> No
     table = Table(show_edge=False, box=None, pad_edge=False)
     table.add_column("name", overflow="fold")
     table.add_column("client id", no_wrap=True, min_width=23)
-    table.add_column("created (UTC)")
-    table.add_column("expires (UTC)")
-    table.add_column("status")
+    table.add_column("created (UTC)", no_wrap=True)
+    table.add_column("expires (UTC)", no_wrap=True)
+    table.add_column("status", no_wrap=True)
     for row, name in zip(rows, names, strict=True):
         cred = by_name.get(name)
         if cred is None:
@@ -421,9 +421,9 @@ def keys_list(config: OptionalConfig = None, as_json: JsonOption = False) -> Non
         return
     table = Table(show_edge=False, box=None, pad_edge=False)
     table.add_column("kid", no_wrap=True, min_width=43)
-    table.add_column("role")
-    table.add_column("created (UTC)")
-    table.add_column("verifies until (UTC)")
+    table.add_column("role", no_wrap=True)
+    table.add_column("created (UTC)", no_wrap=True)
+    table.add_column("verifies until (UTC)", no_wrap=True)
     for row in rows:
         if row["active"]:
             role = "[green]active[/green]"

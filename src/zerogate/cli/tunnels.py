@@ -325,8 +325,8 @@ def tunnel_list(config: OptionalConfig = None, as_json: JsonOption = False) -> N
     table.add_column("connector", overflow="fold")
     table.add_column("version")
     table.add_column("address")
-    table.add_column("conns", justify="right")
-    table.add_column("since (UTC)")
+    table.add_column("conns", justify="right", no_wrap=True)
+    table.add_column("since (UTC)", no_wrap=True)
     for row in rows:
         first = [
             escape(row["name"]),

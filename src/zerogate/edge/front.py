@@ -223,6 +223,10 @@ class _Fast:
     body: list[bytes]
     size: int
     timeouts: Timeouts
+    #: the access-log record of an allowed request (``Services.log``'s keywords), written
+    #: when its response ended, with the status and the time since the decision
+    record: dict[str, Any] | None = None
+    started: float = 0.0
 
 
 class ClientConnection(asyncio.Protocol):
@@ -245,6 +249,7 @@ class ClientConnection(asyncio.Protocol):
         # fast requests: complete ones waiting, and the one in flight
         self.queue: deque[tuple[_Fast, bytes, bool]] = deque()
         self.inflight = False
+        self.current: _Fast | None = None  # the one in flight
         self.close_after = False
         self.upstream: OriginConnection | None = None
         # relay to the ASGI application (sticky once begun)
@@ -288,6 +293,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self.closed = True
         self.front.conns.discard(self)
+        if self.inflight:
+            self._record(None)  # the client went away before the response ended
         if self.transport is not None:
             self.transport.close()
         if self.upstream is not None:
@@ -486,20 +493,20 @@ class ClientConnection(asyncio.Protocol):
             return None
         svc.metrics.requests.labels(app.name, decision).inc()
         inject: Headers = []
+        record = None
         if decision == "allow":
-            svc.log(
-                "request",
-                app=app.name,
-                email=claims.email if claims is not None else token_name,
-                idp=claims.idp if claims is not None else "service_token",
-                ip=req.client.ip,
-                country=country,
-                decision=decision,
-                policy=verdict.policy,
-                method=scope["method"],
-                host=req.host,
-                path=req.raw_path,
-            )
+            record = {
+                "app": app.name,
+                "email": claims.email if claims is not None else token_name,
+                "idp": claims.idp if claims is not None else "service_token",
+                "ip": req.client.ip,
+                "country": country,
+                "decision": decision,
+                "policy": verdict.policy,
+                "method": scope["method"],
+                "host": req.host,
+                "path": req.raw_path,
+            }
             inject = self._identity_headers(scope, app, claims, token_name)
         headers = upstream_request_headers(
             self.headers,
@@ -515,7 +522,18 @@ class ClientConnection(asyncio.Protocol):
         default = self.front.settings.timeouts
         timeouts = default if app.timeouts is None else app.timeouts.over(default)
         method = self.parser.get_method()
-        return _Fast(method, address, headers, target, req.host_header.encode(), [], 0, timeouts)
+        return _Fast(
+            method,
+            address,
+            headers,
+            target,
+            req.host_header.encode(),
+            [],
+            0,
+            timeouts,
+            record,
+            self.loop.time(),
+        )
 
     def _plain_head(self) -> bool:
         """HTTP/1.1, a fast method, no upgrade / expect / chunked body, at most one plain
@@ -589,8 +607,10 @@ class ClientConnection(asyncio.Protocol):
         """Send the next queued fast request, or hand over to the relay, or go idle."""
         while self.queue and not self.closed:
             fast, message, keep_alive = self.queue.popleft()
+            self.current = fast
             self.close_after = self.close_after or not keep_alive
             if not message:
+                self._record(400)
                 self.transport.write(_simple_response(400, fast.headers, close=True))
                 self.close()
                 return
@@ -621,8 +641,18 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = self.loop.time() + self.front.settings.idle_timeout
         self._resume_reading()
 
-    def response_done(self, keep_alive: bool) -> None:
-        """The origin's response to the request in flight is complete."""
+    def _record(self, status: int | None) -> None:
+        """Write the access-log record of the request in flight (once), if it has one."""
+        fast = self.current
+        self.current = None
+        if fast is not None and fast.record is not None:
+            duration = (self.loop.time() - fast.started) * 1000.0
+            self.svc.log("request", status=status, duration_ms=duration, **fast.record)
+
+    def response_done(self, keep_alive: bool, status: int | None = None) -> None:
+        """The origin's response to the request in flight is complete (``status``: what the
+        client got)."""
+        self._record(status)
         if not keep_alive and self.upstream is not None:
             self.upstream.close()
             self.upstream = None
@@ -744,7 +774,7 @@ class OriginConnection(asyncio.Protocol):
         client.transport.write(
             _simple_response(status, self.request_headers, close=client.close_after)
         )
-        client.response_done(keep_alive=True)
+        client.response_done(keep_alive=True, status=status)
 
     def close(self) -> None:
         self.closed = True
@@ -793,7 +823,7 @@ class OriginConnection(asyncio.Protocol):
             # a response delimited by the connection's end: that end completes it
             client.transport.write(b"0\r\n\r\n")
             client.upstream = None
-            client.response_done(keep_alive=False)
+            client.response_done(keep_alive=False, status=self.status)
             return
         if not self.started and self.used and self.retryable and self.sent is not None:
             # a reused keep-alive connection the origin closed before answering: once more
@@ -865,7 +895,7 @@ class OriginConnection(asyncio.Protocol):
         self.used = True
         self.sent = None
         self.started = False
-        self.client.response_done(keep_alive=self.parser.should_keep_alive())
+        self.client.response_done(keep_alive=self.parser.should_keep_alive(), status=self.status)
 
     _until_close = False
 

@@ -30,7 +30,7 @@ from zerogate.identity.flow import (
 )
 from zerogate.model.paths import PathError, fold, normalise_path
 from zerogate.net import http
-from zerogate.net.asgi import Headers, Receive, Scope, Send
+from zerogate.net.asgi import Headers, Message, Receive, Scope, Send
 from zerogate.net.headers import (
     is_zerogate_cookie_name,
     upstream_request_headers,
@@ -38,7 +38,7 @@ from zerogate.net.headers import (
 from zerogate.net.upstream import Outbound, Upstream, UpstreamRefused, UpstreamUnavailable
 from zerogate.policy import Context, Identity
 from zerogate.policy.engine import CompiledApp, Snapshot
-from zerogate.runtime import Runtime, audience_tag, cookies
+from zerogate.runtime import Runtime, cookies
 from zerogate.runtime.cookies import secure_cookies
 from zerogate.runtime.pages import logout_page
 from zerogate.runtime.request import Request, public_origin_of
@@ -62,7 +62,7 @@ def is_reserved(path: str) -> bool:
 
 def app_cookie(app: CompiledApp) -> str:
     """Each application has its own session cookie (host-only): app A's never opens app B."""
-    return f"__zg_{audience_tag(app.name)[:16]}"
+    return f"__zg_{app.audience[:16]}"
 
 
 async def bad_request(send: Send, svc: Services, scope: Scope, why: str) -> None:
@@ -134,26 +134,34 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
         if token_name is None and _presents_service_token(scope):
             await token_refused(scope, send, svc, req, app, country)
             return
-        await login_required(scope, send, svc, req, app)
+        await login_required(scope, send, svc, req, app, country)
         return
-    # allow or block: both are recorded (bypass and authenticate are not)
+    # allow and block are recorded (bypass is not; authenticate in login_required); an
+    # allowed request when its response ended, with the status the client got and how long
     email = claims.email if claims is not None else None
-    svc.log(
-        "request",
-        app=app.name,
-        email=email or token_name,
-        idp=claims.idp if claims is not None else ("service_token" if token_name else None),
-        ip=req.client.ip,
-        country=country,
-        decision=decision,
-        policy=verdict.policy,
-        method=scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET",
-        host=req.host,
-        path=req.raw_path,
-        detail=None if decision == "allow" else verdict.reason,
-    )
+    websocket = scope["type"] == "websocket"
+
+    def record(status: int | None, duration_ms: float | None = None) -> None:
+        svc.log(
+            "request",
+            app=app.name,
+            email=email or token_name,
+            idp=claims.idp if claims is not None else ("service_token" if token_name else None),
+            ip=req.client.ip,
+            country=country,
+            decision=decision,
+            policy=verdict.policy,
+            method="WEBSOCKET" if websocket else scope.get("method", "GET"),
+            host=req.host,
+            path=req.raw_path,
+            detail=None if decision == "allow" else verdict.reason,
+            status=status,
+            duration_ms=duration_ms,
+        )
+
     if decision != "allow":
-        await blocked(scope, send, svc, app, email)
+        record(None if websocket else 403)
+        await blocked(scope, send, svc, app, email, network_only(app, verdict.policy))
         return
     if claims is not None:
         assertion = cookies.cookie(scope, app_cookie(app), secure=secure_cookies(rt, scope))
@@ -165,7 +173,31 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
     else:
         assert token_name is not None
         inject = [(b"zerogate-jwt-assertion", service_assertion(rt, app, token_name))]
-    await forward(scope, receive, send, svc, req, app, inject=inject)
+    seen = StatusSeen(send)
+    started = time.perf_counter()
+    try:
+        await forward(scope, receive, seen, svc, req, app, inject=inject)
+    finally:
+        record(seen.status, (time.perf_counter() - started) * 1000.0)
+
+
+class StatusSeen:
+    """``send`` that remembers the status the client got (101 for an accepted WebSocket;
+    None while nothing was sent, or for a WebSocket closed before it was accepted)."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status: int | None = None
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind in ("http.response.start", "websocket.http.response.start"):
+            self.status = message["status"]
+        elif kind == "websocket.accept":
+            self.status = 101
+        await self.send(message)
 
 
 def is_preflight(scope: Scope) -> bool:
@@ -216,7 +248,7 @@ def session_claims(scope: Scope, rt: Runtime, app: CompiledApp) -> Claims | None
     if not token:
         return None
     try:
-        claims = rt.verifier("app").verify(token, audience_tag(app.name), now=time.time())
+        claims = rt.verifier("app").verify(token, app.audience, now=time.time())
     except TokenError:
         return None
     if rt.rejects(claims):  # logged out everywhere, or its session ended
@@ -248,7 +280,7 @@ def service_assertion(rt: Runtime, app: CompiledApp, name: str) -> bytes:
     token = issue_app_token(
         rt.keyset,
         issuer=rt.issuer,
-        audience=audience_tag(app.name),
+        audience=app.audience,
         email="",
         sub=f"service-token:{name}",
         idp="service_token",
@@ -359,8 +391,27 @@ async def unavailable(scope: Scope, send: Send, svc: Services, app: CompiledApp,
     await http.respond_html(send, 502, page)
 
 
+#: selectors about where a request comes from, not who sends it
+NETWORK_SELECTORS = frozenset({"ip", "country"})
+
+
+def network_only(app: CompiledApp, policy: str | None) -> bool:
+    """Whether the block policy that matched looks only at the network (so the page may say
+    "from this network"); a default deny or an identity rule is not the network's fault."""
+    found = next((p for p in app.model.policies if p.name == policy), None)
+    if found is None:
+        return False
+    selectors = {rule.selector for _, _, rule in found.rules()}
+    return bool(selectors) and selectors <= NETWORK_SELECTORS
+
+
 async def blocked(
-    scope: Scope, send: Send, svc: Services, app: CompiledApp, email: str | None
+    scope: Scope,
+    send: Send,
+    svc: Services,
+    app: CompiledApp,
+    email: str | None,
+    network: bool = False,
 ) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
@@ -369,11 +420,12 @@ async def blocked(
         await http.respond_json(send, 403, {"error": "forbidden", "application": app.name})
         return
     who = f"You are signed in as {email}, which " if email else "Your request "
+    where = " from this network" if network else ""
     page = svc.page(
         "message.html",
         title="Access denied",
         app_name=app.name,
-        message=f"{who}may not use this application from here.",
+        message=f"{who}may not use this application{where}.",
         detail="If you think you should have access, contact your administrator.",
         link="/.zerogate/logout" if email else None,
         link_text="Sign in as someone else",
@@ -450,13 +502,37 @@ async def token_refused(
 
 
 async def login_required(
-    scope: Scope, send: Send, svc: Services, req: Request, app: CompiledApp
+    scope: Scope,
+    send: Send,
+    svc: Services,
+    req: Request,
+    app: CompiledApp,
+    country: str | None = None,
 ) -> None:
-    """302 to the portal for a browser navigation; 401 JSON with a login URL otherwise."""
-    if scope["type"] == "websocket":
+    """302 to the portal for a browser navigation; 401 JSON with a login URL otherwise.
+    Recorded as ``authenticate``, aggregated per application, client address and minute (a
+    scan must not flood the log)."""
+    websocket = scope["type"] == "websocket"
+    navigation = not websocket and http.is_navigation(scope)
+    svc.log(
+        "request",
+        app=app.name,
+        email=None,
+        idp=None,
+        ip=req.client.ip,
+        country=country,
+        decision="authenticate",
+        method="WEBSOCKET" if websocket else scope.get("method", "GET"),
+        host=req.host,
+        path=req.raw_path,
+        detail="sent to login" if navigation else "login required",
+        status=None if websocket else 302 if navigation else 401,
+        repeat_key=(app.name, req.client.ip),
+    )
+    if websocket:
         await send({"type": "websocket.close", "code": 1008})
         return
-    if http.is_navigation(scope):
+    if navigation:
         state = new_state()
         rd = safe_return(req, app, svc.runtime.snapshot, request_path(req), svc.runtime)
         await http.redirect(
@@ -694,7 +770,7 @@ async def authorized(
     token = issue_app_token(
         rt.keyset,
         issuer=rt.issuer,
-        audience=audience_tag(app.name),
+        audience=app.audience,
         email=email,
         sub=email,
         idp=idp,

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from html import escape
 from http import HTTPStatus
 from typing import Final
 
@@ -51,6 +51,7 @@ from zerogate.net.pool import (
     UpstreamResponse,
 )
 from zerogate.net.upstream import DEFAULT_TIMEOUTS, Outbound, Timeouts
+from zerogate.runtime.services import templates
 
 __all__ = [
     "CLIENT_CLOSED",
@@ -153,13 +154,14 @@ def _error_page(status: int, as_json: bool) -> tuple[bytes, bytes]:
         code = reason.lower().replace(" ", "_").replace("-", "_")
         payload = {"error": code, "status": status, "message": text}
         return b"application/json", json.dumps(payload).encode()
-    title = escape(f"{status} {reason}")
-    page = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-        f"</head><body><h1>{title}</h1><p>{escape(text)}</p><p><small>zerogate</small></p>"
-        "</body></html>"
-    )
-    return b"text/html; charset=utf-8", page.encode()
+    return b"text/html; charset=utf-8", _styled_page(status, reason, text)
+
+
+@functools.lru_cache(maxsize=16)
+def _styled_page(status: int, reason: str, text: str) -> bytes:
+    """The page, as the portal's other pages look (its ``message.html``), made once."""
+    page = templates().get_template("message.html")
+    return page.render(title=f"{status} {reason}", message=text, error=True).encode()
 
 
 def _phrase(status: int) -> str:

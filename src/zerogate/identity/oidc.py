@@ -430,6 +430,37 @@ def token_request(
     return HttpRequest("POST", meta.token_endpoint, headers, urlencode(fields).encode("ascii"))
 
 
+def credentials_probe(meta: ProviderMetadata, settings: ClientSettings) -> HttpRequest:
+    """A token request with a code no provider issued: the provider authenticates the client
+    first (RFC 6749 §5.2), so its error says whether the client id and secret are right
+    (``invalid_grant``: they are; ``invalid_client`` / 401: they are not) without a login."""
+    unusable = "zerogate-connection-test-" + secrets.token_urlsafe(16)
+    return token_request(meta, settings, unusable, secrets.token_urlsafe(48))
+
+
+def judge_probe(response: HttpResponse) -> tuple[bool | None, str]:
+    """What ``credentials_probe``'s answer says: (True, why) the credentials were accepted,
+    (False, why) refused, (None, why) the answer does not tell."""
+    error = ""
+    try:
+        doc = response.json()
+        if isinstance(doc, dict):
+            error = str(doc.get("error", ""))[:100]
+    except (ValueError, UnicodeDecodeError):
+        pass
+    if response.status == 401 or error == "invalid_client":
+        return False, "the provider refused the client id or secret (invalid_client)"
+    if response.status == 400 and error == "invalid_grant":
+        return (
+            True,
+            "the provider accepted the client id and secret (invalid_grant for a test code)",
+        )
+    if response.status == 200:
+        return None, "the provider accepted a code it never issued: check the provider"
+    detail = f" ({error})" if error else ""
+    return None, f"the token endpoint answered HTTP {response.status}{detail}; could not tell"
+
+
 @dataclass(frozen=True)
 class TokenResponse:
     id_token: str

@@ -7,6 +7,7 @@ object at a time; rules that span objects (references, cycles, duplicates) live 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -241,9 +242,19 @@ class UpstreamTimeouts(_Strict):
     idle: Timeout | None = None
 
 
+def default_audience(name: str) -> str:
+    """The audience an application without a stored ``audience`` has: derived from its name
+    (what every application had before audiences were stored; so theirs never changed)."""
+    return hashlib.sha256(b"zerogate-app\x00" + name.encode()).hexdigest()[:32]
+
+
 class Application(_Strict):
     name: Name
     domain: str
+    #: ``aud`` of this application's tokens (and the name of its cookie): stored when the
+    #: application is created or renamed in the panel or API, and kept by ``apply`` when the
+    #: file does not set it, so a rename does not change it; unset: ``default_audience(name)``
+    audience: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
     origin: Annotated[str, AfterValidator(_check_origin)] | None = None
     tunnel: Name | None = None
     identity_providers: list[Name] | None = None
@@ -264,6 +275,11 @@ class Application(_Strict):
         if self.origin is not None and self.tunnel is not None:
             raise ValueError("set either origin or tunnel, not both")
         return self
+
+    @property
+    def audience_tag(self) -> str:
+        """The audience of this application's tokens (``aud``)."""
+        return self.audience or default_audience(self.name)
 
     @property
     def host(self) -> str:
@@ -722,12 +738,32 @@ class GeoIp(_Strict):
     database: str
 
 
+class SyslogTarget(_Strict):
+    """Access-log lines as syslog messages (RFC 5424, one JSON object as the message)."""
+
+    #: ``host:port`` (UDP) or the path of a Unix datagram socket (``/dev/log``)
+    address: Annotated[str, AfterValidator(values.check_syslog_address)]
+    facility: Literal[
+        "user", "daemon", "auth", "authpriv", "local0", "local1", "local2", "local3",
+        "local4", "local5", "local6", "local7",
+    ] = "local0"  # fmt: skip
+
+
+class LogStream(_Strict):
+    """A copy of every access-log row as it is written, for a SIEM or a log shipper."""
+
+    #: ``json``: one JSON object per line on standard output
+    stdout: Literal["json"] | None = None
+    syslog: SyslogTarget | None = None
+
+
 class LogSettings(_Strict):
     """How long the logs are kept (``null``: forever); older rows are trimmed in the
-    background by every server process."""
+    background by every server process. ``stream``: a copy of the access log as JSON lines."""
 
     access_retention: Duration | None = "90d"
     admin_retention: Duration | None = "365d"
+    stream: LogStream = Field(default_factory=LogStream)
 
 
 #: the default of ``Settings.secret_env_prefix``
@@ -769,6 +805,11 @@ class Settings(_Strict):
     def portal_scheme(self) -> str | None:
         """The public scheme ``portal`` names as a URL; None for a bare ``host[:port]``."""
         return values.split_portal(self.portal)[0]
+
+    @property
+    def issuer(self) -> str:
+        """``iss`` of every token: ``https://<portal>``, or the scheme a URL ``portal`` names."""
+        return f"{self.portal_scheme or 'https'}://{self.portal_address}"
 
 
 class ConfigFile(Settings, Objects):
@@ -813,6 +854,9 @@ def all_field_names() -> frozenset[str]:
         Rfc2136,
         DnsSettings,
         GeoIp,
+        LogSettings,
+        LogStream,
+        SyslogTarget,
         Settings,
     ):
         for name, field in model.model_fields.items():

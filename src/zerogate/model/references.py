@@ -180,9 +180,17 @@ def check_objects(objects: Objects) -> list[Issue]:
 
     domains: dict[str, str] = {}
     app_hosts: set[str] = set()
+    audiences: dict[str, str] = {}
     for a_index, app in enumerate(objects.applications):
         aloc: Loc = ("applications", a_index)
         app_hosts.add(app.host)
+        other = audiences.setdefault(app.audience_tag[:16], app.name)
+        if other != app.name:
+            check.error(
+                (*aloc, "audience"),
+                f"the audience {app.audience_tag!r} is application {other!r}'s already "
+                "(each application's tokens must name it alone)",
+            )
         if app.name.casefold() == ADMIN_APPLICATION:
             check.error(
                 (*aloc, "name"),
@@ -269,3 +277,38 @@ def check_objects(objects: Objects) -> list[Issue]:
                 f"{host!r} has no application: the edge answers 404 for it until one is added",
             )
     return check.issues
+
+
+#: which rule selector names an object of each kind
+_SELECTOR_OF = {
+    "group": "group",
+    "identity_provider": "login_method",
+    "service_token": "service_token",
+}
+
+
+def references_to(objects: Objects, kind: str, name: str) -> list[str]:
+    """Where ``objects`` refer to the ``kind`` object ``name`` (``group``,
+    ``identity_provider``, ``service_token``, ``tunnel``), in words: ``application 'wiki' ›
+    policy 'staff'``, ``group 'Office'``, ``the admins list``. Empty when nothing does."""
+    selector = _SELECTOR_OF.get(kind)
+    found: list[str] = []
+
+    def names_it(ruleset: RuleSet) -> bool:
+        return selector is not None and any(
+            name in (getattr(rule, selector) or []) for _, _, rule in ruleset.rules()
+        )
+
+    if kind == "group":
+        if f"group:{name}" in objects.admins:
+            found.append("the admins list")
+        found += [f"group {g.name!r}" for g in objects.groups if g.name != name and names_it(g)]
+    for app in objects.applications:
+        if kind == "identity_provider" and name in (app.identity_providers or []):
+            found.append(f"application {app.name!r} (its login methods)")
+        if kind == "tunnel" and app.tunnel == name:
+            found.append(f"application {app.name!r}")
+        found += [
+            f"application {app.name!r} › policy {p.name!r}" for p in app.policies if names_it(p)
+        ]
+    return found

@@ -192,6 +192,28 @@ def check_listen(text: str) -> str:
     return value
 
 
+def check_syslog_address(text: str) -> str:
+    """Where access-log lines go for syslog: ``host:port`` (UDP; IPv6 in brackets) or the
+    absolute path of a Unix datagram socket such as ``/dev/log``."""
+    value = text.strip() if isinstance(text, str) else ""
+    if value.startswith("/"):
+        if "\x00" in value or len(value) > 107:
+            raise ValueError(f"{text!r}: not a usable socket path")
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"{text!r}: expected HOST:PORT (UDP, e.g. 127.0.0.1:514) or a socket path "
+            "(e.g. /dev/log)"
+        )
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        check_hostname(bare)
+    return value
+
+
 #: the one address grammar (SPEC "One-time PIN"): ASCII only; a dot-atom local part of letters,
 #: digits and ``. _ % + - '`` (no leading, trailing or double dot); ``@``; a domain of at least
 #: two DNS labels (letters, digits, inner hyphens; an IDN in punycode, ``xn--``). Nothing else:

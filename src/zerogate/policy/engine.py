@@ -419,6 +419,7 @@ class CompiledApp:
 
     __slots__ = (
         "__weakref__",
+        "audience",
         "fast_main",
         "fast_pre",
         "has_allow",
@@ -441,6 +442,8 @@ class CompiledApp:
         self.host = model.host
         self.path = model.path
         self.model = model
+        #: ``aud`` of this application's tokens; its cookie's name is made of it
+        self.audience = model.audience_tag
         #: the tunnel this application's requests go through (``TunnelRoutes``), set by the
         #: snapshot; ``None`` for an ``origin:`` application or one no tunnel routes
         self.tunnel: str | None = None
@@ -519,7 +522,7 @@ class Verdict:
             "decision": self.decision,
             "policy": self.policy,
             "reason": self.reason,
-            "explanation": list(self.steps),
+            "steps": list(self.steps),
         }
 
 

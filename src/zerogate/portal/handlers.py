@@ -54,6 +54,7 @@ from zerogate.identity.flow import (
     sessions_token_ok,
 )
 from zerogate.mail import MailError, PinEmail, render_pin_email
+from zerogate.model.objects import ADMIN_APPLICATION
 from zerogate.model.paths import PathError, normalise_path
 from zerogate.model.values import EmailRefused, check_email
 from zerogate.net import http
@@ -105,6 +106,15 @@ def _login_recorder(
         )
 
     return record
+
+
+#: how the built-in admin application is named to people (pages and the PIN email's subject)
+ADMIN_SHOWN = "the zerogate admin panel"
+
+
+def shown_name(app: str) -> str:
+    """An application's name as the login pages and emails show it."""
+    return ADMIN_SHOWN if app == ADMIN_APPLICATION else app
 
 
 def pin_store_key(email: str, app: str) -> str:
@@ -408,7 +418,7 @@ async def login_page(scope: Scope, send: Send, svc: Services, req: Request) -> N
         "login.html",
         headers=browser_cookie,
         title="Sign in",
-        app_name=app.name,
+        app_name=shown_name(app.name),
         flow=flow_blob,
         email=None,
         error=None,
@@ -517,7 +527,7 @@ async def otp_start(
         {"flow": flow_blob, "email": email, "pin": pin}
     )
     message = render_pin_email(
-        PinEmail(to=email, pin=pin, app_name=app.name, confirm_url=confirm),
+        PinEmail(to=email, pin=pin, app_name=shown_name(app.name), confirm_url=confirm),
         sender=rt.settings.email.from_,
     )
     if not allowed:
@@ -535,7 +545,7 @@ async def otp_start(
         "pin.html",
         headers=browser_cookie,
         title="Check your email",
-        app_name=app.name,
+        app_name=shown_name(app.name),
         flow=flow_blob,
         email=email,
         error=None,
@@ -562,7 +572,7 @@ async def _login_again(
         status,
         headers=headers,
         title="Sign in",
-        app_name=app.name,
+        app_name=shown_name(app.name),
         flow=flow_blob,
         email=email,
         error=error,
@@ -676,7 +686,7 @@ async def otp_confirm(scope: Scope, send: Send, svc: Services) -> None:
         scope,
         "confirm.html",
         title="Confirm sign-in",
-        app_name=app.name,
+        app_name=shown_name(app.name),
         flow=flow_blob,
         email=email,
         pin=pin,
@@ -736,10 +746,12 @@ async def otp_verify(
             "pin.html",
             401,
             title="Check your email",
-            app_name=app.name,
+            app_name=shown_name(app.name),
             flow=flow_blob,
             email=shown,
             error=error,
+            # no code can work any more: offer a new one to the same address
+            code_spent=outcome in (PinOutcome.EXPIRED, PinOutcome.EXHAUSTED, PinOutcome.USED),
         )
         return
     await rt.store.delete_pin(pin_store_key(email, app.name))

@@ -131,8 +131,19 @@ class _Registry:
 _REGISTRY = _Registry({})
 
 
-def client_for(scope: Scope, svc: Services, idp: OidcProvider) -> OidcClient:
-    secret = os.environ.get(idp.client_secret_env) if idp.client_secret_env else None
+async def client_secret(svc: Services, idp: OidcProvider) -> str | None:
+    """The provider's client secret: the environment variable ``client_secret_env`` names
+    when it is set and not empty, else the one stored through the panel or API, else none."""
+    if idp.client_secret_env:
+        value = os.environ.get(idp.client_secret_env)
+        if value:
+            return value
+    return await svc.runtime.store.oidc_secret(idp.name, idp.issuer)
+
+
+def client_for(
+    scope: Scope, svc: Services, idp: OidcProvider, secret: str | None = None
+) -> OidcClient:
     settings = ClientSettings(
         name=idp.name,
         issuer=idp.issuer,
@@ -385,7 +396,7 @@ async def redirect_to_provider(
             "rate_limited",
             app=app.name,
         )
-    client = client_for(scope, svc, idp)
+    client = client_for(scope, svc, idp, await client_secret(svc, idp))
     try:
         auth = await client.begin()
     except OidcError as exc:
@@ -447,7 +458,7 @@ async def callback(scope: Scope, send: Send, svc: Services, req: Request, name: 
             flow=flow_blob,
             app=app.name,
         )
-    client = client_for(scope, svc, idp)
+    client = client_for(scope, svc, idp, await client_secret(svc, idp))
     try:
         identity = await client.finish(
             code=code,

@@ -97,22 +97,32 @@ class Services:
         host: str | None = None,
         path: str | None = None,
         detail: str | None = None,
+        status: int | None = None,
+        duration_ms: float | None = None,
+        repeat_key: tuple[str, str] | None = None,
     ) -> None:
-        """Queue an access-log record (never blocks; a full queue is counted)."""
-        self.accesslog.record(
-            AccessEvent(
-                at=datetime.fromtimestamp(time.time(), UTC),
-                kind=kind,
-                app=app,
-                email=email,
-                idp=idp,
-                ip=ip,
-                country=country,
-                decision=decision,
-                policy=policy,
-                method=method,
-                host=host,
-                path=path,
-                detail=detail,
-            )
+        """Queue an access-log record (never blocks; a full queue is counted). With
+        ``repeat_key`` (application, client address) the record is aggregated per key and
+        minute (``AccessLogWriter.record_repeated``): for what a scan could send by the
+        thousand."""
+        event = AccessEvent(
+            at=datetime.fromtimestamp(time.time(), UTC),
+            kind=kind,
+            app=app,
+            email=email,
+            idp=idp,
+            ip=ip,
+            country=country,
+            decision=decision,
+            policy=policy,
+            method=method,
+            host=host,
+            path=path,
+            detail=detail,
+            status=status,
+            duration_ms=duration_ms,
         )
+        if repeat_key is None:
+            self.accesslog.record(event)
+        else:
+            self.accesslog.record_repeated(repeat_key, (repeat_key[0], "*"), event)

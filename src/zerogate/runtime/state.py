@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import functools
 import gc
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from zerogate.identity import Claims, KeySet, TokenVerifier, VerifiedTokenCache
 from zerogate.identity.keys import Algorithm
 from zerogate.identity.secret_hash import SecretKind, secret_matches
 from zerogate.identity.tokens import TYPE_APP, TokenType
-from zerogate.model.objects import OneTimePinProvider, Settings
+from zerogate.model.objects import OneTimePinProvider, Settings, default_audience
 from zerogate.model.values import ip_network, mailbox_of, parse_duration
 from zerogate.policy import Snapshot, compile_snapshot
 from zerogate.policy.engine import CompiledApp
@@ -53,8 +52,9 @@ def settle_heap() -> None:
 
 
 def audience_tag(app_name: str) -> str:
-    """The application's stable audience tag (``aud`` of its tokens, part of its cookie name)."""
-    return hashlib.sha256(b"zerogate-app\x00" + app_name.encode()).hexdigest()[:32]
+    """The audience an application named ``app_name`` has unless one is stored for it
+    (``Application.audience``); the edge uses ``CompiledApp.audience``."""
+    return default_audience(app_name)
 
 
 PORTAL_AUDIENCE = "zerogate-portal"
@@ -142,7 +142,7 @@ class Runtime:
     @property
     def issuer(self) -> str:
         """``iss`` of every token: ``https://<portal>``, or the scheme a URL ``portal`` names."""
-        return f"{self.public_scheme or 'https'}://{self.settings.portal_address}"
+        return self.settings.issuer
 
     def verifier(self, token_type: TokenType = TYPE_APP) -> TokenVerifier:
         return TokenVerifier(self.keyset, self.issuer, token_type=token_type, cache=self.cache)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from zerogate import logsetup
-from zerogate.accesslog import LogKeeper
+from zerogate.accesslog import AccessStream, LogKeeper
 from zerogate.admin.app import AdminFrontDoor
 from zerogate.admin.app import handles as admin_paths
 from zerogate.autotls.http01 import ChallengeListener
@@ -391,10 +391,18 @@ class ZerogateApp:
                 )
         mailer = Mailer(settings.email.smtp, settings.email.from_, outbox=outbox)
         retention = settings.logs
+        stream = retention.stream
         self.logs = LogKeeper(
             store,
             access_retention=_retention(retention.access_retention),
             admin_retention=_retention(retention.admin_retention),
+            stream=AccessStream(
+                stdout=stream.stdout == "json",
+                syslog_address=stream.syslog.address if stream.syslog else None,
+                facility=stream.syslog.facility if stream.syslog else "local0",
+            )
+            if stream.stdout or stream.syslog
+            else None,
         )
         await self.logs.start()
         writer = self.logs.writer

@@ -9,15 +9,32 @@ Imports only ``zerogate.model`` of zerogate's own code."""
 from zerogate.store.cluster import ClusterNode, ClusterView, Presence
 from zerogate.store.diff import Change, Kept, Plan
 from zerogate.store.errors import KeptInvalid, StaleWrite, StoreError
-from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion
+from zerogate.store.runtime import (
+    ACCESS_DECISIONS,
+    ACCESS_FIELDS,
+    ACCESS_KINDS,
+    AccessEvent,
+    AccessFilter,
+    ServiceCredential,
+    StateVersion,
+    access_event_dict,
+    access_filter,
+    cursor_of,
+    parse_cursor,
+    parse_status,
+)
 from zerogate.store.sessions import Session
 from zerogate.store.store import CLUSTER_CHANNEL, AdminLogEntry, Store
 from zerogate.store.tunnels import ApiToken, TunnelConnection, TunnelCredential
 from zerogate.store.urls import storage_url
 
 __all__ = [
+    "ACCESS_DECISIONS",
+    "ACCESS_FIELDS",
+    "ACCESS_KINDS",
     "CLUSTER_CHANNEL",
     "AccessEvent",
+    "AccessFilter",
     "AdminLogEntry",
     "ApiToken",
     "Change",
@@ -35,5 +52,10 @@ __all__ = [
     "StoreError",
     "TunnelConnection",
     "TunnelCredential",
+    "access_event_dict",
+    "access_filter",
+    "cursor_of",
+    "parse_cursor",
+    "parse_status",
     "storage_url",
 ]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, delete, insert, select, update
+from sqlalchemy import ColumnElement, Table, and_, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -92,6 +92,166 @@ class AccessEvent:
     path: str | None = None
     detail: str | None = None
     id: int | None = None
+    #: the status the client got for a forwarded request (the origin's, or zerogate's 502 /
+    #: 504 when the origin failed); None when no response went out or for other rows
+    status: int | None = None
+    #: from the decision to the end of the response, in milliseconds
+    duration_ms: float | None = None
+    #: how many requests this row stands for (aggregated "sent to login" rows: more than 1)
+    count: int = 1
+
+
+#: every decision an access-log row can carry (``authenticate``: sent to the login; ``sent`` /
+#: ``failed``: a PIN mail's outcome, on ``mail`` rows)
+ACCESS_DECISIONS = ("allow", "block", "authenticate", "pin sent", "logout", "gap", "sent", "failed")
+#: every kind of access-log row
+ACCESS_KINDS = ("request", "login", "gap", "mail")
+
+
+@dataclass(frozen=True)
+class AccessFilter:
+    """Which access-log rows to read; every field given must match.
+
+    ``status`` is an inclusive range (``parse_status`` turns ``502`` or ``5xx`` into one);
+    ``before`` is a page cursor (``cursor_of`` of the last row of the previous page: the rows
+    after it in newest-first order); ``after_id`` reads rows with a larger id, oldest first
+    (``zerogate logs --follow``)."""
+
+    app: str | None = None
+    email: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    decision: str | None = None
+    kind: str | None = None
+    ip: str | None = None
+    status: tuple[int, int] | None = None
+    before: tuple[datetime, int] | None = None
+    after_id: int | None = None
+
+
+#: the fields of an access-log row as JSON (``access_event_dict``), in this order
+ACCESS_FIELDS = (
+    "id",
+    "at",
+    "kind",
+    "decision",
+    "status",
+    "duration_ms",
+    "count",
+    "app",
+    "email",
+    "idp",
+    "ip",
+    "country",
+    "policy",
+    "method",
+    "host",
+    "path",
+    "detail",
+)
+
+
+def access_event_dict(event: AccessEvent) -> dict[str, Any]:
+    """One row as JSON-able values (``at`` as ISO 8601 UTC with milliseconds): the shape of
+    ``zerogate logs --json``, the API's export and the log stream."""
+    at = event.at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    row = {name: getattr(event, name) for name in ACCESS_FIELDS}
+    row["at"] = at
+    if event.duration_ms is not None:
+        row["duration_ms"] = round(event.duration_ms, 3)
+    return row
+
+
+def access_filter(
+    *,
+    now: datetime,
+    app: str | None = None,
+    email: str | None = None,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
+    decision: str | None = None,
+    kind: str | None = None,
+    ip: str | None = None,
+    status: str | None = None,
+    cursor: str | None = None,
+) -> AccessFilter:
+    """An ``AccessFilter`` from what a person typed (empty text: no filter), or
+    ``ValueError("FIELD: why")`` naming the allowed values: shared by ``zerogate logs``, the
+    admin API and the panel, so each says the same about the same mistake."""
+    from zerogate.model.values import parse_since
+
+    def text(value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    for name, given in (("app", app), ("email", email), ("ip", ip)):
+        if given is not None and ("\x00" in given or len(given) > ACCESS_TEXT_CHARS):
+            raise ValueError(f"{name}: not a value any row can hold")
+
+    def moment(name: str, value: str | datetime | None) -> datetime | None:
+        if isinstance(value, datetime):
+            return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        given = text(value)
+        if given is None:
+            return None
+        try:
+            return parse_since(given, now)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+
+    decision, kind, status_text, cursor = text(decision), text(kind), text(status), text(cursor)
+    if decision is not None and decision not in ACCESS_DECISIONS:
+        raise ValueError(f"decision: {decision!r} is not one of {', '.join(ACCESS_DECISIONS)}")
+    if kind is not None and kind not in ACCESS_KINDS:
+        raise ValueError(f"kind: {kind!r} is not one of {', '.join(ACCESS_KINDS)}")
+    try:
+        status_range = parse_status(status_text) if status_text is not None else None
+    except ValueError as exc:
+        raise ValueError(f"status: {exc}") from None
+    try:
+        before = parse_cursor(cursor) if cursor is not None else None
+    except ValueError as exc:
+        raise ValueError(f"cursor: {exc}") from None
+    return AccessFilter(
+        app=text(app),
+        email=text(email),
+        since=moment("since", since),
+        until=moment("until", until),
+        decision=decision,
+        kind=kind,
+        ip=text(ip),
+        status=status_range,
+        before=before,
+    )
+
+
+def parse_status(text: str) -> tuple[int, int]:
+    """``502`` → (502, 502); ``5xx`` → (500, 599); else ``ValueError`` saying what is allowed."""
+    value = text.strip().lower()
+    if len(value) == 3 and value[0] in "12345" and value[1:] == "xx":
+        low = int(value[0]) * 100
+        return low, low + 99
+    if len(value) == 3 and value.isdigit() and 100 <= int(value) <= 599:
+        return int(value), int(value)
+    raise ValueError(f"{text!r} is not a status: give a code (502) or a class (1xx to 5xx)")
+
+
+def cursor_of(event: AccessEvent) -> str:
+    """The page cursor after ``event`` (an event read back from the store)."""
+    if event.id is None:
+        raise ValueError("only a stored event has a cursor")
+    at = event.at.astimezone(UTC)
+    micros = int(at.timestamp()) * 1_000_000 + at.microsecond
+    return f"{micros}.{event.id}"
+
+
+def parse_cursor(text: str) -> tuple[datetime, int]:
+    """The (time, id) a ``cursor_of`` value names, or ``ValueError``."""
+    micros, dot, ident = text.partition(".")
+    if not dot or not micros.isdigit() or not ident.isdigit() or len(text) > 40:
+        raise ValueError("not a cursor this server gave out")
+    seconds, rest = divmod(int(micros), 1_000_000)
+    at = datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest)
+    return at, int(ident)
 
 
 def utc(value: datetime, what: str) -> datetime:
@@ -448,6 +608,9 @@ def _access_row(event: AccessEvent) -> dict[str, Any]:
         "host": _cut(event.host, text),
         "path": _cut(event.path, text),
         "detail": _cut(event.detail, text),
+        "status": event.status,
+        "duration_ms": event.duration_ms,
+        "count": max(1, event.count),
     }
 
 
@@ -456,34 +619,37 @@ async def write_access(connection: AsyncConnection, events: Sequence[AccessEvent
 
 
 async def read_access(
-    connection: AsyncConnection,
-    *,
-    app: str | None,
-    email: str | None,
-    since: datetime | None,
-    decision: str | None,
-    kind: str | None,
-    limit: int,
+    connection: AsyncConnection, where: AccessFilter, *, limit: int
 ) -> list[AccessEvent]:
+    """Newest first (or, with ``after_id``, oldest first) at most ``limit`` matching rows."""
     table = access_log
-    where: list[ColumnElement[bool]] = []
-    if app is not None:
-        where.append(table.c.app == app)
-    if email is not None:
-        where.append(table.c.email == normalise_email(email))
-    if since is not None:
-        where.append(table.c.at >= utc(since, "since"))
-    if decision is not None:
-        where.append(table.c.decision == decision)
-    if kind is not None:
-        where.append(table.c.kind == kind)
-    query = (
-        select(table)
-        .where(*where)
-        .order_by(table.c.at.desc(), table.c.id.desc())
-        .limit(max(0, limit))
-    )
-    result = await connection.execute(query)
+    conditions: list[ColumnElement[bool]] = []
+    if where.app is not None:
+        conditions.append(table.c.app == where.app)
+    if where.email is not None:
+        conditions.append(table.c.email == normalise_email(where.email))
+    if where.since is not None:
+        conditions.append(table.c.at >= utc(where.since, "since"))
+    if where.until is not None:
+        conditions.append(table.c.at < utc(where.until, "until"))
+    if where.decision is not None:
+        conditions.append(table.c.decision == where.decision)
+    if where.kind is not None:
+        conditions.append(table.c.kind == where.kind)
+    if where.ip is not None:
+        conditions.append(table.c.ip == where.ip)
+    if where.status is not None:
+        conditions.append(table.c.status.between(*where.status))
+    if where.before is not None:
+        at, ident = where.before
+        at = utc(at, "a cursor's time")
+        conditions.append(or_(table.c.at < at, and_(table.c.at == at, table.c.id < ident)))
+    query = select(table).where(*conditions)
+    if where.after_id is not None:
+        query = query.where(table.c.id > where.after_id).order_by(table.c.id)
+    else:
+        query = query.order_by(table.c.at.desc(), table.c.id.desc())
+    result = await connection.execute(query.limit(max(0, limit)))
     return [
         AccessEvent(
             at=record["at"],
@@ -500,6 +666,9 @@ async def read_access(
             path=record["path"],
             detail=record["detail"],
             id=record["id"],
+            status=record["status"],
+            duration_ms=record["duration_ms"],
+            count=record["count"],
         )
         for record in result.mappings().all()
     ]

@@ -33,8 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from zerogate.model.loader import ConfigError, validate_objects
 from zerogate.model.objects import Objects
 from zerogate.store import certificates as certstore
-from zerogate.store import cluster, limits, logs, migrate, runtime, tunnels
+from zerogate.store import cluster, idp_secrets, limits, logs, migrate, runtime, tunnels
 from zerogate.store import sessions as session_rows
+from zerogate.store.audiences import keep_audiences
 from zerogate.store.cluster import ClusterNode, ClusterView, Presence
 from zerogate.store.diff import (
     KINDS,
@@ -51,7 +52,14 @@ from zerogate.store.diff import (
 )
 from zerogate.store.engine import create_engine, is_memory, sqlite_file, write_lock
 from zerogate.store.errors import KeptInvalid, StaleWrite, StoreError
-from zerogate.store.runtime import AccessEvent, ServiceCredential, StateVersion, key_text, utc
+from zerogate.store.runtime import (
+    AccessEvent,
+    AccessFilter,
+    ServiceCredential,
+    StateVersion,
+    key_text,
+    utc,
+)
 from zerogate.store.secretbox import SecretBox, prepare_sqlite_file
 from zerogate.store.sessions import Session
 from zerogate.store.tables import access_log, admin_log, config_state
@@ -285,6 +293,16 @@ class Store:
                 versions = {(k, n): int(v) for k, n, v in result.all()}
         return _objects(rows), version, versions
 
+    @staticmethod
+    def plan_if_missing(url: str, objects: Objects) -> Plan | None:
+        """The plan against a SQLite store whose file does not exist yet (everything is an
+        add), without creating the file; None when the store exists or is not such a file
+        (then open it and use ``plan``). For ``apply --dry-run``, which must create nothing."""
+        path = sqlite_file(url)
+        if path is None or path.exists():
+            return None
+        return Plan(diff([], keep_audiences([], _wanted(objects))), 0, 0)
+
     async def plan(self, objects: Objects, *, origin: Origin = "file", prune: bool = False) -> Plan:
         """What ``apply(objects, origin=origin, prune=prune)`` would do now; writes nothing
         (raises ``KeptInvalid`` as that apply would)."""
@@ -294,6 +312,7 @@ class Store:
                 version = await _version(connection)
                 stored = await _rows(connection)
         wanted, kept = _merged(stored, listed, origin, prune)
+        wanted = keep_audiences(list(stored), wanted)
         return Plan(diff(stored, wanted), version, version, kept)
 
     async def kept_document(self, objects: Objects, *, prune: bool = False) -> dict[str, Any]:
@@ -385,6 +404,7 @@ class Store:
                         raise StaleWrite("configuration", "", expect_version, version)
                     stored = await _rows(connection)
                     wanted, kept = _merged(stored, listed, origin, prune)
+                    wanted = keep_audiences(list(stored), wanted)
                     changes = diff(stored, wanted)
                     flags = _ownership_flips(stored, wanted, origin)
                     if not changes and not flags:
@@ -440,6 +460,42 @@ class Store:
         with self._errors(f"read the secret {name!r}"):
             async with self._writing() as connection:
                 return await runtime.named_secret(connection, name, candidate, _now(), self._box)
+
+    # -- OIDC client secrets set in the panel or API -----------------------------------------
+
+    async def set_oidc_secret(self, provider: str, issuer: str, value: str | None) -> None:
+        """Store (encrypted and bound to ``issuer``, see ``idp_secrets``) or, with ``None``,
+        remove the client secret of identity provider ``provider``."""
+        secret = await self.server_secret()
+        with self._errors("store the client secret"):
+            async with self._writing() as connection:
+                if value is None:
+                    await idp_secrets.remove(connection, [provider])
+                else:
+                    await idp_secrets.put(
+                        connection,
+                        provider,
+                        issuer,
+                        idp_secrets.check(value),
+                        server_secret=secret,
+                        box=self._box,
+                        now=_now(),
+                    )
+
+    async def oidc_secret(self, provider: str, issuer: str) -> str | None:
+        """The client secret stored for ``provider`` at ``issuer``, or None."""
+        secret = await self.server_secret()
+        with self._errors("read the client secret"):
+            async with self._single() as connection:
+                return await idp_secrets.get(
+                    connection, provider, issuer, server_secret=secret, box=self._box
+                )
+
+    async def oidc_secret_names(self) -> set[str]:
+        """The providers that have a stored client secret."""
+        with self._errors("read the client secrets"):
+            async with self._single() as connection:
+                return await idp_secrets.names(connection)
 
     # -- tunnels -------------------------------------------------------------------------
 
@@ -888,6 +944,7 @@ class Store:
 
     async def access_log(
         self,
+        where: AccessFilter | None = None,
         *,
         app: str | None = None,
         email: str | None = None,
@@ -897,18 +954,13 @@ class Store:
         limit: int = 100,
     ) -> list[AccessEvent]:
         """The newest ``limit`` access events matching every filter given, newest first
-        (``since`` inclusive, ``email`` compared lower-cased)."""
+        (``since`` inclusive, ``email`` compared lower-cased); ``where`` (an ``AccessFilter``)
+        instead of the keywords for every filter, paging and following."""
+        if where is None:
+            where = AccessFilter(app=app, email=email, since=since, decision=decision, kind=kind)
         with self._errors("read the access log"):
             async with self._single() as connection:
-                return await runtime.read_access(
-                    connection,
-                    app=app,
-                    email=email,
-                    since=since,
-                    decision=decision,
-                    kind=kind,
-                    limit=limit,
-                )
+                return await runtime.read_access(connection, where, limit=limit)
 
 
 # -- queries (module functions so tests can interfere with one step) ---------------------------
@@ -1124,6 +1176,8 @@ async def _drop_removed_credentials(connection: AsyncConnection, changes: Sequen
     await runtime.delete_service_credentials(connection, removed)
     gone = [c.name for c in changes if c.kind == "tunnel" and c.action == "remove"]
     await tunnels.delete_tunnel_credentials(connection, gone)
+    idps = [c.name for c in changes if c.kind == "identity_provider" and c.action == "remove"]
+    await idp_secrets.remove(connection, idps)
 
 
 async def _check_expected(

@@ -53,6 +53,8 @@ Cluster (migration 0006, ``zerogate.store.cluster``):
   started, heartbeat); expired rows are deleted.
 - ``tunnel_presence``: which node holds which connector connection (tunnel, connector id,
   connection index, since, heartbeat), replaced by its node on every change.
+Log fields (migration 0010): ``access_log.status`` (what the client got for a forwarded
+request), ``duration_ms`` and ``count`` (requests an aggregated row stands for).
 """
 
 from __future__ import annotations
@@ -241,6 +243,9 @@ access_log = Table(
     Column("host", Text, nullable=True),
     Column("path", Text, nullable=True),
     Column("detail", Text, nullable=True),
+    Column("status", Integer, nullable=True),
+    Column("duration_ms", Float, nullable=True),
+    Column("count", Integer, nullable=False, server_default=text("1")),
     Index("ix_access_log_at", "at"),
     Index("ix_access_log_app_at", "app", "at"),
     Index("ix_access_log_email_at", "email", "at"),

@@ -11,7 +11,17 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from zerogate import __version__
-from zerogate.admin.api import admins, logs, nodes, objects, policies, sessions, tester, tokens
+from zerogate.admin.api import (
+    admins,
+    logs,
+    nodes,
+    objects,
+    oidc,
+    policies,
+    sessions,
+    tester,
+    tokens,
+)
 from zerogate.admin.api.common import ERRORS, MAX_BODY, PREFIX, principal, problems_out
 from zerogate.admin.auth import CSRF_HEADER, csrf_token
 from zerogate.admin.service import AdminError, AdminService
@@ -75,6 +85,7 @@ def create_api(
     app.include_router(tester.router(service))
     app.include_router(sessions.router(service))
     app.include_router(nodes.router(service))
+    app.include_router(oidc.router(service, settings))
     return app
 
 

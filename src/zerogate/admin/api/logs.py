@@ -1,13 +1,44 @@
 """The access log and the admin log, newest first; mail health (from the access log)."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from zerogate.admin.api.common import PREFIX, utc
-from zerogate.admin.service import AdminService
+from zerogate.admin.service import EXPORT_FORMATS, AdminService, Invalid
+from zerogate.store import (
+    ACCESS_DECISIONS,
+    ACCESS_KINDS,
+    AccessFilter,
+    access_filter,
+    cursor_of,
+)
+
+DECISIONS_TEXT = "only this decision: " + ", ".join(ACCESS_DECISIONS)
+KINDS_TEXT = "only this kind: " + ", ".join(ACCESS_KINDS)
+STATUS_TEXT = "only this status (502) or class (5xx)"
+SINCE_TEXT = "at or after: a duration back from now (30m, 7d) or an ISO 8601 time"
+UNTIL_TEXT = "before: a duration back from now or an ISO 8601 time"
+CURSOR_TEXT = "the next_cursor of the previous page"
+
+
+def export_response(service: AdminService, filters: AccessFilter, fmt: str) -> StreamingResponse:
+    """The export as a download (``Content-Disposition``), shared by the API and the panel."""
+    if fmt not in EXPORT_FORMATS:
+        raise Invalid(f"format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
+    return StreamingResponse(
+        service.export_access(filters, fmt),
+        media_type=media,
+        headers={
+            "content-disposition": f'attachment; filename="zerogate-access-{stamp}.{fmt}"',
+            "cache-control": "no-store",
+        },
+    )
 
 
 class AccessEventOut(BaseModel):
@@ -19,16 +50,25 @@ class AccessEventOut(BaseModel):
     idp: str | None
     ip: str | None
     country: str | None
-    decision: str
+    decision: str = Field(description="one of " + ", ".join(ACCESS_DECISIONS))
     policy: str | None
     method: str | None
     host: str | None
     path: str | None
     detail: str | None
+    status: int | None = Field(
+        description="the status the client got for a forwarded request (the origin's, or "
+        "zerogate's 502 / 504 when the origin failed); null when no response went out"
+    )
+    duration_ms: float | None = Field(description="from the decision to the response's end")
+    count: int = Field(description="requests this row stands for (aggregated rows: more)")
 
 
 class AccessLogOut(BaseModel):
     events: list[AccessEventOut]
+    next_cursor: str | None = Field(
+        description="pass as cursor for the next (older) page; null on the last page"
+    )
 
 
 class AdminLogEntryOut(BaseModel):
@@ -69,24 +109,87 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 def router(service: AdminService) -> APIRouter:
     logs = APIRouter()
 
+    def where(
+        app_name: str | None,
+        email: str | None,
+        decision: str | None,
+        kind: str | None,
+        ip: str | None,
+        status: str | None,
+        since: str | None,
+        until: str | None,
+        cursor: str | None,
+    ) -> AccessFilter:
+        try:
+            return access_filter(
+                now=datetime.now(UTC),
+                app=app_name,
+                email=email,
+                decision=decision,
+                kind=kind,
+                ip=ip,
+                status=status,
+                since=since,
+                until=until,
+                cursor=cursor,
+            )
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+
     @logs.get(
         f"{PREFIX}/access-log",
         response_model=AccessLogOut,
         operation_id="access_log",
         tags=["logs"],
-        summary="Logins and allowed or blocked requests, newest first",
+        summary="Logins and allowed, blocked or sent-to-login requests, newest first",
     )
     async def access_log(
         app_name: Annotated[str | None, Query(alias="app")] = None,
         email: str | None = None,
-        decision: str | None = None,
-        since: datetime | None = None,
+        decision: Annotated[str | None, Query(description=DECISIONS_TEXT)] = None,
+        kind: Annotated[str | None, Query(description=KINDS_TEXT)] = None,
+        ip: str | None = None,
+        status: Annotated[str | None, Query(description=STATUS_TEXT)] = None,
+        since: Annotated[str | None, Query(description=SINCE_TEXT)] = None,
+        until: Annotated[str | None, Query(description=UNTIL_TEXT)] = None,
+        cursor: Annotated[str | None, Query(description=CURSOR_TEXT)] = None,
         limit: Limit = 100,
     ) -> AccessLogOut:
-        events = await service.access_log(
-            app=app_name, email=email, decision=decision, since=utc(since), limit=limit
+        filters = where(app_name, email, decision, kind, ip, status, since, until, cursor)
+        events = await service.access_log(filters, limit=limit + 1)
+        more = len(events) > limit
+        events = events[:limit]
+        return AccessLogOut(
+            events=[AccessEventOut(**vars(e)) for e in events],
+            next_cursor=cursor_of(events[-1]) if more else None,
         )
-        return AccessLogOut(events=[AccessEventOut(**vars(e)) for e in events])
+
+    @logs.get(
+        f"{PREFIX}/access-log/export",
+        operation_id="access_log_export",
+        tags=["logs"],
+        summary="Every matching access-log row as CSV or JSON lines, newest first",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"text/csv": {}, "application/x-ndjson": {}},
+                "description": "CSV with a header row, or one JSON object per line",
+            }
+        },
+    )
+    async def access_log_export(
+        fmt: Annotated[str, Query(alias="format", description="csv or jsonl")] = "csv",
+        app_name: Annotated[str | None, Query(alias="app")] = None,
+        email: str | None = None,
+        decision: Annotated[str | None, Query(description=DECISIONS_TEXT)] = None,
+        kind: Annotated[str | None, Query(description=KINDS_TEXT)] = None,
+        ip: str | None = None,
+        status: Annotated[str | None, Query(description=STATUS_TEXT)] = None,
+        since: Annotated[str | None, Query(description=SINCE_TEXT)] = None,
+        until: Annotated[str | None, Query(description=UNTIL_TEXT)] = None,
+    ) -> StreamingResponse:
+        filters = where(app_name, email, decision, kind, ip, status, since, until, None)
+        return export_response(service, filters, fmt)
 
     @logs.get(
         f"{PREFIX}/admin-log",

@@ -30,6 +30,7 @@ from zerogate.model.objects import (
     OneTimePinProvider,
     ServiceToken,
     Tunnel,
+    default_audience,
 )
 
 
@@ -42,7 +43,10 @@ class GroupPut(Group, PutVersion):
 
 
 class ApplicationOut(Application, Versioned):
-    pass
+    audience: str = Field(
+        description="the aud claim of this application's Zerogate-Jwt-Assertion (stable across "
+        "renames; see docs/verify-jwt.md)"
+    )
 
 
 class ApplicationPut(Application, PutVersion):
@@ -54,7 +58,11 @@ class OneTimePinProviderOut(OneTimePinProvider, Versioned):
 
 
 class OidcProviderOut(OidcProvider, Versioned):
-    pass
+    client_secret_stored: bool = Field(
+        default=False,
+        description="a client secret was stored through the panel or API (never shown); "
+        "client_secret_env, when set on the server, is used first",
+    )
 
 
 class OneTimePinProviderPut(OneTimePinProvider, PutVersion):
@@ -62,7 +70,9 @@ class OneTimePinProviderPut(OneTimePinProvider, PutVersion):
 
 
 class OidcProviderPut(OidcProvider, PutVersion):
-    pass
+    client_secret_stored: bool | None = Field(
+        default=None, exclude=True, description="read-only: ignored (a GET's body can be PUT back)"
+    )
 
 
 IdentityProviderIn = Annotated[OneTimePinProvider | OidcProvider, Field(discriminator="type")]
@@ -107,6 +117,26 @@ class ServiceTokenPut(ServiceToken, PutVersion):
 
 
 Extra = Callable[[list[Item]], Awaitable[list[dict[str, Any]]]]
+
+
+async def application_extra(items: list[Item]) -> list[dict[str, Any]]:
+    """Every application's audience (``aud`` of its tokens), also when derived from its name."""
+    return [
+        {"audience": item.spec.get("audience") or default_audience(item.name)} for item in items
+    ]
+
+
+def idp_extra(service: AdminService) -> Extra:
+    """Whether an OIDC provider has a stored client secret (never the secret)."""
+
+    async def extra(items: list[Item]) -> list[dict[str, Any]]:
+        stored = await service.oidc_secrets_stored()
+        return [
+            {"client_secret_stored": item.name in stored} if item.spec.get("type") == "oidc" else {}
+            for item in items
+        ]
+
+    return extra
 
 
 def tunnel_extra(service: AdminService) -> Extra:
@@ -276,6 +306,7 @@ def router(service: AdminService) -> APIRouter:
         Application,
         ApplicationPut,
         ApplicationOut,
+        application_extra,
     )
     collection(
         objects,
@@ -286,6 +317,7 @@ def router(service: AdminService) -> APIRouter:
         IdentityProviderIn,
         IdentityProviderPut,
         IdentityProviderOut,
+        idp_extra(service),
     )
     collection(
         objects,

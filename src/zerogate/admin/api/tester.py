@@ -60,7 +60,7 @@ def router(service: AdminService) -> APIRouter:
             decision=result["decision"],
             policy=result["policy"],
             reason=result["reason"],
-            steps=result["explanation"],
+            steps=result["steps"],
         )
 
     return tester

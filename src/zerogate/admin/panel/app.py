@@ -65,6 +65,7 @@ class Panel(
             ("/admin/api-tokens", self.api_tokens),
             ("/admin/sessions", self.sessions),
             ("/admin/access-log", self.access_log),
+            ("/admin/access-log/export", self.access_log_export),
             ("/admin/admin-log", self.admin_log),
             ("/admin/policy-test", self.policy_test),
             ("/admin/static/{name}", self.static_file),

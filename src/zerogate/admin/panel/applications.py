@@ -15,6 +15,7 @@ from zerogate.admin.panel.base import PanelBase
 from zerogate.admin.principal import Principal
 from zerogate.admin.service import Conflict, Invalid, Item, LockOut, NotFound
 from zerogate.model.loader import Problem
+from zerogate.model.objects import default_audience
 
 DECISIONS = ("allow", "block", "bypass", "service_auth")
 
@@ -51,6 +52,8 @@ class ApplicationViews(PanelBase):
             problems=problems,
             idps=await self.names("identity_providers"),
             tunnels=await self.names("tunnels"),
+            audience=(item.spec.get("audience") or default_audience(item.name)) if item else None,
+            issuer=self.issuer,
         )
 
     @staticmethod

@@ -115,6 +115,11 @@ class PanelBase:
         )
         self.static = _static_files()
 
+    @property
+    def issuer(self) -> str | None:
+        """``iss`` of the tokens origins receive (None without the server's settings)."""
+        return self.settings.issuer if self.settings is not None else None
+
     # -- reading, writing, rendering ---------------------------------------------------------
 
     def _reading(self, handler: Handler) -> Handler:
@@ -316,6 +321,8 @@ class PanelBase:
         except LockOut:
             raise
         except Invalid as exc:
+            if "in use" in exc.message:  # names every place that uses it
+                return self.redirect(back, f"Cannot delete {what} {name}: {exc.message}", "error")
             problems = "; ".join(str(p) for p in exc.problems)
             return self.redirect(back, f"Cannot delete {what} {name}: {problems}", "error")
         return self.redirect(back, f"The {what} {name} is deleted.")

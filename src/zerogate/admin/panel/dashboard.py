@@ -15,14 +15,16 @@ class DashboardViews(TunnelViews):
     async def dashboard(self, request: Request) -> Response:
         apps = await self.service.items("applications")
         tunnels = await self.tunnel_rows()
-        counts = {
-            "applications": len(apps),
-            "groups": len(await self.service.items("groups")),
-            "identity providers": len(await self.service.items("identity_providers")),
-            "tunnels": len(tunnels),
-            "service tokens": len(await self.service.items("service_tokens")),
-            "admins": len((await self.service.admins())[0]),
+        numbers = {
+            "application": len(apps),
+            "group": len(await self.service.items("groups")),
+            "identity provider": len(await self.service.items("identity_providers")),
+            "tunnel": len(tunnels),
+            "service token": len(await self.service.items("service_tokens")),
+            "admin": len((await self.service.admins())[0]),
         }
+        # "1 identity provider", "2 identity providers"
+        counts = {(thing if n == 1 else f"{thing}s"): n for thing, n in numbers.items()}
         blocks = await self.service.access_log(decision="block", limit=RECENT_BLOCKS)
         mail = await self.service.mail_health()
         return self.render(

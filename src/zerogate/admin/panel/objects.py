@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -12,32 +11,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from zerogate.admin import panel_forms as forms
+from zerogate.admin.idp_check import aiohttp_fetch, callback_url, check_oidc
 from zerogate.admin.panel.base import PanelBase, Refused
 from zerogate.admin.principal import Principal
-from zerogate.admin.service import Item
-from zerogate.identity.oidc import (
-    FetchError,
-    HttpRequest,
-    OidcError,
-    discovery_url,
-    parse_discovery,
-)
+from zerogate.admin.service import Actor, Invalid, Item
 from zerogate.model.loader import Problem
-from zerogate.runtime.fetch import oidc_fetch
 
-#: how long "test connection" waits for the provider
-TEST_TIMEOUT_SECONDS = 5.0
-TEST_MAX_BYTES = 1024 * 1024
-
-
-#: "test connection": short timeout, bounded size, no cookies, redirects on the same origin only
-aiohttp_fetch = oidc_fetch(TEST_TIMEOUT_SECONDS, TEST_MAX_BYTES)
+__all__ = ["GroupViews", "IdentityProviderViews", "aiohttp_fetch"]
 
 
 class GroupViews(PanelBase):
     async def groups(self, request: Request) -> Response:
+        groups = await self.service.items("groups")
         return self.render(
-            request, "groups.html", title="Access groups", groups=await self.service.items("groups")
+            request,
+            "groups.html",
+            title="Access groups",
+            groups=groups,
+            used_by=await self.service.usages("group", [g.name for g in groups]),
         )
 
     async def _group_page(
@@ -137,6 +128,8 @@ class IdentityProviderViews(PanelBase):
             problems=problems,
             test=test,
             callback=callback,
+            secret_stored=item is not None
+            and item.name in await self.service.oidc_secrets_stored(),
         )
 
     async def idp_edit(self, request: Request) -> Response:
@@ -160,8 +153,21 @@ class IdentityProviderViews(PanelBase):
         )
         if isinstance(saved, Response):
             return saved
+        note = ""
+        if saved.spec.get("type") == "oidc":
+            secret = forms.first(fields, "client_secret")
+            actor = Actor.of(principal)
+            try:
+                if secret:
+                    await self.service.set_oidc_secret(saved.name, secret, actor)
+                    note = " The client secret is stored."
+                elif forms.first(fields, "remove_client_secret"):
+                    await self.service.set_oidc_secret(saved.name, None, actor)
+                    note = " The stored client secret was removed."
+            except Invalid as exc:
+                note = f" The client secret was not stored: {exc.message}"
         target = "/admin/identity-providers/edit?" + urlencode({"name": saved.name})
-        return self.redirect(target, f"Identity provider {saved.name} saved.")
+        return self.redirect(target, f"Identity provider {saved.name} saved.{note}")
 
     async def idp_delete(
         self, request: Request, fields: dict[str, list[str]], principal: Principal
@@ -177,69 +183,9 @@ class IdentityProviderViews(PanelBase):
         item = await self.service.get("identity_providers", forms.first(fields, "name"))
         if item.spec.get("type") != "oidc":
             raise Refused(400, "Only OpenID Connect providers have a connection to test.")
-        result = await self.test_oidc(item.spec)
+        result = await self.check_oidc(item.spec)
         return await self._idp_page(request, item=item, form=forms.idp_form(item.spec), test=result)
 
-    async def test_oidc(self, spec: Mapping[str, Any]) -> dict[str, Any]:
-        issuer = str(spec["issuer"])
-        url = discovery_url(issuer)
-        result: dict[str, Any] = {"ok": False, "url": url, "checks": []}
-        checks: list[tuple[bool, str]] = result["checks"]
-        try:
-            response = await self.fetch(HttpRequest("GET", url, {"Accept": "application/json"}))
-        except FetchError as exc:
-            checks.append((False, f"could not reach the provider: {exc}"))
-            return result
-        if response.status != 200:
-            checks.append((False, f"{url} answered HTTP {response.status}"))
-            return result
-        try:
-            doc = response.json()
-        except (ValueError, UnicodeDecodeError):
-            checks.append((False, "the discovery document is not JSON"))
-            return result
-        if not isinstance(doc, dict):
-            checks.append((False, "the discovery document is not a JSON object"))
-            return result
-        try:
-            meta = parse_discovery(doc, issuer)
-        except OidcError as exc:
-            checks.append((False, str(exc)))
-            return result
-        checks.append((True, f"discovery document found; issuer {meta.issuer} matches"))
-        result["endpoints"] = {
-            "authorization": meta.authorization_endpoint,
-            "token": meta.token_endpoint,
-            "userinfo": meta.userinfo_endpoint or "—",
-            "jwks": meta.jwks_uri,
-        }
-        result["algorithms"] = sorted(meta.id_token_algorithms)
-        try:
-            keys = await self.fetch(HttpRequest("GET", meta.jwks_uri))
-            found = keys.json().get("keys") if keys.status == 200 else None
-        except (FetchError, ValueError, UnicodeDecodeError, AttributeError):
-            found = None
-        if isinstance(found, list):
-            checks.append((True, f"signing keys (JWKS): {len(found)}"))
-        else:
-            checks.append((False, f"could not read the signing keys at {meta.jwks_uri}"))
-        env = spec.get("client_secret_env")
-        if env and not self.service.secret_env_allowed(str(env)):
-            checks.append(
-                (
-                    False,
-                    f"client secret variable not checked: the panel looks only at variables "
-                    f"starting with {self.service.secret_env_prefix}",
-                )
-            )
-        elif env:
-            present = bool(os.environ.get(str(env)))
-            checks.append(
-                (
-                    present,
-                    f"client secret variable {env} is {'set' if present else 'NOT set'} "
-                    "on this server",
-                )
-            )
-        result["ok"] = all(ok for ok, _ in checks)
-        return result
+    async def check_oidc(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        callback = callback_url(self.settings, str(spec["name"]))
+        return await check_oidc(self.service, self.fetch, spec, callback=callback)

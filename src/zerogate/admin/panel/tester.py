@@ -8,6 +8,7 @@ from starlette.responses import Response
 from zerogate.admin import panel_forms as forms
 from zerogate.admin.panel.base import PanelBase
 from zerogate.admin.service import AdminError
+from zerogate.model.loader import Problem
 
 
 class TesterViews(PanelBase):
@@ -17,6 +18,7 @@ class TesterViews(PanelBase):
         form = {key: q.get(key, "").strip() for key in names}
         verdict = None
         error = None
+        problems: list[Problem] = []
         status = 200
         if q.get("run"):
             try:
@@ -31,8 +33,8 @@ class TesterViews(PanelBase):
                     service_token=form["service_token"] or None,
                 )
                 verdict = result.as_dict()
-            except AdminError as exc:
-                error, status = exc.message, 400
+            except AdminError as exc:  # every unusable input, each with why (as the API says)
+                error, problems, status = exc.message, list(exc.problems), 400
             except ValueError as exc:  # an unsafe path in the URL, a bad address
                 error, status = str(exc), 400
         return self.render(
@@ -43,6 +45,7 @@ class TesterViews(PanelBase):
             form=form,
             verdict=verdict,
             error=error,
+            problems=problems,
             apps=await self.names("applications"),
             idps=await self.names("identity_providers"),
             tokens=await self.names("service_tokens"),
