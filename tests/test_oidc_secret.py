@@ -90,8 +90,9 @@ async def test_a_rename_keeps_it_and_a_removal_deletes_it(store: Store) -> None:
     )
     assert await store.oidc_secret("okta", "https://id.example.test") == SECRET
     assert await store.oidc_secret("corp", "https://id.example.test") is None
-    # an apply without the provider removes its secret with it
-    await store.apply(Objects(), actor="t")
+    # an apply that removes the provider (made by the API: kept unless pruned) removes its
+    # secret with it
+    await store.apply(Objects(), actor="t", prune=True)
     assert await store.oidc_secret_names() == set()
     # a new provider of that name starts without one
     await service.create("identity_providers", oidc("okta"), ME)
