@@ -79,6 +79,10 @@ def mail_problem(settings: Settings, objects: Objects) -> str | None:
     )
 
 
+#: the listening sockets the workers inherit, kept open for the life of this process
+_keep: list[socket.socket] = []
+
+
 def inherited_listener(what: str, address: str, backlog: int) -> socket.socket:
     """A listening socket on ``address`` that the workers this process forks inherit (kept
     open for the life of the process); exits with code 2 when it cannot be bound."""
@@ -119,48 +123,21 @@ def front_listener(address: str, backlog: int) -> dict[str, object]:
     the socket and serve it with ``edge.front``) and granian listens on a Unix socket in a
     private folder, reached only by the fronts; a random secret proves a relayed request came
     from one (``ZEROGATE_FRONT_*``)."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the operator's listen address
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, int(port)))
-    except OSError as exc:
-        sock.close()
-        fail_closed("listen.http", address, exc.strerror or str(exc))
-    sock.listen(max(1024, backlog))
-    sock.set_inheritable(True)
+    sock = inherited_listener("listen.http", address, max(1024, backlog))
     folder = tempfile.mkdtemp(prefix="zerogate-front-")  # 0700: only this user
     uds = Path(folder) / "app.sock"
     os.environ["ZEROGATE_FRONT_FD"] = str(sock.fileno())
     os.environ["ZEROGATE_FRONT_UDS"] = str(uds)
     os.environ["ZEROGATE_FRONT_SECRET"] = secrets.token_hex(16)
-    _keep.append(sock)
     return {"uds": uds, "uds_permissions": 0o600}
-
-
-_keep: list[socket.socket] = []
 
 
 def shared_tunnel_listener(address: str) -> None:
     """``--workers N`` with tunnels: bind ``listen.tunnel`` here, once; every worker accepts
     on the inherited socket (``ZEROGATE_TUNNEL_FD``) and relays to the others the requests for
     tunnels it holds no connection of."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the operator's listen address
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, int(port)))
-    except OSError as exc:
-        sock.close()
-        fail_closed("listen.tunnel", address, exc.strerror or str(exc))
-    sock.listen(1024)
-    sock.set_inheritable(True)
+    sock = inherited_listener("listen.tunnel", address, 1024)
     os.environ["ZEROGATE_TUNNEL_FD"] = str(sock.fileno())
-    _keep.append(sock)
 
 
 def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bool = False) -> None:
