@@ -312,7 +312,7 @@ class EdgeConnection:
             bound.info("connection ended", reason=event.reason)
 
     async def _handle(self, stream: TunnelStream) -> None:
-        self.metrics.active_streams.inc()
+        self.metrics.active += 1
         try:
             await self.handler(stream)
             if not stream.finished and not stream.is_gone:
@@ -333,7 +333,7 @@ class EdgeConnection:
             log.exception("request handler failed", stream=stream.stream_id)
             stream.reset(ErrorCodes.INTERNAL_ERROR)
         finally:
-            self.metrics.active_streams.dec()
+            self.metrics.active -= 1
             self.metrics.request_done(
                 stream.status if stream.finished else 0, stream.bytes_in, stream.bytes_out
             )

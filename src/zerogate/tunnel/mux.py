@@ -164,11 +164,23 @@ def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes
     return _HEAD.pack(kind, flags, stream_id, len(payload)) + payload
 
 
+_GOOD_NAMES: set[bytes] = set()
+_GOOD_NAMES_MAX = 2048
+
+
 def _check_fields(names: Iterable[bytes]) -> None:
-    """Lower-case tokens, none connection-specific: what HTTP/2 would accept (RFC 9113 8.2)."""
+    """Lower-case tokens, none connection-specific: what HTTP/2 would accept (RFC 9113 8.2).
+
+    Names that passed are remembered (a bounded set), so a head of known names costs one set
+    lookup per name instead of a regular expression."""
+    good = _GOOD_NAMES
     for name in names:
+        if name in good:
+            continue
         if _FIELD_NAME.fullmatch(name) is None or name in _CONNECTION_SPECIFIC:
             raise ValueError(f"invalid header name {name[:64]!r}")
+        if len(name) <= 64 and len(good) < _GOOD_NAMES_MAX:
+            good.add(name)
 
 
 def _content_length(headers: list[Header]) -> int:

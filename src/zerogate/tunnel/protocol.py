@@ -440,6 +440,10 @@ class ControlFrameReader:
 
 _FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")
+#: header names seen before, as given → lower-cased, each checked once: a pure function's cache
+#: (bounded), so a busy connection does not run the name's regular expression per header
+_KNOWN_NAMES: dict[bytes, bytes] = {}
+_KNOWN_NAMES_MAX = 2048
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*")
 _AUTHORITY = re.compile(r"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]+")
@@ -462,12 +466,17 @@ def clean_headers(headers: Iterable[Header], *, request: bool) -> list[Header]:
     """
     kept: list[Header] = []
     listed: set[bytes] = set()
+    known = _KNOWN_NAMES
     for name, value in headers:
-        lname = bytes(name).lower()
-        if _FIELD_NAME.fullmatch(lname) is None:
-            raise InvalidHeaders(f"{bytes(name)[:64]!r} is not a valid HTTP header name")
+        lname = known.get(name) if type(name) is bytes else None
+        if lname is None:
+            lname = bytes(name).lower()
+            if _FIELD_NAME.fullmatch(lname) is None:
+                raise InvalidHeaders(f"{bytes(name)[:64]!r} is not a valid HTTP header name")
+            if type(name) is bytes and len(name) <= 64 and len(known) < _KNOWN_NAMES_MAX:
+                known[name] = lname
         stripped = bytes(value).strip(b" \t")
-        if _BAD_VALUE.search(stripped) is not None:
+        if b"\r" in stripped or b"\n" in stripped or b"\0" in stripped:
             raise InvalidHeaders(f"header {lname[:64]!r} has a value with CR, LF or NUL")
         if lname == b"connection":
             listed.update(token.strip().lower() for token in stripped.split(b","))
