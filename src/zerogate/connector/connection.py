@@ -32,6 +32,7 @@ import structlog
 from zerogate.connector.metrics import ConnectorMetrics
 from zerogate.connector.stream import StreamGone, TunnelStream
 from zerogate.connector.tls import EdgeAddress, EdgeTrust, EdgeTrustError
+from zerogate.net import chunks
 from zerogate.tunnel.protocol import (
     EAGER_WRITE,
     BodyChunk,
@@ -215,7 +216,7 @@ class EdgeConnection:
         edge = self.edge
         ctx = self.trust.context()
         async with asyncio.timeout(lv.connect_timeout):
-            reader, writer = await asyncio.open_connection(
+            reader, writer = await chunks.open_connection(
                 edge.host,
                 edge.port,
                 ssl=ctx,

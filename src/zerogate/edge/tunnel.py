@@ -70,7 +70,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from zerogate.edge.proxy import reject_websocket, send_error
 from zerogate.identity.secret_hash import SecretKind, hash_secret
-from zerogate.net import websocket
+from zerogate.net import chunks, websocket
 from zerogate.net.asgi import Headers, Receive, Scope, Send
 from zerogate.net.asgi import Message as AsgiMessage
 from zerogate.net.headers import is_zerogate_cookie
@@ -148,6 +148,8 @@ MAX_CONNECTIONS_PER_TUNNEL: Final = 64
 """Registered connections one tunnel may hold (16 connectors with the default 4 each); more
 are refused (``unavailable``), so one token cannot take all of the worker's sockets."""
 _READ_SIZE = 256 * 1024
+_RELAY_JOIN = 1024 * 1024
+"""Response frames already received are joined into one ASGI message up to this size."""
 _FEATURES = frozenset({"websocket"})
 _RESPONSE_DROPPED = frozenset({b"te", b"trailer", b"proxy-authenticate", b"proxy-authorization"})
 _WS_NOT_FORWARDED = frozenset({b"sec-websocket-key", b"sec-websocket-extensions"})
@@ -897,7 +899,7 @@ class TunnelListener:
 
     async def start(self, host: str, port: int, context: ssl.SSLContext) -> None:
         """Listen on ``host:port`` (TLS); raises ``OSError`` when the address is taken."""
-        self._server = await asyncio.start_server(
+        self._server = await chunks.start_server(
             self._on_connect,
             host,
             port,
@@ -1230,13 +1232,23 @@ class TunnelListener:
                     "tunnel %s: response cut off (stream reset, %s)", conn.tunnel, item.error_code
                 )
                 return head.status
+            size = len(item)
+            if items and isinstance(items[0], bytes):
+                # several frames arrived in one read: one message (one send) for all of them
+                parts = [item]
+                while items and isinstance(items[0], bytes) and size < _RELAY_JOIN:
+                    part = items.popleft()
+                    assert isinstance(part, bytes)
+                    parts.append(part)
+                    size += len(part)
+                item = b"".join(parts)
             if items and items[0] is None:  # the last chunk: one message ends the body
                 items.popleft()
                 await send({"type": "http.response.body", "body": item, "more_body": False})
-                conn.ack(st, len(item))
+                conn.ack(st, size)
                 return head.status
             await send({"type": "http.response.body", "body": item, "more_body": True})
-            conn.ack(st, len(item))
+            conn.ack(st, size)
 
     async def _pump(
         self,

@@ -277,46 +277,28 @@ class MuxWire:
 
     def receive(self, data: bytes) -> list[Event]:
         events: list[Event] = []
-        # frames are cut from ``data`` itself unless a partial frame is waiting (one copy less)
-        src: bytes | bytearray
-        if self.buf:
-            self.buf += data
-            src = self.buf
-        else:
-            src = data
         pos = 0
-        end = len(src)
+        end = len(data)
         try:
+            if self.buf:
+                # a frame begun in an earlier read: complete it with only the bytes it needs,
+                # then cut the rest straight from ``data`` (a socket's reads rarely end on a
+                # frame boundary, so copying every read into ``buf`` would copy every byte)
+                pos = self._complete_pending(data, events)
+                if pos < 0 or self.side.state is State.CLOSED:
+                    return events
             while end - pos >= _HEAD_LEN:
-                kind, flags, sid, length = _HEAD.unpack_from(src, pos)
-                limit = (
-                    self.settings.max_frame_size
-                    if kind == DATA
-                    else max(self.settings.max_header_list_size, 64)
-                )
-                if length > limit:
-                    raise _Fatal(
-                        f"frame of {length} bytes exceeds the limit of {limit}",
-                        ErrorCodes.FRAME_SIZE_ERROR,
-                    )
+                kind, flags, sid, length = _HEAD.unpack_from(data, pos)
+                self._check_length(kind, length)
                 if end - pos - _HEAD_LEN < length:
                     break
                 start = pos + _HEAD_LEN
                 pos = start + length
-                payload = bytes(src[start:pos])
-                if kind == DATA:
-                    self._on_data(sid, flags, payload, events)
-                elif kind == HEADERS:
-                    self._on_headers(sid, flags, payload, events)
-                else:
-                    self._on_control(kind, flags, sid, payload, events)
+                self._on_frame(kind, flags, sid, data[start:pos], events)
                 if self.side.state is State.CLOSED:
-                    self.buf.clear()
                     return events
-            if src is self.buf:
-                del self.buf[:pos]
-            elif pos < end:
-                self.buf += src[pos:]
+            if pos < end:
+                self.buf += memoryview(data)[pos:]
             if self.blocked:
                 self._flush_blocked(events)
         except _Fatal as exc:
@@ -327,6 +309,54 @@ class MuxWire:
             remote = self.goaway_received is not None and self.goaway_sent is None
             events.append(ConnectionTerminated(int(ErrorCodes.NO_ERROR), "drained", remote))
         return events
+
+    def _complete_pending(self, data: bytes, events: list[Event]) -> int:
+        """Feed ``buf`` (a partial frame) from ``data``; the position in ``data`` after the
+        frame once it is complete and handled, or -1 when ``data`` did not complete it."""
+        buf = self.buf
+        view = memoryview(data)
+        pos: int = 0
+        if len(buf) < _HEAD_LEN:
+            take = min(_HEAD_LEN - len(buf), len(data))
+            buf += view[:take]
+            pos = take
+            if len(buf) < _HEAD_LEN:
+                return -1
+        kind, flags, sid, length = _HEAD.unpack_from(buf)
+        self._check_length(kind, length)
+        take = min(_HEAD_LEN + length - len(buf), len(data) - pos)
+        buf += view[pos : pos + take]
+        pos += take
+        if len(buf) < _HEAD_LEN + length:
+            return -1
+        payload = bytes(memoryview(buf)[_HEAD_LEN:])
+        buf.clear()
+        self._on_frame(kind, flags, sid, payload, events)
+        return pos
+
+    def _check_length(self, kind: int, length: int) -> None:
+        limit = (
+            self.settings.max_frame_size
+            if kind == DATA
+            else max(self.settings.max_header_list_size, 64)
+        )
+        if length > limit:
+            raise _Fatal(
+                f"frame of {length} bytes exceeds the limit of {limit}",
+                ErrorCodes.FRAME_SIZE_ERROR,
+            )
+
+    def _on_frame(
+        self, kind: int, flags: int, sid: int, payload: bytes, events: list[Event]
+    ) -> None:
+        if kind == DATA:
+            self._on_data(sid, flags, payload, events)
+        elif kind == HEADERS:
+            self._on_headers(sid, flags, payload, events)
+        else:
+            self._on_control(kind, flags, sid, payload, events)
+        if self.side.state is State.CLOSED:
+            self.buf.clear()
 
     def _on_data(self, sid: int, flags: int, payload: bytes, events: list[Event]) -> None:
         if self.peer is None:
@@ -632,6 +662,8 @@ class MuxWire:
             )
         peer = self.peer
         assert peer is not None
+        if not (type(data) is bytes or (type(data) is memoryview and type(data.obj) is bytes)):
+            data = bytes(data)  # kept until sent, not copied: it must not change meanwhile
         if (
             not st.pending
             and size <= st.window
@@ -649,7 +681,7 @@ class MuxWire:
                 self._drained()
             return
         if size:
-            st.pending.append(memoryview(bytes(data)))
+            st.pending.append(memoryview(data))
             st.pending_bytes += size
             self.pending_total += size
         if end:

@@ -144,7 +144,7 @@ class TunnelSettings:
 
     stream_window: int = 16 * 1024 * 1024
     connection_window: int = 64 * 1024 * 1024
-    max_frame_size: int = 64 * 1024
+    max_frame_size: int = 256 * 1024
     max_concurrent_streams: int = 1000
     send_buffer: int = 256 * 1024
     max_header_list_size: int = 64 * 1024
@@ -166,6 +166,48 @@ class TunnelSettings:
             raise ValueError("send_buffer must be at least 1 byte")
         if self.max_header_list_size < 1024:
             raise ValueError("max_header_list_size must be at least 1024 bytes")
+
+
+class _Out:
+    """What a side will send, as the pieces were produced, joined once by ``data_to_send``.
+
+    A DATA frame's payload is kept as given (immutable bytes, or a view of them) instead of
+    being copied into a growing buffer and copied out again: one copy per byte sent, the join.
+    ``out += piece`` appends a piece; ``len(out)`` is the bytes held.
+    """
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes | memoryview] = []
+        self.size = 0
+
+    def __iadd__(self, piece: bytes | memoryview) -> _Out:
+        if piece:
+            self.parts.append(piece)
+            self.size += len(piece)
+        return self
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def take(self) -> bytes:
+        """Everything held, as one ``bytes``; the buffer is empty afterwards."""
+        parts = self.parts
+        if not parts:
+            return b""
+        first = parts[0]
+        data = first if len(parts) == 1 and type(first) is bytes else b"".join(parts)
+        self.parts = []
+        self.size = 0
+        return data
+
+    def clear(self) -> None:
+        self.parts = []
+        self.size = 0
 
 
 class TunnelError(Exception):
@@ -832,7 +874,7 @@ class _Side:
     def __init__(self, settings: TunnelSettings | None) -> None:
         self.settings = settings or TunnelSettings()
         self.state = State.REGISTERING
-        self._out = bytearray()
+        self._out = _Out()
         self._h2: h2.connection.H2Connection | None = None
         self._splitter: _FrameSplitter | None = None
         self._control = ControlFrameReader()
@@ -911,9 +953,7 @@ class _Side:
             if not self._out:
                 return produced
             self._out += produced
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+        return self._out.take()
 
     # -- input -------------------------------------------------------------------------------
 
