@@ -183,6 +183,27 @@ def _check_fields(names: Iterable[bytes]) -> None:
             good.add(name)
 
 
+#: (method, scheme, authority, protocol) as received → decoded, for lines that passed (bounded)
+_GOOD_LINES: dict[tuple[bytes, bytes, bytes, bytes], tuple[str, str, str, str | None]] = {}
+_GOOD_LINES_MAX = 1024
+
+
+def _request_line(line: tuple[bytes, bytes, bytes, bytes]) -> tuple[str, str, str, str | None]:
+    """A received request's method, scheme, authority and protocol, checked as HTTP/2 would
+    check its pseudo-headers; ValueError if one is not acceptable."""
+    method, scheme, authority, protocol_text = (part.decode("latin-1") for part in line)
+    protocol = protocol_text or None
+    if (
+        _METHOD.fullmatch(method) is None
+        or _SCHEME.fullmatch(scheme) is None
+        or _AUTHORITY.fullmatch(authority) is None
+        or (protocol is not None and _METHOD.fullmatch(protocol) is None)
+        or (method == "CONNECT") != (protocol is not None)
+    ):
+        raise ValueError("bad request line")
+    return method, scheme, authority, protocol
+
+
 def _content_length(headers: list[Header]) -> int:
     """The one content-length of a received head (``-1``: none); ValueError if unreadable."""
     found = _NO_LENGTH
@@ -418,19 +439,18 @@ class MuxWire:
         try:
             if len(parts) < 5 or len(parts) % 2 != 1:
                 raise ValueError("not a request head")
-            method_b, scheme_b, authority_b, path_b, protocol_b = parts[:5]
-            method, scheme = method_b.decode("latin-1"), scheme_b.decode("latin-1")
-            authority, path = authority_b.decode("latin-1"), path_b.decode("latin-1")
-            protocol = protocol_b.decode("latin-1") or None
-            if (
-                _METHOD.fullmatch(method) is None
-                or _SCHEME.fullmatch(scheme) is None
-                or _AUTHORITY.fullmatch(authority) is None
-                or _PATH.fullmatch(path) is None
-                or (protocol is not None and _METHOD.fullmatch(protocol) is None)
-                or (method == "CONNECT") != (protocol is not None)
-            ):
-                raise ValueError("bad request line")
+            line = (parts[0], parts[1], parts[2], parts[4])
+            known = _GOOD_LINES.get(line)
+            if known is None:
+                known = _request_line(line)
+                if sum(map(len, line)) <= 256:
+                    if len(_GOOD_LINES) >= _GOOD_LINES_MAX:
+                        _GOOD_LINES.clear()
+                    _GOOD_LINES[line] = known
+            method, scheme, authority, protocol = known
+            path = parts[3].decode("latin-1")
+            if _PATH.fullmatch(path) is None:
+                raise ValueError("bad request target")
             names = parts[5::2]
             _check_fields(names)
             headers = list(zip(names, parts[6::2], strict=True))
