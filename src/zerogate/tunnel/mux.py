@@ -64,7 +64,6 @@ from zerogate.tunnel.protocol import (
     UsageError,
     WindowOpened,
     _error_name,
-    _header_list_size,
     _pseudo,
 )
 
@@ -86,6 +85,7 @@ _MAX_WINDOW = 2**31 - 1
 _MAX_STREAM_ID = 2**31 - 1
 _EXTENDED_CONNECT = 0x1
 _NO_LENGTH = -1
+_STATUS = {code: str(code).encode("ascii") for code in range(200, 600)}
 _BAD_VALUE_BYTES = re.compile(rb"[\r\n]")
 
 
@@ -628,13 +628,16 @@ class MuxWire:
             raise UsageError("the connector did not enable extended CONNECT")
         peer = self.peer
         assert peer is not None
-        self._check_block(block, 4 * 32 + sum(len(f) for f in fields))
         for name, value in block:
             fields.append(name)
             fields.append(value)
+        payload = b"\0".join(fields)
+        # the RFC 9113 size: the fields without the NULs between them, 32 per header and per
+        # pseudo-header (method, scheme, authority, path)
+        self._check_size(len(payload) - (len(fields) - 1) + 32 * len(block) + 4 * 32)
         sid = self.next_stream_id
         self.next_stream_id += 2
-        self.out += _frame(HEADERS, END if end_stream else 0, sid, b"\0".join(fields))
+        self.out += _frame(HEADERS, END if end_stream else 0, sid, payload)
         st = _MStream(sid, peer.stream_window, self.settings.stream_window)
         st.headers_sent = True
         st.head_request = method == "HEAD"
@@ -653,12 +656,14 @@ class MuxWire:
             return
         if st.headers_sent:
             raise UsageError(f"stream {stream_id}: the response head was already sent")
-        self._check_block(block, 32 + 3)
-        fields = [str(status).encode("ascii")]
+        fields = [_STATUS.get(status) or str(status).encode("ascii")]
         for name, value in block:
             fields.append(name)
             fields.append(value)
-        self.out += _frame(HEADERS, END if end_stream else 0, stream_id, b"\0".join(fields))
+        payload = b"\0".join(fields)
+        # the RFC 9113 size: the headers without the NULs, 32 each, and :status (3 + 32)
+        self._check_size(len(payload) - (len(fields) - 1) - len(fields[0]) + 32 * len(block) + 35)
+        self.out += _frame(HEADERS, END if end_stream else 0, stream_id, payload)
         st.headers_sent = True
         if end_stream:
             st.end_queued = st.local_ended = True
@@ -783,10 +788,9 @@ class MuxWire:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _check_block(self, block: list[Header], extra: int) -> None:
+    def _check_size(self, size: int) -> None:
         peer = self.peer
         assert peer is not None
-        size = _header_list_size(block) + extra
         if size > peer.max_header_list_size:
             raise InvalidHeaders(
                 f"the header block ({size} bytes) exceeds the peer's"

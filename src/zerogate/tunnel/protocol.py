@@ -563,10 +563,25 @@ def clean_headers(headers: Iterable[Header], *, request: bool) -> list[Header]:
     return result
 
 
+#: (what, value) → its bytes, for pseudo-header values that passed (a bounded cache: a
+#: connection sends the same method, scheme and authority, and often the same path, again)
+_PSEUDO_SEEN: dict[tuple[str, str], bytes] = {}
+_PSEUDO_SEEN_MAX = 4096
+
+
 def _pseudo(value: str, pattern: re.Pattern[str], what: str) -> bytes:
+    key = (what, value)
+    known = _PSEUDO_SEEN.get(key)
+    if known is not None:
+        return known
     if pattern.fullmatch(value) is None:
         raise InvalidHeaders(f"{what} {value[:64]!r} cannot be sent")
-    return value.encode("ascii")
+    encoded = value.encode("ascii")
+    if len(value) <= 256:
+        if len(_PSEUDO_SEEN) >= _PSEUDO_SEEN_MAX:
+            _PSEUDO_SEEN.clear()
+        _PSEUDO_SEEN[key] = encoded
+    return encoded
 
 
 def _header_list_size(block: Sequence[Header]) -> int:
