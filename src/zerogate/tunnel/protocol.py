@@ -495,12 +495,6 @@ _CONNECTION_SPECIFIC = frozenset(
 )
 
 
-# names clean_headers decides on its own (everything else crosses unless Connection lists it);
-# a response's Host crosses unless listed too
-_SPECIAL = _CONNECTION_SPECIFIC | {b"te", b"host", b"content-length"}
-_DECIDED = _CONNECTION_SPECIFIC | {b"te", b"content-length"}
-
-
 def clean_headers(headers: Iterable[Header], *, request: bool) -> list[Header]:
     """Headers made fit for HTTP/2 (RFC 9113 §8.2), or :class:`InvalidHeaders`.
 
@@ -512,11 +506,9 @@ def clean_headers(headers: Iterable[Header], *, request: bool) -> list[Header]:
     it. ``Content-Length`` crosses once, as plain decimal digits; an unreadable or conflicting
     one is :class:`InvalidHeaders` (HTTP/2 would make it a connection error at the peer).
     """
-    result: list[Header] = []
-    listed: set[bytes] | None = None
-    length: bytes | None = None
+    kept: list[Header] = []
+    listed: set[bytes] = set()
     known = _KNOWN_NAMES
-    # one pass: names listed in Connection are taken out at the end (rare beyond keep-alive)
     for name, value in headers:
         lname = known.get(name) if type(name) is bytes else None
         if lname is None:
@@ -526,40 +518,35 @@ def clean_headers(headers: Iterable[Header], *, request: bool) -> list[Header]:
             if type(name) is bytes and len(name) <= 64 and len(known) < _KNOWN_NAMES_MAX:
                 known[name] = lname
         stripped = bytes(value).strip(b" \t")
-        if b"\r" in stripped or b"\n" in stripped or b"\0" in stripped:
+        if _BAD_VALUE.search(stripped) is not None:
             raise InvalidHeaders(f"header {lname[:64]!r} has a value with CR, LF or NUL")
-        if lname in _SPECIAL:
-            if lname == b"content-length":
-                # HTTP/2 holds DATA to this value, and a value it cannot read or that conflicts
-                # is a connection error at the peer: only one plain decimal length ever crosses
-                values = {part.strip() for part in stripped.split(b",")}
-                if len(values) != 1 or not next(iter(values)).isdigit():
-                    raise InvalidHeaders(
-                        f"content-length {stripped[:64]!r} is not one decimal length"
-                    )
-                digits = str(int(next(iter(values)))).encode()
-                if length is not None and digits != length:
-                    raise InvalidHeaders("two different content-length values")
-                if length is None:
-                    length = digits
-                    result.append((b"content-length", digits))
-                continue
-            if lname == b"te":
-                parts = (part.split(b";")[0].strip().lower() for part in stripped.split(b","))
-                if request and b"trailers" in parts:
-                    result.append((b"te", b"trailers"))
-                continue
-            if lname == b"connection":
-                tokens = {token.strip().lower() for token in stripped.split(b",")}
-                listed = tokens if listed is None else listed | tokens
-                continue
-            if lname != b"host" or request:
-                continue  # connection-specific; a request's Host is its :authority
-        result.append((lname, stripped))
-    if listed:
-        listed -= _DECIDED  # those were decided above, whatever Connection lists
-        if listed:
-            result = [(n, v) for n, v in result if n not in listed]
+        if lname == b"connection":
+            listed.update(token.strip().lower() for token in stripped.split(b","))
+        else:
+            kept.append((lname, stripped))
+    result: list[Header] = []
+    length: bytes | None = None
+    for lname, value in kept:
+        if lname == b"content-length":
+            # HTTP/2 holds DATA to this value, and a value it cannot read or that conflicts is
+            # a connection error at the peer: only one plain decimal length ever crosses
+            parts = {part.strip() for part in value.split(b",")}
+            if len(parts) != 1 or not next(iter(parts)).isdigit():
+                raise InvalidHeaders(f"content-length {value[:64]!r} is not one decimal length")
+            digits = str(int(next(iter(parts)))).encode()
+            if length is not None and digits != length:
+                raise InvalidHeaders("two different content-length values")
+            if length is None:
+                length = digits
+                result.append((b"content-length", digits))
+        elif lname == b"te":
+            tokens = (part.split(b";")[0].strip().lower() for part in value.split(b","))
+            if request and b"trailers" in tokens:
+                result.append((b"te", b"trailers"))
+        elif lname in _CONNECTION_SPECIFIC or lname in listed or (request and lname == b"host"):
+            continue
+        else:
+            result.append((lname, value))
     return result
 
 
