@@ -1202,11 +1202,13 @@ class TunnelListener:
         self, conn: _Connection, st: _Stream, head: ResponseStarted, send: Send, idle: float | None
     ) -> int:
         # what no connector may make the client keep: hop-by-hop leftovers and Set-Cookie for
-        # one of zerogate's own cookie names (names arrive lower-cased from the core)
+        # one of zerogate's own cookie names (the core passes lower-case names only; compared
+        # lower-cased all the same, as the origin proxy does)
         response_headers = [
             (k, v)
             for k, v in head.headers
-            if k not in _RESPONSE_DROPPED and not (k == b"set-cookie" and is_zerogate_cookie(v))
+            if k not in _RESPONSE_DROPPED
+            and not (k.lower() == b"set-cookie" and is_zerogate_cookie(v))
         ]
         await send(
             {"type": "http.response.start", "status": head.status, "headers": response_headers}
