@@ -592,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--no-rate", action="store_true", help="skip the fixed-rate run")
     parser.add_argument(
+        "--rate", type=float, default=0.0, help="the fixed rate (default: half zerogate's)"
+    )
+    parser.add_argument(
         "--paths", default="", help="only these paths (comma-separated names, e.g. 'ssh -R')"
     )
     parser.add_argument(
@@ -652,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
                 for path in measured:
                     one_round(path, big, args.duration, args.profile)
             results = measured
-            rate = min(r.median("rps") for r in results if r.host == APP_HOST) / 2
+            rate = args.rate or min(r.median("rps") for r in results if r.host == APP_HOST) / 2
             for path in results if not args.no_rate else []:
                 fixed_rate(path, rate, args.rate_duration)
             for name, (edge, conn) in watched.items():
