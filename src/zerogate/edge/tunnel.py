@@ -532,6 +532,10 @@ class _Connection:
         self.streams.pop(st.sid, None)
         leftover = sum(len(item) for item in st.items if isinstance(item, bytes))
         st.items.clear()
+        if st.reset is not None:
+            # whoever still waits on the stream (the relay, when the client left while the
+            # response was quiet) must see the end now, not at its idle timeout
+            st.put(st.reset)
         if self.finished:
             return
         if leftover and st.reset is None:
