@@ -106,3 +106,25 @@ async def test_lost_connection_ends_reading() -> None:
         assert got in (b"", b"last words")
     finally:
         server.close()
+
+
+async def test_server_on_a_given_listening_socket() -> None:
+    """``sock=``: what a server whose workers share one listening socket passes."""
+    import socket
+
+    listening = socket.create_server(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def on_connect(reader: chunks.ChunkReader, writer: asyncio.StreamWriter) -> None:
+        got.set_result(await reader.read(100))
+        writer.close()
+
+    server = await chunks.start_server(on_connect, sock=listening)
+    try:
+        _, client = await chunks.open_connection("127.0.0.1", port)
+        client.write(b"hello")
+        assert await asyncio.wait_for(got, 5) == b"hello"
+        client.close()
+    finally:
+        server.close()

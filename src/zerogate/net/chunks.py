@@ -118,13 +118,14 @@ async def open_connection(
 
 async def start_server(
     client_connected_cb: Callable[[ChunkReader, asyncio.StreamWriter], Awaitable[None]],
-    host: str,
-    port: int,
+    host: str | None = None,
+    port: int | None = None,
     *,
     limit: int = _LIMIT,
     **kwargs: Any,
 ) -> asyncio.Server:
-    """``asyncio.start_server`` with a :class:`ChunkReader` per connection."""
+    """``asyncio.start_server`` with a :class:`ChunkReader` per connection (``sock=`` instead
+    of ``host`` and ``port`` accepts on a listening socket, as asyncio's does)."""
     loop = asyncio.get_running_loop()
 
     def factory() -> asyncio.StreamReaderProtocol:
