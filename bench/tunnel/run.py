@@ -481,7 +481,7 @@ class Profile:
                 spy.kill()
 
 
-def one_round(path: PathResult, big: Path, duration: float, profile: Path | None) -> None:
+def one_round(path: PathResult, big: Path, duration: float, profile: Path | None = None) -> None:
     base = f"http://127.0.0.1:{path.port}"
     load = os.getloadavg()[0]
     err.print(f"[bold]{path.name}[/bold] (load {load:.1f}): body down, body up, {duration:g} s wrk")
