@@ -445,6 +445,15 @@ async def test_throughput_of_small_requests(edge: Edge) -> None:
     assert statuses == [200] * count
     print(f"\n{count / elapsed:.0f} requests/s through the in-process tunnel (edge + connector)")
     assert count / elapsed > 100
+    # body-less requests get a disconnect watcher only if they outlive a tick: none may be left
+    # behind, and the listener's one timer stops once nothing runs
+    watchers = edge.listener._watchers
+    await wait_for(
+        lambda: watchers.ticker is None and not watchers.recent and not watchers.older,
+        timeout=2,
+        what="the watchers idle",
+    )
+    assert all(c.open_streams == 0 for c in edge.listener.connections())
     await connector.close()
 
 

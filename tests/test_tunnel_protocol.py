@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from zerogate.tunnel.protocol import (
@@ -36,6 +36,7 @@ from zerogate.tunnel.protocol import (
     ErrorCodes,
     Event,
     GoAwayReceived,
+    Header,
     InvalidHeaders,
     PingAcked,
     RefusalReason,
@@ -1119,3 +1120,80 @@ def test_mux_a_response_head_http2_would_refuse_resets_the_stream(head: bytes) -
     events = pair.edge.receive_data(_mux_frame(1, 0, sid, head))
     assert events == [StreamReset(sid, ErrorCodes.PROTOCOL_ERROR, remote=False)]
     assert not pair.edge.closed and pair.edge.can_open_stream
+
+
+# ---------------------------------------------------------------------------- clean_headers
+
+
+def _reference_clean(headers: list[tuple[bytes, bytes]], *, request: bool) -> list[Header]:
+    """The rules of ``clean_headers`` written plainly, in two passes (the one-pass version
+    with its name cache must give the same answer, or refuse the same inputs)."""
+    import re
+
+    token = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
+    kept, listed = [], set()
+    for name, value in headers:
+        lname = name.lower()
+        if token.fullmatch(lname) is None:
+            raise InvalidHeaders("name")
+        value = value.strip(b" \t")
+        if any(c in value for c in (b"\r", b"\n", b"\0")):
+            raise InvalidHeaders("value")
+        if lname == b"connection":
+            listed |= {t.strip().lower() for t in value.split(b",")}
+        else:
+            kept.append((lname, value))
+    out: list[Header] = []
+    length = None
+    specific = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding"}
+    for lname, value in kept:
+        if lname == b"content-length":
+            parts = {p.strip() for p in value.split(b",")}
+            if len(parts) != 1 or not next(iter(parts)).isdigit():
+                raise InvalidHeaders("length")
+            digits = str(int(next(iter(parts)))).encode()
+            if length is not None and digits != length:
+                raise InvalidHeaders("two lengths")
+            if length is None:
+                length = digits
+                out.append((lname, digits))
+        elif lname == b"te":
+            if request and b"trailers" in [
+                p.split(b";")[0].strip().lower() for p in value.split(b",")
+            ]:
+                out.append((b"te", b"trailers"))
+        elif lname in specific | {b"upgrade"} or lname in listed or (request and lname == b"host"):
+            continue
+        else:
+            out.append((lname, value))
+    return out
+
+
+_NAMES = st.sampled_from(
+    [b"Host", b"host", b"Connection", b"connection", b"Keep-Alive", b"TE", b"te",
+     b"Content-Length", b"content-length", b"X-A", b"x-a", b"Upgrade", b"Transfer-Encoding",
+     b"Accept", b"bad name", b":path", b"Set-Cookie"]
+)  # fmt: skip
+_VALUES = st.sampled_from(
+    [b"", b"x-a", b"close, X-A", b"keep-alive", b"trailers", b"gzip, trailers;q=1", b"5",
+     b" 5 ", b"5, 5", b"5, 6", b"-1", b"a\r\nb", b"ok", b"host", b"te", b"content-length"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=8), st.booleans())
+@example([(b"Host", b"h"), (b"Connection", b"host")], False)
+@example([(b"TE", b"trailers"), (b"Connection", b"te, x-a"), (b"X-A", b"1")], True)
+def test_clean_headers_agrees_with_the_plain_two_pass_rules(
+    headers: list[tuple[bytes, bytes]], request: bool
+) -> None:
+    try:
+        expected: list[Header] | type[InvalidHeaders] = _reference_clean(headers, request=request)
+    except InvalidHeaders:
+        expected = InvalidHeaders
+    for _ in range(2):  # the second time the names come from the cache
+        try:
+            got: list[Header] | type[InvalidHeaders] = clean_headers(headers, request=request)
+        except InvalidHeaders:
+            got = InvalidHeaders
+        assert got == expected

@@ -634,6 +634,27 @@ async def test_tunnel_client_leaving_a_hung_request_resets_its_stream(
     await wait_for(lambda: _open_streams(listener) == 0, timeout=5, what="no stream left open")
 
 
+async def test_tunnel_client_leaving_mid_body_resets_its_stream(
+    tunnel: tuple[TunnelListener, TunnelTestConnector],
+) -> None:
+    """A body-less request has no watcher until it outlives a tick; once the response is
+    streaming, a client that leaves must still reset the stream at the connector."""
+    listener, connector = tunnel
+    client = _Client()
+    out = Outbound("office", "/stall", [], authority="app.test", scheme="https")
+    call = asyncio.ensure_future(listener.forward_http(_scope(), client.receive, client.send, out))
+    await wait_for(lambda: b"".join(client.body) == b"hello", timeout=5, what="the first bytes")
+    client.gone.set()
+    left = time.monotonic()
+    async with asyncio.timeout(5):
+        assert await call == 200  # the head went out: the status sent, the body left unfinished
+    # noticed by the watcher, not by the idle timeout (3 s) that would end it anyway
+    assert time.monotonic() - left < 2.0
+    assert not client.complete
+    await wait_for(lambda: connector.seen[0].reset, timeout=5, what="stream reset")
+    await wait_for(lambda: _open_streams(listener) == 0, timeout=5, what="no stream left open")
+
+
 # ---------------------------------------------------------------------------- tunnel, end to end
 
 TUNNEL_CONFIG = """

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -47,6 +48,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from bench.proxy.run import (  # noqa: E402
+    CLK_TCK,
     Processes,
     WrkResult,
     free_port,
@@ -159,7 +161,7 @@ def curl_mb_s(url: str, *, host: str | None, upload: Path | None) -> float:
     return float(size) / seconds / 1e6
 
 
-def start_sshd(procs: Processes, work: Path, origin_port: int) -> int:
+def start_sshd(procs: Processes, work: Path, origin_port: int) -> tuple[int, int, int]:
     """sshd on loopback and ``ssh -N -R`` to it; the forwarded port reaches the origin."""
     folder = work / "ssh"
     folder.mkdir()
@@ -211,7 +213,7 @@ def start_sshd(procs: Processes, work: Path, origin_port: int) -> int:
         env=dict(os.environ),
     )
     wait_for_port(forwarded, ssh, "ssh -R", timeout=15)
-    return forwarded
+    return forwarded, sshd.pid, ssh.pid
 
 
 def start_tunnel(
@@ -302,12 +304,80 @@ def start_tunnel(
         time.sleep(0.2)
 
 
+def _tree_seconds() -> tuple[dict[int, int], dict[int, float]]:
+    """Every live process's parent and CPU seconds so far (user + system)."""
+    parents: dict[int, int] = {}
+    seconds: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        parents[int(entry)] = int(fields[1])
+        seconds[int(entry)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return parents, seconds
+
+
+def group_seconds(roots: tuple[int, ...]) -> tuple[float, ...]:
+    """CPU seconds used so far by each process and its live descendants (sshd's per-connection
+    children start sessions of their own, so a process group would miss them)."""
+    parents, seconds = _tree_seconds()
+    totals = []
+    for root in roots:
+        total = 0.0
+        for pid, cpu in seconds.items():
+            walk = pid
+            while walk > 1 and walk != root:
+                walk = parents.get(walk, 0)
+            if walk == root:
+                total += cpu
+        totals.append(total)
+    return tuple(totals)
+
+
+@dataclass
+class Cpu:
+    """CPU seconds the tunnel's two ends used in one measurement (edge side = sshd or the
+    zerogate server; connector side = ssh or the connector)."""
+
+    edge: float = 0.0
+    connector: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.edge + self.connector
+
+
+class CpuOf:
+    """CPU seconds of the path's processes while the block runs."""
+
+    def __init__(self, pgids: tuple[int, ...]) -> None:
+        self.pgids = pgids
+        self.cpu = Cpu()
+
+    def __enter__(self) -> CpuOf:
+        self.before = group_seconds(self.pgids)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        used = [a - b for a, b in zip(group_seconds(self.pgids), self.before, strict=True)]
+        used += [0.0, 0.0]
+        self.cpu = Cpu(used[0], used[1])
+
+
 @dataclass
 class Round:
     down_mb_s: float
     up_mb_s: float
     small: WrkResult
     load: float  # 1-minute load average when the round started
+    size_mb: float = 0.0  # the big body, 10^6 bytes
+    cpu_down: Cpu = field(default_factory=Cpu)
+    cpu_up: Cpu = field(default_factory=Cpu)
+    cpu_small: Cpu = field(default_factory=Cpu)
 
 
 @dataclass
@@ -316,6 +386,8 @@ class PathResult:
     host: str | None
     port: int
     rounds: list[Round] = field(default_factory=list)
+    #: process groups whose CPU is counted: (edge side, connector side), none for direct
+    pgids: tuple[int, ...] = ()
     rate: float = 0.0  # the fixed rate of the latency run
     rate_p50_ms: float = float("nan")
     rate_p99_ms: float = float("nan")
@@ -329,6 +401,11 @@ class PathResult:
             "rps": [r.small.rps for r in self.rounds],
             "p50": [r.small.p50_ms for r in self.rounds],
             "p99": [r.small.p99_ms for r in self.rounds],
+            # CPU: µs per small request, ms per MB of body; edge + connector
+            "us_req": [r.cpu_small.total / max(r.small.requests, 1) * 1e6 for r in self.rounds],
+            "us_req_edge": [r.cpu_small.edge / max(r.small.requests, 1) * 1e6 for r in self.rounds],
+            "ms_mb_down": [r.cpu_down.total / r.size_mb * 1e3 for r in self.rounds],
+            "ms_mb_up": [r.cpu_up.total / r.size_mb * 1e3 for r in self.rounds],
         }[what]
         return statistics.median(values)
 
@@ -364,22 +441,68 @@ class PeakRss:
         return self.first_kib / 1024, self.peak_kib / 1024
 
 
-def one_round(path: PathResult, big: Path, duration: float) -> None:
+PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
+class Profile:
+    """py-spy (200 Hz, collapsed stacks) on the path's processes while the block runs, when
+    ``folder`` is given: ``folder/<path>-<phase>-<edge|connector>.txt``."""
+
+    def __init__(self, folder: Path | None, path: PathResult, phase: str) -> None:
+        self.folder = folder if path.host is not None else None
+        self.path = path
+        self.phase = phase
+        self.spies: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Profile:
+        if self.folder is None:
+            return self
+        name = self.path.name.replace(" ", "-").replace(",", "")
+        for role, pid in zip(("edge", "connector"), self.path.pgids, strict=False):
+            out = self.folder / f"{name}-{self.phase}-{role}.txt"
+            argv = [PY_SPY, "record", "-r", "200", "-f", "raw", "-o", str(out), "-p", str(pid)]
+            self.spies.append(
+                subprocess.Popen(
+                    [*argv, "--subprocesses"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        time.sleep(0.5)  # attached before the load starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for spy in self.spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in self.spies:
+            try:
+                spy.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+
+
+def one_round(path: PathResult, big: Path, duration: float, profile: Path | None = None) -> None:
     base = f"http://127.0.0.1:{path.port}"
     load = os.getloadavg()[0]
     err.print(f"[bold]{path.name}[/bold] (load {load:.1f}): body down, body up, {duration:g} s wrk")
-    down = curl_mb_s(f"{base}/big", host=path.host, upload=None)
-    up = curl_mb_s(f"{base}/upload", host=path.host, upload=big)
-    small = run_wrk(
-        path.port,
-        host=path.host,
-        cookie=None,
-        duration=duration,
-        connections=64,
-        threads=2,
-        path="/small",
+    with Profile(profile, path, "down"), CpuOf(path.pgids) as cpu_down:
+        down = curl_mb_s(f"{base}/big", host=path.host, upload=None)
+    with Profile(profile, path, "up"), CpuOf(path.pgids) as cpu_up:
+        up = curl_mb_s(f"{base}/upload", host=path.host, upload=big)
+    with Profile(profile, path, "small"), CpuOf(path.pgids) as cpu_small:
+        small = run_wrk(
+            path.port,
+            host=path.host,
+            cookie=None,
+            duration=duration,
+            connections=64,
+            threads=2,
+            path="/small",
+        )
+    size_mb = big.stat().st_size / 1e6
+    path.rounds.append(
+        Round(down, up, small, load, size_mb, cpu_down.cpu, cpu_up.cpu, cpu_small.cpu)
     )
-    path.rounds.append(Round(down, up, small, load))
 
 
 def fixed_rate(path: PathResult, rate: float, duration: float) -> None:
@@ -402,7 +525,8 @@ def print_results(
     table = Table(title="same nginx origin; medians of the rounds; ratios to ssh -R")
     columns = (
         "path", "down MB/s", "up MB/s", "small req/s", "p50 ms", "p99 ms",
-        "p99 ms at rate", "edge MiB", "connector MiB", "load",
+        "p99 ms at rate", "CPU µs/req", "CPU ms/MB down, up", "edge MiB", "connector MiB",
+        "load",
     )  # fmt: skip
     for column in columns:
         table.add_column(column, justify="right" if column != "path" else "left")
@@ -418,6 +542,8 @@ def print_results(
             f"{r.median('p50'):.2f}",
             f"{r.median('p99'):.2f}",
             f"{r.rate_p99_ms:.2f} @ {r.rate:,.0f}/s",
+            f"{r.median('us_req'):,.0f} ({r.median('us_req_edge'):,.0f} edge)" if r.pgids else "",
+            f"{r.median('ms_mb_down'):.2f}, {r.median('ms_mb_up'):.2f}" if r.pgids else "",
             "{:.0f} → {:.0f}".format(*r.edge_rss_mib) if zerogate else "",
             "{:.0f} → {:.0f}".format(*r.connector_rss_mib) if zerogate else "",
             " ".join(f"{x.load:.1f}" for x in r.rounds),
@@ -441,6 +567,12 @@ def print_results(
             f" {z.rate:,.0f}/s {added:+.2f} ms (≤ {TARGET_ADDED_P99_MS}:"
             f" {'met' if met[2] else 'NOT met'})"
         )
+        console.print(
+            f"  CPU of the two ends ÷ ssh -R's: per small request"
+            f" {z.median('us_req') / ssh.median('us_req'):.2f}×, per MB down"
+            f" {z.median('ms_mb_down') / ssh.median('ms_mb_down'):.2f}× up"
+            f" {z.median('ms_mb_up') / ssh.median('ms_mb_up'):.2f}×"
+        )
         ok = ok and all(met)
     console.print(
         f"machine: {machine['nproc']} cores ({machine['cpu_model']}), Python "
@@ -458,6 +590,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-duration", type=float, default=10.0, help="fixed-rate seconds")
     parser.add_argument("--quick", action="store_true", help="128 MiB and 3 s: a smoke run")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--no-rate", action="store_true", help="skip the fixed-rate run")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="the fixed rate (default: half zerogate's)"
+    )
+    parser.add_argument(
+        "--paths", default="", help="only these paths (comma-separated names, e.g. 'ssh -R')"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy every zerogate path's processes into this folder (collapsed stacks)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.size_mib, args.duration, args.rate_duration = 128, 3.0, 3.0
@@ -483,23 +628,35 @@ def main(argv: list[str] | None = None) -> int:
                 body=ORIGIN_SERVER.format(port=origin_port, dir=work),
                 port=origin_port,
             )
+            ssh_port, sshd_pgid, ssh_pgid = start_sshd(procs, work, origin_port)
             results = [
                 PathResult("direct", None, origin_port),
-                PathResult("ssh -R", None, start_sshd(procs, work, origin_port)),
+                PathResult("ssh -R", None, ssh_port, pgids=(sshd_pgid, ssh_pgid)),
             ]
             watched: dict[str, tuple[PeakRss, PeakRss]] = {}
             for wire in wires:
                 port, server, connector = start_tunnel(procs, work, origin_port, wire)
                 if not any(r.host == PLAIN_HOST for r in results):
                     # the edge's own ceiling: what the tunnel's numbers are bounded by
-                    results.append(PathResult("zerogate, no tunnel", PLAIN_HOST, port))
-                results.append(PathResult(f"zerogate {wire}", APP_HOST, port))
+                    results.append(
+                        PathResult("zerogate, no tunnel", PLAIN_HOST, port, pgids=(server.pid,))
+                    )
+                results.append(
+                    PathResult(
+                        f"zerogate {wire}", APP_HOST, port, pgids=(server.pid, connector.pid)
+                    )
+                )
                 watched[f"zerogate {wire}"] = (PeakRss(server), PeakRss(connector))
+            if args.profile is not None:
+                args.profile.mkdir(parents=True, exist_ok=True)
+            only = {p.strip() for p in args.paths.split(",") if p.strip()}
+            measured = [r for r in results if not only or r.name in only or r.name == "ssh -R"]
             for _ in range(args.repeat):  # rounds interleave the paths: load drifts evenly
-                for path in results:
-                    one_round(path, big, args.duration)
-            rate = min(r.median("rps") for r in results if r.host == APP_HOST) / 2
-            for path in results:
+                for path in measured:
+                    one_round(path, big, args.duration, args.profile)
+            results = measured
+            rate = args.rate or min(r.median("rps") for r in results if r.host == APP_HOST) / 2
+            for path in results if not args.no_rate else []:
                 fixed_rate(path, rate, args.rate_duration)
             for name, (edge, conn) in watched.items():
                 path = next(r for r in results if r.name == name)

@@ -32,6 +32,7 @@ import structlog
 from zerogate.connector.metrics import ConnectorMetrics
 from zerogate.connector.stream import StreamGone, TunnelStream
 from zerogate.connector.tls import EdgeAddress, EdgeTrust, EdgeTrustError
+from zerogate.net import chunks
 from zerogate.tunnel.protocol import (
     EAGER_WRITE,
     BodyChunk,
@@ -215,7 +216,7 @@ class EdgeConnection:
         edge = self.edge
         ctx = self.trust.context()
         async with asyncio.timeout(lv.connect_timeout):
-            reader, writer = await asyncio.open_connection(
+            reader, writer = await chunks.open_connection(
                 edge.host,
                 edge.port,
                 ssl=ctx,
@@ -312,7 +313,7 @@ class EdgeConnection:
             bound.info("connection ended", reason=event.reason)
 
     async def _handle(self, stream: TunnelStream) -> None:
-        self.metrics.active_streams.inc()
+        self.metrics.active += 1
         try:
             await self.handler(stream)
             if not stream.finished and not stream.is_gone:
@@ -333,7 +334,7 @@ class EdgeConnection:
             log.exception("request handler failed", stream=stream.stream_id)
             stream.reset(ErrorCodes.INTERNAL_ERROR)
         finally:
-            self.metrics.active_streams.dec()
+            self.metrics.active -= 1
             self.metrics.request_done(
                 stream.status if stream.finished else 0, stream.bytes_in, stream.bytes_out
             )

@@ -75,12 +75,18 @@ class ConnectorMetrics:
         for direction in ("request", "response"):
             self.bytes.labels(direction)
         self.registered = 0
+        #: streams being served now, read when scraped (no gauge update per request)
+        self.active = 0
+        self.active_streams.set_function(lambda: self.active)
+        self._by_class = {
+            label: self.requests.labels(label) for label in ("2xx", "3xx", "4xx", "5xx", "reset")
+        }
         self._request_bytes = self.bytes.labels("request")
         self._response_bytes = self.bytes.labels("response")
 
     def request_done(self, status: int, bytes_in: int, bytes_out: int) -> None:
         label = f"{status // 100}xx" if 200 <= status <= 599 else "reset"
-        self.requests.labels(label).inc()
+        self._by_class[label].inc()
         if bytes_in:
             self._request_bytes.inc(bytes_in)
         if bytes_out:

@@ -58,6 +58,8 @@ __all__ = ["Dispatcher", "origin_ssl_context"]
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_HEAD = 64 * 1024
+_ROUTE_CACHE = 4096
+_ROUTE_KEY_MAX = 512
 READ_TIMEOUT = 300.0
 """Longest wait for the origin's next bytes (response head, then each body chunk)."""
 
@@ -141,6 +143,20 @@ class Dispatcher:
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = list(rules)
+        # what each rule resolves to, computed once (a rule's parsed target is a pydantic
+        # private attribute, slow to read per request): by id, the rules never change
+        self._targets: dict[int, tuple[Service, OriginAddress | None]] = {}
+        for rule in self.rules:
+            service = rule.target
+            address = None
+            if service.kind == "unix":
+                address = OriginAddress.unix(service.path)
+            elif service.kind == "http":
+                address = OriginAddress.tcp(service.host, service.port)
+            self._targets[id(rule)] = (service, address)
+        # (authority, path) → rule for paths seen before: the match normalises the path and
+        # walks the rules; bounded, cleared when full
+        self._routes: dict[tuple[str, str], Rule] = {}
         self._pools: dict[tuple[float, int, float], UpstreamPool] = {}
         self._sessions: dict[OriginOptions, aiohttp.ClientSession] = {}
         self._ssl: dict[OriginOptions, ssl.SSLContext] = {}
@@ -163,14 +179,25 @@ class Dispatcher:
             log.warning("origin response cannot be carried", error=str(exc))
             await _answer(stream, 502, "Bad Gateway: the origin's response cannot be forwarded")
 
+    def _match(self, authority: str, path: str) -> Rule:
+        key = (authority, path)
+        rule = self._routes.get(key)
+        if rule is None:
+            rule = match(self.rules, authority, path)  # PathError: not cached
+            if len(authority) + len(path) <= _ROUTE_KEY_MAX:  # bounded memory
+                if len(self._routes) >= _ROUTE_CACHE:
+                    self._routes.clear()
+                self._routes[key] = rule
+        return rule
+
     async def _dispatch(self, stream: TunnelStream) -> None:
         request = stream.request
         try:
-            rule = match(self.rules, request.authority, request.path)
+            rule = self._match(request.authority, request.path)
         except PathError as exc:
             await _answer(stream, 400, f"Bad Request: {exc}")
             return
-        service = rule.target
+        service, address = self._targets[id(rule)]
         if request.protocol is not None:
             if request.protocol.lower() != "websocket" or service.kind == "status":
                 status = service.status if service.kind == "status" else 501
@@ -182,7 +209,8 @@ class Dispatcher:
         elif service.kind == "https":
             await self._via_aiohttp(stream, rule, service)
         else:
-            await self._via_pool(stream, rule, service)
+            assert address is not None
+            await self._via_pool(stream, rule, address)
 
     # -- plain HTTP over the keep-alive pool ----------------------------------------------------
 
@@ -206,11 +234,7 @@ class Dispatcher:
         headers += [(k, v) for k, v in stream.request.headers if k not in exclude]
         return headers
 
-    async def _via_pool(self, stream: TunnelStream, rule: Rule, service: Service) -> None:
-        if service.kind == "unix":
-            address = OriginAddress.unix(service.path)
-        else:
-            address = OriginAddress.tcp(service.host, service.port)
+    async def _via_pool(self, stream: TunnelStream, rule: Rule, address: OriginAddress) -> None:
         headers = self._headers(stream, rule, exclude=_NOT_FORWARDED)
         body: bytes | AsyncIterator[bytes]
         if stream.body_complete:

@@ -61,8 +61,10 @@ class TunnelStream:
         self._taken = 0  # returned by read(), not yet acknowledged
         self._ended = False
         self._gone = False
-        self._readable = asyncio.Event()
-        self._window = asyncio.Event()
+        # one future per wait, created only when a wait happens (most small requests never
+        # wait for a body chunk or a window): cheaper than two asyncio.Event per stream
+        self._readable: asyncio.Future[None] | None = None
+        self._window: asyncio.Future[None] | None = None
         self.status = 0  # the status sent, 0 before the response head
         self.finished = False  # the response was ended (END_STREAM queued)
         self.bytes_in = 0
@@ -72,21 +74,28 @@ class TunnelStream:
 
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
-        self._readable.set()
+        self._wake_reader()
 
     def feed_end(self) -> None:
         self._ended = True
-        self._readable.set()
+        self._wake_reader()
 
     def window_opened(self) -> None:
-        self._window.set()
+        waiter = self._window
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def gone(self) -> None:
         """The stream was reset or the connection ended; wake every waiter."""
         self._gone = True
         self._chunks.clear()
-        self._readable.set()
-        self._window.set()
+        self._wake_reader()
+        self.window_opened()
+
+    def _wake_reader(self) -> None:
+        waiter = self._readable
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- request side ---------------------------------------------------------------------------
 
@@ -113,8 +122,11 @@ class TunnelStream:
                 raise StreamGone
             if self._ended:
                 return b""
-            self._readable.clear()
-            await self._readable.wait()
+            waiter = self._readable = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._readable = None
         chunk = self._chunks.popleft()
         self._taken = len(chunk)
         self.bytes_in += len(chunk)
@@ -153,9 +165,11 @@ class TunnelStream:
             if room == 0:
                 if self._gone:
                     raise StreamGone
-                self._window.clear()
-                if core.send_capacity(self.stream_id) == 0:
-                    await self._window.wait()
+                waiter = self._window = asyncio.get_running_loop().create_future()
+                try:
+                    await waiter
+                finally:
+                    self._window = None
                 continue
             piece, view = view[:room], view[room:]
             core.send_body(self.stream_id, piece, end_stream=end and not view)

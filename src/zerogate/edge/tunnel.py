@@ -57,6 +57,7 @@ import secrets
 import socket
 import ssl
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,8 +71,8 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from zerogate.edge.proxy import reject_websocket, send_error
 from zerogate.identity.secret_hash import SecretKind, hash_secret
-from zerogate.net import websocket
-from zerogate.net.asgi import Headers, Message, Receive, Scope, Send
+from zerogate.net import chunks, websocket
+from zerogate.net.asgi import Headers, Receive, Scope, Send
 from zerogate.net.asgi import Message as AsgiMessage
 from zerogate.net.headers import is_zerogate_cookie
 from zerogate.net.http import request_target
@@ -137,6 +138,9 @@ READY_WAIT: Final = 2.0
 WS_MAX_MESSAGE: Final = 16 * 1024 * 1024
 """Largest WebSocket message accepted from an origin (as the origin proxy's limit)."""
 CLIENT_CLOSED: Final = 499
+WATCH_AFTER: Final = 0.1
+"""A body-less exchange still running this many seconds later (up to twice as many) gets a
+task that watches for its client to disconnect, and its response-head deadline."""
 MAX_PENDING_PER_ADDRESS: Final = 16
 """Connections one address may have waiting to register; more are refused (``unavailable``)."""
 MAX_PENDING: Final = 512
@@ -145,6 +149,8 @@ MAX_CONNECTIONS_PER_TUNNEL: Final = 64
 """Registered connections one tunnel may hold (16 connectors with the default 4 each); more
 are refused (``unavailable``), so one token cannot take all of the worker's sockets."""
 _READ_SIZE = 256 * 1024
+_RELAY_JOIN = 1024 * 1024
+"""Response frames already received are joined into one ASGI message up to this size."""
 _FEATURES = frozenset({"websocket"})
 _RESPONSE_DROPPED = frozenset({b"te", b"trailer", b"proxy-authenticate", b"proxy-authorization"})
 _WS_NOT_FORWARDED = frozenset({b"sec-websocket-key", b"sec-websocket-extensions"})
@@ -237,27 +243,6 @@ def _outbound(out: Outbound, scope: Scope) -> tuple[str, str, str, str, Headers]
     return out.to, out.authority, out.scheme, path, headers
 
 
-def without_zerogate_set_cookies(send: Send) -> Send:
-    """``send`` with every ``Set-Cookie`` for one of zerogate's cookie names taken out of the
-    response head (a connector's answer; ``proxy`` filters an origin's the same way)."""
-
-    async def filtered(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = message.get("headers") or []
-            if any(k.lower() == b"set-cookie" and is_zerogate_cookie(v) for k, v in headers):
-                message = {
-                    **message,
-                    "headers": [
-                        (k, v)
-                        for k, v in headers
-                        if not (k.lower() == b"set-cookie" and is_zerogate_cookie(v))
-                    ],
-                }
-        await send(message)
-
-    return filtered
-
-
 def tunnel_content_length(headers: Headers, client: Headers, *, websocket: bool) -> Headers:
     """The request headers for a tunnel stream with at most one plain ``content-length``.
 
@@ -324,19 +309,64 @@ def server_ssl_context(
 
 
 class _Stream:
-    __slots__ = ("conn", "head", "local_ended", "queue", "remote_ended", "reset", "sid", "window")
+    """One stream at the edge: its response head, the received items, a window waiter.
 
-    def __init__(self, conn: _Connection, sid: int) -> None:
+    ``items`` holds bytes (a body chunk, acknowledged once consumed), ``None`` (the end) or a
+    :class:`StreamReset` (gone); unbounded, but it only ever holds what the flow-control
+    windows let in. A deque and one future per wait, not an ``asyncio.Queue`` and an
+    ``Event``: a small request creates and waits on as few asyncio objects as possible.
+    """
+
+    __slots__ = (
+        "conn",
+        "head",
+        "items",
+        "local_ended",
+        "remote_ended",
+        "reset",
+        "sid",
+        "waiter",
+        "window_waiter",
+    )
+
+    def __init__(self, conn: _Connection, sid: int, loop: asyncio.AbstractEventLoop) -> None:
         self.conn = conn
         self.sid = sid
-        self.head: asyncio.Future[ResponseStarted] = asyncio.get_running_loop().create_future()
-        # bytes: a body chunk (acknowledged once consumed); None: the end; StreamReset: gone.
-        # Unbounded, but only ever holds what the flow-control windows let in.
-        self.queue: asyncio.Queue[bytes | StreamReset | None] = asyncio.Queue()
-        self.window = asyncio.Event()
+        self.head: asyncio.Future[ResponseStarted] = loop.create_future()
+        self.items: deque[bytes | StreamReset | None] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.window_waiter: asyncio.Future[None] | None = None
         self.reset: StreamReset | None = None
         self.local_ended = False
         self.remote_ended = False
+
+    def put(self, item: bytes | StreamReset | None) -> None:
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> bytes | StreamReset | None:
+        """The next item, waiting for one."""
+        while not self.items:
+            waiter = self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+        return self.items.popleft()
+
+    async def wait_window(self) -> None:
+        waiter = self.window_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self.window_waiter = None
+
+    def window_opened(self) -> None:
+        waiter = self.window_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def fail(self, reset: StreamReset) -> None:
         if self.reset is not None:
@@ -345,8 +375,8 @@ class _Stream:
         if not self.head.done():
             self.head.set_exception(_StreamGone())
             self.head.exception()  # retrieved: nobody may be waiting any more
-        self.queue.put_nowait(reset)
-        self.window.set()
+        self.put(reset)
+        self.window_opened()
 
 
 #: the refusal of a well-formed token that no tunnel here accepts, whatever the reason
@@ -382,6 +412,7 @@ class _Connection:
         self.finished = False
         self._flush_due = False
         self.rtt: float | None = None
+        self.loop = asyncio.get_running_loop()
 
     # -- state ------------------------------------------------------------------------------
 
@@ -423,7 +454,7 @@ class _Connection:
             self._flush_now()
         elif not self._flush_due:
             self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush_now)
+            self.loop.call_soon(self._flush_now)
 
     def _flush_now(self) -> None:
         self._flush_due = False
@@ -486,7 +517,7 @@ class _Connection:
             protocol=protocol,
             end_stream=end_stream,
         )
-        st = _Stream(self, sid)
+        st = _Stream(self, sid, self.loop)
         st.local_ended = end_stream
         self.streams[sid] = st
         self.flush()
@@ -500,11 +531,12 @@ class _Connection:
     def release(self, st: _Stream) -> None:
         """The exchange is over: hand back unconsumed bytes, reset the stream if it lives."""
         self.streams.pop(st.sid, None)
-        leftover = 0
-        while not st.queue.empty():
-            item = st.queue.get_nowait()
-            if isinstance(item, bytes):
-                leftover += len(item)
+        leftover = sum(len(item) for item in st.items if isinstance(item, bytes))
+        st.items.clear()
+        if st.reset is not None:
+            # whoever still waits on the stream (the relay, when the client left while the
+            # response was quiet) must see the end now, not at its idle timeout
+            st.put(st.reset)
         if self.finished:
             return
         if leftover and st.reset is None:
@@ -522,10 +554,9 @@ class _Connection:
         while True:
             if st.reset is not None or self.finished:
                 raise _StreamGone
-            st.window.clear()
             room = self.core.send_capacity(st.sid)
             if room == 0 and view:
-                await st.window.wait()
+                await st.wait_window()
                 continue
             piece, view = view[:room], view[room:]
             last = end and not view
@@ -546,7 +577,7 @@ class _Connection:
                 if st is None or st.reset is not None:
                     self.core.ack(ev.stream_id, len(ev.data))
                 else:
-                    st.queue.put_nowait(ev.data)
+                    st.put(ev.data)
             elif isinstance(ev, ResponseStarted):
                 st = self.streams.get(ev.stream_id)
                 if st is not None and not st.head.done():
@@ -558,7 +589,7 @@ class _Connection:
                     if not st.head.done():  # ended without a response head
                         st.fail(StreamReset(ev.stream_id, int(ErrorCodes.PROTOCOL_ERROR), True))
                     else:
-                        st.queue.put_nowait(None)
+                        st.put(None)
             elif isinstance(ev, StreamReset):
                 st = self.streams.get(ev.stream_id)
                 if st is not None:
@@ -566,7 +597,7 @@ class _Connection:
             elif isinstance(ev, WindowOpened):
                 st = self.streams.get(ev.stream_id)
                 if st is not None:
-                    st.window.set()
+                    st.window_opened()
             elif isinstance(ev, PingAcked):
                 self.rtt = asyncio.get_running_loop().time() - ev.sent_at
             elif isinstance(ev, ConnectionReady):
@@ -731,6 +762,101 @@ class _BodySource:
         return chunk, more
 
 
+class _HeadLate(Exception):
+    """No response head within the response timeout."""
+
+
+class _Watched:
+    """A body-less exchange: it needs no pump task, only (if it lasts) a disconnect watcher and
+    a response-head deadline, both started by :class:`_Watchers` after a tick."""
+
+    __slots__ = ("conn", "deadline", "done", "response", "sent_at", "source", "st", "watcher")
+
+    def __init__(
+        self,
+        conn: _Connection,
+        st: _Stream,
+        source: _BodySource,
+        sent_at: float,
+        response: float | None,
+    ) -> None:
+        self.conn = conn
+        self.st = st
+        self.source = source
+        self.sent_at = sent_at
+        self.response = response
+        self.done = False
+        self.watcher: asyncio.Task[None] | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+
+    def promote(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The exchange outlived a tick: watch the client, arm the head's deadline."""
+        if self.done:
+            return
+        self.watcher = loop.create_task(self._watch())
+        if self.response is not None and not self.st.head.done():
+            self.deadline = loop.call_at(self.sent_at + self.response, self._late)
+
+    def _late(self) -> None:
+        head = self.st.head
+        if not head.done():
+            head.set_exception(_HeadLate())
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self.source.receive()
+            if message["type"] == "http.disconnect":
+                self.source.client_gone = True
+                self.st.fail(StreamReset(self.st.sid, int(ErrorCodes.CANCEL), remote=False))
+                self.conn.release(self.st)
+                return
+
+    def finish(self, watchers: _Watchers) -> None:
+        self.done = True
+        watchers.discard(self)
+        if self.watcher is not None:
+            self.watcher.cancel()
+        if self.deadline is not None:
+            self.deadline.cancel()
+
+
+class _Watchers:
+    """Promotes body-less exchanges that outlive :data:`WATCH_AFTER` (see :class:`_Watched`).
+
+    Two generations and one timer, ticking only while exchanges run: one added during a tick
+    is promoted at the next one (after 0.1–0.2 s) unless it finished. Most small exchanges end
+    sooner and never cost a task, a timer or one more ``receive()``; the origin proxy does the
+    same for its disconnect watchers.
+    """
+
+    __slots__ = ("older", "recent", "ticker")
+
+    def __init__(self) -> None:
+        self.recent: set[_Watched] = set()
+        self.older: set[_Watched] = set()
+        self.ticker: asyncio.TimerHandle | None = None
+
+    def add(self, exchange: _Watched, loop: asyncio.AbstractEventLoop) -> None:
+        self.recent.add(exchange)
+        if self.ticker is None:
+            self.ticker = loop.call_later(WATCH_AFTER, self._tick, loop)
+
+    def discard(self, exchange: _Watched) -> None:
+        self.recent.discard(exchange)
+        self.older.discard(exchange)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        due, self.older, self.recent = self.older, self.recent, set()
+        for exchange in due:
+            exchange.promote(loop)
+        self.ticker = loop.call_later(WATCH_AFTER, self._tick, loop) if self.older else None
+
+    def close(self) -> None:
+        if self.ticker is not None:
+            self.ticker.cancel()
+            self.ticker = None
+
+
 # --------------------------------------------------------------------------------------------
 # The listener
 # --------------------------------------------------------------------------------------------
@@ -772,6 +898,7 @@ class TunnelListener:
         self._stopping = False
         #: connections waiting to register, by peer address (bounded: a stranger's sockets)
         self._waiting: dict[str, set[_Connection]] = {}
+        self._watchers = _Watchers()
 
     # -- life -------------------------------------------------------------------------------
 
@@ -781,7 +908,7 @@ class TunnelListener:
         """Listen on ``host:port`` (TLS), or accept on ``sock`` (a listening socket the
         workers of one server share); raises ``OSError`` when the address is taken."""
         if sock is not None:
-            self._server = await asyncio.start_server(
+            self._server = await chunks.start_server(
                 self._on_connect,
                 sock=sock,
                 ssl=context,
@@ -789,7 +916,7 @@ class TunnelListener:
                 limit=_READ_SIZE,
             )
         else:
-            self._server = await asyncio.start_server(
+            self._server = await chunks.start_server(
                 self._on_connect,
                 host,
                 port,
@@ -810,6 +937,7 @@ class TunnelListener:
             self._server.close()
         if self._ticker is not None:
             self._ticker.cancel()
+        self._watchers.close()
         conns = self._all()
         for conn in conns:
             if conn.ready and not conn.finished:
@@ -944,13 +1072,23 @@ class TunnelListener:
     # -- choosing a connection --------------------------------------------------------------
 
     def _pick(self, tunnel: str, exclude: set[_Connection]) -> _Connection | None:
-        conns = [c for c in self._tunnels.get(tunnel, {}).values() if c.healthy]
-        candidates = [c for c in conns if c not in exclude]
+        conns = self._tunnels.get(tunnel)
+        if not conns:
+            return None
+        candidates = [c for c in conns.values() if c.healthy and c not in exclude]
         if not candidates:
             return None
         turn = self._turn[tunnel] = (self._turn.get(tunnel, -1) + 1) % len(candidates)
-        ordered = candidates[turn:] + candidates[:turn]
-        return min(ordered, key=lambda c: c.core.open_streams)
+        # the fewest open streams; ties go round robin (the first from ``turn`` on)
+        count = len(candidates)
+        best = candidates[turn]
+        fewest = best.core.open_streams
+        for index in range(1, count):
+            conn = candidates[(turn + index) % count]
+            streams = conn.core.open_streams
+            if streams < fewest:
+                best, fewest = conn, streams
+        return best
 
     async def _connection(self, tunnel: str, exclude: set[_Connection]) -> _Connection | None:
         """The healthy connection with the fewest open streams; waits up to ``ready_wait``
@@ -979,17 +1117,17 @@ class TunnelListener:
         sent to the client.
         """
         tunnel, authority, scheme, path, headers = _outbound(out, scope)
-        send = without_zerogate_set_cookies(send)
         first = await receive()
         if first["type"] == "http.disconnect":
             return CLIENT_CLOSED
         method: str = scope.get("method", "GET")
-        headers = list(headers)
         timeouts = out.timeouts_over(self.timeouts)
         source = _BodySource(receive, first)
+        bodyless = source.empty
+        loop = asyncio.get_running_loop()
         tried: set[_Connection] = set()
         while True:
-            conn = await self._connection(tunnel, tried)
+            conn = self._pick(tunnel, tried) or await self._connection(tunnel, tried)
             if conn is None:
                 if tried:
                     raise TunnelUnavailable(
@@ -997,17 +1135,51 @@ class TunnelListener:
                     )
                 raise TunnelUnavailable("this application's tunnel has no connected connector")
             try:
-                st = conn.open(
-                    method, authority, path, headers, scheme=scheme, end_stream=source.empty
-                )
+                st = conn.open(method, authority, path, headers, scheme=scheme, end_stream=bodyless)
             except InvalidHeaders as exc:
                 status = 431 if "exceeds" in str(exc) else 400
                 raise TunnelRequestRefused(status, str(exc)) from None
             except UsageError:  # it stopped taking streams since we looked
                 tried.add(conn)
                 continue
+            if bodyless:
+                # the common case: the request went out whole; no pump task, and a watcher
+                # and a deadline only if the exchange outlives a tick
+                watched = _Watched(conn, st, source, loop.time(), timeouts.response)
+                self._watchers.add(watched, loop)
+                try:
+                    head = await st.head
+                except _HeadLate:
+                    watched.finish(self._watchers)
+                    conn.release(st)
+                    log.warning(
+                        "tunnel %s: no response head within %g s, answered 504",
+                        tunnel,
+                        timeouts.response,
+                    )
+                    return await send_error(scope, send, 504)
+                except _StreamGone:
+                    watched.finish(self._watchers)
+                    conn.release(st)
+                    if source.client_gone:
+                        return CLIENT_CLOSED
+                    reset = st.reset
+                    if reset is not None and reset.retryable:
+                        tried.add(conn)
+                        continue
+                    raise TunnelUnavailable(
+                        "the connector dropped the request before answering"
+                    ) from None
+                except BaseException:
+                    watched.finish(self._watchers)
+                    conn.release(st)
+                    raise
+                try:
+                    return await self._relay(conn, st, head, send, timeouts.idle)
+                finally:
+                    watched.finish(self._watchers)
+                    conn.release(st)
             replay = list(source.recorded or [])  # taken now: the copy may be freed below
-            loop = asyncio.get_running_loop()
             sent: asyncio.Future[float] = loop.create_future()
             pump = loop.create_task(self._pump(conn, st, source, replay, sent, timeouts.idle))
             try:
@@ -1046,21 +1218,29 @@ class TunnelListener:
     async def _relay(
         self, conn: _Connection, st: _Stream, head: ResponseStarted, send: Send, idle: float | None
     ) -> int:
-        response_headers = [(k, v) for k, v in head.headers if k not in _RESPONSE_DROPPED]
+        # what no connector may make the client keep: hop-by-hop leftovers and Set-Cookie for
+        # one of zerogate's own cookie names (the core passes lower-case names only; compared
+        # lower-cased all the same, as the origin proxy does)
+        response_headers = [
+            (k, v)
+            for k, v in head.headers
+            if k not in _RESPONSE_DROPPED
+            and not (k.lower() == b"set-cookie" and is_zerogate_cookie(v))
+        ]
         await send(
             {"type": "http.response.start", "status": head.status, "headers": response_headers}
         )
-        queue = st.queue
+        items = st.items
         while True:
-            if queue.empty():
+            if items:
+                item = items.popleft()
+            else:
                 try:
                     async with asyncio.timeout(idle):
-                        item = await queue.get()
+                        item = await st.get()
                 except TimeoutError:
                     log.warning("tunnel %s: response cut off (no byte for %g s)", conn.tunnel, idle)
                     return head.status  # unfinished; the caller resets the stream
-            else:
-                item = queue.get_nowait()
             if item is None:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return head.status
@@ -1071,8 +1251,23 @@ class TunnelListener:
                     "tunnel %s: response cut off (stream reset, %s)", conn.tunnel, item.error_code
                 )
                 return head.status
+            size = len(item)
+            if items and isinstance(items[0], bytes):
+                # several frames arrived in one read: one message (one send) for all of them
+                parts = [item]
+                while items and isinstance(items[0], bytes) and size < _RELAY_JOIN:
+                    part = items.popleft()
+                    assert isinstance(part, bytes)
+                    parts.append(part)
+                    size += len(part)
+                item = b"".join(parts)
+            if items and items[0] is None:  # the last chunk: one message ends the body
+                items.popleft()
+                await send({"type": "http.response.body", "body": item, "more_body": False})
+                conn.ack(st, size)
+                return head.status
             await send({"type": "http.response.body", "body": item, "more_body": True})
-            conn.ack(st, len(item))
+            conn.ack(st, size)
 
     async def _pump(
         self,
@@ -1257,7 +1452,7 @@ async def _relay_websocket(conn: _Connection, st: _Stream, receive: Receive, sen
         parts: list[str | bytes | bytearray] = []
         size = 0
         while True:
-            item = await st.queue.get()
+            item = await st.get()
             if item is None or isinstance(item, StreamReset):
                 return 1011, ""
             ws.receive_data(item)

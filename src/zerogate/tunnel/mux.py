@@ -64,7 +64,6 @@ from zerogate.tunnel.protocol import (
     UsageError,
     WindowOpened,
     _error_name,
-    _header_list_size,
     _pseudo,
 )
 
@@ -86,6 +85,7 @@ _MAX_WINDOW = 2**31 - 1
 _MAX_STREAM_ID = 2**31 - 1
 _EXTENDED_CONNECT = 0x1
 _NO_LENGTH = -1
+_STATUS = {code: str(code).encode("ascii") for code in range(200, 600)}
 _BAD_VALUE_BYTES = re.compile(rb"[\r\n]")
 
 
@@ -164,11 +164,44 @@ def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes
     return _HEAD.pack(kind, flags, stream_id, len(payload)) + payload
 
 
+_GOOD_NAMES: set[bytes] = set()
+_GOOD_NAMES_MAX = 2048
+
+
 def _check_fields(names: Iterable[bytes]) -> None:
-    """Lower-case tokens, none connection-specific: what HTTP/2 would accept (RFC 9113 8.2)."""
+    """Lower-case tokens, none connection-specific: what HTTP/2 would accept (RFC 9113 8.2).
+
+    Names that passed are remembered (a bounded set), so a head of known names costs one set
+    lookup per name instead of a regular expression."""
+    good = _GOOD_NAMES
     for name in names:
+        if name in good:
+            continue
         if _FIELD_NAME.fullmatch(name) is None or name in _CONNECTION_SPECIFIC:
             raise ValueError(f"invalid header name {name[:64]!r}")
+        if len(name) <= 64 and len(good) < _GOOD_NAMES_MAX:
+            good.add(name)
+
+
+#: (method, scheme, authority, protocol) as received → decoded, for lines that passed (bounded)
+_GOOD_LINES: dict[tuple[bytes, bytes, bytes, bytes], tuple[str, str, str, str | None]] = {}
+_GOOD_LINES_MAX = 1024
+
+
+def _request_line(line: tuple[bytes, bytes, bytes, bytes]) -> tuple[str, str, str, str | None]:
+    """A received request's method, scheme, authority and protocol, checked as HTTP/2 would
+    check its pseudo-headers; ValueError if one is not acceptable."""
+    method, scheme, authority, protocol_text = (part.decode("latin-1") for part in line)
+    protocol = protocol_text or None
+    if (
+        _METHOD.fullmatch(method) is None
+        or _SCHEME.fullmatch(scheme) is None
+        or _AUTHORITY.fullmatch(authority) is None
+        or (protocol is not None and _METHOD.fullmatch(protocol) is None)
+        or (method == "CONNECT") != (protocol is not None)
+    ):
+        raise ValueError("bad request line")
+    return method, scheme, authority, protocol
 
 
 def _content_length(headers: list[Header]) -> int:
@@ -265,46 +298,28 @@ class MuxWire:
 
     def receive(self, data: bytes) -> list[Event]:
         events: list[Event] = []
-        # frames are cut from ``data`` itself unless a partial frame is waiting (one copy less)
-        src: bytes | bytearray
-        if self.buf:
-            self.buf += data
-            src = self.buf
-        else:
-            src = data
         pos = 0
-        end = len(src)
+        end = len(data)
         try:
+            if self.buf:
+                # a frame begun in an earlier read: complete it with only the bytes it needs,
+                # then cut the rest straight from ``data`` (a socket's reads rarely end on a
+                # frame boundary, so copying every read into ``buf`` would copy every byte)
+                pos = self._complete_pending(data, events)
+                if pos < 0 or self.side.state is State.CLOSED:
+                    return events
             while end - pos >= _HEAD_LEN:
-                kind, flags, sid, length = _HEAD.unpack_from(src, pos)
-                limit = (
-                    self.settings.max_frame_size
-                    if kind == DATA
-                    else max(self.settings.max_header_list_size, 64)
-                )
-                if length > limit:
-                    raise _Fatal(
-                        f"frame of {length} bytes exceeds the limit of {limit}",
-                        ErrorCodes.FRAME_SIZE_ERROR,
-                    )
+                kind, flags, sid, length = _HEAD.unpack_from(data, pos)
+                self._check_length(kind, length)
                 if end - pos - _HEAD_LEN < length:
                     break
                 start = pos + _HEAD_LEN
                 pos = start + length
-                payload = bytes(src[start:pos])
-                if kind == DATA:
-                    self._on_data(sid, flags, payload, events)
-                elif kind == HEADERS:
-                    self._on_headers(sid, flags, payload, events)
-                else:
-                    self._on_control(kind, flags, sid, payload, events)
+                self._on_frame(kind, flags, sid, data[start:pos], events)
                 if self.side.state is State.CLOSED:
-                    self.buf.clear()
                     return events
-            if src is self.buf:
-                del self.buf[:pos]
-            elif pos < end:
-                self.buf += src[pos:]
+            if pos < end:
+                self.buf += memoryview(data)[pos:]
             if self.blocked:
                 self._flush_blocked(events)
         except _Fatal as exc:
@@ -315,6 +330,54 @@ class MuxWire:
             remote = self.goaway_received is not None and self.goaway_sent is None
             events.append(ConnectionTerminated(int(ErrorCodes.NO_ERROR), "drained", remote))
         return events
+
+    def _complete_pending(self, data: bytes, events: list[Event]) -> int:
+        """Feed ``buf`` (a partial frame) from ``data``; the position in ``data`` after the
+        frame once it is complete and handled, or -1 when ``data`` did not complete it."""
+        buf = self.buf
+        view = memoryview(data)
+        pos: int = 0
+        if len(buf) < _HEAD_LEN:
+            take = min(_HEAD_LEN - len(buf), len(data))
+            buf += view[:take]
+            pos = take
+            if len(buf) < _HEAD_LEN:
+                return -1
+        kind, flags, sid, length = _HEAD.unpack_from(buf)
+        self._check_length(kind, length)
+        take = min(_HEAD_LEN + length - len(buf), len(data) - pos)
+        buf += view[pos : pos + take]
+        pos += take
+        if len(buf) < _HEAD_LEN + length:
+            return -1
+        payload = bytes(memoryview(buf)[_HEAD_LEN:])
+        buf.clear()
+        self._on_frame(kind, flags, sid, payload, events)
+        return pos
+
+    def _check_length(self, kind: int, length: int) -> None:
+        limit = (
+            self.settings.max_frame_size
+            if kind == DATA
+            else max(self.settings.max_header_list_size, 64)
+        )
+        if length > limit:
+            raise _Fatal(
+                f"frame of {length} bytes exceeds the limit of {limit}",
+                ErrorCodes.FRAME_SIZE_ERROR,
+            )
+
+    def _on_frame(
+        self, kind: int, flags: int, sid: int, payload: bytes, events: list[Event]
+    ) -> None:
+        if kind == DATA:
+            self._on_data(sid, flags, payload, events)
+        elif kind == HEADERS:
+            self._on_headers(sid, flags, payload, events)
+        else:
+            self._on_control(kind, flags, sid, payload, events)
+        if self.side.state is State.CLOSED:
+            self.buf.clear()
 
     def _on_data(self, sid: int, flags: int, payload: bytes, events: list[Event]) -> None:
         if self.peer is None:
@@ -376,19 +439,18 @@ class MuxWire:
         try:
             if len(parts) < 5 or len(parts) % 2 != 1:
                 raise ValueError("not a request head")
-            method_b, scheme_b, authority_b, path_b, protocol_b = parts[:5]
-            method, scheme = method_b.decode("latin-1"), scheme_b.decode("latin-1")
-            authority, path = authority_b.decode("latin-1"), path_b.decode("latin-1")
-            protocol = protocol_b.decode("latin-1") or None
-            if (
-                _METHOD.fullmatch(method) is None
-                or _SCHEME.fullmatch(scheme) is None
-                or _AUTHORITY.fullmatch(authority) is None
-                or _PATH.fullmatch(path) is None
-                or (protocol is not None and _METHOD.fullmatch(protocol) is None)
-                or (method == "CONNECT") != (protocol is not None)
-            ):
-                raise ValueError("bad request line")
+            line = (parts[0], parts[1], parts[2], parts[4])
+            known = _GOOD_LINES.get(line)
+            if known is None:
+                known = _request_line(line)
+                if sum(map(len, line)) <= 256:
+                    if len(_GOOD_LINES) >= _GOOD_LINES_MAX:
+                        _GOOD_LINES.clear()
+                    _GOOD_LINES[line] = known
+            method, scheme, authority, protocol = known
+            path = parts[3].decode("latin-1")
+            if _PATH.fullmatch(path) is None:
+                raise ValueError("bad request target")
             names = parts[5::2]
             _check_fields(names)
             headers = list(zip(names, parts[6::2], strict=True))
@@ -566,13 +628,16 @@ class MuxWire:
             raise UsageError("the connector did not enable extended CONNECT")
         peer = self.peer
         assert peer is not None
-        self._check_block(block, 4 * 32 + sum(len(f) for f in fields))
         for name, value in block:
             fields.append(name)
             fields.append(value)
+        payload = b"\0".join(fields)
+        # the RFC 9113 size: the fields without the NULs between them, 32 per header and per
+        # pseudo-header (method, scheme, authority, path)
+        self._check_size(len(payload) - (len(fields) - 1) + 32 * len(block) + 4 * 32)
         sid = self.next_stream_id
         self.next_stream_id += 2
-        self.out += _frame(HEADERS, END if end_stream else 0, sid, b"\0".join(fields))
+        self.out += _frame(HEADERS, END if end_stream else 0, sid, payload)
         st = _MStream(sid, peer.stream_window, self.settings.stream_window)
         st.headers_sent = True
         st.head_request = method == "HEAD"
@@ -591,12 +656,14 @@ class MuxWire:
             return
         if st.headers_sent:
             raise UsageError(f"stream {stream_id}: the response head was already sent")
-        self._check_block(block, 32 + 3)
-        fields = [str(status).encode("ascii")]
+        fields = [_STATUS.get(status) or str(status).encode("ascii")]
         for name, value in block:
             fields.append(name)
             fields.append(value)
-        self.out += _frame(HEADERS, END if end_stream else 0, stream_id, b"\0".join(fields))
+        payload = b"\0".join(fields)
+        # the RFC 9113 size: the headers without the NULs, 32 each, and :status (3 + 32)
+        self._check_size(len(payload) - (len(fields) - 1) - len(fields[0]) + 32 * len(block) + 35)
+        self.out += _frame(HEADERS, END if end_stream else 0, stream_id, payload)
         st.headers_sent = True
         if end_stream:
             st.end_queued = st.local_ended = True
@@ -620,6 +687,8 @@ class MuxWire:
             )
         peer = self.peer
         assert peer is not None
+        if not (type(data) is bytes or (type(data) is memoryview and type(data.obj) is bytes)):
+            data = bytes(data)  # kept until sent, not copied: it must not change meanwhile
         if (
             not st.pending
             and size <= st.window
@@ -637,7 +706,7 @@ class MuxWire:
                 self._drained()
             return
         if size:
-            st.pending.append(memoryview(bytes(data)))
+            st.pending.append(memoryview(data))
             st.pending_bytes += size
             self.pending_total += size
         if end:
@@ -719,10 +788,9 @@ class MuxWire:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _check_block(self, block: list[Header], extra: int) -> None:
+    def _check_size(self, size: int) -> None:
         peer = self.peer
         assert peer is not None
-        size = _header_list_size(block) + extra
         if size > peer.max_header_list_size:
             raise InvalidHeaders(
                 f"the header block ({size} bytes) exceeds the peer's"

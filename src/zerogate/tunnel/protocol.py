@@ -144,7 +144,7 @@ class TunnelSettings:
 
     stream_window: int = 16 * 1024 * 1024
     connection_window: int = 64 * 1024 * 1024
-    max_frame_size: int = 64 * 1024
+    max_frame_size: int = 256 * 1024
     max_concurrent_streams: int = 1000
     send_buffer: int = 256 * 1024
     max_header_list_size: int = 64 * 1024
@@ -166,6 +166,48 @@ class TunnelSettings:
             raise ValueError("send_buffer must be at least 1 byte")
         if self.max_header_list_size < 1024:
             raise ValueError("max_header_list_size must be at least 1024 bytes")
+
+
+class _Out:
+    """What a side will send, as the pieces were produced, joined once by ``data_to_send``.
+
+    A DATA frame's payload is kept as given (immutable bytes, or a view of them) instead of
+    being copied into a growing buffer and copied out again: one copy per byte sent, the join.
+    ``out += piece`` appends a piece; ``len(out)`` is the bytes held.
+    """
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes | memoryview] = []
+        self.size = 0
+
+    def __iadd__(self, piece: bytes | memoryview) -> _Out:
+        if piece:
+            self.parts.append(piece)
+            self.size += len(piece)
+        return self
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def take(self) -> bytes:
+        """Everything held, as one ``bytes``; the buffer is empty afterwards."""
+        parts = self.parts
+        if not parts:
+            return b""
+        first = parts[0]
+        data = first if len(parts) == 1 and type(first) is bytes else b"".join(parts)
+        self.parts = []
+        self.size = 0
+        return data
+
+    def clear(self) -> None:
+        self.parts = []
+        self.size = 0
 
 
 class TunnelError(Exception):
@@ -440,6 +482,10 @@ class ControlFrameReader:
 
 _FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")
+#: header names seen before, as given → lower-cased, each checked once: a pure function's cache
+#: (bounded), so a busy connection does not run the name's regular expression per header
+_KNOWN_NAMES: dict[bytes, bytes] = {}
+_KNOWN_NAMES_MAX = 2048
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*")
 _AUTHORITY = re.compile(r"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]+")
@@ -462,10 +508,15 @@ def clean_headers(headers: Iterable[Header], *, request: bool) -> list[Header]:
     """
     kept: list[Header] = []
     listed: set[bytes] = set()
+    known = _KNOWN_NAMES
     for name, value in headers:
-        lname = bytes(name).lower()
-        if _FIELD_NAME.fullmatch(lname) is None:
-            raise InvalidHeaders(f"{bytes(name)[:64]!r} is not a valid HTTP header name")
+        lname = known.get(name) if type(name) is bytes else None
+        if lname is None:
+            lname = bytes(name).lower()
+            if _FIELD_NAME.fullmatch(lname) is None:
+                raise InvalidHeaders(f"{bytes(name)[:64]!r} is not a valid HTTP header name")
+            if type(name) is bytes and len(name) <= 64 and len(known) < _KNOWN_NAMES_MAX:
+                known[name] = lname
         stripped = bytes(value).strip(b" \t")
         if _BAD_VALUE.search(stripped) is not None:
             raise InvalidHeaders(f"header {lname[:64]!r} has a value with CR, LF or NUL")
@@ -499,10 +550,25 @@ def clean_headers(headers: Iterable[Header], *, request: bool) -> list[Header]:
     return result
 
 
+#: (what, value) → its bytes, for pseudo-header values that passed (a bounded cache: a
+#: connection sends the same method, scheme and authority, and often the same path, again)
+_PSEUDO_SEEN: dict[tuple[str, str], bytes] = {}
+_PSEUDO_SEEN_MAX = 4096
+
+
 def _pseudo(value: str, pattern: re.Pattern[str], what: str) -> bytes:
+    key = (what, value)
+    known = _PSEUDO_SEEN.get(key)
+    if known is not None:
+        return known
     if pattern.fullmatch(value) is None:
         raise InvalidHeaders(f"{what} {value[:64]!r} cannot be sent")
-    return value.encode("ascii")
+    encoded = value.encode("ascii")
+    if len(value) <= 256:
+        if len(_PSEUDO_SEEN) >= _PSEUDO_SEEN_MAX:
+            _PSEUDO_SEEN.clear()
+        _PSEUDO_SEEN[key] = encoded
+    return encoded
 
 
 def _header_list_size(block: Sequence[Header]) -> int:
@@ -823,7 +889,7 @@ class _Side:
     def __init__(self, settings: TunnelSettings | None) -> None:
         self.settings = settings or TunnelSettings()
         self.state = State.REGISTERING
-        self._out = bytearray()
+        self._out = _Out()
         self._h2: h2.connection.H2Connection | None = None
         self._splitter: _FrameSplitter | None = None
         self._control = ControlFrameReader()
@@ -902,9 +968,7 @@ class _Side:
             if not self._out:
                 return produced
             self._out += produced
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+        return self._out.take()
 
     # -- input -------------------------------------------------------------------------------
 
