@@ -53,17 +53,18 @@ from zerogate.model.paths import PathError, normalise_path
 from zerogate.net import http
 from zerogate.net.asgi import Headers
 from zerogate.net.headers import (
+    ResolvedClient,
     downstream_response_headers,
+    resolve_client,
     upstream_request_headers,
     wants_json,
 )
 from zerogate.net.http import request_target
-from zerogate.net.pool import OriginAddress, request_head
+from zerogate.net.pool import FieldBlock, OriginAddress, field_block, finish_head
 from zerogate.net.upstream import DEFAULT_TIMEOUTS, Timeouts
 from zerogate.policy import CompiledApp, Context, Identity
 from zerogate.runtime import cookies
-from zerogate.runtime.cookies import secure_cookies
-from zerogate.runtime.request import Request, describe_request
+from zerogate.runtime.request import Request, check_host, client_scheme, describe_request
 from zerogate.runtime.services import Services
 
 log = logging.getLogger("zerogate.edge.front")
@@ -80,11 +81,20 @@ MAX_RELAY_BUFFER = 256 * 1024
 NO_LIMIT = 86400.0 * 365
 #: how long a relay waits for the application's socket to accept (start, worker restart)
 RELAY_CONNECT_TIMEOUT = 10.0
+#: at most this many entries in each of the front's caches (cleared whole when full)
+MAX_KEPT = 10_000
 #: above this share of ``max_connections``, connections idle this long are closed
 PRESSURE = 0.8
 PRESSURE_QUIET = 1.0
 
 _FAST_METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE"})
+_TOKEN_HEADERS = frozenset({b"zerogate-client-id", b"zerogate-client-secret"})
+#: the request headers ``_plain_head`` looks at (the rest go through as they are)
+_SCANNED = frozenset(
+    {b"host", b"cookie", b"content-length", b"transfer-encoding", b"expect", b"upgrade"}
+    | _TOKEN_HEADERS
+    | {CLIENT_HEADER}
+)
 _NO_BODY_STATUS = (204, 304)
 
 
@@ -100,11 +110,19 @@ class FrontSettings:
 
 
 def _status_line(status: int) -> bytes:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("latin-1"))
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        line = b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("latin-1"))
+        if len(_STATUS_LINES) < 1000:
+            _STATUS_LINES[status] = line
+    return line
+
+
+_STATUS_LINES: dict[int, bytes] = {}
 
 
 def _simple_response(status: int, headers: Headers, *, close: bool) -> bytes:
@@ -137,6 +155,91 @@ class Front:
         self.server: asyncio.AbstractServer | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._origins: dict[str, OriginAddress | None] = {}
+        # kept per snapshot (cleared when the runtime loads another): see ``fresh``
+        self._snapshot: object = None
+        self._routes: dict[tuple[str, str], CompiledApp | None] = {}
+        self._sessions: dict[tuple[str, str], tuple[Claims, Identity, Headers]] = {}
+        self._counters: dict[tuple[str, str], Any] = {}
+        # pure functions of their key, kept whatever the snapshot
+        self._hosts: dict[bytes, tuple[str, str] | None] = {}
+
+    def fresh(self) -> None:
+        """Forget what was kept for another snapshot (applications, policies, routes)."""
+        snapshot = self.svc.runtime.snapshot
+        if snapshot is not self._snapshot:
+            self._snapshot = snapshot
+            self._routes.clear()
+            self._sessions.clear()
+
+    def host(self, value: bytes) -> tuple[str, str] | None:
+        """``runtime.request.check_host`` of a Host header, kept; None: not a host name."""
+        try:
+            return self._hosts[value]
+        except KeyError:
+            pass
+        try:
+            found: tuple[str, str] | None = check_host(value)
+        except http.BadRequest:
+            found = None
+        if len(self._hosts) > MAX_KEPT:
+            self._hosts.clear()
+        self._hosts[value] = found
+        return found
+
+    def route(self, host: str, raw_path: str) -> CompiledApp | None:
+        """The application a fast request may go to: routed, not a reserved path (else None:
+        relayed, and the application answers). Kept per snapshot (call ``fresh`` first)."""
+        key = (host, raw_path)
+        try:
+            return self._routes[key]
+        except KeyError:
+            pass
+        app: CompiledApp | None = None
+        try:
+            app = self.svc.runtime.snapshot.route(host, raw_path)
+            if app is not None and pipeline.is_reserved(normalise_path(raw_path)):
+                app = None
+        except PathError:
+            app = None
+        if len(self._routes) > MAX_KEPT:
+            self._routes.clear()
+        self._routes[key] = app
+        return app
+
+    def session(
+        self, app: CompiledApp, token: str | None
+    ) -> tuple[Claims, Identity, Headers] | None:
+        """The verified session of ``token`` (the application's cookie), its identity and the
+        identity headers the origin gets; the token is verified on every call (signature
+        once, through the verified-token cache; expiry, key and revocation every time), the
+        rest is kept per token."""
+        claims = pipeline.token_claims(self.svc.runtime, app, token)
+        if claims is None or token is None:
+            return None
+        key = (app.name, token)
+        kept = self._sessions.get(key)
+        if kept is not None and kept[0] is claims:
+            return kept
+        identity = Identity.of(claims.email, claims.idp, claims.groups or (), claims.amr or ())
+        inject: Headers = [
+            (b"zerogate-jwt-assertion", token.encode("latin-1")),
+            (b"zerogate-authenticated-user-email", claims.email.encode("utf-8")),
+        ]
+        if len(self._sessions) > MAX_KEPT:
+            self._sessions.clear()
+        made = self._sessions[key] = (claims, identity, inject)
+        return made
+
+    def count(self, app: str, decision: str) -> None:
+        """``zerogate_requests_total{app, decision}`` + 1 (the labelled child kept)."""
+        child = self._counters.get((app, decision))
+        if child is None:
+            if len(self._counters) > MAX_KEPT:
+                self._counters.clear()
+            child = self._counters[(app, decision)] = self.svc.metrics.requests.labels(
+                app, decision
+            )
+        child.inc()
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -207,8 +310,8 @@ class _Fast:
     method: bytes
     address: OriginAddress
     headers: Headers
+    fields: FieldBlock  # ``net.pool.field_block(headers)``
     target: str
-    host_header: bytes
     body: list[bytes]
     size: int
     timeouts: Timeouts
@@ -236,6 +339,10 @@ class ClientConnection(asyncio.Protocol):
         self.inflight = False
         self.close_after = False
         self.upstream: OriginConnection | None = None
+        # kept between requests of this connection (see ``_describe``, ``_upstream_headers``)
+        self.client: ResolvedClient | None = None
+        self.head_kept: tuple[object, Headers, FieldBlock] | None = None
+        self.cookies_kept: tuple[tuple[bytes, ...], dict[str, str]] | None = None
         # relay to the ASGI application (sticky once begun)
         self.relay: RelayConnection | None = None
         self.relaying = False
@@ -430,10 +537,10 @@ class ClientConnection(asyncio.Protocol):
         keep_alive = self.parser.should_keep_alive()
         body = b"".join(fast.body) if fast.body else b""
         try:
-            head, _ = request_head(
+            head, _ = finish_head(
                 fast.method.decode("ascii"),
                 fast.target,
-                fast.headers,
+                fast.fields,
                 body,
                 host_header=fast.address.host_header,
             )
@@ -449,34 +556,53 @@ class ClientConnection(asyncio.Protocol):
 
     def _classify(self) -> _Fast | None:
         """The fast-path plan for the request whose head just ended, or None (relay)."""
-        if not self._plain_head():
+        scan = self._plain_head()
+        if scan is None:
             return None
-        routed = self._route()
-        if routed is None:
-            return None
-        scope, req, app, address = routed
+        host_value, has_cookie, has_token = scan
+        front = self.front
+        front.fresh()
         svc = self.svc
         rt = svc.runtime
-        claims = pipeline.session_claims(scope, rt, app)
-        identity = (
-            Identity.of(claims.email, claims.idp, claims.groups or (), claims.amr or ())
-            if claims is not None
-            else None
-        )
-        token_name = pipeline.service_token(scope, rt)
+        req = self._describe(host_value)
+        if req is None or req.host == rt.portal_host:
+            return None
+        app = front.route(req.host, req.raw_path)
+        if app is None:
+            return None
+        origin = app.model.origin
+        address = front.origin_address(origin) if origin else None
+        if address is None:
+            return None
+        # the pipeline's identify step (``pipeline.session_claims`` / ``service_token``) on
+        # what this head holds; no cookie, no session; no token header, no token
+        session = None
+        jar: dict[str, str] = {}
+        if has_cookie:
+            jar = self._cookies()
+            secure = req.scheme == "https"  # ``secure_cookies``: the request's public scheme
+            name = cookies.cookie_name(pipeline.app_cookie(app), secure=secure)
+            session = front.session(app, jar.get(name))
+        token_name = None
+        if has_token:
+            token_name = pipeline.service_token({"headers": self.headers}, rt)
         country = rt.country(req.client.ip)
         verdict = rt.snapshot.decide(
-            app, identity, Context(ip=req.client.ip, country=country, service_token=token_name)
+            app,
+            session[1] if session is not None else None,
+            Context(ip=req.client.ip, country=country, service_token=token_name),
         )
         decision = verdict.decision
         if decision not in ("allow", "bypass"):
             return None  # the application answers (login, block) and counts it
-        target = request_target(req.raw_path + (f"?{req.query}" if req.query else ""))
+        query = req.query
+        target = request_target(req.raw_path + ("?" + query if query else ""))
         if target is None:
             return None
-        svc.metrics.requests.labels(app.name, decision).inc()
+        front.count(app.name, decision)
         inject: Headers = []
         if decision == "allow":
+            claims = session[0] if session is not None else None
             svc.log(
                 "request",
                 app=app.name,
@@ -486,94 +612,132 @@ class ClientConnection(asyncio.Protocol):
                 country=country,
                 decision=decision,
                 policy=verdict.policy,
-                method=scope["method"],
+                method=self.parser.get_method().decode("ascii"),
                 host=req.host,
                 path=req.raw_path,
             )
-            inject = self._identity_headers(scope, app, claims, token_name)
+            if session is not None:
+                inject = session[2]
+            else:
+                assert token_name is not None
+                inject = [
+                    (b"zerogate-jwt-assertion", pipeline.service_assertion(rt, app, token_name))
+                ]
+        headers, fields = self._upstream_headers(req, inject, jar if has_cookie else None)
+        default = self.front.settings.timeouts
+        timeouts = default if app.timeouts is None else app.timeouts.over(default)
+        method = self.parser.get_method()
+        return _Fast(method, address, headers, fields, target, [], 0, timeouts)
+
+    def _upstream_headers(
+        self, req: Request, inject: Headers, jar: dict[str, str] | None
+    ) -> tuple[Headers, FieldBlock]:
+        """``upstream_request_headers`` minus zerogate's cookies, and its field block: pure
+        functions of the head and of what is added, so kept for the next request of this
+        connection when that sends the same head (a keep-alive client mostly does)."""
+        client = req.client
+        key = (
+            tuple(self.headers),
+            tuple(inject),
+            client.ip,
+            client.forwarded_for,
+            req.scheme,
+            req.host_header,
+        )
+        kept = self.head_kept
+        if kept is not None and kept[0] == key:
+            return kept[1], kept[2]
         headers = upstream_request_headers(
             self.headers,
-            client_ip=req.client.ip,
+            client_ip=client.ip,
             proto=req.scheme,
             host=req.host_header,
             inject=inject,
             upgrade=False,
-            forwarded_for=req.client.forwarded_for,
+            forwarded_for=client.forwarded_for,
         )
-        headers = [(k, v) for k, v in headers if k != b"cookie"]
-        headers += pipeline.strip_zerogate_cookies(self.headers)
-        default = self.front.settings.timeouts
-        timeouts = default if app.timeouts is None else app.timeouts.over(default)
-        method = self.parser.get_method()
-        return _Fast(method, address, headers, target, req.host_header.encode(), [], 0, timeouts)
+        if jar is not None:
+            headers = [(k, v) for k, v in headers if k != b"cookie"]
+            headers += pipeline.strip_zerogate_cookies(self.headers)
+        fields = field_block(headers)
+        self.head_kept = (key, headers, fields)
+        return headers, fields
 
-    def _plain_head(self) -> bool:
-        """HTTP/1.1, a fast method, no upgrade / expect / chunked body, at most one plain
-        Content-Length no longer than ``MAX_FAST_BODY``, no relay header of a client's."""
+    def _cookies(self) -> dict[str, str]:
+        """``http.cookies`` of this head, kept while the connection sends the same ``Cookie``."""
+        values = tuple(v for n, v in self.headers if n == b"cookie")
+        kept = self.cookies_kept
+        if kept is not None and kept[0] == values:
+            return kept[1]
+        jar = http.cookies({"headers": self.headers})
+        self.cookies_kept = (values, jar)
+        return jar
+
+    def _plain_head(self) -> tuple[bytes | None, bool, bool] | None:
+        """None unless HTTP/1.1, a fast method, no upgrade / expect / chunked body, at most one
+        plain Content-Length no longer than ``MAX_FAST_BODY``, no relay header of a client's,
+        at most one Host. Else the Host header (None: none), whether a ``Cookie`` and whether a
+        service-token header came."""
         parser = self.parser
         if parser.get_http_version() != "1.1" or parser.should_upgrade():
-            return False
+            return None
         if parser.get_method() not in _FAST_METHODS:
-            return False
+            return None
         seen_length = False
+        host: bytes | None = None
+        has_cookie = has_token = False
         for name, value in self.headers:
-            if name in (b"transfer-encoding", b"expect", b"upgrade", CLIENT_HEADER):
-                return False
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > MAX_FAST_BODY or seen_length:
-                    return False
-                seen_length = True
-        return True
+            if name in _SCANNED:
+                if name == b"host":
+                    if host is not None:
+                        return None  # two: describe_request's BadRequest (the app answers)
+                    host = value
+                elif name == b"cookie":
+                    has_cookie = True
+                elif name == b"content-length":
+                    if not value.isdigit() or int(value) > MAX_FAST_BODY or seen_length:
+                        return None
+                    seen_length = True
+                elif name in _TOKEN_HEADERS:
+                    has_token = True
+                else:
+                    return None  # transfer-encoding, expect, upgrade, the relay header
+        return host, has_cookie, has_token
 
-    def _route(self) -> tuple[dict[str, Any], Request, CompiledApp, OriginAddress] | None:
-        """The request's scope, description, application and plain-HTTP origin, or None
-        when any of them is not for the fast path (the portal, a reserved or unsafe path, a
-        tunnel or an https origin)."""
-        svc = self.svc
-        rt = svc.runtime
-        path, _, query = self.url.partition(b"?")
-        scope: dict[str, Any] = {
-            "type": "http",
-            "method": self.parser.get_method().decode("ascii"),
-            "headers": self.headers,
-            "client": self.peer,
-            "raw_path": path,
-            "query_string": query,
-        }
-        try:
-            req = describe_request(scope, svc)
-        except http.BadRequest:
-            return None
-        if req.host == rt.portal_host:
-            return None
-        try:
-            app = rt.snapshot.route(req.host, req.raw_path)
-            if app is None or pipeline.is_reserved(normalise_path(req.raw_path)):
-                return None
-        except PathError:
-            return None
-        origin = app.model.origin
-        address = self.front.origin_address(origin) if origin else None
-        if address is None:
-            return None
-        return scope, req, app, address
-
-    def _identity_headers(
-        self, scope: dict[str, Any], app: CompiledApp, claims: Claims | None, token: str | None
-    ) -> Headers:
-        """``Zerogate-Jwt-Assertion`` (+ the user's email) for an allowed request."""
+    def _describe(self, host_value: bytes | None) -> Request | None:
+        """``describe_request`` of this head (None where it raises ``BadRequest``). Without
+        trusted proxies nothing but the Host header and the socket peer count, so the Host's
+        reading is kept per value and the client per connection."""
         rt = self.svc.runtime
-        if claims is not None:
-            assertion = cookies.cookie(
-                scope, pipeline.app_cookie(app), secure=secure_cookies(rt, scope)
-            )
-            assert assertion is not None  # session_claims verified it
-            return [
-                (b"zerogate-jwt-assertion", assertion.encode("latin-1")),
-                (b"zerogate-authenticated-user-email", claims.email.encode("utf-8")),
-            ]
-        assert token is not None
-        return [(b"zerogate-jwt-assertion", pipeline.service_assertion(rt, app, token))]
+        path, _, query = self.url.partition(b"?")
+        if rt.trusted or not path:
+            scope: dict[str, Any] = {
+                "type": "http",
+                "headers": self.headers,
+                "client": self.peer,
+                "raw_path": path,
+                "query_string": query,
+            }
+            try:
+                return describe_request(scope, self.svc)
+            except http.BadRequest:
+                return None
+        if host_value is None:
+            return None
+        host = self.front.host(host_value)
+        if host is None:
+            return None
+        client = self.client
+        if client is None:
+            client = self.client = resolve_client(self.peer[0], [], ())
+        return Request(
+            host_header=host[0],
+            host=host[1],
+            raw_path=path.decode("latin-1"),
+            query=query.decode("latin-1"),
+            client=client,
+            scheme=client_scheme(rt, client),
+        )
 
     def _next(self) -> None:
         """Send the next queued fast request, or hand over to the relay, or go idle."""
@@ -693,6 +857,9 @@ class OriginConnection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.paused = False
+        #: bytes for the client, written by ``flush`` once the parser is done with a read
+        self.out: list[bytes] = []
+        self.head_kept: tuple[object, bytes, bool, bool] | None = None
 
     def connect(self, timeout: float) -> None:
         loop = self.client.loop
@@ -722,6 +889,7 @@ class OriginConnection(asyncio.Protocol):
 
     def fail(self, status: int) -> None:
         """No response can come: answer the client ourselves (or cut it off mid-response)."""
+        self.flush()
         client = self.client
         if client.upstream is self:
             client.upstream = None
@@ -772,6 +940,8 @@ class OriginConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             log.warning("origin %s: malformed response", self.address)
             self.fail(502)
+            return
+        self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         was_closed = self.closed
@@ -779,8 +949,9 @@ class OriginConnection(asyncio.Protocol):
         client = self.client
         if client.upstream is not self or was_closed or not client.inflight:
             return
-        if self.started and not self.chunked and self.status and self._until_close:
+        if self.started and self.status and self._until_close:
             # a response delimited by the connection's end: that end completes it
+            self.flush()
             client.transport.write(b"0\r\n\r\n")
             client.upstream = None
             client.response_done(keep_alive=False)
@@ -807,13 +978,28 @@ class OriginConnection(asyncio.Protocol):
             if status == 101:
                 self.fail(502)
             return  # 1xx: informational, not forwarded
+        client = self.client
+        # the head sent back is a pure function of these: kept while the origin repeats them
+        key = (status, tuple(self.headers), client.close_after)
+        kept = self.head_kept
+        if kept is not None and kept[0] == key:
+            _, head, self.chunked, self._until_close = kept
+        else:
+            head, self.chunked, self._until_close = self._response_head(status)
+            self.head_kept = (key, head, self.chunked, self._until_close)
+        self.started = True
+        client.deadline = client.loop.time() + client.idle_limit  # from now on: idle
+        self.out.append(head)
+
+    def _response_head(self, status: int) -> tuple[bytes, bool, bool]:
+        """The head to send the client, whether the body goes out chunked, and whether the
+        origin's response ends only with its connection."""
         out = downstream_response_headers(self.headers)
         length = None
         for name, value in self.headers:
             if name.lower() == b"content-length":
                 length = value
-        self.chunked = False
-        self._until_close = False
+        chunked = until_close = False
         lines = [_status_line(status)]
         for name, value in out:
             if name.lower() != b"content-length":
@@ -823,16 +1009,13 @@ class OriginConnection(asyncio.Protocol):
         elif length is not None and not self._chunked_upstream():
             lines += (b"content-length: ", length.strip(), b"\r\n")
         else:
-            self.chunked = True
-            self._until_close = not self._chunked_upstream()
+            chunked = True
+            until_close = not self._chunked_upstream()
             lines.append(b"transfer-encoding: chunked\r\n")
         if self.client.close_after:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
-        self.started = True
-        client = self.client
-        client.deadline = client.loop.time() + client.idle_limit  # from now on: idle
-        client.transport.write(b"".join(lines))
+        return b"".join(lines), chunked, until_close
 
     def _chunked_upstream(self) -> bool:
         return any(n.lower() == b"transfer-encoding" for n, _ in self.headers)
@@ -841,21 +1024,32 @@ class OriginConnection(asyncio.Protocol):
         if self.status < 200:
             return
         if self.chunked:
-            self.client.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+            self.out.append(b"%x\r\n%b\r\n" % (len(body), body))
         else:
-            self.client.transport.write(body)
+            self.out.append(body)
 
     def on_message_complete(self) -> None:
         if self.status < 200:
             return
         if self.chunked and not self._until_close:
-            self.client.transport.write(b"0\r\n\r\n")
+            self.out.append(b"0\r\n\r\n")
         elif self._until_close:
             return  # the connection's end completes it
+        self.flush()
         self.used = True
         self.sent = None
         self.started = False
         self.client.response_done(keep_alive=self.parser.should_keep_alive())
+
+    def flush(self) -> None:
+        """Write what the parser produced for the client, in one write (the head and the
+        body of a small response together; a long one streams on, one write per read)."""
+        out = self.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            if not self.client.closed:
+                self.client.transport.write(data)
 
     _until_close = False
 

@@ -67,7 +67,8 @@ def raw_path_of(scope: Scope) -> str:
     return quote(scope.get("path", "/"), safe="/%:@!$&'()*+,;=~-._")
 
 
-def _scheme(rt: RequestTrust, client: ResolvedClient) -> str:
+def client_scheme(rt: RequestTrust, client: ResolvedClient) -> str:
+    """The public scheme of a request from ``client`` (see :func:`request_scheme`)."""
     if rt.public_scheme is not None:
         return rt.public_scheme
     if client.peer_trusted and client.proto:
@@ -84,7 +85,7 @@ def request_scheme(scope: Scope, rt: RequestTrust) -> str:
     if not rt.trusted:  # the hot path without proxies: no header walk
         return rt.scheme
     client_addr = scope.get("client") or ("", 0)
-    return _scheme(rt, resolve_client(str(client_addr[0]), scope["headers"], rt.trusted))
+    return client_scheme(rt, resolve_client(str(client_addr[0]), scope["headers"], rt.trusted))
 
 
 def _forwarded_host(scope: Scope) -> str | None:
@@ -94,6 +95,16 @@ def _forwarded_host(scope: Scope) -> str | None:
         if key.lower() == b"x-forwarded-host":
             entries.extend(value.decode("latin-1").split(","))
     return entries[-1].strip() if entries else None
+
+
+def check_host(value: bytes) -> tuple[str, str]:
+    """A client's own ``Host`` header as :func:`describe_request` reads it: the header text and
+    the host it names (normalised); ``http.BadRequest`` when it is not a host name. A pure
+    function of the bytes, so a caller may keep its answers."""
+    host_header = value.decode("latin-1").strip()
+    if not _HOST.fullmatch(host_header):
+        raise http.BadRequest("the Host header is not a host name")
+    return host_header, Snapshot.normalise_host(host_header)
 
 
 def describe_request(scope: Scope, svc: _HasRuntime) -> Request:
@@ -106,9 +117,7 @@ def describe_request(scope: Scope, svc: _HasRuntime) -> Request:
     host_value = http.header(scope, b"host")
     if host_value is None:
         raise http.BadRequest("the request has no Host header")
-    host_header = host_value.decode("latin-1").strip()
-    if not _HOST.fullmatch(host_header):
-        raise http.BadRequest("the Host header is not a host name")
+    host_header, host = check_host(host_value)
     client_addr = scope.get("client") or ("", 0)
     client = resolve_client(str(client_addr[0]), scope["headers"], rt.trusted)
     if client.peer_trusted:
@@ -117,13 +126,14 @@ def describe_request(scope: Scope, svc: _HasRuntime) -> Request:
             if not _HOST.fullmatch(forwarded):
                 raise http.BadRequest("the X-Forwarded-Host header is not a host name")
             host_header = forwarded
+            host = Snapshot.normalise_host(host_header)
     return Request(
         host_header=host_header,
-        host=Snapshot.normalise_host(host_header),
+        host=host,
         raw_path=raw_path_of(scope),
         query=scope.get("query_string", b"").decode("latin-1"),
         client=client,
-        scheme=_scheme(rt, client),
+        scheme=client_scheme(rt, client),
     )
 
 

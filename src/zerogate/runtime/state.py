@@ -50,8 +50,10 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+@functools.lru_cache(maxsize=4096)
 def audience_tag(app_name: str) -> str:
-    """The application's stable audience tag (``aud`` of its tokens, part of its cookie name)."""
+    """The application's stable audience tag (``aud`` of its tokens, part of its cookie name);
+    a hash of the name, kept (every request of an application asks for it)."""
     return hashlib.sha256(b"zerogate-app\x00" + app_name.encode()).hexdigest()[:32]
 
 
