@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -48,7 +49,7 @@ import httptools
 
 from zerogate.edge import pipeline
 from zerogate.edge.proxy import _error_page, _parse_origin
-from zerogate.identity import Claims
+from zerogate.identity import Claims, TokenError, TokenVerifier
 from zerogate.model.paths import PathError, normalise_path
 from zerogate.net import http
 from zerogate.net.asgi import Headers
@@ -63,7 +64,7 @@ from zerogate.net.http import request_target
 from zerogate.net.pool import FieldBlock, OriginAddress, field_block, finish_head
 from zerogate.net.upstream import DEFAULT_TIMEOUTS, Timeouts
 from zerogate.policy import CompiledApp, Context, Identity
-from zerogate.runtime import cookies
+from zerogate.runtime import audience_tag, cookies
 from zerogate.runtime.request import Request, check_host, client_scheme, describe_request
 from zerogate.runtime.services import Services
 
@@ -158,7 +159,8 @@ class Front:
         # kept per snapshot (cleared when the runtime loads another): see ``fresh``
         self._snapshot: object = None
         self._routes: dict[tuple[str, str], CompiledApp | None] = {}
-        self._sessions: dict[tuple[str, str], tuple[Claims, Identity, Headers]] = {}
+        self._sessions: dict[tuple[str, str], _Session] = {}
+        self._verifier: TokenVerifier | None = None
         self._counters: dict[tuple[str, str], Any] = {}
         # pure functions of their key, kept whatever the snapshot
         self._hosts: dict[bytes, tuple[str, str] | None] = {}
@@ -206,20 +208,38 @@ class Front:
         self._routes[key] = app
         return app
 
-    def session(
-        self, app: CompiledApp, token: str | None
-    ) -> tuple[Claims, Identity, Headers] | None:
-        """The verified session of ``token`` (the application's cookie), its identity and the
-        identity headers the origin gets; the token is verified on every call (signature
-        once, through the verified-token cache; expiry, key and revocation every time), the
-        rest is kept per token."""
-        claims = pipeline.token_claims(self.svc.runtime, app, token)
-        if claims is None or token is None:
+    def session(self, app: CompiledApp, token: str | None) -> _Session | None:
+        """``pipeline.token_claims`` of ``token`` (the application's cookie), with the identity
+        and the identity headers the origin gets. The first request of a token goes through
+        the pipeline's own check (``TokenVerifier.verify``: signature, through the
+        verified-token cache); later ones are re-checked with ``TokenVerifier.recheck`` (the
+        key still verifies, issuer, type, audience, expiry: what a verified-cache hit is
+        checked against) and ``Runtime.is_revoked``, by the same verifier (a new key set or
+        issuer makes a new one, and the kept sessions of the old one count for nothing)."""
+        if not token:
             return None
+        rt = self.svc.runtime
+        verifier = self._verifier
+        if verifier is None or verifier.keyset is not rt.keyset or verifier.issuer != rt.issuer:
+            verifier = self._verifier = rt.verifier("app")
+            self._sessions.clear()
         key = (app.name, token)
         kept = self._sessions.get(key)
-        if kept is not None and kept[0] is claims:
-            return kept
+        if kept is not None:
+            claims = kept[0]
+            try:
+                verifier.recheck(claims, kept[3], time.time())
+            except TokenError:
+                del self._sessions[key]
+                return None
+            return None if rt.is_revoked(claims.email, claims.iat) else kept
+        audience = audience_tag(app.name)
+        try:
+            claims = verifier.verify(token, audience, now=time.time())
+        except TokenError:
+            return None
+        if rt.is_revoked(claims.email, claims.iat):
+            return None
         identity = Identity.of(claims.email, claims.idp, claims.groups or (), claims.amr or ())
         inject: Headers = [
             (b"zerogate-jwt-assertion", token.encode("latin-1")),
@@ -227,7 +247,7 @@ class Front:
         ]
         if len(self._sessions) > MAX_KEPT:
             self._sessions.clear()
-        made = self._sessions[key] = (claims, identity, inject)
+        made = self._sessions[key] = (claims, identity, inject, audience)
         return made
 
     def count(self, app: str, decision: str) -> None:
@@ -303,6 +323,14 @@ class Front:
                     conn.close()
 
 
+#: a verified session: its claims, identity, the identity headers and the audience checked
+_Session = tuple[Claims, Identity, Headers, str]
+
+#: what ``ClientConnection._routed`` finds: the request's description, its application, the
+#: origin, the origin-form target and the application's session-cookie name (None: relay)
+_Routed = tuple[Request, CompiledApp, OriginAddress, str, str] | None
+
+
 @dataclass(slots=True)
 class _Fast:
     """A fast-path request between its head and the end of its body."""
@@ -343,6 +371,8 @@ class ClientConnection(asyncio.Protocol):
         self.client: ResolvedClient | None = None
         self.head_kept: tuple[object, Headers, FieldBlock] | None = None
         self.cookies_kept: tuple[tuple[bytes, ...], dict[str, str]] | None = None
+        self.route_kept: tuple[object, object, _Routed] | None = None
+        self.contexts: dict[tuple[str, str | None], Context] = {}
         # relay to the ASGI application (sticky once begun)
         self.relay: RelayConnection | None = None
         self.relaying = False
@@ -564,41 +594,25 @@ class ClientConnection(asyncio.Protocol):
         front.fresh()
         svc = self.svc
         rt = svc.runtime
-        req = self._describe(host_value)
-        if req is None or req.host == rt.portal_host:
+        routed = self._routed(host_value)
+        if routed is None:
             return None
-        app = front.route(req.host, req.raw_path)
-        if app is None:
-            return None
-        origin = app.model.origin
-        address = front.origin_address(origin) if origin else None
-        if address is None:
-            return None
+        req, app, address, target, cookie_name = routed
         # the pipeline's identify step (``pipeline.session_claims`` / ``service_token``) on
         # what this head holds; no cookie, no session; no token header, no token
         session = None
         jar: dict[str, str] = {}
         if has_cookie:
             jar = self._cookies()
-            secure = req.scheme == "https"  # ``secure_cookies``: the request's public scheme
-            name = cookies.cookie_name(pipeline.app_cookie(app), secure=secure)
-            session = front.session(app, jar.get(name))
+            session = front.session(app, jar.get(cookie_name))
         token_name = None
         if has_token:
             token_name = pipeline.service_token({"headers": self.headers}, rt)
-        country = rt.country(req.client.ip)
-        verdict = rt.snapshot.decide(
-            app,
-            session[1] if session is not None else None,
-            Context(ip=req.client.ip, country=country, service_token=token_name),
-        )
+        ctx = self._context(req.client.ip, token_name)
+        verdict = rt.snapshot.decide(app, session[1] if session is not None else None, ctx)
         decision = verdict.decision
         if decision not in ("allow", "bypass"):
             return None  # the application answers (login, block) and counts it
-        query = req.query
-        target = request_target(req.raw_path + ("?" + query if query else ""))
-        if target is None:
-            return None
         front.count(app.name, decision)
         inject: Headers = []
         if decision == "allow":
@@ -609,7 +623,7 @@ class ClientConnection(asyncio.Protocol):
                 email=claims.email if claims is not None else token_name,
                 idp=claims.idp if claims is not None else "service_token",
                 ip=req.client.ip,
-                country=country,
+                country=ctx.country,
                 decision=decision,
                 policy=verdict.policy,
                 method=self.parser.get_method().decode("ascii"),
@@ -628,6 +642,55 @@ class ClientConnection(asyncio.Protocol):
         timeouts = default if app.timeouts is None else app.timeouts.over(default)
         method = self.parser.get_method()
         return _Fast(method, address, headers, fields, target, [], 0, timeouts)
+
+    def _routed(self, host_value: bytes | None) -> _Routed:
+        """The request's description, application, plain-HTTP origin, origin-form target and
+        the name of the application's session cookie; None when any of them is not for the
+        fast path (the portal, a reserved or unsafe path, a tunnel or an https origin). Kept
+        for the next request of this connection with the same Host and URL, under the same
+        snapshot (without trusted proxies: with them, other headers count too)."""
+        rt = self.svc.runtime
+        snapshot = rt.snapshot
+        key = (host_value, self.url)
+        kept = self.route_kept
+        if kept is not None and kept[0] == key and kept[1] is snapshot:
+            return kept[2]
+        found = self._route(host_value)
+        if not rt.trusted:
+            self.route_kept = (key, snapshot, found)
+        return found
+
+    def _route(self, host_value: bytes | None) -> _Routed:
+        rt = self.svc.runtime
+        req = self._describe(host_value)
+        if req is None or req.host == rt.portal_host:
+            return None
+        app = self.front.route(req.host, req.raw_path)
+        if app is None:
+            return None
+        origin = app.model.origin
+        address = self.front.origin_address(origin) if origin else None
+        if address is None:
+            return None
+        query = req.query
+        target = request_target(req.raw_path + ("?" + query if query else ""))
+        if target is None:
+            return None
+        # ``secure_cookies``: the request's public scheme
+        name = cookies.cookie_name(pipeline.app_cookie(app), secure=req.scheme == "https")
+        return req, app, address, target, name
+
+    def _context(self, ip: str, token_name: str | None) -> Context:
+        """The policy context of a request from ``ip``; kept per address and token."""
+        key = (ip, token_name)
+        ctx = self.contexts.get(key)
+        if ctx is None:
+            if len(self.contexts) > 16:
+                self.contexts.clear()
+            rt = self.svc.runtime
+            ctx = Context(ip=ip, country=rt.country(ip), service_token=token_name)
+            self.contexts[key] = ctx
+        return ctx
 
     def _upstream_headers(
         self, req: Request, inject: Headers, jar: dict[str, str] | None
