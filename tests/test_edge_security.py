@@ -1326,6 +1326,7 @@ async def test_service_tokens(zg: Zerogate, origin: VerifyingWsOrigin) -> None:
             answer = await raw(zg, http_request("GET", "/ci", f"api.localhost:{zg.port}", twice))
             assert answer.status == 401, (repeated, answer.status)
         assert seen_since(origin, mark) == []
+
         # each refused credential is in the access log (not only the allowed ones)
         # (the access log is written behind the answer: wait for the writer, do not race it)
         async def refused_logged() -> list[Any]:

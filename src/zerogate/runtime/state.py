@@ -39,7 +39,6 @@ POLL_SECONDS = 0.5
 KEY_OVERLAP_SECONDS = 7 * 86400
 
 
-@functools.lru_cache(maxsize=4096)
 def settle_heap() -> None:
     """Move what is alive now (the snapshot just loaded, the objects it came from) out of
     the cyclic garbage collector's reach. A configuration of 2,000 applications is

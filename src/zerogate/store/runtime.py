@@ -519,7 +519,9 @@ async def write_access(connection: AsyncConnection, events: Sequence[AccessEvent
     bind processor, so the stored text is the one SQLAlchemy writes and reads back."""
     dialect = connection.dialect
     if dialect.name == "sqlite":
-        at = access_log.c.at.type.bind_processor(dialect)
+        # the dialect's own type (SQLite's DATETIME text), not the generic one (which would
+        # leave a datetime for the driver's adapter: another text)
+        at = access_log.c.at.type.dialect_impl(dialect).bind_processor(dialect)
         rows = [_access_values(event) for event in events]
         if at is not None:
             rows = [(at(row[0]), *row[1:]) for row in rows]
