@@ -161,6 +161,7 @@ class Front:
         self._routes: dict[tuple[str, str], CompiledApp | None] = {}
         self._sessions: dict[tuple[str, str], _Session] = {}
         self._verifier: TokenVerifier | None = None
+        self._settings: object = None
         self._counters: dict[tuple[str, str], Any] = {}
         # pure functions of their key, kept whatever the snapshot
         self._hosts: dict[bytes, tuple[str, str] | None] = {}
@@ -220,8 +221,14 @@ class Front:
             return None
         rt = self.svc.runtime
         verifier = self._verifier
-        if verifier is None or verifier.keyset is not rt.keyset or verifier.issuer != rt.issuer:
+        # the issuer is a function of the settings: the same settings, the same issuer
+        if (
+            verifier is None
+            or verifier.keyset is not rt.keyset
+            or self._settings is not rt.settings
+        ):
             verifier = self._verifier = rt.verifier("app")
+            self._settings = rt.settings
             self._sessions.clear()
         key = (app.name, token)
         kept = self._sessions.get(key)
