@@ -450,6 +450,27 @@ def test_replacing_the_keyset_drops_cached_tokens_of_removed_keys() -> None:
         verifier.verify(token, APP_A, T0 + 2)
 
 
+def test_recheck_is_every_check_a_cache_hit_gets(keys: KeySet) -> None:
+    """``recheck`` (what the front runs on a session it kept): the key must still verify and
+    every claim check runs again, so expiry, another audience and a key gone all refuse."""
+    keyset = KeySet.generate(now=T0)
+    verifier = TokenVerifier(keyset, ISSUER)
+    claims = verifier.verify(app_token(keyset), APP_A, T0)
+    verifier.recheck(claims, APP_A, T0 + 10)  # no error
+    with pytest.raises(TokenExpiredError):
+        verifier.recheck(claims, APP_A, T0 + TTL)
+    with pytest.raises(WrongAudienceError):
+        verifier.recheck(claims, APP_B, T0 + 10)
+    with pytest.raises(WrongIssuerError):
+        TokenVerifier(keyset, "https://other.example").recheck(claims, APP_A, T0 + 10)
+    with pytest.raises(WrongTokenTypeError):
+        TokenVerifier(keyset, ISSUER, token_type="portal").recheck(claims, APP_A, T0 + 10)
+    reloaded = KeySet.from_dict(keyset.to_dict())
+    reloaded.rotate(T0 + 1, overlap_seconds=0)  # the signing key leaves the set
+    with pytest.raises(UnknownKeyError):
+        TokenVerifier(reloaded, ISSUER).recheck(claims, APP_A, T0 + 2)
+
+
 # --------------------------------------------------------------------------- cache
 
 

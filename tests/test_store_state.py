@@ -28,11 +28,12 @@ from zerogate.store import (
     migrate,
     storage_url,
 )
+from zerogate.store import runtime as runtime_module
 from zerogate.store import store as store_module
 from zerogate.store.diff import rows_of
 from zerogate.store.engine import create_engine, sqlite_file, write_lock
 from zerogate.store.secretbox import prepare_sqlite_file
-from zerogate.store.tables import auth_codes, config_state
+from zerogate.store.tables import access_log, auth_codes, config_state
 from zerogate.store.tables import objects as objects_table
 
 # the fixtures of test_store.py: a fresh database per module, an empty store per test
@@ -398,6 +399,27 @@ def access(i: int) -> AccessEvent:
         path=f"/page/{i}",
         detail="pin sent" if login else None,
     )
+
+
+async def test_access_rows_are_stored_as_sqlalchemy_stores_them(store: Store) -> None:
+    """SQLite's rows go to the driver as tuples (``runtime.write_access``): the stored time
+    text is the one SQLAlchemy's own insert writes (UTC, no offset), so comparisons in SQL
+    and reading back treat both alike; PostgreSQL takes SQLAlchemy's insert."""
+    east = timezone(timedelta(hours=5))
+    fast = replace(access(1), at=datetime(2026, 3, 1, 17, 30, 0, 123456, tzinfo=east))
+    await store.write_access([fast])
+    async with store.engine.begin() as connection:
+        await connection.execute(insert(access_log).values(**runtime_module._access_row(access(2))))
+        raw = (await connection.exec_driver_sql("SELECT at FROM access_log ORDER BY id")).all()
+    if store.engine.dialect.name == "sqlite":
+        assert [r[0] for r in raw] == [
+            "2026-03-01 12:30:00.123456",
+            (NOW + timedelta(seconds=2)).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"),
+        ]
+    [back] = await store.access_log(app=fast.app, email=fast.email)
+    assert back == replace(fast, id=back.id, at=fast.at.astimezone(UTC), email="bob@example.com")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.write_access([replace(access(3), at=datetime(2026, 3, 1))])
 
 
 async def test_access_log_batch_and_queries(store: Store) -> None:

@@ -532,6 +532,12 @@ class WrkResult:
     #: cores the origin's processes used meanwhile
     origin_cpu: float = 0.0
 
+    @property
+    def cpu_us_per_request(self) -> float:
+        """CPU time the measured proxy's processes spent per request, in µs: robust to other
+        people's load on a shared machine (a busy machine slows the rate, not this figure)."""
+        return sum(self.proc_cpu) * 1e6 / self.rps if self.rps else 0.0
+
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
@@ -1235,6 +1241,7 @@ def print_tables(console: Console, machine: dict[str, Any], rounds: list[Round],
     for col in ("target", "workers", "req/s", "p50 ms", "p99 ms", "÷ nginx", "÷ probe"):
         table.add_column(col, justify="right" if col != "target" else "left")
     table.add_column("CPU per process (cores)", justify="right")
+    table.add_column("CPU µs/req", justify="right")
     table.add_column("origin CPU", justify="right")
     table.add_column("other CPU", justify="right")
     table.add_column("target check")
@@ -1266,6 +1273,7 @@ def print_tables(console: Console, machine: dict[str, Any], rounds: list[Round],
                 f"{res.rps / r.nginx.rps:.2f}",
                 f"{res.rps / probe.rps:.2f}" if probe is not None else "-",
                 " + ".join(f"{c:.2f}" for c in res.proc_cpu) or "-",
+                f"{res.cpu_us_per_request:.0f}" if res.proc_cpu and res.rps else "-",
                 f"{res.origin_cpu:.2f}",
                 f"{res.other_cpu_cores:.2f}",
                 check,

@@ -50,22 +50,23 @@ import httptools
 
 from zerogate.edge import pipeline
 from zerogate.edge.proxy import _error_page, _parse_origin
-from zerogate.identity import Claims
+from zerogate.identity import Claims, TokenError, TokenVerifier
 from zerogate.model.paths import PathError, normalise_path
 from zerogate.net import http
 from zerogate.net.asgi import Headers
 from zerogate.net.headers import (
+    ResolvedClient,
     downstream_response_headers,
+    resolve_client,
     upstream_request_headers,
     wants_json,
 )
 from zerogate.net.http import request_target
-from zerogate.net.pool import OriginAddress, request_head
+from zerogate.net.pool import FieldBlock, OriginAddress, field_block, finish_head
 from zerogate.net.upstream import DEFAULT_TIMEOUTS, Timeouts
 from zerogate.policy import CompiledApp, Context, Identity
 from zerogate.runtime import cookies
-from zerogate.runtime.cookies import secure_cookies
-from zerogate.runtime.request import Request, describe_request
+from zerogate.runtime.request import Request, check_host, client_scheme, describe_request
 from zerogate.runtime.services import Services
 
 log = logging.getLogger("zerogate.edge.front")
@@ -82,11 +83,20 @@ MAX_RELAY_BUFFER = 256 * 1024
 NO_LIMIT = 86400.0 * 365
 #: how long a relay waits for the application's socket to accept (start, worker restart)
 RELAY_CONNECT_TIMEOUT = 10.0
+#: at most this many entries in each of the front's caches (cleared whole when full)
+MAX_KEPT = 10_000
 #: above this share of ``max_connections``, connections idle this long are closed
 PRESSURE = 0.8
 PRESSURE_QUIET = 1.0
 
 _FAST_METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE"})
+_TOKEN_HEADERS = frozenset({b"zerogate-client-id", b"zerogate-client-secret"})
+#: the request headers ``_plain_head`` looks at (the rest go through as they are)
+_SCANNED = frozenset(
+    {b"host", b"cookie", b"content-length", b"transfer-encoding", b"expect", b"upgrade"}
+    | _TOKEN_HEADERS
+    | {CLIENT_HEADER}
+)
 _NO_BODY_STATUS = (204, 304)
 
 
@@ -105,11 +115,19 @@ class FrontSettings:
 
 
 def _status_line(status: int) -> bytes:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("latin-1"))
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        line = b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("latin-1"))
+        if len(_STATUS_LINES) < 1000:
+            _STATUS_LINES[status] = line
+    return line
+
+
+_STATUS_LINES: dict[int, bytes] = {}
 
 
 def _simple_response(status: int, headers: Headers, *, close: bool) -> bytes:
@@ -142,6 +160,118 @@ class Front:
         self.server: asyncio.AbstractServer | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._origins: dict[str, OriginAddress | None] = {}
+        # kept per snapshot (cleared when the runtime loads another): see ``fresh``
+        self._snapshot: object = None
+        self._routes: dict[tuple[str, str], CompiledApp | None] = {}
+        self._sessions: dict[tuple[str, str], _Session] = {}
+        self._verifier: TokenVerifier | None = None
+        self._settings: object = None
+        self._counters: dict[tuple[str, str], Any] = {}
+        # pure functions of their key, kept whatever the snapshot
+        self._hosts: dict[bytes, tuple[str, str] | None] = {}
+
+    def fresh(self) -> None:
+        """Forget what was kept for another snapshot (applications, policies, routes)."""
+        snapshot = self.svc.runtime.snapshot
+        if snapshot is not self._snapshot:
+            self._snapshot = snapshot
+            self._routes.clear()
+            self._sessions.clear()
+
+    def host(self, value: bytes) -> tuple[str, str] | None:
+        """``runtime.request.check_host`` of a Host header, kept; None: not a host name."""
+        try:
+            return self._hosts[value]
+        except KeyError:
+            pass
+        try:
+            found: tuple[str, str] | None = check_host(value)
+        except http.BadRequest:
+            found = None
+        if len(self._hosts) > MAX_KEPT:
+            self._hosts.clear()
+        self._hosts[value] = found
+        return found
+
+    def route(self, host: str, raw_path: str) -> CompiledApp | None:
+        """The application a fast request may go to: routed, not a reserved path (else None:
+        relayed, and the application answers). Kept per snapshot (call ``fresh`` first)."""
+        key = (host, raw_path)
+        try:
+            return self._routes[key]
+        except KeyError:
+            pass
+        app: CompiledApp | None = None
+        try:
+            app = self.svc.runtime.snapshot.route(host, raw_path)
+            if app is not None and pipeline.is_reserved(normalise_path(raw_path)):
+                app = None
+        except PathError:
+            app = None
+        if len(self._routes) > MAX_KEPT:
+            self._routes.clear()
+        self._routes[key] = app
+        return app
+
+    def session(self, app: CompiledApp, token: str | None) -> _Session | None:
+        """``pipeline.token_claims`` of ``token`` (the application's cookie), with the identity
+        and the identity headers the origin gets. The first request of a token goes through
+        the pipeline's own check (``TokenVerifier.verify``: signature, through the
+        verified-token cache); later ones are re-checked with ``TokenVerifier.recheck`` (the
+        key still verifies, issuer, type, audience, expiry: what a verified-cache hit is
+        checked against) and ``Runtime.rejects`` (logout everywhere, an ended session), by the
+        same verifier (a new key set or issuer makes a new one, and the kept sessions of the old
+        one count for nothing)."""
+        if not token:
+            return None
+        rt = self.svc.runtime
+        verifier = self._verifier
+        # the issuer is a function of the settings: the same settings, the same issuer
+        if (
+            verifier is None
+            or verifier.keyset is not rt.keyset
+            or self._settings is not rt.settings
+        ):
+            verifier = self._verifier = rt.verifier("app")
+            self._settings = rt.settings
+            self._sessions.clear()
+        key = (app.name, token)
+        kept = self._sessions.get(key)
+        if kept is not None:
+            claims = kept[0]
+            try:
+                verifier.recheck(claims, kept[3], time.time())
+            except TokenError:
+                del self._sessions[key]
+                return None
+            return None if rt.rejects(claims) else kept
+        audience = app.audience
+        try:
+            claims = verifier.verify(token, audience, now=time.time())
+        except TokenError:
+            return None
+        if rt.rejects(claims):  # logged out everywhere, or its session ended
+            return None
+        identity = Identity.of(claims.email, claims.idp, claims.groups or (), claims.amr or ())
+        inject: Headers = [
+            (b"zerogate-jwt-assertion", token.encode("latin-1")),
+            (b"zerogate-authenticated-user-email", claims.email.encode("utf-8")),
+        ]
+        if len(self._sessions) > MAX_KEPT:
+            self._sessions.clear()
+        made = self._sessions[key] = (claims, identity, inject, audience)
+        return made
+
+    def count(self, app: str, decision: str) -> None:
+        """``zerogate_requests_total{app, decision}`` + 1 (the labelled child kept)."""
+        child = self._counters.get((app, decision))
+        if child is None:
+            if len(self._counters) > MAX_KEPT:
+                self._counters.clear()
+            child = self._counters[(app, decision)] = self.svc.metrics.requests.labels(
+                app, decision
+            )
+        child.inc()
 
     async def start(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
         """Serve ``sock``; with ``tls``, TLS is terminated here (its SNI callback may pick a
@@ -211,6 +341,14 @@ class Front:
                     conn.close()
 
 
+#: a verified session: its claims, identity, the identity headers and the audience checked
+_Session = tuple[Claims, Identity, Headers, str]
+
+#: what ``ClientConnection._routed`` finds: the request's description, its application, the
+#: origin, the origin-form target and the application's session-cookie name (None: relay)
+_Routed = tuple[Request, CompiledApp, OriginAddress, str, str] | None
+
+
 @dataclass(slots=True)
 class _Fast:
     """A fast-path request between its head and the end of its body."""
@@ -218,8 +356,8 @@ class _Fast:
     method: bytes
     address: OriginAddress
     headers: Headers
+    fields: FieldBlock  # ``net.pool.field_block(headers)``
     target: str
-    host_header: bytes
     body: list[bytes]
     size: int
     timeouts: Timeouts
@@ -252,6 +390,12 @@ class ClientConnection(asyncio.Protocol):
         self.current: _Fast | None = None  # the one in flight
         self.close_after = False
         self.upstream: OriginConnection | None = None
+        # kept between requests of this connection (see ``_describe``, ``_upstream_headers``)
+        self.client: ResolvedClient | None = None
+        self.head_kept: tuple[object, Headers, FieldBlock] | None = None
+        self.cookies_kept: tuple[tuple[bytes, ...], dict[str, str]] | None = None
+        self.route_kept: tuple[object, object, _Routed] | None = None
+        self.contexts: dict[tuple[str, str | None], Context] = {}
         # relay to the ASGI application (sticky once begun)
         self.relay: RelayConnection | None = None
         self.relaying = False
@@ -448,10 +592,10 @@ class ClientConnection(asyncio.Protocol):
         keep_alive = self.parser.should_keep_alive()
         body = b"".join(fast.body) if fast.body else b""
         try:
-            head, _ = request_head(
+            head, _ = finish_head(
                 fast.method.decode("ascii"),
                 fast.target,
-                fast.headers,
+                fast.fields,
                 body,
                 host_header=fast.address.host_header,
             )
@@ -467,141 +611,227 @@ class ClientConnection(asyncio.Protocol):
 
     def _classify(self) -> _Fast | None:
         """The fast-path plan for the request whose head just ended, or None (relay)."""
-        if not self.front.settings.fast or not self._plain_head():
+        if not self.front.settings.fast:
             return None
-        routed = self._route()
-        if routed is None:
+        scan = self._plain_head()
+        if scan is None:
             return None
-        scope, req, app, address = routed
+        host_value, has_cookie, has_token = scan
+        front = self.front
+        front.fresh()
         svc = self.svc
         rt = svc.runtime
-        claims = pipeline.session_claims(scope, rt, app)
-        identity = None
-        if claims is not None:
-            identity = Identity.of(claims.email, claims.idp, claims.groups or (), claims.amr or ())
-            rt.seen(claims, req.client.ip, time.time())  # a mark in memory, written later
-        token_name = pipeline.service_token(scope, rt)
-        country = rt.country(req.client.ip)
-        verdict = rt.snapshot.decide(
-            app, identity, Context(ip=req.client.ip, country=country, service_token=token_name)
-        )
+        routed = self._routed(host_value)
+        if routed is None:
+            return None
+        req, app, address, target, cookie_name = routed
+        # the pipeline's identify step (``pipeline.session_claims`` / ``service_token``) on
+        # what this head holds; no cookie, no session; no token header, no token
+        session = None
+        jar: dict[str, str] = {}
+        if has_cookie:
+            jar = self._cookies()
+            session = front.session(app, jar.get(cookie_name))
+            if session is not None:  # last seen: a mark in memory, written later
+                rt.seen(session[0], req.client.ip, time.time())
+        token_name = None
+        if has_token:
+            token_name = pipeline.service_token({"headers": self.headers}, rt)
+        ctx = self._context(req.client.ip, token_name)
+        verdict = rt.snapshot.decide(app, session[1] if session is not None else None, ctx)
         decision = verdict.decision
         if decision not in ("allow", "bypass"):
             return None  # the application answers (login, block) and counts it
-        target = request_target(req.raw_path + (f"?{req.query}" if req.query else ""))
-        if target is None:
-            return None
-        svc.metrics.requests.labels(app.name, decision).inc()
+        front.count(app.name, decision)
         inject: Headers = []
         record = None
         if decision == "allow":
+            claims = session[0] if session is not None else None
             record = {
                 "app": app.name,
                 "email": claims.email if claims is not None else token_name,
                 "idp": claims.idp if claims is not None else "service_token",
                 "ip": req.client.ip,
-                "country": country,
+                "country": ctx.country,
                 "decision": decision,
                 "policy": verdict.policy,
-                "method": scope["method"],
+                "method": self.parser.get_method().decode("ascii"),
                 "host": req.host,
                 "path": req.raw_path,
             }
-            inject = self._identity_headers(scope, app, claims, token_name)
-        headers = upstream_request_headers(
-            self.headers,
-            client_ip=req.client.ip,
-            proto=req.scheme,
-            host=req.host_header,
-            inject=inject,
-            upgrade=False,
-            forwarded_for=req.client.forwarded_for,
-        )
-        headers = [(k, v) for k, v in headers if k != b"cookie"]
-        headers += pipeline.strip_zerogate_cookies(self.headers)
+            if session is not None:
+                inject = session[2]
+            else:
+                assert token_name is not None
+                inject = [
+                    (b"zerogate-jwt-assertion", pipeline.service_assertion(rt, app, token_name))
+                ]
+        headers, fields = self._upstream_headers(req, inject, jar if has_cookie else None)
         default = self.front.settings.timeouts
         timeouts = default if app.timeouts is None else app.timeouts.over(default)
         method = self.parser.get_method()
         return _Fast(
-            method,
-            address,
-            headers,
-            target,
-            req.host_header.encode(),
-            [],
-            0,
-            timeouts,
-            record,
-            self.loop.time(),
+            method, address, headers, fields, target, [], 0, timeouts, record, self.loop.time()
         )
 
-    def _plain_head(self) -> bool:
-        """HTTP/1.1, a fast method, no upgrade / expect / chunked body, at most one plain
-        Content-Length no longer than ``MAX_FAST_BODY``, no relay header of a client's."""
-        parser = self.parser
-        if parser.get_http_version() != "1.1" or parser.should_upgrade():
-            return False
-        if parser.get_method() not in _FAST_METHODS:
-            return False
-        seen_length = False
-        for name, value in self.headers:
-            if name in (b"transfer-encoding", b"expect", b"upgrade", CLIENT_HEADER):
-                return False
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > MAX_FAST_BODY or seen_length:
-                    return False
-                seen_length = True
-        return True
+    def _routed(self, host_value: bytes | None) -> _Routed:
+        """The request's description, application, plain-HTTP origin, origin-form target and
+        the name of the application's session cookie; None when any of them is not for the
+        fast path (the portal, a reserved or unsafe path, a tunnel or an https origin). Kept
+        for the next request of this connection with the same Host and URL, under the same
+        snapshot (without trusted proxies: with them, other headers count too)."""
+        rt = self.svc.runtime
+        snapshot = rt.snapshot
+        key = (host_value, self.url)
+        kept = self.route_kept
+        if kept is not None and kept[0] == key and kept[1] is snapshot:
+            return kept[2]
+        found = self._route(host_value)
+        if not rt.trusted:
+            self.route_kept = (key, snapshot, found)
+        return found
 
-    def _route(self) -> tuple[dict[str, Any], Request, CompiledApp, OriginAddress] | None:
-        """The request's scope, description, application and plain-HTTP origin, or None
-        when any of them is not for the fast path (the portal, a reserved or unsafe path, a
-        tunnel or an https origin)."""
-        svc = self.svc
-        rt = svc.runtime
-        path, _, query = self.url.partition(b"?")
-        scope: dict[str, Any] = {
-            "type": "http",
-            "method": self.parser.get_method().decode("ascii"),
-            "headers": self.headers,
-            "client": self.peer,
-            "raw_path": path,
-            "query_string": query,
-        }
-        try:
-            req = describe_request(scope, svc)
-        except http.BadRequest:
+    def _route(self, host_value: bytes | None) -> _Routed:
+        rt = self.svc.runtime
+        req = self._describe(host_value)
+        if req is None or req.host == rt.portal_host:
             return None
-        if req.host == rt.portal_host:
-            return None
-        try:
-            app = rt.snapshot.route(req.host, req.raw_path)
-            if app is None or pipeline.is_reserved(normalise_path(req.raw_path)):
-                return None
-        except PathError:
+        app = self.front.route(req.host, req.raw_path)
+        if app is None:
             return None
         origin = app.model.origin
         address = self.front.origin_address(origin) if origin else None
         if address is None:
             return None
-        return scope, req, app, address
+        query = req.query
+        target = request_target(req.raw_path + ("?" + query if query else ""))
+        if target is None:
+            return None
+        # ``secure_cookies``: the request's public scheme
+        name = cookies.cookie_name(pipeline.app_cookie(app), secure=req.scheme == "https")
+        return req, app, address, target, name
 
-    def _identity_headers(
-        self, scope: dict[str, Any], app: CompiledApp, claims: Claims | None, token: str | None
-    ) -> Headers:
-        """``Zerogate-Jwt-Assertion`` (+ the user's email) for an allowed request."""
+    def _context(self, ip: str, token_name: str | None) -> Context:
+        """The policy context of a request from ``ip``; kept per address and token."""
+        key = (ip, token_name)
+        ctx = self.contexts.get(key)
+        if ctx is None:
+            if len(self.contexts) > 16:
+                self.contexts.clear()
+            rt = self.svc.runtime
+            ctx = Context(ip=ip, country=rt.country(ip), service_token=token_name)
+            self.contexts[key] = ctx
+        return ctx
+
+    def _upstream_headers(
+        self, req: Request, inject: Headers, jar: dict[str, str] | None
+    ) -> tuple[Headers, FieldBlock]:
+        """``upstream_request_headers`` minus zerogate's cookies, and its field block: pure
+        functions of the head and of what is added, so kept for the next request of this
+        connection when that sends the same head (a keep-alive client mostly does)."""
+        client = req.client
+        key = (
+            tuple(self.headers),
+            tuple(inject),
+            client.ip,
+            client.forwarded_for,
+            req.scheme,
+            req.host_header,
+        )
+        kept = self.head_kept
+        if kept is not None and kept[0] == key:
+            return kept[1], kept[2]
+        headers = upstream_request_headers(
+            self.headers,
+            client_ip=client.ip,
+            proto=req.scheme,
+            host=req.host_header,
+            inject=inject,
+            upgrade=False,
+            forwarded_for=client.forwarded_for,
+        )
+        if jar is not None:
+            headers = [(k, v) for k, v in headers if k != b"cookie"]
+            headers += pipeline.strip_zerogate_cookies(self.headers)
+        fields = field_block(headers)
+        self.head_kept = (key, headers, fields)
+        return headers, fields
+
+    def _cookies(self) -> dict[str, str]:
+        """``http.cookies`` of this head, kept while the connection sends the same ``Cookie``."""
+        values = tuple(v for n, v in self.headers if n == b"cookie")
+        kept = self.cookies_kept
+        if kept is not None and kept[0] == values:
+            return kept[1]
+        jar = http.cookies({"headers": self.headers})
+        self.cookies_kept = (values, jar)
+        return jar
+
+    def _plain_head(self) -> tuple[bytes | None, bool, bool] | None:
+        """None unless HTTP/1.1, a fast method, no upgrade / expect / chunked body, at most one
+        plain Content-Length no longer than ``MAX_FAST_BODY``, no relay header of a client's,
+        at most one Host. Else the Host header (None: none), whether a ``Cookie`` and whether a
+        service-token header came."""
+        parser = self.parser
+        if parser.get_http_version() != "1.1" or parser.should_upgrade():
+            return None
+        if parser.get_method() not in _FAST_METHODS:
+            return None
+        seen_length = False
+        host: bytes | None = None
+        has_cookie = has_token = False
+        for name, value in self.headers:
+            if name in _SCANNED:
+                if name == b"host":
+                    if host is not None:
+                        return None  # two: describe_request's BadRequest (the app answers)
+                    host = value
+                elif name == b"cookie":
+                    has_cookie = True
+                elif name == b"content-length":
+                    if not value.isdigit() or int(value) > MAX_FAST_BODY or seen_length:
+                        return None
+                    seen_length = True
+                elif name in _TOKEN_HEADERS:
+                    has_token = True
+                else:
+                    return None  # transfer-encoding, expect, upgrade, the relay header
+        return host, has_cookie, has_token
+
+    def _describe(self, host_value: bytes | None) -> Request | None:
+        """``describe_request`` of this head (None where it raises ``BadRequest``). Without
+        trusted proxies nothing but the Host header and the socket peer count, so the Host's
+        reading is kept per value and the client per connection."""
         rt = self.svc.runtime
-        if claims is not None:
-            assertion = cookies.cookie(
-                scope, pipeline.app_cookie(app), secure=secure_cookies(rt, scope)
-            )
-            assert assertion is not None  # session_claims verified it
-            return [
-                (b"zerogate-jwt-assertion", assertion.encode("latin-1")),
-                (b"zerogate-authenticated-user-email", claims.email.encode("utf-8")),
-            ]
-        assert token is not None
-        return [(b"zerogate-jwt-assertion", pipeline.service_assertion(rt, app, token))]
+        path, _, query = self.url.partition(b"?")
+        if rt.trusted or not path:
+            scope: dict[str, Any] = {
+                "type": "http",
+                "headers": self.headers,
+                "client": self.peer,
+                "raw_path": path,
+                "query_string": query,
+            }
+            try:
+                return describe_request(scope, self.svc)
+            except http.BadRequest:
+                return None
+        if host_value is None:
+            return None
+        host = self.front.host(host_value)
+        if host is None:
+            return None
+        client = self.client
+        if client is None:
+            client = self.client = resolve_client(self.peer[0], [], ())
+        return Request(
+            host_header=host[0],
+            host=host[1],
+            raw_path=path.decode("latin-1"),
+            query=query.decode("latin-1"),
+            client=client,
+            scheme=client_scheme(rt, client),
+        )
 
     def _next(self) -> None:
         """Send the next queued fast request, or hand over to the relay, or go idle."""
@@ -733,6 +963,9 @@ class OriginConnection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.paused = False
+        #: bytes for the client, written by ``flush`` once the parser is done with a read
+        self.out: list[bytes] = []
+        self.head_kept: tuple[object, bytes, bool, bool] | None = None
 
     def connect(self, timeout: float) -> None:
         loop = self.client.loop
@@ -762,6 +995,7 @@ class OriginConnection(asyncio.Protocol):
 
     def fail(self, status: int) -> None:
         """No response can come: answer the client ourselves (or cut it off mid-response)."""
+        self.flush()
         client = self.client
         if client.upstream is self:
             client.upstream = None
@@ -812,6 +1046,8 @@ class OriginConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             log.warning("origin %s: malformed response", self.address)
             self.fail(502)
+            return
+        self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         was_closed = self.closed
@@ -819,8 +1055,9 @@ class OriginConnection(asyncio.Protocol):
         client = self.client
         if client.upstream is not self or was_closed or not client.inflight:
             return
-        if self.started and not self.chunked and self.status and self._until_close:
+        if self.started and self.status and self._until_close:
             # a response delimited by the connection's end: that end completes it
+            self.flush()
             client.transport.write(b"0\r\n\r\n")
             client.upstream = None
             client.response_done(keep_alive=False, status=self.status)
@@ -847,13 +1084,28 @@ class OriginConnection(asyncio.Protocol):
             if status == 101:
                 self.fail(502)
             return  # 1xx: informational, not forwarded
+        client = self.client
+        # the head sent back is a pure function of these: kept while the origin repeats them
+        key = (status, tuple(self.headers), client.close_after)
+        kept = self.head_kept
+        if kept is not None and kept[0] == key:
+            _, head, self.chunked, self._until_close = kept
+        else:
+            head, self.chunked, self._until_close = self._response_head(status)
+            self.head_kept = (key, head, self.chunked, self._until_close)
+        self.started = True
+        client.deadline = client.loop.time() + client.idle_limit  # from now on: idle
+        self.out.append(head)
+
+    def _response_head(self, status: int) -> tuple[bytes, bool, bool]:
+        """The head to send the client, whether the body goes out chunked, and whether the
+        origin's response ends only with its connection."""
         out = downstream_response_headers(self.headers)
         length = None
         for name, value in self.headers:
             if name.lower() == b"content-length":
                 length = value
-        self.chunked = False
-        self._until_close = False
+        chunked = until_close = False
         lines = [_status_line(status)]
         for name, value in out:
             if name.lower() != b"content-length":
@@ -863,16 +1115,13 @@ class OriginConnection(asyncio.Protocol):
         elif length is not None and not self._chunked_upstream():
             lines += (b"content-length: ", length.strip(), b"\r\n")
         else:
-            self.chunked = True
-            self._until_close = not self._chunked_upstream()
+            chunked = True
+            until_close = not self._chunked_upstream()
             lines.append(b"transfer-encoding: chunked\r\n")
         if self.client.close_after:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
-        self.started = True
-        client = self.client
-        client.deadline = client.loop.time() + client.idle_limit  # from now on: idle
-        client.transport.write(b"".join(lines))
+        return b"".join(lines), chunked, until_close
 
     def _chunked_upstream(self) -> bool:
         return any(n.lower() == b"transfer-encoding" for n, _ in self.headers)
@@ -881,21 +1130,32 @@ class OriginConnection(asyncio.Protocol):
         if self.status < 200:
             return
         if self.chunked:
-            self.client.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+            self.out.append(b"%x\r\n%b\r\n" % (len(body), body))
         else:
-            self.client.transport.write(body)
+            self.out.append(body)
 
     def on_message_complete(self) -> None:
         if self.status < 200:
             return
         if self.chunked and not self._until_close:
-            self.client.transport.write(b"0\r\n\r\n")
+            self.out.append(b"0\r\n\r\n")
         elif self._until_close:
             return  # the connection's end completes it
+        self.flush()
         self.used = True
         self.sent = None
         self.started = False
         self.client.response_done(keep_alive=self.parser.should_keep_alive(), status=self.status)
+
+    def flush(self) -> None:
+        """Write what the parser produced for the client, in one write (the head and the
+        body of a small response together; a long one streams on, one write per read)."""
+        out = self.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            if not self.client.closed:
+                self.client.transport.write(data)
 
     _until_close = False
 

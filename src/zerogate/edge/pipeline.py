@@ -245,6 +245,11 @@ async def preflight(
 def session_claims(scope: Scope, rt: Runtime, app: CompiledApp) -> Claims | None:
     """The verified, unrevoked session of this application, or None (never an error)."""
     token = cookies.cookie(scope, app_cookie(app), secure=secure_cookies(rt, scope))
+    return token_claims(rt, app, token)
+
+
+def token_claims(rt: Runtime, app: CompiledApp, token: str | None) -> Claims | None:
+    """:func:`session_claims` for the value of the application's cookie (None: no cookie)."""
     if not token:
         return None
     try:

@@ -346,6 +346,16 @@ class TokenVerifier:
         self._check_claims(claims, audience, now)
         return claims
 
+    def recheck(self, claims: Claims, audience: str, now: float) -> None:
+        """Every check of :meth:`verify` that can change for a token already verified by this
+        verifier (its key still verifies at ``now``, issuer, type, audience, times): what a
+        hit in the verified-token cache is checked against, for a caller that keeps the
+        claims :meth:`verify` returned (it must keep them per token and per verifier).
+        Raises the same ``TokenError``s."""
+        if self.keyset.verification_key(claims.kid, now) is None:
+            raise UnknownKeyError(f"no valid key with kid {claims.kid!r}")
+        self._check_claims(claims, audience, now)
+
     def _verify_signature(self, token: str, now: float) -> Claims:
         try:
             header_b64, payload_b64, signature_b64 = token.split(".")

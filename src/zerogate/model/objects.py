@@ -7,6 +7,7 @@ object at a time; rules that span objects (references, cycles, duplicates) live 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -799,17 +800,21 @@ class Settings(_Strict):
     @property
     def portal_address(self) -> str:
         """The portal's ``host[:port]`` (without the scheme a URL ``portal`` names)."""
-        return values.split_portal(self.portal)[1]
+        return _split_portal(self.portal)[1]
 
     @property
     def portal_scheme(self) -> str | None:
         """The public scheme ``portal`` names as a URL; None for a bare ``host[:port]``."""
-        return values.split_portal(self.portal)[0]
+        return _split_portal(self.portal)[0]
 
     @property
     def issuer(self) -> str:
         """``iss`` of every token: ``https://<portal>``, or the scheme a URL ``portal`` names."""
         return f"{self.portal_scheme or 'https'}://{self.portal_address}"
+
+
+#: every request asks for the portal's scheme (``secure_cookies``): the split is kept
+_split_portal = functools.lru_cache(maxsize=64)(values.split_portal)
 
 
 class ConfigFile(Settings, Objects):

@@ -239,13 +239,36 @@ def request_head(
     The length is ``None`` when a streamed body goes out chunked. Raises ``ValueError`` for a
     method that is not a token or a target with spaces, control characters or ``#``.
     """
+    return finish_head(method, target, field_block(headers), body, host_header=host_header)
+
+
+#: what :func:`field_block` returns: the lines, whether a ``Host`` was among them, and the
+#: caller's ``Content-Length`` (``None`` when absent)
+FieldBlock = tuple[bytes, bool, bytes | None]
+
+
+def field_block(headers: list[tuple[bytes, bytes]]) -> FieldBlock:
+    """The header section of :func:`request_head` alone: a pure function of ``headers``, so a
+    caller sending the same headers again may keep it and call :func:`finish_head`."""
+    return _field_block(headers)
+
+
+def finish_head(
+    method: str,
+    target: str | bytes,
+    fields: FieldBlock,
+    body: Body,
+    *,
+    host_header: bytes,
+) -> tuple[bytes, int | None]:
+    """:func:`request_head` from a :func:`field_block` already made."""
     verb = method.encode("ascii", "replace")
     if _TOKEN.fullmatch(verb) is None:
         raise ValueError(f"invalid request method {method!r}")
     path = target.encode("ascii", "replace") if isinstance(target, str) else target
     if not path or _UNSAFE_TARGET.search(path) is not None:
         raise ValueError(f"invalid request target {target!r}")
-    block, has_host, given = _field_block(headers)
+    block, has_host, given = fields
     host = b"" if has_host else b"host: " + host_header + b"\r\n"
     length: int | None
     if isinstance(body, bytes):

@@ -75,7 +75,8 @@ def raw_path_of(scope: Scope) -> str:
     return quote(scope.get("path", "/"), safe="/%:@!$&'()*+,;=~-._")
 
 
-def _scheme(rt: RequestTrust, client: ResolvedClient) -> str:
+def client_scheme(rt: RequestTrust, client: ResolvedClient) -> str:
+    """The public scheme of a request from ``client`` (see :func:`request_scheme`)."""
     if rt.public_scheme is not None:
         return rt.public_scheme
     if client.peer_trusted and client.proto:
@@ -92,7 +93,7 @@ def request_scheme(scope: Scope, rt: RequestTrust) -> str:
     if not rt.trusted:  # the hot path without proxies: no header walk
         return rt.scheme
     client_addr = scope.get("client") or ("", 0)
-    return _scheme(rt, resolve_client(str(client_addr[0]), scope["headers"], rt.trusted))
+    return client_scheme(rt, resolve_client(str(client_addr[0]), scope["headers"], rt.trusted))
 
 
 def _last_entry(scope: Scope, name: bytes) -> str | None:
@@ -140,6 +141,16 @@ def portal_origin(scope: Scope, rt: RequestTrust) -> str:
     return rt.portal_origin(request_scheme(scope, rt), forwarded_port(scope, rt))
 
 
+def check_host(value: bytes) -> tuple[str, str]:
+    """A client's own ``Host`` header as :func:`describe_request` reads it: the header text and
+    the host it names (normalised); ``http.BadRequest`` when it is not a host name. A pure
+    function of the bytes, so a caller may keep its answers."""
+    host_header = value.decode("latin-1").strip()
+    if not _HOST.fullmatch(host_header):
+        raise http.BadRequest("the Host header is not a host name")
+    return host_header, Snapshot.normalise_host(host_header)
+
+
 def describe_request(scope: Scope, svc: _HasRuntime) -> Request:
     """Host, path and client of a request; raises ``http.BadRequest`` when they are unusable.
 
@@ -150,9 +161,7 @@ def describe_request(scope: Scope, svc: _HasRuntime) -> Request:
     host_value = http.header(scope, b"host")
     if host_value is None:
         raise http.BadRequest("the request has no Host header")
-    host_header = host_value.decode("latin-1").strip()
-    if not _HOST.fullmatch(host_header):
-        raise http.BadRequest("the Host header is not a host name")
+    host_header, host = check_host(host_value)
     client_addr = scope.get("client") or ("", 0)
     client = resolve_client(str(client_addr[0]), scope["headers"], rt.trusted)
     port: str | None = None
@@ -162,15 +171,16 @@ def describe_request(scope: Scope, svc: _HasRuntime) -> Request:
             if not _HOST.fullmatch(forwarded):
                 raise http.BadRequest("the X-Forwarded-Host header is not a host name")
             host_header = forwarded
+            host = Snapshot.normalise_host(host_header)
         if not rt.public_port_pinned:
             port = _forwarded_port(scope)
     return Request(
         host_header=host_header,
-        host=Snapshot.normalise_host(host_header),
+        host=host,
         raw_path=raw_path_of(scope),
         query=scope.get("query_string", b"").decode("latin-1"),
         client=client,
-        scheme=_scheme(rt, client),
+        scheme=client_scheme(rt, client),
         port=port,
     )
 

@@ -40,7 +40,6 @@ SEEN_SECONDS = 60.0
 KEY_OVERLAP_SECONDS = 7 * 86400
 
 
-@functools.lru_cache(maxsize=4096)
 def settle_heap() -> None:
     """Move what is alive now (the snapshot just loaded, the objects it came from) out of
     the cyclic garbage collector's reach. A configuration of 2,000 applications is
@@ -51,6 +50,7 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+@functools.lru_cache(maxsize=4096)
 def audience_tag(app_name: str) -> str:
     """The audience an application named ``app_name`` has unless one is stored for it
     (``Application.audience``); the edge uses ``CompiledApp.audience``."""

@@ -64,6 +64,7 @@ from zerogate.portal import handlers as portal
 from zerogate.runtime import Runtime
 from zerogate.runtime.request import describe_request
 from zerogate.runtime.services import Services
+from zerogate.runtime.state import settle_heap
 from zerogate.server.connections import ConnectionGuard
 from zerogate.store import (
     CLUSTER_CHANNEL,
@@ -424,6 +425,8 @@ class ZerogateApp:
         if self.tunnels.wanted():
             # fail closed: a server that cannot open its tunnel listener does not start
             await self.tunnels.start(at_startup=True)
+        # everything loaded so far lives as long as the worker: out of the collector's walks
+        settle_heap()
         listen = settings.listen
         if self.front_secret is not None:
             # listen.fast_path: this worker's front serves the public port and enforces the
