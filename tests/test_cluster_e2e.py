@@ -46,26 +46,26 @@ MAX_PEAK_GROWTH_KIB = 96 * 1024
 CONFIG = """
 identity_providers: [{name: otp, type: onetimepin}]
 tunnels:
-  - {name: lab, routes: [open.localhost]}
+  - {name: lab, routes: [open.localhost, closed.localhost]}
+service_tokens: [{name: ci-bot, duration: 24h}]
 applications:
   - name: open
     domain: open.localhost
     tunnel: lab
     policies:
       - {name: anyone, decision: bypass, include: [{everyone: true}]}
+  - name: closed
+    domain: closed.localhost
+    tunnel: lab
+    policies:
+      - {name: ci, decision: service_auth, include: [{service_token: [ci-bot]}]}
 """
 
 
 @dataclass
 class Edge(Zerogate):
-    """A server of the cluster: the shared PostgreSQL store instead of a SQLite file."""
-
-    storage: str = ""
-
-    def write(self, body: str) -> None:
-        super().write(body)
-        text = self.config.read_text().replace("storage: sqlite:///zerogate.db", self.storage)
-        self.config.write_text(text)
+    """A server of the cluster: ``storage`` is the shared PostgreSQL store's URL (the
+    harness writes it into the file)."""
 
 
 def _admin(sql: str) -> None:
@@ -121,7 +121,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         _admin(f'CREATE DATABASE "{database}"')
     except OSError as exc:
         base._unreachable(f"{PG_SERVER}: {exc}")
-    storage = "storage: " + PG_SERVER.rsplit("/", 1)[0] + "/" + database
+    storage = PG_SERVER.rsplit("/", 1)[0] + "/" + database
     workdir = tmp_path_factory.mktemp("cluster")
     origin = Origin().start()
     edges: dict[str, Edge] = {}
@@ -344,7 +344,7 @@ def test_the_relay_listener_refuses_everyone_but_a_node(cluster: Cluster) -> Non
 
     # the control: a certificate of the cluster's own CA (as a node has) is served
     async def cluster_ca() -> peers.CertPair:
-        store = await Store.open(storage_url(cluster.edges["a"].storage.split(" ", 1)[1]))
+        store = await Store.open(storage_url(cluster.edges["a"].storage))
         try:
             return peers.CertPair.from_json(await store.named_secret(peers.SECRET_NAME, "{}"))
         finally:
@@ -376,6 +376,57 @@ async def test_relay_headers_from_a_client_are_never_obeyed(cluster: Cluster) ->
             sent = {k.lower(): v for k, v in (await r.json())["headers"]}
             assert sent["host"] == f"open.localhost:{cluster.edges['c'].port}"
             assert "zerogate-relay-tunnel" not in sent
+
+
+SPOOFED = {
+    "Zerogate-Relay-Tunnel": "lab",
+    "Zerogate_Relay_Tunnel": "lab",
+    "Zerogate-Relay-Authority": "open.localhost",
+    "Zerogate-Authenticated-User-Email": "ceo@example.com",
+    "Zerogate-Jwt-Assertion": "forged",
+}
+
+
+async def test_a_relayed_request_is_one_the_first_edge_allowed(cluster: Cluster) -> None:
+    """Edge C holds no connection, so whatever it forwards goes over the relay: a request for
+    a protected application without credentials, whatever relay or identity headers (dashed or
+    with underscores) it carries, never reaches the origin; with a service token it does, and
+    the origin sees the identity C wrote, none of the client's."""
+    from zerogate.admin.service import Actor, AdminService
+    from zerogate.store import Store, storage_url
+
+    store = await Store.open(storage_url(cluster.edges["a"].storage))
+    try:
+        credential, secret = await AdminService(store).rotate_service_token("ci-bot", Actor("test"))
+    finally:
+        await store.close()
+    port = cluster.edges["c"].port
+    url = f"http://127.0.0.1:{port}/echo/closed"
+    host = {"Host": f"closed.localhost:{port}", "Accept": "application/json"}
+    echoes = cluster.origin.state.echoes
+    async with client() as session:
+        async with session.get(url, headers={**host, **SPOOFED}, allow_redirects=False) as r:
+            assert r.status in (401, 403), r.status
+            assert "X-Origin" not in r.headers
+        assert cluster.origin.state.echoes == echoes, "the refused request reached the origin"
+        token = {"Zerogate-Client-Id": credential.client_id, "Zerogate-Client-Secret": secret}
+
+        async def allowed() -> aiohttp.ClientResponse:
+            return await session.get(url, headers={**host, **SPOOFED, **token})
+
+        deadline = time.monotonic() + 10  # C learns the new credential within a second
+        while (r := await allowed()).status != 200:
+            assert time.monotonic() < deadline, r.status
+            r.release()
+            await asyncio.sleep(0.2)
+        async with r:
+            sent = {k.lower(): v for k, v in (await r.json())["headers"]}
+    assert r.headers["X-Origin"] == "yes"
+    assert sent["host"] == f"closed.localhost:{port}"
+    assert not any(k.startswith(("zerogate-relay", "zerogate_relay")) for k in sent)
+    assert "ceo@example.com" not in sent.values()
+    assert sent["zerogate-jwt-assertion"] != "forged"
+    assert "zerogate-client-secret" not in sent
 
 
 # ---------------------------------------------------------------------------- losing an edge

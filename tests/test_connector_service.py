@@ -80,7 +80,9 @@ def test_install_writes_a_root_only_token_and_a_hardened_unit(
     token_file, unit_file = tmp_path / TOKEN, tmp_path / UNIT
     assert token_file.read_text().strip() == token.encode()
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-    assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
+    # a folder made here is 0755: the service (a transient user) reads its ingress file there
+    assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o755
+    assert sorted(p.name for p in token_file.parent.iterdir()) == [token_file.name]
     assert stat.S_IMODE(unit_file.stat().st_mode) == 0o644
     text = unit_file.read_text()
     assert token.encode() not in text and token.secret not in text
@@ -95,6 +97,41 @@ def test_install_writes_a_root_only_token_and_a_hardened_unit(
     for setting in HARDENING:
         assert tuple(setting.split("=", 1)) in service, setting
     assert ("WantedBy", "multi-user.target") in unit["Install"]
+
+
+def test_install_keeps_an_existing_folder_s_mode(tmp_path: Path, token: TunnelToken) -> None:
+    """/etc/zerogate 0750 root:zerogate holds the server's files (deploy.md) and the service's
+    ingress file: installing a connector must not make it root-only (0700), which locked out
+    the server and the sandboxed connector alike; the token file alone is root-only."""
+    folder = tmp_path / "etc/zerogate"
+    folder.mkdir(parents=True)
+    os.chmod(folder, 0o750)
+    ingress = folder / "ingress.yaml"
+    ingress.write_text("ingress:\n  - service: http://127.0.0.1:8080\n")
+    os.chmod(ingress, 0o644)
+    result = install(tmp_path, token)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / TOKEN).stat().st_mode) == 0o600
+
+
+def test_a_temporary_file_opened_beforehand_never_receives_the_token(
+    tmp_path: Path, token: TunnelToken
+) -> None:
+    """Someone who made (and holds open) the temporary file's name before the install, as the
+    fixed name ``.NAME.new`` allowed, reads nothing: the token goes to a new file of a random
+    name (O_EXCL), renamed over the token file."""
+    folder = tmp_path / "etc/zerogate"
+    folder.mkdir(parents=True)
+    planted = folder / ".connector-office.token.new"
+    planted.write_bytes(b"")
+    os.chmod(planted, 0o666)
+    with planted.open("rb") as held:
+        result = install(tmp_path, token)
+        assert result.exit_code == 0, result.output
+        assert held.read() == b""
+    assert (tmp_path / TOKEN).read_text().strip() == token.encode()
+    assert sorted(p.name for p in folder.iterdir()) == [planted.name, "connector-office.token"]
 
 
 def test_the_generated_unit_passes_systemd_analyze_verify(

@@ -937,6 +937,35 @@ async def test_sending_pins_is_rate_limited_per_address(
         assert sent.count("flood@evil.test") == 0
 
 
+async def test_subaddresses_share_their_mailbox_s_pin_limit(
+    zg: Zerogate, outbox: ThreadedOutbox
+) -> None:
+    """bomb+1@…, bomb+2@… are all delivered to bomb's mailbox (and the staff policy allows
+    each): they share one address limit, not five PINs per tag (a mail bomb past the limit)."""
+    async with HttpBrowser(source=new_source()) as browser:
+        page = await login_page(browser, zg, "wiki.localhost")
+        mark = outbox.mark()
+        for n in range(1, 6):
+            sent = await request_pin(browser, zg, page.fields, f"bomb+{n}@example.com")
+            assert sent.status == 200, n
+        for email in ("bomb+6@example.com", "bomb@example.com", "Bomb+X@Example.com"):
+            limited = await request_pin(browser, zg, page.fields, email)
+            assert limited.status == 429, email
+            assert int(limited.headers["Retry-After"]) > 0
+        # control: another mailbox from the same client is not limited by them
+        assert (await request_pin(browser, zg, page.fields, "bomber@example.com")).status == 200
+        await outbox.wait_async("bomber@example.com", after=mark)
+        deadline = time.monotonic() + 15
+        while len([m for m in outbox.messages(after=mark) if m.to.startswith("bomb+")]) < 5:
+            assert time.monotonic() < deadline, "the five PIN emails did not all arrive"
+            await asyncio.sleep(0.05)
+        sent_to = [m.to for m in outbox.messages(after=mark)]
+        assert sorted(t for t in sent_to if t.startswith("bomb")) == [
+            *(f"bomb+{n}@example.com" for n in range(1, 6)),
+            "bomber@example.com",
+        ]
+
+
 def normalised_page(reply: Reply, email: str) -> tuple[int, list[tuple[str, str]], str]:
     headers = sorted(
         (k.lower(), v)

@@ -113,6 +113,83 @@ async def test_a_kept_reference_cannot_follow_the_provider_to_another_issuer(
     assert after.spec["issuer"] == okta.spec["issuer"]
 
 
+ATTACKER = "https://idp.attacker.example"
+
+
+async def _okta_with(store: Store, env: str, issuer: str = "https://idp.test") -> AdminService:
+    """okta from the file, its secret in ``env`` (under the prefix)."""
+    seed = copy.deepcopy(panel_unit.SEED)
+    seed["identity_providers"][1].update(client_secret_env=env, issuer=issuer)
+    await store.apply(validate_objects(seed), actor="file", source="cli")
+    return AdminService(store)
+
+
+async def _edit(service: AdminService, name: str, **fields: Any) -> Any:
+    item = await service.get("identity_providers", name)
+    spec = {k: v for k, v in {**item.spec, **fields}.items() if v is not None}
+    return await service.update("identity_providers", name, spec, version=item.version, actor=ME)
+
+
+async def test_a_prefixed_variable_cannot_follow_its_provider_to_another_issuer(
+    store: Store,
+) -> None:
+    """Third security review: under the prefix, changing only the issuer was allowed, and the
+    next login or "test connection" sent the variable's value to the attacker's token
+    endpoint. The variable stays bound to the issuer the file gave it."""
+    service = await _okta_with(store, "ZEROGATE_SECRET_OKTA")
+    with pytest.raises(Invalid, match="names a secret") as caught:
+        await _edit(service, "okta", issuer=ATTACKER)
+    (problem,) = caught.value.problems
+    assert "client_secret_env" in problem.where
+    assert "only the configuration file" in problem.message
+    assert (await service.get("identity_providers", "okta")).spec["issuer"] == "https://idp.test"
+    # control: other fields still change, the reference kept
+    kept = await _edit(service, "okta", display_name="Okta SSO")
+    assert kept.spec["client_secret_env"] == "ZEROGATE_SECRET_OKTA"
+
+
+async def test_a_variable_taken_off_its_provider_keeps_its_issuer(store: Store) -> None:
+    """The steps around the rule above: take the variable off, move the issuer, name the
+    variable again (or name it on a new provider of the attacker's): refused each time; the
+    variable may come back only with the issuer it had."""
+    service = await _okta_with(store, "ZEROGATE_SECRET_OKTA")
+    await _edit(service, "okta", client_secret_env=None)
+    await _edit(service, "okta", issuer=ATTACKER)
+    with pytest.raises(Invalid, match="names a secret"):
+        await _edit(service, "okta", client_secret_env="ZEROGATE_SECRET_OKTA")
+    evil = {**idp("evil", "ZEROGATE_SECRET_OKTA"), "issuer": ATTACKER}
+    with pytest.raises(Invalid, match="names a secret"):
+        await service.create("identity_providers", evil, ME)
+    assert "evil" not in [i.name for i in await service.items("identity_providers")]
+    await _edit(service, "okta", issuer="https://idp.test")
+    back = await _edit(service, "okta", client_secret_env="ZEROGATE_SECRET_OKTA")
+    assert back.spec["client_secret_env"] == "ZEROGATE_SECRET_OKTA"
+
+
+async def test_the_file_moves_a_variable_to_another_issuer(store: Store) -> None:
+    """The file may pair a variable with a new issuer; from then on that issuer is its own."""
+    service = await _okta_with(store, "ZEROGATE_SECRET_OKTA")
+    await _edit(service, "okta", display_name="seen once")  # bound to https://idp.test
+    service = await _okta_with(store, "ZEROGATE_SECRET_OKTA", issuer="https://new-idp.test")
+    await _edit(service, "okta", client_secret_env=None)
+    back = await _edit(service, "okta", client_secret_env="ZEROGATE_SECRET_OKTA")
+    assert back.spec["issuer"] == "https://new-idp.test"
+    with pytest.raises(Invalid, match="names a secret"):
+        await _edit(service, "okta", issuer="https://idp.test")
+
+
+async def test_a_variable_an_admin_names_first_is_bound_to_its_issuer(
+    service: AdminService,
+) -> None:
+    await service.create("identity_providers", idp("kc", "ZEROGATE_SECRET_KC"), ME)
+    await _edit(service, "kc", client_secret_env=None)
+    other = {**idp("kc2", "ZEROGATE_SECRET_KC"), "issuer": ATTACKER}
+    with pytest.raises(Invalid, match="names a secret"):
+        await service.create("identity_providers", other, ME)
+    same = await service.create("identity_providers", idp("kc2", "ZEROGATE_SECRET_KC"), ME)
+    assert same.spec["client_secret_env"] == "ZEROGATE_SECRET_KC"
+
+
 async def test_the_prefix_comes_from_the_settings(store: Store) -> None:
     settings = Settings.model_validate({"secret_env_prefix": "ACME_IDP_"})
     service = AdminService(store, secret_env_prefix=settings.secret_env_prefix)

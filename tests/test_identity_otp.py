@@ -205,6 +205,15 @@ def test_pin_sends_per_address() -> None:
     assert limiter.hit("alice@example.com", "198.51.100.7", T0 + 900).allowed
 
 
+def test_pin_sends_per_mailbox_whatever_the_subaddress() -> None:
+    limiter = PinSendLimiter()
+    for i in range(5):
+        assert limiter.hit(f"alice+{i}@example.com", f"192.0.2.{i}", T0).allowed
+    assert not limiter.hit("alice@example.com", "198.51.100.7", T0 + 1).allowed
+    assert not limiter.hit("alice+new@example.com", "198.51.100.7", T0 + 1).allowed
+    assert limiter.hit("alicia@example.com", "198.51.100.7", T0 + 1).allowed
+
+
 def test_pin_sends_per_ip_without_using_up_addresses() -> None:
     limiter = PinSendLimiter()
     for i in range(20):

@@ -298,3 +298,40 @@ async def test_stream_sends_json_lines_to_stdout_and_a_udp_syslog_server() -> No
     assert received[0].startswith("<158>1 ")  # informational for an allow
     assert len(received[2].encode()) <= accesslog.SYSLOG_MAX_BYTES
     assert stream.sent == 3 and stream.dropped == 0
+
+
+async def test_hostile_fields_never_forge_a_stream_line_or_a_syslog_message() -> None:
+    """Values from outside (a path, an address, an IdP's detail) with line breaks, a forged
+    RFC 5424 head, U+2028, quotes and ESC: each row stays one stdout line and one datagram
+    whose JSON reads back the same values (nothing a log reader could split or recolour)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(5)
+    read_end, write_end = os.pipe()
+    stream = AccessStream(
+        stdout=True, syslog_address=f"127.0.0.1:{server.getsockname()[1]}", out_fd=write_end
+    )
+    forged = '\n<13>1 2026-01-01T00:00:00Z host zerogate 1 access - {"decision":"allow"}'
+    hostile = [
+        replace(event(datetime.now(UTC), path="/a" + forged), email="x\r\n@evil.test"),
+        event(datetime.now(UTC), detail='end"}\u2028\u2029\x1b[31mred\x00', decision="block"),
+    ]
+    stream(hostile)
+    stream.close()
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        out = pipe.read()
+    lines = out.split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 3, out
+    for raw, sent in zip(lines[:2], hostile, strict=True):
+        assert raw.isascii() and b"\r" not in raw and b"\x1b" not in raw
+        back = json.loads(raw)
+        assert (back["path"], back["email"], back["detail"]) == (sent.path, sent.email, sent.detail)
+    for sent in hostile:
+        data, _ = await asyncio.to_thread(server.recvfrom, 65535)
+        assert data.isascii() and not any(c in data for c in b"\r\n\x00\x1b")
+        head, sep, body = data.decode().partition(" access - ")
+        assert sep and head.count(" ") == 4 and head.startswith("<")
+        assert json.loads(body)["path"] == sent.path
+    server.close()
+    assert stream.sent == 2 and stream.dropped == 0

@@ -119,3 +119,15 @@ def test_slide_and_hit_all_are_the_in_memory_rule() -> None:
     # another process's clock a little ahead still counts; out-of-order hits are sorted
     decision, kept = slide([T0 + 1, T0 - 2], limit, T0)
     assert decision.allowed and kept == [T0 - 2, T0 + 1]
+
+
+async def test_subaddresses_count_against_their_mailbox(edges: list[SharedLimits]) -> None:
+    """ann+1@…, ann+2@… reach ann's mailbox: five sends over any tags, then every tag (and
+    the bare address) is refused on every process."""
+    for n in range(5):
+        decision = await edges[n % 3].pin_send(f"ann+{n}@example.com", f"192.0.2.{n}", T0 + n)
+        assert decision.allowed, n
+    for email in ("ann+5@example.com", "ANN@example.com", "ann+@example.com"):
+        assert not (await edges[1].pin_send(email, "198.51.100.9", T0 + 10)).allowed, email
+    # a listed subaddress's own mailbox differs only by the tag: another person is not limited
+    assert (await edges[2].pin_send("anna@example.com", "198.51.100.9", T0 + 10)).allowed

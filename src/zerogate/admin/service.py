@@ -513,6 +513,13 @@ class AdminService:
             for idp in stored.identity_providers
             if isinstance(idp, OidcProvider)
         }
+        # Each variable is bound to one issuer (a store row): the issuer the stored
+        # configuration pairs it with (the file's, or one this check let through), else the
+        # first one an admin named it with. Without that, a variable could be taken off its
+        # provider and named again with another issuer, and its value go there.
+        for ref, issuer in before.values():
+            if ref:
+                await self.store.secret_env_issuer(ref, issuer, replace=True)
         users: dict[str, list[str]] = {}
         for idp in objects.identity_providers:
             if isinstance(idp, OidcProvider) and idp.client_secret_env:
@@ -536,6 +543,16 @@ class AdminService:
             elif len(users[ref]) > 1:
                 others = ", ".join(repr(n) for n in users[ref] if n != idp.name)
                 problems.append(Problem(where, f"{ref} is the secret of {others} already"))
+            elif (
+                bound := await self.store.secret_env_issuer(ref, idp.issuer, replace=False)
+            ) != idp.issuer:
+                problems.append(
+                    Problem(
+                        where,
+                        f"{ref} is the client secret for the issuer {bound}; only the "
+                        "configuration file can give it to another issuer",
+                    )
+                )
         if problems:
             raise Invalid("the change names a secret it may not", problems)
 

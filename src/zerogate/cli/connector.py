@@ -345,19 +345,27 @@ def _token_text(token_file: Path | None) -> str:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 from the first byte (a temporary file in the
-    same folder, then renamed over), the folder 0700."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path.parent, 0o700)
-    temporary = path.with_name(f".{path.name}.new")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    """Write ``text`` to ``path`` with mode 0600 from the first byte: a new temporary file of
+    a random name in the same folder (``mkstemp``: ``O_EXCL``, so nobody can have opened it
+    before), then renamed over. A missing folder is made 0755; an existing one keeps its mode
+    (``/etc/zerogate`` also holds the ingress file and CA bundle the service must read, and
+    the server's own files: making it root-only would lock both out)."""
+    import tempfile
+
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o755)
+        os.chmod(path.parent, 0o755)  # noqa: S103 - a folder, like /etc
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(text.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _systemctl(*args: str) -> str | None:

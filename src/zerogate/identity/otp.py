@@ -38,6 +38,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from zerogate.model.values import mailbox_of
+
 PIN_DIGITS = 6
 PIN_TTL_SECONDS = 10 * 60
 PIN_MAX_TRIES = 5
@@ -355,7 +357,7 @@ class PinSendLimiter:
         self.by_ip = RateLimiter(ip_limit)
 
     def hit(self, email: str, client_ip: str, now: float) -> RateDecision:
-        address, ip = normalise_email(email), ip_key(client_ip)
+        address, ip = mailbox_of(normalise_email(email)), ip_key(client_ip)
         first = self.by_address.check(address, now)
         second = self.by_ip.check(ip, now)
         if first.allowed and second.allowed:

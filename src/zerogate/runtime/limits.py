@@ -26,6 +26,7 @@ from zerogate.identity.otp import (
     ip_key,
     normalise_email,
 )
+from zerogate.model.values import mailbox_of
 from zerogate.store import Store
 
 _KEY_DOMAIN = b"zerogate-rate-v1\x00"
@@ -64,11 +65,13 @@ class SharedLimits:
         return await self.store.hit_rate_windows(keys, decide, now=now)
 
     async def pin_send(self, email: str, client_ip: str, now: float) -> RateDecision:
-        """A PIN for ``email`` asked from ``client_ip``: per address and per client network
-        (IPv6 per /64); a send refused by one is counted by neither."""
+        """A PIN for ``email`` asked from ``client_ip``: per mailbox and per client network
+        (IPv6 per /64); a send refused by one is counted by neither. The mailbox is the
+        address with its ``+`` subaddress dropped (``mailbox_of``): ``ann+1@…``, ``ann+2@…``
+        … all land in ann's mailbox, so they share its limit instead of five PINs each."""
         return await self.hit(
             [
-                ("pin-address", normalise_email(email), self.pin_address),
+                ("pin-address", mailbox_of(normalise_email(email)), self.pin_address),
                 ("pin-ip", ip_key(client_ip), self.pin_ip),
             ],
             now,

@@ -421,6 +421,37 @@ async def named_secret(
     return box.open(name, str(result.scalar_one()))
 
 
+#: the ``server_secrets`` rows binding a secret variable to an issuer (``secret_env_issuer``)
+SECRET_ENV_ISSUER = "secret-env-issuer:"  # noqa: S105 - a row name prefix
+
+
+async def secret_env_issuer(
+    connection: AsyncConnection,
+    variable: str,
+    issuer: str,
+    now: datetime,
+    box: SecretBox,
+    *,
+    replace: bool,
+) -> str:
+    """The issuer environment variable ``variable`` is bound to: ``issuer`` when it was bound
+    to none (or with ``replace``), else the one it was bound to first."""
+    name = SECRET_ENV_ISSUER + variable
+    value = box.seal(name, issuer)
+    statement = _insert(connection, server_secrets).values(name=name, value=value, updated_at=now)
+    if replace:
+        upsert = statement.on_conflict_do_update(
+            index_elements=["name"], set_={"value": value, "updated_at": now}
+        )
+    else:
+        upsert = statement.on_conflict_do_nothing(index_elements=["name"])
+    await connection.execute(upsert)
+    result = await connection.execute(
+        select(server_secrets.c.value).where(server_secrets.c.name == name)
+    )
+    return box.open(name, str(result.scalar_one()))
+
+
 async def keyset(connection: AsyncConnection, box: SecretBox) -> tuple[dict[str, Any] | None, int]:
     document = (
         select(server_secrets.c.value).where(server_secrets.c.name == KEYSET).scalar_subquery()

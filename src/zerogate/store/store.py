@@ -461,6 +461,15 @@ class Store:
             async with self._writing() as connection:
                 return await runtime.named_secret(connection, name, candidate, _now(), self._box)
 
+    async def secret_env_issuer(self, variable: str, issuer: str, *, replace: bool) -> str:
+        """The issuer a ``client_secret_env`` variable is bound to (see
+        ``AdminService._check_secret_refs``): ``issuer`` when unbound or with ``replace``."""
+        with self._errors("read the issuer of a secret variable"):
+            async with self._writing() as connection:
+                return await runtime.secret_env_issuer(
+                    connection, variable, issuer, _now(), self._box, replace=replace
+                )
+
     # -- OIDC client secrets set in the panel or API -----------------------------------------
 
     async def set_oidc_secret(self, provider: str, issuer: str, value: str | None) -> None:
