@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -23,10 +24,13 @@ from bind_harness import Bind
 from harness import wait_for
 from pebble_harness import Pebble
 from zerogate.autotls.http01 import ChallengeListener
+from zerogate.admin.service import AdminService
 from zerogate.autotls.manager import LEASE, CertManager, renew_at
 from zerogate.dns.rfc2136 import Rfc2136Client
 from zerogate.model.objects import Acme
 from zerogate.store import Store, storage_url
+from zerogate.store.certificates import StoredCertificate
+from zg_harness import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -217,6 +221,54 @@ async def test_a_wildcard_without_dns_settings_fails_and_is_retried_later(
     # retried only after the (jittered) wait, not on every check
     assert m.due(datetime.now(UTC)) == []
     assert m.due(datetime.now(UTC) + timedelta(minutes=2)) == ["*.nodns.example.test"]
+
+
+async def test_certificate_status_in_the_service_and_the_cli(
+    store: Store, pebble: Pebble, tmp_path: Path
+) -> None:
+    """What `zerogate certs list`, `GET /api/v1/certificates` and the dashboard show: each
+    hostname's certificate (issuer, validity), a failed order's error for a hostname without
+    one, and an expired certificate of a hostname no longer served is deleted."""
+    gone = StoredCertificate(
+        host="gone.example.test",
+        cert_pem="-",
+        key_pem="-",
+        not_before=datetime.now(UTC) - timedelta(days=100),
+        not_after=datetime.now(UTC) - timedelta(days=10),
+        issuer="Old CA",
+        updated_at=datetime.now(UTC) - timedelta(days=100),
+    )
+    await store.put_certificate(gone)
+    hosts = {"status.example.test", "*.nodns2.example.test"}
+    m = manager(store, pebble, hosts, challenge="tls-alpn-01")
+    # an earlier failed order: the certificate stored since makes it history
+    await m._record("status.example.test", "failed", "an earlier failure")
+    server = await tls_server(m.context, pebble.tls_port)
+    try:
+        assert await m.renew() == ["status.example.test"], m.problems()
+    finally:
+        server.close()
+    found = {c.host: c for c in await AdminService(store).certificates()}
+    assert sorted(found) == ["*.nodns2.example.test", "status.example.test"]  # gone: deleted
+    ok = found["status.example.test"]
+    assert ok.state == "valid" and ok.issuer and "Pebble" in ok.issuer, ok
+    assert ok.not_after is not None and ok.renew_at is not None and ok.last_error is None
+    assert ok.not_before is not None and ok.not_before < ok.renew_at < ok.not_after
+    missing = found["*.nodns2.example.test"]
+    assert missing.state == "missing" and missing.issuer is None
+    assert missing.last_error is not None and "dns.rfc2136" in missing.last_error
+    # the same through the command line, on the same store
+    config = tmp_path / "zerogate.yaml"
+    config.write_text("portal: auth.example.test\nstorage: sqlite:///zerogate.db\n")
+    listed = run_cli("certs", "list", "-c", str(config), "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["host"]: r for r in json.loads(listed.stdout)["certificates"]}
+    assert rows["status.example.test"]["state"] == "valid"
+    assert rows["status.example.test"]["not_after"].endswith("Z")
+    assert "dns.rfc2136" in rows["*.nodns2.example.test"]["last_error"]
+    table = run_cli("certs", "list", "-c", str(config))
+    assert table.returncode == 0, table.stderr
+    assert "status.example.test" in table.stdout and "missing" in table.stdout
 
 
 # -- the HTTP-01 port cannot be abused ----------------------------------------------------------

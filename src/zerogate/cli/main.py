@@ -18,7 +18,18 @@ from rich.table import Table
 from rich.tree import Tree
 
 from zerogate import __version__
-from zerogate.cli import api_tokens, apps, connector, logs, mail, nodes, sessions, tokens, tunnels
+from zerogate.cli import (
+    api_tokens,
+    apps,
+    certs,
+    connector,
+    logs,
+    mail,
+    nodes,
+    sessions,
+    tokens,
+    tunnels,
+)
 from zerogate.cli.helpers import (
     ConfigOption,
     JsonOption,
@@ -588,6 +599,7 @@ app.add_typer(tunnels.tunnel_app, name="tunnel")
 app.add_typer(nodes.nodes_app, name="nodes")
 app.add_typer(connector.connector_app, name="connector")
 app.add_typer(mail.email_app, name="email")
+app.add_typer(certs.certs_app, name="certs")
 app.add_typer(sessions.sessions_app, name="sessions")
 
 

@@ -643,6 +643,18 @@ class Store:
             async with self._reading() as connection:
                 return await certstore.all_certificates(connection, box)
 
+    async def certificate_infos(self) -> list[certstore.CertificateInfo]:
+        """The stored certificates without their keys (nothing to unseal), by hostname."""
+        with self._errors("read the certificates"):
+            async with self._single() as connection:
+                return await certstore.certificate_infos(connection)
+
+    async def delete_expired_certificates(self, keep: set[str]) -> list[str]:
+        """Delete the expired certificates of hostnames not in ``keep``; their hostnames."""
+        with self._errors("remove expired certificates"):
+            async with self._writing() as connection:
+                return await certstore.delete_expired(connection, keep, _now())
+
     async def put_challenge(self, challenge: certstore.Challenge) -> None:
         with self._errors("store an ACME challenge"):
             async with self._writing() as connection:
