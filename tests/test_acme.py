@@ -23,8 +23,8 @@ from cryptography import x509
 from bind_harness import Bind
 from harness import wait_for
 from pebble_harness import Pebble
-from zerogate.autotls.http01 import ChallengeListener
 from zerogate.admin.service import AdminService
+from zerogate.autotls.http01 import ChallengeListener
 from zerogate.autotls.manager import LEASE, CertManager, renew_at
 from zerogate.dns.rfc2136 import Rfc2136Client
 from zerogate.model.objects import Acme
