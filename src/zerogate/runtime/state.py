@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
@@ -37,6 +37,8 @@ log = logging.getLogger("zerogate.server")
 POLL_SECONDS = 0.5
 #: a session's last seen is written at most this often (per process)
 SEEN_SECONDS = 60.0
+#: an expired portal session's row is kept at least this long (``Runtime.session_keep``)
+SESSION_KEEP_FLOOR = timedelta(days=30)
 KEY_OVERLAP_SECONDS = 7 * 86400
 
 
@@ -163,6 +165,19 @@ class Runtime:
         if app.model.session_duration:
             return int(parse_duration(app.model.session_duration).total_seconds())
         return int(parse_duration(self.settings.session_duration).total_seconds())
+
+    def session_keep(self) -> timedelta:
+        """How long an expired portal session's row (and the revocation that ended it) must
+        be kept: an application token handed out just before the session expired lives as
+        long as the longest ``session_duration`` configured anywhere (settings, applications,
+        policies), and at least ``SESSION_KEEP_FLOOR`` (tokens issued under a longer
+        duration that was shortened since)."""
+        longest = parse_duration(self.settings.session_duration)
+        for app in self.snapshot.objects.applications:
+            for text in (app.session_duration, *(p.session_duration for p in app.policies)):
+                if text:
+                    longest = max(longest, parse_duration(text))
+        return max(longest, SESSION_KEEP_FLOOR)
 
     def is_revoked(self, email: str, issued_at: float) -> bool:
         """A session of ``email`` issued before its revocation, or before its mailbox's
