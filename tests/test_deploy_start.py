@@ -238,7 +238,8 @@ def test_email_test_records_its_outcome_for_the_mail_health(
     config = tmp_path / "mail.yaml"
     smtp = f"{{host: 127.0.0.1, port: {outbox.port}, timeout: 5s}}"
     config.write_text(
-        f'storage: sqlite:///zg.db\nemail: {{smtp: {smtp}, from: "Access <noreply@example.test>"}}\n'
+        "storage: sqlite:///zg.db\n"
+        f'email: {{smtp: {smtp}, from: "Access <noreply@example.test>"}}\n'
     )
     sent = run_cli("email", "test", "--to", "ops@example.com", "-c", str(config))
     assert sent.returncode == 0 and "not recorded" not in sent.stderr, sent.stderr
