@@ -309,6 +309,17 @@ async def test_dashboard_shows_the_certificates_and_their_last_error(
     assert "&lt;b&gt;connection refused&lt;/b&gt;" in section and "<b>" not in section
 
 
+async def test_the_header_signs_a_browser_out_but_not_an_api_token(app: Any) -> None:
+    """The panel's header links to the portal's sign-out for a signed-in person; an API
+    token (no session to end) gets no such link."""
+    page = await Client(app, ADMIN).get("/admin/groups")
+    header = page.text.split("</header>", 1)[0]
+    assert '<a class="signout" href="/.zerogate/logout">Sign out</a>' in header
+    token = Principal("api-token:ci", "192.0.2.12", True, "token", "token-1")
+    page = await Client(app, token).get("/admin/groups")
+    assert page.status == 200 and "/.zerogate/logout" not in page.text
+
+
 async def test_every_page_renders_for_an_admin(admin: Client) -> None:
     for path, query in [
         ("/admin/", {}),
