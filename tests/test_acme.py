@@ -27,6 +27,7 @@ from zerogate.admin.service import AdminService
 from zerogate.autotls.http01 import ChallengeListener
 from zerogate.autotls.manager import LEASE, CertManager, renew_at
 from zerogate.dns.rfc2136 import Rfc2136Client
+from zerogate.model.loader import validate_objects
 from zerogate.model.objects import Acme
 from zerogate.store import Store, storage_url
 from zerogate.store.certificates import StoredCertificate
@@ -269,6 +270,37 @@ async def test_certificate_status_in_the_service_and_the_cli(
     table = run_cli("certs", "list", "-c", str(config))
     assert table.returncode == 0, table.stderr
     assert "status.example.test" in table.stdout and "missing" in table.stdout
+    # with the file's ACME settings the command knows what to certify: the portal and an
+    # application not ordered yet are pending; a certificate no hostname needs is unused
+    await store.apply(
+        validate_objects(
+            {
+                "applications": [
+                    {
+                        "name": "new",
+                        "domain": "new.example.test/docs",
+                        "origin": "http://127.0.0.1:9",
+                        "policies": [
+                            {"name": "p", "decision": "allow", "include": [{"everyone": True}]}
+                        ],
+                    }
+                ]
+            }
+        ),
+        actor="test",
+    )
+    config.write_text(
+        "portal: auth.example.test:8443\nstorage: sqlite:///zerogate.db\n"
+        "listen: {http: 127.0.0.1:8443, tls: {acme: {email: ops@example.test}}}\n"
+    )
+    listed = run_cli("certs", "list", "-c", str(config), "--json")
+    assert listed.returncode == 0, listed.stderr
+    states = {r["host"]: r["state"] for r in json.loads(listed.stdout)["certificates"]}
+    assert states == {
+        "auth.example.test": "pending",
+        "new.example.test": "pending",
+        "status.example.test": "unused",  # the manager's hostnames, not the file's
+    }, states
 
 
 # -- the HTTP-01 port cannot be abused ----------------------------------------------------------

@@ -35,7 +35,7 @@ import json
 import logging
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -359,7 +359,10 @@ class CertificateStatus:
     rows, which the node holding the renewal lease writes).
 
     ``state``: ``valid``, ``renewing`` (past two thirds of its lifetime, when renewal
-    begins), ``expired``, or ``missing`` (an order failed and no certificate is stored)."""
+    begins), ``expired``, ``missing`` (an order failed and no certificate is stored),
+    ``pending`` (a hostname to certify, not ordered yet) or ``unused`` (stored for a
+    hostname no longer served: deleted once expired). The last two only where the hostnames
+    to certify are known (``AdminService(tls_hosts=...)``)."""
 
     host: str
     issuer: str | None
@@ -387,10 +390,13 @@ class AdminService:
         dns: RouteDns | None = None,
         on_change: Callable[[], Awaitable[object]] | None = None,
         mail: EmailSettings | None = None,
+        tls_hosts: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.store = store
         #: the server's ``email`` settings: how PIN mail leaves (``mail_health``)
         self.mail = mail
+        #: with ``listen.tls.acme``: the hostnames to certify (``certificates``)
+        self.tls_hosts = tls_hosts
         #: run after every configuration write, before the write returns: the server passes
         #: its runtime's refresh, so the process that made a change serves it before it
         #: answers (the others follow through the store's announcement or their poll)
@@ -1032,13 +1038,17 @@ class AdminService:
         ):
             if row.host and row.host not in failures:
                 failures[row.host] = row
+        wanted = set(self.tls_hosts()) if self.tls_hosts is not None else None
+        if wanted is not None:  # a removed hostname's old failure is no news
+            failures = {h: f for h, f in failures.items() if h in wanted}
         result = []
-        for host in sorted(stored.keys() | failures.keys()):
+        for host in sorted(stored.keys() | failures.keys() | (wanted or set())):
             cert = stored.get(host)
             failed = failures.get(host)
             if failed is not None and cert is not None and failed.at <= cert.updated_at:
                 failed = None  # an older failure, fixed by the certificate stored since
             if cert is None:
+                state = "missing" if failed is not None else "pending"
                 result.append(
                     CertificateStatus(
                         host,
@@ -1049,12 +1059,14 @@ class AdminService:
                         None,
                         failed.detail if failed else None,
                         failed.at if failed else None,
-                        "missing",
+                        state,
                     )
                 )
                 continue
             renew = cert.not_before + (cert.not_after - cert.not_before) * RENEW_AT
             state = "expired" if now >= cert.not_after else "renewing" if now >= renew else "valid"
+            if wanted is not None and host not in wanted:
+                state = "unused"
             result.append(
                 CertificateStatus(
                     host,

@@ -88,6 +88,15 @@ def acme_hostname(name: str) -> str | None:
     return host
 
 
+def wanted_hostnames(hostnames: Iterable[str], portal_host: str | None) -> set[str]:
+    """The hostnames automatic HTTPS orders certificates for: the portal's and every
+    application's that a public CA can certify (``acme_hostname``)."""
+    names = {acme_hostname(h) for h in hostnames}
+    if portal_host is not None:
+        names.add(acme_hostname(portal_host))
+    return {n for n in names if n is not None}
+
+
 def tls_context(cert_pem: str, key_pem: str, alpn: list[str]) -> ssl.SSLContext:
     """A TLS server context holding one certificate chain (keys go through a private file
     that is removed at once: ``ssl`` loads PEM only from files)."""
@@ -201,10 +210,7 @@ class CertManager:
         return "." in host and "*." + host.split(".", 1)[1] in wanted
 
     def wanted(self) -> set[str]:
-        names = {acme_hostname(h) for h in self.hostnames()}
-        if self.portal_host is not None:
-            names.add(self.portal_host)
-        return {n for n in names if n is not None}
+        return wanted_hostnames(self.hostnames(), self.portal_host)
 
     async def http_answer(self, host: str, token: str) -> str | None:
         """The key authorization for an HTTP-01 request of ``host`` for ``token``, only while

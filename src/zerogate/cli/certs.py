@@ -15,7 +15,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from zerogate.cli.helpers import JsonOption, OptionalConfig, iso, out, print_json, when, with_store
+from zerogate.cli.helpers import (
+    JsonOption,
+    OptionalConfig,
+    iso,
+    load_settings,
+    out,
+    print_json,
+    when,
+    with_store,
+)
 
 if TYPE_CHECKING:
     from zerogate.admin.service import CertificateStatus
@@ -33,10 +42,22 @@ def certs_list(config: OptionalConfig = None, as_json: JsonOption = False) -> No
     """Each hostname's certificate: state, issuer, valid until, renewal and the last error."""
     from zerogate.admin.service import AdminService
 
-    async def read(store: Store) -> list[CertificateStatus]:
-        return await AdminService(store).certificates()
+    settings = load_settings(config) if config is not None else None
+    server = settings.settings() if settings is not None else None
+    tls = server.listen.tls if server is not None else None
 
-    found = with_store(config, read)
+    async def read(store: Store) -> list[CertificateStatus]:
+        if server is None or tls is None or tls.acme is None:  # no hostnames to certify
+            return await AdminService(store).certificates()
+        from zerogate.autotls.manager import wanted_hostnames
+        from zerogate.policy import compile_snapshot
+
+        objects, _ = await store.load()
+        apps = compile_snapshot(objects).apps.values()
+        hosts = wanted_hostnames((a.host for a in apps), server.portal_address)
+        return await AdminService(store, tls_hosts=lambda: hosts).certificates()
+
+    found = with_store(config, read, settings=settings)
     if as_json:
         print_json(
             {
