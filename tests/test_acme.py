@@ -23,7 +23,7 @@ from cryptography import x509
 from bind_harness import Bind
 from harness import wait_for
 from pebble_harness import Pebble
-from zerogate.admin.service import AdminService
+from zerogate.admin.service import Actor, AdminService
 from zerogate.autotls.http01 import ChallengeListener
 from zerogate.autotls.manager import LEASE, CertManager, renew_at
 from zerogate.dns.rfc2136 import Rfc2136Client
@@ -463,6 +463,34 @@ async def test_a_server_obtains_serves_and_extends_its_certificates_without_rest
         writer.close()
         assert head.startswith(b"HTTP/1.1 308")
         assert f"location: https://app.example.test:{zg.port}/x".encode() in head
+        # the admin API's certificate status: every hostname the server certifies, valid
+        from zg_harness import open_store
+
+        async with open_store(zg) as store:
+            _, token = await AdminService(store).create_api_token(
+                "certs", read_only=True, expires="1h", actor=Actor("test")
+            )
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", zg.port, ssl=trust, server_hostname="auth.example.test"
+        )
+        writer.write(
+            f"GET /api/v1/certificates HTTP/1.1\r\nHost: auth.example.test:{zg.port}\r\n"
+            f"Authorization: Bearer {token}\r\nConnection: close\r\n\r\n".encode()
+        )
+        reply = await reader.read()
+        writer.close()
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), reply[:300]
+        if b"transfer-encoding: chunked" in head.lower():
+            body = body.split(b"\r\n", 1)[1].rsplit(b"\r\n0\r\n", 1)[0]
+        states = {c["host"]: (c["state"], c["issuer"]) for c in json.loads(body)["certificates"]}
+        assert set(states) == {
+            "auth.example.test",
+            "app.example.test",
+            "*.dev.example.test",
+            "new.example.test",
+        }, states
+        assert all(state == "valid" and "Pebble" in issuer for state, issuer in states.values())
     finally:
         zg.stop()
 
