@@ -211,8 +211,8 @@ def logs_command(
         str | None,
         typer.Option(
             "--kind",
-            help="Only logins, requests, gaps a crash left, or PIN mail sends"
-            " (login|request|gap|mail).",
+            help="Only logins, requests, gaps a crash left, PIN mail sends, or certificate"
+            " orders (login|request|gap|mail|tls).",
         ),
     ] = None,
     ip: Annotated[str | None, typer.Option("--ip", help="Only this client address.")] = None,
