@@ -247,3 +247,42 @@ async def test_sessions_are_kept_for_the_longest_token_lifetime(store: Store) ->
     await store.apply(objects("2h"), actor="test")
     runtime = await Runtime.load(store, Settings(), Path("."))
     assert runtime.session_keep() == timedelta(days=30)
+
+
+async def test_a_process_forgets_ended_sessions_no_token_can_name(store: Store) -> None:
+    """A server keeps the ids of ended sessions in memory (refused on every request) only as
+    long as a token naming one can live: `session_keep` after it learned of it."""
+    import time
+
+    from zerogate.identity import Claims
+    from zerogate.model.objects import Settings
+    from zerogate.runtime.state import Runtime
+
+    now = datetime.now(UTC)
+    await store.add_session(
+        Session("s1", "ann@example.test", "pin", None, None, now, now, now + timedelta(hours=1))
+    )
+    runtime = await Runtime.load(store, Settings(), Path("."))
+    assert await runtime.end_session("s1") is not None
+    t = time.time()
+    claims = Claims(
+        iss="i",
+        aud=("a",),
+        sub="ann@example.test",
+        email="ann@example.test",
+        iat=t - 10,
+        nbf=t - 10,
+        exp=t + 3600,
+        type="app",
+        idp="pin",
+        jti="j",
+        groups=None,
+        amr=None,
+        kid="k",
+        extra={"sid": "s1"},
+    )
+    assert runtime.rejects(claims)
+    keep = runtime.session_keep().total_seconds()
+    assert runtime.forget_ended(time.time() + keep - 60) == 0 and runtime.rejects(claims)
+    assert runtime.forget_ended(time.time() + keep + 60) == 1
+    assert "s1" not in runtime.ended
