@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -22,11 +23,15 @@ from cryptography import x509
 from bind_harness import Bind
 from harness import wait_for
 from pebble_harness import Pebble
+from zerogate.admin.service import Actor, AdminService
 from zerogate.autotls.http01 import ChallengeListener
 from zerogate.autotls.manager import LEASE, CertManager, renew_at
 from zerogate.dns.rfc2136 import Rfc2136Client
+from zerogate.model.loader import validate_objects
 from zerogate.model.objects import Acme
 from zerogate.store import Store, storage_url
+from zerogate.store.certificates import StoredCertificate
+from zg_harness import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -219,6 +224,85 @@ async def test_a_wildcard_without_dns_settings_fails_and_is_retried_later(
     assert m.due(datetime.now(UTC) + timedelta(minutes=2)) == ["*.nodns.example.test"]
 
 
+async def test_certificate_status_in_the_service_and_the_cli(
+    store: Store, pebble: Pebble, tmp_path: Path
+) -> None:
+    """What `zerogate certs list`, `GET /api/v1/certificates` and the dashboard show: each
+    hostname's certificate (issuer, validity), a failed order's error for a hostname without
+    one, and an expired certificate of a hostname no longer served is deleted."""
+    gone = StoredCertificate(
+        host="gone.example.test",
+        cert_pem="-",
+        key_pem="-",
+        not_before=datetime.now(UTC) - timedelta(days=100),
+        not_after=datetime.now(UTC) - timedelta(days=10),
+        issuer="Old CA",
+        updated_at=datetime.now(UTC) - timedelta(days=100),
+    )
+    await store.put_certificate(gone)
+    hosts = {"status.example.test", "*.nodns2.example.test"}
+    m = manager(store, pebble, hosts, challenge="tls-alpn-01")
+    # an earlier failed order: the certificate stored since makes it history
+    await m._record("status.example.test", "failed", "an earlier failure")
+    server = await tls_server(m.context, pebble.tls_port)
+    try:
+        assert await m.renew() == ["status.example.test"], m.problems()
+    finally:
+        server.close()
+    found = {c.host: c for c in await AdminService(store).certificates()}
+    assert sorted(found) == ["*.nodns2.example.test", "status.example.test"]  # gone: deleted
+    ok = found["status.example.test"]
+    assert ok.state == "valid" and ok.issuer and "Pebble" in ok.issuer, ok
+    assert ok.not_after is not None and ok.renew_at is not None and ok.last_error is None
+    assert ok.not_before is not None and ok.not_before < ok.renew_at < ok.not_after
+    missing = found["*.nodns2.example.test"]
+    assert missing.state == "missing" and missing.issuer is None
+    assert missing.last_error is not None and "dns.rfc2136" in missing.last_error
+    # the same through the command line, on the same store
+    config = tmp_path / "zerogate.yaml"
+    config.write_text("portal: auth.example.test\nstorage: sqlite:///zerogate.db\n")
+    listed = run_cli("certs", "list", "-c", str(config), "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["host"]: r for r in json.loads(listed.stdout)["certificates"]}
+    assert rows["status.example.test"]["state"] == "valid"
+    assert rows["status.example.test"]["not_after"].endswith("Z")
+    assert "dns.rfc2136" in rows["*.nodns2.example.test"]["last_error"]
+    table = run_cli("certs", "list", "-c", str(config))
+    assert table.returncode == 0, table.stderr
+    assert "status.example.test" in table.stdout and "missing" in table.stdout
+    # with the file's ACME settings the command knows what to certify: the portal and an
+    # application not ordered yet are pending; a certificate no hostname needs is unused
+    await store.apply(
+        validate_objects(
+            {
+                "applications": [
+                    {
+                        "name": "new",
+                        "domain": "new.example.test/docs",
+                        "origin": "http://127.0.0.1:9",
+                        "policies": [
+                            {"name": "p", "decision": "allow", "include": [{"everyone": True}]}
+                        ],
+                    }
+                ]
+            }
+        ),
+        actor="test",
+    )
+    config.write_text(
+        "portal: auth.example.test:8443\nstorage: sqlite:///zerogate.db\n"
+        "listen: {http: 127.0.0.1:8443, tls: {acme: {email: ops@example.test}}}\n"
+    )
+    listed = run_cli("certs", "list", "-c", str(config), "--json")
+    assert listed.returncode == 0, listed.stderr
+    states = {r["host"]: r["state"] for r in json.loads(listed.stdout)["certificates"]}
+    assert states == {
+        "auth.example.test": "pending",
+        "new.example.test": "pending",
+        "status.example.test": "unused",  # the manager's hostnames, not the file's
+    }, states
+
+
 # -- the HTTP-01 port cannot be abused ----------------------------------------------------------
 
 
@@ -379,6 +463,34 @@ async def test_a_server_obtains_serves_and_extends_its_certificates_without_rest
         writer.close()
         assert head.startswith(b"HTTP/1.1 308")
         assert f"location: https://app.example.test:{zg.port}/x".encode() in head
+        # the admin API's certificate status: every hostname the server certifies, valid
+        from zg_harness import open_store
+
+        async with open_store(zg) as store:
+            _, token = await AdminService(store).create_api_token(
+                "certs", read_only=True, expires="1h", actor=Actor("test")
+            )
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", zg.port, ssl=trust, server_hostname="auth.example.test"
+        )
+        writer.write(
+            f"GET /api/v1/certificates HTTP/1.1\r\nHost: auth.example.test:{zg.port}\r\n"
+            f"Authorization: Bearer {token}\r\nConnection: close\r\n\r\n".encode()
+        )
+        reply = await reader.read()
+        writer.close()
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), reply[:300]
+        if b"transfer-encoding: chunked" in head.lower():
+            body = body.split(b"\r\n", 1)[1].rsplit(b"\r\n0\r\n", 1)[0]
+        states = {c["host"]: (c["state"], c["issuer"]) for c in json.loads(body)["certificates"]}
+        assert set(states) == {
+            "auth.example.test",
+            "app.example.test",
+            "*.dev.example.test",
+            "new.example.test",
+        }, states
+        assert all(state == "valid" and "Pebble" in issuer for state, issuer in states.values())
     finally:
         zg.stop()
 

@@ -210,6 +210,37 @@ async def test_read_only_token_reads_but_cannot_write(zg: Zerogate) -> None:
             assert "read-only" in reply.json()["detail"]
 
 
+async def test_certificates_show_status_never_a_key(zg: Zerogate) -> None:
+    """`GET /api/v1/certificates`: a stored certificate's hostname, issuer and validity for a
+    read-only token; never its private key; nothing without a token."""
+    from zerogate.store.certificates import StoredCertificate
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    async with open_store(zg) as store:
+        await store.put_certificate(
+            StoredCertificate(
+                host="wiki.localhost",
+                cert_pem="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+                key_pem="-----BEGIN PRIVATE KEY-----\nSECRETKEYMATERIAL\n",
+                not_before=now - timedelta(days=61),
+                not_after=now + timedelta(days=29),
+                issuer="Test CA",
+                updated_at=now - timedelta(days=61),
+            )
+        )
+    async with HttpBrowser() as client:
+        reply = await client.get(api(zg, "/certificates"), headers=bearer(zg.extra["ro"]))
+        assert reply.status == 200, reply.text
+        (found,) = [c for c in reply.json()["certificates"] if c["host"] == "wiki.localhost"]
+        assert found["issuer"] == "Test CA" and found["state"] == "renewing"  # past 2/3
+        assert datetime.fromisoformat(found["not_after"]) == now + timedelta(days=29)
+        assert "PRIVATE KEY" not in reply.text and "SECRETKEYMATERIAL" not in reply.text
+        anonymous = await client.get(
+            api(zg, "/certificates"), headers={"Accept": "application/json"}
+        )
+        assert anonymous.status == 401 and "Test CA" not in anonymous.text
+
+
 async def test_wrong_expired_and_revoked_tokens_get_401(zg: Zerogate) -> None:
     rw = zg.extra["rw"]
     token_id = rw.split("_")[1]

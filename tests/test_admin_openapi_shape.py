@@ -63,6 +63,7 @@ OPERATIONS = [
     ),
     ("GET", "/api/v1/admin-log", "admin_log", "query:limit query:since", "", "200", "AdminLogOut"),
     ("GET", "/api/v1/mail-health", "mail_health", "", "", "200", "MailHealthOut"),
+    ("GET", "/api/v1/certificates", "certificates", "", "", "200", "CertificatesOut"),
     ("GET", "/api/v1/admins", "get_admins", "", "", "200", "AdminsOut"),
     (
         "PUT",
@@ -337,6 +338,8 @@ SCHEMAS = [
     "Application",
     "ApplicationOut",
     "ApplicationPut",
+    "CertificateOut",
+    "CertificatesOut",
     "CheckOut",
     "ClientSecretIn",
     "ConnectionOut",

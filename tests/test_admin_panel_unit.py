@@ -30,6 +30,7 @@ from zerogate.model.loader import Problem, validate_objects
 from zerogate.model.objects import Settings
 from zerogate.model.values import parse_since
 from zerogate.store import AccessEvent, Store, storage_url
+from zerogate.store.certificates import StoredCertificate
 from zerogate.tunnel import token as tunnel_token
 
 SECRET = b"k" * 32
@@ -263,6 +264,60 @@ async def test_dashboard_shows_applications_tunnels_counts_and_recent_blocks(
     assert re.search(r"<strong>1</strong> tunnel<", page.text)
     assert page.header("content-security-policy") is not None
     assert page.header("cache-control") == "no-store"
+
+
+async def test_dashboard_shows_the_certificates_and_their_last_error(
+    admin: Client, store: Store
+) -> None:
+    """Automatic HTTPS on the dashboard: a stored certificate (issuer, until) and a hostname
+    whose order failed (its error, escaped); no section without any."""
+    page = await admin.get("/admin")
+    assert 'id="certificates"' not in page.text
+    now = datetime.now(UTC)
+    await store.put_certificate(
+        StoredCertificate(
+            host="wiki.example.test",
+            cert_pem="-",
+            key_pem="-",
+            not_before=now - timedelta(days=1),
+            not_after=now + timedelta(days=89),
+            issuer="Pebble Intermediate CA",
+            updated_at=now,
+        )
+    )
+    failed = AccessEvent(
+        at=now,
+        kind="tls",
+        app=None,
+        email=None,
+        idp=None,
+        ip=None,
+        country=None,
+        decision="failed",
+        policy=None,
+        host="new.example.test",
+        detail="new.example.test: <b>connection refused</b>",
+    )
+    await store.write_access([failed])
+    page = await admin.get("/admin")
+    assert page.status == 200
+    section = page.text.split('id="certificates"', 1)[1].split("</section>", 1)[0]
+    assert "wiki.example.test" in section and "Pebble Intermediate CA" in section
+    assert ">valid<" in section
+    assert (now + timedelta(days=89)).strftime("%Y-%m-%d") in section
+    assert "new.example.test" in section and ">missing<" in section
+    assert "&lt;b&gt;connection refused&lt;/b&gt;" in section and "<b>" not in section
+
+
+async def test_the_header_signs_a_browser_out_but_not_an_api_token(app: Any) -> None:
+    """The panel's header links to the portal's sign-out for a signed-in person; an API
+    token (no session to end) gets no such link."""
+    page = await Client(app, ADMIN).get("/admin/groups")
+    header = page.text.split("</header>", 1)[0]
+    assert '<a class="signout" href="/.zerogate/logout">Sign out</a>' in header
+    token = Principal("api-token:ci", "192.0.2.12", True, "token", "token-1")
+    page = await Client(app, token).get("/admin/groups")
+    assert page.status == 200 and "/.zerogate/logout" not in page.text
 
 
 async def test_every_page_renders_for_an_admin(admin: Client) -> None:

@@ -213,3 +213,48 @@ def test_acme_names_the_wildcards_it_cannot_certify_without_dns() -> None:
     assert "dns.rfc2136" in problem and "a.example.com" not in problem
     plain = load_text(body.replace("acme: {email: ops@example.com}", "cert: a, key: b")).config
     assert acme_problem(plain.settings(), plain.objects()) is None
+
+
+def test_email_test_records_its_outcome_for_the_mail_health(
+    tmp_path: Path, outbox: ThreadedOutbox
+) -> None:
+    """`zerogate email test` writes a `mail` row, as the portal does after a PIN email: the
+    dashboard's and the API's mail health show the test's success, then its failure."""
+    import asyncio
+
+    from zerogate.admin.service import AdminService, MailHealth
+    from zerogate.store import Store, storage_url
+
+    url = storage_url("sqlite:///zg.db", base_dir=tmp_path)
+
+    async def health() -> MailHealth:
+        store = await Store.open(url)
+        try:
+            return await AdminService(store).mail_health()
+        finally:
+            await store.close()
+
+    asyncio.run(health())  # the store exists (as after the first apply)
+    config = tmp_path / "mail.yaml"
+    smtp = f"{{host: 127.0.0.1, port: {outbox.port}, timeout: 5s}}"
+    config.write_text(
+        "storage: sqlite:///zg.db\n"
+        f'email: {{smtp: {smtp}, from: "Access <noreply@example.test>"}}\n'
+    )
+    sent = run_cli("email", "test", "--to", "ops@example.com", "-c", str(config))
+    assert sent.returncode == 0 and "not recorded" not in sent.stderr, sent.stderr
+    got = asyncio.run(health())
+    assert got.outcome == "sent" and got.last_sent_at is not None
+    assert got.detail is not None and got.detail.startswith("test message: ")
+    port = free_port()  # nothing listens there
+    config.write_text(config.read_text().replace(str(outbox.port), str(port)))
+    failed = run_cli("email", "test", "--to", "ops@example.com", "-c", str(config))
+    assert failed.returncode == 1
+    got = asyncio.run(health())
+    assert got.outcome == "failed" and got.healthy is False
+    assert got.last_error is not None and "connection refused" in got.last_error
+    # no store yet: the test still runs, and says the outcome was not recorded
+    config.write_text(config.read_text().replace("zg.db", "none-yet.db"))
+    noted = run_cli("email", "test", "--to", "ops@example.com", "-c", str(config))
+    assert noted.returncode == 1 and "was not recorded" in " ".join(noted.stderr.split())
+    assert not (tmp_path / "none-yet.db").exists()

@@ -11,12 +11,13 @@ import textwrap
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from zerogate.accesslog import LogKeeper
-from zerogate.store import AccessEvent, Store, storage_url
+from zerogate.store import AccessEvent, Session, Store, storage_url
 from zerogate.store import logs as store_logs
 
 
@@ -165,3 +166,123 @@ async def test_log_filters_read_through_an_index(store: Store) -> None:
             )
             detail = " ".join(str(row[-1]) for row in plan.all())
             assert index in detail, detail
+
+
+async def test_expired_sessions_and_their_revocations_are_trimmed(store: Store) -> None:
+    """The `sessions` rows and the revocations that ended them are deleted once every token
+    naming them has expired (`session_keep` after the session's end), in the retention
+    sweep; newer ones stay, and a running server still refuses a recently ended session."""
+    now = datetime.now(UTC)
+
+    async def session(sid: str, ended: bool, expired_days_ago: float | None) -> None:
+        await store.add_session(
+            Session(
+                id=sid,
+                email=f"{sid}@example.test",
+                idp="pin",
+                user_agent=None,
+                ip=None,
+                created_at=now - timedelta(days=60),
+                seen_at=now - timedelta(days=60),
+                expires_at=now + timedelta(hours=1),
+            )
+        )
+        if ended:
+            assert await store.end_session(sid) is not None
+        if expired_days_ago is not None:
+            async with store._writing() as connection:
+                await connection.execute(
+                    text("UPDATE sessions SET expires_at = :t WHERE id = :id"),
+                    {"t": now - timedelta(days=expired_days_ago), "id": sid},
+                )
+
+    await session("old-ended", ended=True, expired_days_ago=45)
+    await session("old", ended=False, expired_days_ago=40)
+    await session("recent-ended", ended=True, expired_days_ago=10)
+    await session("active", ended=False, expired_days_ago=None)
+    assert sorted(s for _, s in await store.ended_sessions()) == ["old-ended", "recent-ended"]
+    keeper = LogKeeper(
+        store,
+        access_retention=None,
+        admin_retention=None,
+        session_keep=lambda: timedelta(days=30),
+    )
+    await keeper.start()
+    try:
+        await keeper.sweep_once(trim=False)  # only the trimming sweep touches them
+        assert await store.session("old") is not None
+        await keeper.sweep_once(trim=True)
+    finally:
+        await keeper.stop()
+    assert keeper.trimmed == 2
+    assert await store.session("old-ended") is None and await store.session("old") is None
+    assert await store.session("recent-ended") is not None
+    assert await store.session("active") is not None
+    assert [s for _, s in await store.ended_sessions()] == ["recent-ended"]
+    async with store._writing() as connection:
+        left = await connection.execute(text("SELECT count(*) FROM revocations"))
+        assert left.scalar_one() == 1
+
+
+async def test_sessions_are_kept_for_the_longest_token_lifetime(store: Store) -> None:
+    """An application token outlives its portal session by its own lifetime: the keep time
+    is the longest session_duration anywhere, at least 30 days."""
+    from zerogate.model.loader import validate_objects
+    from zerogate.model.objects import Settings
+    from zerogate.runtime.state import Runtime
+
+    def objects(duration: str) -> Any:
+        policy = {
+            "name": "staff",
+            "decision": "allow",
+            "include": [{"email_domain": ["example.test"]}],
+            "session_duration": duration,
+        }
+        app = {"name": "wiki", "domain": "wiki.example.test", "origin": "http://127.0.0.1:9"}
+        return validate_objects({"applications": [{**app, "policies": [policy]}]})
+
+    await store.apply(objects("90d"), actor="test")
+    runtime = await Runtime.load(store, Settings(), Path("."))
+    assert runtime.session_keep() == timedelta(days=90)
+    await store.apply(objects("2h"), actor="test")
+    runtime = await Runtime.load(store, Settings(), Path("."))
+    assert runtime.session_keep() == timedelta(days=30)
+
+
+async def test_a_process_forgets_ended_sessions_no_token_can_name(store: Store) -> None:
+    """A server keeps the ids of ended sessions in memory (refused on every request) only as
+    long as a token naming one can live: `session_keep` after it learned of it."""
+    import time
+
+    from zerogate.identity import Claims
+    from zerogate.model.objects import Settings
+    from zerogate.runtime.state import Runtime
+
+    now = datetime.now(UTC)
+    await store.add_session(
+        Session("s1", "ann@example.test", "pin", None, None, now, now, now + timedelta(hours=1))
+    )
+    runtime = await Runtime.load(store, Settings(), Path("."))
+    assert await runtime.end_session("s1") is not None
+    t = time.time()
+    claims = Claims(
+        iss="i",
+        aud=("a",),
+        sub="ann@example.test",
+        email="ann@example.test",
+        iat=t - 10,
+        nbf=t - 10,
+        exp=t + 3600,
+        type="app",
+        idp="pin",
+        jti="j",
+        groups=None,
+        amr=None,
+        kid="k",
+        extra={"sid": "s1"},
+    )
+    assert runtime.rejects(claims)
+    keep = runtime.session_keep().total_seconds()
+    assert runtime.forget_ended(time.time() + keep - 60) == 0 and runtime.rejects(claims)
+    assert runtime.forget_ended(time.time() + keep + 60) == 1
+    assert "s1" not in runtime.ended

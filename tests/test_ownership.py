@@ -227,3 +227,27 @@ def test_tunnel_in_the_file_first_then_its_token(config: Path) -> None:
     assert plan["changes"] == [] and plan["kept"] == []
     item = in_store(config, lambda s: AdminService(s).get("tunnels", "office"))
     assert item.managed is True
+
+
+def test_check_agrees_with_apply_on_a_cli_made_tunnel(config: Path) -> None:
+    """`zerogate check` accepts the file `apply` accepts: an application on a tunnel made with
+    `zerogate tunnel create` is checked together with the stored tunnel; before the store
+    exists, the problem is reported with the reason the store was not consulted."""
+    config.write_text(SETTINGS + ON_TUNNEL)
+    early = zerogate("check", "-c", str(config))
+    assert early.returncode == 2 and "unknown tunnel 'office'" in early.stderr
+    assert "could not be looked up in the store" in " ".join(early.stderr.split())
+    assert "does not exist yet" in early.stderr
+    ok("tunnel", "create", "office", "--route", "intranet.example.com", "-c", str(config))
+    text = " ".join(ok("check", "-c", str(config)).split())
+    assert "is valid" in text and "together with what its store keeps: tunnel office" in text
+    assert ok_json("check", "-c", str(config))["with_stored"] == ["tunnel office"]
+    ok("apply", "-c", str(config))
+    # a file that misspells the tunnel is still refused, with a hint
+    config.write_text(SETTINGS + ON_TUNNEL.replace("tunnel: office", "tunnel: ofice"))
+    wrong = zerogate("check", "-c", str(config))
+    assert wrong.returncode == 2 and "unknown tunnel 'ofice'" in wrong.stderr
+    # other problems get no note about the store
+    config.write_text(SETTINGS + FILE.replace("origin: http", "origin: gopher"))
+    other = zerogate("check", "-c", str(config))
+    assert other.returncode == 2 and "could not be looked up" not in other.stderr

@@ -106,3 +106,47 @@ def test_cli_tables_keep_rows_whole_in_pipes_and_fit_80_columns(tmp_path: Path) 
     narrow = _cli(tmp_path, "app", "list", columns="80")
     assert all(len(line) <= 80 for line in narrow.splitlines())
     assert default_audience(LONG) in narrow, "the audience is never folded"
+
+
+def test_certs_list_fits_80_columns_and_keeps_rows_whole_in_pipes(tmp_path: Path) -> None:
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from zerogate.store import AccessEvent, Store, storage_url
+    from zerogate.store.certificates import StoredCertificate
+
+    host = "a-rather-long-application-hostname.internal.example.com"
+    error = "urn:ietf:params:acme:error:connection: " + "the CA could not reach the host " * 3
+
+    async def seed() -> None:
+        store = await Store.open(storage_url("sqlite:///s.db", base_dir=tmp_path))
+        now = datetime.now(UTC)
+        try:
+            await store.put_certificate(
+                StoredCertificate(host, "-", "-", now, now + timedelta(days=90), "Pebble CA", now)
+            )
+            failure = AccessEvent(
+                at=now + timedelta(seconds=1),
+                kind="tls",
+                app=None,
+                email=None,
+                idp=None,
+                ip=None,
+                country=None,
+                decision="failed",
+                policy=None,
+                host=host,
+                detail=error,
+            )
+            await store.write_access([failure])
+        finally:
+            await store.close()
+
+    (tmp_path / "z.yaml").write_text("storage: sqlite:///s.db\n")
+    asyncio.run(seed())
+    piped = _cli(tmp_path, "certs", "list", columns=None)
+    (row,) = [line for line in piped.splitlines() if host in line]
+    assert "valid" in row and "Pebble CA" in row and error.strip() in row
+    narrow = _cli(tmp_path, "certs", "list", columns="80")
+    assert all(len(line) <= 80 for line in narrow.splitlines()), narrow
+    assert "valid" in narrow

@@ -1,8 +1,9 @@
 """Issue #16 in a real browser (Playwright driving Debian's chromium) against a real
 ``zerogate server``: the portal's sessions page (one's own sessions, this device marked, ending
-another device's signs it out), the admin panel's sessions page, and the ownership badges and
-the "the next apply overwrites this" warning — on a phone-sized viewport too, where nothing may
-scroll sideways."""
+another device's signs it out), the admin panel's sessions page, the portal's app launcher,
+signing out from the launcher and from the admin panel, and the ownership badges and the "the
+next apply overwrites this" warning — on a phone-sized viewport too, where nothing may scroll
+sideways."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ applications:
     origin: http://127.0.0.1:{origin_port}
     policies:
       - {{name: staff, decision: allow, include: [{{group: [Staff]}}]}}
+  - name: payroll
+    domain: payroll.localhost
+    origin: http://127.0.0.1:{origin_port}
+    policies:
+      - {{name: hr, decision: allow, include: [{{email: [hr@example.test]}}]}}
 """
 
 
@@ -213,4 +219,43 @@ def test_sessions_on_the_portal_and_in_the_panel_on_a_phone(
     assert "you, here" in admin.locator("#sessions").inner_text()
     no_sideways_scroll(admin)
     for page in (phone, laptop, admin):
+        page.context.close()
+
+
+def test_the_launcher_and_signing_out_on_a_phone(
+    browser: Browser, zg: Zerogate, outbox: ThreadedOutbox
+) -> None:
+    """The portal's home lists what this person may open (wiki, not payroll), its link opens
+    the application without another login, and its sign-out ends the sessions; the admin
+    panel's header signs out too — at 390 px wide, with nothing scrolling sideways."""
+    phone = user_page(browser, zg, outbox, PHONE)
+    phone.goto(zg.url("auth.localhost", "/"))
+    launcher = phone.locator("ul.launcher a")
+    assert launcher.all_inner_texts() == ["wiki"]
+    assert "Administration" not in phone.locator("main, body").first.inner_text()
+    no_sideways_scroll(phone)
+    launcher.first.click()
+    phone.wait_for_url(re.compile(r"^http://wiki\.localhost:\d+/$"))  # single sign-on
+    phone.goto(zg.url("auth.localhost", "/"))
+    phone.click("a:has-text('Sign out')")
+    phone.wait_for_url(re.compile(r"/\.zerogate/logout$"))
+    no_sideways_scroll(phone)
+    phone.click("button:has-text('Sign out of every application')")
+    phone.wait_for_load_state()
+    phone.goto(zg.url("wiki.localhost", "/"))
+    phone.wait_for_url(re.compile(r"/\.zerogate/login\?flow="))
+    phone.goto(zg.url("auth.localhost", "/"))
+    assert phone.locator("ul.launcher").count() == 0
+    assert "not signed in" in phone.content()
+
+    admin = admin_page(browser, zg, outbox, PHONE)
+    assert admin.locator("ul.launcher").count() == 0  # the panel, not the portal
+    no_sideways_scroll(admin)
+    admin.locator("header.top a.signout").click()
+    admin.wait_for_url(re.compile(r"/\.zerogate/logout$"))
+    admin.click("button:has-text('Sign out of every application')")
+    admin.wait_for_load_state()
+    admin.goto(zg.url("auth.localhost", "/admin"))
+    admin.wait_for_url(re.compile(r"/\.zerogate/login\?flow="))
+    for page in (phone, admin):
         page.context.close()

@@ -322,8 +322,10 @@ class LogKeeper:
         sweep: float = 60.0,
         trim_every: float = 600.0,
         stream: AccessStream | None = None,
+        session_keep: Callable[[], timedelta] | None = None,
     ) -> None:
         self.store = store
+        self.session_keep = session_keep
         self.stream = stream
         self.access_retention = access_retention
         self.admin_retention = admin_retention
@@ -379,6 +381,11 @@ class LogKeeper:
             self.trimmed += access + admin
             if access or admin:
                 log.info("logs trimmed: %d access rows, %d admin rows", access, admin)
+            if self.session_keep is not None:
+                gone = await self.store.trim_sessions(now - self.session_keep())
+                self.trimmed += gone
+                if gone:
+                    log.info("sessions trimmed: %d expired sessions", gone)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -65,6 +66,20 @@ def handles(raw_path: str) -> bool:
         return raw_path.startswith((API_PREFIX + "/", PANEL_PREFIX + "/"))
 
 
+def _tls_hosts(svc: Services) -> Callable[[], set[str]] | None:
+    """With ``listen.tls.acme``: the hostnames automatic HTTPS certifies now (the
+    certificate status lists those not ordered yet); else None."""
+    tls = svc.runtime.settings.listen.tls
+    if tls is None or tls.acme is None:
+        return None
+    from zerogate.autotls.manager import wanted_hostnames
+
+    runtime = svc.runtime
+    return lambda: wanted_hostnames(
+        (app.host for app in runtime.snapshot.apps.values()), runtime.portal_host
+    )
+
+
 class AdminFrontDoor:
     """Authenticates, authorises and dispatches admin requests (see the module docstring)."""
 
@@ -79,6 +94,7 @@ class AdminFrontDoor:
             dns=RouteDns.from_settings(svc.runtime.settings),
             on_change=svc.runtime.refresh,
             mail=svc.runtime.settings.email,
+            tls_hosts=_tls_hosts(svc),
         )
         from zerogate.admin.api import create_api
 

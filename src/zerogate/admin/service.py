@@ -35,7 +35,7 @@ import json
 import logging
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -352,6 +352,33 @@ class MailHealth:
         return None if self.outcome is None else True
 
 
+@dataclass(frozen=True)
+class CertificateStatus:
+    """A hostname of automatic HTTPS: its stored certificate (none yet: ``issuer`` None) and
+    the latest failed order since that certificate was stored (from the access log's ``tls``
+    rows, which the node holding the renewal lease writes).
+
+    ``state``: ``valid``, ``renewing`` (past two thirds of its lifetime, when renewal
+    begins), ``expired``, ``missing`` (an order failed and no certificate is stored),
+    ``pending`` (a hostname to certify, not ordered yet) or ``unused`` (stored for a
+    hostname no longer served: deleted once expired). The last two only where the hostnames
+    to certify are known (``AdminService(tls_hosts=...)``)."""
+
+    host: str
+    issuer: str | None
+    not_before: datetime | None
+    not_after: datetime | None
+    renew_at: datetime | None
+    updated_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    state: str
+
+
+#: how many ``tls`` failure rows the certificate status reads (the newest per hostname count)
+CERT_FAILURES_READ = 500
+
+
 class AdminService:
     """Reads and versioned writes of the configured objects, logs and the policy tester."""
 
@@ -363,10 +390,13 @@ class AdminService:
         dns: RouteDns | None = None,
         on_change: Callable[[], Awaitable[object]] | None = None,
         mail: EmailSettings | None = None,
+        tls_hosts: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.store = store
         #: the server's ``email`` settings: how PIN mail leaves (``mail_health``)
         self.mail = mail
+        #: with ``listen.tls.acme``: the hostnames to certify (``certificates``)
+        self.tls_hosts = tls_hosts
         #: run after every configuration write, before the write returns: the server passes
         #: its runtime's refresh, so the process that made a change serves it before it
         #: answers (the others follow through the store's announcement or their poll)
@@ -1011,6 +1041,63 @@ class AdminService:
             last_error=failed[0].detail if failed else None,
             last_error_at=failed[0].at if failed else None,
         )
+
+    async def certificates(self, now: datetime | None = None) -> list[CertificateStatus]:
+        """The certificates of automatic HTTPS (``CertificateStatus``), by hostname: every
+        stored one, and every hostname whose order failed without one stored."""
+        from zerogate.autotls.manager import RENEW_AT  # the ACME library only when asked
+
+        now = now or datetime.now(UTC)
+        stored = {c.host: c for c in await self.store.certificate_infos()}
+        failures: dict[str, AccessEvent] = {}
+        for row in await self.store.access_log(
+            kind="tls", decision="failed", limit=CERT_FAILURES_READ
+        ):
+            if row.host and row.host not in failures:
+                failures[row.host] = row
+        wanted = set(self.tls_hosts()) if self.tls_hosts is not None else None
+        if wanted is not None:  # a removed hostname's old failure is no news
+            failures = {h: f for h, f in failures.items() if h in wanted}
+        result = []
+        for host in sorted(stored.keys() | failures.keys() | (wanted or set())):
+            cert = stored.get(host)
+            failed = failures.get(host)
+            if failed is not None and cert is not None and failed.at <= cert.updated_at:
+                failed = None  # an older failure, fixed by the certificate stored since
+            if cert is None:
+                state = "missing" if failed is not None else "pending"
+                result.append(
+                    CertificateStatus(
+                        host,
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        failed.detail if failed else None,
+                        failed.at if failed else None,
+                        state,
+                    )
+                )
+                continue
+            renew = cert.not_before + (cert.not_after - cert.not_before) * RENEW_AT
+            state = "expired" if now >= cert.not_after else "renewing" if now >= renew else "valid"
+            if wanted is not None and host not in wanted:
+                state = "unused"
+            result.append(
+                CertificateStatus(
+                    host,
+                    cert.issuer,
+                    cert.not_before,
+                    cert.not_after,
+                    renew,
+                    cert.updated_at,
+                    failed.detail if failed else None,
+                    failed.at if failed else None,
+                    state,
+                )
+            )
+        return result
 
     async def policy_test(
         self,

@@ -48,7 +48,7 @@ from zerogate.autotls.order import (
 from zerogate.dns.rfc2136 import DnsError, Rfc2136Client
 from zerogate.model.objects import Acme
 from zerogate.model.values import parse_duration
-from zerogate.store import Store
+from zerogate.store import AccessEvent, Store, StoreError
 from zerogate.store.certificates import Challenge, StoredCertificate
 
 log = logging.getLogger("zerogate.autotls")
@@ -86,6 +86,15 @@ def acme_hostname(name: str) -> str | None:
         ipaddress.ip_address(host)
         return None
     return host
+
+
+def wanted_hostnames(hostnames: Iterable[str], portal_host: str | None) -> set[str]:
+    """The hostnames automatic HTTPS orders certificates for: the portal's and every
+    application's that a public CA can certify (``acme_hostname``)."""
+    names = {acme_hostname(h) for h in hostnames}
+    if portal_host is not None:
+        names.add(acme_hostname(portal_host))
+    return {n for n in names if n is not None}
 
 
 def tls_context(cert_pem: str, key_pem: str, alpn: list[str]) -> ssl.SSLContext:
@@ -201,10 +210,7 @@ class CertManager:
         return "." in host and "*." + host.split(".", 1)[1] in wanted
 
     def wanted(self) -> set[str]:
-        names = {acme_hostname(h) for h in self.hostnames()}
-        if self.portal_host is not None:
-            names.add(self.portal_host)
-        return {n for n in names if n is not None}
+        return wanted_hostnames(self.hostnames(), self.portal_host)
 
     async def http_answer(self, host: str, token: str) -> str | None:
         """The key authorization for an HTTP-01 request of ``host`` for ``token``, only while
@@ -307,6 +313,7 @@ class CertManager:
                     issued = await self._order(host)
                 except (OrderError, DnsError) as exc:
                     self._failed(host, str(exc))
+                    await self._record(host, "failed", str(exc))
                     continue
                 await self.store.put_certificate(
                     StoredCertificate(
@@ -322,6 +329,11 @@ class CertManager:
                 self._retry.pop(host, None)
                 self.ordered.append(host)
                 done.append(host)
+                await self._record(
+                    host,
+                    "issued",
+                    f"{issued.issuer}, until {issued.not_after.isoformat(timespec='seconds')}",
+                )
                 log.info(
                     "automatic HTTPS: certificate for %s until %s (%s)",
                     host,
@@ -330,6 +342,9 @@ class CertManager:
                 )
                 await self.refresh()
             await self.store.forget_challenges()
+            gone = await self.store.delete_expired_certificates(self.wanted())
+            if gone:
+                log.info("automatic HTTPS: removed expired certificates of %s", ", ".join(gone))
         finally:
             await self.store.release_lease(LEASE, self.holder)
         return done
@@ -343,6 +358,28 @@ class CertManager:
         retry.why = why
         self._retry[host] = retry
         log.error("automatic HTTPS: %s (next try in %.0fs)", why, wait)
+
+    async def _record(self, host: str, outcome: str, detail: str) -> None:
+        """One ``tls`` row in the access log (``host``, ``issued`` / ``failed``, the issuer or
+        the error): what ``zerogate certs list``, the admin API and the dashboard show of
+        orders across every node. A store that cannot take it loses only the row."""
+        event = AccessEvent(
+            at=datetime.now(UTC),
+            kind="tls",
+            app=None,
+            email=None,
+            idp=None,
+            ip=None,
+            country=None,
+            decision=outcome,
+            policy=None,
+            host=host,
+            detail=detail,
+        )
+        try:
+            await self.store.write_access([event])
+        except StoreError as exc:
+            log.warning("automatic HTTPS: could not record the order of %s: %s", host, exc)
 
     def problems(self) -> dict[str, str]:
         """Hostnames whose last order failed, and why."""

@@ -33,7 +33,17 @@ if TYPE_CHECKING:
 
 #: ``zerogate.store.ACCESS_DECISIONS`` (a test keeps them equal; the store is imported only
 #: when a command runs, so ``zerogate --help`` stays quick)
-DECISIONS = ("allow", "block", "authenticate", "pin sent", "logout", "gap", "sent", "failed")
+DECISIONS = (
+    "allow",
+    "block",
+    "authenticate",
+    "pin sent",
+    "logout",
+    "gap",
+    "sent",
+    "failed",
+    "issued",
+)
 
 _DECISION_STYLE = {"allow": "green", "bypass": "cyan", "block": "red"}
 _ACTION_STYLE = {"add": "green", "change": "yellow", "remove": "red"}
@@ -201,8 +211,8 @@ def logs_command(
         str | None,
         typer.Option(
             "--kind",
-            help="Only logins, requests, gaps a crash left, or PIN mail sends"
-            " (login|request|gap|mail).",
+            help="Only logins, requests, gaps a crash left, PIN mail sends, or certificate"
+            " orders (login|request|gap|mail|tls).",
         ),
     ] = None,
     ip: Annotated[str | None, typer.Option("--ip", help="Only this client address.")] = None,

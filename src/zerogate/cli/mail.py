@@ -6,6 +6,10 @@ authentication and timeout). Success prints the server, the TLS mode, the login,
 greeting and the server's reply to the message (exit 0); a failure prints ``MailError``'s
 reason (exit 1: the mail server or the network, not the command line). With
 ``email.outbox: true`` there is nothing to test (the outbox lives inside the server): exit 2.
+
+The outcome is also written to the store as a ``mail`` row of the access log, as the portal
+writes one after each PIN email, so the dashboard's and the API's mail health show it; a store
+that cannot be reached is noted on stderr and changes nothing else.
 """
 
 from __future__ import annotations
@@ -15,13 +19,25 @@ import email.utils
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from zerogate.cli.helpers import ConfigOption, JsonOption, fail, load_config, out, print_json
+from zerogate.cli.helpers import (
+    ConfigOption,
+    JsonOption,
+    UserError,
+    err,
+    fail,
+    load_config,
+    out,
+    print_json,
+    store_url,
+)
+from zerogate.model.objects import ConfigFile
 
 email_app = typer.Typer(help="Outgoing mail (PIN emails).", no_args_is_help=True)
 
@@ -44,6 +60,46 @@ def test_message(sender: str, to: str, now: datetime) -> EmailMessage:
     return message
 
 
+def _record(loaded: ConfigFile, path: Path, to: str, outcome: str, detail: str) -> None:
+    """The test's outcome as a ``mail`` row in the store's access log (what the portal writes
+    after a PIN email): the dashboard's and the API's mail health. Never fails the command."""
+    from zerogate.store import AccessEvent, Store, StoreError
+
+    event = AccessEvent(
+        at=datetime.now(UTC),
+        kind="mail",
+        app=None,
+        email=to,
+        idp=None,
+        ip=None,
+        country=None,
+        decision=outcome,
+        policy=None,
+        detail=detail,
+    )
+
+    async def write() -> None:
+        from zerogate.store.engine import sqlite_file
+
+        url = store_url(loaded, path)
+        file = sqlite_file(url)
+        if file is not None and not file.exists():  # a test makes no store
+            raise UserError(f"the store {file} does not exist yet")
+        store = await Store.open(url)
+        try:
+            await store.write_access([event])
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(write())
+    except (StoreError, UserError) as exc:
+        err.print(
+            f"[yellow]note:[/yellow] the outcome was not recorded for the dashboard's mail "
+            f"health: {escape(str(exc))}"
+        )
+
+
 @email_app.command("test")
 def email_test(
     config: ConfigOption,
@@ -61,7 +117,8 @@ def email_test(
         address = check_email(to)
     except ValueError as exc:
         fail(f"--to: {escape(str(exc))}")
-    settings = load_config(config).config.settings()
+    loaded = load_config(config).config
+    settings = loaded.settings()
     smtp = settings.email.smtp
     if smtp is None:
         if settings.email.outbox:
@@ -75,10 +132,12 @@ def email_test(
     try:
         delivery = asyncio.run(mailer.send(message, address))
     except MailError as exc:
+        _record(loaded, config, address, "failed", f"test message: {exc}")
         if as_json:
             print_json({"sent": False, "to": address, "error": str(exc)})
             raise typer.Exit(1) from None
         fail(f"the test message to {escape(address)} was not sent: {escape(str(exc))}", code=1)
+    _record(loaded, config, address, "sent", f"test message: {delivery.reply}")
     if as_json:
         print_json(
             {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
@@ -18,7 +18,18 @@ from rich.table import Table
 from rich.tree import Tree
 
 from zerogate import __version__
-from zerogate.cli import api_tokens, apps, connector, logs, mail, nodes, sessions, tokens, tunnels
+from zerogate.cli import (
+    api_tokens,
+    apps,
+    certs,
+    connector,
+    logs,
+    mail,
+    nodes,
+    sessions,
+    tokens,
+    tunnels,
+)
 from zerogate.cli.helpers import (
     ConfigOption,
     JsonOption,
@@ -76,14 +87,27 @@ def _plural(n: int, key: str) -> str:
 
 @app.command()
 def check(config: ConfigOption, as_json: JsonOption = False) -> None:
-    """Validate a configuration file; report every problem with object, field and line."""
-    loaded = load_config(config)
+    """Validate a configuration file; report every problem with object, field and line.
+
+    A file whose objects name ones it does not list (an application on a tunnel made with
+    `zerogate tunnel create`) is checked together with the objects its store keeps, as
+    `zerogate apply` would; when the store cannot be read, the note says why."""
+    loaded, kept = _load_with_kept(config, prune=False)
     counts = _counts(loaded.config)
     if as_json:
-        print_json({"valid": True, "counts": counts, "warnings": [str(w) for w in loaded.warnings]})
+        print_json(
+            {
+                "valid": True,
+                "counts": counts,
+                "warnings": [str(w) for w in loaded.warnings],
+                "with_stored": kept,
+            }
+        )
         return
     summary = ", ".join(_plural(n, k) for k, n in counts.items() if n)
     out.print(f"[green]✓[/green] {config} is valid" + (f": {summary}" if summary else ""))
+    if kept:
+        out.print(f"  together with what its store keeps: {escape(', '.join(kept))}")
 
 
 # ---------------------------------------------------------------- apply / export
@@ -156,6 +180,13 @@ def _load_for_apply(path: Path, prune: bool) -> Any:
     """The file, validated; when its objects name objects it does not list (an application
     on a tunnel made with `zerogate tunnel create`), validated again together with those the
     store keeps (all but --prune keeps them), so either order of the README's steps works."""
+    return _load_with_kept(path, prune)[0]
+
+
+def _load_with_kept(path: Path, prune: bool) -> tuple[Any, list[str]]:
+    """``_load_for_apply``'s work: the loaded file, the stored objects (``kind name``) it was
+    validated with (none when valid alone). When the store cannot help, the file's problems
+    are reported (exit 2) after a note saying why."""
     from zerogate.model import ConfigError, load_file
     from zerogate.model.loader import load_unchecked
 
@@ -164,35 +195,59 @@ def _load_for_apply(path: Path, prune: bool) -> Any:
     except ConfigError as exc:
         first = exc
     else:
-        return load_config(path)  # valid alone: its warnings shown once
+        return load_config(path), []  # valid alone: its warnings shown once
     config = load_unchecked(path)
     if prune or config is None:
         report_config_error(path, first)
-    url = store_url(config, path)
+    try:
+        url = store_url(config, path)
+    except UserError as exc:
+        _report_without_store(path, first, "; ".join(exc.messages))
     from zerogate.store.engine import sqlite_file
 
     file = sqlite_file(url)
-    if file is not None and not file.exists():
-        report_config_error(path, first)  # a store not made yet keeps nothing
+    if file is not None and not file.exists():  # a store not made yet keeps nothing
+        _report_without_store(path, first, f"its store {file} does not exist yet")
 
-    async def kept_document() -> dict[str, Any]:
+    async def kept_document() -> tuple[dict[str, Any], str | None]:
         from zerogate.store import Store, StoreError
 
         try:
             store = await Store.open(url)
-        except StoreError:
-            return {}  # the file's own problems are what to report
+        except StoreError as exc:
+            return {}, f"its store could not be opened ({exc})"
         try:
-            return await store.kept_document(config.objects(), prune=prune)
-        except StoreError:
-            return {}
+            return await store.kept_document(config.objects(), prune=prune), None
+        except StoreError as exc:
+            return {}, f"its store could not be read ({exc})"
         finally:
             await store.close()
 
-    kept = run(kept_document)
+    kept, why_not = run(kept_document)
+    if why_not is not None:
+        _report_without_store(path, first, why_not)
     if not any(kept.values()):
         report_config_error(path, first)
-    return load_config(path, kept=kept)
+    names = [
+        f"{kind.removesuffix('s').replace('_', ' ')} {item.get('name')}"
+        if isinstance(item, dict)
+        else f"admin {item}"
+        for kind, items in kept.items()
+        for item in items
+    ]
+    return load_config(path, kept=kept), names
+
+
+def _report_without_store(path: Path, exc: Any, why: str) -> NoReturn:
+    """The file's problems, after a note that the stored objects it may name (made with
+    `zerogate tunnel create`, the panel or the API) were not consulted, and why (only when
+    the file names something it does not list: other problems need no store)."""
+    if any(p.message.startswith("unknown ") for p in exc.problems):
+        err.print(
+            f"[yellow]note:[/yellow] objects {escape(str(path))} names but does not list could "
+            f"not be looked up in the store: {escape(why)}"
+        )
+    report_config_error(path, exc)
 
 
 @app.command()
@@ -544,6 +599,7 @@ app.add_typer(tunnels.tunnel_app, name="tunnel")
 app.add_typer(nodes.nodes_app, name="nodes")
 app.add_typer(connector.connector_app, name="connector")
 app.add_typer(mail.email_app, name="email")
+app.add_typer(certs.certs_app, name="certs")
 app.add_typer(sessions.sessions_app, name="sessions")
 
 

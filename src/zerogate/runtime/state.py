@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
@@ -37,6 +37,10 @@ log = logging.getLogger("zerogate.server")
 POLL_SECONDS = 0.5
 #: a session's last seen is written at most this often (per process)
 SEEN_SECONDS = 60.0
+#: an expired portal session's row is kept at least this long (``Runtime.session_keep``)
+SESSION_KEEP_FLOOR = timedelta(days=30)
+#: how often the watcher forgets ended sessions no token can name any more (seconds)
+FORGET_EVERY = 600.0
 KEY_OVERLAP_SECONDS = 7 * 86400
 
 
@@ -76,8 +80,9 @@ class Runtime:
     secret: bytes
     version: StateVersion
     revoked: dict[str, float] = field(default_factory=dict)  # email -> not_before (epoch)
-    #: the ids of portal sessions that were ended (their tokens' ``sid`` claim)
-    ended: set[str] = field(default_factory=set)
+    #: the ids of portal sessions that were ended (their tokens' ``sid`` claim) -> when this
+    #: process learned it (epoch); forgotten ``session_keep`` later (``forget_ended``)
+    ended: dict[str, float] = field(default_factory=dict)
     #: last-seen marks waiting for the watcher to write: session id -> (when, address)
     _seen_pending: dict[str, tuple[float, str | None]] = field(default_factory=dict)
     #: session id -> when this process last queued its last-seen mark
@@ -94,6 +99,8 @@ class Runtime:
     metrics_allow: list[IPv4Network | IPv6Network] = field(default_factory=list)
     swaps: int = 0
     _task: asyncio.Task[None] | None = None
+    #: when (``time.monotonic``) the watcher next forgets old ended sessions
+    _next_forget: float = 0.0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     #: one refresh at a time: the watcher (woken by the store's announcement) and a write
     #: made through this process (``AdminService.on_change``) would otherwise both see the
@@ -163,6 +170,29 @@ class Runtime:
         if app.model.session_duration:
             return int(parse_duration(app.model.session_duration).total_seconds())
         return int(parse_duration(self.settings.session_duration).total_seconds())
+
+    def session_keep(self) -> timedelta:
+        """How long an expired portal session's row (and the revocation that ended it) must
+        be kept: an application token handed out just before the session expired lives as
+        long as the longest ``session_duration`` configured anywhere (settings, applications,
+        policies), and at least ``SESSION_KEEP_FLOOR`` (tokens issued under a longer
+        duration that was shortened since)."""
+        longest = parse_duration(self.settings.session_duration)
+        for app in self.snapshot.objects.applications:
+            for text in (app.session_duration, *(p.session_duration for p in app.policies)):
+                if text:
+                    longest = max(longest, parse_duration(text))
+        return max(longest, SESSION_KEEP_FLOOR)
+
+    def forget_ended(self, now: float) -> int:
+        """Forget the ended sessions learned more than ``session_keep`` ago: a token naming
+        one was issued before it ended, so it has expired by then (the store trims their
+        rows on the same rule). How many were forgotten."""
+        cut = now - self.session_keep().total_seconds()
+        old = [sid for sid, learned in self.ended.items() if learned < cut]
+        for sid in old:
+            del self.ended[sid]
+        return len(old)
 
     def is_revoked(self, email: str, issued_at: float) -> bool:
         """A session of ``email`` issued before its revocation, or before its mailbox's
@@ -262,7 +292,7 @@ class Runtime:
             if stamp > self.revoked.get(email, 0.0):
                 self.revoked[email] = stamp
         for _, session_id in await self.store.ended_sessions(since=since):
-            self.ended.add(session_id)
+            self.ended.setdefault(session_id, time.time())
 
     async def _load_credentials(self) -> None:
         self.credentials = {c.client_id: c for c in await self.store.service_credentials()}
@@ -318,7 +348,7 @@ class Runtime:
         second); the ended session, or ``None`` when none such was active."""
         ended = await self.store.end_session(session_id)
         if ended is not None:
-            self.ended.add(session_id)
+            self.ended.setdefault(session_id, time.time())
         return ended
 
     async def revoke(self, email: str) -> None:
@@ -354,6 +384,9 @@ class Runtime:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), POLL_SECONDS)
                 changed.clear()
+                if time.monotonic() >= self._next_forget:
+                    self._next_forget = time.monotonic() + FORGET_EVERY
+                    self.forget_ended(time.time())
                 if self._seen_pending:
                     try:
                         await self.flush_seen()

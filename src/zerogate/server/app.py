@@ -404,6 +404,7 @@ class ZerogateApp:
             )
             if stream.stdout or stream.syslog
             else None,
+            session_keep=runtime.session_keep,
         )
         await self.logs.start()
         writer = self.logs.writer

@@ -50,6 +50,18 @@ class StoredCertificate:
 
 
 @dataclass(frozen=True, slots=True)
+class CertificateInfo:
+    """What may be shown of a stored certificate (no key): ``zerogate certs list``, the admin
+    API and the dashboard."""
+
+    host: str
+    not_before: datetime
+    not_after: datetime
+    issuer: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Challenge:
     id: str  # ``http-01:TOKEN`` or ``tls-alpn-01:HOST``
     kind: str
@@ -97,6 +109,30 @@ async def all_certificates(connection: AsyncConnection, box: SecretBox) -> list[
         )
         for r in rows
     ]
+
+
+async def certificate_infos(connection: AsyncConnection) -> list[CertificateInfo]:
+    """Every stored certificate without its key, by hostname."""
+    t = certificates
+    rows = await connection.execute(
+        select(t.c.host, t.c.not_before, t.c.not_after, t.c.issuer, t.c.updated_at).order_by(
+            t.c.host
+        )
+    )
+    return [
+        CertificateInfo(r.host, r.not_before, r.not_after, r.issuer, r.updated_at) for r in rows
+    ]
+
+
+async def delete_expired(connection: AsyncConnection, keep: set[str], now: datetime) -> list[str]:
+    """Delete the certificates that expired before ``now`` of hostnames not in ``keep`` (no
+    longer served): the hostnames deleted."""
+    t = certificates
+    rows = await connection.execute(select(t.c.host).where(t.c.not_after < now))
+    gone = sorted(r.host for r in rows if r.host not in keep)
+    if gone:
+        await connection.execute(delete(t).where(t.c.host.in_(gone)))
+    return gone
 
 
 async def put_challenge(connection: AsyncConnection, challenge: Challenge) -> None:

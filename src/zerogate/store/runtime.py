@@ -144,10 +144,22 @@ class AccessEvent:
 
 
 #: every decision an access-log row can carry (``authenticate``: sent to the login; ``sent`` /
-#: ``failed``: a PIN mail's outcome, on ``mail`` rows)
-ACCESS_DECISIONS = ("allow", "block", "authenticate", "pin sent", "logout", "gap", "sent", "failed")
-#: every kind of access-log row
-ACCESS_KINDS = ("request", "login", "gap", "mail")
+#: ``failed``: a PIN mail's outcome, on ``mail`` rows; ``issued`` / ``failed``: an ACME
+#: order's outcome, on ``tls`` rows)
+ACCESS_DECISIONS = (
+    "allow",
+    "block",
+    "authenticate",
+    "pin sent",
+    "logout",
+    "gap",
+    "sent",
+    "failed",
+    "issued",
+)
+#: every kind of access-log row (``tls``: automatic HTTPS ordered a certificate, ``host``
+#: names it)
+ACCESS_KINDS = ("request", "login", "gap", "mail", "tls")
 
 
 @dataclass(frozen=True)

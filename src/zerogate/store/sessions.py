@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from zerogate.model.values import mailbox_of
@@ -163,3 +163,25 @@ async def touch(
             .where(and_(sessions.c.id == session_id, sessions.c.seen_at < at))
             .values(**values)
         )
+
+
+async def trim_batch(connection: AsyncConnection, before: datetime, limit: int) -> int:
+    """Forget at most ``limit`` sessions that expired before ``before``, with the revocations
+    that ended them (no token naming them can still be valid then: see ``Store.trim_sessions``).
+    The number of sessions deleted."""
+    ids = [
+        str(i)
+        for i in (
+            await connection.execute(
+                select(sessions.c.id)
+                .where(sessions.c.expires_at < before)
+                .order_by(sessions.c.expires_at)
+                .limit(limit)
+            )
+        ).scalars()
+    ]
+    if not ids:
+        return 0
+    await connection.execute(delete(revocations).where(revocations.c.session_id.in_(ids)))
+    result = await connection.execute(delete(sessions).where(sessions.c.id.in_(ids)))
+    return int(result.rowcount or 0)

@@ -652,6 +652,18 @@ class Store:
             async with self._reading() as connection:
                 return await certstore.all_certificates(connection, box)
 
+    async def certificate_infos(self) -> list[certstore.CertificateInfo]:
+        """The stored certificates without their keys (nothing to unseal), by hostname."""
+        with self._errors("read the certificates"):
+            async with self._single() as connection:
+                return await certstore.certificate_infos(connection)
+
+    async def delete_expired_certificates(self, keep: set[str]) -> list[str]:
+        """Delete the expired certificates of hostnames not in ``keep``; their hostnames."""
+        with self._errors("remove expired certificates"):
+            async with self._writing() as connection:
+                return await certstore.delete_expired(connection, keep, _now())
+
     async def put_challenge(self, challenge: certstore.Challenge) -> None:
         with self._errors("store an ACME challenge"):
             async with self._writing() as connection:
@@ -832,6 +844,22 @@ class Store:
         with self._errors("read the ended sessions"):
             async with self._single() as connection:
                 return await session_rows.ended_since(connection, since)
+
+    async def trim_sessions(self, before: datetime) -> int:
+        """Delete the sessions that expired before ``before`` and the revocations that ended
+        them, in batches of short transactions; the number of sessions deleted. The caller
+        picks ``before`` so that every token handed out from such a session has expired too
+        (an application token may outlive its portal session by its own lifetime)."""
+        before = utc(before, "a retention cut-off")
+        deleted = 0
+        while True:
+            with self._errors("trim the sessions"):
+                async with self._writing() as connection:
+                    n = await session_rows.trim_batch(connection, before, logs.TRIM_BATCH)
+            deleted += n
+            if n < logs.TRIM_BATCH:
+                return deleted
+            await asyncio.sleep(0)
 
     async def touch_sessions(self, seen: Sequence[tuple[str, datetime, str | None]]) -> None:
         """Move the sessions' last seen (and address) forward, in one transaction."""

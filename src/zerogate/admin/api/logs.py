@@ -1,4 +1,5 @@
-"""The access log and the admin log, newest first; mail health (from the access log)."""
+"""The access log and the admin log, newest first; mail health and the certificates of
+automatic HTTPS (both with what the access log recorded)."""
 
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -100,6 +101,22 @@ class MailHealthOut(BaseModel):
     last_sent_at: datetime | None
     last_error: str | None
     last_error_at: datetime | None
+
+
+class CertificateOut(BaseModel):
+    host: str = Field(description="the hostname (``*.`` for a wildcard)")
+    state: str = Field(description="valid, renewing (past two thirds), expired or missing")
+    issuer: str | None = Field(description="the CA's name; null: no certificate stored yet")
+    not_before: datetime | None
+    not_after: datetime | None
+    renew_at: datetime | None = Field(description="when renewal begins (two thirds in)")
+    updated_at: datetime | None = Field(description="when this certificate was stored")
+    last_error: str | None = Field(description="the latest failed order since it was stored")
+    last_error_at: datetime | None
+
+
+class CertificatesOut(BaseModel):
+    certificates: list[CertificateOut]
 
 
 #: how many entries a page holds
@@ -212,5 +229,16 @@ def router(service: AdminService) -> APIRouter:
     async def mail_health() -> MailHealthOut:
         health = await service.mail_health()
         return MailHealthOut(**vars(health), healthy=health.healthy)
+
+    @logs.get(
+        f"{PREFIX}/certificates",
+        response_model=CertificatesOut,
+        operation_id="certificates",
+        tags=["logs"],
+        summary="Automatic HTTPS: each hostname's certificate (issuer, validity) and last error",
+    )
+    async def certificates() -> CertificatesOut:
+        found = await service.certificates()
+        return CertificatesOut(certificates=[CertificateOut(**vars(c)) for c in found])
 
     return logs

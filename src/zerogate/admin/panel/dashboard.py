@@ -1,5 +1,5 @@
-"""The dashboard: counts, the applications, the tunnels' and the mail's health, the latest
-blocks."""
+"""The dashboard: counts, the applications, the tunnels' and the mail's health, the
+certificates of automatic HTTPS, the latest blocks."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class DashboardViews(TunnelViews):
         counts = {(thing if n == 1 else f"{thing}s"): n for thing, n in numbers.items()}
         blocks = await self.service.access_log(decision="block", limit=RECENT_BLOCKS)
         mail = await self.service.mail_health()
+        certificates = await self.service.certificates()
         return self.render(
             request,
             "dashboard.html",
@@ -36,4 +37,5 @@ class DashboardViews(TunnelViews):
             counts=counts,
             blocks=blocks,
             mail=mail,
+            certificates=certificates,
         )
