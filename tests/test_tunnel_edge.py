@@ -724,11 +724,31 @@ async def test_e2e_garbage_on_the_tunnel_port_is_refused(zg: TunnelZerogate) -> 
     writer.close()
 
 
+def scrape(server: TunnelZerogate) -> dict[str, float]:
+    """From one scrape of ``/.zerogate/metrics``: the bypassed requests of ``wiki`` and the
+    requests relayed between nodes (``zerogate_relay_served_total``)."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/.zerogate/metrics", headers={"Host": server.portal}
+    )
+    with urllib.request.urlopen(request, timeout=5) as r:
+        text = r.read().decode()
+    found = {"wiki": 0.0, "relay": 0.0}
+    for line in text.splitlines():
+        if line.startswith('zerogate_requests_total{app="wiki",decision="bypass"}'):
+            found["wiki"] = float(line.rpartition(" ")[2])
+        elif line.startswith("zerogate_relay_served_total "):
+            found["relay"] = float(line.rpartition(" ")[2])
+    return found
+
+
 @pytest.mark.e2e
 def test_e2e_several_workers_serve_tunnels_through_each_other(tmp_path: Path) -> None:
     """``--workers 2`` with tunnels (issue #14): the workers share the tunnel port, and a
     request that lands on the worker without the connector's one connection is relayed to the
-    one that has it (SQLite: the workers share the store file)."""
+    one that has it (SQLite: the workers share the store file). Any scrape of the metrics
+    counts the requests of both workers, each once."""
     from edge_harness import Origin
     from test_tunnel_e2e import start_connector
 
@@ -777,7 +797,35 @@ applications:
         # both workers learn who holds the tunnel within a second or two; then every request
         # succeeds, whichever worker granian gives it to
         wait_until(lambda: all(status() == 200 for _ in range(8)), 30)
+        before = scrape(server)
         assert [status() for _ in range(40)] == [200] * 40
+        made = 40
+        # metrics (docs/cluster.md "Metrics"): one scrape counts what every worker did, and a
+        # request relayed from one worker to the other is counted once, by the one it reached;
+        # until the worker without the connection was given some (and relayed them), go on
+        while scrape(server)["relay"] - before["relay"] == 0 and made < 400:
+            assert status() == 200
+            made += 1
+        for _ in range(4):  # whichever worker answers the scrape
+            after = scrape(server)
+            assert after["wiki"] - before["wiki"] == made, (before, after)
+            assert after["relay"] > before["relay"]
+        # the workers' metrics folder is the server's own (private), gone when it stops
+        assert server.proc is not None
+        pid = server.proc.pid
+        workers = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        mapped = {
+            Path(line.split()[-1]).parent
+            for worker in workers
+            for line in Path(f"/proc/{worker}/maps").read_text().splitlines()
+            if "/zerogate-metrics-" in line
+        }
+        assert len(mapped) == 1, mapped  # both workers write to the one folder
+        folder = mapped.pop()
+        assert folder.stat().st_mode & 0o077 == 0
+        assert len(list(folder.glob("counter_*.db"))) == 2  # one per worker, not per request
+        server.stop()
+        assert not folder.exists()
     finally:
         if connector is not None:
             connector.stop()

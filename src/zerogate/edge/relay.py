@@ -36,7 +36,7 @@ import socket
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -557,9 +557,14 @@ class RelayListener:
     """Serves the requests other nodes relay to the tunnels this process holds (mutual TLS:
     only a client with a certificate of the cluster CA gets in)."""
 
-    def __init__(self, local: TunnelListener, tls: PeerTLS) -> None:
+    def __init__(
+        self, local: TunnelListener, tls: PeerTLS, *, served: Callable[[], None] | None = None
+    ) -> None:
         self.local = local
         self.tls = tls
+        #: called once per relayed request received (``zerogate_relay_served_total``); the edge
+        #: the client reached counts the request itself, this node never does again
+        self.served = served
         self.address: tuple[str, int] | None = None
         self._runner: web.ServerRunner | None = None
 
@@ -617,6 +622,8 @@ class RelayListener:
             scheme=scheme,
             timeouts=_timeouts(request.headers.get(H_TIMEOUTS)),
         )
+        if self.served is not None:
+            self.served()
         peername = request.transport.get_extra_info("peername") if request.transport else None
         path, _, query = raw_path.partition("?")
         scope: dict[str, Any] = {
