@@ -58,14 +58,8 @@ applications:
 
 @dataclass
 class Edge(Zerogate):
-    """A server of the cluster: the shared PostgreSQL store instead of a SQLite file."""
-
-    storage: str = ""
-
-    def write(self, body: str) -> None:
-        super().write(body)
-        text = self.config.read_text().replace("storage: sqlite:///zerogate.db", self.storage)
-        self.config.write_text(text)
+    """A server of the cluster: ``storage`` is the shared PostgreSQL store's URL (the
+    harness writes it into the configuration)."""
 
 
 def _admin(sql: str) -> None:
@@ -121,7 +115,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         _admin(f'CREATE DATABASE "{database}"')
     except OSError as exc:
         base._unreachable(f"{PG_SERVER}: {exc}")
-    storage = "storage: " + PG_SERVER.rsplit("/", 1)[0] + "/" + database
+    storage = PG_SERVER.rsplit("/", 1)[0] + "/" + database
     workdir = tmp_path_factory.mktemp("cluster")
     origin = Origin().start()
     edges: dict[str, Edge] = {}
@@ -344,7 +338,7 @@ def test_the_relay_listener_refuses_everyone_but_a_node(cluster: Cluster) -> Non
 
     # the control: a certificate of the cluster's own CA (as a node has) is served
     async def cluster_ca() -> peers.CertPair:
-        store = await Store.open(storage_url(cluster.edges["a"].storage.split(" ", 1)[1]))
+        store = await Store.open(storage_url(cluster.edges["a"].storage))
         try:
             return peers.CertPair.from_json(await store.named_secret(peers.SECRET_NAME, "{}"))
         finally:

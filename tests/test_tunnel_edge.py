@@ -878,3 +878,84 @@ async def test_e2e_real_connector(zg: TunnelZerogate, tmp_path: Path) -> None:
         proc.wait(30)
         log.close()
         origin.stop()
+
+
+@pytest.mark.e2e
+def test_e2e_a_killed_workers_connections_are_ignored_at_once(tmp_path: Path) -> None:
+    """``--workers 2`` with tunnels, the worker holding the tunnel's connections killed as by
+    the OOM killer (issue #14): granian starts a new worker (a new node id), the connector
+    redials the shared tunnel port, and the rows the dead node left stop counting as soon as
+    their connections are registered again (the newer row of a connector connection wins),
+    long before its heartbeat goes silent: every request succeeds again within 5 s."""
+    import signal
+    import urllib.error
+    import urllib.request
+
+    from edge_harness import Origin
+    from test_tunnel_e2e import start_connector
+
+    server = TunnelZerogate(tmp_path, free_port(), free_port())
+    server.tunnel_port = free_port()
+    server.apply("""
+identity_providers: [{name: otp, type: onetimepin}]
+tunnels: [{name: office, routes: [wiki.localhost]}]
+applications:
+  - name: wiki
+    domain: wiki.localhost
+    tunnel: office
+    policies: [{name: anyone, decision: bypass, include: [{everyone: true}]}]
+""")
+    origin = Origin().start()
+    connector = None
+
+    def status() -> int | None:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}/x", headers={"Host": "wiki.localhost"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except OSError:
+            return None
+
+    def nodes() -> list[dict[str, Any]]:
+        listed = server.cli("nodes", "list", "-c", str(server.config), "--json")
+        assert listed.returncode == 0, listed.stderr
+        return list(json.loads(listed.stdout)["nodes"])
+
+    try:
+        made = server.cli(
+            "tunnel", "token", "office", "--rotate", "-c", str(server.config), "--json"
+        )
+        assert made.returncode == 0, made.stderr
+        server.start(workers=2)
+        wait_for_port(server.tunnel_port, server.proc, timeout=15)
+        token = json.loads(made.stdout)["token"]
+        connector = start_connector(
+            tmp_path, token, server.tunnel_port, origin.url, name="one", ha=2
+        )
+        wait_until(lambda: (connector.ready() or {}).get("connections") == 2, 20)
+        wait_until(lambda: sum(n["connections"] for n in nodes()) == 2, 20)
+        wait_until(lambda: all(status() == 200 for _ in range(8)), 30)
+        holder = max(nodes(), key=lambda n: int(n["connections"]))
+        os.kill(int(holder["pid"]), signal.SIGKILL)
+        killed = time.monotonic()
+
+        def recovered() -> bool:
+            return all(status() == 200 for _ in range(10))
+
+        wait_until(recovered, timeout=15, interval=0.1)
+        took = time.monotonic() - killed
+        after = {n["node"]: n for n in nodes()}
+        print(f"\nworker killed: every request succeeded again {took:.2f} s after the kill")
+        assert took < 5, took
+        # the dead node's rows no longer count though its heartbeat is not silent yet
+        assert after[holder["node"]]["connections"] == 0, after
+        assert sum(int(n["connections"]) for n in after.values()) == 2, after
+    finally:
+        if connector is not None:
+            connector.stop()
+        server.stop()
+        origin.stop()
