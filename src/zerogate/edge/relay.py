@@ -571,7 +571,9 @@ class RelayListener:
     async def start(self, host: str, port: int, *, tries: int = 1) -> None:
         """Listen on ``host:port`` (0: any free port; else the first free one of ``tries``
         ports from ``port``); ``OSError`` when none is free."""
-        server = web.Server(self._handle, handler_cancellation=True)
+        # no aiohttp access line per relayed request: the edge the client reached writes the
+        # request's access event; at INFO these lines were one stderr write per request
+        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
         runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         error: OSError | None = None
