@@ -735,6 +735,12 @@ def scrape(server: TunnelZerogate) -> dict[str, float]:
     with urllib.request.urlopen(request, timeout=5) as r:
         text = r.read().decode()
     found = {"wiki": 0.0, "relay": 0.0}
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total"):
+        found[name] = sum(
+            float(line.rpartition(" ")[2])
+            for line in text.splitlines()
+            if line.startswith(f"{name} ")
+        )
     for line in text.splitlines():
         if line.startswith('zerogate_requests_total{app="wiki",decision="bypass"}'):
             found["wiki"] = float(line.rpartition(" ")[2])
@@ -814,6 +820,15 @@ applications:
         assert server.proc is not None
         pid = server.proc.pid
         workers = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        # process_* of the edge: the workers' memory summed (once: one series), as read by
+        # the workers themselves every second
+        rss = sum(
+            int(Path(f"/proc/{w}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            for w in workers
+        )
+        wait_until(lambda: 0.8 * rss < scrape(server)["process_resident_memory_bytes"], 5)
+        assert scrape(server)["process_resident_memory_bytes"] < 1.5 * rss
+        assert scrape(server)["process_cpu_seconds_total"] > 0
         mapped = {
             Path(line.split()[-1]).parent
             for worker in workers

@@ -47,8 +47,9 @@ counters and the histogram summed (a worker that died keeps its counts, so total
 down), ``zerogate_access_log_pending`` summed over live workers, ``zerogate_config_version`` the
 lowest any live worker runs. Each worker copies its runtime and access-log figures into its
 files every second (:meth:`Metrics.observe_runtime`, :meth:`Metrics.observe_access_log`, run by
-the server) and at a scrape it answers. ``process_*`` describe one process, so they are left out
-in this mode. With one worker (or in tests) values live in the process, as before.
+the server) and at a scrape it answers; so does it with its ``process_*`` figures, which the
+scrape sums (memory, open files, CPU time; a dead worker's CPU time stays) or takes the lowest of
+(start time). With one worker (or in tests) values live in the process, as before.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -78,6 +79,14 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 """The variable prometheus-client reads; ``zerogate server --workers N`` sets it (N > 1)."""
+
+#: ``process_*`` gauges of a worker of several, and how a scrape merges the workers' values
+_PROCESS_GAUGES: Final[tuple[tuple[str, str, Literal["livesum", "livemin"]], ...]] = (
+    ("process_resident_memory_bytes", "Resident memory of the workers.", "livesum"),
+    ("process_virtual_memory_bytes", "Virtual memory of the workers.", "livesum"),
+    ("process_open_fds", "Open file descriptors of the workers.", "livesum"),
+    ("process_start_time_seconds", "Start of the oldest live worker.", "livemin"),
+)
 
 #: the files of the gauges that only count while their process lives (``gauge_live*_PID.db``)
 _LIVE_GAUGE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
@@ -193,7 +202,18 @@ class Metrics:
         self._swaps_seen = 0
         self._dropped_seen = 0
         self._access_log: AccessLogStats | None = None
+        self._process: ProcessCollector | None = None
+        self._cpu_seen = 0.0
         if self.folder is not None:
+            # process_* of the edge: each worker's own, summed (start time: the oldest live)
+            self._process = ProcessCollector(registry=None)
+            self._process_gauges = {
+                name: Gauge(name, help_text, registry=registry, multiprocess_mode=mode)
+                for name, help_text, mode in _PROCESS_GAUGES
+            }
+            self._process_cpu = Counter(
+                "process_cpu_seconds", "CPU time of the workers.", registry=registry
+            )
             # what a scrape renders: every worker's files, and what is the same in all of them
             self.registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(self.registry, path=self.folder)  # type: ignore[no-untyped-call]
@@ -211,6 +231,19 @@ class Metrics:
         if swaps > self._swaps_seen:
             self.snapshot_swaps.inc(swaps - self._swaps_seen)
             self._swaps_seen = swaps
+
+    def observe_process(self) -> None:
+        """A worker of several: copy its ``process_*`` figures in (every second)."""
+        if self._process is None:
+            return
+        for family in self._process.collect():
+            for sample in family.samples:
+                gauge = self._process_gauges.get(sample.name)
+                if gauge is not None:
+                    gauge.set(sample.value)
+                elif sample.name == "process_cpu_seconds_total" and sample.value > self._cpu_seen:
+                    self._process_cpu.inc(sample.value - self._cpu_seen)
+                    self._cpu_seen = sample.value
 
     def watch_access_log(self, source: AccessLogStats) -> None:
         """Report ``source.dropped`` and ``source.pending`` (see :meth:`observe_access_log`)."""

@@ -497,6 +497,7 @@ class ZerogateApp:
         while True:
             svc.metrics.observe_runtime(svc.runtime.version.config_version, svc.runtime.swaps)
             svc.metrics.observe_access_log()
+            svc.metrics.observe_process()
             await asyncio.sleep(METRICS_SECONDS)
 
     async def shutdown(self) -> None:
