@@ -805,16 +805,16 @@ applications:
         wait_until(lambda: all(status() == 200 for _ in range(8)), 30)
         before = scrape(server)
         assert [status() for _ in range(40)] == [200] * 40
-        made = 40
+        sent = 40
         # metrics (docs/cluster.md "Metrics"): one scrape counts what every worker did, and a
         # request relayed from one worker to the other is counted once, by the one it reached;
         # until the worker without the connection was given some (and relayed them), go on
-        while scrape(server)["relay"] - before["relay"] == 0 and made < 400:
+        while scrape(server)["relay"] - before["relay"] == 0 and sent < 400:
             assert status() == 200
-            made += 1
+            sent += 1
         for _ in range(4):  # whichever worker answers the scrape
             after = scrape(server)
-            assert after["wiki"] - before["wiki"] == made, (before, after)
+            assert after["wiki"] - before["wiki"] == sent, (before, after)
             assert after["relay"] > before["relay"]
         # the workers' metrics folder is the server's own (private), gone when it stops
         assert server.proc is not None
