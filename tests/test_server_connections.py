@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from zerogate.model.objects import Listen
-from zerogate.server.run import can_bind
+from zerogate.server.run import METRICS_PREFIX, can_bind, metrics_folder
 from zg_harness import ZEROGATE, VerifyingOrigin, Zerogate, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -300,3 +300,29 @@ def test_a_killed_worker_is_replaced_and_the_server_keeps_serving(own: Zerogate)
 
     wait_until(serves, timeout=20, interval=0.2)
     assert own.proc.poll() is None
+
+
+def test_the_workers_metrics_folder_is_new_and_old_ones_of_dead_servers_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--workers N``: a fresh private folder per server start; a folder left by a server
+    that was killed (its pid gone) is removed, one of a running server is not; with one
+    worker the variable is unset (values stay in the process)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "an operator's"))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = tmp_path / f"{METRICS_PREFIX}{dead.pid}-abc"
+    running = tmp_path / f"{METRICS_PREFIX}{os.getppid()}-def"
+    for folder in (left, running):
+        folder.mkdir()
+        (folder / "counter_1.db").write_bytes(b"x")
+    made = metrics_folder(2)
+    assert made is not None and os.environ["PROMETHEUS_MULTIPROC_DIR"] == made
+    assert Path(made).parent == tmp_path and not list(Path(made).iterdir())
+    assert Path(made).stat().st_mode & 0o077 == 0
+    assert not left.exists() and running.exists()
+    assert metrics_folder(1) is None
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ

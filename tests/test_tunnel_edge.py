@@ -733,11 +733,37 @@ async def test_e2e_garbage_on_the_tunnel_port_is_refused(zg: TunnelZerogate) -> 
     writer.close()
 
 
+def scrape(server: TunnelZerogate) -> dict[str, float]:
+    """From one scrape of ``/.zerogate/metrics``: the bypassed requests of ``wiki`` and the
+    requests relayed between nodes (``zerogate_relay_served_total``)."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/.zerogate/metrics", headers={"Host": server.portal}
+    )
+    with urllib.request.urlopen(request, timeout=5) as r:
+        text = r.read().decode()
+    found = {"wiki": 0.0, "relay": 0.0}
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total"):
+        found[name] = sum(
+            float(line.rpartition(" ")[2])
+            for line in text.splitlines()
+            if line.startswith(f"{name} ")
+        )
+    for line in text.splitlines():
+        if line.startswith('zerogate_requests_total{app="wiki",decision="bypass"}'):
+            found["wiki"] = float(line.rpartition(" ")[2])
+        elif line.startswith("zerogate_relay_served_total "):
+            found["relay"] = float(line.rpartition(" ")[2])
+    return found
+
+
 @pytest.mark.e2e
 def test_e2e_several_workers_serve_tunnels_through_each_other(tmp_path: Path) -> None:
     """``--workers 2`` with tunnels (issue #14): the workers share the tunnel port, and a
     request that lands on the worker without the connector's one connection is relayed to the
-    one that has it (SQLite: the workers share the store file)."""
+    one that has it (SQLite: the workers share the store file). Any scrape of the metrics
+    counts the requests of both workers, each once."""
     from edge_harness import Origin
     from test_tunnel_e2e import start_connector
 
@@ -786,7 +812,44 @@ applications:
         # both workers learn who holds the tunnel within a second or two; then every request
         # succeeds, whichever worker granian gives it to
         wait_until(lambda: all(status() == 200 for _ in range(8)), 30)
+        before = scrape(server)
         assert [status() for _ in range(40)] == [200] * 40
+        sent = 40
+        # metrics (docs/cluster.md "Metrics"): one scrape counts what every worker did, and a
+        # request relayed from one worker to the other is counted once, by the one it reached;
+        # until the worker without the connection was given some (and relayed them), go on
+        while scrape(server)["relay"] - before["relay"] == 0 and sent < 400:
+            assert status() == 200
+            sent += 1
+        for _ in range(4):  # whichever worker answers the scrape
+            after = scrape(server)
+            assert after["wiki"] - before["wiki"] == sent, (before, after)
+            assert after["relay"] > before["relay"]
+        # the workers' metrics folder is the server's own (private), gone when it stops
+        assert server.proc is not None
+        pid = server.proc.pid
+        workers = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        # process_* of the edge: the workers' memory summed (once: one series), as read by
+        # the workers themselves every second
+        rss = sum(
+            int(Path(f"/proc/{w}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            for w in workers
+        )
+        wait_until(lambda: 0.8 * rss < scrape(server)["process_resident_memory_bytes"], 5)
+        assert scrape(server)["process_resident_memory_bytes"] < 1.5 * rss
+        assert scrape(server)["process_cpu_seconds_total"] > 0
+        mapped = {
+            Path(line.split()[-1]).parent
+            for worker in workers
+            for line in Path(f"/proc/{worker}/maps").read_text().splitlines()
+            if "/zerogate-metrics-" in line
+        }
+        assert len(mapped) == 1, mapped  # both workers write to the one folder
+        folder = mapped.pop()
+        assert folder.stat().st_mode & 0o077 == 0
+        assert len(list(folder.glob("counter_*.db"))) == 2  # one per worker, not per request
+        server.stop()
+        assert not folder.exists()
     finally:
         if connector is not None:
             connector.stop()
@@ -838,4 +901,85 @@ async def test_e2e_real_connector(zg: TunnelZerogate, tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(30)
         log.close()
+        origin.stop()
+
+
+@pytest.mark.e2e
+def test_e2e_a_killed_workers_connections_are_ignored_at_once(tmp_path: Path) -> None:
+    """``--workers 2`` with tunnels, the worker holding the tunnel's connections killed as by
+    the OOM killer (issue #14): granian starts a new worker (a new node id), the connector
+    redials the shared tunnel port, and the rows the dead node left stop counting as soon as
+    their connections are registered again (the newer row of a connector connection wins),
+    long before its heartbeat goes silent: every request succeeds again within 5 s."""
+    import signal
+    import urllib.error
+    import urllib.request
+
+    from edge_harness import Origin
+    from test_tunnel_e2e import start_connector
+
+    server = TunnelZerogate(tmp_path, free_port(), free_port())
+    server.tunnel_port = free_port()
+    server.apply("""
+identity_providers: [{name: otp, type: onetimepin}]
+tunnels: [{name: office, routes: [wiki.localhost]}]
+applications:
+  - name: wiki
+    domain: wiki.localhost
+    tunnel: office
+    policies: [{name: anyone, decision: bypass, include: [{everyone: true}]}]
+""")
+    origin = Origin().start()
+    connector = None
+
+    def status() -> int | None:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}/x", headers={"Host": "wiki.localhost"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except OSError:
+            return None
+
+    def nodes() -> list[dict[str, Any]]:
+        listed = server.cli("nodes", "list", "-c", str(server.config), "--json")
+        assert listed.returncode == 0, listed.stderr
+        return list(json.loads(listed.stdout)["nodes"])
+
+    try:
+        made = server.cli(
+            "tunnel", "token", "office", "--rotate", "-c", str(server.config), "--json"
+        )
+        assert made.returncode == 0, made.stderr
+        server.start(workers=2)
+        wait_for_port(server.tunnel_port, server.proc, timeout=15)
+        token = json.loads(made.stdout)["token"]
+        connector = start_connector(
+            tmp_path, token, server.tunnel_port, origin.url, name="one", ha=2
+        )
+        wait_until(lambda: (connector.ready() or {}).get("connections") == 2, 20)
+        wait_until(lambda: sum(n["connections"] for n in nodes()) == 2, 20)
+        wait_until(lambda: all(status() == 200 for _ in range(8)), 30)
+        holder = max(nodes(), key=lambda n: int(n["connections"]))
+        os.kill(int(holder["pid"]), signal.SIGKILL)
+        killed = time.monotonic()
+
+        def recovered() -> bool:
+            return all(status() == 200 for _ in range(10))
+
+        wait_until(recovered, timeout=15, interval=0.1)
+        took = time.monotonic() - killed
+        after = {n["node"]: n for n in nodes()}
+        print(f"\nworker killed: every request succeeded again {took:.2f} s after the kill")
+        assert took < 5, took
+        # the dead node's rows no longer count though its heartbeat is not silent yet
+        assert after[holder["node"]]["connections"] == 0, after
+        assert sum(int(n["connections"]) for n in after.values()) == 2, after
+    finally:
+        if connector is not None:
+            connector.stop()
+        server.stop()
         origin.stop()

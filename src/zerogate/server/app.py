@@ -93,6 +93,8 @@ VIEW_SECONDS = 1.0
 LIVE = timedelta(seconds=6)
 #: nodes (and their rows) whose heartbeat is older than this are deleted
 EXPIRE_AFTER = timedelta(seconds=60)
+#: a worker of several copies its runtime and access-log figures to the metrics folder this often
+METRICS_SECONDS = 1.0
 
 
 def upstream_timeouts(settings: Settings) -> Timeouts:
@@ -207,7 +209,7 @@ class TunnelEndpoint:
             await store.named_secret(peers.SECRET_NAME, peers.make_ca().to_json())
         )
         tls = PeerTLS(ca, self.edge_id)
-        relay_listener = RelayListener(listener, tls)
+        relay_listener = RelayListener(listener, tls, served=self.svc.metrics.relay_served.inc)
         host, port = relay_bind(settings.listen.relay)
         workers = int(os.environ.get("ZEROGATE_WORKERS", "1"))
         await relay_listener.start(host, port, tries=2 * workers + 2)
@@ -370,6 +372,8 @@ class ZerogateApp:
         #: ``listen.tls.acme``: the certificates (served by SNI, renewed) and the HTTP-01 port
         self.certs: CertManager | None = None
         self.challenges: ChallengeListener | None = None
+        #: a worker of several: copies its figures to the shared metrics folder every second
+        self._metrics_task: asyncio.Task[None] | None = None
         secret = os.environ.get("ZEROGATE_FRONT_SECRET")
         self.front_secret: bytes | None = secret.encode() if secret else None
 
@@ -420,6 +424,10 @@ class ZerogateApp:
         # the login pages announce that codes are not mailed (templates read this global)
         self.svc.pages.globals["mail_outbox"] = outbox is not None
         self.svc.metrics.watch_access_log(writer)
+        if self.svc.metrics.folder is not None:
+            # a worker of several: its figures reach the shared metrics folder every second,
+            # whichever worker answers the scrape (zerogate/metrics.py)
+            self._metrics_task = asyncio.get_running_loop().create_task(self._metrics_loop())
         self.admin = AdminFrontDoor(self.svc)
         self.tunnels = TunnelEndpoint(self.svc, base_dir)
         runtime.on_tunnel_credentials.append(self.tunnels.on_credentials)
@@ -487,8 +495,21 @@ class ZerogateApp:
             await self.challenges.start(socket.socket(fileno=os.dup(int(fd))))
         return self.certs.context
 
+    async def _metrics_loop(self) -> None:
+        svc = self.svc
+        assert svc is not None
+        while True:
+            svc.metrics.observe_runtime(svc.runtime.version.config_version, svc.runtime.swaps)
+            svc.metrics.observe_access_log()
+            svc.metrics.observe_process()
+            await asyncio.sleep(METRICS_SECONDS)
+
     async def shutdown(self) -> None:
         svc = self.svc
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._metrics_task
         if self.challenges is not None:
             await self.challenges.stop()
         if self.certs is not None:
@@ -508,6 +529,7 @@ class ZerogateApp:
                 await self.origins.close()
             if svc.outbox is not None:
                 await svc.outbox.stop()
+            svc.metrics.close()
         if self._store is not None:
             await self._store.close()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import socket
 import sys
 import tempfile
@@ -132,6 +133,31 @@ def front_listener(address: str, backlog: int) -> dict[str, object]:
     return {"uds": uds, "uds_permissions": 0o600}
 
 
+#: the workers' shared metrics folders are named after the server's pid (``metrics_folder``)
+METRICS_PREFIX = "zerogate-metrics-"
+
+
+def metrics_folder(workers: int) -> str | None:
+    """``--workers N`` (N > 1): a new, empty, private folder the workers keep their metrics in
+    (``PROMETHEUS_MULTIPROC_DIR``, ``zerogate/metrics.py``), so that a scrape, whichever worker
+    answers it, counts every worker. Folders an earlier server left (killed before it could
+    remove its own) are removed first. One worker: the variable is unset, values stay in the
+    process."""
+    from zerogate.metrics import MULTIPROC_ENV, process_alive
+
+    os.environ.pop(MULTIPROC_ENV, None)
+    if workers <= 1:
+        return None
+    base = Path(tempfile.gettempdir())
+    for old in base.glob(f"{METRICS_PREFIX}*"):
+        pid = old.name[len(METRICS_PREFIX) :].partition("-")[0]
+        if pid.isdigit() and not process_alive(int(pid)) and old.stat().st_uid == os.getuid():
+            shutil.rmtree(old, ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")  # 0700: this user
+    os.environ[MULTIPROC_ENV] = folder
+    return folder
+
+
 def shared_tunnel_listener(address: str) -> None:
     """``--workers N`` with tunnels: bind ``listen.tunnel`` here, once; every worker accepts
     on the inherited socket (``ZEROGATE_TUNNEL_FD``) and relays to the others the requests for
@@ -177,6 +203,7 @@ def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bo
         if workers > 1:
             shared_tunnel_listener(settings.listen.tunnel)
     os.environ["ZEROGATE_WORKERS"] = str(workers)
+    metrics = metrics_folder(workers)
     os.environ["ZEROGATE_MAIN_PID"] = str(os.getpid())  # workers die with this process
     if config is not None:
         os.environ["ZEROGATE_CONFIG"] = str(config.resolve())
@@ -237,4 +264,8 @@ def serve(config: Path | None, settings: Settings, *, workers: int = 1, demo: bo
         backlog=max(1024, settings.listen.max_connections),
         respawn_failed_workers=RESPAWN_FAILED_WORKERS,
     )
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        if metrics is not None:
+            shutil.rmtree(metrics, ignore_errors=True)
