@@ -439,48 +439,9 @@ class RelayUpstream:
             break
         try:
             await send({"type": "websocket.accept", "subprotocol": ws.protocol})
-            await _pipe_client_ws(ws, receive, send)
+            await websocket.relay_aiohttp(ws, receive, send)
         finally:
             await ws.close()
-
-
-async def _pipe_client_ws(
-    ws: aiohttp.ClientWebSocketResponse, receive: Receive, send: Send
-) -> None:
-    async def client_to_peer() -> tuple[int, str]:
-        while True:
-            message = await receive()
-            kind = message["type"]
-            if kind == "websocket.receive":
-                text = message.get("text")
-                if text is not None:
-                    await ws.send_str(text)
-                else:
-                    await ws.send_bytes(message.get("bytes") or b"")
-            elif kind == "websocket.disconnect":
-                return websocket.client_close(message)
-
-    async def peer_to_client() -> tuple[int, str]:
-        while True:
-            msg = await ws.receive()
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                await send({"type": "websocket.send", "text": msg.data})
-            elif msg.type is aiohttp.WSMsgType.BINARY:
-                await send({"type": "websocket.send", "bytes": msg.data})
-            elif msg.type is aiohttp.WSMsgType.CLOSE:
-                return websocket.sendable_close_code(msg.data, 1000), str(msg.extra or "")
-            elif msg.type is aiohttp.WSMsgType.ERROR:
-                return 1011, ""
-            else:
-                return websocket.sendable_close_code(ws.close_code, 1011), ""
-
-    client, peer = await websocket.both_ways(client_to_peer(), peer_to_client())
-    if client.ok and client.value is not None:
-        code, reason = client.value
-        await ws.close(code=code, message=reason.encode())
-        return
-    code, reason = peer.value if peer.ok and peer.value is not None else (1011, "")
-    await send({"type": "websocket.close", "code": code, "reason": reason})
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from zerogate.net.asgi import Headers, Message, Scope, Send
+import aiohttp
+
+from zerogate.net.asgi import Headers, Message, Receive, Scope, Send
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -82,3 +84,44 @@ def _ended(task: asyncio.Future[T], done: set[Any]) -> Ended[T]:
     if task in done and not task.cancelled() and task.exception() is None:
         return Ended(True, task.result())
     return Ended(False)
+
+
+async def relay_aiohttp(ws: aiohttp.ClientWebSocketResponse, receive: Receive, send: Send) -> None:
+    """Relay an accepted ASGI WebSocket and an aiohttp client WebSocket (an origin's, or
+    another edge's) both ways until either side closes; the other side gets the close code
+    and reason (a code that may not travel becomes 1011)."""
+
+    async def client_to_upstream() -> tuple[int, str]:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                text = message.get("text")
+                if text is not None:
+                    await ws.send_str(text)
+                else:
+                    await ws.send_bytes(message.get("bytes") or b"")
+            elif kind == "websocket.disconnect":
+                return client_close(message)
+
+    async def upstream_to_client() -> tuple[int, str]:
+        while True:
+            msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await send({"type": "websocket.send", "text": msg.data})
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                await send({"type": "websocket.send", "bytes": msg.data})
+            elif msg.type is aiohttp.WSMsgType.CLOSE:
+                return sendable_close_code(msg.data, 1000), str(msg.extra or "")
+            elif msg.type is aiohttp.WSMsgType.ERROR:
+                return 1011, ""
+            else:  # CLOSING / CLOSED: the upstream went away without a close frame
+                return sendable_close_code(ws.close_code, 1011), ""
+
+    client, upstream = await both_ways(client_to_upstream(), upstream_to_client())
+    if client.ok and client.value is not None:
+        code, reason = client.value
+        await ws.close(code=code, message=reason.encode())
+        return
+    code, reason = upstream.value if upstream.ok and upstream.value is not None else (1011, "")
+    await send({"type": "websocket.close", "code": code, "reason": reason})
