@@ -253,10 +253,7 @@ class Front:
         if rt.rejects(claims):  # logged out everywhere, or its session ended
             return None
         identity = Identity.of(claims.email, claims.idp, claims.groups or (), claims.amr or ())
-        inject: Headers = [
-            (b"zerogate-jwt-assertion", token.encode("latin-1")),
-            (b"zerogate-authenticated-user-email", claims.email.encode("utf-8")),
-        ]
+        inject = pipeline.session_headers(token, claims)
         if len(self._sessions) > MAX_KEPT:
             self._sessions.clear()
         made = self._sessions[key] = (claims, identity, inject, audience)
@@ -663,9 +660,7 @@ class ClientConnection(asyncio.Protocol):
                 inject = session[2]
             else:
                 assert token_name is not None
-                inject = [
-                    (b"zerogate-jwt-assertion", pipeline.service_assertion(rt, app, token_name))
-                ]
+                inject = pipeline.service_headers(rt, app, token_name)
         headers, fields = self._upstream_headers(req, inject, jar if has_cookie else None)
         default = self.front.settings.timeouts
         timeouts = default if app.timeouts is None else app.timeouts.over(default)

@@ -166,13 +166,10 @@ async def handle(scope: Scope, receive: Receive, send: Send, svc: Services, req:
     if claims is not None:
         assertion = cookies.cookie(scope, app_cookie(app), secure=secure_cookies(rt, scope))
         assert assertion is not None  # session_claims verified it
-        inject: Headers = [
-            (b"zerogate-jwt-assertion", assertion.encode("latin-1")),
-            (b"zerogate-authenticated-user-email", claims.email.encode("utf-8")),
-        ]
+        inject = session_headers(assertion, claims)
     else:
         assert token_name is not None
-        inject = [(b"zerogate-jwt-assertion", service_assertion(rt, app, token_name))]
+        inject = service_headers(rt, app, token_name)
     seen = StatusSeen(send)
     started = time.perf_counter()
     try:
@@ -259,6 +256,19 @@ def token_claims(rt: Runtime, app: CompiledApp, token: str | None) -> Claims | N
     if rt.rejects(claims):  # logged out everywhere, or its session ended
         return None
     return claims
+
+
+def session_headers(token: str, claims: Claims) -> Headers:
+    """What the origin gets for a session: its application token and the user's address."""
+    return [
+        (b"zerogate-jwt-assertion", token.encode("latin-1")),
+        (b"zerogate-authenticated-user-email", claims.email.encode("utf-8")),
+    ]
+
+
+def service_headers(rt: Runtime, app: CompiledApp, name: str) -> Headers:
+    """What the origin gets for a service token: a short-lived JWT naming it."""
+    return [(b"zerogate-jwt-assertion", service_assertion(rt, app, name))]
 
 
 def service_token(scope: Scope, rt: Runtime) -> str | None:
